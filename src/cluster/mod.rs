@@ -1,0 +1,101 @@
+//! Kubernetes clients per environment, and typed OpenShift and Seldon
+//! resources (one file per API group, added by the stages that use them).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::sync::Mutex;
+
+use crate::error::{ExitClass, HasExitClass};
+use crate::spec::Environment;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("environment `{0}` is not declared in the pipeline")]
+    UnknownEnvironment(String),
+    #[error("environment `{env}`: cannot load kubeconfig{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Kubeconfig {
+        env: String,
+        path: Option<PathBuf>,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("environment `{env}`: no cluster configuration (no kubeconfig and not in a cluster): {source}")]
+    Infer {
+        env: String,
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    #[error("environment `{env}`: cannot build a client: {source}")]
+    Client {
+        env: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl HasExitClass for ClusterError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            ClusterError::UnknownEnvironment(_) => ExitClass::BadInput,
+            _ => ExitClass::Failed,
+        }
+    }
+}
+
+/// Lazily connected clients, one per environment of the pipeline.
+pub struct Clusters {
+    environments: IndexMap<String, Environment>,
+    /// `--kubeconfig`; absent: `$KUBECONFIG`, `~/.kube/config`, in-cluster.
+    kubeconfig: Option<PathBuf>,
+    clients: Mutex<HashMap<String, kube::Client>>,
+}
+
+impl Clusters {
+    pub fn new(environments: IndexMap<String, Environment>, kubeconfig: Option<PathBuf>) -> Self {
+        Clusters { environments, kubeconfig, clients: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn environment(&self, name: &str) -> Result<&Environment, ClusterError> {
+        self.environments.get(name).ok_or_else(|| ClusterError::UnknownEnvironment(name.to_string()))
+    }
+
+    pub fn environments(&self) -> &IndexMap<String, Environment> {
+        &self.environments
+    }
+
+    /// The client for environment `name`, using its `context` if set.
+    pub async fn client(&self, name: &str) -> Result<kube::Client, ClusterError> {
+        let env = self.environment(name)?;
+        let mut clients = self.clients.lock().await;
+        if let Some(c) = clients.get(name) {
+            return Ok(c.clone());
+        }
+        let options = KubeConfigOptions { context: env.context.clone(), ..Default::default() };
+        let config =
+            match &self.kubeconfig {
+                Some(path) => {
+                    let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
+                        env: name.to_string(),
+                        path: Some(path.clone()),
+                        source,
+                    })?;
+                    kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|source| {
+                        ClusterError::Kubeconfig { env: name.to_string(), path: Some(path.clone()), source }
+                    })?
+                }
+                None if env.context.is_some() => kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|source| ClusterError::Kubeconfig { env: name.to_string(), path: None, source })?,
+                None => kube::Config::infer()
+                    .await
+                    .map_err(|source| ClusterError::Infer { env: name.to_string(), source })?,
+            };
+        let client =
+            kube::Client::try_from(config).map_err(|source| ClusterError::Client { env: name.to_string(), source })?;
+        clients.insert(name.to_string(), client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,107 @@
+//! The command line: clap definitions and one function per subcommand.
+//! `main.rs` parses, sets up logging and calls [`dispatch`]; each subcommand
+//! lives in its own file and returns a [`CommandError`] carrying its exit class.
+
+pub mod image;
+pub mod run;
+pub mod serve;
+pub mod sim;
+pub mod status;
+pub mod trigger;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{ExitClass, HasExitClass};
+use crate::logging::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "modelship",
+    version,
+    about = "Take a trained ML model from S3 to a verified, promoted image on OpenShift",
+    after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status --model weather\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Log format: text on a TTY and JSON otherwise (auto), or forced.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+    /// More output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less output: warnings and errors only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Override the embedded stage catalog with this directory.
+    #[arg(long, global = true, value_name = "DIR", env = "MODELSHIP_STAGES_DIR")]
+    pub stages_dir: Option<PathBuf>,
+}
+
+impl GlobalArgs {
+    pub fn verbosity(&self) -> i8 {
+        if self.quiet { -1 } else { self.verbose.min(3) as i8 }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Validate(validate::ValidateArgs),
+    Run(run::RunArgs),
+    Status(status::StatusArgs),
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    Trigger(trigger::TriggerArgs),
+    Serve(serve::ServeArgs),
+}
+
+/// Run the parsed command.
+pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
+    let g = cli.global;
+    match cli.command {
+        Command::Validate(a) => validate::run(a, &g).await,
+        Command::Run(a) => run::run(a, &g).await,
+        Command::Status(a) => status::run(a, &g).await,
+        Command::Sim(c) => sim::run(c, &g).await,
+        Command::Image(c) => image::run(c, &g).await,
+        Command::Trigger(a) => trigger::run(a, &g).await,
+        Command::Serve(a) => serve::run(a, &g).await,
+    }
+}
+
+/// A failed command: its exit class and the error to print (none when the
+/// command already printed everything, e.g. validation diagnostics).
+#[derive(Debug)]
+pub struct CommandError {
+    pub class: ExitClass,
+    pub error: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl CommandError {
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(class: ExitClass, error: E) -> Self {
+        CommandError { class, error: Some(Box::new(error)) }
+    }
+    /// Already reported; only the exit code remains.
+    pub fn silent(class: ExitClass) -> Self {
+        CommandError { class, error: None }
+    }
+    pub fn usage(message: impl Into<String>) -> Self {
+        CommandError { class: ExitClass::BadInput, error: Some(message.into().into()) }
+    }
+}
+
+/// `?` on any library error picks its exit class.
+pub fn fail<E: HasExitClass + std::error::Error + Send + Sync + 'static>(e: E) -> CommandError {
+    CommandError::new(e.exit_class(), e)
+}

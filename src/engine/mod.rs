@@ -1,0 +1,131 @@
+//! The engine: loads and validates a pipeline, opens the state store, runs
+//! stages in order (outputs forward, strict `with:` rendering, per-stage
+//! timeout and retries with jittered backoff for retryable errors),
+//! cancels cleanly on SIGINT/SIGTERM, and resumes a run by skipping stages
+//! that succeeded with unchanged inputs. Stage lifecycle events (started,
+//! retried, succeeded, failed, cancelled) are logged here and nowhere else.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ExitClass, HasExitClass};
+use crate::spec::SpecError;
+use crate::stages::StageError;
+use crate::state::{StageRecord, StateError, Status};
+
+/// Everything `modelship run` can be told.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub pipeline: PathBuf,
+    /// `--set KEY=VALUE`, in order.
+    pub sets: Vec<(String, String)>,
+    pub run_id: Option<String>,
+    /// `--resume ID`: re-run that run, skipping stages that succeeded with
+    /// unchanged inputs.
+    pub resume: Option<String>,
+    /// Stop after this stage.
+    pub until: Option<String>,
+    /// Keep the run's files here instead of a temporary directory.
+    pub workspace: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
+    /// Use the directory state backend here instead of ConfigMaps.
+    pub state_dir: Option<PathBuf>,
+    pub stages_dir: Option<PathBuf>,
+    /// Extra run labels (e.g. `commit` from a trigger).
+    pub labels: BTreeMap<String, String>,
+    pub dry_run: bool,
+    /// Progress bars allowed (stderr is a TTY and logs are text).
+    pub interactive: bool,
+    /// Cancelled on SIGINT/SIGTERM.
+    pub cancel: CancellationToken,
+}
+
+/// What a run ended as; `--output json` prints it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub run_id: String,
+    pub pipeline: String,
+    pub model: String,
+    pub status: Status,
+    pub stages: Vec<StageRecord>,
+    /// Where the run's files are (only when kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<PathBuf>,
+    pub state: String,
+}
+
+/// The resolved plan `--dry-run` prints.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub pipeline: String,
+    pub run_id: String,
+    pub state: String,
+    pub stages: Vec<PlannedStage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedStage {
+    pub name: String,
+    pub uses: String,
+    /// `with:` with params and env resolved; references to outputs of
+    /// earlier stages stay as written (they do not exist yet).
+    pub with: serde_json::Map<String, serde_json::Value>,
+    /// Targets: cluster, namespace, resources.
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("state: {0}")]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error("stage `{stage}` ({uses}) failed: {source}")]
+    StageFailed {
+        stage: String,
+        uses: String,
+        #[source]
+        source: StageError,
+        summary: Box<RunSummary>,
+    },
+    #[error("run {run_id} cancelled during stage `{stage}`")]
+    Cancelled { run_id: String, stage: String, summary: Box<RunSummary> },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl HasExitClass for EngineError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            EngineError::Spec(_) | EngineError::BadInput(_) => ExitClass::BadInput,
+            EngineError::StageFailed { source, .. } => source.exit_class(),
+            EngineError::State(e) => e.exit_class(),
+            EngineError::Cluster(e) => e.exit_class(),
+            EngineError::Cancelled { .. } | EngineError::Io { .. } => ExitClass::Failed,
+        }
+    }
+}
+
+/// Run a pipeline to the end (or `--until`).
+pub async fn run(_opts: RunOptions) -> Result<RunSummary, EngineError> {
+    todo!("engine helper")
+}
+
+/// Resolve the plan `--dry-run` prints. Touches nothing.
+pub fn plan(_opts: &RunOptions) -> Result<Plan, EngineError> {
+    todo!("engine helper")
+}

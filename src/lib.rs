@@ -1,0 +1,43 @@
+//! modelship: takes a trained ML model from object storage to a verified,
+//! promoted container image on OpenShift.
+//!
+//! # Layout
+//!
+//! - [`spec`]: the pipeline file — serde types, the YAML loader (the only
+//!   place that parses YAML), span-carrying diagnostics and validation.
+//! - [`catalog`]: the stage catalog (`stages/<kind>/`: README + templates),
+//!   embedded in the binary and overridable with `--stages-dir`.
+//! - [`template`]: strict handlebars rendering shared by the engine (`with:`
+//!   values) and the stages (Dockerfiles, manifests).
+//! - [`engine`]: ordering, outputs, retries, timeouts, cancellation, resume,
+//!   and the one place stage lifecycle events are logged.
+//! - [`stages`]: the closed set of stage kinds behind the [`stages::Stage`]
+//!   trait, one module per kind.
+//! - [`state`]: run records, the promotion ledger and the per-model lock
+//!   behind [`state::StateStore`], with ConfigMap and directory backends.
+//! - [`cluster`]: kube clients per environment; typed OpenShift and Seldon
+//!   resources.
+//! - [`storage`]: model sources (S3, file).
+//! - [`registry`]: OCI image copy by digest.
+//! - [`triggers`]: Git push selection and the webhook server.
+//! - [`sim`]: the simulated OpenShift, reached by the runner only over HTTP.
+//! - [`commands`]: one function per CLI subcommand; `main.rs` only parses.
+//! - [`logging`], [`secret`]: tracing setup and credential masking.
+
+pub mod catalog;
+pub mod cluster;
+pub mod commands;
+pub mod engine;
+pub mod error;
+pub mod logging;
+pub mod registry;
+pub mod secret;
+pub mod sim;
+pub mod spec;
+pub mod stages;
+pub mod state;
+pub mod storage;
+pub mod template;
+pub mod triggers;
+
+pub use error::{ExitClass, HasExitClass};

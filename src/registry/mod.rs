@@ -1,0 +1,1 @@
+//! OCI image copy by digest between registries (Distribution API v2).

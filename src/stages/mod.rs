@@ -1,0 +1,47 @@
+//! The closed set of stage kinds. Each kind is one module holding its `with:`
+//! params struct, a pure `validate`, a `plan` for `--dry-run`, and an async
+//! `run`. Adding a kind touches its own file plus one line in
+//! [`for_each_kind!`].
+
+pub mod fetch_model;
+pub mod openshift_build;
+pub mod prediction_check;
+pub mod promote;
+pub mod render;
+pub mod seldon_deploy;
+
+mod context;
+mod kind;
+
+pub use context::{Outputs, Problem, StageContext, StageError, StageErrorKind, ValidateCx};
+pub use kind::Kind;
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// One stage kind.
+pub trait Stage {
+    /// The name used in `uses:`.
+    const KIND: &'static str;
+    /// Output names later stages may reference as `{{stages.NAME.outputs.X}}`.
+    const OUTPUTS: &'static [&'static str];
+    /// The `with:` block; `#[serde(deny_unknown_fields)]`.
+    type Params: DeserializeOwned + Serialize + Send + Sync + 'static;
+
+    /// Pure checks beyond the types: no network, no credentials, no files
+    /// outside the spec. Paths in [`Problem`] are relative to `with`.
+    fn validate(_params: &Self::Params, _cx: &ValidateCx<'_>) -> Vec<Problem> {
+        Vec::new()
+    }
+
+    /// What a run would touch, for `--dry-run`: target cluster, namespace,
+    /// resources, in a few human-readable lines. Pure, like `validate`.
+    fn plan(params: &Self::Params, cx: &ValidateCx<'_>) -> Vec<String>;
+
+    /// Do the work. Long work races `cx.cancel`; every await leaves state
+    /// consistent. Side effects are keyed by `cx.run_id` so a retry or resume
+    /// finds what an earlier attempt made.
+    fn run(params: Self::Params, cx: &StageContext) -> impl Future<Output = Result<Outputs, StageError>> + Send;
+}

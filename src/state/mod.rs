@@ -1,0 +1,131 @@
+//! Run records, the promotion ledger and the per-model lock, behind one
+//! trait with two backends: Kubernetes ConfigMaps/Leases ([`configmap`]) and a
+//! directory of YAML files ([`dir`]).
+//!
+//! Every write is optimistic: read with a version, apply the change, write
+//! with that version; on conflict re-read and re-apply. Never a blind
+//! overwrite.
+
+pub mod configmap;
+pub mod dir;
+mod record;
+
+pub use record::*;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{ExitClass, HasExitClass};
+
+/// Identifies one run record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RunKey {
+    pub pipeline: String,
+    pub run_id: String,
+}
+
+/// A change applied to a record inside an optimistic update loop. It may run
+/// more than once (after a conflict), so it must be a pure function of the
+/// record it is given.
+pub type RunMutation<'a> = dyn FnMut(&mut RunRecord) -> Result<(), StateError> + Send + 'a;
+pub type LedgerMutation<'a> = dyn FnMut(&mut Ledger) -> Result<(), StateError> + Send + 'a;
+
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Where records live, for messages: `configmaps in dev/models-dev`, `dir /x`.
+    fn describe(&self) -> String;
+
+    /// Create the run record; fails with [`StateError::AlreadyExists`] if present.
+    async fn create_run(&self, run: &RunRecord) -> Result<(), StateError>;
+    async fn get_run(&self, key: &RunKey) -> Result<Option<RunRecord>, StateError>;
+    /// Optimistic read-modify-write; returns the record as written.
+    async fn update_run(&self, key: &RunKey, f: &mut RunMutation<'_>) -> Result<RunRecord, StateError>;
+    /// Runs, newest first, optionally only one model's.
+    async fn list_runs(&self, model: Option<&str>) -> Result<Vec<RunRecord>, StateError>;
+
+    async fn get_ledger(&self, model: &str) -> Result<Ledger, StateError>;
+    /// Optimistic read-modify-write of the model's ledger (created on first
+    /// write); history is trimmed to the ledger's bound after `f`.
+    async fn update_ledger(&self, model: &str, f: &mut LedgerMutation<'_>) -> Result<Ledger, StateError>;
+
+    /// Take the model's lock for `holder`, or return [`StateError::Locked`]
+    /// naming the current holder. An expired lock is taken over.
+    async fn try_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError>;
+    /// Extend a lock this holder has.
+    async fn renew_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError>;
+    /// Release a lock this holder has; releasing a lock held by another is a no-op.
+    async fn release_lock(&self, model: &str, holder: &str) -> Result<(), StateError>;
+}
+
+/// Wait for the lock up to `wait`, polling with backoff; `Duration::ZERO`
+/// fails fast.
+pub async fn lock_with_wait(
+    store: &dyn StateStore,
+    model: &str,
+    holder: &str,
+    ttl: Duration,
+    wait: Duration,
+) -> Result<LockInfo, StateError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.try_lock(model, holder, ttl).await {
+            Err(StateError::Locked { .. }) if tokio::time::Instant::now() + delay <= deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{what} already exists in {store}")]
+    AlreadyExists { what: String, store: String },
+    #[error("{what} not found in {store}")]
+    NotFound { what: String, store: String },
+    #[error("model `{model}` is locked by {holder} until {expires}")]
+    Locked { model: String, holder: String, expires: String },
+    #[error("gave up on {what} after {attempts} conflicting writes")]
+    TooManyConflicts { what: String, attempts: u32 },
+    #[error("record {what} in {store} is not valid: {message}")]
+    Corrupt { what: String, store: String, message: String },
+    #[error("{what} in {store}: {source}")]
+    Kube {
+        what: String,
+        store: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Refused by the caller's mutation (e.g. promoting an unverified digest).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl StateError {
+    /// The Kubernetes Status behind this error, if any (404/409/403 stay distinguishable).
+    pub fn kube_status(&self) -> Option<&kube::core::Status> {
+        match self {
+            StateError::Kube { source: kube::Error::Api(status), .. } => Some(status),
+            _ => None,
+        }
+    }
+}
+
+impl HasExitClass for StateError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            StateError::Rejected(_) => ExitClass::BadInput,
+            StateError::Corrupt { .. } => ExitClass::Failed,
+            _ => ExitClass::Failed,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The records themselves: human-readable YAML in ConfigMap `data` or files.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Default bound on ledger history entries per model.
+pub const DEFAULT_LEDGER_HISTORY: usize = 50;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Skipped,
+    WaitingApproval,
+}
+
+impl Status {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled | Status::Skipped)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Skipped => "skipped",
+            Status::WaitingApproval => "waiting-approval",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub run_id: String,
+    pub pipeline: String,
+    pub model: String,
+    /// sha256 of the pipeline file's bytes.
+    pub pipeline_digest: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub status: Status,
+    /// RFC 3339.
+    pub created: String,
+    pub updated: String,
+    #[serde(default)]
+    pub stages: Vec<StageRecord>,
+    /// Set while parked in `waiting-approval`, and once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRecord {
+    pub name: String,
+    pub uses: String,
+    pub status: Status,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Digest of the rendered `with:` and upstream outputs; a resumed run
+    /// skips a succeeded stage whose inputs digest is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_digest: Option<String>,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, Value>,
+    /// Progress a stage saved mid-way (e.g. the Build it started).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checkpoints: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    pub stage: String,
+    /// `pending`, `approved`, `rejected` or `timed-out`.
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// One model's promotion ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Ledger {
+    pub model: String,
+    /// Environment -> the entry that put its current digest there.
+    #[serde(default)]
+    pub current: BTreeMap<String, LedgerEntry>,
+    /// Newest last; trimmed to `limit`.
+    #[serde(default)]
+    pub history: Vec<LedgerEntry>,
+    #[serde(default = "default_limit")]
+    pub limit: usize,
+}
+
+fn default_limit() -> usize {
+    DEFAULT_LEDGER_HISTORY
+}
+
+impl Ledger {
+    pub fn new(model: &str) -> Self {
+        Ledger {
+            model: model.to_string(),
+            current: BTreeMap::new(),
+            history: Vec::new(),
+            limit: DEFAULT_LEDGER_HISTORY,
+        }
+    }
+
+    /// Append an entry, make it current for its environment, trim history.
+    pub fn record(&mut self, entry: LedgerEntry) {
+        self.current.insert(entry.environment.clone(), entry.clone());
+        self.history.push(entry);
+        let limit = self.limit.max(1);
+        if self.history.len() > limit {
+            let excess = self.history.len() - limit;
+            self.history.drain(..excess);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// `verified` (checks passed in an environment), `promoted`, `rolled-back`.
+    pub action: String,
+    pub environment: String,
+    /// `sha256:...`
+    pub digest: String,
+    /// Full image reference pinned by digest.
+    pub image: String,
+    pub at: String,
+    pub run_id: String,
+    /// Who: user, service account or approver.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Check results that travelled with the digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forced: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LockInfo {
+    pub model: String,
+    pub holder: String,
+    pub acquired: String,
+    pub expires: String,
+}
+
+/// Now as RFC 3339 UTC, the timestamp format of every record.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
