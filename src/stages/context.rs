@@ -30,6 +30,18 @@ impl ValidateCx<'_> {
     pub fn earlier(&self) -> &[StageSpec] {
         &self.pipeline.spec.stages[..self.index]
     }
+
+    /// A problem at `path` if `name` is not a declared environment (templated
+    /// values are checked after rendering, at run time).
+    pub fn environment_problem(&self, path: &str, name: &str) -> Option<Problem> {
+        if crate::template::is_template(name) || self.pipeline.spec.environments.contains_key(name) {
+            return None;
+        }
+        let declared: Vec<&str> = self.pipeline.spec.environments.keys().map(String::as_str).collect();
+        let mut p = Problem::new(path, format!("environment `{name}` is not declared in spec.environments"));
+        p.hint = Some(format!("declared: {}", declared.join(", ")));
+        Some(p)
+    }
 }
 
 /// One problem in a stage's `with:`; the spec validator turns `path` into a
