@@ -6,11 +6,69 @@
 //!
 //! The runner never imports this module; it reaches the sim over HTTP like a
 //! real cluster. One file per simulated API group or controller.
+//!
+//! # Layout
+//!
+//! - [`resource`]: the resource table ([`ResourceType`]: group, version,
+//!   kind, plural, short names, scope, verbs, subresources, table columns,
+//!   kind-specific validation).
+//! - [`store`]: the generic object store: objects as JSON, one global
+//!   resourceVersion, write-through files under `DATA/objects/`, and a
+//!   change feed (broadcast + bounded history) for watches and controllers.
+//! - [`server`]: request resolution and the generic verbs (get, list, watch,
+//!   create, update, patch, delete, deletecollection, `status`), Tables for
+//!   kubectl; [`discovery`]: `/version`, `/api`, `/apis`, OpenAPI v3.
+//! - [`status`]: `kind: Status` failures shaped like the API server's.
+//! - [`faults`]: the fault-injection middleware (403 for configured
+//!   resources today).
+//! - API groups, each registering its kinds: [`core`] (namespaces,
+//!   configmaps, secrets), [`coordination`] (leases).
+//!
+//! # Adding a kind
+//!
+//! 1. In the group's file (a new `src/sim/<group>.rs` for a new group), add
+//!    a `const` [`ResourceType`] built with [`ResourceType::namespaced`] and
+//!    struct update syntax for what differs (`short_names`, `subresources:
+//!    &["status"]`, `generation: true` for spec/status kinds, `columns`,
+//!    `validate`), and `table.add(..)` it in the file's `register`.
+//! 2. Call that `register` from [`build_table`]. Discovery, OpenAPI, CRUD,
+//!    watch, selectors, Tables and persistence then work for the kind.
+//! 3. A custom subresource (`buildconfigs/instantiatebinary`, `builds/log`)
+//!    is listed in `subresources` and served by a handler registered with
+//!    [`ResourceTable::subresource`]; it gets the [`SimApi`] and the request.
+//!
+//! # Adding a controller
+//!
+//! A controller is a task started in [`start`] with a clone of the
+//! [`SimApi`]: it reads `api.store.events()` (every committed change, in
+//! order), and writes through `api.store` (`create`, `update`, `modify` for
+//! an atomic read-modify-write, `Scope::Status` for status), so clients see
+//! its changes as watch events with new resourceVersions. It stops when
+//! `api.shutdown` is cancelled; it must keep no state the store does not
+//! hold, so a restarted sim resumes from the persisted objects.
 
+pub mod coordination;
+pub mod core;
+pub mod discovery;
+pub mod faults;
 pub mod registry;
+pub mod resource;
+pub mod selector;
+pub mod server;
+pub mod status;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use faults::{Faults, ForbiddenRule};
+pub use resource::{ResourceTable, ResourceType};
+pub use store::Store;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -20,6 +78,20 @@ pub struct SimConfig {
     pub listen: SocketAddr,
     /// The cluster/context name written into the kubeconfig.
     pub name: String,
+    /// Injected failures (403 for named resources, ...).
+    pub faults: Faults,
+}
+
+impl SimConfig {
+    /// A sim on a free loopback port, no faults.
+    pub fn new(data_dir: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        SimConfig {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            name: name.into(),
+            faults: Faults::default(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +112,44 @@ pub enum SimError {
     Corrupt { path: PathBuf, message: String },
 }
 
+impl crate::HasExitClass for SimError {
+    fn exit_class(&self) -> crate::ExitClass {
+        crate::ExitClass::Failed
+    }
+}
+
+/// What the HTTP handlers, subresource handlers and controllers share: the
+/// resource table, the object store, the faults and the shutdown signal.
+#[derive(Clone)]
+pub struct SimApi {
+    pub table: Arc<ResourceTable>,
+    pub store: Arc<Store>,
+    pub faults: Arc<Faults>,
+    /// Cancelled when the sim stops; long-running work (watches,
+    /// controllers) ends on it.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for SimApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimApi").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+/// Every kind the sim serves.
+pub fn build_table() -> ResourceTable {
+    let mut table = ResourceTable::default();
+    core::register(&mut table);
+    coordination::register(&mut table);
+    table
+}
+
 /// A running sim. Dropping it does not stop it; call [`SimServer::shutdown`].
 pub struct SimServer {
     pub addr: SocketAddr,
     pub name: String,
+    api: SimApi,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl SimServer {
@@ -57,15 +163,60 @@ impl SimServer {
         self.addr.to_string()
     }
 
+    /// The in-process API (store and resource table), for controllers and
+    /// tests that inspect the sim's state directly.
+    pub fn api(&self) -> &SimApi {
+        &self.api
+    }
+
+    /// This sim's kubeconfig (one context, named after the sim).
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig_yaml(&[(self.name.clone(), self.url())])
+    }
+
     /// Stop serving, stop controllers and their processes, flush state.
+    /// Open watches end; in-flight requests get a few seconds to finish.
+    /// Every write is already on disk when it is acknowledged.
     pub async fn shutdown(self) {
-        todo!("sim helper")
+        self.api.shutdown.cancel();
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
 /// Start a sim in this process.
-pub async fn start(_config: SimConfig) -> Result<SimServer, SimError> {
-    todo!("sim helper")
+pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| SimError::Io { path: config.data_dir.clone(), source })?;
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let table = Arc::new(build_table());
+    // The namespaces every cluster has.
+    for ns in ["default", "kube-system", "kube-public"] {
+        if !store.namespace_exists(ns) {
+            store
+                .create(&core::NAMESPACES, "", json!({ "metadata": { "name": ns } }), false)
+                .map_err(|e| SimError::Corrupt { path: config.data_dir.clone(), message: e.to_string() })?;
+        }
+    }
+    let api = SimApi { table, store, faults: Arc::new(config.faults.clone()), shutdown: CancellationToken::new() };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| SimError::Bind { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
+    let app = server::router(api.clone())
+        .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer));
+    let shutdown = api.shutdown.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "sim server stopped");
+        }
+    });
+    tracing::info!(url = %format!("http://{addr}"), data = %config.data_dir.display(), "sim started");
+    Ok(SimServer { addr, name: config.name, api, task })
 }
 
 /// A kubeconfig with one cluster/context/user per `(name, url)`; the current
