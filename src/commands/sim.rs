@@ -1,11 +1,14 @@
 //! `modelship sim serve`
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use super::{CommandError, GlobalArgs};
+use super::{CommandError, GlobalArgs, fail};
+use crate::error::ExitClass;
+use crate::sim::{self, Faults, SimConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -29,8 +32,70 @@ pub struct SimServeArgs {
     /// Cluster/context name in the kubeconfig.
     #[arg(long, default_value = "sim")]
     pub name: String,
+    /// Answer 403 Forbidden for a resource: RESOURCE[.GROUP][:VERB,...][@NAMESPACE]
+    /// (repeatable), e.g. `builds.build.openshift.io:create@models-dev`.
+    #[arg(long, value_name = "RULE")]
+    pub forbid: Vec<crate::sim::ForbiddenRule>,
 }
 
-pub async fn run(_c: SimCommand, _g: &GlobalArgs) -> Result<(), CommandError> {
-    todo!("sim helper")
+pub async fn run(c: SimCommand, _g: &GlobalArgs) -> Result<(), CommandError> {
+    match c {
+        SimCommand::Serve(a) => serve(a).await,
+    }
+}
+
+async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
+    let config = SimConfig {
+        data_dir: a.data.clone(),
+        listen: a.listen,
+        name: a.name.clone(),
+        faults: Faults { forbidden: a.forbid.clone() },
+    };
+    let server = sim::start(config).await.map_err(fail)?;
+    let kubeconfig = a.kubeconfig.clone().unwrap_or_else(|| a.data.join("kubeconfig"));
+    if let Err(e) = write_kubeconfig(&kubeconfig, &server.kubeconfig()) {
+        server.shutdown().await;
+        return Err(CommandError::new(ExitClass::Failed, e));
+    }
+    // Scripts wait for these two lines, so flush them at once.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {}", server.url());
+    let _ = writeln!(out, "kubeconfig: {}", kubeconfig.display());
+    let _ = out.flush();
+    drop(out);
+    wait_for_signal().await;
+    tracing::info!("sim stopping");
+    server.shutdown().await;
+    Ok(())
+}
+
+fn write_kubeconfig(path: &Path, text: &str) -> Result<(), std::io::Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write kubeconfig {}: {e}", path.display())))
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (what Tekton and `kill` send).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
