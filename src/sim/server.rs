@@ -252,7 +252,7 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
                 Ok(json_response(StatusCode::OK, &obj))
             }
             Method::PUT => {
-                let body = read_json(req.into_body()).await?;
+                let body = read_json(req).await?;
                 let obj = api.store.update(&rt, &ns, &name, body, Scope::Status, query.dry_run)?;
                 Ok(json_response(StatusCode::OK, &obj))
             }
@@ -296,7 +296,7 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
-            let body = read_json(req.into_body()).await?;
+            let body = read_json(req).await?;
             if rt.namespaced {
                 if let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str) {
                     if !body_ns.is_empty() && body_ns != ns {
@@ -310,7 +310,7 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
-            let body = read_json(req.into_body()).await?;
+            let body = read_json(req).await?;
             let existed = api.store.get(&rt, &ns, &name).is_some();
             let obj = api.store.update(&rt, &ns, &name, body, Scope::Main, query.dry_run)?;
             Ok(json_response(if existed { StatusCode::OK } else { StatusCode::CREATED }, &obj))
@@ -367,10 +367,22 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-async fn read_json(body: Body) -> Result<Value, ApiError> {
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
+/// The body of a create/update. Only JSON: protobuf (what typed client-go
+/// clients such as `kubectl create configmap` send) is refused with 415.
+async fn read_json(req: Request) -> Result<Value, ApiError> {
+    let ct = content_type(req.headers());
+    if !ct.is_empty() && ct != "application/json" && ct != "application/yaml" {
+        return Err(ApiError::unsupported_media_type(&ct));
+    }
+    let yaml = ct == "application/yaml";
+    let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    if yaml {
+        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
+        return crate::spec::yaml::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid YAML: {e}")));
+    }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))
 }
 
