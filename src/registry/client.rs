@@ -159,7 +159,7 @@ impl RegistryClient {
         let st = self.state.lock().await;
         Ok(match &st.challenge {
             Some(Challenge::Basic) => self.basic_header(),
-            Some(Challenge::Bearer { .. }) => st.tokens.get(scope).map(|t| bearer_header(t)),
+            Some(Challenge::Bearer { .. }) => st.tokens.get(scope).map(bearer_header),
             None => None,
         })
     }
