@@ -232,3 +232,126 @@ async fn protocol_edges_ranges_chunked_uploads_and_rejections() {
     assert_eq!(missing.status(), 404);
     assert!(missing.text().await.unwrap().contains("MANIFEST_UNKNOWN"));
 }
+
+/// The sim registry behind a docker-style token server: `/token` hands out
+/// a bearer token for the requested scopes to `robot` (basic auth), and
+/// every `/v2/` request needs a token whose scope covers it.
+async fn bearer_sim(password: &'static str) -> (Sim, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::Request;
+    use axum::http::{StatusCode, header};
+    use axum::middleware::{self, Next};
+    use axum::response::{IntoResponse, Response};
+    use base64::Engine;
+
+    let scopes_seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = RegistryStore::new(dir.path().join("registry"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let realm = format!("http://{addr}/token");
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("robot:{password}")));
+    let seen = scopes_seen.clone();
+    let token = move |req: Request| {
+        let ok = req.headers().get(header::AUTHORIZATION).is_some_and(|v| *v == *expected);
+        let scopes: Vec<String> = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .filter(|(k, _)| k == "scope")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        seen.lock().unwrap().extend(scopes.iter().cloned());
+        async move {
+            if !ok {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            let body = serde_json::json!({"token": format!("tok.{}", scopes.join("|"))});
+            axum::Json(body).into_response()
+        }
+    };
+    let guard = move |req: Request, next: Next| {
+        let realm = realm.clone();
+        async move {
+            let path = req.uri().path().to_string();
+            let bearer =
+                req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let repo = path.strip_prefix("/v2/").and_then(|p| {
+                ["/blobs/", "/manifests/", "/tags/"].iter().find_map(|m| p.split_once(m).map(|(r, _)| r.to_string()))
+            });
+            let action = if req.method() == "GET" || req.method() == "HEAD" { "pull" } else { "push" };
+            let allowed = match &repo {
+                None => bearer.starts_with("Bearer tok."),
+                Some(r) => bearer.strip_prefix("Bearer tok.").is_some_and(|scopes| {
+                    scopes.split('|').any(|s| {
+                        s.strip_prefix(&format!("repository:{r}:"))
+                            .is_some_and(|acts| acts.split(',').any(|a| a == action))
+                    })
+                }),
+            };
+            if allowed {
+                return next.run(req).await;
+            }
+            let scope = repo.map(|r| format!(",scope=\"repository:{r}:{action}\"")).unwrap_or_default();
+            let challenge = format!("Bearer realm=\"{realm}\",service=\"sim\"{scope}");
+            let mut resp: Response =
+                (StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED"}]}"#).into_response();
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+            resp
+        }
+    };
+    let app = router(store.clone()).layer(middleware::from_fn(guard)).route("/token", axum::routing::get(token));
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (Sim { addr, store, task, _dir: dir }, scopes_seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bearer_token_challenge_with_credentials_from_an_auth_file_or_a_pull_secret() {
+    use base64::Engine;
+    use modelship::registry::{AuthStore, RegistryError};
+
+    let a = sim().await;
+    let (b, scopes) = bearer_sim("s3cret-robot-pw").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = Layout::new(dir.path());
+    let app = layout.image(&[layout.big_layer(1 << 20, 9)], "amd64");
+    layout.tag("app", &app);
+    let (addr, ldir) = (a.addr.clone(), layout.dir.clone());
+    blocking(move || {
+        skopeo(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:app", ldir.display()),
+            &format!("docker://{addr}/dev/app:v1"),
+        ])
+    })
+    .await;
+    let src = ImageRef::parse(&format!("{}/dev/app@{}", a.addr, app.digest)).unwrap();
+    let dst = ImageRef::parse(&format!("{}/prod/app:v1", b.addr)).unwrap();
+
+    // Anonymous: the token server refuses, and the error says what to do.
+    let err = copy_image(&src, &dst, &opts()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("registry {} answered 401 Unauthorized", b.addr)), "{err}");
+
+    // An auth file (containers auth.json shape) with the robot's password.
+    let auth = base64::engine::general_purpose::STANDARD.encode("robot:s3cret-robot-pw");
+    let authfile = dir.path().join("auth.json");
+    std::fs::write(&authfile, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, b.addr)).unwrap();
+    let store = AuthStore::from_file(&authfile).unwrap();
+    let stats = copy_image(&src, &dst, &CopyOptions { auth: store, ..opts() }).await.unwrap();
+    assert_eq!((stats.digest.as_str(), stats.blobs_uploaded), (app.digest.as_str(), 2));
+    assert!(
+        scopes.lock().unwrap().iter().any(|s| s == "repository:prod/app:pull,push"),
+        "{:?}",
+        scopes.lock().unwrap()
+    );
+
+    // The same credentials as a Kubernetes dockerconfigjson pull Secret's data.
+    let secret = format!(r#"{{"auths":{{"http://{}":{{"username":"robot","password":"s3cret-robot-pw"}}}}}}"#, b.addr);
+    let store = AuthStore::from_dockerconfigjson(secret.as_bytes()).unwrap();
+    let dst2 = ImageRef::parse(&format!("{}/prod/app:v2", b.addr)).unwrap();
+    let stats = copy_image(&src, &dst2, &CopyOptions { auth: store, ..opts() }).await.unwrap();
+    assert_eq!(stats.blobs_skipped, 2);
+    let raw = b.store.get_manifest("prod/app", "v2").await.unwrap().2;
+    assert_eq!(sha256_digest(&raw), app.digest);
+}
