@@ -144,6 +144,20 @@ async fn a_digest_not_in_the_source_is_a_clear_error() {
         err.to_string(),
         format!("{}/models/weather@{missing} not found in the source registry (manifest unknown)", a.addr)
     );
+
+    // TLS is verified unless the registry is named insecure: a plain-http
+    // registry is then unreachable, and the message says which flag fixes it.
+    let err = copy_image(
+        &image(&format!("{}/models/weather@{missing}", a.addr)),
+        &image(&format!("{}/prod/weather:prod", b.addr)),
+        &CopyOptions { src_insecure: false, ..opts() },
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::Connect { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.starts_with(&format!("cannot reach registry {} at https://{}/v2/", a.addr, a.addr)), "{text}");
+    assert!(text.contains("--src-insecure"), "{text}");
 }
 
 /// A small image in `a` as `repo:v1`; returns its manifest descriptor.
