@@ -139,3 +139,41 @@ impl HasExitClass for RegistryError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What users read when a copy fails; the wording is the contract.
+    #[test]
+    fn error_messages() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let errors = [
+            RegistryError::Unauthorized {
+                registry: "registry.prod.example.com".into(),
+                scope: "repository:models-prod/weather:pull,push".into(),
+                detail: "no credentials for registry.prod.example.com were found (looked in: /run/containers/0/auth.json (absent), /root/.docker/config.json (absent)); pass --authfile with a docker config.json or containers auth.json that has an entry for it".into(),
+            },
+            RegistryError::ManifestNotFound { image: format!("127.0.0.1:5000/models-dev/weather@{d}") },
+            RegistryError::BlobCopy {
+                digest: d.clone(),
+                target: "127.0.0.1:5001/models-prod/weather".into(),
+                attempts: 4,
+                source: Box::new(RegistryError::Http {
+                    registry: "127.0.0.1:5001".into(),
+                    what: format!("PUT blob {d}"),
+                    status: 503,
+                    body: "unavailable".into(),
+                }),
+            },
+            RegistryError::BlobDigestMismatch {
+                source_repo: "127.0.0.1:5000/models-dev/weather".into(),
+                digest: d.clone(),
+                actual: format!("sha256:{}", "cd".repeat(32)),
+            },
+            RegistryError::BadReference { input: "weather:v1".into(), reason: "expected HOST[:PORT]/REPO".into() },
+        ];
+        let text: Vec<String> = errors.into_iter().map(|e| format!("{:#}", anyhow::Error::from(e))).collect();
+        insta::assert_snapshot!(text.join("\n"));
+    }
+}
