@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::{CommandError, GlobalArgs};
+use super::{CommandError, GlobalArgs, fail};
+use crate::registry::{AuthStore, CopyOptions, ImageRef, copy_image};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -32,6 +33,22 @@ pub struct CopyArgs {
     pub authfile: Option<PathBuf>,
 }
 
-pub async fn run(_c: ImageCommand, _g: &GlobalArgs) -> Result<(), CommandError> {
-    todo!("registry helper")
+/// Copy, print the digest on stdout (so scripts can capture it), stats to logs.
+pub async fn run(c: ImageCommand, _g: &GlobalArgs) -> Result<(), CommandError> {
+    match c {
+        ImageCommand::Copy(a) => {
+            let src = ImageRef::parse(&a.src).map_err(fail)?;
+            let dst = ImageRef::parse(&a.dst).map_err(fail)?;
+            let auth = AuthStore::load(a.authfile.as_deref()).map_err(fail)?;
+            let opts = CopyOptions {
+                src_insecure: a.src_insecure,
+                dest_insecure: a.dest_insecure,
+                auth,
+                ..CopyOptions::default()
+            };
+            let stats = copy_image(&src, &dst, &opts).await.map_err(fail)?;
+            println!("{}", stats.digest);
+            Ok(())
+        }
+    }
 }
