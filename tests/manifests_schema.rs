@@ -87,7 +87,8 @@ fn imagestream_matches_the_strict_openshift_schema() {
 fn seldondeployment_matches_the_seldon_v1_schema() {
     let v = schema(SELDON);
     let cat = Catalog::embedded();
-    let minimal = manifests::seldon_deployment_yaml(&cat, &DeployVars::new("weather", "models-dev", digest_image())).unwrap();
+    let minimal =
+        manifests::seldon_deployment_yaml(&cat, &DeployVars::new("weather", "models-dev", digest_image())).unwrap();
     assert_valid(&v, &minimal);
     let mut full = DeployVars::new("weather", "models-dev", digest_image());
     full.predictor = "main".into();
@@ -108,7 +109,10 @@ fn seldondeployment_matches_the_seldon_v1_schema() {
     let container = &predictor["componentSpecs"][0]["spec"]["containers"][0];
     assert_eq!(container["name"], predictor["graph"]["name"], "container and graph node must match");
     assert_eq!(container["image"], digest_image());
-    assert_eq!(container["env"], json!([{"name": "GUNICORN_WORKERS", "value": "2"}, {"name": "SELDON_LOG_LEVEL", "value": "DEBUG"}]));
+    assert_eq!(
+        container["env"],
+        json!([{"name": "GUNICORN_WORKERS", "value": "2"}, {"name": "SELDON_LOG_LEVEL", "value": "DEBUG"}])
+    );
     // Only limits: the resources block still has the right shape.
     let mut limits_only = DeployVars::new("weather", "models-dev", digest_image());
     limits_only.resources.limits.insert("cpu".into(), "1".into());
@@ -138,12 +142,14 @@ fn schemas_reject_misspelt_and_mistyped_fields() {
     bc["spec"]["strategy"]["dockerStrategy"]["dockerFilePath"] = json!("Dockerfile");
     assert!(errors(&schema(BUILDCONFIG), &bc).contains("dockerFilePath"));
 
-    let mut route = yaml(&manifests::route_yaml(&cat, &RouteVars::new("weather", "models-dev", "weather-default")).unwrap());
+    let mut route =
+        yaml(&manifests::route_yaml(&cat, &RouteVars::new("weather", "models-dev", "weather-default")).unwrap());
     route["spec"]["to"]["weight"] = json!("heavy");
     assert!(!errors(&schema(ROUTE), &route).is_empty());
 
-    let mut sdep =
-        yaml(&manifests::seldon_deployment_yaml(&cat, &DeployVars::new("weather", "models-dev", digest_image())).unwrap());
+    let mut sdep = yaml(
+        &manifests::seldon_deployment_yaml(&cat, &DeployVars::new("weather", "models-dev", digest_image())).unwrap(),
+    );
     sdep["spec"]["predictors"][0].as_object_mut().unwrap().remove("graph");
     assert!(errors(&schema(SELDON), &sdep).contains("graph"));
 }
