@@ -53,6 +53,7 @@ fn render(model_dir: &Path, out: &Path) -> RenderedContext {
         model_name: "weather".into(),
         model_dir: model_dir.to_path_buf(),
         model_digest: None,
+        link_model_files: false,
     };
     render::render_context(&Catalog::embedded(), &input, &out.join("context")).unwrap()
 }

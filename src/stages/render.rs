@@ -181,6 +181,11 @@ pub struct RenderInput {
     pub model_dir: PathBuf,
     /// fetch-model's `contentDigest`; computed from `model_dir` when absent.
     pub model_digest: Option<String>,
+    /// Hard-link model files into the context instead of copying them. Only
+    /// for a directory the run owns (fetch-model's output, replaced by rename,
+    /// never edited in place): a link to a file someone edits later would
+    /// change the context behind its digest.
+    pub link_model_files: bool,
 }
 
 /// How the served class came to be.
@@ -578,7 +583,7 @@ pub fn render_context(catalog: &Catalog, input: &RenderInput, out: &Path) -> Res
             }
             continue;
         }
-        tree::link_or_copy(&f.abs, &partial.join(&f.rel))?;
+        tree::place(&f.abs, &partial.join(&f.rel), input.link_model_files)?;
     }
     write(&partial.join(DOCKERFILE), &dockerfile)?;
     write(&partial.join(REQUIREMENTS), &requirements_txt)?;
@@ -658,15 +663,15 @@ impl Stage for Render {
 
     async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
         let fetched = cx.outputs_of_kind("fetch-model");
-        let (model_dir, model_digest) = match &params.model_dir {
-            Some(d) => (cx.pipeline_dir.join(d), None),
+        let (model_dir, model_digest, owned) = match &params.model_dir {
+            Some(d) => (cx.pipeline_dir.join(d), None, false),
             None => {
                 let dir = fetched
                     .and_then(|o| o.get("modelDir"))
                     .and_then(Value::as_str)
                     .ok_or_else(|| StageError::from(RenderError::NoModelDir))?;
                 let digest = fetched.and_then(|o| o.get("contentDigest")).and_then(Value::as_str).map(str::to_string);
-                (PathBuf::from(dir), digest)
+                (PathBuf::from(dir), digest, true)
             }
         };
         let mut params = params;
@@ -676,7 +681,13 @@ impl Stage for Render {
         if params.revision.is_none() {
             params.revision = cx.labels.get("commit").cloned();
         }
-        let input = RenderInput { params, model_name: cx.pipeline.spec.model.name.clone(), model_dir, model_digest };
+        let input = RenderInput {
+            params,
+            model_name: cx.pipeline.spec.model.name.clone(),
+            model_dir,
+            model_digest,
+            link_model_files: owned,
+        };
         let out = cx.stage_dir().map_err(StageError::failed)?.join("context");
         let catalog = cx.catalog.clone();
         // Hashing and copying a large model is blocking file work.

@@ -15,6 +15,7 @@ fn input(dir: &Path, params: Params) -> RenderInput {
         model_name: "weather".into(),
         model_dir: dir.to_path_buf(),
         model_digest: Some(MODEL_DIGEST.into()),
+        link_model_files: false,
     }
 }
 
@@ -427,4 +428,114 @@ fn manifest_override_of_the_wrong_kind_is_caught() {
     let cat = Catalog::embedded().with_override(overrides.path());
     let err = manifests::image_stream_yaml(&cat, &build_vars()).unwrap_err();
     assert!(matches!(err, manifests::ManifestError::WrongKind { .. }), "{err}");
+}
+
+const PIPELINE: &str = r#"
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: { name: weather }
+spec:
+  model: { name: weather, source: "s3://models/weather/" }
+  environments:
+    dev: { namespace: models-dev }
+  stages:
+    - name: fetch
+      uses: fetch-model
+    - name: render
+      uses: render
+      with: { modelClass: MyModel, baseImage: "{{params.base}}" }
+"#;
+
+fn pipeline(text: &str) -> crate::spec::Pipeline {
+    crate::spec::yaml::from_str(text).unwrap()
+}
+
+fn validate_cx<'a>(p: &'a crate::spec::Pipeline, catalog: &'a Catalog, index: usize) -> ValidateCx<'a> {
+    ValidateCx { pipeline: p, stage: &p.spec.stages[index], index, catalog }
+}
+
+#[test]
+fn validate_and_plan_are_pure_and_need_a_model_source() {
+    let cat = Catalog::embedded();
+    let p = pipeline(PIPELINE);
+    let params = Params { base_image: "{{params.base}}".into(), ..Params::default() };
+    assert_eq!(Render::validate(&params, &validate_cx(&p, &cat, 1)), vec![]);
+    let plan = Render::plan(&params, &validate_cx(&p, &cat, 1));
+    assert_eq!(plan[0], "render build context in workspace `render/context` from the model fetched by stage `fetch`");
+
+    let without_fetch = pipeline(&PIPELINE.replace("uses: fetch-model", "uses: prediction-check"));
+    let problems = Render::validate(&Params::default(), &validate_cx(&without_fetch, &cat, 1));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].message.contains("no `fetch-model` stage runs before this one"), "{problems:?}");
+    let with_dir = Params { model_dir: Some("models/weather".into()), ..Params::default() };
+    assert_eq!(Render::validate(&with_dir, &validate_cx(&without_fetch, &cat, 1)), vec![]);
+}
+
+#[tokio::test]
+async fn run_reads_fetch_model_outputs_and_run_labels() {
+    use std::sync::Arc;
+    let work = tempfile::tempdir().unwrap();
+    let p = Arc::new(pipeline(PIPELINE));
+    let fetched = Outputs::from([
+        ("modelDir".to_string(), json!(fixture("weather-model").display().to_string())),
+        ("contentDigest".to_string(), json!(MODEL_DIGEST)),
+    ]);
+    let cx = StageContext {
+        run_id: "run-1".into(),
+        pipeline: p.clone(),
+        pipeline_dir: work.path().to_path_buf(),
+        stage: p.spec.stages[1].clone(),
+        attempt: 1,
+        workspace: work.path().join("ws"),
+        outputs: BTreeMap::from([("fetch".to_string(), fetched)]),
+        params: BTreeMap::new(),
+        labels: BTreeMap::from([("commit".to_string(), "0123abc".to_string())]),
+        previous: None,
+        clusters: Arc::new(crate::cluster::Clusters::new(p.spec.environments.clone(), None)),
+        state: Arc::new(crate::state::dir::DirStore::new(work.path().join("state"))),
+        run_key: crate::state::RunKey { pipeline: "weather".into(), run_id: "run-1".into() },
+        catalog: Arc::new(Catalog::embedded()),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        interactive: false,
+    };
+    let out = Render::run(Params::default(), &cx).await.unwrap();
+    let dir = work.path().join("ws/render/context");
+    assert_eq!(out["contextDir"], json!(dir.display().to_string()));
+    assert_eq!(out["files"], json!(["Dockerfile", "MyModel.py", "README.md", "requirements.txt", "weather.json"]));
+    let dockerfile = fs::read_to_string(dir.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("io.modelship.model.digest=\"{MODEL_DIGEST}\"")), "{dockerfile}");
+    assert!(dockerfile.contains("org.opencontainers.image.revision=\"0123abc\""), "{dockerfile}");
+    assert!(!dockerfile.contains("org.opencontainers.image.source"), "{dockerfile}");
+
+    // Same input, same digest: openshift-build may skip the rebuild.
+    let again = Render::run(Params::default(), &cx).await.unwrap();
+    assert_eq!(out["contextDigest"], again["contextDigest"]);
+
+    // A missing model directory is the user's input, not a failed stage.
+    let params = Params { model_dir: Some("no/such/dir".into()), ..Params::default() };
+    let err = Render::run(params, &cx).await.unwrap_err();
+    assert_eq!(err.kind, StageErrorKind::BadInput, "{err}");
+}
+
+/// Guards against a context that changes behind its digest: files of a
+/// directory the run does not own (a `modelDir` someone may edit in place)
+/// are copied; only fetch-model's own output is hard-linked.
+#[cfg(unix)]
+#[test]
+fn model_files_are_linked_only_when_the_run_owns_them() {
+    use std::os::unix::fs::MetadataExt;
+    let model = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("weather-model"), model.path(), &[]);
+    let out = tempfile::tempdir().unwrap();
+    let cat = Catalog::embedded();
+    let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+    let src = model.path().join("weather.json");
+
+    let copied = render_context(&cat, &input(model.path(), Params::default()), &out.path().join("a")).unwrap();
+    assert_ne!(ino(&copied.dir.join("weather.json")), ino(&src));
+
+    let owned = RenderInput { link_model_files: true, ..input(model.path(), Params::default()) };
+    let linked = render_context(&cat, &owned, &out.path().join("b")).unwrap();
+    assert_eq!(ino(&linked.dir.join("weather.json")), ino(&src));
+    assert_eq!(copied.digest, linked.digest);
 }

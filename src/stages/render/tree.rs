@@ -103,14 +103,15 @@ pub(crate) fn tree_digest(entries: &[FileEntry]) -> Result<String, RenderError> 
     Ok(format!("sha256:{}", hex::encode(listing.finalize())))
 }
 
-/// Place `src` at `dst`: a hard link when both are on one filesystem (no
-/// copy of a multi-GB model), else a streamed copy. Either way `dst` keeps
-/// the source's permissions.
-pub(crate) fn link_or_copy(src: &Path, dst: &Path) -> Result<(), RenderError> {
+/// Place `src` at `dst`: with `link`, a hard link when both are on one
+/// filesystem (no second copy of a multi-GB model); else a copy, which
+/// `std::fs::copy` streams in the kernel (`copy_file_range`). Either way
+/// `dst` keeps the source's permissions.
+pub(crate) fn place(src: &Path, dst: &Path, link: bool) -> Result<(), RenderError> {
     if let Some(parent) = dst.parent() {
         fs::create_dir_all(parent).map_err(|source| RenderError::Io { path: parent.to_path_buf(), source })?;
     }
-    if fs::hard_link(src, dst).is_ok() {
+    if link && fs::hard_link(src, dst).is_ok() {
         return Ok(());
     }
     fs::copy(src, dst).map(|_| ()).map_err(|source| RenderError::Io { path: dst.to_path_buf(), source })
