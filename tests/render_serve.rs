@@ -359,3 +359,21 @@ fn dockerfile_parser_reads_quoted_env_and_shell_cmd() {
     );
     assert_eq!(image.cmd, vec!["/bin/sh", "-c", "exec run $A --b"]);
 }
+
+/// The Keras wrapper is not served here (no TensorFlow in the test venvs);
+/// this only proves the rendered file is valid Python for the venv's
+/// interpreter.
+#[test]
+fn keras_wrapper_compiles() {
+    let work = tempfile::tempdir().unwrap();
+    let model_dir = work.path().join("model");
+    fs::create_dir_all(&model_dir).unwrap();
+    fs::write(model_dir.join("weather.h5"), b"not a real model").unwrap();
+    let ctx = render(&model_dir, work.path());
+    assert!(matches!(ctx.class, ModelClassSource::Generated { format: "keras", .. }), "{:?}", ctx.class);
+    // Any seldon-core venv has the interpreter; the weather one needs no extras.
+    let weather = render(&fixture("weather-model"), &work.path().join("w"));
+    let python = venv_for(&weather).join("bin/python");
+    let out = Command::new(python).args(["-m", "py_compile", "MyModel.py"]).current_dir(&ctx.dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
