@@ -213,6 +213,10 @@ pub struct RenderedContext {
 pub enum RenderError {
     #[error("with.{param}: {reason}")]
     InvalidParam { param: String, reason: String },
+    #[error("spec.model.name `{name}` {reason}")]
+    InvalidModelName { name: String, reason: String },
+    #[error("cancelled")]
+    Cancelled,
     #[error(
         "no model directory: set `modelDir`, or run a `fetch-model` stage before this one (its `modelDir` output is the default)"
     )]
@@ -260,7 +264,7 @@ pub enum RenderError {
 impl HasExitClass for RenderError {
     fn exit_class(&self) -> ExitClass {
         match self {
-            RenderError::Io { .. } => ExitClass::Failed,
+            RenderError::Io { .. } | RenderError::Cancelled => ExitClass::Failed,
             _ => ExitClass::BadInput,
         }
     }
@@ -519,12 +523,24 @@ fn write(path: &Path, text: &str) -> Result<(), RenderError> {
 /// Render the build context for `input` into `out` (replaced as a whole:
 /// re-rendering the same input gives the same files and digest).
 pub fn render_context(catalog: &Catalog, input: &RenderInput, out: &Path) -> Result<RenderedContext, RenderError> {
+    render_context_until(catalog, input, out, &|| false)
+}
+
+/// [`render_context`] that checks `stop` between files and gives up with
+/// [`RenderError::Cancelled`] (leaving only the `.partial` scratch
+/// directory, which the next render replaces).
+pub fn render_context_until(
+    catalog: &Catalog,
+    input: &RenderInput,
+    out: &Path,
+    stop: &dyn Fn() -> bool,
+) -> Result<RenderedContext, RenderError> {
     let p = &input.params;
     if let Some(problem) = param_problems(p, false).into_iter().next() {
         return Err(RenderError::InvalidParam { param: problem.path, reason: problem.message });
     }
     if let Some(reason) = safe::refusal(&input.model_name, Slot::DnsSubdomain) {
-        return Err(RenderError::InvalidParam { param: "spec.model.name".into(), reason });
+        return Err(RenderError::InvalidModelName { name: display_value(&input.model_name), reason });
     }
     let dir = &input.model_dir;
     if !dir.is_dir() {
@@ -577,6 +593,9 @@ pub fn render_context(catalog: &Catalog, input: &RenderInput, out: &Path) -> Res
     remove_dir_if_exists(&partial)?;
     fs::create_dir_all(&partial).map_err(|source| RenderError::Io { path: partial.clone(), source })?;
     for f in &model_files {
+        if stop() {
+            return Err(RenderError::Cancelled);
+        }
         if f.rel == DOCKERFILE || f.rel == REQUIREMENTS {
             if f.rel == DOCKERFILE {
                 tracing::warn!(path = %f.abs.display(), "the model directory's Dockerfile is replaced by the rendered one");
@@ -591,6 +610,9 @@ pub fn render_context(catalog: &Catalog, input: &RenderInput, out: &Path) -> Res
         write(&partial.join(file), text)?;
     }
     let entries = tree::walk(&partial)?;
+    if stop() {
+        return Err(RenderError::Cancelled);
+    }
     let digest = tree::tree_digest(&entries)?;
     remove_dir_if_exists(out)?;
     fs::rename(&partial, out).map_err(|source| RenderError::Io { path: out.to_path_buf(), source })?;
@@ -690,11 +712,18 @@ impl Stage for Render {
         };
         let out = cx.stage_dir().map_err(StageError::failed)?.join("context");
         let catalog = cx.catalog.clone();
-        // Hashing and copying a large model is blocking file work.
-        let task = tokio::task::spawn_blocking(move || render_context(&catalog, &input, &out));
-        let rendered = tokio::select! {
-            r = task => r.map_err(|e| StageError::msg(format!("render task failed: {e} (this is a bug)")))??,
-            _ = cx.cancel.cancelled() => return Err(StageError::cancelled()),
+        let cancel = cx.cancel.clone();
+        // Hashing and copying a large model is blocking file work; it checks
+        // the token between files, and is awaited even when cancelled so no
+        // half-finished render outlives the stage.
+        let task = tokio::task::spawn_blocking(move || {
+            render_context_until(&catalog, &input, &out, &|| cancel.is_cancelled())
+        });
+        let rendered = match task.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(RenderError::Cancelled)) => return Err(StageError::cancelled()),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(e) => return Err(StageError::msg(format!("render task failed: {e} (this is a bug)"))),
         };
         tracing::info!(
             context = %rendered.dir.display(),

@@ -539,3 +539,15 @@ fn model_files_are_linked_only_when_the_run_owns_them() {
     assert_eq!(ino(&linked.dir.join("weather.json")), ino(&src));
     assert_eq!(copied.digest, linked.digest);
 }
+
+#[test]
+fn a_stopped_render_leaves_the_previous_context_alone() {
+    let out = tempfile::tempdir().unwrap();
+    let cat = Catalog::embedded();
+    let inp = input(&fixture("weather-model"), Params::default());
+    let first = render_context(&cat, &inp, &out.path().join("c")).unwrap();
+    let err = render_context_until(&cat, &inp, &out.path().join("c"), &|| true).unwrap_err();
+    assert!(matches!(err, RenderError::Cancelled), "{err}");
+    let entries = tree::walk(&out.path().join("c")).unwrap();
+    assert_eq!(tree::tree_digest(&entries).unwrap(), first.digest);
+}
