@@ -468,7 +468,7 @@ async fn run_case(client: &reqwest::Client, url: &str, case: &CompiledCase) -> C
                     path: text.clone(),
                     expect: mask(&matcher.to_string()),
                     passed: verdict.is_ok(),
-                    actual: found.ok().map(|v| mask_value(v)),
+                    actual: found.ok().map(mask_value),
                     diff: verdict.err().map(|d| mask(&d)),
                 });
             }
@@ -481,7 +481,9 @@ async fn run_case(client: &reqwest::Client, url: &str, case: &CompiledCase) -> C
         report.error = Some(mask(&errors.join("; ")));
     }
     if !report.passed {
-        let text = if resp.text.is_empty() { "(empty body)" } else { resp.text.as_str() };
+        // Servers end JSON with a newline (Flask's jsonify does); it is noise in a summary.
+        let text = resp.text.trim_end();
+        let text = if text.is_empty() { "(empty body)" } else { text };
         report.response = Some(report::truncate(&mask(text), RESPONSE_EXCERPT));
     }
     report

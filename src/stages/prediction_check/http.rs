@@ -150,20 +150,20 @@ async fn probe(client: &reqwest::Client, target: &Target, timeout: Duration) -> 
     };
     match target.protocol {
         Protocol::Seldon => {
+            // The wrapper answers /health/ping; an executor in front of it
+            // answers /ready. Either one ready is enough. A transport error
+            // on the first means the host itself is not answering.
             let first = &target.ready[0];
             let status = get(first).await?;
             if status.is_success() {
                 return Ok(());
             }
-            if status == reqwest::StatusCode::NOT_FOUND {
-                let fallback = &target.ready[1];
-                let s2 = get(fallback).await?;
-                if s2.is_success() {
-                    return Ok(());
-                }
-                return Err(format!("GET {first}: HTTP 404; GET {fallback}: HTTP {}", s2.as_u16()));
+            let fallback = &target.ready[1];
+            let s2 = get(fallback).await?;
+            if s2.is_success() {
+                return Ok(());
             }
-            Err(format!("GET {first}: HTTP {}", status.as_u16()))
+            Err(format!("GET {first}: HTTP {}; GET {fallback}: HTTP {}", status.as_u16(), s2.as_u16()))
         }
         Protocol::V2 => {
             for url in &target.ready {
