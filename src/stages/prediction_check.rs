@@ -741,6 +741,83 @@ mod tests {
         assert_eq!((e.kind, e.retryable), (StageErrorKind::Failed, true));
     }
 
+    fn pipeline(stages: &str) -> crate::spec::Pipeline {
+        crate::spec::yaml::from_str(&format!(
+            "apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: {{name: weather}}
+spec:
+  model: {{name: weather, source: 'file://m'}}
+  environments: {{dev: {{namespace: models-dev}}}}
+  stages:
+{stages}"
+        ))
+        .unwrap()
+    }
+
+    fn with_cx<T>(p: &crate::spec::Pipeline, f: impl FnOnce(&Params, &ValidateCx<'_>) -> T) -> T {
+        let index = p.spec.stages.iter().position(|s| s.uses == "prediction-check").unwrap();
+        let stage = &p.spec.stages[index];
+        let params: Params = serde_json::from_value(Value::Object(stage.with.clone())).unwrap();
+        let catalog = crate::catalog::Catalog::embedded();
+        let cx = ValidateCx { pipeline: p, stage, index, catalog: &catalog };
+        f(&params, &cx)
+    }
+
+    #[test]
+    fn plan_lists_endpoint_and_cases() {
+        let p = pipeline(
+            "    - {name: deploy, uses: seldon-deploy, with: {environment: dev}}
+    - name: check
+      uses: prediction-check
+      with:
+        environment: dev
+        cases:
+          - {name: seed, request: {}, expect: {meta.tags.weather_state: mild}}
+          - {request: {}, status: 500}
+        load: {requests: 50, concurrency: 2}
+        slo: {p95: 250ms, errorRate: 0}
+",
+        );
+        let plan = with_cx(&p, |params, cx| {
+            assert_eq!(PredictionCheck::validate(params, cx), vec![]);
+            PredictionCheck::plan(params, cx)
+        });
+        assert_eq!(
+            plan,
+            [
+                "check the `endpoint` output of stage `deploy` in environment `dev` (Seldon v1, POST /api/v1.0/predictions)",
+                "wait up to 2m for readiness",
+                "case `seed`: 1 expectation(s)",
+                "case `case-2`: 0 expectation(s), HTTP 500",
+                "load: 50 request(s) at concurrency 2",
+                "slo: p95 <= 250ms, errorRate <= 0",
+            ]
+        );
+    }
+
+    #[test]
+    fn validate_needs_an_endpoint_and_a_declared_environment() {
+        let p = pipeline(
+            "    - name: check
+      uses: prediction-check
+      with: {environment: prod, protocol: v2, cases: [{request: {}}]}
+",
+        );
+        let problems = with_cx(&p, |params, cx| PredictionCheck::validate(params, cx));
+        assert_eq!(paths(&problems), vec!["environment", "endpoint"]);
+        let p = pipeline(
+            "    - name: check
+      uses: prediction-check
+      with: {endpoint: 'http://10.0.0.5:8080', protocol: v2, cases: [{request: {}}]}
+",
+        );
+        let (problems, plan) =
+            with_cx(&p, |params, cx| (PredictionCheck::validate(params, cx), PredictionCheck::plan(params, cx)));
+        assert_eq!(problems, vec![]);
+        assert_eq!(plan[0], "check http://10.0.0.5:8080 (Open Inference Protocol v2, POST /v2/models/weather/infer)");
+    }
+
     #[test]
     fn string_requests_are_sent_verbatim() {
         assert_eq!(request_body(&json!("{not json")), b"{not json");
