@@ -804,7 +804,7 @@ spec:
       with: {environment: prod, protocol: v2, cases: [{request: {}}]}
 ",
         );
-        let problems = with_cx(&p, |params, cx| PredictionCheck::validate(params, cx));
+        let problems = with_cx(&p, PredictionCheck::validate);
         assert_eq!(paths(&problems), vec!["environment", "endpoint"]);
         let p = pipeline(
             "    - name: check
