@@ -23,7 +23,9 @@ pub async fn run(
 ) -> LoadReport {
     let started = Instant::now();
     let concurrency = load.concurrency.max(1) as usize;
-    let results: Vec<Result<Duration, String>> = futures::stream::iter(0..load.requests)
+    // Fold as results arrive: a million requests keep a million durations,
+    // not a million result values with error strings.
+    let (mut latencies, errors) = futures::stream::iter(0..load.requests)
         .map(|_| async move {
             match post_json(client, url, body).await {
                 Ok(r) if r.status != expected_status => Err(format!("HTTP {}, expected {expected_status}", r.status)),
@@ -37,18 +39,19 @@ pub async fn run(
             }
         })
         .buffer_unordered(concurrency)
-        .collect()
+        .fold(
+            (Vec::with_capacity(load.requests.min(1 << 20) as usize), BTreeMap::<String, u64>::new()),
+            |(mut latencies, mut errors), r| async move {
+                match r {
+                    Ok(d) => latencies.push(d),
+                    Err(e) => *errors.entry(mask(&e)).or_default() += 1,
+                }
+                (latencies, errors)
+            },
+        )
         .await;
     let elapsed = started.elapsed();
 
-    let mut latencies = Vec::with_capacity(results.len());
-    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for r in results {
-        match r {
-            Ok(d) => latencies.push(d),
-            Err(e) => *errors.entry(mask(&e)).or_default() += 1,
-        }
-    }
     latencies.sort_unstable();
     let failed: u64 = errors.values().sum();
     let succeeded = latencies.len() as u64;
