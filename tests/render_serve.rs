@@ -48,8 +48,12 @@ fn venv_for(ctx: &RenderedContext) -> PathBuf {
 }
 
 fn render(model_dir: &Path, out: &Path) -> RenderedContext {
+    render_with(model_dir, out, Params::default())
+}
+
+fn render_with(model_dir: &Path, out: &Path, params: Params) -> RenderedContext {
     let input = RenderInput {
-        params: Params::default(),
+        params,
         model_name: "weather".into(),
         model_dir: model_dir.to_path_buf(),
         model_digest: None,
@@ -349,7 +353,7 @@ fn generated_json_wrapper_serves_the_seed_request() {
 }
 
 #[test]
-fn dockerfile_parser_reads_quoted_env_and_shell_cmd() {
+fn dockerfile_parser_reads_quoted_env_and_both_cmd_forms() {
     let image = parse_dockerfile(
         "# c\nFROM x\nENV A=\"1\" \\\n    B=\"say \\\"hi\\\" \\$HOME\" \\\n    C=plain\nCMD exec run $A --b\n",
     );
@@ -358,6 +362,8 @@ fn dockerfile_parser_reads_quoted_env_and_shell_cmd() {
         vec![("A".into(), "1".into()), ("B".into(), "say \"hi\" $HOME".into()), ("C".into(), "plain".into())]
     );
     assert_eq!(image.cmd, vec!["/bin/sh", "-c", "exec run $A --b"]);
+    let image = parse_dockerfile("FROM x\nCMD [\"/bin/sh\", \"-c\", \"exec run $A\"]\n");
+    assert_eq!(image.cmd, vec!["/bin/sh", "-c", "exec run $A"]);
 }
 
 /// The Keras wrapper is not served here (no TensorFlow in the test venvs);
@@ -376,4 +382,44 @@ fn keras_wrapper_compiles() {
     let python = venv_for(&weather).join("bin/python");
     let out = Command::new(python).args(["-m", "py_compile", "MyModel.py"]).current_dir(&ctx.dir).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The rendered Dockerfiles pass hadolint (installed by the setup script).
+/// The default base image carries no tag (the default, the
+/// practitioner pins it), so DL3006 is checked with a pinned `baseImage`.
+#[test]
+fn rendered_dockerfiles_pass_hadolint() {
+    let hadolint = tools_dir().join("render-hadolint/bin/hadolint");
+    assert!(
+        hadolint.is_file(),
+        "no hadolint at {}: run scripts/test.sh (or scripts/setup.d/40-seldon.sh)",
+        hadolint.display()
+    );
+    let work = tempfile::tempdir().unwrap();
+    let sklearn_dir = work.path().join("sklearn");
+    fs::create_dir_all(&sklearn_dir).unwrap();
+    fs::write(sklearn_dir.join("model.joblib"), b"x").unwrap();
+    let pinned = Params {
+        base_image: "registry.access.redhat.com/ubi9/python-311:1".into(),
+        env: [("GREETING".to_string(), "say \"hi\" to $USER".to_string())].into(),
+        source: Some("https://github.com/example/models.git".into()),
+        revision: Some("0123abc".into()),
+        ..Params::default()
+    };
+    let cases = [
+        (render_with(&fixture("weather-model"), &work.path().join("a"), pinned.clone()), vec![]),
+        (render_with(&sklearn_dir, &work.path().join("b"), pinned), vec![]),
+        (render(&fixture("weather-model"), &work.path().join("c")), vec!["--ignore", "DL3006"]),
+    ];
+    for (ctx, extra) in cases {
+        let out =
+            Command::new(&hadolint).args(&extra).arg("--no-color").arg(ctx.dir.join("Dockerfile")).output().unwrap();
+        assert!(
+            out.status.success(),
+            "hadolint {extra:?}:\n{}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            fs::read_to_string(ctx.dir.join("Dockerfile")).unwrap()
+        );
+    }
 }

