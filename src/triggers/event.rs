@@ -189,7 +189,7 @@ mod tests {
     use super::*;
 
     fn reference(path: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/webhooks").join(path);
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/webhooks").join(path);
         std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     }
 

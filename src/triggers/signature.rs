@@ -90,7 +90,7 @@ mod tests {
 
     fn vector() -> Vector {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/reference/webhooks/github/signature-test-vector.json");
+            .join("fixtures/webhooks/github/signature-test-vector.json");
         serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
     }
 
