@@ -54,7 +54,9 @@ pub fn open(path: &Path) -> Result<Repository, TriggerError> {
 }
 
 fn workdir(repo: &Repository) -> PathBuf {
-    repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf()
+    // libgit2 reports directories with a trailing `/`; rebuilding from the
+    // components drops it, so messages show the path as the user wrote it.
+    repo.workdir().unwrap_or_else(|| repo.path()).components().collect()
 }
 
 /// The repository identities a payload must match: `expect` when given,
