@@ -322,7 +322,10 @@ fn rbac_validates_and_is_least_privilege() {
         .collect();
     assert_eq!(rules, want);
     let binding = docs(".tekton/rbac/modelship.yaml").into_iter().find(|d| d["kind"] == "RoleBinding").unwrap();
-    assert_eq!(binding["roleRef"], json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelship"}));
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelship"})
+    );
     assert_eq!(binding["subjects"], json!([{"kind": "ServiceAccount", "name": "modelship"}]));
 }
 
@@ -376,7 +379,8 @@ fn containerfile_is_multi_stage_ubi_minimal_non_root() {
     // BuildKit's own parser (the `dockerfile` Python binding of it), as JSON.
     let script = "import dockerfile, json, sys\n\
         print(json.dumps([{'cmd': c.cmd, 'flags': list(c.flags), 'value': list(c.value)} for c in dockerfile.parse_file(sys.argv[1])]))";
-    let out = Command::new(lint_tool("python")).args(["-c", script]).arg(root().join("Containerfile")).output().unwrap();
+    let out =
+        Command::new(lint_tool("python")).args(["-c", script]).arg(root().join("Containerfile")).output().unwrap();
     assert!(out.status.success(), "parse failed: {}", String::from_utf8_lossy(&out.stderr));
     let cmds: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let of = |cmd: &str| -> Vec<&Value> { cmds.iter().filter(|c| c["cmd"] == cmd).collect() };

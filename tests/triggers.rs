@@ -111,7 +111,10 @@ fn force_push_compares_old_and_new_trees() {
         ["docs/notes.md", "models/iris/model.pkl", "models/weather/model.joblib", "models/weather/requirements.txt"]
     );
     assert_eq!(selected(&p), ["iris", "weather"]);
-    assert!(rendered(&f, &p, true).contains("force push: 0 commit(s), 4 file(s) changed (before is not an ancestor of after"));
+    assert!(
+        rendered(&f, &p, true)
+            .contains("force push: 0 commit(s), 4 file(s) changed (before is not an ancestor of after")
+    );
 }
 
 #[test]
@@ -130,7 +133,10 @@ fn tag_push_runs_nothing() {
     v["before"] = ZERO.into();
     v["after"] = f.c[3].clone().into();
     let p = plan(&serde_json::to_vec(&v).unwrap(), &request(&f, "Tag Push Hook")).unwrap();
-    assert_eq!(p.ignored.as_deref(), Some("`refs/tags/v1.0.0` is not a branch (tags do not trigger pipelines); nothing runs"));
+    assert_eq!(
+        p.ignored.as_deref(),
+        Some("`refs/tags/v1.0.0` is not a branch (tags do not trigger pipelines); nothing runs")
+    );
 }
 
 #[test]
@@ -191,7 +197,11 @@ fn malformed_payloads_and_pipelines_are_bad_input() {
     let err = plan(b"{\"ref\": ", &request(&f, "push")).unwrap_err();
     assert!(matches!(err, TriggerError::Json { .. }), "{err}");
     assert_eq!(err.exit_class(), ExitClass::BadInput);
-    std::fs::write(f.pipelines().join("broken.yaml"), "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetdata: {}\n").unwrap();
+    std::fs::write(
+        f.pipelines().join("broken.yaml"),
+        "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetdata: {}\n",
+    )
+    .unwrap();
     let err = plan(&github_push("refs/heads/main", &f.c[1], &f.c[3]), &request(&f, "push")).unwrap_err();
     assert_eq!(err.exit_class(), ExitClass::BadInput);
     assert!(err.to_string().contains("broken.yaml"), "{err}");

@@ -102,7 +102,13 @@ impl Server {
         send(self.addr, Request::get(path).body(Body::empty()).unwrap()).await
     }
 
-    async fn github(&self, event: &str, delivery: &str, body: Vec<u8>, signature: Option<String>) -> (StatusCode, Value) {
+    async fn github(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Vec<u8>,
+        signature: Option<String>,
+    ) -> (StatusCode, Value) {
         let mut req = Request::post("/hooks/github")
             .header("Content-Type", "application/json")
             .header("X-GitHub-Event", event)
@@ -160,7 +166,8 @@ async fn send(addr: SocketAddr, mut req: Request<Body>) -> (StatusCode, String) 
 }
 
 fn pipelines_of(v: &Value) -> Vec<String> {
-    let mut p: Vec<String> = v["runs"].as_array().unwrap().iter().map(|r| r["pipeline"].as_str().unwrap().to_string()).collect();
+    let mut p: Vec<String> =
+        v["runs"].as_array().unwrap().iter().map(|r| r["pipeline"].as_str().unwrap().to_string()).collect();
     p.sort();
     p
 }
@@ -406,21 +413,27 @@ async fn healthz_and_prometheus_metrics() {
     let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
         families
             .iter()
-            .find(|s| {
-                s["name"] == name
-                    && labels.iter().all(|(k, v)| s["labels"][*k] == *v)
-            })
+            .find(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
             .unwrap_or_else(|| panic!("no sample {name} {labels:?} in\n{text}"))["value"]
             .as_f64()
             .unwrap()
     };
     assert_eq!(sample("modelship_webhook_deliveries_total", &[("result", "accepted"), ("provider", "github")]), 1.0);
-    assert_eq!(sample("modelship_webhook_deliveries_total", &[("result", "rejected"), ("reason", "bad_signature")]), 1.0);
+    assert_eq!(
+        sample("modelship_webhook_deliveries_total", &[("result", "rejected"), ("reason", "bad_signature")]),
+        1.0
+    );
     assert_eq!(sample("modelship_runs_started_total", &[("pipeline", "weather")]), 1.0);
     assert_eq!(sample("modelship_runs_succeeded_total", &[("pipeline", "iris")]), 1.0);
     assert_eq!(sample("modelship_stage_duration_seconds_count", &[("pipeline", "weather"), ("stage", "build")]), 1.0);
-    assert_eq!(sample("modelship_stage_duration_seconds_bucket", &[("pipeline", "weather"), ("stage", "build"), ("le", "60")]), 1.0);
-    assert_eq!(sample("modelship_stage_duration_seconds_bucket", &[("pipeline", "weather"), ("stage", "build"), ("le", "30")]), 0.0);
+    assert_eq!(
+        sample("modelship_stage_duration_seconds_bucket", &[("pipeline", "weather"), ("stage", "build"), ("le", "60")]),
+        1.0
+    );
+    assert_eq!(
+        sample("modelship_stage_duration_seconds_bucket", &[("pipeline", "weather"), ("stage", "build"), ("le", "30")]),
+        0.0
+    );
     assert_eq!(sample("modelship_runs_running", &[]), 0.0);
     s.shutdown().await;
 }
@@ -431,7 +444,11 @@ fn parse_prometheus(text: &str) -> Vec<Value> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| dirs::home_dir().unwrap().join(".cache/modelship-test-tools"));
     let python = tools.join("lint/bin/python");
-    assert!(python.is_file(), "{} is missing: run scripts/test.sh (scripts/setup.d/50-lint.sh installs it)", python.display());
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test.sh (scripts/setup.d/50-lint.sh installs it)",
+        python.display()
+    );
     let script = "import sys, json\nfrom prometheus_client.parser import text_string_to_metric_families\n\
         print(json.dumps([{'name': s.name, 'labels': s.labels, 'value': s.value} for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]))";
     let mut child = std::process::Command::new(python)
@@ -443,7 +460,11 @@ fn parse_prometheus(text: &str) -> Vec<Value> {
         .unwrap();
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "prometheus parser rejected the exposition:\n{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "prometheus parser rejected the exposition:\n{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 

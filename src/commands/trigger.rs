@@ -48,9 +48,8 @@ pub struct TriggerArgs {
 }
 
 pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
-    let payload = std::fs::read(&a.event).map_err(|source| {
-        fail(crate::triggers::TriggerError::Io { path: a.event.clone(), source })
-    })?;
+    let payload = std::fs::read(&a.event)
+        .map_err(|source| fail(crate::triggers::TriggerError::Io { path: a.event.clone(), source }))?;
     let req = TriggerRequest {
         event_type: a.event_type.clone(),
         provider: None,

@@ -86,16 +86,16 @@ impl PushEvent {
             None if value.get("repository").and_then(|r| r.get("full_name")).is_some() => Provider::GitHub,
             None => {
                 return Err(bad(
-                    "not a GitHub or GitLab push payload (no `object_kind`, no `repository.full_name`)".into(),
+                    "not a GitHub or GitLab push payload (no `object_kind`, no `repository.full_name`)".into()
                 ));
             }
         };
-        if provider == Provider::GitLab {
-            if let Some(kind) = value.get("object_kind").and_then(Value::as_str) {
-                if kind != "push" && kind != "tag_push" {
-                    return Err(bad(format!("GitLab `object_kind` is `{kind}`, not `push`")));
-                }
-            }
+        if provider == Provider::GitLab
+            && let Some(kind) = value.get("object_kind").and_then(Value::as_str)
+            && kind != "push"
+            && kind != "tag_push"
+        {
+            return Err(bad(format!("GitLab `object_kind` is `{kind}`, not `push`")));
         }
         let field = |name: &str| -> Result<String, TriggerError> {
             value
@@ -227,7 +227,8 @@ mod tests {
 
     #[test]
     fn ping_payload_is_rejected_as_not_a_push() {
-        let err = PushEvent::from_json(&reference("github/ping.payload.json"), Some(Provider::GitHub), "ping").unwrap_err();
+        let err =
+            PushEvent::from_json(&reference("github/ping.payload.json"), Some(Provider::GitHub), "ping").unwrap_err();
         assert!(err.to_string().contains("missing string field `ref`"), "{err}");
     }
 

@@ -79,7 +79,12 @@ impl Metrics {
     pub fn render(&self, queued: usize, running: usize) -> String {
         let inner = self.lock();
         let mut out = String::new();
-        header(&mut out, "modelship_webhook_deliveries_total", "counter", "Webhook deliveries by provider and result (accepted, ignored, rejected with a reason).");
+        header(
+            &mut out,
+            "modelship_webhook_deliveries_total",
+            "counter",
+            "Webhook deliveries by provider and result (accepted, ignored, rejected with a reason).",
+        );
         for ((provider, result, reason), n) in &inner.deliveries {
             let _ = writeln!(
                 out,
@@ -103,7 +108,12 @@ impl Metrics {
                 }
             }
         }
-        header(&mut out, "modelship_stage_duration_seconds", "histogram", "Duration of pipeline stages run by triggers.");
+        header(
+            &mut out,
+            "modelship_stage_duration_seconds",
+            "histogram",
+            "Duration of pipeline stages run by triggers.",
+        );
         for ((pipeline, stage), h) in &inner.stages {
             let labels = format!("pipeline=\"{}\",stage=\"{}\"", esc(pipeline), esc(stage));
             for (le, n) in BUCKETS.iter().zip(&h.counts) {
@@ -148,8 +158,16 @@ mod tests {
         let text = m.render(1, 2);
         assert!(text.contains("modelship_webhook_deliveries_total{provider=\"github\",result=\"rejected\",reason=\"bad_signature\"} 2\n"), "{text}");
         assert!(text.contains("modelship_runs_succeeded_total{pipeline=\"weather\"} 1\n"));
-        assert!(text.contains("modelship_stage_duration_seconds_bucket{pipeline=\"weather\",stage=\"build\",le=\"30\"} 0\n"));
-        assert!(text.contains("modelship_stage_duration_seconds_bucket{pipeline=\"weather\",stage=\"build\",le=\"60\"} 1\n"));
+        assert!(
+            text.contains(
+                "modelship_stage_duration_seconds_bucket{pipeline=\"weather\",stage=\"build\",le=\"30\"} 0\n"
+            )
+        );
+        assert!(
+            text.contains(
+                "modelship_stage_duration_seconds_bucket{pipeline=\"weather\",stage=\"build\",le=\"60\"} 1\n"
+            )
+        );
         assert!(text.contains("modelship_stage_duration_seconds_sum{pipeline=\"weather\",stage=\"build\"} 42\n"));
         assert!(text.contains("pipeline=\"we\\\"ird\\\\\",stage=\"x\\ny\""), "{text}");
         assert!(text.contains("modelship_runs_running 2\n"));

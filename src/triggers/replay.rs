@@ -58,10 +58,10 @@ impl ReplayGuard {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((id, at)) = self.order.pop_front() {
-            if self.seen.get(&id) == Some(&at) {
-                self.seen.remove(&id);
-            }
+        if let Some((id, at)) = self.order.pop_front()
+            && self.seen.get(&id) == Some(&at)
+        {
+            self.seen.remove(&id);
         }
     }
 }

@@ -78,10 +78,7 @@ impl EngineRunner {
 }
 
 fn durations(stages: &[StageRecord]) -> Vec<(String, f64)> {
-    stages
-        .iter()
-        .filter_map(|s| s.duration_ms.map(|ms| (s.name.clone(), ms as f64 / 1000.0)))
-        .collect()
+    stages.iter().filter_map(|s| s.duration_ms.map(|ms| (s.name.clone(), ms as f64 / 1000.0))).collect()
 }
 
 #[async_trait]

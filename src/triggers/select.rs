@@ -142,7 +142,8 @@ fn decide(path: &Path, p: &Pipeline, branch: &str, changes: &ChangeSet) -> Resul
         for b in &push.branches {
             set.add(glob(path, b, "branches")?);
         }
-        let set = set.build().map_err(|e| TriggerError::Pipeline { path: path.to_path_buf(), message: e.to_string() })?;
+        let set =
+            set.build().map_err(|e| TriggerError::Pipeline { path: path.to_path_buf(), message: e.to_string() })?;
         if !set.is_match(branch) {
             d.reason = format!("branch `{branch}` does not match branches {:?}", push.branches);
             return Ok(d);
@@ -176,7 +177,15 @@ fn decide(path: &Path, p: &Pipeline, branch: &str, changes: &ChangeSet) -> Resul
 pub fn render_plan(plan: &TriggerPlan, dry_run: bool) -> String {
     let mut out = String::new();
     if let Some(ev) = &plan.event {
-        let _ = writeln!(out, "{} push to {} ({}): {} -> {}", ev.provider, ev.git_ref, ev.repository, short(&ev.before), short(&ev.after));
+        let _ = writeln!(
+            out,
+            "{} push to {} ({}): {} -> {}",
+            ev.provider,
+            ev.git_ref,
+            ev.repository,
+            short(&ev.before),
+            short(&ev.after)
+        );
     }
     if let Some(c) = &plan.changes {
         let extra = match c.kind {

@@ -233,10 +233,10 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Read the body, refusing past `limit` without buffering more than that.
 async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, (StatusCode, String)> {
     let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than the limit of {limit} bytes"));
-    if let Some(len) = header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok()) {
-        if len > limit as u64 {
-            return Err(too_large());
-        }
+    if let Some(len) = header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
     }
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
@@ -267,8 +267,12 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
     };
     if let Some(secret) = &app.config.secret {
         let verified = match provider {
-            Provider::GitHub => signature::verify_github(secret.expose().as_bytes(), &body, header_str(&headers, GITHUB_HEADER)),
-            Provider::GitLab => signature::verify_gitlab(secret.expose().as_bytes(), header_str(&headers, GITLAB_HEADER)),
+            Provider::GitHub => {
+                signature::verify_github(secret.expose().as_bytes(), &body, header_str(&headers, GITHUB_HEADER))
+            }
+            Provider::GitLab => {
+                signature::verify_gitlab(secret.expose().as_bytes(), header_str(&headers, GITLAB_HEADER))
+            }
         };
         if let Err(e) = verified {
             return reject(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
@@ -294,7 +298,11 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                 .into_response();
         }
         if !lock(&app.replay).check_and_insert(&delivery, Instant::now()) {
-            return reject(StatusCode::CONFLICT, "replay", format!("delivery {delivery} was already received; ignoring the replay"));
+            return reject(
+                StatusCode::CONFLICT,
+                "replay",
+                format!("delivery {delivery} was already received; ignoring the replay"),
+            );
         }
         let req = TriggerRequest {
             event_type,
@@ -315,7 +323,9 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                     (TriggerError::Json { .. } | TriggerError::Payload { .. }, _) => {
                         reject(StatusCode::BAD_REQUEST, "malformed", e.to_string())
                     }
-                    (_, ExitClass::BadInput) => reject(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", e.to_string()),
+                    (_, ExitClass::BadInput) => {
+                        reject(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", e.to_string())
+                    }
                     _ => reject(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
                 };
             }

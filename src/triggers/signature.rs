@@ -62,7 +62,8 @@ pub fn verify_gitlab(secret: &[u8], header: Option<&str>) -> Result<(), Signatur
 pub fn load_secret(file: Option<&Path>, env: Option<String>, insecure: bool) -> Result<Option<Secret>, TriggerError> {
     let value = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| TriggerError::Io { path: path.to_path_buf(), source })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| TriggerError::Io { path: path.to_path_buf(), source })?;
             Some(text.trim_end_matches(['\r', '\n']).to_string())
         }
         None => env,

@@ -49,7 +49,13 @@ const PIPELINES: &[(&str, &str, bool)] = &[
     ("manual", "", false),
 ];
 
-fn commit(repo: &Repository, parent: Option<&Commit<'_>>, files: &[(&str, &str)], message: &str, update_ref: Option<&str>) -> Oid {
+fn commit(
+    repo: &Repository,
+    parent: Option<&Commit<'_>>,
+    files: &[(&str, &str)],
+    message: &str,
+    update_ref: Option<&str>,
+) -> Oid {
     let sig = Signature::now("Test", "test@example.com").unwrap();
     // An in-memory index builds nested trees from plain paths.
     let mut index = git2::Index::new().unwrap();
@@ -93,7 +99,13 @@ pub fn build() -> Fixture {
     let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let c0 = commit(&repo, None, &refs, "initial", Some("refs/heads/main"));
     let p0 = repo.find_commit(c0).unwrap();
-    let c1 = commit(&repo, Some(&p0), &[("models/weather/model.joblib", "weather v1")], "weather model", Some("refs/heads/main"));
+    let c1 = commit(
+        &repo,
+        Some(&p0),
+        &[("models/weather/model.joblib", "weather v1")],
+        "weather model",
+        Some("refs/heads/main"),
+    );
     let p1 = repo.find_commit(c1).unwrap();
     let c2 = commit(&repo, Some(&p1), &[("models/iris/model.pkl", "iris v1")], "iris model", Some("refs/heads/main"));
     let p2 = repo.find_commit(c2).unwrap();
@@ -104,8 +116,13 @@ pub fn build() -> Fixture {
         "weather deps, notes",
         Some("refs/heads/main"),
     );
-    let feature =
-        commit(&repo, Some(&p1), &[("models/iris/params.yaml", "c: 1.0\n")], "tune iris", Some("refs/heads/feature/iris-tuning"));
+    let feature = commit(
+        &repo,
+        Some(&p1),
+        &[("models/iris/params.yaml", "c: 1.0\n")],
+        "tune iris",
+        Some("refs/heads/feature/iris-tuning"),
+    );
     // Not on any ref: as if main had been rewritten on the server after c1.
     let rewritten = commit(&repo, Some(&p1), &[("models/weather/model.joblib", "weather v2")], "retrain weather", None);
     // The working tree mirrors main, so the pipeline files exist on disk.
