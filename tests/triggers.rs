@@ -17,6 +17,7 @@ fn request(f: &Fixture, event_type: &str) -> TriggerRequest {
         pipelines: f.pipelines(),
         expect_repo: Vec::new(),
         source: "event.json".into(),
+        fetch: false,
     }
 }
 
@@ -218,6 +219,7 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
         repo: f.repo(),
         pipelines: f.pipelines(),
         expect_repo: Vec::new(),
+        fetch: false,
         dry_run: true,
         output: modelship::commands::run::OutputFormat::Json,
         kubeconfig: None,
@@ -238,6 +240,7 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
         repo: f.repo(),
         pipelines: f.pipelines(),
         expect_repo: Vec::new(),
+        fetch: false,
         dry_run: true,
         output: modelship::commands::run::OutputFormat::Text,
         kubeconfig: None,
@@ -245,4 +248,36 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
     };
     let err = modelship::commands::trigger::run(args, &g).await.unwrap_err();
     assert_eq!(err.class, ExitClass::BadInput);
+}
+
+#[test]
+fn pushed_commits_missing_from_the_checkout_are_fetched_from_the_remote() {
+    let f = build();
+    // The checkout is a clone; the fixture repository plays the Git host.
+    let checkout = f.dir.path().join("checkout");
+    git2::Repository::clone(f.repo().to_str().unwrap(), &checkout).unwrap();
+    let upstream = git2::Repository::open(f.repo()).unwrap();
+    let head = upstream.find_commit(git2::Oid::from_str(&f.c[3]).unwrap()).unwrap();
+    let pushed = fixture::commit(
+        &upstream,
+        Some(&head),
+        &[("models/iris/model.pkl", "iris v2")],
+        "retrain iris",
+        Some("refs/heads/main"),
+    );
+    let body = github_push("refs/heads/main", &f.c[3], &pushed.to_string());
+    let mut req = request(&f, "push");
+    req.repo = checkout.clone();
+    req.pipelines = checkout.join("pipelines");
+    // The clone's origin is a local path, so say which repository it is.
+    req.expect_repo = vec![GITHUB_REMOTE.into()];
+    let err = plan(&body, &req).unwrap_err();
+    assert!(matches!(err, TriggerError::MissingCommit { field: "after", .. }), "{err}");
+    req.fetch = true;
+    let p = plan(&body, &req).unwrap();
+    assert_eq!(selected(&p), ["iris"]);
+    // Fetched into the remote-tracking ref, not into the working tree.
+    let repo = git2::Repository::open(&checkout).unwrap();
+    assert_eq!(repo.refname_to_id("refs/remotes/origin/main").unwrap(), pushed);
+    assert_eq!(repo.head().unwrap().target().unwrap().to_string(), f.c[3]);
 }

@@ -75,6 +75,8 @@ impl Server {
             repo: f.repo(),
             pipelines: f.pipelines(),
             secret: Some(Secret::new(SECRET)),
+            // The fixture's remotes point at github.com: never reach out from tests.
+            fetch: false,
             shutdown_grace: Duration::from_secs(10),
             ..ServerConfig::default()
         };
@@ -493,4 +495,39 @@ fn serve_refuses_to_start_without_a_secret() {
     std::fs::write(&file, "from-a-file\n").unwrap();
     let config = parse(&["--secret-file", file.to_str().unwrap()]).config(Some("ignored-env".into())).unwrap();
     assert_eq!(config.secret.unwrap().expose(), "from-a-file");
+}
+
+#[tokio::test]
+async fn pushed_commits_are_fetched_before_selection() {
+    let f = build();
+    let checkout = f.dir.path().join("checkout");
+    git2::Repository::clone(f.repo().to_str().unwrap(), &checkout).unwrap();
+    let upstream = git2::Repository::open(f.repo()).unwrap();
+    let head = upstream.find_commit(git2::Oid::from_str(&f.c[3]).unwrap()).unwrap();
+    let pushed = fixture::commit(
+        &upstream,
+        Some(&head),
+        &[("models/weather/model.joblib", "v3")],
+        "retrain",
+        Some("refs/heads/main"),
+    );
+    let s = Server::start(&f, TestRunner::default(), |c| {
+        c.repo = checkout.clone();
+        c.pipelines = checkout.join("pipelines");
+        c.expect_repo = vec![fixture::GITHUB_REMOTE.into()];
+        c.fetch = true;
+    })
+    .await;
+    let (status, v) = s.github_signed("f-1", github_push("refs/heads/main", &f.c[3], &pushed.to_string())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(pipelines_of(&v), ["weather"]);
+    // A remote that cannot be reached: 502 with git's reason.
+    let repo = git2::Repository::open(&checkout).unwrap();
+    repo.remote_set_url("origin", f.dir.path().join("gone").to_str().unwrap()).unwrap();
+    let unknown = "3333333333333333333333333333333333333333";
+    let (status, v) = s.github_signed("f-2", github_push("refs/heads/main", &f.c[3], unknown)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("fetching from remote `origin`"), "{v}");
+    s.settled_runs().await;
+    s.shutdown().await;
 }

@@ -20,7 +20,7 @@ use crate::triggers::signature::load_secret;
 Endpoints: POST /hooks/github, POST /hooks/gitlab, GET /healthz, GET /runs, GET /metrics.\n\
 Answers: 202 accepted (or ignored with a reason: ping, tag, deleted branch), 400 malformed,\n\
 401 bad signature, 409 replayed delivery id, 413 body too large, 422 another repository or\n\
-unknown commits, 503 run queue full."
+unknown commits, 502 fetching the pushed commits failed, 503 run queue full."
 )]
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Repository URL deliveries must be for (repeatable); default: the checkout's remotes.
     #[arg(long, value_name = "URL")]
     pub expect_repo: Vec<String>,
+    /// Do not fetch pushed commits missing from the checkout (then such pushes get 422).
+    #[arg(long)]
+    pub no_fetch: bool,
     /// Larger bodies get 413.
     #[arg(long, value_name = "BYTES", default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -73,6 +76,7 @@ impl ServeArgs {
             pipelines: self.pipelines.clone(),
             secret,
             expect_repo: self.expect_repo.clone(),
+            fetch: !self.no_fetch,
             max_body_bytes: self.max_body_bytes,
             max_concurrent_runs: self.max_concurrent_runs,
             max_queued_runs: self.max_queued_runs,

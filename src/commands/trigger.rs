@@ -33,6 +33,9 @@ pub struct TriggerArgs {
     /// Repository URL the payload must be for (repeatable); default: the checkout's remotes.
     #[arg(long, value_name = "URL")]
     pub expect_repo: Vec<String>,
+    /// Fetch the pushed commits from the payload's remote if the checkout lacks them.
+    #[arg(long)]
+    pub fetch: bool,
     /// List what would run and why; run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -57,6 +60,7 @@ pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         pipelines: a.pipelines.clone(),
         expect_repo: a.expect_repo.clone(),
         source: a.event.display().to_string(),
+        fetch: a.fetch,
     };
     let plan = plan(&payload, &req).map_err(fail)?;
     match a.output {

@@ -91,6 +91,87 @@ pub fn check_repository(repo: &Repository, event: &PushEvent, expect: &[String])
     })
 }
 
+/// Fetch every branch from the remotes that are the payload's repository,
+/// when `before` or `after` is not in the checkout yet (a long-running
+/// `modelship serve` sees pushes before anyone updates its checkout).
+/// Credentials come from the checkout's Git credential helpers or an SSH
+/// agent, through the `git` command (this build of libgit2 has no HTTPS or
+/// SSH transport). Returns whether anything was fetched.
+pub fn fetch_missing(repo: &Repository, event: &PushEvent, expect: &[String]) -> Result<bool, TriggerError> {
+    let present = |sha: &str| {
+        crate::triggers::event::is_zero_sha(sha) || Oid::from_str(sha).is_ok_and(|o| repo.find_commit(o).is_ok())
+    };
+    if present(&event.before) && present(&event.after) {
+        return Ok(false);
+    }
+    // One fetch at a time per process: concurrent deliveries would race on ref locks.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+    let payload: BTreeSet<String> = event.repository_urls.iter().map(|u| normalize_repo_url(u)).collect();
+    let names = repo.remotes().map_err(|source| TriggerError::Git {
+        repo: workdir(repo),
+        action: "list remotes".into(),
+        source,
+    })?;
+    let mut fetched = false;
+    for name in names.iter().filter_map(|n| n.ok().flatten()) {
+        let Ok(remote) = repo.find_remote(name) else { continue };
+        let url = remote.url().unwrap_or_default().to_string();
+        // With --expect-repo the identity was checked already; otherwise only
+        // remotes that are the payload's repository are fetched from.
+        if expect.is_empty() && !payload.contains(&normalize_repo_url(&url)) {
+            continue;
+        }
+        fetch_with_git_cli(&workdir(repo), name, &url)?;
+        fetched = true;
+        if present(&event.before) && present(&event.after) {
+            break;
+        }
+    }
+    Ok(fetched)
+}
+
+/// `git fetch REMOTE +refs/heads/*:refs/remotes/REMOTE/*`, never prompting,
+/// bounded in time.
+fn fetch_with_git_cli(dir: &Path, remote: &str, url: &str) -> Result<(), TriggerError> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+    let failed = |message: String| TriggerError::Fetch {
+        repo: dir.to_path_buf(),
+        remote: remote.to_string(),
+        url: crate::secret::mask(url),
+        message: crate::secret::mask(&message),
+    };
+    let mut child = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["fetch", "--quiet", "--no-tags", remote, &format!("+refs/heads/*:refs/remotes/{remote}/*")])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot run `git`: {e}")))?;
+    let started = std::time::Instant::now();
+    loop {
+        match child.try_wait().map_err(|e| failed(e.to_string()))? {
+            Some(status) if status.success() => return Ok(()),
+            Some(status) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                return Err(failed(format!("git fetch exited with {status}: {}", err.trim())));
+            }
+            None if started.elapsed() > LIMIT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!("git fetch took longer than {}s", LIMIT.as_secs())));
+            }
+            None => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Compute what `event` changed in `repo`.
 pub fn changes(repo: &Repository, event: &PushEvent) -> Result<ChangeSet, TriggerError> {
     if event.is_deleted_ref() {

@@ -79,6 +79,8 @@ pub enum TriggerError {
         repo = repo.display()
     )]
     NoRepositoryIdentity { repo: PathBuf },
+    #[error("git ({repo}): fetching from remote `{remote}` ({url}) failed: {message}", repo = repo.display())]
+    Fetch { repo: PathBuf, remote: String, url: String, message: String },
     #[error("{path}: {message}", path = path.display())]
     Pipeline { path: PathBuf, message: String },
     #[error("webhook secret: {0}")]
@@ -106,7 +108,7 @@ impl HasExitClass for TriggerError {
             | TriggerError::Pipeline { .. }
             | TriggerError::Secret(_)
             | TriggerError::Bind { .. } => ExitClass::BadInput,
-            TriggerError::Git { .. } | TriggerError::Server(_) => ExitClass::Failed,
+            TriggerError::Git { .. } | TriggerError::Fetch { .. } | TriggerError::Server(_) => ExitClass::Failed,
         }
     }
 }

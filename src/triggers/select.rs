@@ -25,6 +25,8 @@ pub struct TriggerRequest {
     pub expect_repo: Vec<String>,
     /// For messages: the file name or `delivery <id>`.
     pub source: String,
+    /// Fetch from the payload's remote when its commits are not in the checkout.
+    pub fetch: bool,
 }
 
 /// One pipeline's verdict.
@@ -84,6 +86,9 @@ pub fn plan(payload: &[u8], req: &TriggerRequest) -> Result<TriggerPlan, Trigger
     if event.is_deleted_ref() {
         let reason = format!("branch `{branch}` was deleted; nothing runs");
         return Ok(TriggerPlan::ignored(Some(event), reason));
+    }
+    if req.fetch {
+        git::fetch_missing(&repo, &event, &req.expect_repo)?;
     }
     let changes = git::changes(&repo, &event)?;
     let entries = load_pipelines(&req.pipelines)?;

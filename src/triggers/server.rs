@@ -8,6 +8,7 @@
 //! | malformed JSON, missing event or delivery header, not a push payload | 400 |
 //! | delivery id seen within the replay window | 409 |
 //! | another repository's push, commits the checkout lacks, a bad pipeline file | 422 |
+//! | the pushed commits could not be fetched from the repository's remote | 502 |
 //! | more selected runs than the queue holds | 503 (the delivery may be redelivered) |
 //! | event type other than push (`ping`, ...), tag push, deleted branch | 202 with `ignored` and the reason |
 //!
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub secret: Option<Secret>,
     /// Repository URLs payloads must come from; empty: the checkout's remotes.
     pub expect_repo: Vec<String>,
+    /// Fetch pushed commits the checkout lacks from the payload's remote.
+    pub fetch: bool,
     pub max_body_bytes: usize,
     pub max_concurrent_runs: usize,
     /// Runs waiting for a slot, beyond which deliveries get 503.
@@ -75,6 +78,7 @@ impl Default for ServerConfig {
             pipelines: "pipelines".into(),
             secret: None,
             expect_repo: Vec::new(),
+            fetch: true,
             // GitHub caps payloads at 25 MB; push payloads are far smaller.
             max_body_bytes: 5 * 1024 * 1024,
             max_concurrent_runs: 2,
@@ -311,6 +315,7 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
             pipelines: app.config.pipelines.clone(),
             expect_repo: app.config.expect_repo.clone(),
             source: format!("{p} delivery {delivery}"),
+            fetch: app.config.fetch,
         };
         // git2 and file reads block: keep them off the async workers.
         let planned = tokio::task::spawn_blocking(move || plan(&body, &req)).await;
@@ -326,6 +331,7 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                     (_, ExitClass::BadInput) => {
                         reject(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", e.to_string())
                     }
+                    (TriggerError::Fetch { .. }, _) => reject(StatusCode::BAD_GATEWAY, "fetch_failed", e.to_string()),
                     _ => reject(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
                 };
             }

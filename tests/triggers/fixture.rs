@@ -49,7 +49,7 @@ const PIPELINES: &[(&str, &str, bool)] = &[
     ("manual", "", false),
 ];
 
-fn commit(
+pub fn commit(
     repo: &Repository,
     parent: Option<&Commit<'_>>,
     files: &[(&str, &str)],
