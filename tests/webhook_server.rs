@@ -142,7 +142,8 @@ impl Server {
 
     /// Poll `GET /runs` until every run is finished.
     async fn settled_runs(&self) -> Vec<Value> {
-        for _ in 0..200 {
+        // Generous: the machine is shared; this bounds a hang, it times nothing.
+        for _ in 0..2400 {
             let (_, text) = self.get("/runs").await;
             let runs: Value = serde_json::from_str(&text).unwrap();
             let runs = runs["runs"].as_array().unwrap().clone();
@@ -153,6 +154,16 @@ impl Server {
         }
         panic!("runs did not settle");
     }
+}
+
+async fn wait_for_a_running_pipeline(s: &Server) {
+    for _ in 0..6000 {
+        if s.runner.in_flight.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no run started");
 }
 
 /// One HTTP/1.1 request on a fresh connection (hyper's client).
@@ -362,9 +373,7 @@ async fn full_queue_is_503_and_the_delivery_can_be_retried() {
     let (status, _) = s.github_signed("q-1", github_push("refs/heads/main", &f.c[0], &f.c[1])).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     // Wait until that run holds the only slot; the next one queues.
-    while s.runner.in_flight.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_running_pipeline(&s).await;
     let (status, _) = s.github_signed("q-2", github_push("refs/heads/main", &f.c[1], &f.c[2])).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let (status, v) = s.github_signed("q-3", github_push("refs/heads/main", &f.c[1], &f.c[3])).await;
@@ -388,9 +397,7 @@ async fn shutdown_cancels_running_pipelines_and_waits_for_them() {
     let s = Server::start(&f, runner, |c| c.max_concurrent_runs = 1).await;
     let (status, _) = s.github_signed("s-1", github_push("refs/heads/main", &f.c[1], &f.c[3])).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    while s.runner.in_flight.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_running_pipeline(&s).await;
     let runner = s.runner.clone();
     s.shutdown().await;
     // The running pipeline saw the cancellation and returned (recording its

@@ -118,6 +118,8 @@ struct App {
     config: ServerConfig,
     runner: Arc<dyn PipelineRunner>,
     slots: Arc<Semaphore>,
+    /// Bounds concurrent selections (git work on blocking threads).
+    selecting: Semaphore,
     replay: Mutex<ReplayGuard>,
     runs: Mutex<VecDeque<RunEntry>>,
     metrics: Metrics,
@@ -174,6 +176,7 @@ pub async fn serve(
     let grace = config.shutdown_grace;
     let app = Arc::new(App {
         slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
+        selecting: Semaphore::new(4),
         replay: Mutex::new(ReplayGuard::new(config.replay_capacity, config.replay_ttl)),
         runs: Mutex::new(VecDeque::new()),
         metrics: Metrics::default(),
@@ -317,8 +320,11 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
             source: format!("{p} delivery {delivery}"),
             fetch: app.config.fetch,
         };
-        // git2 and file reads block: keep them off the async workers.
-        let planned = tokio::task::spawn_blocking(move || plan(&body, &req)).await;
+        // git2 and file reads block: keep them off the async workers, a few at a time.
+        let planned = {
+            let _permit = app.selecting.acquire().await;
+            tokio::task::spawn_blocking(move || plan(&body, &req)).await
+        };
         let plan = match planned {
             Ok(Ok(plan)) => plan,
             Ok(Err(e)) => {
