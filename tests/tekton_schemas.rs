@@ -207,13 +207,12 @@ fn triggers_objects_validate() {
         ("TriggerTemplate", ".tekton/triggers/triggertemplate.yaml"),
     ];
     for (kind, file) in defs {
-        let all = docs(file);
-        assert_eq!(all.len(), 1, "{file}");
-        let doc = &all[0];
-        assert_eq!(doc["apiVersion"], "triggers.tekton.dev/v1beta1");
-        assert_eq!(doc["kind"], kind);
-        let def = format!("com.github.tektoncd.triggers.pkg.apis.triggers.v1beta1.{kind}");
-        assert_valid(file, kind, bundle.check(&def, doc));
+        for doc in docs(file) {
+            assert_eq!(doc["apiVersion"], "triggers.tekton.dev/v1beta1");
+            assert_eq!(doc["kind"], kind);
+            let def = format!("com.github.tektoncd.triggers.pkg.apis.triggers.v1beta1.{kind}");
+            assert_valid(file, kind, bundle.check(&def, &doc));
+        }
     }
     // The template's PipelineRun is an opaque RawExtension to the Triggers
     // schema: check it against Tekton's.
@@ -225,23 +224,35 @@ fn triggers_objects_validate() {
     // Every param the template uses is declared and bound.
     let declared: BTreeSet<&str> =
         template["spec"]["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    let binding = &docs(".tekton/triggers/triggerbinding.yaml")[0];
-    let bound: BTreeSet<&str> =
-        binding["spec"]["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(declared, bound);
+    let bindings = docs(".tekton/triggers/triggerbinding.yaml");
+    let names: Vec<&str> = bindings.iter().map(|b| b["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["modelship-push", "modelship-push-gitlab"]);
+    for binding in &bindings {
+        let bound: BTreeSet<&str> =
+            binding["spec"]["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(declared, bound, "{}", binding["metadata"]["name"]);
+    }
 }
 
 #[test]
-fn event_listener_verifies_github_signature_and_event_type() {
+fn event_listener_verifies_signatures_and_event_types() {
     let el = &docs(".tekton/triggers/eventlistener.yaml")[0];
-    let interceptors = el["spec"]["triggers"][0]["interceptors"].as_array().unwrap();
-    let github = interceptors.iter().find(|i| i["ref"]["name"] == "github").expect("github interceptor");
-    let param = |name: &str| github["params"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned();
-    let secret = param("secretRef").expect("secretRef");
-    assert_eq!(secret["value"]["secretName"], "modelship-webhook");
-    assert_eq!(secret["value"]["secretKey"], "secret");
-    assert_eq!(param("eventTypes").expect("eventTypes")["value"], json!(["push"]));
-    assert_eq!(interceptors[0]["ref"]["name"], "github", "the signature is checked first");
+    let triggers = el["spec"]["triggers"].as_array().unwrap();
+    for (trigger, interceptor, event, binding) in
+        [(0, "github", "push", "modelship-push"), (1, "gitlab", "Push Hook", "modelship-push-gitlab")]
+    {
+        let t = &triggers[trigger];
+        let interceptors = t["interceptors"].as_array().unwrap();
+        // The signature is checked before anything else looks at the body.
+        let first = &interceptors[0];
+        assert_eq!(first["ref"]["name"], interceptor);
+        let param = |name: &str| first["params"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned();
+        let secret = param("secretRef").expect("secretRef");
+        assert_eq!(secret["value"], json!({"secretName": "modelship-webhook", "secretKey": "secret"}));
+        assert_eq!(param("eventTypes").expect("eventTypes")["value"], json!([event]));
+        assert_eq!(t["bindings"][0]["ref"], binding);
+        assert_eq!(t["template"]["ref"], "modelship-push");
+    }
 }
 
 #[test]
