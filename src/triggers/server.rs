@@ -262,9 +262,16 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
     let metrics_app = app.clone();
     let reject = move |status: StatusCode, reason: &'static str, message: String| {
         metrics_app.metrics.delivery(p, Delivery::Rejected(reason));
-        warn!(provider = p, status = status.as_u16(), reason, "{}", crate::secret::mask(&message));
+        let message = crate::secret::mask(&message);
+        warn!(provider = p, status = status.as_u16(), reason, "{message}");
         (status, axum::Json(json!({ "error": message }))).into_response()
     };
+    // GitLab's token does not depend on the body: refuse before reading it.
+    if let (Provider::GitLab, Some(secret)) = (provider, &app.config.secret)
+        && let Err(e) = signature::verify_gitlab(secret.expose().as_bytes(), header_str(&headers, GITLAB_HEADER))
+    {
+        return reject(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
+    }
     let body = match read_limited(&headers, body, app.config.max_body_bytes).await {
         Ok(b) => b,
         Err((status, message)) => {
@@ -272,18 +279,10 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
             return reject(status, reason, message);
         }
     };
-    if let Some(secret) = &app.config.secret {
-        let verified = match provider {
-            Provider::GitHub => {
-                signature::verify_github(secret.expose().as_bytes(), &body, header_str(&headers, GITHUB_HEADER))
-            }
-            Provider::GitLab => {
-                signature::verify_gitlab(secret.expose().as_bytes(), header_str(&headers, GITLAB_HEADER))
-            }
-        };
-        if let Err(e) = verified {
-            return reject(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
-        }
+    if let (Provider::GitHub, Some(secret)) = (provider, &app.config.secret)
+        && let Err(e) = signature::verify_github(secret.expose().as_bytes(), &body, header_str(&headers, GITHUB_HEADER))
+    {
+        return reject(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
     }
     let (event_header, delivery_header) = match provider {
         Provider::GitHub => ("X-GitHub-Event", "X-GitHub-Delivery"),
