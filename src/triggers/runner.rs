@@ -131,3 +131,36 @@ impl std::fmt::Display for ErrorChain<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(set_commit: bool) -> RunRequest {
+        RunRequest {
+            pipeline: "weather".into(),
+            file: "pipelines/weather.yaml".into(),
+            commit: "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4".into(),
+            branch: "main".into(),
+            source: "github".into(),
+            set_commit,
+        }
+    }
+
+    #[test]
+    fn engine_options_carry_the_commit() {
+        let runner = EngineRunner { state_dir: Some("/state".into()), ..EngineRunner::default() };
+        let cancel = CancellationToken::new();
+        let opts = runner.options(&req(true), cancel.clone());
+        assert_eq!(opts.pipeline, PathBuf::from("pipelines/weather.yaml"));
+        assert_eq!(opts.labels.get("commit").map(String::as_str), Some("ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4"));
+        assert_eq!(opts.labels.get("trigger").map(String::as_str), Some("github"));
+        assert_eq!(opts.sets, [("commit".to_string(), "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4".to_string())]);
+        assert_eq!(opts.state_dir, Some(PathBuf::from("/state")));
+        assert!(!opts.dry_run);
+        cancel.cancel();
+        assert!(opts.cancel.is_cancelled(), "shutdown reaches the engine");
+        // A pipeline without a `commit` param gets no --set (the engine would reject it).
+        assert!(runner.options(&req(false), CancellationToken::new()).sets.is_empty());
+    }
+}
