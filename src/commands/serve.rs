@@ -2,15 +2,25 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 
-use super::{CommandError, GlobalArgs};
+use super::{CommandError, GlobalArgs, fail};
+use crate::triggers::TriggerError;
+use crate::triggers::runner::EngineRunner;
+use crate::triggers::server::{ServerConfig, serve};
+use crate::triggers::signature::load_secret;
 
 /// Receive GitHub/GitLab push webhooks and run the pipelines they select.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  MODELSHIP_WEBHOOK_SECRET=... modelship serve --listen 127.0.0.1:8080 --repo . --pipelines pipelines"
+    after_help = "Example:\n  MODELSHIP_WEBHOOK_SECRET=... modelship serve --listen 127.0.0.1:8080 --repo . --pipelines pipelines\n\n\
+Endpoints: POST /hooks/github, POST /hooks/gitlab, GET /healthz, GET /runs, GET /metrics.\n\
+Answers: 202 accepted (or ignored with a reason: ping, tag, deleted branch), 400 malformed,\n\
+401 bad signature, 409 replayed delivery id, 413 body too large, 422 another repository or\n\
+unknown commits, 502 fetching the pushed commits failed, 503 run queue full."
 )]
 pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -25,8 +35,69 @@ pub struct ServeArgs {
     /// Accept unsigned deliveries (never in production).
     #[arg(long)]
     pub insecure_no_signature: bool,
+    /// Repository URL deliveries must be for (repeatable); default: the checkout's remotes.
+    #[arg(long, value_name = "URL")]
+    pub expect_repo: Vec<String>,
+    /// Do not fetch pushed commits missing from the checkout (then such pushes get 422).
+    #[arg(long)]
+    pub no_fetch: bool,
+    /// Larger bodies get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Pipelines running at once; more wait in a queue.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub max_concurrent_runs: usize,
+    /// Queued runs beyond which deliveries get 503.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_queued_runs: usize,
+    /// How many delivery ids to remember against replays.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub replay_window: usize,
+    /// How long a delivery id is remembered.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub replay_ttl: Duration,
+    /// On SIGTERM, how long to wait for cancelled runs to record their state.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// kubeconfig for the runs (default: $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Keep run state in this directory instead of ConfigMaps.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
-pub async fn run(_a: ServeArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
-    todo!("triggers helper")
+impl ServeArgs {
+    /// The server configuration; fails without a secret unless insecure.
+    pub fn config(&self, env_secret: Option<String>) -> Result<ServerConfig, TriggerError> {
+        let secret = load_secret(self.secret_file.as_deref(), env_secret, self.insecure_no_signature)?;
+        Ok(ServerConfig {
+            repo: self.repo.clone(),
+            pipelines: self.pipelines.clone(),
+            secret,
+            expect_repo: self.expect_repo.clone(),
+            fetch: !self.no_fetch,
+            max_body_bytes: self.max_body_bytes,
+            max_concurrent_runs: self.max_concurrent_runs,
+            max_queued_runs: self.max_queued_runs,
+            replay_capacity: self.replay_window,
+            replay_ttl: self.replay_ttl,
+            shutdown_grace: self.shutdown_grace,
+            ..ServerConfig::default()
+        })
+    }
+}
+
+pub async fn run(a: ServeArgs, g: &GlobalArgs) -> Result<(), CommandError> {
+    let config = a.config(std::env::var("MODELSHIP_WEBHOOK_SECRET").ok()).map_err(fail)?;
+    if config.secret.is_none() {
+        tracing::warn!("--insecure-no-signature: accepting unsigned deliveries; never do this in production");
+    }
+    // Fail at start, not at the first delivery, if the checkout is unusable.
+    crate::triggers::git::open(&config.repo).map_err(fail)?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|source| fail(TriggerError::Bind { addr: a.listen.to_string(), source }))?;
+    let runner = EngineRunner { kubeconfig: a.kubeconfig, state_dir: a.state_dir, stages_dir: g.stages_dir.clone() };
+    serve(listener, config, Arc::new(runner), super::trigger::shutdown_signal()).await.map_err(fail)
 }

@@ -1,0 +1,166 @@
+//! The seam between "this push selects pipeline P at commit C" and running
+//! it. Production runs go through [`EngineRunner`] to [`crate::engine::run`];
+//! the server and `modelship trigger` only see the trait, so selection,
+//! verification, replay protection, concurrency and metrics are testable
+//! without a cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{self, EngineError, RunOptions};
+use crate::error::HasExitClass;
+use crate::state::{StageRecord, Status};
+
+/// One selected pipeline at one commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    pub pipeline: String,
+    pub file: PathBuf,
+    /// The pushed commit (`after`).
+    pub commit: String,
+    pub branch: String,
+    /// `github`, `gitlab` or `cli`.
+    pub source: String,
+    /// Pass the commit as `--set commit=SHA` (the pipeline declares the param).
+    pub set_commit: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    /// The engine's run id, when it got as far as making one.
+    pub run_id: Option<String>,
+    /// `Succeeded`, `Failed` or `Cancelled`.
+    pub status: Status,
+    /// (stage, seconds) for the stages that ran.
+    pub stages: Vec<(String, f64)>,
+    pub error: Option<String>,
+    /// Exit class of the failure (bad input vs failed), for the CLI.
+    pub bad_input: bool,
+}
+
+#[async_trait]
+pub trait PipelineRunner: Send + Sync {
+    /// Run to the end. `cancel` fires on shutdown; the run must then record
+    /// its state as cancelled and return.
+    async fn run(&self, req: &RunRequest, cancel: CancellationToken) -> RunOutcome;
+}
+
+/// Runs pipelines with the engine, against real clusters (or `state_dir`).
+#[derive(Debug, Clone, Default)]
+pub struct EngineRunner {
+    pub kubeconfig: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub stages_dir: Option<PathBuf>,
+}
+
+impl EngineRunner {
+    /// The engine options for `req`: commit in the labels, and as a param
+    /// when the pipeline declares one.
+    pub fn options(&self, req: &RunRequest, cancel: CancellationToken) -> RunOptions {
+        let mut labels = BTreeMap::new();
+        labels.insert("commit".to_string(), req.commit.clone());
+        labels.insert("trigger".to_string(), req.source.clone());
+        RunOptions {
+            pipeline: req.file.clone(),
+            sets: if req.set_commit { vec![("commit".to_string(), req.commit.clone())] } else { Vec::new() },
+            kubeconfig: self.kubeconfig.clone(),
+            state_dir: self.state_dir.clone(),
+            stages_dir: self.stages_dir.clone(),
+            labels,
+            cancel,
+            ..RunOptions::default()
+        }
+    }
+}
+
+fn durations(stages: &[StageRecord]) -> Vec<(String, f64)> {
+    stages.iter().filter_map(|s| s.duration_ms.map(|ms| (s.name.clone(), ms as f64 / 1000.0))).collect()
+}
+
+#[async_trait]
+impl PipelineRunner for EngineRunner {
+    async fn run(&self, req: &RunRequest, cancel: CancellationToken) -> RunOutcome {
+        match engine::run(self.options(req, cancel)).await {
+            Ok(summary) => RunOutcome {
+                run_id: Some(summary.run_id),
+                status: summary.status,
+                stages: durations(&summary.stages),
+                error: None,
+                bad_input: false,
+            },
+            Err(err) => {
+                let bad_input = err.exit_class() == crate::ExitClass::BadInput;
+                let error = Some(crate::secret::mask(&ErrorChain(&err).to_string()));
+                match &err {
+                    EngineError::StageFailed { summary, .. } => RunOutcome {
+                        run_id: Some(summary.run_id.clone()),
+                        status: Status::Failed,
+                        stages: durations(&summary.stages),
+                        error,
+                        bad_input,
+                    },
+                    EngineError::Cancelled { summary, .. } => RunOutcome {
+                        run_id: Some(summary.run_id.clone()),
+                        status: Status::Cancelled,
+                        stages: durations(&summary.stages),
+                        error,
+                        bad_input,
+                    },
+                    _ => RunOutcome { run_id: None, status: Status::Failed, stages: Vec::new(), error, bad_input },
+                }
+            }
+        }
+    }
+}
+
+/// Display an error with its causes, `a: b: c`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(set_commit: bool) -> RunRequest {
+        RunRequest {
+            pipeline: "weather".into(),
+            file: "pipelines/weather.yaml".into(),
+            commit: "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4".into(),
+            branch: "main".into(),
+            source: "github".into(),
+            set_commit,
+        }
+    }
+
+    #[test]
+    fn engine_options_carry_the_commit() {
+        let runner = EngineRunner { state_dir: Some("/state".into()), ..EngineRunner::default() };
+        let cancel = CancellationToken::new();
+        let opts = runner.options(&req(true), cancel.clone());
+        assert_eq!(opts.pipeline, PathBuf::from("pipelines/weather.yaml"));
+        assert_eq!(opts.labels.get("commit").map(String::as_str), Some("ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4"));
+        assert_eq!(opts.labels.get("trigger").map(String::as_str), Some("github"));
+        assert_eq!(opts.sets, [("commit".to_string(), "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4".to_string())]);
+        assert_eq!(opts.state_dir, Some(PathBuf::from("/state")));
+        assert!(!opts.dry_run);
+        cancel.cancel();
+        assert!(opts.cancel.is_cancelled(), "shutdown reaches the engine");
+        // A pipeline without a `commit` param gets no --set (the engine would reject it).
+        assert!(runner.options(&req(false), CancellationToken::new()).sets.is_empty());
+    }
+}

@@ -1,0 +1,460 @@
+//! `modelship serve`: the webhook endpoint.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `POST /hooks/github`, `POST /hooks/gitlab` | 202 with what runs and why (runs go on in the background) |
+//! | bad or missing signature/token | 401, nothing runs |
+//! | body above `max_body_bytes` | 413 |
+//! | malformed JSON, missing event or delivery header, not a push payload | 400 |
+//! | delivery id seen within the replay window | 409 |
+//! | another repository's push, commits the checkout lacks, a bad pipeline file | 422 |
+//! | the pushed commits could not be fetched from the repository's remote | 502 |
+//! | more selected runs than the queue holds | 503 (the delivery may be redelivered) |
+//! | event type other than push (`ping`, ...), tag push, deleted branch | 202 with `ignored` and the reason |
+//!
+//! A wrong event type is answered 202 rather than 400 because GitHub sends
+//! `ping` when a webhook is created and shows any 4xx as a failed delivery.
+//! Deliveries are authenticated before anything else is looked at.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::TriggerError;
+use super::event::{EventKind, Provider};
+use super::metrics::{Delivery, Metrics};
+use super::replay::ReplayGuard;
+use super::runner::{PipelineRunner, RunRequest};
+use super::select::{TriggerRequest, plan};
+use super::signature::{self, GITHUB_HEADER, GITLAB_HEADER};
+use crate::error::{ExitClass, HasExitClass};
+use crate::secret::Secret;
+use crate::state::Status;
+
+/// How the server behaves; see `modelship serve --help` for the flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub repo: std::path::PathBuf,
+    pub pipelines: std::path::PathBuf,
+    /// `None` only with `--insecure-no-signature`.
+    pub secret: Option<Secret>,
+    /// Repository URLs payloads must come from; empty: the checkout's remotes.
+    pub expect_repo: Vec<String>,
+    /// Fetch pushed commits the checkout lacks from the payload's remote.
+    pub fetch: bool,
+    pub max_body_bytes: usize,
+    pub max_concurrent_runs: usize,
+    /// Runs waiting for a slot, beyond which deliveries get 503.
+    pub max_queued_runs: usize,
+    pub replay_capacity: usize,
+    pub replay_ttl: Duration,
+    /// How long shutdown waits for cancelled runs to record their state.
+    pub shutdown_grace: Duration,
+    /// How many finished runs `GET /runs` remembers.
+    pub recent_runs: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            repo: ".".into(),
+            pipelines: "pipelines".into(),
+            secret: None,
+            expect_repo: Vec::new(),
+            fetch: true,
+            // GitHub caps payloads at 25 MB; push payloads are far smaller.
+            max_body_bytes: 5 * 1024 * 1024,
+            max_concurrent_runs: 2,
+            max_queued_runs: 64,
+            replay_capacity: 10_000,
+            replay_ttl: Duration::from_secs(24 * 3600),
+            shutdown_grace: Duration::from_secs(30),
+            recent_runs: 200,
+        }
+    }
+}
+
+/// One run as `GET /runs` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunEntry {
+    pub id: String,
+    pub delivery: String,
+    pub provider: String,
+    pub pipeline: String,
+    pub commit: String,
+    pub branch: String,
+    /// queued, running, succeeded, failed, cancelled
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub queued_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+struct App {
+    config: ServerConfig,
+    runner: Arc<dyn PipelineRunner>,
+    slots: Arc<Semaphore>,
+    /// Bounds concurrent selections (git work on blocking threads).
+    selecting: Semaphore,
+    replay: Mutex<ReplayGuard>,
+    runs: Mutex<VecDeque<RunEntry>>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+    next_id: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+impl App {
+    fn counts(&self) -> (usize, usize) {
+        let runs = lock(&self.runs);
+        let queued = runs.iter().filter(|r| r.status == "queued").count();
+        let running = runs.iter().filter(|r| r.status == "running").count();
+        (queued, running)
+    }
+
+    fn add_run(&self, entry: RunEntry) {
+        let mut runs = lock(&self.runs);
+        runs.push_front(entry);
+        // Forget the oldest finished runs; queued and running ones always stay.
+        while runs.len() > self.config.recent_runs {
+            match runs.iter().rposition(|r| r.status != "queued" && r.status != "running") {
+                Some(i) => {
+                    runs.remove(i);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn update_run(&self, id: &str, f: impl FnOnce(&mut RunEntry)) {
+        if let Some(r) = lock(&self.runs).iter_mut().find(|r| r.id == id) {
+            f(r);
+        }
+    }
+}
+
+/// Serve until `shutdown` resolves; then stop accepting, cancel running
+/// pipelines, and wait up to `shutdown_grace` for them to record their state.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    runner: Arc<dyn PipelineRunner>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), TriggerError> {
+    let grace = config.shutdown_grace;
+    let app = Arc::new(App {
+        slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
+        selecting: Semaphore::new(4),
+        replay: Mutex::new(ReplayGuard::new(config.replay_capacity, config.replay_ttl)),
+        runs: Mutex::new(VecDeque::new()),
+        metrics: Metrics::default(),
+        cancel: CancellationToken::new(),
+        tasks: Mutex::new(JoinSet::new()),
+        next_id: AtomicU64::new(1),
+        config,
+        runner,
+    });
+    let router = Router::new()
+        .route("/hooks/github", post(github))
+        .route("/hooks/gitlab", post(gitlab))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/runs", get(runs))
+        .route("/metrics", get(metrics))
+        .with_state(app.clone());
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "webhook server listening");
+    }
+    let cancel = app.cancel.clone();
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            info!("shutting down: no new deliveries; cancelling running pipelines");
+            cancel.cancel();
+        })
+        .await;
+    app.cancel.cancel();
+    let mut tasks = std::mem::take(&mut *lock(&app.tasks));
+    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        warn!(grace = ?grace, left = tasks.len(), "runs did not finish within the shutdown grace period; abandoning them");
+        tasks.abort_all();
+    }
+    served.map_err(TriggerError::Server)
+}
+
+async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    hook(app, Provider::GitHub, headers, body).await
+}
+
+async fn gitlab(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    hook(app, Provider::GitLab, headers, body).await
+}
+
+async fn runs(State(app): State<Arc<App>>) -> Response {
+    let runs: Vec<RunEntry> = lock(&app.runs).iter().cloned().collect();
+    axum::Json(json!({ "runs": runs })).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let (queued, running) = app.counts();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render(queued, running))
+        .into_response()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Read the body, refusing past `limit` without buffering more than that.
+async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Vec<u8>, (StatusCode, String)> {
+    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than the limit of {limit} bytes"));
+    if let Some(len) = header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body) -> Response {
+    let p = provider.as_str();
+    let metrics_app = app.clone();
+    let reject = move |status: StatusCode, reason: &'static str, message: String| {
+        metrics_app.metrics.delivery(p, Delivery::Rejected(reason));
+        let message = crate::secret::mask(&message);
+        warn!(provider = p, status = status.as_u16(), reason, "{message}");
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    };
+    // GitLab's token does not depend on the body: refuse before reading it.
+    if let (Provider::GitLab, Some(secret)) = (provider, &app.config.secret)
+        && let Err(e) = signature::verify_gitlab(secret.expose().as_bytes(), header_str(&headers, GITLAB_HEADER))
+    {
+        return reject(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
+    }
+    let body = match read_limited(&headers, body, app.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err((status, message)) => {
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "malformed" };
+            return reject(status, reason, message);
+        }
+    };
+    if let (Provider::GitHub, Some(secret)) = (provider, &app.config.secret)
+        && let Err(e) = signature::verify_github(secret.expose().as_bytes(), &body, header_str(&headers, GITHUB_HEADER))
+    {
+        return reject(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
+    }
+    let (event_header, delivery_header) = match provider {
+        Provider::GitHub => ("X-GitHub-Event", "X-GitHub-Delivery"),
+        Provider::GitLab => ("X-Gitlab-Event", "X-Gitlab-Event-UUID"),
+    };
+    let Some(event_type) = header_str(&headers, event_header).map(str::to_string) else {
+        return reject(StatusCode::BAD_REQUEST, "missing_header", format!("missing {event_header} header"));
+    };
+    let Some(delivery) = header_str(&headers, delivery_header).map(str::to_string).filter(|d| !d.is_empty()) else {
+        return reject(StatusCode::BAD_REQUEST, "missing_header", format!("missing {delivery_header} header"));
+    };
+    let span = info_span!("delivery", provider = p, delivery = %delivery, event = %event_type);
+    async move {
+        if let EventKind::Other(kind) = EventKind::parse(&event_type) {
+            app.metrics.delivery(p, Delivery::Ignored);
+            let reason = format!("event type `{kind}` is not a push; nothing runs");
+            info!("{reason}");
+            return (StatusCode::ACCEPTED, axum::Json(json!({ "delivery": delivery, "ignored": reason, "runs": [] })))
+                .into_response();
+        }
+        if !lock(&app.replay).check_and_insert(&delivery, Instant::now()) {
+            return reject(
+                StatusCode::CONFLICT,
+                "replay",
+                format!("delivery {delivery} was already received; ignoring the replay"),
+            );
+        }
+        let req = TriggerRequest {
+            event_type,
+            provider: Some(provider),
+            repo: app.config.repo.clone(),
+            pipelines: app.config.pipelines.clone(),
+            expect_repo: app.config.expect_repo.clone(),
+            source: format!("{p} delivery {delivery}"),
+            fetch: app.config.fetch,
+        };
+        // git2 and file reads block: keep them off the async workers, a few at a time.
+        let planned = {
+            let _permit = app.selecting.acquire().await;
+            tokio::task::spawn_blocking(move || plan(&body, &req)).await
+        };
+        let plan = match planned {
+            Ok(Ok(plan)) => plan,
+            Ok(Err(e)) => {
+                // Nothing ran: let a redelivery (same id) through once the cause is fixed.
+                lock(&app.replay).forget(&delivery);
+                return match (&e, e.exit_class()) {
+                    (TriggerError::Json { .. } | TriggerError::Payload { .. }, _) => {
+                        reject(StatusCode::BAD_REQUEST, "malformed", e.to_string())
+                    }
+                    (_, ExitClass::BadInput) => {
+                        reject(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", e.to_string())
+                    }
+                    (TriggerError::Fetch { .. }, _) => reject(StatusCode::BAD_GATEWAY, "fetch_failed", e.to_string()),
+                    _ => reject(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+                };
+            }
+            Err(join) => {
+                lock(&app.replay).forget(&delivery);
+                return reject(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("selection task failed: {join}"));
+            }
+        };
+        let decisions: Vec<_> = plan
+            .decisions
+            .iter()
+            .map(|d| json!({ "pipeline": d.pipeline, "run": d.run, "reason": d.reason, "matched": d.matched }))
+            .collect();
+        if let Some(reason) = &plan.ignored {
+            app.metrics.delivery(p, Delivery::Ignored);
+            info!("{reason}");
+            return (StatusCode::ACCEPTED, axum::Json(json!({ "delivery": delivery, "ignored": reason, "runs": [] })))
+                .into_response();
+        }
+        let selected: Vec<_> = plan.selected().cloned().collect();
+        let (queued, _) = app.counts();
+        if queued + selected.len() > app.config.max_queued_runs {
+            lock(&app.replay).forget(&delivery);
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{queued} runs are already queued (limit {}); redeliver later", app.config.max_queued_runs),
+            );
+        }
+        let event = plan.event.as_ref().expect("a non-ignored plan has its event");
+        let branch = event.branch().unwrap_or_default().to_string();
+        let mut ids = Vec::new();
+        for d in &selected {
+            let id = format!("t{}", app.next_id.fetch_add(1, Ordering::Relaxed));
+            let req = RunRequest {
+                pipeline: d.pipeline.clone(),
+                file: d.file.clone(),
+                commit: event.after.clone(),
+                branch: branch.clone(),
+                source: p.to_string(),
+                set_commit: d.declares_commit,
+            };
+            app.add_run(RunEntry {
+                id: id.clone(),
+                delivery: delivery.clone(),
+                provider: p.to_string(),
+                pipeline: d.pipeline.clone(),
+                commit: event.after.clone(),
+                branch: branch.clone(),
+                status: "queued".into(),
+                run_id: None,
+                error: None,
+                queued_at: now(),
+                started_at: None,
+                finished_at: None,
+            });
+            let span = info_span!("trigger_run", id = %id, pipeline = %d.pipeline, commit = %event.after);
+            let mut tasks = lock(&app.tasks);
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(run_one(app.clone(), id.clone(), req).instrument(span));
+            ids.push(json!({ "id": id, "pipeline": d.pipeline, "status": "queued" }));
+        }
+        app.metrics.delivery(p, Delivery::Accepted);
+        info!(runs = ids.len(), "delivery accepted");
+        let changed = plan.changes.as_ref().map(|c| c.files.len()).unwrap_or(0);
+        let body = json!({
+            "delivery": delivery,
+            "ref": event.git_ref,
+            "after": event.after,
+            "changedFiles": changed,
+            "runs": ids,
+            "decisions": decisions,
+        });
+        (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_one(app: Arc<App>, id: String, req: RunRequest) {
+    let permit = tokio::select! {
+        biased;
+        _ = app.cancel.cancelled() => {
+            app.metrics.run(&req.pipeline, "cancelled");
+            app.update_run(&id, |r| {
+                r.status = "cancelled".into();
+                r.error = Some("server shut down before the run started".into());
+                r.finished_at = Some(now());
+            });
+            return;
+        }
+        p = app.slots.clone().acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return,
+        },
+    };
+    app.update_run(&id, |r| {
+        r.status = "running".into();
+        r.started_at = Some(now());
+    });
+    app.metrics.run(&req.pipeline, "started");
+    info!("run started");
+    let outcome = app.runner.run(&req, app.cancel.child_token()).await;
+    for (stage, secs) in &outcome.stages {
+        app.metrics.stage_duration(&req.pipeline, stage, *secs);
+    }
+    let status = match outcome.status {
+        Status::Succeeded => "succeeded",
+        Status::Cancelled => "cancelled",
+        _ => "failed",
+    };
+    app.metrics.run(&req.pipeline, status);
+    info!(status, run_id = outcome.run_id.as_deref().unwrap_or(""), "run finished");
+    app.update_run(&id, |r| {
+        r.status = status.into();
+        r.run_id = outcome.run_id.clone();
+        r.error = outcome.error.clone();
+        r.finished_at = Some(now());
+    });
+    drop(permit);
+}

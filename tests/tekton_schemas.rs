@@ -1,0 +1,421 @@
+//! `.tekton/` validated against the upstream schemas in shared/reference
+//! (Tekton Pipelines v1, Triggers v1beta1, Kubernetes 1.36 RBAC, OpenShift
+//! Route), plus the Containerfile linted with hadolint and parsed with
+//! BuildKit's own Dockerfile parser.
+//!
+//! The OpenAPI v2 bundles do not forbid unknown fields, so a misspelt key
+//! would pass them; [`unknown_fields`] walks each object against the same
+//! definitions and reports keys no definition declares.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// shared/reference sits beside the checkout (`../shared`) in CI and further
+/// up in worktrees; MODELSHIP_SHARED_DIR overrides.
+fn reference() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MODELSHIP_SHARED_DIR") {
+        return PathBuf::from(dir).join("reference");
+    }
+    root()
+        .ancestors()
+        .map(|a| a.join("shared/reference"))
+        .find(|p| p.join("README.md").is_file())
+        .expect("shared/reference not found beside the checkout (set MODELSHIP_SHARED_DIR)")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+fn docs(rel: &str) -> Vec<Value> {
+    let path = root().join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    modelship::spec::yaml::from_str_multi::<Value>(&text)
+        .unwrap_or_else(|e| panic!("{rel}: {e:?}"))
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// A definition bundle: `{"$ref": "#/definitions/NAME", "definitions": ...}`.
+struct Bundle {
+    defs: Value,
+}
+
+impl Bundle {
+    fn load(rel: &str) -> Bundle {
+        let file = read_json(&reference().join(rel));
+        Bundle { defs: file["definitions"].clone() }
+    }
+
+    /// Schema errors plus unknown fields; empty when valid.
+    fn check(&self, def: &str, doc: &Value) -> Vec<String> {
+        assert!(self.defs.get(def).is_some(), "no definition {def}");
+        let schema = json!({ "$ref": format!("#/definitions/{def}"), "definitions": self.defs });
+        let validator = jsonschema::draft4::new(&schema).expect("schema compiles");
+        let mut errors: Vec<String> =
+            validator.iter_errors(doc).map(|e| format!("{}: {}", e.instance_path(), e)).collect();
+        unknown_fields(&self.defs, &json!({ "$ref": format!("#/definitions/{def}") }), doc, "", &mut errors);
+        errors
+    }
+}
+
+fn resolve<'a>(defs: &'a Value, mut schema: &'a Value) -> &'a Value {
+    while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.strip_prefix("#/definitions/").expect("local ref");
+        schema = &defs[name];
+    }
+    schema
+}
+
+/// Report object keys that the (resolved) schema does not declare, where the
+/// schema declares properties and allows nothing else.
+fn unknown_fields(defs: &Value, schema: &Value, doc: &Value, at: &str, out: &mut Vec<String>) {
+    let schema = resolve(defs, schema);
+    match doc {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties");
+            for (k, v) in map {
+                let path = format!("{at}/{k}");
+                match (props.and_then(|p| p.get(k)), additional) {
+                    (Some(s), _) => unknown_fields(defs, s, v, &path, out),
+                    (None, Some(a)) if a.is_object() => unknown_fields(defs, a, v, &path, out),
+                    (None, None) if props.is_some() => out.push(format!("{path}: unknown field `{k}`")),
+                    _ => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.get("items") {
+                for (i, v) in items.iter().enumerate() {
+                    unknown_fields(defs, item, v, &format!("{at}/{i}"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn tekton() -> Bundle {
+    let mut b = Bundle::load("tekton/tekton-v1-resolved.schema.json");
+    // TaskRef and PipelineRef embed ResolverRef inline in the Go types
+    // (fields `resolver` and `params`, tagged `json:",omitempty"`); the swagger
+    // generator drops embedded structs, so add its properties back.
+    let resolver = b.defs["v1.ResolverRef"]["properties"].as_object().expect("v1.ResolverRef").clone();
+    for def in ["v1.TaskRef", "v1.PipelineRef"] {
+        let props = b.defs[def]["properties"].as_object_mut().expect(def);
+        for (k, v) in &resolver {
+            props.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    b
+}
+fn triggers() -> Bundle {
+    Bundle::load("tekton/triggers-v1beta1-resolved.schema.json")
+}
+fn k8s() -> Bundle {
+    Bundle::load("kubernetes/k8s-1.36-openapi-v2-subset.json")
+}
+
+fn tekton_def(kind: &str) -> &'static str {
+    match kind {
+        "Task" => "v1.Task",
+        "Pipeline" => "v1.Pipeline",
+        "PipelineRun" => "v1.PipelineRun",
+        other => panic!("unexpected Tekton kind {other}"),
+    }
+}
+
+fn assert_valid(file: &str, kind: &str, errors: Vec<String>) {
+    assert!(errors.is_empty(), "{file} ({kind}) is invalid:\n  {}", errors.join("\n  "));
+}
+
+#[test]
+fn tekton_pipeline_objects_validate() {
+    let bundle = tekton();
+    let mut kinds = Vec::new();
+    for file in [".tekton/task.yaml", ".tekton/task-trigger.yaml", ".tekton/pipeline.yaml", ".tekton/push.yaml"] {
+        for doc in docs(file) {
+            assert_eq!(doc["apiVersion"], "tekton.dev/v1", "{file}");
+            let kind = doc["kind"].as_str().unwrap().to_string();
+            assert_valid(file, &kind, bundle.check(tekton_def(&kind), &doc));
+            kinds.push(format!("{kind}/{}", doc["metadata"]["name"].as_str().unwrap()));
+        }
+    }
+    assert_eq!(
+        kinds,
+        [
+            "Task/modelship-run",
+            "Task/modelship-trigger",
+            "Pipeline/modelship",
+            "Pipeline/modelship-push",
+            "PipelineRun/modelship-weather-on-push"
+        ]
+    );
+}
+
+#[test]
+fn task_declares_the_results_chains_and_users_read() {
+    let task = &docs(".tekton/task.yaml")[0];
+    let results: BTreeSet<&str> =
+        task["spec"]["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    let want: BTreeSet<&str> = ["run-id", "image-digest", "status", "IMAGE_URL", "IMAGE_DIGEST"].into();
+    assert_eq!(results, want);
+    let step = &task["spec"]["steps"][0];
+    let env: Vec<(&str, &str)> = step["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert!(env.contains(&("MODELSHIP_RESULTS_DIR", "/tekton/results")), "{env:?}");
+    let script = step["script"].as_str().unwrap();
+    // exec, so SIGTERM at the task timeout reaches modelship, not bash.
+    assert!(script.contains("exec modelship"), "{script}");
+    // Params reach the script through env, never spliced into its text.
+    assert!(!script.contains("$(params."), "{script}");
+    assert_eq!(step["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(step["securityContext"]["runAsNonRoot"], true);
+}
+
+#[test]
+fn pipelines_as_code_run_fires_on_push_to_main_with_path_filter() {
+    let run = &docs(".tekton/push.yaml")[0];
+    let cel = run["metadata"]["annotations"]["pipelinesascode.tekton.dev/on-cel-expression"].as_str().unwrap();
+    assert!(cel.contains("event == \"push\""), "{cel}");
+    assert!(cel.contains("target_branch == \"main\""), "{cel}");
+    assert!(cel.contains(".pathChanged()"), "{cel}");
+    assert_eq!(run["spec"]["pipelineRef"]["name"], "modelship");
+    assert_eq!(run["spec"]["taskRunTemplate"]["serviceAccountName"], "modelship");
+}
+
+#[test]
+fn triggers_objects_validate() {
+    let bundle = triggers();
+    let pipeline_bundle = tekton();
+    let defs = [
+        ("EventListener", ".tekton/triggers/eventlistener.yaml"),
+        ("TriggerBinding", ".tekton/triggers/triggerbinding.yaml"),
+        ("TriggerTemplate", ".tekton/triggers/triggertemplate.yaml"),
+    ];
+    for (kind, file) in defs {
+        for doc in docs(file) {
+            assert_eq!(doc["apiVersion"], "triggers.tekton.dev/v1beta1");
+            assert_eq!(doc["kind"], kind);
+            let def = format!("com.github.tektoncd.triggers.pkg.apis.triggers.v1beta1.{kind}");
+            assert_valid(file, kind, bundle.check(&def, &doc));
+        }
+    }
+    // The template's PipelineRun is an opaque RawExtension to the Triggers
+    // schema: check it against Tekton's.
+    let template = &docs(".tekton/triggers/triggertemplate.yaml")[0];
+    for rt in template["spec"]["resourcetemplates"].as_array().unwrap() {
+        assert_valid("triggertemplate resourcetemplates", "PipelineRun", pipeline_bundle.check("v1.PipelineRun", rt));
+        assert_eq!(rt["spec"]["pipelineRef"]["name"], "modelship-push");
+    }
+    // Every param the template uses is declared and bound.
+    let declared: BTreeSet<&str> =
+        template["spec"]["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let bindings = docs(".tekton/triggers/triggerbinding.yaml");
+    let names: Vec<&str> = bindings.iter().map(|b| b["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["modelship-push", "modelship-push-gitlab"]);
+    for binding in &bindings {
+        let bound: BTreeSet<&str> =
+            binding["spec"]["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(declared, bound, "{}", binding["metadata"]["name"]);
+    }
+}
+
+#[test]
+fn event_listener_verifies_signatures_and_event_types() {
+    let el = &docs(".tekton/triggers/eventlistener.yaml")[0];
+    let triggers = el["spec"]["triggers"].as_array().unwrap();
+    for (trigger, interceptor, event, binding) in
+        [(0, "github", "push", "modelship-push"), (1, "gitlab", "Push Hook", "modelship-push-gitlab")]
+    {
+        let t = &triggers[trigger];
+        let interceptors = t["interceptors"].as_array().unwrap();
+        // The signature is checked before anything else looks at the body.
+        let first = &interceptors[0];
+        assert_eq!(first["ref"]["name"], interceptor);
+        let param = |name: &str| first["params"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned();
+        let secret = param("secretRef").expect("secretRef");
+        assert_eq!(secret["value"], json!({"secretName": "modelship-webhook", "secretKey": "secret"}));
+        assert_eq!(param("eventTypes").expect("eventTypes")["value"], json!([event]));
+        assert_eq!(t["bindings"][0]["ref"], binding);
+        assert_eq!(t["template"]["ref"], "modelship-push");
+    }
+}
+
+#[test]
+fn route_validates_against_the_strict_openshift_schema() {
+    let schema = read_json(&reference().join("openshift/schemas-4.15-strict/route_route.openshift.io_v1.json"));
+    let validator = jsonschema::draft7::new(&schema).expect("schema compiles");
+    for doc in docs(".tekton/triggers/route.yaml") {
+        let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{}: {e}", e.instance_path())).collect();
+        assert_valid("route.yaml", "Route", errors);
+    }
+}
+
+/// Exactly what modelship calls (see each rule's comment in the file).
+const RBAC: &[(&str, &str, &[&str])] = &[
+    ("", "configmaps", &["get", "list", "create", "update"]),
+    ("", "secrets", &["get"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "update", "delete"]),
+    ("build.openshift.io", "buildconfigs", &["get", "create", "update"]),
+    ("build.openshift.io", "buildconfigs/instantiatebinary", &["create"]),
+    ("build.openshift.io", "builds", &["get", "list", "watch"]),
+    ("build.openshift.io", "builds/log", &["get"]),
+    ("image.openshift.io", "imagestreams", &["get", "create"]),
+    ("image.openshift.io", "imagestreamtags", &["get", "create", "update"]),
+    ("machinelearning.seldon.io", "seldondeployments", &["get", "list", "watch", "create", "update", "patch"]),
+    ("route.openshift.io", "routes", &["get", "list"]),
+    ("apps", "deployments", &["get"]),
+];
+
+#[test]
+fn rbac_validates_and_is_least_privilege() {
+    let bundle = k8s();
+    let mut seen = Vec::new();
+    for file in [".tekton/rbac/modelship.yaml", ".tekton/rbac/triggers.yaml"] {
+        for doc in docs(file) {
+            let kind = doc["kind"].as_str().unwrap();
+            // The subset has no ClusterRoleBinding; its wire shape is RoleBinding's.
+            let def = match kind {
+                "ServiceAccount" => "io.k8s.api.core.v1.ServiceAccount",
+                "Role" => "io.k8s.api.rbac.v1.Role",
+                "RoleBinding" | "ClusterRoleBinding" => "io.k8s.api.rbac.v1.RoleBinding",
+                other => panic!("{file}: unexpected kind {other}"),
+            };
+            assert_valid(file, kind, bundle.check(def, &doc));
+            seen.push(format!("{kind}/{}", doc["metadata"]["name"].as_str().unwrap()));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "ServiceAccount/modelship",
+            "Role/modelship",
+            "RoleBinding/modelship",
+            "ServiceAccount/modelship-triggers",
+            "RoleBinding/modelship-triggers-eventlistener",
+            "ClusterRoleBinding/modelship-triggers-eventlistener-clusterroles"
+        ]
+    );
+    let role = docs(".tekton/rbac/modelship.yaml").into_iter().find(|d| d["kind"] == "Role").unwrap();
+    let mut rules = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let strs = |k: &str| -> Vec<String> {
+            rule[k].as_array().map(|a| a.iter().map(|v| v.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+        };
+        let (groups, resources, verbs) = (strs("apiGroups"), strs("resources"), strs("verbs"));
+        for list in [&groups, &resources, &verbs] {
+            assert!(!list.iter().any(|s| s.contains('*')), "wildcard in {rule}");
+        }
+        assert!(rule.get("nonResourceURLs").is_none() && rule.get("resourceNames").is_none());
+        for g in &groups {
+            for r in &resources {
+                rules.push((g.clone(), r.clone(), verbs.clone()));
+            }
+        }
+    }
+    let want: Vec<(String, String, Vec<String>)> = RBAC
+        .iter()
+        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    assert_eq!(rules, want);
+    let binding = docs(".tekton/rbac/modelship.yaml").into_iter().find(|d| d["kind"] == "RoleBinding").unwrap();
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "modelship"})
+    );
+    assert_eq!(binding["subjects"], json!([{"kind": "ServiceAccount", "name": "modelship"}]));
+}
+
+/// Guards that the checks above can fail: a misspelt key and a wrong shape
+/// are both reported.
+#[test]
+fn validation_rejects_misspelt_and_misshapen_objects() {
+    let bundle = tekton();
+    let mut task = docs(".tekton/task.yaml").remove(0);
+    task["spec"]["steps"][0]["workingdir"] = json!("/x");
+    let errors = bundle.check("v1.Task", &task);
+    assert!(errors.iter().any(|e| e.contains("unknown field `workingdir`")), "{errors:?}");
+    let mut task = docs(".tekton/task.yaml").remove(0);
+    task["spec"]["steps"] = json!({ "run": { "image": "x" } });
+    assert!(!bundle.check("v1.Task", &task).is_empty());
+    let mut role = docs(".tekton/rbac/modelship.yaml").remove(1);
+    role["rules"][0]["verbs"] = json!("get");
+    assert!(!k8s().check("io.k8s.api.rbac.v1.Role", &role).is_empty());
+}
+
+fn lint_tool(name: &str) -> PathBuf {
+    let tools = std::env::var_os("MODELSHIP_TEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dirs::home_dir().expect("HOME").join(".cache/modelship-test-tools"));
+    let path = tools.join("lint/bin").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/test.sh (it runs scripts/setup.d/50-lint.sh, which installs it)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn containerfile_passes_hadolint() {
+    let out = Command::new(lint_tool("hadolint"))
+        .args(["--no-color", "--format", "tty"])
+        .arg(root().join("Containerfile"))
+        .output()
+        .expect("run hadolint");
+    assert!(
+        out.status.success(),
+        "hadolint found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn containerfile_is_multi_stage_ubi_minimal_non_root() {
+    // BuildKit's own parser (the `dockerfile` Python binding of it), as JSON.
+    let script = "import dockerfile, json, sys\n\
+        print(json.dumps([{'cmd': c.cmd, 'flags': list(c.flags), 'value': list(c.value)} for c in dockerfile.parse_file(sys.argv[1])]))";
+    let out =
+        Command::new(lint_tool("python")).args(["-c", script]).arg(root().join("Containerfile")).output().unwrap();
+    assert!(out.status.success(), "parse failed: {}", String::from_utf8_lossy(&out.stderr));
+    let cmds: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let of = |cmd: &str| -> Vec<&Value> { cmds.iter().filter(|c| c["cmd"] == cmd).collect() };
+    let froms = of("FROM");
+    assert_eq!(froms.len(), 2, "builder + runtime");
+    assert_eq!(froms[0]["value"][2], "builder");
+    let runtime = froms[1]["value"][0].as_str().unwrap();
+    assert!(runtime.starts_with("registry.access.redhat.com/ubi9/ubi-minimal:"), "{runtime}");
+    let last_from = cmds.iter().rposition(|c| c["cmd"] == "FROM").unwrap();
+    let runtime_stage = &cmds[last_from..];
+    let users: Vec<&Value> = runtime_stage.iter().filter(|c| c["cmd"] == "USER").collect();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0]["value"][0], "1001");
+    let user_at = runtime_stage.iter().position(|c| c["cmd"] == "USER").unwrap();
+    assert!(runtime_stage[user_at..].iter().all(|c| c["cmd"] != "RUN"), "nothing runs as root after USER");
+    assert!(
+        runtime_stage.iter().any(|c| c["cmd"] == "COPY" && c["flags"] == json!(["--from=builder"])),
+        "binary comes from the builder stage"
+    );
+    let runs: String = runtime_stage
+        .iter()
+        .filter(|c| c["cmd"] == "RUN")
+        .map(|c| c["value"][0].as_str().unwrap().to_string())
+        .collect();
+    assert!(runs.contains("chgrp -R 0") && runs.contains("chmod -R g=u"), "arbitrary-UID safe: {runs}");
+    assert_eq!(of("ENTRYPOINT").last().unwrap()["value"], json!(["/usr/local/bin/modelship"]));
+}
