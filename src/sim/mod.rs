@@ -125,6 +125,9 @@ pub struct SimApi {
     pub table: Arc<ResourceTable>,
     pub store: Arc<Store>,
     pub faults: Arc<Faults>,
+    /// The internal registry's storage (served under `/v2/`); controllers
+    /// push and pull images through it in-process.
+    pub registry: registry::RegistryStore,
     /// Cancelled when the sim stops; long-running work (watches,
     /// controllers) ends on it.
     pub shutdown: CancellationToken,
@@ -201,13 +204,21 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
                 .map_err(|e| SimError::Corrupt { path: config.data_dir.clone(), message: e.to_string() })?;
         }
     }
-    let api = SimApi { table, store, faults: Arc::new(config.faults.clone()), shutdown: CancellationToken::new() };
+    let registry = registry::RegistryStore::new(config.data_dir.join("registry"));
+    let api = SimApi {
+        table,
+        store,
+        faults: Arc::new(config.faults.clone()),
+        registry: registry.clone(),
+        shutdown: CancellationToken::new(),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| SimError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
     let app = server::router(api.clone())
-        .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer));
+        .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer))
+        .merge(registry::router(registry));
     let shutdown = api.shutdown.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
