@@ -5,6 +5,16 @@
 //! that succeeded with unchanged inputs. Stage lifecycle events (started,
 //! retried, succeeded, failed, cancelled) are logged here and nowhere else.
 
+mod digest;
+mod events;
+mod exec;
+mod prepare;
+mod render;
+#[cfg(test)]
+pub(crate) mod testkind;
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -41,6 +51,10 @@ pub struct RunOptions {
     pub interactive: bool,
     /// Cancelled on SIGINT/SIGTERM.
     pub cancel: CancellationToken,
+    /// `--sim`: every environment is its own simulated cluster reached
+    /// through the kubeconfig context named after it; the pipeline's
+    /// `context` and `registry` are ignored (in memory only).
+    pub sim_contexts: bool,
 }
 
 /// What a run ended as; `--output json` prints it.
@@ -120,12 +134,19 @@ impl HasExitClass for EngineError {
     }
 }
 
-/// Run a pipeline to the end (or `--until`).
-pub async fn run(_opts: RunOptions) -> Result<RunSummary, EngineError> {
-    todo!("engine helper")
+pub use exec::{backoff_delay, default_workspace, open_state};
+pub use prepare::generate_run_id;
+
+/// Run a pipeline to the end (or `--until`): load and validate the file,
+/// then [`exec::run_prepared`].
+pub async fn run(opts: RunOptions) -> Result<RunSummary, EngineError> {
+    let prepared = prepare::prepare(&opts)?;
+    exec::run_prepared(prepared, opts).await
 }
 
-/// Resolve the plan `--dry-run` prints. Touches nothing.
-pub fn plan(_opts: &RunOptions) -> Result<Plan, EngineError> {
-    todo!("engine helper")
+/// Resolve the plan `--dry-run` prints. Touches nothing: no state store, no
+/// cluster, no workspace.
+pub fn plan(opts: &RunOptions) -> Result<Plan, EngineError> {
+    let prepared = prepare::prepare(opts)?;
+    prepare::plan_prepared(&prepared, opts)
 }

@@ -15,38 +15,40 @@ macro_rules! for_each_kind {
             SeldonDeploy => seldon_deploy::SeldonDeploy,
             PredictionCheck => prediction_check::PredictionCheck,
             Promote => promote::Promote,
+            #[cfg(test)]
+            TestStep => crate::engine::testkind::TestStep,
         }
     };
 }
 
 macro_rules! define_kind {
-    ($($variant:ident => $ty:ty,)*) => {
+    ($($(#[$meta:meta])* $variant:ident => $ty:ty,)*) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Kind { $($variant,)* }
+        pub enum Kind { $($(#[$meta])* $variant,)* }
 
         impl Kind {
-            pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
+            pub const ALL: &'static [Kind] = &[$($(#[$meta])* Kind::$variant,)*];
 
             pub fn name(self) -> &'static str {
-                match self { $(Kind::$variant => <$ty as Stage>::KIND,)* }
+                match self { $($(#[$meta])* Kind::$variant => <$ty as Stage>::KIND,)* }
             }
 
             pub fn outputs(self) -> &'static [&'static str] {
-                match self { $(Kind::$variant => <$ty as Stage>::OUTPUTS,)* }
+                match self { $($(#[$meta])* Kind::$variant => <$ty as Stage>::OUTPUTS,)* }
             }
 
             /// Typed parse of `with:` plus the kind's pure checks.
             pub fn validate(self, with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Vec<Problem> {
-                match self { $(Kind::$variant => validate_as::<$ty>(with, cx),)* }
+                match self { $($(#[$meta])* Kind::$variant => validate_as::<$ty>(with, cx),)* }
             }
 
             pub fn plan(self, with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Result<Vec<String>, Problem> {
-                match self { $(Kind::$variant => plan_as::<$ty>(with, cx),)* }
+                match self { $($(#[$meta])* Kind::$variant => plan_as::<$ty>(with, cx),)* }
             }
 
             /// Run with `with:` already rendered.
             pub async fn run(self, with: Map<String, Value>, cx: &StageContext) -> Result<Outputs, StageError> {
-                match self { $(Kind::$variant => run_as::<$ty>(with, cx).await,)* }
+                match self { $($(#[$meta])* Kind::$variant => run_as::<$ty>(with, cx).await,)* }
             }
         }
     };
