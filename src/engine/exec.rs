@@ -32,9 +32,28 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// fixed, half random — so waits keep growing while runners that failed
 /// together do not retry in lockstep.
 pub fn backoff_delay(attempt: u32) -> Duration {
-    let step = BACKOFF_BASE.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(BACKOFF_CAP);
+    backoff_from(BACKOFF_BASE, BACKOFF_CAP, attempt)
+}
+
+fn backoff_from(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let step = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(cap);
     let half = step / 2;
     half + half.mul_f64(rand::random::<f64>())
+}
+
+/// Knobs tests turn down so retries take milliseconds, not seconds. (The
+/// crate's tokio has no `test-util`, so tests cannot pause the clock;
+/// enabling it would rebuild every tokio dependent.)
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { backoff_base: BACKOFF_BASE, backoff_cap: BACKOFF_CAP }
+    }
 }
 
 /// Where a run keeps its files without `--workspace`: a stable directory per
@@ -68,6 +87,10 @@ pub async fn open_state(
 }
 
 pub(crate) async fn run_prepared(p: Prepared, opts: RunOptions) -> Result<RunSummary, EngineError> {
+    run_tuned(p, opts, Tuning::default()).await
+}
+
+pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> Result<RunSummary, EngineError> {
     let pipeline = p.pipeline.clone();
     let plans = stage_plans(&pipeline)?;
     check_until(&pipeline, opts.until.as_deref())?;
@@ -181,6 +204,7 @@ pub(crate) async fn run_prepared(p: Prepared, opts: RunOptions) -> Result<RunSum
         params,
         previous,
         opts,
+        tuning,
     };
     let span = tracing::info_span!("run", run_id = %runner.key.run_id, pipeline = %runner.key.pipeline);
     runner.run().instrument(span).await
@@ -200,6 +224,7 @@ struct Runner {
     /// Stage records of the run being resumed, by name.
     previous: BTreeMap<String, StageRecord>,
     opts: RunOptions,
+    tuning: Tuning,
 }
 
 /// How a stage ended when it did not succeed.
@@ -411,7 +436,7 @@ impl Runner {
             };
             let message = error_chain(&err);
             if err.retryable && attempt < plan.max_attempts {
-                let delay = backoff_delay(attempt);
+                let delay = backoff_from(self.tuning.backoff_base, self.tuning.backoff_cap, attempt);
                 let m = message.clone();
                 self.update_stage(name, move |r| r.error = Some(m.clone())).await?;
                 events.emit(name, uses, Event::Retrying { attempt, delay, error: &message });
