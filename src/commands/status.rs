@@ -107,6 +107,13 @@ fn run_duration(run: &RunRecord) -> String {
     stage_duration(Some(ms))
 }
 
+/// Whole seconds are enough in a table.
+fn short_time(rfc3339: &str) -> String {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .map_or_else(|_| rfc3339.to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
+}
+
 fn list(runs: &[RunRecord]) -> String {
     let mut rows = vec![vec![
         "RUN ID".into(),
@@ -122,7 +129,7 @@ fn list(runs: &[RunRecord]) -> String {
             r.run_id.clone(),
             r.pipeline.clone(),
             r.status.to_string(),
-            r.created.clone(),
+            short_time(&r.created),
             run_duration(r),
             format!("{done}/{}", r.stages.len()),
         ]);

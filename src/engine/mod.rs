@@ -104,7 +104,8 @@ pub enum EngineError {
     State(#[from] StateError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error("stage `{stage}` ({uses}) failed: {source}")]
+    /// The reason is the source, printed by the binary's cause chain.
+    #[error("stage `{stage}` ({uses}) failed")]
     StageFailed {
         stage: String,
         uses: String,

@@ -124,7 +124,9 @@ async fn a_dangling_reference_fails_the_stage_naming_stage_and_key() {
     );
     let err = h.run(&p, h.opts("strict-1")).await.unwrap_err();
     assert_eq!(err.exit_class(), ExitClass::BadInput);
-    assert!(err.to_string().contains("stage `b`, with.value"), "{err}");
+    let reason = std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default();
+    assert!(err.to_string().contains("stage `b`"), "{err}");
+    assert!(reason.contains("stage `b`, with.value"), "{reason}");
     let rec = h.record("strict-1").await;
     assert_eq!(rec.status, Status::Failed);
     assert_eq!(rec.stages[0].status, Status::Succeeded);
