@@ -141,6 +141,12 @@ pub use prepare::generate_run_id;
 /// Run a pipeline to the end (or `--until`): load and validate the file,
 /// then [`exec::run_prepared`].
 pub async fn run(opts: RunOptions) -> Result<RunSummary, EngineError> {
+    if opts.dry_run {
+        // A caller that asked for a dry run must never get a real one.
+        return Err(EngineError::BadInput(
+            "--dry-run: resolve the plan with engine::plan; run touches clusters".into(),
+        ));
+    }
     let prepared = prepare::prepare(&opts)?;
     exec::run_prepared(prepared, opts).await
 }

@@ -358,3 +358,27 @@ fn the_run_future_can_be_spawned() {
     let fut = run(RunOptions::default());
     assert_send(&fut);
 }
+
+/// Without --workspace a run keeps its files in a stable per-run directory
+/// (so --resume finds them) and removes it only once nothing is left to resume.
+#[tokio::test]
+async fn the_default_workspace_is_kept_until_the_run_completes() {
+    let h = Harness::new();
+    let p = pipeline("    - {name: a, uses: test-step}\n    - {name: b, uses: test-step}\n");
+    let id = format!("ws-{}", generate_run_id());
+    let dir = default_workspace("demo", &id);
+    let opts = RunOptions { workspace: None, until: Some("a".into()), ..h.opts(&id) };
+    let s = h.run(&p, opts).await.unwrap();
+    assert_eq!(s.workspace.as_deref(), Some(dir.as_path()));
+    assert!(dir.join("a/out.txt").exists());
+    let s = h.run(&p, RunOptions { workspace: None, ..h.resume(&id) }).await.unwrap();
+    assert_eq!(call_count(&id, "a"), 1, "the resumed run found a's files");
+    assert_eq!(s.workspace, None);
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn run_refuses_a_dry_run() {
+    let err = run(RunOptions { dry_run: true, ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.exit_class(), ExitClass::BadInput);
+}
