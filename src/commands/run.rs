@@ -123,7 +123,12 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         Err(EngineError::StageFailed { summary, .. } | EngineError::Cancelled { summary, .. }) => Some(&**summary),
         Err(_) => None,
     };
-    if let (Some(dir), Some(summary)) = (&args.results_dir, summary) {
+    // In a Tekton step without --results-dir, results go where Tekton reads them.
+    let results_dir = args.results_dir.clone().or_else(|| {
+        let tekton = Path::new(TEKTON_RESULTS);
+        tekton.is_dir().then(|| tekton.to_path_buf())
+    });
+    if let (Some(dir), Some(summary)) = (&results_dir, summary) {
         write_results(dir, summary).map_err(|e| CommandError::new(ExitClass::Failed, e))?;
     }
     match (args.output, summary) {
@@ -285,6 +290,8 @@ fn summary_table(s: &RunSummary) -> String {
     out
 }
 
+const TEKTON_RESULTS: &str = "/tekton/results";
+
 /// Tekton caps all results of a step together at 4096 bytes.
 const RESULTS_LIMIT: usize = 4096;
 
@@ -402,6 +409,21 @@ mod tests {
         assert_eq!(parse_pairs("--set", &["a=b=c".into()]).unwrap(), [("a".to_string(), "b=c".to_string())]);
         assert!(parse_pairs("--set", &["novalue".into()]).is_err());
         assert!(parse_pairs("--set", &["=x".into()]).is_err());
+    }
+
+    /// Guards the Tekton timeout path: SIGTERM must cancel the run's token.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sigterm_cancels_the_run() {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(cancel_on_signals(cancel.clone()));
+        // Let the handler register before the signal is sent.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let status =
+            std::process::Command::new("kill").args(["-TERM", &std::process::id().to_string()]).status().unwrap();
+        assert!(status.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), cancel.cancelled()).await.expect("token cancelled");
+        task.abort();
     }
 
     #[test]
