@@ -170,6 +170,71 @@ fn dry_run_prints_the_plan_hides_env_secrets_and_touches_nothing() {
     assert!(cli.nothing_written());
 }
 
+/// A run whose first stage fails (the model directory does not exist): a
+/// non-zero exit, one JSON object on stdout, JSON log lines on stderr, the
+/// record in the state dir, Tekton results, and `status` showing it.
+#[test]
+fn a_failed_run_is_recorded_reported_and_shown_by_status() {
+    let cli = Cli::new();
+    let o = cli.run(&[
+        "run",
+        "weather.yaml",
+        "--state-dir",
+        "state",
+        "--run-id",
+        "fail-1",
+        "--label",
+        "commit=abc123",
+        "--results-dir",
+        "results",
+        "--output",
+        "json",
+        "--log-format",
+        "json",
+    ]);
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON object");
+    assert_eq!(summary["runId"], "fail-1");
+    assert_eq!(summary["status"], "failed");
+    assert_eq!(summary["stages"][0]["name"], "fetch");
+    assert_eq!(summary["stages"][0]["status"], "failed");
+    assert_eq!(summary["stages"][0]["attempts"], 1);
+    assert_eq!(summary["stages"][1]["status"], "pending");
+    let err = stderr(&o);
+    let log_lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("error:")).collect();
+    assert!(!log_lines.is_empty());
+    for line in &log_lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["span"]["run_id"], "fail-1", "{line}");
+    }
+    assert!(err.contains(r#""event":"failed""#), "{err}");
+    assert!(!out.contains(SECRET) && !err.contains(SECRET));
+
+    let record = std::fs::read_to_string(cli.path("state/runs/weather/fail-1.yaml")).unwrap();
+    assert!(record.contains("commit: abc123"), "{record}");
+    assert!(!record.contains(SECRET));
+    assert_eq!(std::fs::read_to_string(cli.path("results/status")).unwrap(), "failed");
+    assert_eq!(std::fs::read_to_string(cli.path("results/run-id")).unwrap(), "fail-1");
+
+    let o = cli.run(&["status", "--state-dir", "state"]);
+    assert_exit(&o, 0);
+    let row: Vec<String> = stdout(&o).lines().nth(1).unwrap().split_whitespace().map(String::from).collect();
+    assert_eq!(row[..3], ["fail-1", "weather", "failed"], "{}", stdout(&o));
+    let o = cli.run(&["status", "fail-1", "--state-dir", "state"]);
+    assert_exit(&o, 0);
+    assert!(stdout(&o).contains("fetch (fetch-model): failed, 1 attempt"), "{}", stdout(&o));
+
+    // The same id again is refused; --resume continues it.
+    let o = cli.run(&["run", "weather.yaml", "--state-dir", "state", "--run-id", "fail-1"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("--resume fail-1"), "{}", stderr(&o));
+    let o = cli.run(&["run", "weather.yaml", "--state-dir", "state", "--resume", "fail-1", "--output", "json"]);
+    assert_ne!(o.status.code(), Some(0));
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(summary["runId"], "fail-1");
+}
+
 #[test]
 fn status_needs_to_know_where_runs_are_kept() {
     let cli = Cli::new();
