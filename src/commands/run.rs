@@ -139,7 +139,7 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
             let obj = serde_json::json!({ "status": "error", "error": err, "exitCode": class.code() });
             println!("{}", mask(&json_text(&obj)));
         }
-        (OutputFormat::Text, Some(s)) => println!("{}", mask(&summary_table(s))),
+        (OutputFormat::Text, Some(s)) => println!("{}", mask(&summary_table(s, &args.file))),
         (OutputFormat::Text, None) => {}
     }
     result.map(|_| ()).map_err(fail)
@@ -274,7 +274,7 @@ pub fn stage_duration(ms: Option<u64>) -> String {
     duration_text(ms)
 }
 
-fn summary_table(s: &RunSummary) -> String {
+fn summary_table(s: &RunSummary, file: &Path) -> String {
     let mut rows = vec![vec!["STAGE".into(), "STATUS".into(), "ATTEMPTS".into(), "DURATION".into()]];
     for st in &s.stages {
         rows.push(vec![st.name.clone(), st.status.to_string(), st.attempts.to_string(), duration_text(st.duration_ms)]);
@@ -285,7 +285,7 @@ fn summary_table(s: &RunSummary) -> String {
         out.push_str(&format!("\nworkspace: {}", ws.display()));
     }
     if matches!(s.status, Status::Failed | Status::Cancelled) {
-        out.push_str(&format!("\nresume with: modelship run <FILE> --resume {}", s.run_id));
+        out.push_str(&format!("\nresume with: modelship run {} --resume {}", file.display(), s.run_id));
     }
     out
 }
@@ -427,7 +427,34 @@ mod tests {
     }
 
     #[test]
+    fn plan_text_snapshot() {
+        let plan = Plan {
+            pipeline: "weather".into(),
+            run_id: "(generated at run time)".into(),
+            state: "configmaps in dev/models-dev".into(),
+            stages: vec![
+                engine::PlannedStage {
+                    name: "fetch".into(),
+                    uses: "fetch-model".into(),
+                    with: serde_json::Map::new(),
+                    targets: vec!["s3://models/weather/ -> workspace".into()],
+                },
+                engine::PlannedStage {
+                    name: "deploy".into(),
+                    uses: "seldon-deploy".into(),
+                    with: json!({"environment": "dev", "image": "{{stages.build.outputs.image}}"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    targets: vec!["SeldonDeployment weather in dev/models-dev".into()],
+                },
+            ],
+        };
+        insta::assert_snapshot!(plan_text(&plan));
+    }
+
+    #[test]
     fn summary_table_snapshot() {
-        insta::assert_snapshot!(summary_table(&summary()));
+        insta::assert_snapshot!(summary_table(&summary(), Path::new("pipelines/weather.yaml")));
     }
 }
