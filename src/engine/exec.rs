@@ -41,6 +41,11 @@ fn backoff_from(base: Duration, cap: Duration, attempt: u32) -> Duration {
     half + half.mul_f64(rand::random::<f64>())
 }
 
+/// After a cancel, how long a stage may take to notice its own token and
+/// leave things tidy (release a lock, cancel a Build) before it is dropped.
+/// Tekton's default termination grace is 30s; this leaves time to record.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
 /// Knobs tests turn down so retries take milliseconds, not seconds. (The
 /// crate's tokio has no `test-util`, so tests cannot pause the clock;
 /// enabling it would rebuild every tokio dependent.)
@@ -48,11 +53,12 @@ fn backoff_from(base: Duration, cap: Duration, attempt: u32) -> Duration {
 pub(crate) struct Tuning {
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    pub cancel_grace: Duration,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { backoff_base: BACKOFF_BASE, backoff_cap: BACKOFF_CAP }
+        Tuning { backoff_base: BACKOFF_BASE, backoff_cap: BACKOFF_CAP, cancel_grace: CANCEL_GRACE }
     }
 }
 
@@ -401,10 +407,16 @@ impl Runner {
             };
             let span = tracing::info_span!("stage", run_id = %self.key.run_id, stage = name, uses, attempt);
             let work = tokio::time::timeout(plan.timeout, plan.kind.run(with.clone(), &cx)).instrument(span);
+            tokio::pin!(work);
             let result = tokio::select! {
                 biased;
-                _ = cancel.cancelled() => None,
-                r = work => Some(r),
+                // The stage's own token (a child) is cancelled too; give it
+                // the grace period to wind down, then drop it.
+                _ = cancel.cancelled() => match tokio::time::timeout(self.tuning.cancel_grace, &mut work).await {
+                    Ok(Ok(Ok(out))) => Some(Ok(Ok(out))),
+                    _ => None,
+                },
+                r = &mut work => Some(r),
             };
             let err = match result {
                 None => return Err(self.cancelled(name, uses, clock, events).await),

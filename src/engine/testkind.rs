@@ -25,6 +25,10 @@ pub struct Params {
     /// Sleep this long before answering (timeouts, cancellation).
     #[serde(default)]
     pub sleep_ms: u64,
+    /// While sleeping, watch the stage's cancel token; on cancel save the
+    /// checkpoint `cleanedUp` and return cancelled.
+    #[serde(default)]
+    pub clean_up_on_cancel: bool,
     /// Fail as bad input.
     #[serde(default)]
     pub bad_input: bool,
@@ -61,7 +65,18 @@ impl Stage for TestStep {
         let previous_checkpoint = cx.checkpoint("mark").cloned().unwrap_or(serde_json::Value::Null);
         cx.save_checkpoint("mark", json!(format!("call {n}"))).await?;
         if params.sleep_ms > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(params.sleep_ms)).await;
+            let sleep = tokio::time::sleep(std::time::Duration::from_millis(params.sleep_ms));
+            if params.clean_up_on_cancel {
+                tokio::select! {
+                    _ = cx.cancel.cancelled() => {
+                        cx.save_checkpoint("cleanedUp", json!(true)).await?;
+                        return Err(StageError::cancelled());
+                    }
+                    _ = sleep => {}
+                }
+            } else {
+                sleep.await;
+            }
         }
         if params.bad_input {
             return Err(StageError::bad_input("test-step told to reject its input"));

@@ -62,7 +62,11 @@ impl Harness {
     async fn run(&self, p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
         let prepared =
             prepare::from_pipeline(p.clone(), opts.pipeline.clone(), "sha256:test".into(), Catalog::embedded(), &opts);
-        let tuning = exec::Tuning { backoff_base: Duration::from_millis(20), backoff_cap: Duration::from_secs(1) };
+        let tuning = exec::Tuning {
+            backoff_base: Duration::from_millis(20),
+            backoff_cap: Duration::from_secs(1),
+            cancel_grace: Duration::from_secs(2),
+        };
         exec::run_tuned(prepared, opts, tuning).await
     }
 
@@ -209,6 +213,26 @@ async fn cancellation_is_recorded_on_the_running_stage_and_the_run() {
     let statuses: Vec<Status> = rec.stages.iter().map(|s| s.status).collect();
     assert_eq!(statuses, [Status::Succeeded, Status::Cancelled, Status::Pending]);
     assert_eq!(call_count("cancel-1", "after"), 0);
+}
+
+/// A cancelled stage gets a grace period to clean up (Tekton's SIGTERM
+/// before the kill), e.g. to release the promotion lock; one that ignores
+/// its token is dropped once the grace period ends.
+#[tokio::test]
+async fn a_cancelled_stage_may_clean_up_within_the_grace_period() {
+    let h = Harness::new();
+    let p = pipeline("    - {name: tidy, uses: test-step, with: {sleepMs: 600000, cleanUpOnCancel: true}}\n");
+    let opts = h.opts("grace-1");
+    let cancel = opts.cancel.clone();
+    let canceller = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(h.run(&p, opts), canceller);
+    assert!(matches!(result, Err(EngineError::Cancelled { .. })));
+    let rec = h.record("grace-1").await;
+    assert_eq!(rec.stages[0].status, Status::Cancelled);
+    assert_eq!(rec.stages[0].checkpoints.get("cleanedUp"), Some(&serde_json::json!(true)));
 }
 
 #[tokio::test]
