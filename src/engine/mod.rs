@@ -3,7 +3,16 @@
 //! timeout and retries with jittered backoff for retryable errors),
 //! cancels cleanly on SIGINT/SIGTERM, and resumes a run by skipping stages
 //! that succeeded with unchanged inputs. Stage lifecycle events (started,
-//! retried, succeeded, failed, cancelled) are logged here and nowhere else.
+//! retried, succeeded, failed, cancelled, skipped) are logged here and
+//! nowhere else.
+//!
+//! - `prepare`: everything checked before anything is written (file, params,
+//!   `--until`, timeouts, run id) and the `--dry-run` plan.
+//! - `exec`: the run record, the stage loop, retries, timeouts, cancellation
+//!   with a grace period, resume, the per-run workspace.
+//! - `render`: `with:`/`if:` rendering against params, outputs, env, run.
+//! - `digest`: the inputs digest a resume compares.
+//! - `events`: lifecycle log lines and progress spinners.
 
 mod digest;
 mod events;
