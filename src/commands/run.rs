@@ -1,10 +1,18 @@
 //! `modelship run FILE ...`
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use tokio_util::sync::CancellationToken;
 
-use super::{CommandError, GlobalArgs};
+use super::{CommandError, GlobalArgs, fail};
+use crate::engine::{self, EngineError, Plan, RunOptions, RunSummary};
+use crate::error::{ExitClass, HasExitClass};
+use crate::secret::mask;
+use crate::sim::{SimConfig, SimServer};
+use crate::state::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum OutputFormat {
@@ -60,6 +68,393 @@ pub struct RunArgs {
     pub labels: Vec<String>,
 }
 
-pub async fn run(_args: RunArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
-    todo!("engine helper")
+pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
+    let sets = parse_pairs("--set", &args.sets)?;
+    let labels: BTreeMap<String, String> = parse_pairs("--label", &args.labels)?.into_iter().collect();
+    let cancel = CancellationToken::new();
+    let mut opts = RunOptions {
+        pipeline: args.file.clone(),
+        sets,
+        run_id: args.run_id.clone(),
+        resume: args.resume.clone(),
+        until: args.until.clone(),
+        workspace: args.workspace.clone(),
+        kubeconfig: args.kubeconfig.clone(),
+        state_dir: args.state_dir.clone(),
+        stages_dir: g.stages_dir.clone(),
+        labels,
+        dry_run: args.dry_run,
+        interactive: std::io::stderr().is_terminal() && g.log_format.is_text() && !g.quiet,
+        cancel: cancel.clone(),
+        sim_contexts: false,
+    };
+
+    if args.dry_run {
+        if args.sim.is_some() {
+            opts.sim_contexts = true;
+        }
+        let plan = engine::plan(&opts).map_err(fail)?;
+        let text = match args.output {
+            OutputFormat::Json => json_text(&plan),
+            OutputFormat::Text => plan_text(&plan),
+        };
+        println!("{}", mask(&text));
+        return Ok(());
+    }
+
+    let sims = match &args.sim {
+        Some(dir) => {
+            let (sims, kubeconfig) = start_sims(&args.file, dir).await?;
+            opts.kubeconfig = Some(kubeconfig);
+            opts.sim_contexts = true;
+            sims
+        }
+        None => Vec::new(),
+    };
+    let signals = tokio::spawn(cancel_on_signals(cancel.clone()));
+    let result = engine::run(opts).await;
+    signals.abort();
+    for sim in sims {
+        sim.shutdown().await;
+    }
+
+    let summary = match &result {
+        Ok(s) => Some(s),
+        Err(EngineError::StageFailed { summary, .. } | EngineError::Cancelled { summary, .. }) => Some(&**summary),
+        Err(_) => None,
+    };
+    // In a Tekton step without --results-dir, results go where Tekton reads them.
+    let results_dir = args.results_dir.clone().or_else(|| {
+        let tekton = Path::new(TEKTON_RESULTS);
+        tekton.is_dir().then(|| tekton.to_path_buf())
+    });
+    if let (Some(dir), Some(summary)) = (&results_dir, summary) {
+        write_results(dir, summary).map_err(|e| CommandError::new(ExitClass::Failed, e))?;
+    }
+    match (args.output, summary) {
+        (OutputFormat::Json, Some(s)) => println!("{}", mask(&json_text(s))),
+        (OutputFormat::Json, None) => {
+            let err = result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default();
+            let class = result.as_ref().err().map_or(ExitClass::Failed, |e| e.exit_class());
+            let obj = serde_json::json!({ "status": "error", "error": err, "exitCode": class.code() });
+            println!("{}", mask(&json_text(&obj)));
+        }
+        (OutputFormat::Text, Some(s)) => println!("{}", mask(&summary_table(s, &args.file))),
+        (OutputFormat::Text, None) => {}
+    }
+    result.map(|_| ()).map_err(fail)
+}
+
+/// `KEY=VALUE` pairs; anything else is a usage error (exit 2).
+pub fn parse_pairs(flag: &str, raw: &[String]) -> Result<Vec<(String, String)>, CommandError> {
+    raw.iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(CommandError::usage(format!("{flag} {}: expected KEY=VALUE", mask(item)))),
+        })
+        .collect()
+}
+
+/// Start one sim per environment of the pipeline (data in `dir/<env>`) and
+/// write `dir/kubeconfig` with a context named after each environment.
+pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, PathBuf), CommandError> {
+    let loaded = crate::spec::load(pipeline).map_err(fail)?;
+    let mut sims = Vec::new();
+    for name in loaded.pipeline.spec.environments.keys() {
+        let config = SimConfig {
+            data_dir: dir.join(name),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            name: name.clone(),
+        };
+        match crate::sim::start(config).await {
+            Ok(sim) => sims.push(sim),
+            Err(e) => {
+                for sim in sims {
+                    sim.shutdown().await;
+                }
+                return Err(CommandError::new(ExitClass::Failed, e));
+            }
+        }
+    }
+    let clusters: Vec<(String, String)> = sims.iter().map(|s| (s.name.clone(), s.url())).collect();
+    let path = dir.join("kubeconfig");
+    if let Err(e) = std::fs::write(&path, crate::sim::kubeconfig_yaml(&clusters)) {
+        for sim in sims {
+            sim.shutdown().await;
+        }
+        return Err(CommandError::usage(format!("{}: {e}", path.display())));
+    }
+    for s in &sims {
+        tracing::info!(environment = %s.name, url = %s.url(), "simulated cluster started");
+    }
+    Ok((sims, path))
+}
+
+/// SIGINT or SIGTERM (Tekton's timeout) cancels the run, which records the
+/// running stage as cancelled; a second signal exits at once.
+async fn cancel_on_signals(cancel: CancellationToken) {
+    let mut first = true;
+    loop {
+        let got = wait_for_signal().await;
+        if !first {
+            eprintln!("second {got}: exiting without waiting for the run to record its state");
+            std::process::exit(130);
+        }
+        first = false;
+        tracing::warn!(signal = got, "{got} received: cancelling the run (send again to exit at once)");
+        cancel.cancel();
+    }
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"cannot serialize: {e}\"}}"))
+}
+
+fn plan_text(plan: &Plan) -> String {
+    let mut out = format!("Plan for pipeline `{}`, run {}\nstate: {}\n", plan.pipeline, plan.run_id, plan.state);
+    for (i, stage) in plan.stages.iter().enumerate() {
+        out.push_str(&format!("\n{}. {} ({})\n", i + 1, stage.name, stage.uses));
+        if !stage.with.is_empty() {
+            out.push_str("   with:\n");
+            let yaml = crate::spec::yaml::to_string(&stage.with).unwrap_or_default();
+            for line in yaml.lines() {
+                out.push_str(&format!("     {line}\n"));
+            }
+        }
+        for t in &stage.targets {
+            out.push_str(&format!("   -> {t}\n"));
+        }
+    }
+    out.push_str("\nDry run: nothing was written.");
+    out
+}
+
+fn duration_text(ms: Option<u64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms < 1000 => format!("{ms}ms"),
+        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) => humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string(),
+    }
+}
+
+/// Rows of cells as aligned columns.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().enumerate().map(|(c, s)| format!("{s:<w$}", w = widths[c])).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+pub fn stage_duration(ms: Option<u64>) -> String {
+    duration_text(ms)
+}
+
+fn summary_table(s: &RunSummary, file: &Path) -> String {
+    let mut rows = vec![vec!["STAGE".into(), "STATUS".into(), "ATTEMPTS".into(), "DURATION".into()]];
+    for st in &s.stages {
+        rows.push(vec![st.name.clone(), st.status.to_string(), st.attempts.to_string(), duration_text(st.duration_ms)]);
+    }
+    let mut out = table(&rows);
+    out.push_str(&format!("\nrun {} of {}: {} (state: {})", s.run_id, s.pipeline, s.status, s.state));
+    if let Some(ws) = &s.workspace {
+        out.push_str(&format!("\nworkspace: {}", ws.display()));
+    }
+    if matches!(s.status, Status::Failed | Status::Cancelled) {
+        out.push_str(&format!("\nresume with: modelship run {} --resume {}", file.display(), s.run_id));
+    }
+    out
+}
+
+const TEKTON_RESULTS: &str = "/tekton/results";
+
+/// Tekton caps all results of a step together at 4096 bytes.
+const RESULTS_LIMIT: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResultsError {
+    #[error("Tekton results would take {0} bytes, over the {RESULTS_LIMIT}-byte limit")]
+    TooLarge(usize),
+    #[error("cannot write Tekton result {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The Tekton results of a run: `run-id`, `status`, `image-digest`, and
+/// `IMAGE_URL`/`IMAGE_DIGEST` for Tekton Chains, from the last promote stage
+/// or else the last build stage.
+pub fn results(s: &RunSummary) -> Vec<(&'static str, String)> {
+    let image_stage = ["promote", "openshift-build"].iter().find_map(|kind| {
+        s.stages
+            .iter()
+            .rev()
+            .find(|st| st.uses == *kind && st.status == Status::Succeeded && st.outputs.contains_key("image"))
+    });
+    let out = |key: &str| -> Option<String> {
+        image_stage.and_then(|st| st.outputs.get(key)).and_then(|v| v.as_str()).map(str::to_string)
+    };
+    let image = out("image").unwrap_or_default();
+    let digest = out("imageDigest")
+        .or_else(|| out("digest"))
+        .or_else(|| image.split_once('@').map(|(_, d)| d.to_string()))
+        .unwrap_or_default();
+    // Chains wants the repository in IMAGE_URL and the digest apart.
+    let url = image.split_once('@').map_or(image.as_str(), |(repo, _)| repo).to_string();
+    vec![
+        ("run-id", s.run_id.clone()),
+        ("status", s.status.to_string()),
+        ("image-digest", digest.clone()),
+        ("IMAGE_URL", url),
+        ("IMAGE_DIGEST", digest),
+    ]
+}
+
+pub fn write_results(dir: &Path, s: &RunSummary) -> Result<(), ResultsError> {
+    let files = results(s);
+    let total: usize = files.iter().map(|(_, v)| v.len()).sum();
+    if total > RESULTS_LIMIT {
+        return Err(ResultsError::TooLarge(total));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ResultsError::Io { path: dir.to_path_buf(), source })?;
+    for (name, value) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, value).map_err(|source| ResultsError::Io { path, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::state::StageRecord;
+
+    fn summary() -> RunSummary {
+        let stage = |name: &str, uses: &str, outputs: serde_json::Value| StageRecord {
+            name: name.into(),
+            uses: uses.into(),
+            status: Status::Succeeded,
+            attempts: 1,
+            duration_ms: Some(1500),
+            outputs: serde_json::from_value(outputs).unwrap(),
+            ..Default::default()
+        };
+        RunSummary {
+            run_id: "20261125-010203-ab12".into(),
+            pipeline: "weather".into(),
+            model: "weather".into(),
+            status: Status::Succeeded,
+            stages: vec![
+                stage(
+                    "build",
+                    "openshift-build",
+                    json!({"image": "reg.dev/m/weather@sha256:aa", "imageDigest": "sha256:aa"}),
+                ),
+                stage("promote", "promote", json!({"image": "reg.prod/m/weather@sha256:aa", "digest": "sha256:aa"})),
+            ],
+            workspace: None,
+            state: "dir /tmp/s".into(),
+        }
+    }
+
+    #[test]
+    fn results_prefer_the_promoted_image_and_split_url_from_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        write_results(dir.path(), &summary()).unwrap();
+        let read = |n: &str| std::fs::read_to_string(dir.path().join(n)).unwrap();
+        assert_eq!(read("IMAGE_URL"), "reg.prod/m/weather");
+        assert_eq!(read("IMAGE_DIGEST"), "sha256:aa");
+        assert_eq!(read("image-digest"), "sha256:aa");
+        assert_eq!(read("status"), "succeeded");
+        assert_eq!(read("run-id"), "20261125-010203-ab12");
+    }
+
+    #[test]
+    fn oversized_results_are_refused() {
+        let mut s = summary();
+        s.stages[1].outputs.insert("image".into(), json!(format!("r/{}@sha256:aa", "x".repeat(5000))));
+        assert!(matches!(write_results(Path::new("/nonexistent"), &s), Err(ResultsError::TooLarge(_))));
+    }
+
+    #[test]
+    fn pairs_need_an_equals_sign_and_a_key() {
+        assert_eq!(parse_pairs("--set", &["a=b=c".into()]).unwrap(), [("a".to_string(), "b=c".to_string())]);
+        assert!(parse_pairs("--set", &["novalue".into()]).is_err());
+        assert!(parse_pairs("--set", &["=x".into()]).is_err());
+    }
+
+    /// Guards the Tekton timeout path: SIGTERM must cancel the run's token.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sigterm_cancels_the_run() {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(cancel_on_signals(cancel.clone()));
+        // Let the handler register before the signal is sent.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let status =
+            std::process::Command::new("kill").args(["-TERM", &std::process::id().to_string()]).status().unwrap();
+        assert!(status.success());
+        tokio::time::timeout(std::time::Duration::from_secs(10), cancel.cancelled()).await.expect("token cancelled");
+        task.abort();
+    }
+
+    #[test]
+    fn plan_text_snapshot() {
+        let plan = Plan {
+            pipeline: "weather".into(),
+            run_id: "(generated at run time)".into(),
+            state: "configmaps in dev/models-dev".into(),
+            stages: vec![
+                engine::PlannedStage {
+                    name: "fetch".into(),
+                    uses: "fetch-model".into(),
+                    with: serde_json::Map::new(),
+                    targets: vec!["s3://models/weather/ -> workspace".into()],
+                },
+                engine::PlannedStage {
+                    name: "deploy".into(),
+                    uses: "seldon-deploy".into(),
+                    with: json!({"environment": "dev", "image": "{{stages.build.outputs.image}}"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    targets: vec!["SeldonDeployment weather in dev/models-dev".into()],
+                },
+            ],
+        };
+        insta::assert_snapshot!(plan_text(&plan));
+    }
+
+    #[test]
+    fn summary_table_snapshot() {
+        insta::assert_snapshot!(summary_table(&summary(), Path::new("pipelines/weather.yaml")));
+    }
 }

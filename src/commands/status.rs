@@ -1,10 +1,16 @@
 //! `modelship status [RUN_ID] [--model NAME]`
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 
-use super::{CommandError, GlobalArgs};
+use super::run::{OutputFormat, stage_duration, start_sims, table};
+use super::{CommandError, GlobalArgs, fail};
+use crate::cluster::Clusters;
+use crate::error::ExitClass;
+use crate::secret::mask;
+use crate::state::{RunRecord, StateStore, Status};
 
 /// Show runs and their stages from the state store.
 #[derive(Debug, Args)]
@@ -32,6 +38,207 @@ pub struct StatusArgs {
     pub output: super::run::OutputFormat,
 }
 
-pub async fn run(_args: StatusArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
-    todo!("engine helper")
+pub async fn run(args: StatusArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
+    let mut sims = Vec::new();
+    let store: Arc<dyn StateStore> = match (&args.state_dir, &args.file) {
+        (Some(dir), _) => Arc::new(crate::state::dir::DirStore::new(dir)),
+        (None, Some(file)) => {
+            let loaded = crate::spec::load(file).map_err(fail)?;
+            let mut pipeline = loaded.pipeline;
+            let mut kubeconfig = args.kubeconfig.clone();
+            if let Some(dir) = &args.sim {
+                let (started, path) = start_sims(file, dir).await?;
+                sims = started;
+                kubeconfig = Some(path);
+                for (name, env) in pipeline.spec.environments.iter_mut() {
+                    env.context = Some(name.clone());
+                }
+            }
+            let clusters = Clusters::new(pipeline.spec.environments.clone(), kubeconfig);
+            crate::engine::open_state(&pipeline, None, &clusters).await.map_err(fail)?
+        }
+        (None, None) => {
+            return Err(CommandError::usage(
+                "say where runs are kept: --state-dir DIR, or -f PIPELINE (its state environment's ConfigMaps)",
+            ));
+        }
+    };
+    let result = show(&args, store.as_ref()).await;
+    for sim in sims {
+        sim.shutdown().await;
+    }
+    let text = result?;
+    println!("{}", mask(&text));
+    Ok(())
+}
+
+async fn show(args: &StatusArgs, store: &dyn StateStore) -> Result<String, CommandError> {
+    let runs = store.list_runs(args.model.as_deref()).await.map_err(fail)?;
+    match &args.run_id {
+        Some(id) => {
+            let run = runs.into_iter().find(|r| &r.run_id == id).ok_or_else(|| {
+                CommandError::new(
+                    ExitClass::BadInput,
+                    std::io::Error::other(format!("no run `{id}` in {}", store.describe())),
+                )
+            })?;
+            Ok(match args.output {
+                OutputFormat::Json => serde_json::to_string_pretty(&run).unwrap_or_default(),
+                OutputFormat::Text => detail(&run),
+            })
+        }
+        None => Ok(match args.output {
+            OutputFormat::Json => serde_json::to_string_pretty(&runs).unwrap_or_default(),
+            OutputFormat::Text if runs.is_empty() => format!("no runs in {}", store.describe()),
+            OutputFormat::Text => list(&runs),
+        }),
+    }
+}
+
+fn run_duration(run: &RunRecord) -> String {
+    let (Ok(start), end) = (run.created.parse::<jiff::Timestamp>(), run.updated.parse::<jiff::Timestamp>()) else {
+        return "-".into();
+    };
+    let end = match run.status {
+        Status::Running | Status::Pending | Status::WaitingApproval => jiff::Timestamp::now(),
+        _ => end.unwrap_or(start),
+    };
+    let ms = end.duration_since(start).as_millis().max(0) as u64;
+    stage_duration(Some(ms))
+}
+
+/// Whole seconds are enough in a table.
+fn short_time(rfc3339: &str) -> String {
+    rfc3339
+        .parse::<jiff::Timestamp>()
+        .map_or_else(|_| rfc3339.to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
+}
+
+fn list(runs: &[RunRecord]) -> String {
+    let mut rows = vec![vec![
+        "RUN ID".into(),
+        "PIPELINE".into(),
+        "STATUS".into(),
+        "STARTED".into(),
+        "DURATION".into(),
+        "STAGES".into(),
+    ]];
+    for r in runs {
+        let done = r.stages.iter().filter(|s| s.status.is_terminal()).count();
+        rows.push(vec![
+            r.run_id.clone(),
+            r.pipeline.clone(),
+            r.status.to_string(),
+            short_time(&r.created),
+            run_duration(r),
+            format!("{done}/{}", r.stages.len()),
+        ]);
+    }
+    table(&rows).trim_end().to_string()
+}
+
+fn detail(run: &RunRecord) -> String {
+    let mut out = format!(
+        "run {} of pipeline {} (model {}): {}\nstarted {}, updated {}, took {}\n",
+        run.run_id,
+        run.pipeline,
+        run.model,
+        run.status,
+        run.created,
+        run.updated,
+        run_duration(run)
+    );
+    for (title, map) in [("params", &run.params), ("labels", &run.labels)] {
+        if !map.is_empty() {
+            let items: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!("{title}: {}\n", items.join(", ")));
+        }
+    }
+    for s in &run.stages {
+        out.push_str(&format!(
+            "\n{} ({}): {}, {} attempt{}, {}\n",
+            s.name,
+            s.uses,
+            s.status,
+            s.attempts,
+            if s.attempts == 1 { "" } else { "s" },
+            stage_duration(s.duration_ms)
+        ));
+        for (k, v) in &s.outputs {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.push_str(&format!("  {k}: {v}\n"));
+        }
+        if let Some(e) = &s.error {
+            out.push_str(&format!("  error: {e}\n"));
+        }
+    }
+    out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StageRecord;
+
+    fn record() -> RunRecord {
+        RunRecord {
+            run_id: "20261125-010203-ab12".into(),
+            pipeline: "weather".into(),
+            model: "weather".into(),
+            pipeline_digest: "sha256:00".into(),
+            status: Status::Failed,
+            created: "2026-11-25T01:02:03Z".into(),
+            updated: "2026-11-25T01:04:33Z".into(),
+            params: [("tag".to_string(), "v2".to_string())].into(),
+            stages: vec![
+                StageRecord {
+                    name: "fetch".into(),
+                    uses: "fetch-model".into(),
+                    status: Status::Succeeded,
+                    attempts: 1,
+                    duration_ms: Some(1200),
+                    outputs: [("modelDir".to_string(), serde_json::json!("/ws/fetch/model"))].into(),
+                    ..Default::default()
+                },
+                StageRecord {
+                    name: "build".into(),
+                    uses: "openshift-build".into(),
+                    status: Status::Failed,
+                    attempts: 3,
+                    duration_ms: Some(95_000),
+                    error: Some("build weather-1 failed: Dockerfile step 3".into()),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn list_and_detail_snapshots() {
+        insta::assert_snapshot!("status_list", list(&[record()]));
+        insta::assert_snapshot!("status_detail", detail(&record()));
+    }
+
+    #[tokio::test]
+    async fn one_run_by_id_from_a_directory_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::state::dir::DirStore::new(dir.path());
+        store.create_run(&record()).await.unwrap();
+        let args = StatusArgs {
+            run_id: Some("20261125-010203-ab12".into()),
+            model: None,
+            file: None,
+            sim: None,
+            kubeconfig: None,
+            state_dir: Some(dir.path().into()),
+            output: OutputFormat::Text,
+        };
+        assert!(show(&args, &store).await.unwrap().contains("build (openshift-build): failed, 3 attempts"));
+        let missing = StatusArgs { run_id: Some("nope".into()), ..args };
+        assert_eq!(show(&missing, &store).await.err().unwrap().class, ExitClass::BadInput);
+    }
 }

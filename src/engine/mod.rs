@@ -3,7 +3,26 @@
 //! timeout and retries with jittered backoff for retryable errors),
 //! cancels cleanly on SIGINT/SIGTERM, and resumes a run by skipping stages
 //! that succeeded with unchanged inputs. Stage lifecycle events (started,
-//! retried, succeeded, failed, cancelled) are logged here and nowhere else.
+//! retried, succeeded, failed, cancelled, skipped) are logged here and
+//! nowhere else.
+//!
+//! - `prepare`: everything checked before anything is written (file, params,
+//!   `--until`, timeouts, run id) and the `--dry-run` plan.
+//! - `exec`: the run record, the stage loop, retries, timeouts, cancellation
+//!   with a grace period, resume, the per-run workspace.
+//! - `render`: `with:`/`if:` rendering against params, outputs, env, run.
+//! - `digest`: the inputs digest a resume compares.
+//! - `events`: lifecycle log lines and progress spinners.
+
+mod digest;
+mod events;
+mod exec;
+mod prepare;
+mod render;
+#[cfg(test)]
+pub(crate) mod testkind;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +60,10 @@ pub struct RunOptions {
     pub interactive: bool,
     /// Cancelled on SIGINT/SIGTERM.
     pub cancel: CancellationToken,
+    /// `--sim`: every environment is its own simulated cluster reached
+    /// through the kubeconfig context named after it; the pipeline's
+    /// `context` and `registry` are ignored (in memory only).
+    pub sim_contexts: bool,
 }
 
 /// What a run ended as; `--output json` prints it.
@@ -90,7 +113,8 @@ pub enum EngineError {
     State(#[from] StateError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error("stage `{stage}` ({uses}) failed: {source}")]
+    /// The reason is the source, printed by the binary's cause chain.
+    #[error("stage `{stage}` ({uses}) failed")]
     StageFailed {
         stage: String,
         uses: String,
@@ -120,12 +144,25 @@ impl HasExitClass for EngineError {
     }
 }
 
-/// Run a pipeline to the end (or `--until`).
-pub async fn run(_opts: RunOptions) -> Result<RunSummary, EngineError> {
-    todo!("engine helper")
+pub use exec::{backoff_delay, default_workspace, open_state};
+pub use prepare::generate_run_id;
+
+/// Run a pipeline to the end (or `--until`): load and validate the file,
+/// then [`exec::run_prepared`].
+pub async fn run(opts: RunOptions) -> Result<RunSummary, EngineError> {
+    if opts.dry_run {
+        // A caller that asked for a dry run must never get a real one.
+        return Err(EngineError::BadInput(
+            "--dry-run: resolve the plan with engine::plan; run touches clusters".into(),
+        ));
+    }
+    let prepared = prepare::prepare(&opts)?;
+    exec::run_prepared(prepared, opts).await
 }
 
-/// Resolve the plan `--dry-run` prints. Touches nothing.
-pub fn plan(_opts: &RunOptions) -> Result<Plan, EngineError> {
-    todo!("engine helper")
+/// Resolve the plan `--dry-run` prints. Touches nothing: no state store, no
+/// cluster, no workspace.
+pub fn plan(opts: &RunOptions) -> Result<Plan, EngineError> {
+    let prepared = prepare::prepare(opts)?;
+    prepare::plan_prepared(&prepared, opts)
 }

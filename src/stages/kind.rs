@@ -4,6 +4,8 @@ use serde_json::{Map, Value};
 
 use super::context::{Outputs, Problem, StageContext, StageError, ValidateCx};
 use super::{Stage, fetch_model, openshift_build, prediction_check, promote, render, seldon_deploy};
+#[cfg(test)]
+use crate::engine::testkind::TestStep;
 
 /// The one list of stage kinds: `Kind` variant => module type.
 macro_rules! for_each_kind {
@@ -22,31 +24,37 @@ macro_rules! for_each_kind {
 macro_rules! define_kind {
     ($($variant:ident => $ty:ty,)*) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Kind { $($variant,)* }
+        pub enum Kind {
+            $($variant,)*
+            /// The engine's test kind; not in [`Kind::ALL`], so catalog and
+            /// validation tests see only the production kinds.
+            #[cfg(test)]
+            TestStep,
+        }
 
         impl Kind {
             pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
 
             pub fn name(self) -> &'static str {
-                match self { $(Kind::$variant => <$ty as Stage>::KIND,)* }
+                match self { $(Kind::$variant => <$ty as Stage>::KIND,)* #[cfg(test)] Kind::TestStep => <TestStep as Stage>::KIND, }
             }
 
             pub fn outputs(self) -> &'static [&'static str] {
-                match self { $(Kind::$variant => <$ty as Stage>::OUTPUTS,)* }
+                match self { $(Kind::$variant => <$ty as Stage>::OUTPUTS,)* #[cfg(test)] Kind::TestStep => <TestStep as Stage>::OUTPUTS, }
             }
 
             /// Typed parse of `with:` plus the kind's pure checks.
             pub fn validate(self, with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Vec<Problem> {
-                match self { $(Kind::$variant => validate_as::<$ty>(with, cx),)* }
+                match self { $(Kind::$variant => validate_as::<$ty>(with, cx),)* #[cfg(test)] Kind::TestStep => validate_as::<TestStep>(with, cx), }
             }
 
             pub fn plan(self, with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Result<Vec<String>, Problem> {
-                match self { $(Kind::$variant => plan_as::<$ty>(with, cx),)* }
+                match self { $(Kind::$variant => plan_as::<$ty>(with, cx),)* #[cfg(test)] Kind::TestStep => plan_as::<TestStep>(with, cx), }
             }
 
             /// Run with `with:` already rendered.
             pub async fn run(self, with: Map<String, Value>, cx: &StageContext) -> Result<Outputs, StageError> {
-                match self { $(Kind::$variant => run_as::<$ty>(with, cx).await,)* }
+                match self { $(Kind::$variant => run_as::<$ty>(with, cx).await,)* #[cfg(test)] Kind::TestStep => run_as::<TestStep>(with, cx).await, }
             }
         }
     };
@@ -56,6 +64,10 @@ for_each_kind!(define_kind);
 
 impl Kind {
     pub fn from_name(name: &str) -> Option<Kind> {
+        #[cfg(test)]
+        if name == <TestStep as Stage>::KIND {
+            return Some(Kind::TestStep);
+        }
         Kind::ALL.iter().copied().find(|k| k.name() == name)
     }
 

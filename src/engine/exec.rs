@@ -1,0 +1,586 @@
+//! Running a prepared pipeline: the state record, the stage loop, retries,
+//! timeouts, cancellation and resume.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::digest::inputs_digest;
+use super::events::{Event, Events};
+use super::prepare::{Prepared, StagePlan, check_run_id, check_until, generate_run_id, resolve_params, stage_plans};
+use super::render::{self, RenderData};
+use super::{EngineError, RunOptions, RunSummary};
+use crate::cluster::Clusters;
+use crate::spec::{Pipeline, StageSpec};
+use crate::stages::{Outputs, StageContext, StageError, StageErrorKind};
+use crate::state::configmap::ConfigMapStore;
+use crate::state::dir::DirStore;
+use crate::state::{RunKey, RunRecord, StageRecord, StateError, StateStore, Status, now_rfc3339};
+
+/// First retry waits about this long; each further retry doubles it.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// No retry waits longer than this.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// The wait before retry number `attempt` (1-based: after the first failed
+/// attempt): exponential with "equal jitter" — half of the exponential step
+/// fixed, half random — so waits keep growing while runners that failed
+/// together do not retry in lockstep.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    backoff_from(BACKOFF_BASE, BACKOFF_CAP, attempt)
+}
+
+fn backoff_from(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let step = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(cap);
+    let half = step / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// After a cancel, how long a stage may take to notice its own token and
+/// leave things tidy (release a lock, cancel a Build) before it is dropped.
+/// Tekton's default termination grace is 30s; this leaves time to record.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+/// Knobs tests turn down so retries take milliseconds, not seconds. (The
+/// crate's tokio has no `test-util`, so tests cannot pause the clock;
+/// enabling it would rebuild every tokio dependent.)
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub cancel_grace: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { backoff_base: BACKOFF_BASE, backoff_cap: BACKOFF_CAP, cancel_grace: CANCEL_GRACE }
+    }
+}
+
+/// Where a run keeps its files without `--workspace`: a stable directory per
+/// run under the user cache (`$XDG_CACHE_HOME/modelship/runs/<pipeline>/<run-id>`,
+/// falling back to the temp dir), not a random temp dir, because `--resume`
+/// must find what the earlier attempt fetched and rendered. It is removed when
+/// the run succeeds to the end, and kept after a failure, a cancel or
+/// `--until` so a resume can pick it up.
+pub fn default_workspace(pipeline: &str, run_id: &str) -> PathBuf {
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("modelship").join("runs").join(pipeline).join(run_id)
+}
+
+/// The state store a pipeline's runs live in: `state_dir` if given, else
+/// ConfigMaps in the pipeline's state environment.
+pub async fn open_state(
+    pipeline: &Pipeline,
+    state_dir: Option<&Path>,
+    clusters: &Clusters,
+) -> Result<Arc<dyn StateStore>, EngineError> {
+    if let Some(dir) = state_dir {
+        return Ok(Arc::new(DirStore::new(dir)));
+    }
+    let (name, env) = pipeline.state_environment().ok_or_else(|| {
+        EngineError::BadInput(format!(
+            "pipeline `{}` declares no environment to hold run state",
+            pipeline.metadata.name
+        ))
+    })?;
+    let client = clusters.client(name).await?;
+    Ok(Arc::new(ConfigMapStore::new(client, env.namespace.clone(), name)))
+}
+
+pub(crate) async fn run_prepared(p: Prepared, opts: RunOptions) -> Result<RunSummary, EngineError> {
+    run_tuned(p, opts, Tuning::default()).await
+}
+
+pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> Result<RunSummary, EngineError> {
+    let pipeline = p.pipeline.clone();
+    let plans = stage_plans(&pipeline)?;
+    check_until(&pipeline, opts.until.as_deref())?;
+    let run_id = opts.resume.clone().or_else(|| opts.run_id.clone()).unwrap_or_else(generate_run_id);
+    check_run_id(&run_id)?;
+    if opts.resume.is_none() {
+        // Params are checked before anything is written; a resume checks
+        // them once the recorded values are read.
+        resolve_params(&pipeline, None, &opts.sets)?;
+    }
+    let clusters = Arc::new(Clusters::new(pipeline.spec.environments.clone(), opts.kubeconfig.clone()));
+    let state = open_state(&pipeline, opts.state_dir.as_deref(), &clusters).await?;
+    let key = RunKey { pipeline: pipeline.metadata.name.clone(), run_id: run_id.clone() };
+
+    let resumed = match &opts.resume {
+        None => None,
+        Some(id) => Some(state.get_run(&key).await?.ok_or_else(|| {
+            EngineError::BadInput(format!(
+                "--resume {id}: no run `{id}` of pipeline `{}` in {}",
+                pipeline.metadata.name,
+                state.describe()
+            ))
+        })?),
+    };
+    let params = resolve_params(&pipeline, resumed.as_ref().map(|r| &r.params), &opts.sets)?;
+    for stage in &pipeline.spec.stages {
+        for name in render::env_references(&stage.with, stage.condition.as_deref()) {
+            if render::looks_secret(&name)
+                && let Ok(v) = std::env::var(&name)
+            {
+                crate::secret::register(v);
+            }
+        }
+    }
+
+    let workspace = opts.workspace.clone().unwrap_or_else(|| default_workspace(&key.pipeline, &run_id));
+    std::fs::create_dir_all(&workspace).map_err(|source| EngineError::Io { path: workspace.clone(), source })?;
+
+    let stage_names: Vec<(String, String)> =
+        pipeline.spec.stages.iter().map(|s| (s.name.clone(), s.uses.clone())).collect();
+    let previous: BTreeMap<String, StageRecord> = match resumed {
+        None => {
+            let now = now_rfc3339();
+            let record = RunRecord {
+                run_id: run_id.clone(),
+                pipeline: key.pipeline.clone(),
+                model: pipeline.spec.model.name.clone(),
+                pipeline_digest: p.digest.clone(),
+                params: params.clone(),
+                labels: opts.labels.clone(),
+                status: Status::Running,
+                created: now.clone(),
+                updated: now,
+                stages: stage_names
+                    .iter()
+                    .map(|(name, uses)| StageRecord { name: name.clone(), uses: uses.clone(), ..Default::default() })
+                    .collect(),
+                approval: None,
+            };
+            state.create_run(&record).await.map_err(|e| match e {
+                StateError::AlreadyExists { .. } => EngineError::BadInput(format!(
+                    "run `{run_id}` already exists in {}; continue it with --resume {run_id} or pick another --run-id",
+                    state.describe()
+                )),
+                e => e.into(),
+            })?;
+            BTreeMap::new()
+        }
+        Some(prev) => {
+            let previous: BTreeMap<String, StageRecord> =
+                prev.stages.iter().map(|s| (s.name.clone(), s.clone())).collect();
+            let (digest, params, labels) = (p.digest.clone(), params.clone(), opts.labels.clone());
+            state
+                .update_run(&key, &mut |r| {
+                    r.status = Status::Running;
+                    r.pipeline_digest = digest.clone();
+                    r.params = params.clone();
+                    r.labels.extend(labels.clone());
+                    // Align with the pipeline as it is now: keep what is known
+                    // about each stage, add new ones, drop removed ones.
+                    let mut old: BTreeMap<String, StageRecord> =
+                        r.stages.drain(..).map(|s| (s.name.clone(), s)).collect();
+                    r.stages = stage_names
+                        .iter()
+                        .map(|(name, uses)| {
+                            old.remove(name).unwrap_or_else(|| StageRecord {
+                                name: name.clone(),
+                                uses: uses.clone(),
+                                ..Default::default()
+                            })
+                        })
+                        .collect();
+                    Ok(())
+                })
+                .await?;
+            previous
+        }
+    };
+
+    let env = render::process_env();
+    let runner = Runner {
+        data: RenderData::new(params.clone(), env, &run_id, &key.pipeline, &pipeline.spec.model.name),
+        pipeline_dir: p.pipeline_dir(),
+        catalog: p.catalog.clone(),
+        pipeline,
+        plans,
+        key,
+        state,
+        clusters,
+        workspace,
+        params,
+        previous,
+        opts,
+        tuning,
+    };
+    let span = tracing::info_span!("run", run_id = %runner.key.run_id, pipeline = %runner.key.pipeline);
+    runner.run().instrument(span).await
+}
+
+struct Runner {
+    pipeline: Arc<Pipeline>,
+    pipeline_dir: PathBuf,
+    catalog: Arc<crate::catalog::Catalog>,
+    plans: Vec<StagePlan>,
+    key: RunKey,
+    state: Arc<dyn StateStore>,
+    clusters: Arc<Clusters>,
+    workspace: PathBuf,
+    params: BTreeMap<String, String>,
+    data: RenderData,
+    /// Stage records of the run being resumed, by name.
+    previous: BTreeMap<String, StageRecord>,
+    opts: RunOptions,
+    tuning: Tuning,
+}
+
+/// How a stage ended when it did not succeed.
+enum StageEnd {
+    Failed(StageError),
+    Cancelled,
+    State(StateError),
+}
+
+impl From<StateError> for StageEnd {
+    fn from(e: StateError) -> Self {
+        StageEnd::State(e)
+    }
+}
+
+impl Runner {
+    async fn run(self) -> Result<RunSummary, EngineError> {
+        let mut events = Events::new(self.opts.interactive);
+        let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
+        let mut reached_end = true;
+        tracing::info!(state = %self.state.describe(), workspace = %self.workspace.display(), "run started");
+        for (index, stage) in self.pipeline.spec.stages.iter().enumerate() {
+            if self.opts.cancel.is_cancelled() {
+                let summary = self.finish(Status::Cancelled, true).await?;
+                return Err(EngineError::Cancelled {
+                    run_id: self.key.run_id.clone(),
+                    stage: stage.name.clone(),
+                    summary: Box::new(summary),
+                });
+            }
+            let result = self.stage(index, stage, &outputs, &mut events).await;
+            match result {
+                Ok(Some(o)) => {
+                    outputs.insert(stage.name.clone(), o);
+                }
+                Ok(None) => {}
+                Err(StageEnd::Failed(source)) => {
+                    let summary = self.finish(Status::Failed, true).await?;
+                    return Err(EngineError::StageFailed {
+                        stage: stage.name.clone(),
+                        uses: stage.uses.clone(),
+                        source,
+                        summary: Box::new(summary),
+                    });
+                }
+                Err(StageEnd::Cancelled) => {
+                    let summary = self.finish(Status::Cancelled, true).await?;
+                    return Err(EngineError::Cancelled {
+                        run_id: self.key.run_id.clone(),
+                        stage: stage.name.clone(),
+                        summary: Box::new(summary),
+                    });
+                }
+                Err(StageEnd::State(e)) => {
+                    // The store itself failed: try to leave the run marked,
+                    // but report the original error.
+                    let _ = self.finish(Status::Failed, true).await;
+                    return Err(e.into());
+                }
+            }
+            if self.opts.until.as_deref() == Some(stage.name.as_str()) {
+                reached_end = index + 1 == self.pipeline.spec.stages.len();
+                if !reached_end {
+                    tracing::info!(stage = %stage.name, "stopping after stage {} (--until)", stage.name);
+                }
+                break;
+            }
+        }
+        let summary = self.finish(Status::Succeeded, !reached_end).await?;
+        Ok(summary)
+    }
+
+    /// One stage: `if:`, render, resume check, then execute. `Ok(None)`: skipped.
+    async fn stage(
+        &self,
+        index: usize,
+        stage: &StageSpec,
+        outputs: &BTreeMap<String, Outputs>,
+        events: &mut Events,
+    ) -> Result<Option<Outputs>, StageEnd> {
+        let data = self.data.with_outputs(outputs);
+        if let Some(condition) = &stage.condition {
+            match render::condition_holds(&stage.name, condition, &data) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let now = now_rfc3339();
+                    self.update_stage(&stage.name, move |r| {
+                        *r = StageRecord { name: r.name.clone(), uses: r.uses.clone(), ..Default::default() };
+                        r.status = Status::Skipped;
+                        r.finished = Some(now.clone());
+                    })
+                    .await?;
+                    events.emit(&stage.name, &stage.uses, Event::Skipped { condition });
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(self.fail_before_start(stage, StageError::bad_input(e.to_string()), events).await);
+                }
+            }
+        }
+        let with = match render::render_with(&stage.name, &stage.with, &data) {
+            Ok(w) => w,
+            Err(e) => return Err(self.fail_before_start(stage, StageError::bad_input(e.to_string()), events).await),
+        };
+        let plan = &self.plans[index];
+        let digest = inputs_digest(plan.kind.name(), &with, outputs);
+        let prev = self.previous.get(&stage.name);
+        if let Some(prev) = prev
+            && prev.status == Status::Succeeded
+            && prev.inputs_digest.as_deref() == Some(digest.as_str())
+        {
+            if self.files_present(&prev.outputs) {
+                events.emit(&stage.name, &stage.uses, Event::Reused);
+                return Ok(Some(prev.outputs.clone()));
+            }
+            tracing::info!(stage = %stage.name, "re-running stage {}: files it made are gone from the workspace", stage.name);
+        }
+        self.execute(stage, plan, with, digest, prev.cloned(), outputs, events).await.map(Some)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute(
+        &self,
+        stage: &StageSpec,
+        plan: &StagePlan,
+        with: serde_json::Map<String, Value>,
+        digest: String,
+        resumed: Option<StageRecord>,
+        outputs: &BTreeMap<String, Outputs>,
+        events: &mut Events,
+    ) -> Result<Outputs, StageEnd> {
+        let name = stage.name.as_str();
+        let uses = stage.uses.as_str();
+        let clock = Instant::now();
+        let started = now_rfc3339();
+        let cancel = &self.opts.cancel;
+        for attempt in 1..=plan.max_attempts {
+            let (started, digest2) = (started.clone(), digest.clone());
+            let record = self
+                .update_stage(name, move |r| {
+                    r.status = Status::Running;
+                    r.attempts = attempt;
+                    r.inputs_digest = Some(digest2.clone());
+                    if attempt == 1 {
+                        r.started = Some(started.clone());
+                        r.finished = None;
+                        r.duration_ms = None;
+                        r.error = None;
+                        r.outputs.clear();
+                    }
+                })
+                .await?;
+            // The record as an earlier attempt or run left it: checkpoints
+            // let the stage find what it started.
+            let previous = if attempt == 1 { resumed.clone() } else { record };
+            events.emit(name, uses, Event::Started { attempt, max_attempts: plan.max_attempts });
+            let cx = StageContext {
+                run_id: self.key.run_id.clone(),
+                pipeline: self.pipeline.clone(),
+                pipeline_dir: self.pipeline_dir.clone(),
+                stage: stage.clone(),
+                attempt,
+                workspace: self.workspace.clone(),
+                outputs: outputs.clone(),
+                params: self.params.clone(),
+                labels: self.opts.labels.clone(),
+                previous,
+                clusters: self.clusters.clone(),
+                state: self.state.clone(),
+                run_key: self.key.clone(),
+                catalog: self.catalog.clone(),
+                cancel: cancel.child_token(),
+                interactive: self.opts.interactive,
+            };
+            let span = tracing::info_span!("stage", run_id = %self.key.run_id, stage = name, uses, attempt);
+            let work = tokio::time::timeout(plan.timeout, plan.kind.run(with.clone(), &cx)).instrument(span);
+            tokio::pin!(work);
+            let result = tokio::select! {
+                biased;
+                // The stage's own token (a child) is cancelled too; give it
+                // the grace period to wind down, then drop it.
+                _ = cancel.cancelled() => match tokio::time::timeout(self.tuning.cancel_grace, &mut work).await {
+                    Ok(Ok(Ok(out))) => Some(Ok(Ok(out))),
+                    _ => None,
+                },
+                r = &mut work => Some(r),
+            };
+            let err = match result {
+                None => return Err(self.cancelled(name, uses, clock, events).await),
+                Some(Ok(Ok(out))) => {
+                    let (finished, duration) = (now_rfc3339(), clock.elapsed());
+                    let out2 = out.clone();
+                    self.update_stage(name, move |r| {
+                        r.status = Status::Succeeded;
+                        r.finished = Some(finished.clone());
+                        r.duration_ms = Some(duration.as_millis() as u64);
+                        r.outputs = out2.clone();
+                        r.error = None;
+                    })
+                    .await?;
+                    events.emit(name, uses, Event::Succeeded { attempts: attempt, duration });
+                    return Ok(out);
+                }
+                Some(Ok(Err(e))) if e.kind == StageErrorKind::Cancelled && cancel.is_cancelled() => {
+                    return Err(self.cancelled(name, uses, clock, events).await);
+                }
+                Some(Ok(Err(e))) => e,
+                // A stage that outran its budget is not retried: another
+                // attempt would most likely hang the same way, and retrying
+                // would multiply the wall time the author capped.
+                Some(Err(_elapsed)) => StageError::msg(format!(
+                    "timed out after {} (timeout of stage `{name}`)",
+                    humantime::format_duration(plan.timeout)
+                )),
+            };
+            let message = error_chain(&err);
+            if err.retryable && attempt < plan.max_attempts {
+                let delay = backoff_from(self.tuning.backoff_base, self.tuning.backoff_cap, attempt);
+                let m = message.clone();
+                self.update_stage(name, move |r| r.error = Some(m.clone())).await?;
+                events.emit(name, uses, Event::Retrying { attempt, delay, error: &message });
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(self.cancelled(name, uses, clock, events).await),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
+            let (finished, duration) = (now_rfc3339(), clock.elapsed());
+            let m = message.clone();
+            self.update_stage(name, move |r| {
+                r.status = Status::Failed;
+                r.finished = Some(finished.clone());
+                r.duration_ms = Some(duration.as_millis() as u64);
+                r.error = Some(m.clone());
+            })
+            .await?;
+            events.emit(name, uses, Event::Failed { attempts: attempt, duration, error: &message });
+            return Err(StageEnd::Failed(err));
+        }
+        unreachable!("max_attempts is at least 1")
+    }
+
+    /// Record the running stage as cancelled.
+    async fn cancelled(&self, name: &str, uses: &str, clock: Instant, events: &mut Events) -> StageEnd {
+        let (finished, duration) = (now_rfc3339(), clock.elapsed());
+        let result = self
+            .update_stage(name, move |r| {
+                r.status = Status::Cancelled;
+                r.finished = Some(finished.clone());
+                r.duration_ms = Some(duration.as_millis() as u64);
+                r.error = Some("cancelled by signal".into());
+            })
+            .await;
+        events.emit(name, uses, Event::Cancelled { duration });
+        match result {
+            Ok(_) => StageEnd::Cancelled,
+            Err(e) => StageEnd::State(e),
+        }
+    }
+
+    /// A stage that cannot even start (its `with:` or `if:` does not render).
+    async fn fail_before_start(&self, stage: &StageSpec, err: StageError, events: &mut Events) -> StageEnd {
+        let message = error_chain(&err);
+        let (m, now) = (message.clone(), now_rfc3339());
+        if let Err(e) = self
+            .update_stage(&stage.name, move |r| {
+                r.status = Status::Failed;
+                r.finished = Some(now.clone());
+                r.error = Some(m.clone());
+            })
+            .await
+        {
+            return StageEnd::State(e);
+        }
+        events.emit(&stage.name, &stage.uses, Event::Failed { attempts: 0, duration: Duration::ZERO, error: &message });
+        StageEnd::Failed(err)
+    }
+
+    /// Apply `f` to this stage's record; returns the record as written.
+    async fn update_stage<F>(&self, name: &str, mut f: F) -> Result<Option<StageRecord>, StateError>
+    where
+        F: FnMut(&mut StageRecord) + Send,
+    {
+        let run = self
+            .state
+            .update_run(&self.key, &mut |r| {
+                if let Some(rec) = r.stages.iter_mut().find(|s| s.name == name) {
+                    f(rec);
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(run.stages.into_iter().find(|s| s.name == name))
+    }
+
+    /// Set the run's final status and build the summary. `keep_workspace`:
+    /// something may still resume this run.
+    async fn finish(&self, status: Status, keep_workspace: bool) -> Result<RunSummary, EngineError> {
+        let record = self
+            .state
+            .update_run(&self.key, &mut |r| {
+                r.status = status;
+                Ok(())
+            })
+            .await?;
+        let ours = self.opts.workspace.is_none();
+        let workspace = if status == Status::Succeeded && !keep_workspace && ours {
+            if let Err(e) = std::fs::remove_dir_all(&self.workspace) {
+                tracing::warn!(workspace = %self.workspace.display(), "cannot remove the run's workspace: {e}");
+            }
+            None
+        } else {
+            Some(self.workspace.clone())
+        };
+        tracing::info!(status = %status, "run {status}");
+        Ok(RunSummary {
+            run_id: record.run_id,
+            pipeline: record.pipeline,
+            model: record.model,
+            status,
+            stages: record.stages,
+            workspace,
+            state: self.state.describe(),
+        })
+    }
+
+    /// False if an output names a path inside the workspace that no longer
+    /// exists (a resume on another machine or after cleanup): the stage that
+    /// made it must run again.
+    fn files_present(&self, outputs: &Outputs) -> bool {
+        let root = self.workspace.to_string_lossy();
+        outputs.values().all(|v| match v {
+            Value::String(s) if s.starts_with(root.as_ref()) => Path::new(s).exists(),
+            _ => true,
+        })
+    }
+}
+
+/// The error and its causes on one line, masked.
+fn error_chain(err: &StageError) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !text.contains(&m) {
+            text.push_str(": ");
+            text.push_str(&m);
+        }
+        source = s.source();
+    }
+    crate::secret::mask(&text)
+}
