@@ -157,12 +157,13 @@ impl Remote {
             rel: rel.to_string(),
             reason,
         })?;
-        let identity = format!(
-            "s3:{}|etag={}|size={size}|version={}",
-            self.endpoint.as_deref().unwrap_or("aws"),
-            etag.as_deref().unwrap_or(""),
-            version_id.as_deref().unwrap_or("")
-        );
+        // The ETag (with size and version) names the content, wherever it is
+        // served from; without one nothing proves a local copy current, so
+        // the identity never matches a record.
+        let identity = match &etag {
+            Some(etag) => format!("s3|etag={etag}|size={size}|version={}", version_id.as_deref().unwrap_or("")),
+            None => format!("s3|no-etag|{}", rand::random::<u64>()),
+        };
         Ok(Entry {
             rel: safe,
             size,
