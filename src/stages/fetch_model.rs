@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::Secret;
-use crate::spec::ModelSpec;
+use crate::cluster::Clusters;
+use crate::spec::{ModelSpec, Pipeline};
 use crate::storage::{self, Expect, FetchRequest, Fetched, Filter, S3Options, Source, StaticCredentials, StorageError};
 use crate::template::is_template;
 
@@ -303,12 +304,16 @@ pub fn credentials_from_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<Stati
     }
 }
 
-async fn read_credentials(cx: &StageContext, name: &str) -> Result<StaticCredentials, FetchModelError> {
-    let (env, environment) = cx
-        .pipeline
-        .state_environment()
-        .ok_or_else(|| FetchModelError::NoStateEnvironment { name: name.into() })?;
-    let client = cx.clusters.client(env).await?;
+/// Read S3 credentials from Secret `name` in the state environment's
+/// namespace, through that environment's cluster.
+pub async fn secret_credentials(
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+    name: &str,
+) -> Result<StaticCredentials, FetchModelError> {
+    let (env, environment) =
+        pipeline.state_environment().ok_or_else(|| FetchModelError::NoStateEnvironment { name: name.into() })?;
+    let client = clusters.client(env).await?;
     let namespace = environment.namespace.clone();
     let api: kube::Api<KubeSecret> = kube::Api::namespaced(client, &namespace);
     let secret = api.get(name).await.map_err(|source| FetchModelError::Kube {
@@ -497,7 +502,7 @@ impl Stage for FetchModel {
         let dest = cx.stage_dir().map_err(|e| StageError::failed(StorageError::io("create", &cx.workspace, e)))?;
         let work = async {
             let credentials = match params.resolve(&cx.pipeline.spec.model).credentials_secret {
-                Some(name) => Some(read_credentials(cx, &name).await?),
+                Some(name) => Some(secret_credentials(&cx.clusters, &cx.pipeline, &name).await?),
                 None => None,
             };
             fetch(&params, &cx.pipeline.spec.model, &cx.pipeline_dir, &dest, credentials, cx.interactive).await
@@ -627,6 +632,49 @@ mod tests {
         data.remove("secretAccessKey");
         let err = credentials_from_secret(&data).unwrap_err();
         assert!(err.ends_with("it has: accessKeyId"), "{err}");
+    }
+
+    /// The Secret is read with the real kube client from the state
+    /// environment's namespace; a missing Secret is bad input naming it.
+    #[tokio::test]
+    async fn credentials_secret_is_read_from_the_state_namespace() {
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/api/v1/namespaces/{ns}/secrets/{name}",
+            get(|axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>| async move {
+                if ns == "models-dev" && name == "s3-creds" {
+                    let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+                        "data": {"AWS_ACCESS_KEY_ID": "QUtJQVNFQ1JFVEtFWQ==", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0LWZyb20ta3ViZQ=="}});
+                    (axum::http::StatusCode::OK, axum::Json(body))
+                } else {
+                    let body = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound",
+                        "message": format!("secrets \"{name}\" not found"), "code": 404});
+                    (axum::http::StatusCode::NOT_FOUND, axum::Json(body))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://{addr}'}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+            ),
+        )
+        .unwrap();
+        let p = pipeline("", "{}");
+        let clusters = Clusters::new(p.spec.environments.clone(), Some(kubeconfig));
+        let c = secret_credentials(&clusters, &p, "s3-creds").await.unwrap();
+        assert_eq!(c.access_key_id.expose(), "AKIASECRETKEY");
+        assert_eq!(c.secret_access_key.expose(), "secret-from-kube");
+        assert_eq!(crate::secret::mask("secret-from-kube"), "****");
+        let err = secret_credentials(&clusters, &p, "missing").await.unwrap_err();
+        assert_eq!(err.exit_class(), ExitClass::BadInput);
+        assert!(err.to_string().starts_with("credentialsSecret `missing` in namespace `models-dev` (environment `dev`)"), "{err}");
+        server.abort();
     }
 
     #[test]
