@@ -39,7 +39,11 @@ fn tools() -> PathBuf {
 
 fn tool(rel: &str) -> PathBuf {
     let path = tools().join(rel);
-    assert!(path.exists(), "{} is missing: run scripts/test.sh (it runs scripts/setup.d/20-s3.sh) first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh (it runs scripts/setup.d/20-s3.sh) first",
+        path.display()
+    );
     path
 }
 
@@ -316,15 +320,15 @@ async fn traversal_keys_are_refused_and_nothing_is_written_outside() {
     let server = moto().await;
     let c = client(&server.endpoint);
     c.create_bucket().bucket(BUCKET).send().await.unwrap();
-    for (prefix, key) in [
-        ("evil/", "evil/a/../../../escape.txt"),
-        ("abs/", "abs//etc/passwd-copy"),
-        ("dots/", "dots/./../../x"),
-    ] {
+    for (prefix, key) in
+        [("evil/", "evil/a/../../../escape.txt"), ("abs/", "abs//etc/passwd-copy"), ("dots/", "dots/./../../x")]
+    {
         put(&c, key, b"owned".to_vec()).await;
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path().join("ws/fetch");
-        let err = storage_err(fetch(&format!("s3://models/{prefix}"), &server.endpoint, json!({}), &dest, SK).await.unwrap_err());
+        let err = storage_err(
+            fetch(&format!("s3://models/{prefix}"), &server.endpoint, json!({}), &dest, SK).await.unwrap_err(),
+        );
         assert!(matches!(err, StorageError::UnsafeKey { .. }), "{key}: {err}");
         assert!(err.to_string().contains(&format!("s3://models/{key}")), "{err}");
         assert_eq!(err.exit_class(), ExitClass::BadInput);
@@ -351,7 +355,9 @@ async fn bad_input_missing_bucket_key_empty_prefix_and_sha_mismatch() {
 
     let err = storage_err(fetch("s3://models/weather/v2/", ep, json!({}), tmp.path(), SK).await.unwrap_err());
     assert!(matches!(err, StorageError::Empty { filtered: false, .. }), "{err}");
-    let err = storage_err(fetch("s3://models/weather/v1/", ep, json!({"include": ["*.onnx"]}), tmp.path(), SK).await.unwrap_err());
+    let err = storage_err(
+        fetch("s3://models/weather/v1/", ep, json!({"include": ["*.onnx"]}), tmp.path(), SK).await.unwrap_err(),
+    );
     assert!(matches!(err, StorageError::Empty { filtered: true, .. }), "{err}");
     assert_eq!(err.exit_class(), ExitClass::BadInput);
 
@@ -380,9 +386,15 @@ async fn bad_input_missing_bucket_key_empty_prefix_and_sha_mismatch() {
         .expect("verified against SHA256SUMS");
     assert_eq!(ok.manifest.len(), 6);
     let err = storage_err(
-        fetch("s3://models/weather/v1/", ep, json!({"expectSha256": {"not-there.bin": wrong}}), &tmp.path().join("m"), SK)
-            .await
-            .unwrap_err(),
+        fetch(
+            "s3://models/weather/v1/",
+            ep,
+            json!({"expectSha256": {"not-there.bin": wrong}}),
+            &tmp.path().join("m"),
+            SK,
+        )
+        .await
+        .unwrap_err(),
     );
     assert!(matches!(err, StorageError::ExpectMissing { .. }), "{err}");
 }
@@ -525,9 +537,8 @@ async fn a_server_that_keeps_dropping_gives_a_clear_error_then_the_next_run_resu
 
     // ~half the object gets through, then every connection dies after 2 KB.
     let p = proxy(server.port, Cut::AfterBudget { budget: 512 * 1024, after: 2048 }).await;
-    let err = storage_err(
-        fetch(src, &format!("http://{}", p.addr), json!({"concurrency": 1}), &dest, SK).await.unwrap_err(),
-    );
+    let err =
+        storage_err(fetch(src, &format!("http://{}", p.addr), json!({"concurrency": 1}), &dest, SK).await.unwrap_err());
     assert!(matches!(err, StorageError::Interrupted { .. }), "{err}");
     assert!(err.to_string().contains("s3://models/big/model.joblib"), "{err}");
     assert!(err.retryable());

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::cluster::Clusters;
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::Secret;
-use crate::cluster::Clusters;
 use crate::spec::{ModelSpec, Pipeline};
 use crate::storage::{self, Expect, FetchRequest, Fetched, Filter, S3Options, Source, StaticCredentials, StorageError};
 use crate::template::is_template;
@@ -120,7 +120,9 @@ impl Scalar {
             Scalar::Bool(b) => Ok(*b),
             Scalar::Text(t) if t == "true" => Ok(true),
             Scalar::Text(t) if t == "false" => Ok(false),
-            other => Err(format!("expected true or false, found `{}`", serde_json::to_string(other).unwrap_or_default())),
+            other => {
+                Err(format!("expected true or false, found `{}`", serde_json::to_string(other).unwrap_or_default()))
+            }
         }
     }
 }
@@ -208,9 +210,9 @@ pub enum FetchModelError {
 impl HasExitClass for FetchModelError {
     fn exit_class(&self) -> ExitClass {
         match self {
-            FetchModelError::Param { .. } | FetchModelError::NoStateEnvironment { .. } | FetchModelError::Secret { .. } => {
-                ExitClass::BadInput
-            }
+            FetchModelError::Param { .. }
+            | FetchModelError::NoStateEnvironment { .. }
+            | FetchModelError::Secret { .. } => ExitClass::BadInput,
             FetchModelError::Kube { source: kube::Error::Api(s), .. } if s.code == 404 || s.code == 403 => {
                 ExitClass::BadInput
             }
@@ -364,8 +366,11 @@ impl Stage for FetchModel {
             && s.is_prefix()
         {
             problems.push(
-                Problem::new(at("versionId", params.version_id.is_some()), "versionId pins one object, but the source is a prefix")
-                    .with_hint("name the object (s3://BUCKET/KEY) or drop versionId"),
+                Problem::new(
+                    at("versionId", params.version_id.is_some()),
+                    "versionId pins one object, but the source is a prefix",
+                )
+                .with_hint("name the object (s3://BUCKET/KEY) or drop versionId"),
             );
         }
         let insecure = match &params.insecure {
@@ -673,7 +678,10 @@ mod tests {
         assert_eq!(crate::secret::mask("secret-from-kube"), "****");
         let err = secret_credentials(&clusters, &p, "missing").await.unwrap_err();
         assert_eq!(err.exit_class(), ExitClass::BadInput);
-        assert!(err.to_string().starts_with("credentialsSecret `missing` in namespace `models-dev` (environment `dev`)"), "{err}");
+        assert!(
+            err.to_string().starts_with("credentialsSecret `missing` in namespace `models-dev` (environment `dev`)"),
+            "{err}"
+        );
         server.abort();
     }
 

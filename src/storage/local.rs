@@ -77,9 +77,10 @@ fn entry(path: &Path, rel: &str, meta: &std::fs::Metadata) -> Result<Entry, Stor
 /// Copy `src` to `partial` (the kernel's copy path, no user-space buffer).
 pub(crate) async fn copy(job: &Job, src: &Path, partial: &Path, size: u64) -> Result<Checks, StorageError> {
     let (src, dst): (PathBuf, PathBuf) = (src.to_path_buf(), partial.to_path_buf());
-    let copied = tokio::task::spawn_blocking(move || std::fs::copy(&src, &dst).map_err(|e| StorageError::io("copy", &src, e)))
-        .await
-        .expect("copy does not panic")?;
+    let copied =
+        tokio::task::spawn_blocking(move || std::fs::copy(&src, &dst).map_err(|e| StorageError::io("copy", &src, e)))
+            .await
+            .expect("copy does not panic")?;
     job.progress.add(copied.min(size));
     Ok(Checks::default())
 }

@@ -586,9 +586,7 @@ async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(Manif
 async fn remove_stale(model_dir: &Path, manifest: &[ManifestEntry]) -> Result<(), StorageError> {
     let keep: std::collections::HashSet<PathBuf> = manifest.iter().map(|m| model_dir.join(&m.path)).collect();
     let root = model_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || prune(&root, &keep, true).map(|_| ()))
-        .await
-        .expect("prune does not panic")
+    tokio::task::spawn_blocking(move || prune(&root, &keep, true).map(|_| ())).await.expect("prune does not panic")
 }
 
 /// Returns whether `dir` is empty afterwards.

@@ -77,9 +77,7 @@ fn compile(patterns: &[String]) -> Result<Option<GlobSet>, BadGlob> {
             message: e.kind().to_string(),
         })?);
     }
-    set.build()
-        .map(Some)
-        .map_err(|e| BadGlob { index: 0, pattern: patterns.join(", "), message: e.to_string() })
+    set.build().map(Some).map_err(|e| BadGlob { index: 0, pattern: patterns.join(", "), message: e.to_string() })
 }
 
 fn glob(pattern: &str) -> Result<Glob, globset::Error> {

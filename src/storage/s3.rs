@@ -173,7 +173,13 @@ impl Remote {
         })
     }
 
-    fn error<E>(&self, op: &'static str, bucket: &str, key: &str, err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StorageError
+    fn error<E>(
+        &self,
+        op: &'static str,
+        bucket: &str,
+        key: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
@@ -192,7 +198,10 @@ impl Remote {
                 return StorageError::AccessDenied { url, code: c.to_string() };
             }
             (_, Some(401 | 403)) => {
-                return StorageError::AccessDenied { url, code: code.unwrap_or_else(|| format!("HTTP {}", st.unwrap_or(0))) };
+                return StorageError::AccessDenied {
+                    url,
+                    code: code.unwrap_or_else(|| format!("HTTP {}", st.unwrap_or(0))),
+                };
             }
             _ => {}
         }
@@ -498,8 +507,7 @@ fn checks_of(
     let checksum = if composite {
         None
     } else {
-        sums.into_iter()
-            .find_map(|(alg, v)| v.filter(|v| !v.contains('-')).map(|v| (alg, v.to_string())))
+        sums.into_iter().find_map(|(alg, v)| v.filter(|v| !v.contains('-')).map(|v| (alg, v.to_string())))
     };
     Checks { etag_md5, checksum }
 }
@@ -521,22 +529,34 @@ mod tests {
     #[test]
     fn checks_skip_kms_etags_and_composite_sums() {
         let md5 = "0123456789abcdef0123456789abcdef";
-        let c = checks_of(Some(md5), None, None, None, [
-            (ChecksumAlgorithm::Sha256, None),
-            (ChecksumAlgorithm::Sha1, None),
-            (ChecksumAlgorithm::Crc32, Some("AAAAAA==")),
-            (ChecksumAlgorithm::Crc32c, None),
-            (ChecksumAlgorithm::Crc64Nvme, None),
-        ]);
+        let c = checks_of(
+            Some(md5),
+            None,
+            None,
+            None,
+            [
+                (ChecksumAlgorithm::Sha256, None),
+                (ChecksumAlgorithm::Sha1, None),
+                (ChecksumAlgorithm::Crc32, Some("AAAAAA==")),
+                (ChecksumAlgorithm::Crc32c, None),
+                (ChecksumAlgorithm::Crc64Nvme, None),
+            ],
+        );
         assert_eq!(c.etag_md5.as_deref(), Some(md5));
         assert_eq!(c.checksum, Some((ChecksumAlgorithm::Crc32, "AAAAAA==".into())));
-        let kms = checks_of(Some(md5), Some(&ServerSideEncryption::AwsKms), None, Some(&ChecksumType::Composite), [
-            (ChecksumAlgorithm::Sha256, Some("x-2")),
-            (ChecksumAlgorithm::Sha1, None),
-            (ChecksumAlgorithm::Crc32, None),
-            (ChecksumAlgorithm::Crc32c, None),
-            (ChecksumAlgorithm::Crc64Nvme, None),
-        ]);
+        let kms = checks_of(
+            Some(md5),
+            Some(&ServerSideEncryption::AwsKms),
+            None,
+            Some(&ChecksumType::Composite),
+            [
+                (ChecksumAlgorithm::Sha256, Some("x-2")),
+                (ChecksumAlgorithm::Sha1, None),
+                (ChecksumAlgorithm::Crc32, None),
+                (ChecksumAlgorithm::Crc32c, None),
+                (ChecksumAlgorithm::Crc64Nvme, None),
+            ],
+        );
         assert!(kms.etag_md5.is_none() && kms.checksum.is_none());
     }
 }

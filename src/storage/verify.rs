@@ -224,7 +224,8 @@ pub(crate) fn parse_sha256sums(text: &str, origin: &str) -> Result<BTreeMap<Stri
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        let bad = |message: &str| StorageError::BadManifest { path: origin.into(), line: i + 1, message: message.into() };
+        let bad =
+            |message: &str| StorageError::BadManifest { path: origin.into(), line: i + 1, message: message.into() };
         let (hash, rest) = line.split_once(' ').ok_or_else(|| bad("expected `<sha256 hex>  <path>`"))?;
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad("the first field is not a 64-digit hex sha256"));
