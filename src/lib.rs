@@ -24,6 +24,9 @@
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only parses.
 //! - [`logging`], [`secret`]: tracing setup and credential masking.
 
+// Stage futures nest deeply (engine -> kind dispatch -> stage -> SDK calls).
+#![recursion_limit = "256"]
+
 pub mod catalog;
 pub mod cluster;
 pub mod commands;

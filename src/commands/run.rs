@@ -161,11 +161,7 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
     let loaded = crate::spec::load(pipeline).map_err(fail)?;
     let mut sims = Vec::new();
     for name in loaded.pipeline.spec.environments.keys() {
-        let config = SimConfig {
-            data_dir: dir.join(name),
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-            name: name.clone(),
-        };
+        let config = SimConfig::new(dir.join(name), name.clone());
         match crate::sim::start(config).await {
             Ok(sim) => sims.push(sim),
             Err(e) => {

@@ -1,14 +1,346 @@
-//! Stage `fetch-model`.
+//! Stage `fetch-model`: bring a model version from S3-compatible storage (or
+//! `file://`) into the run's workspace, verified, with a manifest and one
+//! content digest that later stages key the build on.
+//!
+//! Every `with:` field defaults from `spec.model` where the model spec has
+//! it. The work itself is [`crate::storage::fetch`]; this module resolves
+//! parameters, reads credentials from a Kubernetes Secret when named, and
+//! turns the result into outputs.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use super::{Outputs, Stage, StageContext, StageError, ValidateCx};
+use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::cluster::Clusters;
+use crate::error::{ExitClass, HasExitClass};
+use crate::secret::Secret;
+use crate::spec::{ModelSpec, Pipeline};
+use crate::storage::{self, Expect, FetchRequest, Fetched, Filter, S3Options, Source, StaticCredentials, StorageError};
+use crate::template::is_template;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// `with:` of `fetch-model`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Params {
+    /// `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY` or `file://PATH`; default `spec.model.source`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
+    pub source: Option<String>,
+    /// S3-compatible endpoint URL (path-style addressing); default `spec.model.endpoint`,
+    /// then the SDK's `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Pin one object version (single-object sources only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Vec<String>>,
+    /// Relative path -> hex sha256, or the name of a `sha256sum`-style manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_sha256: Option<ExpectSha256>,
+    /// Kubernetes Secret in the state environment's namespace with
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (or `accessKeyId`/`secretAccessKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// Requests in flight at once (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Scalar>,
+    /// Range size and ranged-GET threshold, bytes or `8Mi`/`8MiB`/`8MB` (default 8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<Scalar>,
+    /// Allow a plain-HTTP endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<Scalar>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ExpectSha256 {
+    Files(BTreeMap<String, String>),
+    Manifest(String),
+}
+
+/// A number or boolean that may also arrive as a string (after templating).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Number(u64),
+    Text(String),
+}
+
+const MIN_PART_SIZE: u64 = 4 * 1024;
+const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+const MAX_CONCURRENCY: u64 = 256;
+
+impl Scalar {
+    fn templated(&self) -> bool {
+        matches!(self, Scalar::Text(t) if is_template(t))
+    }
+
+    fn count(&self) -> Result<u64, String> {
+        match self {
+            Scalar::Number(n) => Ok(*n),
+            Scalar::Text(t) => t.trim().parse().map_err(|_| format!("`{t}` is not a whole number")),
+            Scalar::Bool(b) => Err(format!("expected a number, found `{b}`")),
+        }
+    }
+
+    /// Bytes: a number, or a number with a K/M/G suffix (`Ki`/`KiB` binary, `KB` decimal too).
+    fn bytes(&self) -> Result<u64, String> {
+        let text = match self {
+            Scalar::Text(t) => t.trim(),
+            other => return other.count(),
+        };
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (num, unit) = text.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (e.g. 8388608, 8Mi, 8MiB)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "K" | "Ki" | "KiB" => 1 << 10,
+            "M" | "Mi" | "MiB" => 1 << 20,
+            "G" | "Gi" | "GiB" => 1 << 30,
+            "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            u => return Err(format!("unknown size unit `{u}` (use Ki, Mi, Gi, KB, MB, GB)")),
+        };
+        n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+    }
+
+    fn flag(&self) -> Result<bool, String> {
+        match self {
+            Scalar::Bool(b) => Ok(*b),
+            Scalar::Text(t) if t == "true" => Ok(true),
+            Scalar::Text(t) if t == "false" => Ok(false),
+            other => {
+                Err(format!("expected true or false, found `{}`", serde_json::to_string(other).unwrap_or_default()))
+            }
+        }
+    }
+}
+
+/// `with:` merged with `spec.model` defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub source: String,
+    /// Where `source` came from, for messages.
+    pub source_field: &'static str,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub version_id: Option<String>,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub credentials_secret: Option<String>,
+}
+
+impl Params {
+    pub fn resolve(&self, model: &ModelSpec) -> Resolved {
+        Resolved {
+            source_field: if self.source.is_some() { "with.source" } else { "spec.model.source" },
+            source: self.source.clone().unwrap_or_else(|| model.source.clone()),
+            endpoint: self.endpoint.clone().or_else(|| model.endpoint.clone()),
+            region: self.region.clone().or_else(|| model.region.clone()),
+            version_id: self.version_id.clone().or_else(|| model.version_id.clone()),
+            include: self.include.clone().unwrap_or_else(|| model.include.clone()),
+            exclude: self.exclude.clone().unwrap_or_else(|| model.exclude.clone()),
+            credentials_secret: self.credentials_secret.clone().or_else(|| model.credentials_secret.clone()),
+        }
+    }
+
+    fn insecure(&self) -> Result<bool, String> {
+        self.insecure.as_ref().map_or(Ok(false), Scalar::flag)
+    }
+
+    fn concurrency(&self) -> Result<usize, String> {
+        let n = self.concurrency.as_ref().map_or(Ok(storage::DEFAULT_CONCURRENCY as u64), Scalar::count)?;
+        if !(1..=MAX_CONCURRENCY).contains(&n) {
+            return Err(format!("must be between 1 and {MAX_CONCURRENCY}, found {n}"));
+        }
+        Ok(n as usize)
+    }
+
+    fn part_size(&self) -> Result<u64, String> {
+        let n = self.part_size.as_ref().map_or(Ok(storage::DEFAULT_PART_SIZE), Scalar::bytes)?;
+        if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) {
+            return Err(format!("must be between {MIN_PART_SIZE} bytes and 5Gi, found {n}"));
+        }
+        Ok(n)
+    }
+
+    fn expect(&self) -> Expect {
+        match &self.expect_sha256 {
+            None => Expect::Nothing,
+            Some(ExpectSha256::Files(map)) => Expect::Map(map.clone()),
+            Some(ExpectSha256::Manifest(name)) => Expect::Manifest(name.clone()),
+        }
+    }
+}
+
+/// Errors of this stage beyond the storage layer's own.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchModelError {
+    #[error("with.{field}: {message}")]
+    Param { field: &'static str, message: String },
+    #[error("credentialsSecret `{name}`: no state environment to read it from (spec.environments is empty)")]
+    NoStateEnvironment { name: String },
+    #[error("credentialsSecret `{name}` in namespace `{namespace}` (environment `{env}`): {message}")]
+    Secret { name: String, namespace: String, env: String, message: String },
+    #[error("credentialsSecret `{name}` in namespace `{namespace}` (environment `{env}`): {source}")]
+    Kube {
+        name: String,
+        namespace: String,
+        env: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl HasExitClass for FetchModelError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            FetchModelError::Param { .. }
+            | FetchModelError::NoStateEnvironment { .. }
+            | FetchModelError::Secret { .. } => ExitClass::BadInput,
+            FetchModelError::Kube { source: kube::Error::Api(s), .. } if s.code == 404 || s.code == 403 => {
+                ExitClass::BadInput
+            }
+            FetchModelError::Kube { .. } => ExitClass::Failed,
+            FetchModelError::Cluster(e) => e.exit_class(),
+            FetchModelError::Storage(e) => e.exit_class(),
+        }
+    }
+}
+
+impl From<FetchModelError> for StageError {
+    fn from(err: FetchModelError) -> StageError {
+        let retryable = match &err {
+            FetchModelError::Storage(e) => e.retryable(),
+            FetchModelError::Kube { source: kube::Error::Api(s), .. } => s.code >= 500 || s.code == 429,
+            FetchModelError::Kube { .. } => true,
+            _ => false,
+        };
+        let class = err.exit_class();
+        let mut e = StageError::failed(err);
+        if class == ExitClass::BadInput {
+            e.kind = super::StageErrorKind::BadInput;
+        }
+        e.retryable = retryable;
+        e
+    }
+}
+
+/// Build the storage request from `with:` (defaults from `model`) and fetch
+/// into `<dest>/model/`. `credentials` (from a Secret, resolved by the
+/// caller) override the AWS default chain. Cancel by dropping the future.
+pub async fn fetch(
+    params: &Params,
+    model: &ModelSpec,
+    base_dir: &Path,
+    dest: &Path,
+    credentials: Option<StaticCredentials>,
+    progress: bool,
+) -> Result<Fetched, FetchModelError> {
+    let r = params.resolve(model);
+    let param = |field: &'static str| move |message: String| FetchModelError::Param { field, message };
+    let source = Source::parse(&r.source)?;
+    if r.version_id.is_some() && source.is_prefix() {
+        return Err(param("versionId")("pins one object, but the source is a prefix".into()));
+    }
+    let filter = Filter::new(&r.include, &r.exclude)
+        .map_err(|(list, e)| FetchModelError::Param { field: list, message: e.to_string() })?;
+    let mut req = FetchRequest::new(source, std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf()));
+    req.base_dir = base_dir.to_path_buf();
+    req.s3 = S3Options {
+        endpoint: r.endpoint,
+        region: r.region,
+        credentials,
+        insecure: params.insecure().map_err(param("insecure"))?,
+    };
+    req.version_id = r.version_id;
+    req.filter = filter;
+    req.expect = params.expect();
+    req.concurrency = params.concurrency().map_err(param("concurrency"))?;
+    req.part_size = params.part_size().map_err(param("partSize"))?;
+    req.progress = progress;
+    Ok(storage::fetch(req).await?)
+}
+
+/// Access keys from a Secret's data, registered for masking.
+pub fn credentials_from_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<StaticCredentials, String> {
+    let get = |names: &[&str]| -> Result<Option<Secret>, String> {
+        for n in names {
+            if let Some(v) = data.get(*n) {
+                let s = String::from_utf8(v.clone()).map_err(|_| format!("key `{n}` is not UTF-8"))?;
+                return Ok(Some(Secret::new(s.trim().to_string())));
+            }
+        }
+        Ok(None)
+    };
+    let access = get(&["AWS_ACCESS_KEY_ID", "accessKeyId"])?;
+    let secret = get(&["AWS_SECRET_ACCESS_KEY", "secretAccessKey"])?;
+    let token = get(&["AWS_SESSION_TOKEN", "sessionToken"])?;
+    match (access, secret) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            Ok(StaticCredentials { access_key_id, secret_access_key, session_token: token })
+        }
+        _ => {
+            let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            Err(format!(
+                "expected keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or accessKeyId and secretAccessKey); it has: {}",
+                if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+            ))
+        }
+    }
+}
+
+/// Read S3 credentials from Secret `name` in the state environment's
+/// namespace, through that environment's cluster.
+pub async fn secret_credentials(
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+    name: &str,
+) -> Result<StaticCredentials, FetchModelError> {
+    let (env, environment) =
+        pipeline.state_environment().ok_or_else(|| FetchModelError::NoStateEnvironment { name: name.into() })?;
+    let client = clusters.client(env).await?;
+    let namespace = environment.namespace.clone();
+    let api: kube::Api<KubeSecret> = kube::Api::namespaced(client, &namespace);
+    let secret = api.get(name).await.map_err(|source| FetchModelError::Kube {
+        name: name.into(),
+        namespace: namespace.clone(),
+        env: env.into(),
+        source,
+    })?;
+    let data: BTreeMap<String, Vec<u8>> = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    credentials_from_secret(&data).map_err(|message| FetchModelError::Secret {
+        name: name.into(),
+        namespace,
+        env: env.into(),
+        message,
+    })
+}
+
+/// Outputs as the engine stores them.
+pub fn outputs(fetched: &Fetched) -> Outputs {
+    let mut out = Outputs::new();
+    out.insert("modelDir".into(), Value::String(fetched.model_dir.display().to_string()));
+    out.insert("manifest".into(), serde_json::to_value(&fetched.manifest).expect("serialisable"));
+    out.insert("totalBytes".into(), json!(fetched.total_bytes));
+    out.insert("contentDigest".into(), Value::String(fetched.content_digest.clone()));
+    out
 }
 
 pub struct FetchModel;
@@ -18,11 +350,357 @@ impl Stage for FetchModel {
     const OUTPUTS: &'static [&'static str] = &["modelDir", "manifest", "totalBytes", "contentDigest"];
     type Params = Params;
 
-    fn plan(_params: &Params, _cx: &ValidateCx<'_>) -> Vec<String> {
-        Vec::new()
+    fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
+        let r = params.resolve(&cx.pipeline.spec.model);
+        let mut problems = Vec::new();
+        let at = |field: &str, from_with: bool| if from_with { field.to_string() } else { String::new() };
+        let source_in_with = params.source.is_some();
+        let mut source = None;
+        if !is_template(&r.source) {
+            match Source::parse(&r.source) {
+                Ok(s) => source = Some(s),
+                Err(e) => problems.push(Problem::new(at("source", source_in_with), format!("{}: {e}", r.source_field))),
+            }
+        }
+        if let (Some(_), Some(s)) = (&r.version_id, &source)
+            && s.is_prefix()
+        {
+            problems.push(
+                Problem::new(
+                    at("versionId", params.version_id.is_some()),
+                    "versionId pins one object, but the source is a prefix",
+                )
+                .with_hint("name the object (s3://BUCKET/KEY) or drop versionId"),
+            );
+        }
+        let insecure = match &params.insecure {
+            Some(s) if s.templated() => None,
+            _ => match params.insecure() {
+                Ok(b) => Some(b),
+                Err(m) => {
+                    problems.push(Problem::new("insecure", m));
+                    None
+                }
+            },
+        };
+        if let (Some(ep), Some(insecure)) = (&r.endpoint, insecure)
+            && !is_template(ep)
+            && let Err(e) = storage::check_endpoint(ep, insecure)
+        {
+            let field = if params.endpoint.is_some() { "endpoint" } else { "" };
+            problems.push(Problem::new(field, e.to_string()));
+        }
+        for (list, globs, from_with) in
+            [("include", &r.include, params.include.is_some()), ("exclude", &r.exclude, params.exclude.is_some())]
+        {
+            for (i, g) in globs.iter().enumerate() {
+                if is_template(g) {
+                    continue;
+                }
+                if let Err((_, e)) = Filter::new(std::slice::from_ref(g), &[]) {
+                    let path = if from_with { format!("{list}[{i}]") } else { String::new() };
+                    let prefix = if from_with { String::new() } else { format!("spec.model.{list}[{i}]: ") };
+                    problems.push(Problem::new(path, format!("{prefix}glob {e}")));
+                }
+            }
+        }
+        match &params.expect_sha256 {
+            Some(ExpectSha256::Files(map)) => {
+                for (path, hex) in map {
+                    if let Err(e) = storage::safe_relative(path) {
+                        problems.push(Problem::new(format!("expectSha256.{path}"), format!("path `{path}`: {e}")));
+                    }
+                    if !is_template(hex) && (hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit())) {
+                        problems.push(Problem::new(
+                            format!("expectSha256.{path}"),
+                            format!("`{hex}` is not a sha256 (64 hex digits)"),
+                        ));
+                    }
+                }
+            }
+            Some(ExpectSha256::Manifest(name)) if !is_template(name) => {
+                if let Err(e) = storage::safe_relative(name) {
+                    problems.push(Problem::new("expectSha256", format!("manifest name `{name}`: {e}")));
+                }
+            }
+            _ => {}
+        }
+        for (field, scalar, check) in [
+            ("concurrency", &params.concurrency, Params::concurrency as fn(&Params) -> Result<usize, String>),
+            ("partSize", &params.part_size, |p: &Params| p.part_size().map(|n| n as usize)),
+        ] {
+            if let Some(s) = scalar
+                && !s.templated()
+                && let Err(m) = check(params)
+            {
+                problems.push(Problem::new(field, m));
+            }
+        }
+        if let Some(name) = &r.credentials_secret
+            && !is_template(name)
+        {
+            if !is_dns_subdomain(name) {
+                problems.push(Problem::new(
+                    at("credentialsSecret", params.credentials_secret.is_some()),
+                    format!("`{name}` is not a valid Secret name (lowercase letters, digits, `-` and `.`)"),
+                ));
+            }
+            if cx.pipeline.state_environment().is_none() {
+                problems.push(Problem::new(
+                    at("credentialsSecret", params.credentials_secret.is_some()),
+                    "a credentials Secret is read from the state environment, but no environment is declared",
+                ));
+            }
+        }
+        problems
     }
 
-    async fn run(_params: Params, _cx: &StageContext) -> Result<Outputs, StageError> {
-        Err(StageError::msg("stage `fetch-model` is not implemented yet"))
+    fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
+        let r = params.resolve(&cx.pipeline.spec.model);
+        let kind = match Source::parse(&r.source) {
+            Ok(Source::S3 { .. }) if Source::parse(&r.source).is_ok_and(|s| s.is_prefix()) => "every object under",
+            Ok(Source::S3 { .. }) => "object",
+            Ok(Source::File { .. }) => "local files from",
+            Err(_) => "",
+        };
+        let mut lines = vec![format!("fetch {kind} {} into <workspace>/{}/model/", r.source, cx.stage.name)];
+        if r.source.starts_with("s3://") {
+            let insecure = params.insecure().unwrap_or(false);
+            lines.push(match &r.endpoint {
+                Some(ep) => format!(
+                    "endpoint {ep} (path-style{})",
+                    if ep.starts_with("http://") && insecure { ", plain HTTP allowed by insecure" } else { "" }
+                ),
+                None => "endpoint: AWS (or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)".to_string(),
+            });
+            lines.push(format!("region {}", r.region.as_deref().unwrap_or("from the AWS chain, else us-east-1")));
+            lines.push(match (&r.credentials_secret, cx.pipeline.state_environment()) {
+                (Some(name), Some((env, e))) => {
+                    format!("credentials from Secret {name} in namespace {} (environment {env})", e.namespace)
+                }
+                _ => "credentials from the AWS default chain".to_string(),
+            });
+            if let Some(v) = &r.version_id {
+                lines.push(format!("version {v}"));
+            }
+            lines.push(format!(
+                "ranged GETs of {} bytes above that size, {} requests at once",
+                params.part_size().unwrap_or(storage::DEFAULT_PART_SIZE),
+                params.concurrency().unwrap_or(storage::DEFAULT_CONCURRENCY)
+            ));
+        }
+        if !r.include.is_empty() {
+            lines.push(format!("include {}", r.include.join(", ")));
+        }
+        if !r.exclude.is_empty() {
+            lines.push(format!("exclude {}", r.exclude.join(", ")));
+        }
+        match &params.expect_sha256 {
+            Some(ExpectSha256::Files(m)) => lines.push(format!("verify sha256 of {} file(s)", m.len())),
+            Some(ExpectSha256::Manifest(n)) => lines.push(format!("verify sha256 against manifest {n}")),
+            None => {}
+        }
+        lines
+    }
+
+    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+        let dest = cx.stage_dir().map_err(|e| StageError::failed(StorageError::io("create", &cx.workspace, e)))?;
+        let work = async {
+            let credentials = match params.resolve(&cx.pipeline.spec.model).credentials_secret {
+                Some(name) => Some(secret_credentials(&cx.clusters, &cx.pipeline, &name).await?),
+                None => None,
+            };
+            fetch(&params, &cx.pipeline.spec.model, &cx.pipeline_dir, &dest, credentials, cx.interactive).await
+        };
+        let fetched = tokio::select! {
+            r = work => r?,
+            () = cx.cancel.cancelled() => return Err(StageError::cancelled()),
+        };
+        let manifest_path: PathBuf = dest.join("manifest.json");
+        let json = serde_json::to_vec_pretty(&fetched.manifest).expect("serialisable");
+        tokio::fs::write(&manifest_path, json)
+            .await
+            .map_err(|e| StageError::failed(StorageError::io("write", &manifest_path, e)))?;
+        Ok(outputs(&fetched))
+    }
+}
+
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::spec::Pipeline;
+
+    fn pipeline(model_extra: &str, with: &str) -> Pipeline {
+        let text = format!(
+            "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {{name: w}}\nspec:\n  model:\n    name: w\n    source: s3://models/weather/\n{model_extra}  environments:\n    dev: {{namespace: models-dev}}\n  stages:\n    - name: fetch\n      uses: fetch-model\n      with: {with}\n"
+        );
+        crate::spec::yaml::from_str(&text).expect("test pipeline parses")
+    }
+
+    fn check(p: &Pipeline) -> Vec<Problem> {
+        let catalog = Catalog::embedded();
+        let cx = ValidateCx { pipeline: p, stage: &p.spec.stages[0], index: 0, catalog: &catalog };
+        match super::super::kind::parse_params::<FetchModel>(&p.spec.stages[0].with) {
+            Ok(params) => FetchModel::validate(&params, &cx),
+            Err(problem) => vec![problem],
+        }
+    }
+
+    fn plan(p: &Pipeline) -> Vec<String> {
+        let catalog = Catalog::embedded();
+        let cx = ValidateCx { pipeline: p, stage: &p.spec.stages[0], index: 0, catalog: &catalog };
+        let params = super::super::kind::parse_params::<FetchModel>(&p.spec.stages[0].with).unwrap();
+        FetchModel::plan(&params, &cx)
+    }
+
+    #[test]
+    fn defaults_come_from_spec_model() {
+        let p = pipeline("    endpoint: https://ceph.example\n    region: eu-1\n    include: ['*.pkl']\n", "{}");
+        let r = Params::default().resolve(&p.spec.model);
+        assert_eq!(r.source, "s3://models/weather/");
+        assert_eq!(r.endpoint.as_deref(), Some("https://ceph.example"));
+        assert_eq!(r.include, vec!["*.pkl".to_string()]);
+        let over = Params { source: Some("file://m".into()), include: Some(vec![]), ..Params::default() };
+        let r = over.resolve(&p.spec.model);
+        assert_eq!((r.source.as_str(), r.source_field, r.include.len()), ("file://m", "with.source", 0));
+        assert!(check(&p).is_empty());
+    }
+
+    #[test]
+    fn misspelt_key_is_rejected() {
+        let problems = check(&pipeline("", "{sourec: s3://a/b}"));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("unknown field `sourec`"), "{:?}", problems);
+    }
+
+    #[test]
+    fn bad_values_are_reported_with_their_field() {
+        let with = "{source: 'ftp://x', endpoint: 'http://127.0.0.1:9000', include: ['a[', 'ok'], partSize: 12, concurrency: 0, expectSha256: {'../x': 'abc'}, credentialsSecret: 'Bad_Name'}";
+        let problems = check(&pipeline("", with));
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        insta::assert_debug_snapshot!(paths);
+        let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        insta::assert_debug_snapshot!(messages);
+    }
+
+    #[test]
+    fn version_on_a_prefix_and_templates() {
+        let problems = check(&pipeline("", "{versionId: abc}"));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "versionId");
+        // Templated values are checked after rendering, at run time.
+        assert!(check(&pipeline("", "{source: '{{params.src}}', partSize: '{{params.p}}'}")).is_empty());
+        assert!(check(&pipeline("", "{endpoint: 'http://127.0.0.1:1', insecure: true, partSize: 8Mi}")).is_empty());
+    }
+
+    #[test]
+    fn plan_names_source_endpoint_and_secret_without_values() {
+        let p = pipeline(
+            "    endpoint: http://127.0.0.1:9000\n    credentialsSecret: s3-creds\n",
+            "{insecure: true, include: ['**/*.pkl'], expectSha256: SHA256SUMS}",
+        );
+        insta::assert_snapshot!(plan(&p).join("\n"));
+    }
+
+    #[test]
+    fn sizes_and_flags_parse() {
+        assert_eq!(Scalar::Text("8Mi".into()).bytes(), Ok(8 << 20));
+        assert_eq!(Scalar::Text("64KiB".into()).bytes(), Ok(64 << 10));
+        assert_eq!(Scalar::Text("5MB".into()).bytes(), Ok(5_000_000));
+        assert_eq!(Scalar::Number(4096).bytes(), Ok(4096));
+        assert!(Scalar::Text("8 parsecs".into()).bytes().is_err());
+        assert_eq!(Scalar::Text("true".into()).flag(), Ok(true));
+        assert!(Scalar::Number(1).flag().is_err());
+    }
+
+    #[test]
+    fn secret_keys_in_both_spellings() {
+        let mut data = BTreeMap::new();
+        data.insert("accessKeyId".to_string(), b"AKIAEXAMPLEKEY".to_vec());
+        data.insert("secretAccessKey".to_string(), b"very-secret-value-123\n".to_vec());
+        let c = credentials_from_secret(&data).unwrap();
+        assert_eq!(c.secret_access_key.expose(), "very-secret-value-123");
+        // Registered for masking the moment it is read.
+        assert_eq!(crate::secret::mask("x very-secret-value-123 y"), "x **** y");
+        data.remove("secretAccessKey");
+        let err = credentials_from_secret(&data).unwrap_err();
+        assert!(err.ends_with("it has: accessKeyId"), "{err}");
+    }
+
+    /// The Secret is read with the real kube client from the state
+    /// environment's namespace; a missing Secret is bad input naming it.
+    #[tokio::test]
+    async fn credentials_secret_is_read_from_the_state_namespace() {
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/api/v1/namespaces/{ns}/secrets/{name}",
+            get(|axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>| async move {
+                if ns == "models-dev" && name == "s3-creds" {
+                    let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns},
+                        "data": {"AWS_ACCESS_KEY_ID": "QUtJQVNFQ1JFVEtFWQ==", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0LWZyb20ta3ViZQ=="}});
+                    (axum::http::StatusCode::OK, axum::Json(body))
+                } else {
+                    let body = json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound",
+                        "message": format!("secrets \"{name}\" not found"), "code": 404});
+                    (axum::http::StatusCode::NOT_FOUND, axum::Json(body))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://{addr}'}}}}]\nusers: [{{name: u, user: {{}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+            ),
+        )
+        .unwrap();
+        let p = pipeline("", "{}");
+        let clusters = Clusters::new(p.spec.environments.clone(), Some(kubeconfig));
+        let c = secret_credentials(&clusters, &p, "s3-creds").await.unwrap();
+        assert_eq!(c.access_key_id.expose(), "AKIASECRETKEY");
+        assert_eq!(c.secret_access_key.expose(), "secret-from-kube");
+        assert_eq!(crate::secret::mask("secret-from-kube"), "****");
+        let err = secret_credentials(&clusters, &p, "missing").await.unwrap_err();
+        assert_eq!(err.exit_class(), ExitClass::BadInput);
+        assert!(
+            err.to_string().starts_with("credentialsSecret `missing` in namespace `models-dev` (environment `dev`)"),
+            "{err}"
+        );
+        server.abort();
+    }
+
+    #[test]
+    fn outputs_have_the_contract_names() {
+        let fetched = Fetched {
+            model_dir: "/w/fetch/model".into(),
+            manifest: vec![storage::ManifestEntry { path: "a".into(), size: 1, sha256: "00".into() }],
+            total_bytes: 1,
+            content_digest: "sha256:ab".into(),
+            fetched_files: 1,
+            reused_files: 0,
+            bytes_transferred: 1,
+        };
+        let out = outputs(&fetched);
+        let keys: Vec<&str> = out.keys().map(String::as_str).collect();
+        let mut want = FetchModel::OUTPUTS.to_vec();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        assert_eq!(out["manifest"], json!([{"path": "a", "size": 1, "sha256": "00"}]));
     }
 }

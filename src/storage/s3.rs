@@ -1,0 +1,562 @@
+//! S3-compatible storage through aws-sdk-s3: client setup, listing, and
+//! downloads as (parallel, resumable) ranged GETs written at their offsets.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{ChecksumMode, ChecksumType, ServerSideEncryption};
+use aws_smithy_checksums::ChecksumAlgorithm;
+use bytes::BytesMut;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Mutex;
+
+use super::verify::{self, Checks, RangeState};
+use super::{Entry, Job, Origin, S3Options, StorageError, UnsafePath, safe_relative};
+
+/// Attempts per range before a dropped connection becomes an error.
+const MAX_ATTEMPTS: u32 = 5;
+/// Bytes gathered from the body before one positioned write.
+const WRITE_CHUNK: usize = 1 << 20;
+/// A body that sends nothing for this long counts as dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) struct Remote {
+    client: aws_sdk_s3::Client,
+    endpoint: Option<String>,
+}
+
+/// A plain-HTTP endpoint is refused unless `insecure` is set; it is named in
+/// the log when it is used.
+pub fn check_endpoint(endpoint: &str, insecure: bool) -> Result<(), StorageError> {
+    let bad = |reason: &str| StorageError::BadEndpoint { endpoint: endpoint.into(), reason: reason.into() };
+    let url = url::Url::parse(endpoint).map_err(|e| bad(&format!("not a URL ({e})")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if insecure => Ok(()),
+        "http" => Err(bad("plain HTTP sends credentials and data unencrypted; set `insecure: true` to allow it")),
+        other => Err(bad(&format!("scheme `{other}` is neither https nor http"))),
+    }
+}
+
+impl Remote {
+    pub async fn connect(opts: &S3Options) -> Result<Remote, StorageError> {
+        // Without an explicit endpoint the SDK reads these itself; they get
+        // the same plain-HTTP rule.
+        let env_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+        let endpoint = opts.endpoint.clone().or(env_endpoint);
+        if let Some(ep) = &endpoint {
+            check_endpoint(ep, opts.insecure)?;
+            if ep.starts_with("http://") {
+                tracing::warn!(endpoint = %ep, "insecure: using plain HTTP to the S3 endpoint");
+            }
+        }
+        let region = RegionProviderChain::first_try(opts.region.clone().map(aws_config::Region::new))
+            .or_default_provider()
+            .or_else(aws_config::Region::from_static(super::DEFAULT_REGION));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region).timeout_config(
+            aws_config::timeout::TimeoutConfig::builder().connect_timeout(Duration::from_secs(10)).build(),
+        );
+        if let Some(ep) = &opts.endpoint {
+            loader = loader.endpoint_url(ep);
+        }
+        if let Some(c) = &opts.credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                c.access_key_id.expose(),
+                c.secret_access_key.expose(),
+                c.session_token.as_ref().map(|t| t.expose().to_string()),
+                None,
+                "modelship-static",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared);
+        if endpoint.is_some() {
+            // Ceph, MinIO and OCS route by path, not by bucket host names.
+            conf = conf.force_path_style(true);
+        }
+        Ok(Remote { client: aws_sdk_s3::Client::from_conf(conf.build()), endpoint })
+    }
+
+    fn url(bucket: &str, key: &str) -> String {
+        format!("s3://{bucket}/{key}")
+    }
+
+    /// The objects of `s3://bucket/key`: one object, or every object under
+    /// the prefix (a key ending in `/`, or a key that is no object but has
+    /// objects under `key/`).
+    pub async fn list(&self, bucket: &str, key: &str, version_id: Option<&str>) -> Result<Vec<Entry>, StorageError> {
+        if !(key.is_empty() || key.ends_with('/')) {
+            let mut head = self.client.head_object().bucket(bucket).key(key);
+            if let Some(v) = version_id {
+                head = head.version_id(v);
+            }
+            match head.send().await {
+                Ok(out) => {
+                    let name = key.rsplit('/').next().unwrap_or(key);
+                    let size = out.content_length().unwrap_or(0).max(0) as u64;
+                    let etag = out.e_tag().map(|e| e.trim_matches('"').to_string());
+                    let version = version_id.map(str::to_string).or(out.version_id().map(str::to_string));
+                    return Ok(vec![self.entry(bucket, key, name, size, etag, version)?]);
+                }
+                Err(e) if status(&e) == Some(404) && version_id.is_none() => {
+                    let under = format!("{key}/");
+                    let found = self.list_prefix(bucket, &under).await?;
+                    if found.is_empty() {
+                        return Err(StorageError::NotFound {
+                            url: Self::url(bucket, key),
+                            endpoint: self.endpoint.clone(),
+                        });
+                    }
+                    tracing::info!(url = %Self::url(bucket, &under), "no such object; fetching the prefix");
+                    return Ok(found);
+                }
+                Err(e) => return Err(self.error("HEAD", bucket, key, e)),
+            }
+        }
+        self.list_prefix(bucket, key).await
+    }
+
+    async fn list_prefix(&self, bucket: &str, prefix: &str) -> Result<Vec<Entry>, StorageError> {
+        let mut out = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list", bucket, prefix, e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key() else { continue };
+                let size = obj.size().unwrap_or(0).max(0) as u64;
+                // Zero-byte "folder" markers made by consoles are not files.
+                if key.ends_with('/') && size == 0 {
+                    continue;
+                }
+                let rel = &key[prefix.len()..];
+                let etag = obj.e_tag().map(|e| e.trim_matches('"').to_string());
+                out.push(self.entry(bucket, key, rel, size, etag, None)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn entry(
+        &self,
+        bucket: &str,
+        key: &str,
+        rel: &str,
+        size: u64,
+        etag: Option<String>,
+        version_id: Option<String>,
+    ) -> Result<Entry, StorageError> {
+        let safe = safe_relative(rel).map_err(|reason: UnsafePath| StorageError::UnsafeKey {
+            url: Self::url(bucket, key),
+            rel: rel.to_string(),
+            reason,
+        })?;
+        // The ETag (with size and version) names the content, wherever it is
+        // served from; without one nothing proves a local copy current, so
+        // the identity never matches a record.
+        let identity = match &etag {
+            Some(etag) => format!("s3|etag={etag}|size={size}|version={}", version_id.as_deref().unwrap_or("")),
+            None => format!("s3|no-etag|{}", rand::random::<u64>()),
+        };
+        Ok(Entry {
+            rel: safe,
+            size,
+            origin: Origin::S3 { bucket: bucket.into(), key: key.into(), version_id },
+            etag,
+            identity,
+        })
+    }
+
+    fn error<E>(
+        &self,
+        op: &'static str,
+        bucket: &str,
+        key: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let url = Self::url(bucket, key);
+        let code = err.code().map(str::to_string);
+        let st = status(&err);
+        match (code.as_deref(), st) {
+            (Some("NoSuchBucket"), _) => {
+                return StorageError::NoSuchBucket { bucket: bucket.into(), endpoint: self.endpoint.clone() };
+            }
+            (Some("NoSuchKey" | "NoSuchVersion"), _) | (_, Some(404)) => {
+                return StorageError::NotFound { url, endpoint: self.endpoint.clone() };
+            }
+            (Some("PreconditionFailed"), _) | (_, Some(412)) => return StorageError::Changed { url },
+            (Some(c @ ("AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken")), _) => {
+                return StorageError::AccessDenied { url, code: c.to_string() };
+            }
+            (_, Some(401 | 403)) => {
+                return StorageError::AccessDenied {
+                    url,
+                    code: code.unwrap_or_else(|| format!("HTTP {}", st.unwrap_or(0))),
+                };
+            }
+            _ => {}
+        }
+        let retryable = match &err {
+            SdkError::ServiceError(_) => {
+                matches!(st, Some(429 | 500..=599)) || matches!(code.as_deref(), Some("SlowDown" | "RequestTimeout"))
+            }
+            SdkError::ConstructionFailure(_) => false,
+            _ => true,
+        };
+        let message = DisplayErrorContext(&err).to_string();
+        StorageError::Request { op, url, message, retryable, source: Some(Box::new(err)) }
+    }
+
+    /// Download `entry` into `partial`: one GET for small objects, ranged GETs
+    /// of `part_size` for bigger ones, each retried from the byte where its
+    /// connection dropped. Completed ranges are recorded so another call
+    /// continues from them.
+    pub async fn download(&self, job: &Job, entry: &Entry, partial: &Path) -> Result<Checks, StorageError> {
+        let Origin::S3 { bucket, key, version_id } = &entry.origin else { unreachable!("S3 entry") };
+        let part_size = job.req.part_size.max(1);
+        let size = entry.size;
+        let ranges: Vec<(u64, u64)> =
+            (0..size.div_ceil(part_size)).map(|i| (i * part_size, ((i + 1) * part_size).min(size))).collect();
+
+        let previous = verify::load_ranges(&job.ranges_path(&entry.rel)).await;
+        let mut state = RangeState { identity: entry.identity.clone(), part_size, done: Default::default() };
+        let resumable = ranges.len() > 1
+            && previous.as_ref().is_some_and(|p| p.identity == state.identity && p.part_size == part_size)
+            && tokio::fs::metadata(partial).await.is_ok_and(|m| m.len() == size);
+        if resumable {
+            state.done = previous.expect("checked").done;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(!resumable)
+            .open(partial)
+            .map_err(|e| StorageError::io("open", partial, e))?;
+        file.set_len(size).map_err(|e| StorageError::io("resize", partial, e))?;
+        let file = Arc::new(file);
+
+        let mut checks = Checks::default();
+        let whole = ranges.len() <= 1;
+        if !whole {
+            // Ranged responses carry no whole-object checksum: ask for it once.
+            let mut head = self.client.head_object().bucket(bucket).key(key).checksum_mode(ChecksumMode::Enabled);
+            if let Some(v) = version_id {
+                head = head.version_id(v);
+            }
+            let out = head.send().await.map_err(|e| self.error("HEAD", bucket, key, e))?;
+            let etag = out.e_tag().map(|e| e.trim_matches('"'));
+            if let (Some(listed), Some(now)) = (entry.etag.as_deref(), etag)
+                && listed != now
+            {
+                return Err(StorageError::Changed { url: entry.url() });
+            }
+            checks = checks_of(
+                etag,
+                out.server_side_encryption(),
+                out.sse_customer_algorithm(),
+                out.checksum_type(),
+                [
+                    (ChecksumAlgorithm::Sha256, out.checksum_sha256()),
+                    (ChecksumAlgorithm::Sha1, out.checksum_sha1()),
+                    (ChecksumAlgorithm::Crc32, out.checksum_crc32()),
+                    (ChecksumAlgorithm::Crc32c, out.checksum_crc32_c()),
+                    (ChecksumAlgorithm::Crc64Nvme, out.checksum_crc64_nvme()),
+                ],
+            );
+        }
+        let skipped: u64 = ranges.iter().filter(|(s, _)| state.done.contains(s)).map(|(s, e)| e - s).sum();
+        if skipped > 0 {
+            tracing::info!(path = %entry.rel, bytes = skipped, "resuming partial download");
+            job.progress.skip(skipped);
+        }
+        let todo: Vec<(u64, u64)> = ranges.into_iter().filter(|(s, _)| !state.done.contains(s)).collect();
+        let state = Mutex::new(state);
+        let first_checks: Mutex<Option<Checks>> = Mutex::new(None);
+        futures::stream::iter(todo)
+            .map(|(start, end)| {
+                let (file, state, first_checks) = (file.clone(), &state, &first_checks);
+                async move {
+                    let got = self.fetch_range(job, entry, &file, start, end, whole).await?;
+                    if whole {
+                        *first_checks.lock().await = got;
+                    } else {
+                        let mut st = state.lock().await;
+                        st.done.insert(start);
+                        verify::save_ranges(job, &entry.rel, &st).await?;
+                    }
+                    Ok::<_, StorageError>(())
+                }
+            })
+            .buffer_unordered(job.req.concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        if whole {
+            checks = first_checks.into_inner().unwrap_or_default();
+            if size == 0 {
+                checks.etag_md5 = Checks::md5_etag(entry.etag.as_deref());
+            }
+        }
+        Ok(checks)
+    }
+
+    /// Write bytes `[start, end)` of the object at their offsets, resuming
+    /// with a ranged GET from the first missing byte when the body breaks
+    /// off. `whole`: the range is the whole object, so the first request is
+    /// a plain GET whose response carries the object's checksums.
+    async fn fetch_range(
+        &self,
+        job: &Job,
+        entry: &Entry,
+        file: &Arc<std::fs::File>,
+        start: u64,
+        end: u64,
+        whole: bool,
+    ) -> Result<Option<Checks>, StorageError> {
+        let Origin::S3 { bucket, key, version_id } = &entry.origin else { unreachable!("S3 entry") };
+        let mut pos = start;
+        let mut checks = None;
+        let mut last_err: Option<Box<dyn std::error::Error + Send + Sync>> = None;
+        for attempt in 1..=MAX_ATTEMPTS {
+            if attempt > 1 {
+                let backoff = Duration::from_millis(100 << (attempt - 2).min(5));
+                tracing::warn!(
+                    url = %entry.url(), offset = pos, attempt, error = %last_err.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+                    "download interrupted; resuming with a ranged GET"
+                );
+                tokio::time::sleep(backoff).await;
+            }
+            let _permit = job.requests.acquire().await.expect("semaphore never closed");
+            let mut req = self.client.get_object().bucket(bucket).key(key);
+            if let Some(v) = version_id {
+                req = req.version_id(v);
+            }
+            let ranged = !(whole && pos == 0);
+            if ranged {
+                req = req.range(format!("bytes={pos}-{}", end - 1));
+                if let Some(etag) = &entry.etag {
+                    req = req.if_match(format!("\"{etag}\""));
+                }
+            } else {
+                req = req.checksum_mode(ChecksumMode::Enabled);
+            }
+            let out = match req.send().await {
+                Ok(out) => out,
+                Err(e) => {
+                    let err = self.error("GET", bucket, key, e);
+                    if err.retryable() {
+                        last_err = Some(Box::new(err));
+                        continue;
+                    }
+                    return Err(err);
+                }
+            };
+            let want = end - pos;
+            if let Some(len) = out.content_length()
+                && len as u64 != want
+            {
+                return Err(StorageError::Mismatch {
+                    url: entry.url(),
+                    what: "response length".into(),
+                    expected: format!("{want} bytes"),
+                    actual: format!("{len} bytes"),
+                });
+            }
+            if !ranged {
+                if let (Some(listed), Some(now)) = (entry.etag.as_deref(), out.e_tag().map(|e| e.trim_matches('"')))
+                    && listed != now
+                {
+                    return Err(StorageError::Changed { url: entry.url() });
+                }
+                checks = Some(checks_of(
+                    out.e_tag(),
+                    out.server_side_encryption(),
+                    out.sse_customer_algorithm(),
+                    out.checksum_type(),
+                    [
+                        (ChecksumAlgorithm::Sha256, out.checksum_sha256()),
+                        (ChecksumAlgorithm::Sha1, out.checksum_sha1()),
+                        (ChecksumAlgorithm::Crc32, out.checksum_crc32()),
+                        (ChecksumAlgorithm::Crc32c, out.checksum_crc32_c()),
+                        (ChecksumAlgorithm::Crc64Nvme, out.checksum_crc64_nvme()),
+                    ],
+                ));
+            }
+            let mut body = out.body;
+            let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+            let broke = loop {
+                let next = match tokio::time::timeout(IDLE_TIMEOUT, body.try_next()).await {
+                    Ok(next) => next,
+                    Err(_) => break Some(format!("no data for {}s", IDLE_TIMEOUT.as_secs()).into()),
+                };
+                match next {
+                    Ok(Some(bytes)) => {
+                        if pos + (buf.len() + bytes.len()) as u64 > end {
+                            return Err(StorageError::Mismatch {
+                                url: entry.url(),
+                                what: "response length".into(),
+                                expected: format!("{want} bytes"),
+                                actual: "more".into(),
+                            });
+                        }
+                        buf.extend_from_slice(&bytes);
+                        if buf.len() >= WRITE_CHUNK {
+                            pos = write_at(job, entry, file, pos, buf.split().freeze()).await?;
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(e) => {
+                        if is_checksum_failure(&e) {
+                            return Err(StorageError::Mismatch {
+                                url: entry.url(),
+                                what: "response checksum".into(),
+                                expected: "the checksum the server sent".into(),
+                                actual: DisplayErrorContext(&e).to_string(),
+                            });
+                        }
+                        break Some(Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+                    }
+                }
+            };
+            // Bytes that arrived before a break are good: keep them.
+            if !buf.is_empty() {
+                pos = write_at(job, entry, file, pos, buf.split().freeze()).await?;
+            }
+            if pos == end {
+                return Ok(checks);
+            }
+            last_err = Some(broke.unwrap_or_else(|| "the body ended early".into()));
+        }
+        Err(StorageError::Interrupted {
+            url: entry.url(),
+            offset: pos,
+            size: entry.size,
+            attempts: MAX_ATTEMPTS,
+            source: last_err.unwrap_or_else(|| "interrupted".into()),
+        })
+    }
+}
+
+async fn write_at(
+    job: &Job,
+    entry: &Entry,
+    file: &Arc<std::fs::File>,
+    pos: u64,
+    data: bytes::Bytes,
+) -> Result<u64, StorageError> {
+    let n = data.len() as u64;
+    let file = file.clone();
+    let partial = job.partial_path(&entry.rel);
+    tokio::task::spawn_blocking(move || file.write_all_at(&data, pos))
+        .await
+        .expect("write does not panic")
+        .map_err(|e| StorageError::io("write", partial, e))?;
+    job.progress.add(n);
+    Ok(pos + n)
+}
+
+fn status<E, R: HasStatus>(err: &SdkError<E, R>) -> Option<u16> {
+    err.raw_response().map(HasStatus::status_code)
+}
+
+trait HasStatus {
+    fn status_code(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+/// Whether a body error is the SDK's response-checksum validation failing
+/// (corrupt bytes: never resume from them) rather than a broken connection.
+fn is_checksum_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<aws_smithy_checksums::body::validate::Error>().is_some() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// What a HEAD or GET response lets us verify the whole object against.
+fn checks_of(
+    etag: Option<&str>,
+    sse: Option<&ServerSideEncryption>,
+    sse_customer: Option<&str>,
+    checksum_type: Option<&ChecksumType>,
+    sums: [(ChecksumAlgorithm, Option<&str>); 5],
+) -> Checks {
+    // SSE-KMS and SSE-C ETags are not MD5s of the content.
+    let kms = matches!(sse, Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse));
+    let etag_md5 = if kms || sse_customer.is_some() { None } else { Checks::md5_etag(etag) };
+    // Composite (per-part) checksums end in `-N` and cannot be recomputed
+    // without the part boundaries.
+    let composite = matches!(checksum_type, Some(ChecksumType::Composite));
+    let checksum = if composite {
+        None
+    } else {
+        sums.into_iter().find_map(|(alg, v)| v.filter(|v| !v.contains('-')).map(|v| (alg, v.to_string())))
+    };
+    Checks { etag_md5, checksum }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_needs_insecure() {
+        assert!(check_endpoint("https://s3.example", false).is_ok());
+        assert!(check_endpoint("http://127.0.0.1:9000", true).is_ok());
+        let err = check_endpoint("http://127.0.0.1:9000", false).unwrap_err();
+        assert!(err.to_string().contains("set `insecure: true`"), "{err}");
+        assert!(check_endpoint("ftp://x", true).is_err());
+        assert!(check_endpoint("not a url", true).is_err());
+    }
+
+    #[test]
+    fn checks_skip_kms_etags_and_composite_sums() {
+        let md5 = "0123456789abcdef0123456789abcdef";
+        let c = checks_of(
+            Some(md5),
+            None,
+            None,
+            None,
+            [
+                (ChecksumAlgorithm::Sha256, None),
+                (ChecksumAlgorithm::Sha1, None),
+                (ChecksumAlgorithm::Crc32, Some("AAAAAA==")),
+                (ChecksumAlgorithm::Crc32c, None),
+                (ChecksumAlgorithm::Crc64Nvme, None),
+            ],
+        );
+        assert_eq!(c.etag_md5.as_deref(), Some(md5));
+        assert_eq!(c.checksum, Some((ChecksumAlgorithm::Crc32, "AAAAAA==".into())));
+        let kms = checks_of(
+            Some(md5),
+            Some(&ServerSideEncryption::AwsKms),
+            None,
+            Some(&ChecksumType::Composite),
+            [
+                (ChecksumAlgorithm::Sha256, Some("x-2")),
+                (ChecksumAlgorithm::Sha1, None),
+                (ChecksumAlgorithm::Crc32, None),
+                (ChecksumAlgorithm::Crc32c, None),
+                (ChecksumAlgorithm::Crc64Nvme, None),
+            ],
+        );
+        assert!(kms.etag_md5.is_none() && kms.checksum.is_none());
+    }
+}

@@ -1,0 +1,268 @@
+//! Verification and the small records that make a retry cheap: which ranges
+//! of a partial file are complete, and what a finished file was verified as.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_smithy_checksums::ChecksumAlgorithm;
+use base64::Engine;
+use md5::Digest as _;
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, Job, StorageError};
+
+/// What the source said a file's bytes must hash to, besides its size.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Checks {
+    /// Hex MD5 from a single-part ETag (not for SSE-KMS/SSE-C objects, whose
+    /// ETags are not MD5s).
+    pub etag_md5: Option<String>,
+    /// A full-object checksum the server stored (`x-amz-checksum-*`), base64.
+    pub checksum: Option<(ChecksumAlgorithm, String)>,
+}
+
+impl Checks {
+    /// The MD5 an ETag stands for, if it is a plain single-part one.
+    pub fn md5_etag(etag: Option<&str>) -> Option<String> {
+        let etag = etag?.trim_matches('"');
+        (etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())).then(|| etag.to_ascii_lowercase())
+    }
+}
+
+/// Completed ranges of a partial file, keyed by the object's identity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RangeState {
+    pub identity: String,
+    pub part_size: u64,
+    /// Start offsets of ranges whose bytes are all written.
+    pub done: BTreeSet<u64>,
+}
+
+/// What a finished file was verified as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DoneRecord {
+    identity: String,
+    size: u64,
+    sha256: String,
+    /// The final file's mtime when it was verified: a file touched since is
+    /// fetched again instead of trusted.
+    mtime_ns: i128,
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename, so a
+/// reader never sees half a record.
+pub(crate) async fn write_atomic(job: &Job, path: &Path, bytes: Vec<u8>) -> Result<(), StorageError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let tmp_dir = job.work_dir.join("tmp");
+    let tmp = tmp_dir.join(format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&tmp_dir).map_err(|e| StorageError::io("create directory", &tmp_dir, e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        }
+        std::fs::write(&tmp, &bytes).map_err(|e| StorageError::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename", &path, e))
+    })
+    .await
+    .expect("record write does not panic")
+}
+
+pub(crate) async fn load_ranges(path: &Path) -> Option<RangeState> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub(crate) async fn save_ranges(job: &Job, rel: &str, state: &RangeState) -> Result<(), StorageError> {
+    write_atomic(job, &job.ranges_path(rel), serde_json::to_vec(state).expect("serialisable")).await
+}
+
+/// The sha256 of `entry`'s final file if an earlier call finished and
+/// verified it against the same remote object and nobody touched it since.
+pub(crate) async fn reusable(job: &Job, entry: &Entry) -> Result<Option<String>, StorageError> {
+    let Ok(bytes) = tokio::fs::read(job.done_path(&entry.rel)).await else {
+        return Ok(None);
+    };
+    let Ok(rec) = serde_json::from_slice::<DoneRecord>(&bytes) else {
+        return Ok(None);
+    };
+    if rec.identity != entry.identity || rec.size != entry.size {
+        return Ok(None);
+    }
+    match tokio::fs::symlink_metadata(job.final_path(&entry.rel)).await {
+        Ok(meta) if meta.is_file() && meta.len() == rec.size && mtime_ns(&meta) == rec.mtime_ns => Ok(Some(rec.sha256)),
+        _ => Ok(None),
+    }
+}
+
+/// Hash the partial file once and compare with everything known about it.
+pub(crate) async fn check(
+    partial: &Path,
+    entry: &Entry,
+    checks: &Checks,
+    expect: Option<&str>,
+) -> Result<String, StorageError> {
+    let partial = partial.to_path_buf();
+    let (size, url) = (entry.size, entry.url());
+    let checks = checks.clone();
+    let expect = expect.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let mismatch = |what: &str, expected: String, actual: String| StorageError::Mismatch {
+            url: url.clone(),
+            what: what.into(),
+            expected,
+            actual,
+        };
+        let mut file = std::fs::File::open(&partial).map_err(|e| StorageError::io("open", &partial, e))?;
+        let len = file.metadata().map_err(|e| StorageError::io("stat", &partial, e))?.len();
+        if len != size {
+            return Err(mismatch("size", format!("{size} bytes"), format!("{len} bytes")));
+        }
+        let mut sha = sha2::Sha256::new();
+        let mut md5 = checks.etag_md5.as_ref().map(|_| md5::Md5::new());
+        let mut sum = checks.checksum.as_ref().map(|(alg, _)| alg.into_impl());
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| StorageError::io("read", &partial, e))?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+            if let Some(m) = md5.as_mut() {
+                m.update(&buf[..n]);
+            }
+            if let Some(s) = sum.as_mut() {
+                s.update(&buf[..n]);
+            }
+        }
+        let sha = hex::encode(sha.finalize());
+        if let (Some(m), Some(want)) = (md5, &checks.etag_md5) {
+            let got = hex::encode(m.finalize());
+            if &got != want {
+                return Err(mismatch("ETag (MD5)", want.clone(), got));
+            }
+        }
+        if let (Some(s), Some((alg, want))) = (sum, &checks.checksum) {
+            let got = base64::engine::general_purpose::STANDARD.encode(s.finalize());
+            if &got != want {
+                return Err(mismatch(&format!("{} checksum", alg.as_str()), want.clone(), got));
+            }
+        }
+        if let Some(want) = expect
+            && want != sha
+        {
+            return Err(mismatch("expectSha256", want, sha));
+        }
+        Ok(sha)
+    })
+    .await
+    .expect("hashing does not panic")
+}
+
+/// Give a verified partial file its final name and remember it as done.
+pub(crate) async fn commit(
+    job: &Job,
+    entry: &Entry,
+    partial: &Path,
+    final_path: &Path,
+    sha256: &str,
+) -> Result<(), StorageError> {
+    // Names were normalised already; this guards against a symlink planted
+    // inside the model directory pointing elsewhere.
+    let parent = final_path.parent().expect("has a parent");
+    let (real_parent, real_root) = (canonical(parent).await?, canonical(&job.model_dir).await?);
+    if !real_parent.starts_with(&real_root) {
+        return Err(StorageError::UnsafeKey {
+            url: entry.url(),
+            rel: entry.rel.clone(),
+            reason: super::UnsafePath::Escapes,
+        });
+    }
+    tokio::fs::rename(partial, final_path).await.map_err(|e| StorageError::io("rename", final_path, e))?;
+    let meta = tokio::fs::metadata(final_path).await.map_err(|e| StorageError::io("stat", final_path, e))?;
+    let rec = DoneRecord {
+        identity: entry.identity.clone(),
+        size: entry.size,
+        sha256: sha256.to_string(),
+        mtime_ns: mtime_ns(&meta),
+    };
+    write_atomic(job, &job.done_path(&entry.rel), serde_json::to_vec(&rec).expect("serialisable")).await?;
+    let _ = tokio::fs::remove_file(job.ranges_path(&entry.rel)).await;
+    Ok(())
+}
+
+async fn canonical(path: &Path) -> Result<PathBuf, StorageError> {
+    tokio::fs::canonicalize(path).await.map_err(|e| StorageError::io("resolve", path, e))
+}
+
+/// Forget a partial file and its ranges (after corrupt bytes).
+pub(crate) async fn discard(job: &Job, rel: &str) {
+    let _ = tokio::fs::remove_file(job.partial_path(rel)).await;
+    let _ = tokio::fs::remove_file(job.ranges_path(rel)).await;
+}
+
+/// Parse a `sha256sum`-style file: `<hex>  <path>` (or `<hex> *<path>`) per
+/// line; blank lines and `#` comments are skipped.
+pub(crate) async fn read_sha256sums(path: &Path) -> Result<BTreeMap<String, String>, StorageError> {
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| StorageError::io("read manifest", path, e))?;
+    parse_sha256sums(&text, &path.display().to_string())
+}
+
+pub(crate) fn parse_sha256sums(text: &str, origin: &str) -> Result<BTreeMap<String, String>, StorageError> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_end();
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let bad =
+            |message: &str| StorageError::BadManifest { path: origin.into(), line: i + 1, message: message.into() };
+        let (hash, rest) = line.split_once(' ').ok_or_else(|| bad("expected `<sha256 hex>  <path>`"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("the first field is not a 64-digit hex sha256"));
+        }
+        let name = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*')).unwrap_or(rest);
+        let name = name.strip_prefix('*').unwrap_or(name).strip_prefix("./").unwrap_or(name);
+        if name.is_empty() {
+            return Err(bad("no path after the digest"));
+        }
+        out.insert(name.to_string(), hash.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256sums_format() {
+        let h = "a".repeat(64);
+        let text = format!("# comment\n\n{h}  model.pkl\n{} *sub/b.bin\n{h}  ./c\n", "B".repeat(64));
+        let m = parse_sha256sums(&text, "SUMS").unwrap();
+        assert_eq!(m["model.pkl"], h);
+        assert_eq!(m["sub/b.bin"], "b".repeat(64));
+        assert!(m.contains_key("c"));
+        let err = parse_sha256sums("abc  x\n", "SUMS").unwrap_err();
+        assert_eq!(err.to_string(), "SUMS:1: the first field is not a 64-digit hex sha256");
+    }
+
+    #[test]
+    fn only_plain_etags_are_md5s() {
+        assert_eq!(
+            Checks::md5_etag(Some("\"D41D8CD98F00B204E9800998ECF8427E\"")).as_deref(),
+            Some("d41d8cd98f00b204e9800998ecf8427e")
+        );
+        assert_eq!(Checks::md5_etag(Some("\"d41d8cd98f00b204e9800998ecf8427e-2\"")), None);
+        assert_eq!(Checks::md5_etag(None), None);
+    }
+}
