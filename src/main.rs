@@ -1,6 +1,8 @@
 //! The `modelship` binary: parse, set up logging, dispatch, map the outcome
 //! to an exit code (0 success, 1 a stage failed, 2 bad input or usage).
 
+#![recursion_limit = "256"]
+
 use clap::Parser;
 use modelship::ExitClass;
 use modelship::commands::{Cli, dispatch};
