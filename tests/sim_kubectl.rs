@@ -111,7 +111,8 @@ fn kubectl() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()))
         .unwrap_or_default();
-    on_path.unwrap_or_else(|| panic!("kubectl not found: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)"))
+    on_path
+        .unwrap_or_else(|| panic!("kubectl not found: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)"))
 }
 
 fn names(table: &str) -> Vec<String> {
@@ -146,14 +147,19 @@ async fn kubectl_apply_get_delete_configmaps_and_leases() {
     let table = sim.ok(&["get", "leases"]).await;
     assert!(table.lines().next().unwrap().contains("HOLDER"), "{table}");
     assert!(table.contains("lock-weather") && table.contains("runner-1"), "{table}");
-    assert_eq!(
-        sim.ok(&["get", "lease", "lock-weather", "-o", "jsonpath={.spec.holderIdentity}"]).await,
-        "runner-1"
-    );
+    assert_eq!(sim.ok(&["get", "lease", "lock-weather", "-o", "jsonpath={.spec.holderIdentity}"]).await, "runner-1");
     sim.ok(&["patch", "lease", "lock-weather", "--type", "merge", "-p", r#"{"spec":{"holderIdentity":"runner-2"}}"#])
         .await;
-    sim.ok(&["patch", "lease", "lock-weather", "--type", "json", "-p", r#"[{"op":"replace","path":"/spec/leaseDurationSeconds","value":5}]"#])
-        .await;
+    sim.ok(&[
+        "patch",
+        "lease",
+        "lock-weather",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/leaseDurationSeconds","value":5}]"#,
+    ])
+    .await;
     let got: Value = serde_json::from_str(&sim.ok(&["get", "lease", "lock-weather", "-o", "json"]).await).unwrap();
     assert_eq!(got["spec"], json!({"holderIdentity": "runner-2", "leaseDurationSeconds": 5}));
 
@@ -183,7 +189,8 @@ async fn kubectl_replace_with_stale_resource_version_fails_with_conflict() {
 
     // With the current version, replace succeeds.
     let current = sim.ok(&["get", "cm", "b", "-o", "yaml"]).await;
-    let (ok, out, err) = sim.kubectl_in(&["replace", "-f", "-"], Some(&current.replace("k: newer", "k: replaced"))).await;
+    let (ok, out, err) =
+        sim.kubectl_in(&["replace", "-f", "-"], Some(&current.replace("k: newer", "k: replaced"))).await;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "configmap/b replaced");
     sim.stop().await;
@@ -259,7 +266,10 @@ async fn kubectl_get_watch_streams_added_modified_deleted() {
     let mut out = child.stdout.take().unwrap();
     // The existing object first, so the watch is established before changes.
     let first = read_json_docs(&mut out, 1).await;
-    assert_eq!((first[0]["type"].as_str(), first[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("b")));
+    assert_eq!(
+        (first[0]["type"].as_str(), first[0]["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("b"))
+    );
 
     let cms: Api<ConfigMap> = Api::namespaced(sim.client().await, "default");
     let c: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"x": "1"}})).unwrap();

@@ -85,10 +85,7 @@ async fn run_records_create_get_update_list() {
 
     assert_eq!(s.get_run(&key("weather", "r1")).await.unwrap(), Some(r1.clone()));
     assert_eq!(s.get_run(&key("weather", "nope")).await.unwrap(), None);
-    assert!(matches!(
-        s.update_run(&key("weather", "nope"), &mut |_| Ok(())).await,
-        Err(StateError::NotFound { .. })
-    ));
+    assert!(matches!(s.update_run(&key("weather", "nope"), &mut |_| Ok(())).await, Err(StateError::NotFound { .. })));
 
     let updated = s
         .update_run(&key("weather", "r1"), &mut |r| {
@@ -186,7 +183,10 @@ async fn ledger_is_bounded_by_count_and_far_below_a_mebibyte() {
     let f = fixture().await;
     assert_eq!(f.store.get_ledger("weather").await.unwrap().history.len(), 0, "absent ledger reads as empty");
     for i in 0..60 {
-        f.store.update_ledger("weather", &mut |l| Ok(l.record(entry(&format!("r{i}"))))).await.unwrap();
+        f.store.update_ledger("weather", &mut |l| {
+            let _: () = l.record(entry(&format!("r{i}")));
+            Ok(())
+        }).await.unwrap();
     }
     let l = f.store.get_ledger("weather").await.unwrap();
     assert_eq!(l.history.len(), l.limit, "trimmed to the default limit");
@@ -232,7 +232,9 @@ async fn lock_excludes_others_and_is_taken_over_only_after_expiry() {
     let renewed = s.renew_lock("weather", "runner-a", long).await.unwrap();
     assert_eq!(renewed.acquired, a.acquired, "renewing keeps the acquire time");
     s.release_lock("weather", "runner-a").await.unwrap();
-    assert!(Api::<Lease>::namespaced(f.client.clone(), NS).get_opt(&lock_lease_name("weather")).await.unwrap().is_none());
+    assert!(
+        Api::<Lease>::namespaced(f.client.clone(), NS).get_opt(&lock_lease_name("weather")).await.unwrap().is_none()
+    );
 
     // A holder that stops renewing loses the lock once its TTL has passed.
     s.try_lock("weather", "runner-b", Duration::from_secs(1)).await.unwrap();
@@ -291,4 +293,3 @@ async fn kube_status_stays_reachable_in_errors() {
     assert_eq!(err.kube_status().map(|s| s.code), Some(403));
     f.server.shutdown().await;
 }
-

@@ -57,8 +57,7 @@ fn is_config_key(k: &str) -> bool {
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-const KEY_MSG: &str =
-    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+const KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
 /// Checks a `data`-like map: valid keys, string values (base64 when
 /// `base64`); returns the payload size.
@@ -74,7 +73,9 @@ fn check_map(obj: &Value, field: &str, base64: bool, causes: &mut Vec<Cause>) ->
                 match v.as_str() {
                     Some(s) if base64 => match base64::engine::general_purpose::STANDARD.decode(s) {
                         Ok(b) => size += k.len() + b.len(),
-                        Err(_) => causes.push(Cause::invalid(format!("{field}[{k}]"), "<value>", "must be base64-encoded")),
+                        Err(_) => {
+                            causes.push(Cause::invalid(format!("{field}[{k}]"), "<value>", "must be base64-encoded"))
+                        }
                     },
                     Some(s) => size += k.len() + s.len(),
                     None => causes.push(Cause::type_invalid(format!("{field}[{k}]"), "a string")),
@@ -89,7 +90,9 @@ fn check_map(obj: &Value, field: &str, base64: bool, causes: &mut Vec<Cause>) ->
 fn validate_configmap(obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let size = check_map(obj, "data", false, &mut causes) + check_map(obj, "binaryData", true, &mut causes);
-    if let (Some(d), Some(b)) = (obj.get("data").and_then(Value::as_object), obj.get("binaryData").and_then(Value::as_object)) {
+    if let (Some(d), Some(b)) =
+        (obj.get("data").and_then(Value::as_object), obj.get("binaryData").and_then(Value::as_object))
+    {
         for k in d.keys().filter(|k| b.contains_key(*k)) {
             causes.push(Cause::invalid(format!("data[{k}]"), k, "duplicate of key present in binaryData"));
         }

@@ -206,8 +206,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         .await
         .map_err(|source| SimError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
-    let app = server::router(api.clone())
-        .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer));
+    let app = server::router(api.clone()).layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer));
     let shutdown = api.shutdown.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;

@@ -139,11 +139,7 @@ impl std::fmt::Debug for ResourceTable {
 
 impl ResourceTable {
     pub fn add(&mut self, t: ResourceType) {
-        assert!(
-            self.find(t.group, t.version, t.plural).is_none(),
-            "resource {} registered twice",
-            t.qualified()
-        );
+        assert!(self.find(t.group, t.version, t.plural).is_none(), "resource {} registered twice", t.qualified());
         self.types.push(Arc::new(t));
     }
 

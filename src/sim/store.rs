@@ -65,6 +65,21 @@ pub enum Scope {
     Status,
 }
 
+/// How a write is made: only over this resourceVersion (409 otherwise),
+/// to which part of the object, and whether to persist it.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub precondition_rv: Option<String>,
+    pub scope: Scope,
+    pub dry_run: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { precondition_rv: None, scope: Scope::Main, dry_run: false }
+    }
+}
+
 /// Conditions a delete must meet (`DeleteOptions.preconditions`).
 #[derive(Debug, Clone, Default)]
 pub struct Preconditions {
@@ -192,7 +207,7 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         None | Some(Value::Null) => {}
         Some(Value::Object(labels)) => {
             for (k, v) in labels {
-                let field = format!("metadata.labels");
+                let field = "metadata.labels".to_string();
                 let (prefix, key_name) = match k.split_once('/') {
                     Some((p, n)) => (Some(p), n),
                     None => (None, k.as_str()),
@@ -233,7 +248,8 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
 /// Keep only what a client may set on metadata; the server owns the rest.
 fn strip_server_fields(obj: &mut Value) {
     let m = meta_mut(obj);
-    for k in ["uid", "creationTimestamp", "resourceVersion", "generation", "managedFields", "selfLink", "deletionTimestamp"]
+    for k in
+        ["uid", "creationTimestamp", "resourceVersion", "generation", "managedFields", "selfLink", "deletionTimestamp"]
     {
         m.remove(k);
     }
@@ -267,7 +283,10 @@ impl Store {
                         let obj: Value = serde_json::from_str(&text)
                             .map_err(|e| SimError::Corrupt { path: path.clone(), message: e.to_string() })?;
                         let name = meta_str(&obj, "name")
-                            .ok_or_else(|| SimError::Corrupt { path: path.clone(), message: "no metadata.name".into() })?
+                            .ok_or_else(|| SimError::Corrupt {
+                                path: path.clone(),
+                                message: "no metadata.name".into(),
+                            })?
                             .to_string();
                         max_rv = max_rv.max(resource_version_of(&obj).unwrap_or(0));
                         objects.entry(key.clone()).or_default().insert((ns.clone(), name), obj);
@@ -334,12 +353,11 @@ impl Store {
             m.remove("namespace");
         }
         let has_name = m.get("name").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-        if !has_name {
-            if let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
+        if !has_name
+            && let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
                 let name = format!("{prefix}{}", random_suffix());
                 m.insert("name".into(), json!(name));
             }
-        }
         if let Some(f) = rt.normalize {
             f(&mut obj);
         }
@@ -347,7 +365,9 @@ impl Store {
         validate(rt, &name, &obj)?;
 
         let mut inner = self.lock();
-        if rt.namespaced && !inner.objects.get("core/namespaces").is_some_and(|m| m.contains_key(&(String::new(), ns.to_string()))) {
+        if rt.namespaced
+            && !inner.objects.get("core/namespaces").is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
+        {
             return Err(ApiError::namespace_not_found(ns));
         }
         let key = (ns.to_string(), name.clone());
@@ -408,7 +428,8 @@ impl Store {
         if !exists && rt.create_on_update && scope == Scope::Main {
             return self.create(rt, ns, obj, dry_run);
         }
-        self.modify_inner(rt, ns, name, precondition.as_deref(), dry_run, move |_old| Ok(obj), scope)
+        let opts = WriteOptions { precondition_rv: precondition, scope, dry_run };
+        self.modify(rt, ns, name, &opts, move |_old| Ok(obj))
     }
 
     /// Read-modify-write under the store lock: `f` gets the current object
@@ -419,36 +440,21 @@ impl Store {
         rt: &ResourceType,
         ns: &str,
         name: &str,
-        precondition_rv: Option<&str>,
-        scope: Scope,
-        dry_run: bool,
+        opts: &WriteOptions,
         f: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
-        self.modify_inner(rt, ns, name, precondition_rv, dry_run, f, scope)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn modify_inner(
-        &self,
-        rt: &ResourceType,
-        ns: &str,
-        name: &str,
-        precondition_rv: Option<&str>,
-        dry_run: bool,
-        f: impl FnOnce(&Value) -> Result<Value, ApiError>,
-        scope: Scope,
-    ) -> Result<Value, ApiError> {
+        let WriteOptions { precondition_rv, scope, dry_run } = opts;
+        let (scope, dry_run) = (*scope, *dry_run);
         let mut inner = self.lock();
         let Some(old) = inner.objects.get(&rt.key()).and_then(|m| m.get(&(ns.to_string(), name.to_string()))).cloned()
         else {
             return Err(ApiError::not_found(rt, name));
         };
         let old_rv = meta_str(&old, "resourceVersion").unwrap_or("").to_string();
-        if let Some(want) = precondition_rv {
-            if want != old_rv {
+        if let Some(want) = precondition_rv
+            && *want != old_rv {
                 return Err(ApiError::conflict(rt, name));
             }
-        }
         let mut obj = f(&old)?;
         check_type(rt, &mut obj)?;
         if meta_str(&obj, "name").is_some_and(|n| n != name) {
@@ -525,16 +531,14 @@ impl Store {
         };
         let uid = meta_str(&obj, "uid").unwrap_or("").to_string();
         let rv_now = meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
-        if let Some(want) = pre.uid.as_deref().filter(|s| !s.is_empty()) {
-            if want != uid {
+        if let Some(want) = pre.uid.as_deref().filter(|s| !s.is_empty())
+            && want != uid {
                 return Err(ApiError::precondition_conflict(rt, name, "UID", want, &uid));
             }
-        }
-        if let Some(want) = pre.resource_version.as_deref().filter(|s| !s.is_empty()) {
-            if want != rv_now {
+        if let Some(want) = pre.resource_version.as_deref().filter(|s| !s.is_empty())
+            && want != rv_now {
                 return Err(ApiError::precondition_conflict(rt, name, "ResourceVersion", want, &rv_now));
             }
-        }
         if dry_run {
             return Ok(obj);
         }
@@ -550,7 +554,8 @@ impl Store {
                 .flat_map(|(res, m)| m.keys().filter(|(n, _)| n == name).map(move |(_, o)| (res.clone(), o.clone())))
                 .collect();
             for (res, oname) in keys {
-                let Some(mut child) = inner.objects.get(&res).and_then(|m| m.get(&(name.to_string(), oname.clone()))).cloned()
+                let Some(mut child) =
+                    inner.objects.get(&res).and_then(|m| m.get(&(name.to_string(), oname.clone()))).cloned()
                 else {
                     continue;
                 };
@@ -576,8 +581,8 @@ impl Store {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let mut backlog = Vec::new();
-        if from_rv.is_none() {
-            if let Some(m) = inner.objects.get(resource) {
+        if from_rv.is_none()
+            && let Some(m) = inner.objects.get(resource) {
                 for ((n, _), obj) in m {
                     if ns.is_none_or(|ns| n == ns) {
                         backlog.push(Event {
@@ -591,7 +596,6 @@ impl Store {
                     }
                 }
             }
-        }
         if let Some(from) = from_rv {
             if from < inner.history_from {
                 return Err(ApiError::gone(from, inner.history_from + 1));
@@ -768,8 +772,10 @@ mod tests {
         subresources: &["status"],
         ..ResourceType::namespaced("example.io", "v1", "Widget", "widgets", "widget")
     };
-    const NAMESPACES: ResourceType =
-        ResourceType { namespaced: false, ..ResourceType::namespaced("", "v1", "Namespace", "namespaces", "namespace") };
+    const NAMESPACES: ResourceType = ResourceType {
+        namespaced: false,
+        ..ResourceType::namespaced("", "v1", "Namespace", "namespaces", "namespace")
+    };
 
     fn store(dir: &Path) -> Store {
         let s = Store::open(dir).unwrap();

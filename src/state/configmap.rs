@@ -149,8 +149,9 @@ impl ConfigMapStore {
     fn lock_info(model: &str, lease: &Lease) -> LockInfo {
         let spec = lease.spec.clone().unwrap_or_default();
         let renew = spec.renew_time.or(spec.acquire_time.clone()).map(|t| t.0);
-        let expires = renew
-            .and_then(|r| r.checked_add(jiff02::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into())).ok());
+        let expires = renew.and_then(|r| {
+            r.checked_add(jiff02::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into())).ok()
+        });
         LockInfo {
             model: model.to_string(),
             holder: spec.holder_identity.unwrap_or_default(),
