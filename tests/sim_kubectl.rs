@@ -163,7 +163,9 @@ async fn kubectl_apply_get_delete_configmaps_and_leases() {
     let got: Value = serde_json::from_str(&sim.ok(&["get", "lease", "lock-weather", "-o", "json"]).await).unwrap();
     assert_eq!(got["spec"], json!({"holderIdentity": "runner-2", "leaseDurationSeconds": 5}));
 
-    assert_eq!(sim.ok(&["delete", "configmap", "b"]).await.trim(), "configmap \"b\" deleted");
+    // kubectl >= 1.33 adds " from default namespace".
+    let deleted = sim.ok(&["delete", "configmap", "b"]).await;
+    assert!(deleted.starts_with("configmap \"b\" deleted"), "{deleted}");
     let (ok, _, err) = sim.kubectl(&["get", "configmap", "b"]).await;
     assert!(!ok);
     insta::assert_snapshot!(err.trim(), @r#"Error from server (NotFound): configmaps "b" not found"#);
@@ -370,8 +372,8 @@ async fn kube_client_sees_status_bodies_and_watch_from_resource_version() {
     assert_eq!(status(cms.replace("a", &PostParams::default(), &stale).await.unwrap_err()).1, "Conflict");
 
     let rv = created.metadata.resource_version.clone().unwrap();
-    let events = cms.watch(&WatchParams::default().timeout(2), &rv).await.unwrap();
     use futures::StreamExt;
+    let events = cms.watch(&WatchParams::default().timeout(2), &rv).await.unwrap();
     let events: Vec<_> = events.collect().await;
     let kinds: Vec<String> = events
         .into_iter()
@@ -383,5 +385,49 @@ async fn kube_client_sees_status_bodies_and_watch_from_resource_version() {
         })
         .collect();
     assert_eq!(kinds, ["MODIFIED 2"], "only what happened after {rv}, then the timeout ends the stream");
+
+    // A filtered watch sees an object leave and enter its selection.
+    let rv = cms.get("a").await.unwrap().metadata.resource_version.unwrap();
+    let label = |v: &str| json!({"metadata": {"labels": {"app": v}}});
+    for app in ["web", "db", "web"] {
+        cms.patch("a", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(label(app))).await.unwrap();
+    }
+    cms.delete("a", &Default::default()).await.unwrap();
+    let events: Vec<_> =
+        cms.watch(&WatchParams::default().labels("app=web").timeout(1), &rv).await.unwrap().collect().await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match e.as_ref().unwrap() {
+            WatchEvent::Added(_) => "ADDED",
+            WatchEvent::Modified(_) => "MODIFIED",
+            WatchEvent::Deleted(_) => "DELETED",
+            _ => "OTHER",
+        })
+        .collect();
+    assert_eq!(kinds, ["ADDED", "DELETED", "ADDED", "DELETED"]);
+    sim.stop().await;
+}
+
+/// kube-runtime's watcher (list, then watch from the list's version, with
+/// bookmarks) sees the initial state and later changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_runtime_watcher_lists_then_follows_changes() {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let sim = Sim::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client().await, "default");
+    let mk = |name: &str| -> ConfigMap { serde_json::from_value(json!({"metadata": {"name": name}})).unwrap() };
+    cms.create(&PostParams::default(), &mk("before")).await.unwrap();
+    let mut stream = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
+    let mut next =
+        async || tokio::time::timeout(Duration::from_secs(30), stream.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(next().await, Event::Init));
+    assert!(matches!(next().await, Event::InitApply(c) if c.metadata.name.as_deref() == Some("before")));
+    assert!(matches!(next().await, Event::InitDone));
+    cms.create(&PostParams::default(), &mk("after")).await.unwrap();
+    assert!(matches!(next().await, Event::Apply(c) if c.metadata.name.as_deref() == Some("after")));
+    cms.delete("before", &Default::default()).await.unwrap();
+    assert!(matches!(next().await, Event::Delete(c) if c.metadata.name.as_deref() == Some("before")));
+    drop(stream);
     sim.stop().await;
 }
