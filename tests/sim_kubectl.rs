@@ -431,3 +431,25 @@ async fn kube_runtime_watcher_lists_then_follows_changes() {
     drop(stream);
     sim.stop().await;
 }
+
+/// `kubectl create namespace|configmap|secret` send protobuf bodies (typed
+/// client-go); the sim decodes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_typed_objects_sent_as_protobuf() {
+    let sim = Sim::start().await;
+    sim.ok(&["create", "namespace", "models-dev"]).await;
+    sim.ok(&["create", "configmap", "a", "-n", "models-dev", "--from-literal=x=1", "--from-literal=y=2"]).await;
+    sim.ok(&["create", "secret", "generic", "s", "-n", "models-dev", "--from-literal=token=abc"]).await;
+    let cm: Value = serde_json::from_str(&sim.ok(&["get", "cm", "a", "-n", "models-dev", "-o", "json"]).await).unwrap();
+    assert_eq!(cm["data"], json!({"x": "1", "y": "2"}));
+    let s: Value =
+        serde_json::from_str(&sim.ok(&["get", "secret", "s", "-n", "models-dev", "-o", "json"]).await).unwrap();
+    assert_eq!((s["data"]["token"].as_str(), s["type"].as_str()), (Some("YWJj"), Some("Opaque")));
+    let (ok, _, err) = sim.kubectl(&["create", "configmap", "a", "-n", "models-dev"]).await;
+    assert!(!ok);
+    assert!(err.contains(r#"configmaps "a" already exists"#), "{err}");
+    // Deleting the namespace takes its objects with it.
+    sim.ok(&["delete", "namespace", "models-dev"]).await;
+    assert_eq!(sim.ok(&["get", "cm", "-A", "-o", "name"]).await, "");
+    sim.stop().await;
+}

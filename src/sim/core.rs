@@ -16,6 +16,7 @@ pub const NAMESPACES: ResourceType = ResourceType {
     verbs: &["create", "delete", "get", "list", "patch", "update", "watch"],
     columns: &[Column::Path { name: "Status", path: "status.phase" }],
     normalize: Some(normalize_namespace),
+    protobuf: Some(super::protobuf::namespace),
     ..ResourceType::namespaced("", "v1", "Namespace", "namespaces", "namespace")
 };
 
@@ -23,6 +24,7 @@ pub const CONFIGMAPS: ResourceType = ResourceType {
     short_names: &["cm"],
     columns: &[Column::Count { name: "Data", paths: &["data", "binaryData"] }],
     validate: Some(validate_configmap),
+    protobuf: Some(super::protobuf::configmap),
     ..ResourceType::namespaced("", "v1", "ConfigMap", "configmaps", "configmap")
 };
 
@@ -30,6 +32,7 @@ pub const SECRETS: ResourceType = ResourceType {
     columns: &[Column::Path { name: "Type", path: "type" }, Column::Count { name: "Data", paths: &["data"] }],
     validate: Some(validate_secret),
     normalize: Some(normalize_secret),
+    protobuf: Some(super::protobuf::secret),
     verbs: STANDARD_VERBS,
     ..ResourceType::namespaced("", "v1", "Secret", "secrets", "secret")
 };
@@ -115,7 +118,7 @@ fn normalize_secret(obj: &mut Value) {
             }
         }
     }
-    if obj.get("type").is_none_or(Value::is_null) {
+    if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
         obj["type"] = json!("Opaque");
     }
 }

@@ -72,10 +72,11 @@ pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> R
     let query = Query::parse(req.uri().query()).unwrap_or_default();
     let info = RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers());
     if let Some(rt) = &info.resource
-        && api.faults.forbidden.iter().any(|r| r.denies(&info)) {
-            let name = info.name.as_deref().unwrap_or("");
-            return ApiError::forbidden(rt, name, &info.verb, info.namespace.as_deref(), &info.user).into_response();
-        }
+        && api.faults.forbidden.iter().any(|r| r.denies(&info))
+    {
+        let name = info.name.as_deref().unwrap_or("");
+        return ApiError::forbidden(rt, name, &info.verb, info.namespace.as_deref(), &info.user).into_response();
+    }
     req.extensions_mut().insert(info);
     next.run(req).await
 }

@@ -51,6 +51,7 @@ pub mod coordination;
 pub mod core;
 pub mod discovery;
 pub mod faults;
+pub mod protobuf;
 pub mod registry;
 pub mod resource;
 pub mod selector;

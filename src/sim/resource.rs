@@ -54,6 +54,9 @@ pub struct ResourceType {
     pub columns: &'static [Column],
     pub validate: Option<Validator>,
     pub normalize: Option<Normalizer>,
+    /// Accepts `application/vnd.kubernetes.protobuf` bodies (typed
+    /// client-go clients) through this decoder.
+    pub protobuf: Option<super::protobuf::Decoder>,
 }
 
 impl ResourceType {
@@ -82,6 +85,7 @@ impl ResourceType {
             columns: &[],
             validate: None,
             normalize: None,
+            protobuf: None,
         }
     }
 

@@ -251,7 +251,7 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
                 Ok(json_response(StatusCode::OK, &obj))
             }
             Method::PUT => {
-                let body = read_json(req).await?;
+                let body = read_json(req, &rt).await?;
                 let obj = api.store.update(&rt, &ns, &name, body, Scope::Status, query.dry_run)?;
                 Ok(json_response(StatusCode::OK, &obj))
             }
@@ -295,19 +295,21 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
-            let body = read_json(req).await?;
+            let body = read_json(req, &rt).await?;
             if rt.namespaced
                 && let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str)
-                    && !body_ns.is_empty() && body_ns != ns {
-                        return Err(ApiError::bad_request(
-                            "the namespace of the provided object does not match the namespace sent on the request",
-                        ));
-                    }
+                && !body_ns.is_empty()
+                && body_ns != ns
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
             let obj = api.store.create(&rt, &ns, body, query.dry_run)?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
-            let body = read_json(req).await?;
+            let body = read_json(req, &rt).await?;
             let existed = api.store.get(&rt, &ns, &name).is_some();
             let obj = api.store.update(&rt, &ns, &name, body, Scope::Main, query.dry_run)?;
             Ok(json_response(if existed { StatusCode::OK } else { StatusCode::CREATED }, &obj))
@@ -364,12 +366,30 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// The body of a create/update. Only JSON: protobuf (what typed client-go
-/// clients such as `kubectl create configmap` send) is refused with 415.
-async fn read_json(req: Request) -> Result<Value, ApiError> {
+/// The body of a create/update: JSON, YAML, or protobuf for the kinds that
+/// have a decoder (what typed client-go clients such as `kubectl create
+/// configmap` send); anything else is refused with 415.
+async fn read_json(req: Request, rt: &ResourceType) -> Result<Value, ApiError> {
     let ct = content_type(req.headers());
-    if !ct.is_empty() && ct != "application/json" && ct != "application/yaml" {
+    let proto = ct == super::protobuf::CONTENT_TYPE;
+    if !ct.is_empty() && ct != "application/json" && ct != "application/yaml" && !(proto && rt.protobuf.is_some()) {
         return Err(ApiError::unsupported_media_type(&ct));
+    }
+    if proto {
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let decode = rt.protobuf.expect("checked above");
+        let bad = |e: String| ApiError::bad_request(format!("the protobuf body is not a valid {}: {e}", rt.kind));
+        let (api_version, kind, raw) = super::protobuf::envelope(&bytes).map_err(bad)?;
+        if api_version != rt.api_version() || kind != rt.kind {
+            return Err(ApiError::bad_request(format!(
+                "the protobuf body is a {api_version} {kind}, expected a {} {}",
+                rt.api_version(),
+                rt.kind
+            )));
+        }
+        return decode(raw).map_err(bad);
     }
     let yaml = ct == "application/yaml";
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
@@ -458,9 +478,10 @@ fn patch(
                 json_patch::merge(&mut new, p);
                 // A resourceVersion in the patch is a precondition.
                 if let Some(want) = p.pointer("/metadata/resourceVersion").and_then(Value::as_str)
-                    && Some(want) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                        return Err(ApiError::conflict(rt, name));
-                    }
+                    && Some(want) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                {
+                    return Err(ApiError::conflict(rt, name));
+                }
             }
             Kind::Json(p) => {
                 json_patch::patch(&mut new, p).map_err(|e| match e.kind {
@@ -626,17 +647,20 @@ async fn watch(
         for e in &backlog {
             let kind = if from.is_none() { if matches(&e.object) { Some("ADDED") } else { None } } else { view(e) };
             if let Some(kind) = kind
-                && tx.send(Ok(encode(kind, &e.object))).await.is_err() {
-                    return;
-                }
+                && tx.send(Ok(encode(kind, &e.object))).await.is_err()
+            {
+                return;
+            }
             last_rv = last_rv.max(e.rv);
         }
         // Everything up to the subscription point has been seen.
         last_rv = last_rv.max(if from.is_none() { current_rv } else { last_rv });
-        if query.send_initial_events && query.allow_bookmarks
-            && tx.send(Ok(encode("BOOKMARK", &bookmark(current_rv, true)))).await.is_err() {
-                return;
-            }
+        if query.send_initial_events
+            && query.allow_bookmarks
+            && tx.send(Ok(encode("BOOKMARK", &bookmark(current_rv, true)))).await.is_err()
+        {
+            return;
+        }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         let mut ticker = tokio::time::interval(BOOKMARK_EVERY);

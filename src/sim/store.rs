@@ -353,11 +353,10 @@ impl Store {
             m.remove("namespace");
         }
         let has_name = m.get("name").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-        if !has_name
-            && let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
-                let name = format!("{prefix}{}", random_suffix());
-                m.insert("name".into(), json!(name));
-            }
+        if !has_name && let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
+            let name = format!("{prefix}{}", random_suffix());
+            m.insert("name".into(), json!(name));
+        }
         if let Some(f) = rt.normalize {
             f(&mut obj);
         }
@@ -452,9 +451,10 @@ impl Store {
         };
         let old_rv = meta_str(&old, "resourceVersion").unwrap_or("").to_string();
         if let Some(want) = precondition_rv
-            && *want != old_rv {
-                return Err(ApiError::conflict(rt, name));
-            }
+            && *want != old_rv
+        {
+            return Err(ApiError::conflict(rt, name));
+        }
         let mut obj = f(&old)?;
         check_type(rt, &mut obj)?;
         if meta_str(&obj, "name").is_some_and(|n| n != name) {
@@ -532,13 +532,15 @@ impl Store {
         let uid = meta_str(&obj, "uid").unwrap_or("").to_string();
         let rv_now = meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
         if let Some(want) = pre.uid.as_deref().filter(|s| !s.is_empty())
-            && want != uid {
-                return Err(ApiError::precondition_conflict(rt, name, "UID", want, &uid));
-            }
+            && want != uid
+        {
+            return Err(ApiError::precondition_conflict(rt, name, "UID", want, &uid));
+        }
         if let Some(want) = pre.resource_version.as_deref().filter(|s| !s.is_empty())
-            && want != rv_now {
-                return Err(ApiError::precondition_conflict(rt, name, "ResourceVersion", want, &rv_now));
-            }
+            && want != rv_now
+        {
+            return Err(ApiError::precondition_conflict(rt, name, "ResourceVersion", want, &rv_now));
+        }
         if dry_run {
             return Ok(obj);
         }
@@ -582,20 +584,21 @@ impl Store {
         let rx = self.tx.subscribe();
         let mut backlog = Vec::new();
         if from_rv.is_none()
-            && let Some(m) = inner.objects.get(resource) {
-                for ((n, _), obj) in m {
-                    if ns.is_none_or(|ns| n == ns) {
-                        backlog.push(Event {
-                            rv: resource_version_of(obj).unwrap_or(0),
-                            resource: resource.to_string(),
-                            namespace: n.clone(),
-                            kind: EventType::Added,
-                            object: Arc::new(obj.clone()),
-                            previous: None,
-                        });
-                    }
+            && let Some(m) = inner.objects.get(resource)
+        {
+            for ((n, _), obj) in m {
+                if ns.is_none_or(|ns| n == ns) {
+                    backlog.push(Event {
+                        rv: resource_version_of(obj).unwrap_or(0),
+                        resource: resource.to_string(),
+                        namespace: n.clone(),
+                        kind: EventType::Added,
+                        object: Arc::new(obj.clone()),
+                        previous: None,
+                    });
                 }
             }
+        }
         if let Some(from) = from_rv {
             if from < inner.history_from {
                 return Err(ApiError::gone(from, inner.history_from + 1));
