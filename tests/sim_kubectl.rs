@@ -453,3 +453,23 @@ async fn kubectl_create_typed_objects_sent_as_protobuf() {
     assert_eq!(sim.ok(&["get", "cm", "-A", "-o", "name"]).await, "");
     sim.stop().await;
 }
+
+/// Plain `kubectl get -w` asks for Table rows in the watch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_prints_table_rows() {
+    use tokio::io::AsyncBufReadExt;
+    let sim = Sim::start().await;
+    let f = sim.write("b.yaml", CM_B);
+    sim.ok(&["apply", "-f", &f]).await;
+    let mut child = sim.kubectl_cmd(&["get", "cm", "-w"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+    assert!(next().await.unwrap().starts_with("NAME"));
+    assert!(next().await.unwrap().starts_with("b "));
+    let f = sim.write("c.yaml", &CM_B.replace("name: b", "name: c"));
+    sim.ok(&["apply", "-f", &f]).await;
+    let row = next().await.unwrap();
+    assert!(row.starts_with("c "), "{row}");
+    child.kill().await.unwrap();
+    sim.stop().await;
+}
