@@ -322,6 +322,19 @@ async fn objects_and_resource_version_persist_across_a_restart() {
         rv(&c_rv) > rv(before["metadata"]["resourceVersion"].as_str().unwrap()),
         "resourceVersion continues after a restart"
     );
+    // Watch history does not survive a restart: resuming from before it is
+    // a 410 ERROR event (the client re-lists), as after etcd compaction.
+    use futures::StreamExt;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client().await, "default");
+    let mut events = cms.watch(&WatchParams::default().timeout(5), "1").await.unwrap().boxed();
+    match events.next().await {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    // Two sims never share a data dir.
+    let again = SimConfig::new(sim.dir.path().join("data"), "sim");
+    let err = sim::start(again).await.err().expect("second sim on the same dir is refused");
+    assert!(err.to_string().contains("another sim is using this data directory"), "{err}");
     sim.stop().await;
 }
 

@@ -185,6 +185,7 @@ impl SimServer {
             task.abort();
             let _ = task.await;
         }
+        self.api.store.release();
     }
 }
 

@@ -597,7 +597,21 @@ async fn watch(
         }
     };
     let from = if query.send_initial_events { None } else { from };
-    let (backlog, current_rv, mut rx) = api.store.subscribe(&rt.key(), ns.as_deref(), from)?;
+    let (backlog, current_rv, mut rx) = match api.store.subscribe(&rt.key(), ns.as_deref(), from) {
+        Ok(s) => s,
+        // As the API server does: a watch from a compacted version is
+        // answered 200 with one ERROR event carrying the 410 Status; the
+        // client re-lists.
+        Err(e) if e.code == 410 => {
+            let line = format!("{}\n", json!({ "type": "ERROR", "object": e.body() }));
+            return Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(line))
+                .expect("static response parts are valid"));
+        }
+        Err(e) => return Err(e),
+    };
     let timeout = query.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_WATCH_TIMEOUT);
     let (tx, out) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let shutdown = api.shutdown.clone();

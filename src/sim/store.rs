@@ -101,6 +101,9 @@ pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Event>,
     root: PathBuf,
+    /// An exclusive lock on `objects/.lock`: two sims writing one data dir
+    /// would interleave resourceVersions and lose objects.
+    dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -260,6 +263,23 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, SimError> {
         let objects_dir = root.join("objects");
         std::fs::create_dir_all(&objects_dir).map_err(io_err(&objects_dir))?;
+        let lock_path = objects_dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SimError::Corrupt {
+                    path: root.to_path_buf(),
+                    message: "another sim is using this data directory".into(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(SimError::Io { path: lock_path, source: e }),
+        }
         let mut objects: Objects = BTreeMap::new();
         let mut max_rv = 0u64;
         // Layout: objects/<group>/<plural>/<namespace or _cluster>/<name>.json
@@ -309,7 +329,16 @@ impl Store {
             inner: Mutex::new(Inner { rv, objects, history: VecDeque::new(), history_from: rv }),
             tx,
             root: root.to_path_buf(),
+            dir_lock: Mutex::new(Some(lock)),
         })
+    }
+
+    /// Let another sim open the data dir (at shutdown; also on drop).
+    pub fn release(&self) {
+        let lock = self.dir_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = lock {
+            let _ = f.unlock();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -842,6 +871,16 @@ mod tests {
         assert!(s.get(&WIDGETS, "ns", "b").is_none());
         // Watching from before the restart cannot be served: re-list.
         assert_eq!(s.subscribe(&WIDGETS.key(), None, Some(1)).unwrap_err().code, 410);
+    }
+
+    #[test]
+    fn a_data_dir_serves_one_sim_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another sim is using this data directory"), "{err}");
+        first.release();
+        Store::open(dir.path()).unwrap();
     }
 
     #[test]
