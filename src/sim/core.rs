@@ -24,6 +24,7 @@ pub const CONFIGMAPS: ResourceType = ResourceType {
     short_names: &["cm"],
     columns: &[Column::Count { name: "Data", paths: &["data", "binaryData"] }],
     validate: Some(validate_configmap),
+    validate_update: Some(immutable_data),
     protobuf: Some(super::protobuf::configmap),
     ..ResourceType::namespaced("", "v1", "ConfigMap", "configmaps", "configmap")
 };
@@ -31,6 +32,7 @@ pub const CONFIGMAPS: ResourceType = ResourceType {
 pub const SECRETS: ResourceType = ResourceType {
     columns: &[Column::Path { name: "Type", path: "type" }, Column::Count { name: "Data", paths: &["data"] }],
     validate: Some(validate_secret),
+    validate_update: Some(immutable_data),
     normalize: Some(normalize_secret),
     protobuf: Some(super::protobuf::secret),
     verbs: STANDARD_VERBS,
@@ -106,6 +108,32 @@ fn validate_configmap(obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// A ConfigMap or Secret marked `immutable: true` keeps its data and the
+/// mark for good.
+fn immutable_data(old: &Value, new: &Value) -> Vec<Cause> {
+    if old.get("immutable") != Some(&Value::Bool(true)) {
+        return Vec::new();
+    }
+    let mut causes = Vec::new();
+    if new.get("immutable") != Some(&Value::Bool(true)) {
+        causes.push(Cause {
+            reason: "FieldValueForbidden",
+            message: "Forbidden: field is immutable when `immutable` is set".into(),
+            field: "immutable".into(),
+        });
+    }
+    for f in ["data", "binaryData"] {
+        if old.get(f) != new.get(f) {
+            causes.push(Cause {
+                reason: "FieldValueForbidden",
+                message: "Forbidden: field is immutable when `immutable` is set".into(),
+                field: f.into(),
+            });
+        }
+    }
+    causes
+}
+
 /// `stringData` is write-only: folded into `data` (base64) on write.
 fn normalize_secret(obj: &mut Value) {
     if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) {
@@ -143,6 +171,19 @@ mod tests {
         let big = json!({"data": {"a": "x".repeat(MAX_DATA_BYTES)}});
         assert_eq!(validate_configmap(&big)[0].reason, "FieldValueTooLong");
         assert!(validate_configmap(&json!({"data": {"a": "b"}, "binaryData": {"c": "ZA=="}})).is_empty());
+    }
+
+    #[test]
+    fn immutable_configmaps_keep_their_data() {
+        let old = json!({"immutable": true, "data": {"a": "1"}});
+        assert!(
+            immutable_data(&old, &json!({"immutable": true, "data": {"a": "1"}, "metadata": {"labels": {"x": "y"}}}))
+                .is_empty()
+        );
+        let fields: Vec<String> =
+            immutable_data(&old, &json!({"data": {"a": "2"}})).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["immutable", "data"]);
+        assert!(immutable_data(&json!({"data": {}}), &json!({"data": {"a": "2"}})).is_empty());
     }
 
     #[test]

@@ -529,6 +529,12 @@ impl Store {
             f(&mut obj);
         }
         validate(rt, name, &obj)?;
+        if let Some(check) = rt.validate_update {
+            let causes = check(&old, &obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt, name, causes));
+            }
+        }
         if rt.generation && old.get("spec") != obj.get("spec") {
             let g = meta(&old).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
             meta_mut(&mut obj).insert("generation".into(), json!(g + 1));
@@ -871,6 +877,30 @@ mod tests {
         assert!(s.get(&WIDGETS, "ns", "b").is_none());
         // Watching from before the restart cannot be served: re-list.
         assert_eq!(s.subscribe(&WIDGETS.key(), None, Some(1)).unwrap_err().code, 410);
+    }
+
+    /// What a controller sees: every committed change, in commit order,
+    /// with the state before it; and a status write through `modify`.
+    #[tokio::test]
+    async fn controllers_follow_the_event_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut events = s.events();
+        s.create(&WIDGETS, "ns", json!({"metadata": {"name": "w"}, "spec": {"n": 1}}), false).unwrap();
+        let e = events.recv().await.unwrap();
+        assert_eq!((e.kind, e.resource.as_str(), e.namespace.as_str()), (EventType::Added, "example.io/widgets", "ns"));
+        let opts = WriteOptions { scope: Scope::Status, ..Default::default() };
+        s.modify(&WIDGETS, "ns", "w", &opts, |old| {
+            let mut new = old.clone();
+            new["status"] = json!({"phase": "Running"});
+            Ok(new)
+        })
+        .unwrap();
+        let e2 = events.recv().await.unwrap();
+        assert_eq!(e2.kind, EventType::Modified);
+        assert!(e2.rv > e.rv);
+        assert_eq!(e2.object["status"]["phase"], "Running");
+        assert!(e2.previous.as_ref().unwrap().get("status").is_none());
     }
 
     #[test]
