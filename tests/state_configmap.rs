@@ -183,10 +183,13 @@ async fn ledger_is_bounded_by_count_and_far_below_a_mebibyte() {
     let f = fixture().await;
     assert_eq!(f.store.get_ledger("weather").await.unwrap().history.len(), 0, "absent ledger reads as empty");
     for i in 0..60 {
-        f.store.update_ledger("weather", &mut |l| {
-            let _: () = l.record(entry(&format!("r{i}")));
-            Ok(())
-        }).await.unwrap();
+        f.store
+            .update_ledger("weather", &mut |l| {
+                l.record(entry(&format!("r{i}")));
+                Ok(())
+            })
+            .await
+            .unwrap();
     }
     let l = f.store.get_ledger("weather").await.unwrap();
     assert_eq!(l.history.len(), l.limit, "trimmed to the default limit");
