@@ -111,7 +111,8 @@ fn kubectl() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()))
         .unwrap_or_default();
-    on_path.unwrap_or_else(|| panic!("kubectl not found: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)"))
+    on_path
+        .unwrap_or_else(|| panic!("kubectl not found: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)"))
 }
 
 fn names(table: &str) -> Vec<String> {
@@ -146,18 +147,25 @@ async fn kubectl_apply_get_delete_configmaps_and_leases() {
     let table = sim.ok(&["get", "leases"]).await;
     assert!(table.lines().next().unwrap().contains("HOLDER"), "{table}");
     assert!(table.contains("lock-weather") && table.contains("runner-1"), "{table}");
-    assert_eq!(
-        sim.ok(&["get", "lease", "lock-weather", "-o", "jsonpath={.spec.holderIdentity}"]).await,
-        "runner-1"
-    );
+    assert_eq!(sim.ok(&["get", "lease", "lock-weather", "-o", "jsonpath={.spec.holderIdentity}"]).await, "runner-1");
     sim.ok(&["patch", "lease", "lock-weather", "--type", "merge", "-p", r#"{"spec":{"holderIdentity":"runner-2"}}"#])
         .await;
-    sim.ok(&["patch", "lease", "lock-weather", "--type", "json", "-p", r#"[{"op":"replace","path":"/spec/leaseDurationSeconds","value":5}]"#])
-        .await;
+    sim.ok(&[
+        "patch",
+        "lease",
+        "lock-weather",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/leaseDurationSeconds","value":5}]"#,
+    ])
+    .await;
     let got: Value = serde_json::from_str(&sim.ok(&["get", "lease", "lock-weather", "-o", "json"]).await).unwrap();
     assert_eq!(got["spec"], json!({"holderIdentity": "runner-2", "leaseDurationSeconds": 5}));
 
-    assert_eq!(sim.ok(&["delete", "configmap", "b"]).await.trim(), "configmap \"b\" deleted");
+    // kubectl >= 1.33 adds " from default namespace".
+    let deleted = sim.ok(&["delete", "configmap", "b"]).await;
+    assert!(deleted.starts_with("configmap \"b\" deleted"), "{deleted}");
     let (ok, _, err) = sim.kubectl(&["get", "configmap", "b"]).await;
     assert!(!ok);
     insta::assert_snapshot!(err.trim(), @r#"Error from server (NotFound): configmaps "b" not found"#);
@@ -183,7 +191,8 @@ async fn kubectl_replace_with_stale_resource_version_fails_with_conflict() {
 
     // With the current version, replace succeeds.
     let current = sim.ok(&["get", "cm", "b", "-o", "yaml"]).await;
-    let (ok, out, err) = sim.kubectl_in(&["replace", "-f", "-"], Some(&current.replace("k: newer", "k: replaced"))).await;
+    let (ok, out, err) =
+        sim.kubectl_in(&["replace", "-f", "-"], Some(&current.replace("k: newer", "k: replaced"))).await;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "configmap/b replaced");
     sim.stop().await;
@@ -259,7 +268,10 @@ async fn kubectl_get_watch_streams_added_modified_deleted() {
     let mut out = child.stdout.take().unwrap();
     // The existing object first, so the watch is established before changes.
     let first = read_json_docs(&mut out, 1).await;
-    assert_eq!((first[0]["type"].as_str(), first[0]["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("b")));
+    assert_eq!(
+        (first[0]["type"].as_str(), first[0]["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("b"))
+    );
 
     let cms: Api<ConfigMap> = Api::namespaced(sim.client().await, "default");
     let c: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "c"}, "data": {"x": "1"}})).unwrap();
@@ -310,6 +322,19 @@ async fn objects_and_resource_version_persist_across_a_restart() {
         rv(&c_rv) > rv(before["metadata"]["resourceVersion"].as_str().unwrap()),
         "resourceVersion continues after a restart"
     );
+    // Watch history does not survive a restart: resuming from before it is
+    // a 410 ERROR event (the client re-lists), as after etcd compaction.
+    use futures::StreamExt;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client().await, "default");
+    let mut events = cms.watch(&WatchParams::default().timeout(5), "1").await.unwrap().boxed();
+    match events.next().await {
+        Some(Ok(WatchEvent::Error(e))) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+    // Two sims never share a data dir.
+    let again = SimConfig::new(sim.dir.path().join("data"), "sim");
+    let err = sim::start(again).await.err().expect("second sim on the same dir is refused");
+    assert!(err.to_string().contains("another sim is using this data directory"), "{err}");
     sim.stop().await;
 }
 
@@ -360,8 +385,8 @@ async fn kube_client_sees_status_bodies_and_watch_from_resource_version() {
     assert_eq!(status(cms.replace("a", &PostParams::default(), &stale).await.unwrap_err()).1, "Conflict");
 
     let rv = created.metadata.resource_version.clone().unwrap();
-    let events = cms.watch(&WatchParams::default().timeout(2), &rv).await.unwrap();
     use futures::StreamExt;
+    let events = cms.watch(&WatchParams::default().timeout(2), &rv).await.unwrap();
     let events: Vec<_> = events.collect().await;
     let kinds: Vec<String> = events
         .into_iter()
@@ -373,5 +398,91 @@ async fn kube_client_sees_status_bodies_and_watch_from_resource_version() {
         })
         .collect();
     assert_eq!(kinds, ["MODIFIED 2"], "only what happened after {rv}, then the timeout ends the stream");
+
+    // A filtered watch sees an object leave and enter its selection.
+    let rv = cms.get("a").await.unwrap().metadata.resource_version.unwrap();
+    let label = |v: &str| json!({"metadata": {"labels": {"app": v}}});
+    for app in ["web", "db", "web"] {
+        cms.patch("a", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(label(app))).await.unwrap();
+    }
+    cms.delete("a", &Default::default()).await.unwrap();
+    let events: Vec<_> =
+        cms.watch(&WatchParams::default().labels("app=web").timeout(1), &rv).await.unwrap().collect().await;
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match e.as_ref().unwrap() {
+            WatchEvent::Added(_) => "ADDED",
+            WatchEvent::Modified(_) => "MODIFIED",
+            WatchEvent::Deleted(_) => "DELETED",
+            _ => "OTHER",
+        })
+        .collect();
+    assert_eq!(kinds, ["ADDED", "DELETED", "ADDED", "DELETED"]);
+    sim.stop().await;
+}
+
+/// kube-runtime's watcher (list, then watch from the list's version, with
+/// bookmarks) sees the initial state and later changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_runtime_watcher_lists_then_follows_changes() {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let sim = Sim::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client().await, "default");
+    let mk = |name: &str| -> ConfigMap { serde_json::from_value(json!({"metadata": {"name": name}})).unwrap() };
+    cms.create(&PostParams::default(), &mk("before")).await.unwrap();
+    let mut stream = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
+    let mut next =
+        async || tokio::time::timeout(Duration::from_secs(30), stream.next()).await.unwrap().unwrap().unwrap();
+    assert!(matches!(next().await, Event::Init));
+    assert!(matches!(next().await, Event::InitApply(c) if c.metadata.name.as_deref() == Some("before")));
+    assert!(matches!(next().await, Event::InitDone));
+    cms.create(&PostParams::default(), &mk("after")).await.unwrap();
+    assert!(matches!(next().await, Event::Apply(c) if c.metadata.name.as_deref() == Some("after")));
+    cms.delete("before", &Default::default()).await.unwrap();
+    assert!(matches!(next().await, Event::Delete(c) if c.metadata.name.as_deref() == Some("before")));
+    drop(stream);
+    sim.stop().await;
+}
+
+/// `kubectl create namespace|configmap|secret` send protobuf bodies (typed
+/// client-go); the sim decodes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_typed_objects_sent_as_protobuf() {
+    let sim = Sim::start().await;
+    sim.ok(&["create", "namespace", "models-dev"]).await;
+    sim.ok(&["create", "configmap", "a", "-n", "models-dev", "--from-literal=x=1", "--from-literal=y=2"]).await;
+    sim.ok(&["create", "secret", "generic", "s", "-n", "models-dev", "--from-literal=token=abc"]).await;
+    let cm: Value = serde_json::from_str(&sim.ok(&["get", "cm", "a", "-n", "models-dev", "-o", "json"]).await).unwrap();
+    assert_eq!(cm["data"], json!({"x": "1", "y": "2"}));
+    let s: Value =
+        serde_json::from_str(&sim.ok(&["get", "secret", "s", "-n", "models-dev", "-o", "json"]).await).unwrap();
+    assert_eq!((s["data"]["token"].as_str(), s["type"].as_str()), (Some("YWJj"), Some("Opaque")));
+    let (ok, _, err) = sim.kubectl(&["create", "configmap", "a", "-n", "models-dev"]).await;
+    assert!(!ok);
+    assert!(err.contains(r#"configmaps "a" already exists"#), "{err}");
+    // Deleting the namespace takes its objects with it.
+    sim.ok(&["delete", "namespace", "models-dev"]).await;
+    assert_eq!(sim.ok(&["get", "cm", "-A", "-o", "name"]).await, "");
+    sim.stop().await;
+}
+
+/// Plain `kubectl get -w` asks for Table rows in the watch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_watch_prints_table_rows() {
+    use tokio::io::AsyncBufReadExt;
+    let sim = Sim::start().await;
+    let f = sim.write("b.yaml", CM_B);
+    sim.ok(&["apply", "-f", &f]).await;
+    let mut child = sim.kubectl_cmd(&["get", "cm", "-w"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+    assert!(next().await.unwrap().starts_with("NAME"));
+    assert!(next().await.unwrap().starts_with("b "));
+    let f = sim.write("c.yaml", &CM_B.replace("name: b", "name: c"));
+    sim.ok(&["apply", "-f", &f]).await;
+    let row = next().await.unwrap();
+    assert!(row.starts_with("c "), "{row}");
+    child.kill().await.unwrap();
     sim.stop().await;
 }

@@ -26,7 +26,7 @@ pub struct SimServeArgs {
     pub data: PathBuf,
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Write a kubeconfig pointing at the sim here.
+    /// Write a kubeconfig pointing at the sim here (default: DIR/kubeconfig).
     #[arg(long, value_name = "OUT")]
     pub kubeconfig: Option<PathBuf>,
     /// Cluster/context name in the kubeconfig.

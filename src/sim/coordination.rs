@@ -34,9 +34,11 @@ fn validate_lease(obj: &Value) -> Vec<Cause> {
                 Some(n) if f == "leaseDurationSeconds" && n <= 0 => {
                     causes.push(Cause::invalid(format!("spec.{f}"), &n.to_string(), "must be greater than 0"))
                 }
-                Some(n) if n < 0 => {
-                    causes.push(Cause::invalid(format!("spec.{f}"), &n.to_string(), "must be greater than or equal to 0"))
-                }
+                Some(n) if n < 0 => causes.push(Cause::invalid(
+                    format!("spec.{f}"),
+                    &n.to_string(),
+                    "must be greater than or equal to 0",
+                )),
                 Some(_) => {}
                 None => causes.push(Cause::type_invalid(format!("spec.{f}"), "an integer")),
             },

@@ -16,6 +16,7 @@ pub const NAMESPACES: ResourceType = ResourceType {
     verbs: &["create", "delete", "get", "list", "patch", "update", "watch"],
     columns: &[Column::Path { name: "Status", path: "status.phase" }],
     normalize: Some(normalize_namespace),
+    protobuf: Some(super::protobuf::namespace),
     ..ResourceType::namespaced("", "v1", "Namespace", "namespaces", "namespace")
 };
 
@@ -23,13 +24,17 @@ pub const CONFIGMAPS: ResourceType = ResourceType {
     short_names: &["cm"],
     columns: &[Column::Count { name: "Data", paths: &["data", "binaryData"] }],
     validate: Some(validate_configmap),
+    validate_update: Some(immutable_data),
+    protobuf: Some(super::protobuf::configmap),
     ..ResourceType::namespaced("", "v1", "ConfigMap", "configmaps", "configmap")
 };
 
 pub const SECRETS: ResourceType = ResourceType {
     columns: &[Column::Path { name: "Type", path: "type" }, Column::Count { name: "Data", paths: &["data"] }],
     validate: Some(validate_secret),
+    validate_update: Some(immutable_data),
     normalize: Some(normalize_secret),
+    protobuf: Some(super::protobuf::secret),
     verbs: STANDARD_VERBS,
     ..ResourceType::namespaced("", "v1", "Secret", "secrets", "secret")
 };
@@ -57,8 +62,7 @@ fn is_config_key(k: &str) -> bool {
         && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-const KEY_MSG: &str =
-    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
+const KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
 /// Checks a `data`-like map: valid keys, string values (base64 when
 /// `base64`); returns the payload size.
@@ -74,7 +78,9 @@ fn check_map(obj: &Value, field: &str, base64: bool, causes: &mut Vec<Cause>) ->
                 match v.as_str() {
                     Some(s) if base64 => match base64::engine::general_purpose::STANDARD.decode(s) {
                         Ok(b) => size += k.len() + b.len(),
-                        Err(_) => causes.push(Cause::invalid(format!("{field}[{k}]"), "<value>", "must be base64-encoded")),
+                        Err(_) => {
+                            causes.push(Cause::invalid(format!("{field}[{k}]"), "<value>", "must be base64-encoded"))
+                        }
                     },
                     Some(s) => size += k.len() + s.len(),
                     None => causes.push(Cause::type_invalid(format!("{field}[{k}]"), "a string")),
@@ -89,13 +95,41 @@ fn check_map(obj: &Value, field: &str, base64: bool, causes: &mut Vec<Cause>) ->
 fn validate_configmap(obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     let size = check_map(obj, "data", false, &mut causes) + check_map(obj, "binaryData", true, &mut causes);
-    if let (Some(d), Some(b)) = (obj.get("data").and_then(Value::as_object), obj.get("binaryData").and_then(Value::as_object)) {
+    if let (Some(d), Some(b)) =
+        (obj.get("data").and_then(Value::as_object), obj.get("binaryData").and_then(Value::as_object))
+    {
         for k in d.keys().filter(|k| b.contains_key(*k)) {
             causes.push(Cause::invalid(format!("data[{k}]"), k, "duplicate of key present in binaryData"));
         }
     }
     if size > MAX_DATA_BYTES {
         causes.push(Cause::too_long("data", MAX_DATA_BYTES));
+    }
+    causes
+}
+
+/// A ConfigMap or Secret marked `immutable: true` keeps its data and the
+/// mark for good.
+fn immutable_data(old: &Value, new: &Value) -> Vec<Cause> {
+    if old.get("immutable") != Some(&Value::Bool(true)) {
+        return Vec::new();
+    }
+    let mut causes = Vec::new();
+    if new.get("immutable") != Some(&Value::Bool(true)) {
+        causes.push(Cause {
+            reason: "FieldValueForbidden",
+            message: "Forbidden: field is immutable when `immutable` is set".into(),
+            field: "immutable".into(),
+        });
+    }
+    for f in ["data", "binaryData"] {
+        if old.get(f) != new.get(f) {
+            causes.push(Cause {
+                reason: "FieldValueForbidden",
+                message: "Forbidden: field is immutable when `immutable` is set".into(),
+                field: f.into(),
+            });
+        }
     }
     causes
 }
@@ -112,7 +146,7 @@ fn normalize_secret(obj: &mut Value) {
             }
         }
     }
-    if obj.get("type").is_none_or(Value::is_null) {
+    if obj.get("type").is_none_or(|t| t.is_null() || t == "") {
         obj["type"] = json!("Opaque");
     }
 }
@@ -137,6 +171,19 @@ mod tests {
         let big = json!({"data": {"a": "x".repeat(MAX_DATA_BYTES)}});
         assert_eq!(validate_configmap(&big)[0].reason, "FieldValueTooLong");
         assert!(validate_configmap(&json!({"data": {"a": "b"}, "binaryData": {"c": "ZA=="}})).is_empty());
+    }
+
+    #[test]
+    fn immutable_configmaps_keep_their_data() {
+        let old = json!({"immutable": true, "data": {"a": "1"}});
+        assert!(
+            immutable_data(&old, &json!({"immutable": true, "data": {"a": "1"}, "metadata": {"labels": {"x": "y"}}}))
+                .is_empty()
+        );
+        let fields: Vec<String> =
+            immutable_data(&old, &json!({"data": {"a": "2"}})).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["immutable", "data"]);
+        assert!(immutable_data(&json!({"data": {}}), &json!({"data": {"a": "2"}})).is_empty());
     }
 
     #[test]

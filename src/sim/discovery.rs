@@ -152,7 +152,15 @@ fn openapi_doc(api: &SimApi, group: &str, version: &str) -> Option<Value> {
         } else {
             format!("{base}/{}", t.plural)
         };
-        let list_params = ["labelSelector", "fieldSelector", "resourceVersion", "timeoutSeconds", "watch", "allowWatchBookmarks", "sendInitialEvents"];
+        let list_params = [
+            "labelSelector",
+            "fieldSelector",
+            "resourceVersion",
+            "timeoutSeconds",
+            "watch",
+            "allowWatchBookmarks",
+            "sendInitialEvents",
+        ];
         paths.insert(
             collection.clone(),
             json!({

@@ -62,7 +62,7 @@ impl ForbiddenRule {
         };
         plural == self.resource
             && info.group == self.group
-            && (self.verbs.is_empty() || self.verbs.iter().any(|v| *v == info.verb))
+            && (self.verbs.is_empty() || self.verbs.contains(&info.verb))
             && self.namespace.as_ref().is_none_or(|ns| info.namespace.as_ref() == Some(ns))
     }
 }
@@ -71,11 +71,11 @@ impl ForbiddenRule {
 pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> Response {
     let query = Query::parse(req.uri().query()).unwrap_or_default();
     let info = RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers());
-    if let Some(rt) = &info.resource {
-        if api.faults.forbidden.iter().any(|r| r.denies(&info)) {
-            let name = info.name.as_deref().unwrap_or("");
-            return ApiError::forbidden(rt, name, &info.verb, info.namespace.as_deref(), &info.user).into_response();
-        }
+    if let Some(rt) = &info.resource
+        && api.faults.forbidden.iter().any(|r| r.denies(&info))
+    {
+        let name = info.name.as_deref().unwrap_or("");
+        return ApiError::forbidden(rt, name, &info.verb, info.namespace.as_deref(), &info.user).into_response();
     }
     req.extensions_mut().insert(info);
     next.run(req).await

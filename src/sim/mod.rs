@@ -51,6 +51,7 @@ pub mod coordination;
 pub mod core;
 pub mod discovery;
 pub mod faults;
+pub mod protobuf;
 pub mod registry;
 pub mod resource;
 pub mod selector;
@@ -187,6 +188,7 @@ impl SimServer {
             task.abort();
             let _ = task.await;
         }
+        self.api.store.release();
     }
 }
 

@@ -26,6 +26,10 @@ pub enum Column {
 /// reported as one `Invalid` (422) Status like the API server's validation.
 pub type Validator = fn(&Value) -> Vec<Cause>;
 
+/// Kind-specific checks of an update against the stored object (fields
+/// that may not change).
+pub type UpdateValidator = fn(old: &Value, new: &Value) -> Vec<Cause>;
+
 /// Kind-specific normalisation before validation (e.g. Secret `stringData`
 /// folded into `data`).
 pub type Normalizer = fn(&mut Value);
@@ -53,7 +57,11 @@ pub struct ResourceType {
     pub create_on_update: bool,
     pub columns: &'static [Column],
     pub validate: Option<Validator>,
+    pub validate_update: Option<UpdateValidator>,
     pub normalize: Option<Normalizer>,
+    /// Accepts `application/vnd.kubernetes.protobuf` bodies (typed
+    /// client-go clients) through this decoder.
+    pub protobuf: Option<super::protobuf::Decoder>,
 }
 
 impl ResourceType {
@@ -81,7 +89,9 @@ impl ResourceType {
             create_on_update: false,
             columns: &[],
             validate: None,
+            validate_update: None,
             normalize: None,
+            protobuf: None,
         }
     }
 
@@ -139,11 +149,7 @@ impl std::fmt::Debug for ResourceTable {
 
 impl ResourceTable {
     pub fn add(&mut self, t: ResourceType) {
-        assert!(
-            self.find(t.group, t.version, t.plural).is_none(),
-            "resource {} registered twice",
-            t.qualified()
-        );
+        assert!(self.find(t.group, t.version, t.plural).is_none(), "resource {} registered twice", t.qualified());
         self.types.push(Arc::new(t));
     }
 

@@ -60,8 +60,7 @@ fn check_key(k: &str) -> Result<String, String> {
 
 fn check_value(v: &str) -> Result<String, String> {
     let v = v.trim();
-    let valid =
-        v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let valid = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if valid { Ok(v.to_string()) } else { Err(format!("invalid label value {v:?}")) }
 }
 
@@ -217,9 +216,6 @@ mod tests {
         assert!(FieldSelector::parse("metadata.name=a", &[]).unwrap().matches(&obj));
         assert!(FieldSelector::parse("metadata.name==a,metadata.namespace=ns", &[]).unwrap().matches(&obj));
         assert!(!FieldSelector::parse("metadata.name!=a", &[]).unwrap().matches(&obj));
-        assert_eq!(
-            FieldSelector::parse("spec.x=1", &[]).unwrap_err(),
-            "field label not supported: spec.x"
-        );
+        assert_eq!(FieldSelector::parse("spec.x=1", &[]).unwrap_err(), "field label not supported: spec.x");
     }
 }

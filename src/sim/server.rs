@@ -20,7 +20,7 @@ use super::SimApi;
 use super::resource::{Column, ResourceTable, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, delete_success};
-use super::store::{Event, EventType, Preconditions, Scope, labels_of, resource_version_of};
+use super::store::{Event, EventType, Preconditions, Scope, WriteOptions, labels_of, resource_version_of};
 
 /// Bodies above this are refused (the API server's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -135,9 +135,8 @@ impl Query {
                 "watch" => out.watch = truthy(&v),
                 "resourceVersion" => out.resource_version = Some(v.into_owned()),
                 "timeoutSeconds" => {
-                    out.timeout_seconds = Some(
-                        v.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {v:?}")))?,
-                    )
+                    out.timeout_seconds =
+                        Some(v.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {v:?}")))?)
                 }
                 "allowWatchBookmarks" => out.allow_bookmarks = truthy(&v),
                 "sendInitialEvents" => out.send_initial_events = truthy(&v),
@@ -252,7 +251,7 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
                 Ok(json_response(StatusCode::OK, &obj))
             }
             Method::PUT => {
-                let body = read_json(req).await?;
+                let body = read_json(req, &rt).await?;
                 let obj = api.store.update(&rt, &ns, &name, body, Scope::Status, query.dry_run)?;
                 Ok(json_response(StatusCode::OK, &obj))
             }
@@ -296,21 +295,21 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
-            let body = read_json(req).await?;
-            if rt.namespaced {
-                if let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str) {
-                    if !body_ns.is_empty() && body_ns != ns {
-                        return Err(ApiError::bad_request(
-                            "the namespace of the provided object does not match the namespace sent on the request",
-                        ));
-                    }
-                }
+            let body = read_json(req, &rt).await?;
+            if rt.namespaced
+                && let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str)
+                && !body_ns.is_empty()
+                && body_ns != ns
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             let obj = api.store.create(&rt, &ns, body, query.dry_run)?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
-            let body = read_json(req).await?;
+            let body = read_json(req, &rt).await?;
             let existed = api.store.get(&rt, &ns, &name).is_some();
             let obj = api.store.update(&rt, &ns, &name, body, Scope::Main, query.dry_run)?;
             Ok(json_response(if existed { StatusCode::OK } else { StatusCode::CREATED }, &obj))
@@ -367,12 +366,30 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// The body of a create/update. Only JSON: protobuf (what typed client-go
-/// clients such as `kubectl create configmap` send) is refused with 415.
-async fn read_json(req: Request) -> Result<Value, ApiError> {
+/// The body of a create/update: JSON, YAML, or protobuf for the kinds that
+/// have a decoder (what typed client-go clients such as `kubectl create
+/// configmap` send); anything else is refused with 415.
+async fn read_json(req: Request, rt: &ResourceType) -> Result<Value, ApiError> {
     let ct = content_type(req.headers());
-    if !ct.is_empty() && ct != "application/json" && ct != "application/yaml" {
+    let proto = ct == super::protobuf::CONTENT_TYPE;
+    if !ct.is_empty() && ct != "application/json" && ct != "application/yaml" && !(proto && rt.protobuf.is_some()) {
         return Err(ApiError::unsupported_media_type(&ct));
+    }
+    if proto {
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        let decode = rt.protobuf.expect("checked above");
+        let bad = |e: String| ApiError::bad_request(format!("the protobuf body is not a valid {}: {e}", rt.kind));
+        let (api_version, kind, raw) = super::protobuf::envelope(&bytes).map_err(bad)?;
+        if api_version != rt.api_version() || kind != rt.kind {
+            return Err(ApiError::bad_request(format!(
+                "the protobuf body is a {api_version} {kind}, expected a {} {}",
+                rt.api_version(),
+                rt.kind
+            )));
+        }
+        return decode(raw).map_err(bad);
     }
     let yaml = ct == "application/yaml";
     let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY)
@@ -383,7 +400,8 @@ async fn read_json(req: Request) -> Result<Value, ApiError> {
         return crate::spec::yaml::from_str(text)
             .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid YAML: {e}")));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))
 }
 
 fn delete_options(body: &Bytes) -> Result<Value, ApiError> {
@@ -452,16 +470,17 @@ fn patch(
         }
         return Ok((StatusCode::CREATED, api.store.create(rt, ns, obj, query.dry_run)?));
     }
-    let obj = api.store.modify(rt, ns, name, None, scope, query.dry_run, |old| {
+    let opts = WriteOptions { precondition_rv: None, scope, dry_run: query.dry_run };
+    let obj = api.store.modify(rt, ns, name, &opts, |old| {
         let mut new = old.clone();
         match &kind {
             Kind::Merge(p) => {
                 json_patch::merge(&mut new, p);
                 // A resourceVersion in the patch is a precondition.
-                if let Some(want) = p.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                    if Some(want) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-                        return Err(ApiError::conflict(rt, name));
-                    }
+                if let Some(want) = p.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                    && Some(want) != old.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+                {
+                    return Err(ApiError::conflict(rt, name));
                 }
             }
             Kind::Json(p) => {
@@ -469,7 +488,9 @@ fn patch(
                     json_patch::PatchErrorKind::TestFailed => {
                         ApiError::invalid(rt, name, vec![super::status::Cause::invalid("", "test", &e.to_string())])
                     }
-                    _ => ApiError::internal(format!("the server rejected our request due to an error in our request: {e}")),
+                    _ => ApiError::internal(format!(
+                        "the server rejected our request due to an error in our request: {e}"
+                    )),
                 })?;
             }
         }
@@ -512,7 +533,9 @@ fn cell(obj: &Value, col: &Column) -> Value {
 }
 
 fn table(rt: &ResourceType, items: &[Value], rv: u64, include: Option<&str>, headers: bool) -> Value {
-    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+    let mut defs = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
     for c in rt.columns {
         let name = match c {
             Column::Path { name, .. } | Column::Count { name, .. } => *name,
@@ -569,12 +592,26 @@ async fn watch(
     let fields = FieldSelector::parse(&query.field_selector, &[]).map_err(ApiError::bad_request)?;
     let from = match query.resource_version.as_deref() {
         None | Some("") | Some("0") => None,
-        Some(s) => Some(
-            s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?,
-        ),
+        Some(s) => {
+            Some(s.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))?)
+        }
     };
     let from = if query.send_initial_events { None } else { from };
-    let (backlog, current_rv, mut rx) = api.store.subscribe(&rt.key(), ns.as_deref(), from)?;
+    let (backlog, current_rv, mut rx) = match api.store.subscribe(&rt.key(), ns.as_deref(), from) {
+        Ok(s) => s,
+        // As the API server does: a watch from a compacted version is
+        // answered 200 with one ERROR event carrying the 410 Status; the
+        // client re-lists.
+        Err(e) if e.code == 410 => {
+            let line = format!("{}\n", json!({ "type": "ERROR", "object": e.body() }));
+            return Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(line))
+                .expect("static response parts are valid"));
+        }
+        Err(e) => return Err(e),
+    };
     let timeout = query.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_WATCH_TIMEOUT);
     let (tx, out) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     let shutdown = api.shutdown.clone();
@@ -584,7 +621,13 @@ async fn watch(
         let mut first_table = true;
         let mut encode = |kind: &str, obj: &Value| -> Bytes {
             let object = if as_table && kind != "BOOKMARK" {
-                let t = table(&rt, std::slice::from_ref(obj), resource_version_of(obj).unwrap_or(0), query.include_object.as_deref(), first_table);
+                let t = table(
+                    &rt,
+                    std::slice::from_ref(obj),
+                    resource_version_of(obj).unwrap_or(0),
+                    query.include_object.as_deref(),
+                    first_table,
+                );
                 first_table = false;
                 t
             } else {
@@ -617,19 +660,20 @@ async fn watch(
         let mut last_rv = from.unwrap_or(0);
         for e in &backlog {
             let kind = if from.is_none() { if matches(&e.object) { Some("ADDED") } else { None } } else { view(e) };
-            if let Some(kind) = kind {
-                if tx.send(Ok(encode(kind, &e.object))).await.is_err() {
-                    return;
-                }
+            if let Some(kind) = kind
+                && tx.send(Ok(encode(kind, &e.object))).await.is_err()
+            {
+                return;
             }
             last_rv = last_rv.max(e.rv);
         }
         // Everything up to the subscription point has been seen.
         last_rv = last_rv.max(if from.is_none() { current_rv } else { last_rv });
-        if query.send_initial_events && query.allow_bookmarks {
-            if tx.send(Ok(encode("BOOKMARK", &bookmark(current_rv, true)))).await.is_err() {
-                return;
-            }
+        if query.send_initial_events
+            && query.allow_bookmarks
+            && tx.send(Ok(encode("BOOKMARK", &bookmark(current_rv, true)))).await.is_err()
+        {
+            return;
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -651,11 +695,10 @@ async fn watch(
                             continue;
                         }
                         last_rv = e.rv;
-                        if let Some(kind) = view(&e) {
-                            if tx.send(Ok(encode(kind, &e.object))).await.is_err() {
+                        if let Some(kind) = view(&e)
+                            && tx.send(Ok(encode(kind, &e.object))).await.is_err() {
                                 return;
                             }
-                        }
                     }
                     // Too slow a reader: end the watch; the client resumes
                     // from its last resourceVersion (or re-lists on 410).

@@ -31,7 +31,11 @@ impl Cause {
         Cause { reason: "FieldValueRequired", message: "Required value".into(), field: field.into() }
     }
     pub fn type_invalid(field: impl Into<String>, expected: &str) -> Self {
-        Cause { reason: "FieldValueTypeInvalid", message: format!("Invalid value: must be {expected}"), field: field.into() }
+        Cause {
+            reason: "FieldValueTypeInvalid",
+            message: format!("Invalid value: must be {expected}"),
+            field: field.into(),
+        }
     }
     pub fn too_long(field: impl Into<String>, max: usize) -> Self {
         Cause {
@@ -72,7 +76,12 @@ impl ApiError {
 
     /// Create in a namespace that does not exist.
     pub fn namespace_not_found(ns: &str) -> Self {
-        Self::new(404, "NotFound", format!("namespaces \"{ns}\" not found"), Some(json!({"name": ns, "kind": "namespaces"})))
+        Self::new(
+            404,
+            "NotFound",
+            format!("namespaces \"{ns}\" not found"),
+            Some(json!({"name": ns, "kind": "namespaces"})),
+        )
     }
 
     /// A path the sim does not serve.
@@ -157,7 +166,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({content_type}) - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (the sim does not decode protobuf)"),
+            format!(
+                "the body of the request was in an unknown format ({content_type}) - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml, and protobuf for namespaces, configmaps and secrets"
+            ),
             None,
         )
     }

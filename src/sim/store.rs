@@ -65,6 +65,21 @@ pub enum Scope {
     Status,
 }
 
+/// How a write is made: only over this resourceVersion (409 otherwise),
+/// to which part of the object, and whether to persist it.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    pub precondition_rv: Option<String>,
+    pub scope: Scope,
+    pub dry_run: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions { precondition_rv: None, scope: Scope::Main, dry_run: false }
+    }
+}
+
 /// Conditions a delete must meet (`DeleteOptions.preconditions`).
 #[derive(Debug, Clone, Default)]
 pub struct Preconditions {
@@ -86,6 +101,9 @@ pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Event>,
     root: PathBuf,
+    /// An exclusive lock on `objects/.lock`: two sims writing one data dir
+    /// would interleave resourceVersions and lose objects.
+    dir_lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -192,7 +210,7 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         None | Some(Value::Null) => {}
         Some(Value::Object(labels)) => {
             for (k, v) in labels {
-                let field = format!("metadata.labels");
+                let field = "metadata.labels".to_string();
                 let (prefix, key_name) = match k.split_once('/') {
                     Some((p, n)) => (Some(p), n),
                     None => (None, k.as_str()),
@@ -233,7 +251,8 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
 /// Keep only what a client may set on metadata; the server owns the rest.
 fn strip_server_fields(obj: &mut Value) {
     let m = meta_mut(obj);
-    for k in ["uid", "creationTimestamp", "resourceVersion", "generation", "managedFields", "selfLink", "deletionTimestamp"]
+    for k in
+        ["uid", "creationTimestamp", "resourceVersion", "generation", "managedFields", "selfLink", "deletionTimestamp"]
     {
         m.remove(k);
     }
@@ -244,6 +263,23 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, SimError> {
         let objects_dir = root.join("objects");
         std::fs::create_dir_all(&objects_dir).map_err(io_err(&objects_dir))?;
+        let lock_path = objects_dir.join(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(SimError::Corrupt {
+                    path: root.to_path_buf(),
+                    message: "another sim is using this data directory".into(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(SimError::Io { path: lock_path, source: e }),
+        }
         let mut objects: Objects = BTreeMap::new();
         let mut max_rv = 0u64;
         // Layout: objects/<group>/<plural>/<namespace or _cluster>/<name>.json
@@ -267,7 +303,10 @@ impl Store {
                         let obj: Value = serde_json::from_str(&text)
                             .map_err(|e| SimError::Corrupt { path: path.clone(), message: e.to_string() })?;
                         let name = meta_str(&obj, "name")
-                            .ok_or_else(|| SimError::Corrupt { path: path.clone(), message: "no metadata.name".into() })?
+                            .ok_or_else(|| SimError::Corrupt {
+                                path: path.clone(),
+                                message: "no metadata.name".into(),
+                            })?
                             .to_string();
                         max_rv = max_rv.max(resource_version_of(&obj).unwrap_or(0));
                         objects.entry(key.clone()).or_default().insert((ns.clone(), name), obj);
@@ -290,7 +329,16 @@ impl Store {
             inner: Mutex::new(Inner { rv, objects, history: VecDeque::new(), history_from: rv }),
             tx,
             root: root.to_path_buf(),
+            dir_lock: Mutex::new(Some(lock)),
         })
+    }
+
+    /// Let another sim open the data dir (at shutdown; also on drop).
+    pub fn release(&self) {
+        let lock = self.dir_lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(f) = lock {
+            let _ = f.unlock();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -334,11 +382,9 @@ impl Store {
             m.remove("namespace");
         }
         let has_name = m.get("name").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-        if !has_name {
-            if let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
-                let name = format!("{prefix}{}", random_suffix());
-                m.insert("name".into(), json!(name));
-            }
+        if !has_name && let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
+            let name = format!("{prefix}{}", random_suffix());
+            m.insert("name".into(), json!(name));
         }
         if let Some(f) = rt.normalize {
             f(&mut obj);
@@ -347,7 +393,9 @@ impl Store {
         validate(rt, &name, &obj)?;
 
         let mut inner = self.lock();
-        if rt.namespaced && !inner.objects.get("core/namespaces").is_some_and(|m| m.contains_key(&(String::new(), ns.to_string()))) {
+        if rt.namespaced
+            && !inner.objects.get("core/namespaces").is_some_and(|m| m.contains_key(&(String::new(), ns.to_string())))
+        {
             return Err(ApiError::namespace_not_found(ns));
         }
         let key = (ns.to_string(), name.clone());
@@ -408,7 +456,8 @@ impl Store {
         if !exists && rt.create_on_update && scope == Scope::Main {
             return self.create(rt, ns, obj, dry_run);
         }
-        self.modify_inner(rt, ns, name, precondition.as_deref(), dry_run, move |_old| Ok(obj), scope)
+        let opts = WriteOptions { precondition_rv: precondition, scope, dry_run };
+        self.modify(rt, ns, name, &opts, move |_old| Ok(obj))
     }
 
     /// Read-modify-write under the store lock: `f` gets the current object
@@ -419,35 +468,21 @@ impl Store {
         rt: &ResourceType,
         ns: &str,
         name: &str,
-        precondition_rv: Option<&str>,
-        scope: Scope,
-        dry_run: bool,
+        opts: &WriteOptions,
         f: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
-        self.modify_inner(rt, ns, name, precondition_rv, dry_run, f, scope)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn modify_inner(
-        &self,
-        rt: &ResourceType,
-        ns: &str,
-        name: &str,
-        precondition_rv: Option<&str>,
-        dry_run: bool,
-        f: impl FnOnce(&Value) -> Result<Value, ApiError>,
-        scope: Scope,
-    ) -> Result<Value, ApiError> {
+        let WriteOptions { precondition_rv, scope, dry_run } = opts;
+        let (scope, dry_run) = (*scope, *dry_run);
         let mut inner = self.lock();
         let Some(old) = inner.objects.get(&rt.key()).and_then(|m| m.get(&(ns.to_string(), name.to_string()))).cloned()
         else {
             return Err(ApiError::not_found(rt, name));
         };
         let old_rv = meta_str(&old, "resourceVersion").unwrap_or("").to_string();
-        if let Some(want) = precondition_rv {
-            if want != old_rv {
-                return Err(ApiError::conflict(rt, name));
-            }
+        if let Some(want) = precondition_rv
+            && *want != old_rv
+        {
+            return Err(ApiError::conflict(rt, name));
         }
         let mut obj = f(&old)?;
         check_type(rt, &mut obj)?;
@@ -494,6 +529,12 @@ impl Store {
             f(&mut obj);
         }
         validate(rt, name, &obj)?;
+        if let Some(check) = rt.validate_update {
+            let causes = check(&old, &obj);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(rt, name, causes));
+            }
+        }
         if rt.generation && old.get("spec") != obj.get("spec") {
             let g = meta(&old).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
             meta_mut(&mut obj).insert("generation".into(), json!(g + 1));
@@ -525,15 +566,15 @@ impl Store {
         };
         let uid = meta_str(&obj, "uid").unwrap_or("").to_string();
         let rv_now = meta_str(&obj, "resourceVersion").unwrap_or("").to_string();
-        if let Some(want) = pre.uid.as_deref().filter(|s| !s.is_empty()) {
-            if want != uid {
-                return Err(ApiError::precondition_conflict(rt, name, "UID", want, &uid));
-            }
+        if let Some(want) = pre.uid.as_deref().filter(|s| !s.is_empty())
+            && want != uid
+        {
+            return Err(ApiError::precondition_conflict(rt, name, "UID", want, &uid));
         }
-        if let Some(want) = pre.resource_version.as_deref().filter(|s| !s.is_empty()) {
-            if want != rv_now {
-                return Err(ApiError::precondition_conflict(rt, name, "ResourceVersion", want, &rv_now));
-            }
+        if let Some(want) = pre.resource_version.as_deref().filter(|s| !s.is_empty())
+            && want != rv_now
+        {
+            return Err(ApiError::precondition_conflict(rt, name, "ResourceVersion", want, &rv_now));
         }
         if dry_run {
             return Ok(obj);
@@ -550,7 +591,8 @@ impl Store {
                 .flat_map(|(res, m)| m.keys().filter(|(n, _)| n == name).map(move |(_, o)| (res.clone(), o.clone())))
                 .collect();
             for (res, oname) in keys {
-                let Some(mut child) = inner.objects.get(&res).and_then(|m| m.get(&(name.to_string(), oname.clone()))).cloned()
+                let Some(mut child) =
+                    inner.objects.get(&res).and_then(|m| m.get(&(name.to_string(), oname.clone()))).cloned()
                 else {
                     continue;
                 };
@@ -576,19 +618,19 @@ impl Store {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let mut backlog = Vec::new();
-        if from_rv.is_none() {
-            if let Some(m) = inner.objects.get(resource) {
-                for ((n, _), obj) in m {
-                    if ns.is_none_or(|ns| n == ns) {
-                        backlog.push(Event {
-                            rv: resource_version_of(obj).unwrap_or(0),
-                            resource: resource.to_string(),
-                            namespace: n.clone(),
-                            kind: EventType::Added,
-                            object: Arc::new(obj.clone()),
-                            previous: None,
-                        });
-                    }
+        if from_rv.is_none()
+            && let Some(m) = inner.objects.get(resource)
+        {
+            for ((n, _), obj) in m {
+                if ns.is_none_or(|ns| n == ns) {
+                    backlog.push(Event {
+                        rv: resource_version_of(obj).unwrap_or(0),
+                        resource: resource.to_string(),
+                        namespace: n.clone(),
+                        kind: EventType::Added,
+                        object: Arc::new(obj.clone()),
+                        previous: None,
+                    });
                 }
             }
         }
@@ -768,8 +810,10 @@ mod tests {
         subresources: &["status"],
         ..ResourceType::namespaced("example.io", "v1", "Widget", "widgets", "widget")
     };
-    const NAMESPACES: ResourceType =
-        ResourceType { namespaced: false, ..ResourceType::namespaced("", "v1", "Namespace", "namespaces", "namespace") };
+    const NAMESPACES: ResourceType = ResourceType {
+        namespaced: false,
+        ..ResourceType::namespaced("", "v1", "Namespace", "namespaces", "namespace")
+    };
 
     fn store(dir: &Path) -> Store {
         let s = Store::open(dir).unwrap();
@@ -833,6 +877,40 @@ mod tests {
         assert!(s.get(&WIDGETS, "ns", "b").is_none());
         // Watching from before the restart cannot be served: re-list.
         assert_eq!(s.subscribe(&WIDGETS.key(), None, Some(1)).unwrap_err().code, 410);
+    }
+
+    /// What a controller sees: every committed change, in commit order,
+    /// with the state before it; and a status write through `modify`.
+    #[tokio::test]
+    async fn controllers_follow_the_event_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let mut events = s.events();
+        s.create(&WIDGETS, "ns", json!({"metadata": {"name": "w"}, "spec": {"n": 1}}), false).unwrap();
+        let e = events.recv().await.unwrap();
+        assert_eq!((e.kind, e.resource.as_str(), e.namespace.as_str()), (EventType::Added, "example.io/widgets", "ns"));
+        let opts = WriteOptions { scope: Scope::Status, ..Default::default() };
+        s.modify(&WIDGETS, "ns", "w", &opts, |old| {
+            let mut new = old.clone();
+            new["status"] = json!({"phase": "Running"});
+            Ok(new)
+        })
+        .unwrap();
+        let e2 = events.recv().await.unwrap();
+        assert_eq!(e2.kind, EventType::Modified);
+        assert!(e2.rv > e.rv);
+        assert_eq!(e2.object["status"]["phase"], "Running");
+        assert!(e2.previous.as_ref().unwrap().get("status").is_none());
+    }
+
+    #[test]
+    fn a_data_dir_serves_one_sim_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("another sim is using this data directory"), "{err}");
+        first.release();
+        Store::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -149,8 +149,9 @@ impl ConfigMapStore {
     fn lock_info(model: &str, lease: &Lease) -> LockInfo {
         let spec = lease.spec.clone().unwrap_or_default();
         let renew = spec.renew_time.or(spec.acquire_time.clone()).map(|t| t.0);
-        let expires = renew
-            .and_then(|r| r.checked_add(jiff02::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into())).ok());
+        let expires = renew.and_then(|r| {
+            r.checked_add(jiff02::SignedDuration::from_secs(spec.lease_duration_seconds.unwrap_or(0).into())).ok()
+        });
         LockInfo {
             model: model.to_string(),
             holder: spec.holder_identity.unwrap_or_default(),
@@ -183,12 +184,14 @@ fn is_conflict(e: &kube::Error) -> bool {
     is_status(e, 409)
 }
 
-/// Jittered exponential backoff: 5 ms doubling to 250 ms, times 0.5..1.5.
+/// Jittered exponential backoff after a conflict: 10 ms doubling up to 2 s,
+/// each wait a random 50-100% of that. The cap is high on purpose: with N
+/// writers racing on one object, retries must spread over about N write
+/// round-trips or they keep colliding.
 async fn backoff(attempt: u32) {
     use rand::RngExt;
-    let base = Duration::from_millis(5) * 2u32.pow(attempt.min(6));
-    let base = base.min(Duration::from_millis(250));
-    let factor: f64 = rand::rng().random_range(0.5..1.5);
+    let base = (Duration::from_millis(10) * 2u32.pow(attempt.min(8))).min(Duration::from_secs(2));
+    let factor: f64 = rand::rng().random_range(0.5..1.0);
     tokio::time::sleep(base.mul_f64(factor)).await;
 }
 

@@ -92,7 +92,7 @@ pub enum StateError {
     TooManyConflicts { what: String, attempts: u32 },
     #[error("record {what} in {store} is not valid: {message}")]
     Corrupt { what: String, store: String, message: String },
-    #[error("{what} in {store}: {source}")]
+    #[error("{what} in {store}: {}", kube_message(source))]
     Kube {
         what: String,
         store: String,
@@ -108,6 +108,15 @@ pub enum StateError {
     /// Refused by the caller's mutation (e.g. promoting an unverified digest).
     #[error("{0}")]
     Rejected(String),
+}
+
+/// kube's own Display of an API error is a Rust debug dump; users get the
+/// server's message and reason instead.
+fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({}, HTTP {})", s.message, s.reason, s.code),
+        other => other.to_string(),
+    }
 }
 
 impl StateError {
