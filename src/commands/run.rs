@@ -416,7 +416,8 @@ mod tests {
         // Let the handler register before the signal is sent.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let status =
-            std::process::Command::new("kill").args(["-TERM", &std::process::id().to_string()]).status().unwrap();
+            // The shell's builtin `kill`: no procps needed.
+            std::process::Command::new("sh").args(["-c", &format!("kill -TERM {}", std::process::id())]).status().unwrap();
         assert!(status.success());
         tokio::time::timeout(std::time::Duration::from_secs(10), cancel.cancelled()).await.expect("token cancelled");
         task.abort();
