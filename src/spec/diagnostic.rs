@@ -80,9 +80,18 @@ impl Diagnostic {
 }
 
 /// The part of `line` to show and the caret's column in it. Tabs become
-/// spaces so the caret lines up (columns count characters).
+/// spaces so the caret lines up (columns count characters); control
+/// characters become U+FFFD.
 fn window(line: &str, col: usize) -> (String, usize) {
-    let chars: Vec<char> = line.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
+    let chars: Vec<char> = line
+        .chars()
+        .map(|c| match c {
+            '\t' => ' ',
+            // Never send raw control characters to a terminal.
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect();
     if chars.len() <= MAX_SHOWN {
         return (chars.into_iter().collect(), col);
     }

@@ -32,11 +32,7 @@ pub fn load(path: &Path) -> Result<LoadedPipeline, SpecError> {
         return Err(fail("is a directory, expected a pipeline file (YAML)".into()));
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "pipeline file is {} bytes; the limit is {} bytes",
-            meta.len(),
-            MAX_FILE_BYTES
-        )));
+        return Err(fail(format!("pipeline file is {} bytes; the limit is {} bytes", meta.len(), MAX_FILE_BYTES)));
     }
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read pipeline file: {}", io_reason(&e))))?;
     let text = match String::from_utf8(bytes) {
@@ -75,7 +71,8 @@ pub fn load_str(path: &Path, text: &str) -> Result<LoadedPipeline, SpecError> {
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
     if text.trim().is_empty() {
         return Err(SpecError::one(
-            Diagnostic::file(path, "the file is empty").with_hint("a pipeline starts with `apiVersion: modelship.io/v1alpha1` and `kind: Pipeline`"),
+            Diagnostic::file(path, "the file is empty")
+                .with_hint("a pipeline starts with `apiVersion: modelship.io/v1alpha1` and `kind: Pipeline`"),
         ));
     }
     let spans = SpanIndex::build(text);
@@ -86,7 +83,9 @@ pub fn load_str(path: &Path, text: &str) -> Result<LoadedPipeline, SpecError> {
     }
     let parsed = super::yaml::from_str::<Pipeline>(text);
     match parsed {
-        Ok(pipeline) => Ok(LoadedPipeline { path: path.to_path_buf(), source: text.to_string(), pipeline, digest, spans }),
+        Ok(pipeline) => {
+            Ok(LoadedPipeline { path: path.to_path_buf(), source: text.to_string(), pipeline, digest, spans })
+        }
         Err(e) => Err(SpecError::one(type_error(path, text, &spans, &e))),
     }
 }

@@ -49,10 +49,20 @@ pub struct SpanIndex {
 }
 
 enum Frame {
-    Map { path: String, key: Option<String>, expecting_key: bool, seen: HashMap<String, Pos> },
-    Seq { path: String, index: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+        expecting_key: bool,
+        seen: HashMap<String, Pos>,
+    },
+    Seq {
+        path: String,
+        index: usize,
+    },
     /// A complex (non-scalar) mapping key or its value: counted, not indexed.
-    Skip { depth: usize },
+    Skip {
+        depth: usize,
+    },
 }
 
 fn pos(m: &Marker) -> Pos {
@@ -187,12 +197,9 @@ impl SpanIndex {
                 index.values.entry(child.clone()).or_insert(at);
             }
             match event {
-                Event::MappingStart(..) => stack.push(Frame::Map {
-                    path: child,
-                    key: None,
-                    expecting_key: true,
-                    seen: HashMap::new(),
-                }),
+                Event::MappingStart(..) => {
+                    stack.push(Frame::Map { path: child, key: None, expecting_key: true, seen: HashMap::new() })
+                }
                 Event::SequenceStart(..) => stack.push(Frame::Seq { path: child, index: 0 }),
                 _ => {
                     if stack.is_empty() {
@@ -312,7 +319,7 @@ spec:
         let blocks: String = (0..200).map(|d| format!("{}k{d}:\n", "  ".repeat(d))).collect();
         let s = SpanIndex::build(&blocks);
         assert_eq!(s.too_deep(), Some((MAX_DEPTH, 2 * MAX_DEPTH - 1)));
-        assert_eq!(s.locate("a"), Some((1, 1)));
+        assert_eq!(s.locate("k0.k1"), Some((2, 3)));
     }
 
     #[test]

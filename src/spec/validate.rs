@@ -108,8 +108,11 @@ impl Checker<'_> {
         let spec = &l.pipeline.spec;
         for (name, env) in &spec.environments {
             if let Some(why) = dns_label_problem(&env.namespace) {
-                self.at_value(&format!("spec.environments.{name}.namespace"), format!("namespace `{}` {why}", env.namespace))
-                    .hint = Some(DNS_LABEL_HINT.into());
+                self.at_value(
+                    &format!("spec.environments.{name}.namespace"),
+                    format!("namespace `{}` {why}", env.namespace),
+                )
+                .hint = Some(DNS_LABEL_HINT.into());
             }
         }
         if let Some(state_env) = spec.state.as_ref().and_then(|s| s.environment.as_deref())
@@ -118,8 +121,11 @@ impl Checker<'_> {
             let declared = spec.environments.keys().cloned().collect::<Vec<_>>();
             let hint = did_you_mean(state_env, declared.iter().map(String::as_str))
                 .unwrap_or_else(|| format!("declared: {}", list_or_none(&declared)));
-            self.at_value("spec.state.environment", format!("environment `{state_env}` is not declared in spec.environments"))
-                .hint = Some(hint);
+            self.at_value(
+                "spec.state.environment",
+                format!("environment `{state_env}` is not declared in spec.environments"),
+            )
+            .hint = Some(hint);
         }
     }
 
@@ -251,9 +257,8 @@ impl Checker<'_> {
         let refs = match crate::template::references(text) {
             Ok(r) => r,
             Err(e) => {
-                self.at_value(path, format!("invalid template: {}", e.message))
-                    .in_stage_mut(&stage)
-                    .hint = Some("values use handlebars, e.g. `{{stages.build.outputs.imageDigest}}`".into());
+                self.at_value(path, format!("invalid template: {}", e.message)).in_stage_mut(&stage).hint =
+                    Some("values use handlebars, e.g. `{{stages.build.outputs.imageDigest}}`".into());
                 return;
             }
         };
@@ -320,7 +325,10 @@ impl Checker<'_> {
                 let kind = Kind::from_name(&spec.stages[j].uses)?; // unknown kinds are reported apart
                 if !kind.outputs().contains(&output) {
                     let hint = did_you_mean(output, kind.outputs().iter().copied()).unwrap_or_else(|| {
-                        format!("`{kind}` outputs: {}", list_or_none(&kind.outputs().iter().map(|s| s.to_string()).collect::<Vec<_>>()))
+                        format!(
+                            "`{kind}` outputs: {}",
+                            list_or_none(&kind.outputs().iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                        )
                     });
                     return Some((format!("`{raw}`: stage `{name}` (`{kind}`) has no output `{output}`"), Some(hint)));
                 }
@@ -375,7 +383,11 @@ fn earlier_names(spec: &super::PipelineSpec, i: usize) -> Vec<String> {
 }
 
 fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() { "(none)".into() } else { items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ") }
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    }
 }
 
 fn kinds_list() -> String {
@@ -421,7 +433,8 @@ fn segments(raw: &str) -> Vec<String> {
     out
 }
 
-const DNS_LABEL_HINT: &str = "use at most 63 lowercase letters, digits and `-`, starting and ending with a letter or digit";
+const DNS_LABEL_HINT: &str =
+    "use at most 63 lowercase letters, digits and `-`, starting and ending with a letter or digit";
 
 /// Why `s` is not an RFC 1123 label (Kubernetes names and label values).
 fn dns_label_problem(s: &str) -> Option<&'static str> {
@@ -474,8 +487,10 @@ pub(super) fn unknown_field_hint(message: &str) -> Option<String> {
     let field = unknown_field(message)?;
     let (_, expected) = message.split_once("expected ")?;
     let expected = expected.strip_prefix("one of ").unwrap_or(expected);
-    let candidates: Vec<&str> = expected.split([',', ' ']).map(|s| s.trim_matches('`')).filter(|s| !s.is_empty() && *s != "or").collect();
-    did_you_mean(field, candidates.into_iter()).or_else(|| Some(format!("expected {expected}")))
+    let candidates: Vec<&str> =
+        expected.split([',', ' ']).map(|s| s.trim_matches('`')).filter(|s| !s.is_empty() && *s != "or").collect();
+    // Without a close match the message already lists what is expected.
+    did_you_mean(field, candidates.into_iter())
 }
 
 /// "did you mean `x`?" for the closest candidate, if one is close enough.
@@ -612,7 +627,9 @@ spec:
         let t = GOOD.replace("        environment: dev", "        environment: staging");
         assert_eq!(
             problems(&t),
-            vec!["p.yaml:23:22: stage `build`: with.environment: environment `staging` is not declared in spec.environments"]
+            vec![
+                "p.yaml:23:22: stage `build`: with.environment: environment `staging` is not declared in spec.environments"
+            ]
         );
         assert_eq!(hints(&t), vec![Some("declared: dev, prod".into())]);
     }
@@ -651,7 +668,9 @@ spec:
         let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"x {{stages.build.outputs.digest}}\"");
         assert_eq!(
             problems(&t),
-            vec!["p.yaml:27:16: stage `deploy`: `stages.build.outputs.digest`: stage `build` (`openshift-build`) has no output `digest`"]
+            vec![
+                "p.yaml:27:16: stage `deploy`: `stages.build.outputs.digest`: stage `build` (`openshift-build`) has no output `digest`"
+            ]
         );
         let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"{{stages.build.outputs.imageDigets}}\"");
         assert_eq!(hints(&t), vec![Some("did you mean `imageDigest`?".into())]);
@@ -723,10 +742,7 @@ spec:
     #[test]
     fn state_environment_must_be_declared() {
         let t = GOOD.replace("  stages:\n", "  state:\n    environment: dve\n  stages:\n");
-        assert_eq!(
-            problems(&t),
-            vec!["p.yaml:18:18: environment `dve` is not declared in spec.environments"]
-        );
+        assert_eq!(problems(&t), vec!["p.yaml:18:18: environment `dve` is not declared in spec.environments"]);
         assert_eq!(hints(&t), vec![Some("did you mean `dev`?".into())]);
     }
 
