@@ -209,6 +209,11 @@ mod tests {
     }
 
     #[test]
+    fn dashed_stage_names_stay_one_segment() {
+        assert_eq!(references("{{stages.fetch-model.outputs.x}}").unwrap(), vec!["stages.fetch-model.outputs.x"]);
+    }
+
+    #[test]
     fn partials_are_refused() {
         assert!(references("{{> secret}}").is_err());
         assert!(references("{{#> layout}}x{{/layout}}").is_err());
