@@ -14,7 +14,7 @@ use super::{API_VERSION, KIND, LoadedPipeline, SpecError};
 use crate::catalog::Catalog;
 use crate::stages::{Kind, Problem, ValidateCx};
 
-/// Roots a template may refer to, as the engine renders them.
+/// Fields under `run.` that the engine provides to templates.
 const RUN_FIELDS: &[&str] = &["id", "pipeline", "model"];
 
 /// Check everything that can be checked without a cluster: stage names,
@@ -765,6 +765,36 @@ spec:
         assert!(p[1].starts_with("p.yaml:21:"));
         assert!(p[2].starts_with("p.yaml:24:"));
         assert!(p[3].starts_with("p.yaml:26:"));
+    }
+
+    #[test]
+    fn names_that_become_kubernetes_names_must_be_dns_labels() {
+        let t = GOOD.replace("namespace: models-dev", "namespace: Models_Dev").replace("name: build", "name: Build");
+        assert_eq!(
+            problems(&t),
+            vec![
+                "p.yaml:14:18: namespace `Models_Dev` is not a valid name (RFC 1123 label)",
+                "p.yaml:20:13: stage `Build`: stage name `Build` is not a valid name (RFC 1123 label)",
+            ]
+        );
+        let t = GOOD.replace("    name: weather\n    source", "    name: -weather\n    source");
+        assert_eq!(problems(&t), vec!["p.yaml:7:11: model name `-weather` must start and end with a letter or digit"]);
+    }
+
+    #[test]
+    fn param_names_must_be_referenceable() {
+        let t = GOOD.replace("    tag:\n", "    tag:\n      default: x\n    a.b:\n");
+        let p = problems(&t);
+        assert_eq!(p[0], "p.yaml:12:5: parameter name `a.b` cannot be referenced", "{p:?}");
+    }
+
+    #[test]
+    fn model_endpoint_must_be_an_http_url() {
+        let t = GOOD.replace(
+            "    source: s3://models/weather/\n",
+            "    source: s3://models/weather/\n    endpoint: s3.local\n",
+        );
+        assert_eq!(problems(&t), vec!["p.yaml:9:15: endpoint `s3.local` is not an http(s) URL"]);
     }
 
     #[test]
