@@ -42,55 +42,127 @@ pub fn is_template(s: &str) -> bool {
 }
 
 /// The dotted paths a template refers to (`stages.build.outputs.imageDigest`,
-/// `params.tag`, `env.HOME`), for validation without rendering. Block helpers
-/// and their bodies are reported as paths too; helpers themselves are not.
+/// `params.tag`, `env.HOME`), for validation without rendering. Paths are as
+/// written, with a leading `@root.` removed. Helper names are not paths; the
+/// arguments of helpers and block helpers are. Bodies of `each` and `with`
+/// are not reported: there paths are relative to the item, not the root.
+/// Partials and decorators are errors: values cannot include templates.
 pub fn references(template: &str) -> Result<Vec<String>, TemplateError> {
+    if nesting(template) > MAX_NESTING {
+        return Err(TemplateError {
+            origin: String::new(),
+            line: None,
+            message: format!("blocks or subexpressions nested deeper than {MAX_NESTING}"),
+        });
+    }
     let compiled = handlebars::template::Template::compile(template).map_err(|e| TemplateError {
         origin: String::new(),
         line: e.pos().map(|(l, _)| l),
         message: e.reason().to_string(),
     })?;
     let mut out = Vec::new();
-    collect(&compiled, &mut out);
+    collect(&compiled, &mut out)?;
     Ok(out)
 }
 
-fn collect(t: &handlebars::template::Template, out: &mut Vec<String>) {
+/// Deeper nesting is refused before parsing: the parser and the walk below
+/// recurse, and a hostile value must not exhaust the stack.
+const MAX_NESTING: usize = 64;
+
+/// An upper bound on block (`{{#`) and subexpression (`(`) nesting.
+fn nesting(template: &str) -> usize {
+    let b = template.as_bytes();
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut i = 0;
+    while i < b.len() {
+        if b[i..].starts_with(b"{{#") || b[i] == b'(' {
+            depth += 1;
+            max = max.max(depth);
+        } else if b[i..].starts_with(b"{{/") || b[i] == b')' {
+            depth = depth.saturating_sub(1);
+        }
+        i += 1;
+    }
+    max
+}
+
+/// Built-in helpers that may appear without arguments.
+const ARGLESS_HELPERS: &[&str] = &["else", "this"];
+
+fn collect(t: &handlebars::template::Template, out: &mut Vec<String>) -> Result<(), TemplateError> {
     use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
+    fn path(raw: &str, out: &mut Vec<String>) {
+        let raw = raw.strip_prefix("@root.").unwrap_or(raw);
+        if raw != "this" && !raw.starts_with("this.") && !raw.starts_with('@') {
+            out.push(raw.to_string());
+        }
+    }
     fn param(p: &Parameter, out: &mut Vec<String>) {
         match p {
-            Parameter::Path(handlebars::Path::Relative((_, raw))) => out.push(raw.clone()),
+            Parameter::Path(handlebars::Path::Relative((_, raw))) => path(raw, out),
             Parameter::Subexpression(sub) => {
                 for p in sub.params().into_iter().flatten() {
                     param(p, out);
                 }
+                for p in sub.hash().into_iter().flat_map(|h| h.values()) {
+                    param(p, out);
+                }
             }
+            // `@index`, `@key`, `../x`: local to a block.
             _ => {}
         }
     }
-    fn helper(h: &HelperTemplate, out: &mut Vec<String>) {
+    fn helper(h: &HelperTemplate, out: &mut Vec<String>) -> Result<(), TemplateError> {
+        let mut name_of_block = None;
         match &h.name {
-            Parameter::Name(_) if !h.params.is_empty() || h.block => {}
+            Parameter::Name(n) if !h.params.is_empty() || !h.hash.is_empty() || h.block => {
+                name_of_block = Some(n.as_str())
+            }
+            // `{{foo}}` is either a zero-argument helper or a lookup; none of
+            // ours take no arguments, so it is a lookup.
+            Parameter::Name(n) if !ARGLESS_HELPERS.contains(&n.as_str()) => path(n, out),
             p => param(p, out),
         }
-        for p in &h.params {
+        for p in h.params.iter().chain(h.hash.values()) {
             param(p, out);
         }
+        let changes_context = matches!(name_of_block, Some("each" | "with")) && h.block;
         if let Some(body) = &h.template {
-            collect(body, out);
+            if changes_context {
+                // Walked for partials and decorators; its paths are not the root's.
+                collect(body, &mut Vec::new())?;
+            } else {
+                collect(body, out)?;
+            }
         }
         if let Some(inverse) = &h.inverse {
-            collect(inverse, out);
+            collect(inverse, out)?;
         }
+        Ok(())
     }
     for el in &t.elements {
         match el {
             TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) | TemplateElement::HelperBlock(h) => {
-                helper(h, out)
+                helper(h, out)?
+            }
+            TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
+                return Err(TemplateError {
+                    origin: String::new(),
+                    line: None,
+                    message: "partials (`{{> name}}`) are not available here".into(),
+                });
+            }
+            TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
+                return Err(TemplateError {
+                    origin: String::new(),
+                    line: None,
+                    message: "decorators (`{{* name}}`) are not available here".into(),
+                });
             }
             _ => {}
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,5 +186,42 @@ mod tests {
     fn references_lists_paths() {
         let refs = references("{{stages.build.outputs.imageDigest}}-{{params.tag}}").unwrap();
         assert_eq!(refs, vec!["stages.build.outputs.imageDigest", "params.tag"]);
+    }
+
+    #[test]
+    fn references_include_helper_arguments_and_bare_names_but_not_helpers() {
+        let refs =
+            references(r#"{{#if (eq params.env "prod")}}{{stages.a.outputs.x}}{{else}}{{name}}{{/if}}"#).unwrap();
+        assert_eq!(refs, vec!["params.env", "stages.a.outputs.x", "name"]);
+    }
+
+    #[test]
+    fn each_body_is_relative_to_the_item_so_only_its_argument_is_reported() {
+        let refs = references("{{#each stages}}{{this}}{{@key}}{{outputs.x}}{{/each}}{{@root.params.a}}").unwrap();
+        assert_eq!(refs, vec!["stages", "params.a"]);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let t = format!("{}x{}", "{{#if a}}".repeat(10_000), "{{/if}}".repeat(10_000));
+        let err = references(&t).unwrap_err();
+        assert!(err.message.contains("nested deeper"), "{err}");
+    }
+
+    #[test]
+    fn dashed_stage_names_stay_one_segment() {
+        assert_eq!(references("{{stages.fetch-model.outputs.x}}").unwrap(), vec!["stages.fetch-model.outputs.x"]);
+    }
+
+    #[test]
+    fn partials_are_refused() {
+        assert!(references("{{> secret}}").is_err());
+        assert!(references("{{#> layout}}x{{/layout}}").is_err());
+        assert!(references("{{#each stages}}{{> secret}}{{/each}}").is_err());
+    }
+
+    #[test]
+    fn unbalanced_blocks_are_a_syntax_error() {
+        assert!(references("{{#each stages}}").is_err());
     }
 }

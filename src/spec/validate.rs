@@ -1,10 +1,810 @@
 //! Semantic checks on a parsed pipeline, collecting every problem.
+//!
+//! Pure: nothing here touches the network, a cluster or any file besides the
+//! pipeline's own text (already loaded). `{{env.NAME}}` values are checked at
+//! run time only, since the environment of a validating machine is not the
+//! one a run sees.
 
-use super::{LoadedPipeline, SpecError};
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::diagnostic::Diagnostic;
+use super::{API_VERSION, KIND, LoadedPipeline, SpecError};
 use crate::catalog::Catalog;
+use crate::stages::{Kind, Problem, ValidateCx};
+
+/// Fields under `run.` that the engine provides to templates.
+const RUN_FIELDS: &[&str] = &["id", "pipeline", "model"];
 
 /// Check everything that can be checked without a cluster: stage names,
 /// `uses`, each kind's `with:`, environments, template references.
-pub fn validate(_loaded: &LoadedPipeline, _catalog: &Catalog) -> Result<(), SpecError> {
-    todo!("spec helper")
+pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog) -> Result<(), SpecError> {
+    let mut c = Checker { loaded, diags: Vec::new() };
+    c.duplicate_keys();
+    c.header();
+    c.model();
+    c.environments();
+    c.params();
+    c.stages(catalog);
+    let mut diagnostics = c.diags;
+    // Read top to bottom, whatever order the checks ran in.
+    diagnostics.sort_by(|a, b| (a.line, a.col, &a.message).cmp(&(b.line, b.col, &b.message)));
+    diagnostics.dedup();
+    if diagnostics.is_empty() { Ok(()) } else { Err(SpecError { diagnostics }) }
+}
+
+struct Checker<'a> {
+    loaded: &'a LoadedPipeline,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    /// A problem with the value at `path`.
+    fn at_value(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
+        let pos = self.loaded.spans.locate_value(path);
+        self.push(pos, message)
+    }
+
+    /// A problem with the key at `path` (its presence or name).
+    fn at_key(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
+        let pos = self.loaded.spans.locate(path);
+        self.push(pos, message)
+    }
+
+    fn push(&mut self, pos: Option<(usize, usize)>, message: impl Into<String>) -> &mut Diagnostic {
+        let l = self.loaded;
+        self.diags.push(Diagnostic::at(&l.path, &l.source, pos, message));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn duplicate_keys(&mut self) {
+        for dup in self.loaded.spans.duplicates() {
+            let d = self.push(Some(dup.again), format!("duplicate key `{}`", dup.key));
+            d.hint = Some(format!("first written at line {}; remove one of them", dup.first.0));
+        }
+    }
+
+    fn header(&mut self) {
+        let l = self.loaded;
+        let p = &l.pipeline;
+        if p.api_version != API_VERSION {
+            self.at_value("apiVersion", format!("unsupported apiVersion `{}`", p.api_version)).hint =
+                Some(format!("expected `{API_VERSION}`"));
+        }
+        if p.kind != KIND {
+            self.at_value("kind", format!("unsupported kind `{}`", p.kind)).hint = Some(format!("expected `{KIND}`"));
+        }
+        if let Some(why) = dns_label_problem(&p.metadata.name) {
+            self.at_value("metadata.name", format!("metadata.name `{}` {why}", p.metadata.name)).hint =
+                Some(DNS_LABEL_HINT.into());
+        }
+    }
+
+    fn model(&mut self) {
+        let l = self.loaded;
+        let m = &l.pipeline.spec.model;
+        if let Some(why) = dns_label_problem(&m.name) {
+            self.at_value("spec.model.name", format!("model name `{}` {why}", m.name)).hint =
+                Some(format!("{DNS_LABEL_HINT}; it names the model's ledger and labels"));
+        }
+        if let Some(problem) = source_problem(&m.source) {
+            self.at_value("spec.model.source", problem).hint =
+                Some("use `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY` or `file://PATH`".into());
+        }
+        if let Some(endpoint) = &m.endpoint {
+            match url::Url::parse(endpoint) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    self.at_value("spec.model.endpoint", format!("endpoint `{endpoint}` is not an http(s) URL")).hint =
+                        Some("e.g. `https://s3.example.com` or `http://127.0.0.1:9000`".into())
+                }
+            }
+        }
+    }
+
+    fn environments(&mut self) {
+        let l = self.loaded;
+        let spec = &l.pipeline.spec;
+        for (name, env) in &spec.environments {
+            if let Some(why) = dns_label_problem(&env.namespace) {
+                self.at_value(
+                    &format!("spec.environments.{name}.namespace"),
+                    format!("namespace `{}` {why}", env.namespace),
+                )
+                .hint = Some(DNS_LABEL_HINT.into());
+            }
+        }
+        if let Some(state_env) = spec.state.as_ref().and_then(|s| s.environment.as_deref())
+            && !spec.environments.contains_key(state_env)
+        {
+            let declared = spec.environments.keys().cloned().collect::<Vec<_>>();
+            let hint = did_you_mean(state_env, declared.iter().map(String::as_str))
+                .unwrap_or_else(|| format!("declared: {}", list_or_none(&declared)));
+            self.at_value(
+                "spec.state.environment",
+                format!("environment `{state_env}` is not declared in spec.environments"),
+            )
+            .hint = Some(hint);
+        }
+    }
+
+    fn params(&mut self) {
+        let l = self.loaded;
+        for name in l.pipeline.spec.params.keys() {
+            let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                self.at_key(&format!("spec.params.{name}"), format!("parameter name `{name}` cannot be referenced"))
+                    .hint = Some("use letters, digits, `_` and `-`, starting with a letter".into());
+            }
+        }
+    }
+
+    fn stages(&mut self, catalog: &Catalog) {
+        let l = self.loaded;
+        let pipeline = &l.pipeline;
+        let stages = &pipeline.spec.stages;
+        if stages.is_empty() {
+            self.at_key("spec.stages", "a pipeline needs at least one stage").hint =
+                Some(format!("e.g. `- {{ name: fetch, uses: fetch-model }}`; stage kinds: {}", kinds_list()));
+        }
+        let mut first_index: HashMap<&str, usize> = HashMap::new();
+        for (i, stage) in stages.iter().enumerate() {
+            let base = format!("spec.stages[{i}]");
+            if let Some(why) = dns_label_problem(&stage.name) {
+                self.at_value(&format!("{base}.name"), format!("stage name `{}` {why}", stage.name))
+                    .in_stage_mut(&stage.name)
+                    .hint = Some(DNS_LABEL_HINT.into());
+            }
+            if let Some(&first) = first_index.get(stage.name.as_str()) {
+                let line = self.loaded.spans.locate_value(&format!("spec.stages[{first}].name")).map(|p| p.0);
+                let d = self
+                    .at_value(&format!("{base}.name"), format!("duplicate stage name `{}`", stage.name))
+                    .in_stage_mut(&stage.name);
+                d.hint = Some(match line {
+                    Some(l) => format!("first used by stage {} at line {l}; stage names must be unique", first + 1),
+                    None => "stage names must be unique".into(),
+                });
+            } else {
+                first_index.insert(&stage.name, i);
+            }
+
+            match Kind::from_name(&stage.uses) {
+                None => {
+                    let hint = did_you_mean(&stage.uses, Kind::names())
+                        .unwrap_or_else(|| format!("stage kinds: {}", kinds_list()));
+                    self.at_value(&format!("{base}.uses"), format!("unknown stage kind `{}`", stage.uses))
+                        .in_stage_mut(&stage.name)
+                        .hint = Some(hint);
+                }
+                Some(kind) => {
+                    let cx = ValidateCx { pipeline, stage, index: i, catalog };
+                    // Every kind takes `environment`; checking it here keeps the
+                    // rule whatever a kind checks itself (duplicates are dropped).
+                    if let Some(Value::String(env)) = stage.with.get("environment")
+                        && let Some(problem) = cx.environment_problem("environment", env)
+                    {
+                        self.kind_problem(&base, &stage.name, problem);
+                    }
+                    for problem in kind.validate(&stage.with, &cx) {
+                        self.kind_problem(&base, &stage.name, problem);
+                    }
+                }
+            }
+
+            if let Some(timeout) = &stage.timeout {
+                match humantime::parse_duration(timeout) {
+                    Ok(d) if d.is_zero() => {
+                        self.at_value(&format!("{base}.timeout"), "timeout must be longer than zero")
+                            .in_stage_mut(&stage.name);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let d = self
+                            .at_value(&format!("{base}.timeout"), format!("timeout `{timeout}` is not a duration: {e}"))
+                            .in_stage_mut(&stage.name);
+                        d.hint = Some("e.g. `90s`, `10m`, `1h 30m`".into());
+                    }
+                }
+            }
+
+            let mut strings = Vec::new();
+            for (k, v) in &stage.with {
+                strings_in(v, format!("{base}.with.{k}"), &mut strings);
+            }
+            if let Some(cond) = &stage.condition {
+                strings.push((format!("{base}.if"), cond.as_str()));
+            }
+            for (path, s) in strings {
+                if crate::template::is_template(s) {
+                    self.template_refs(i, &path, s);
+                }
+            }
+        }
+    }
+
+    /// A problem a stage kind found in `with:`; its path is relative to `with`.
+    fn kind_problem(&mut self, base: &str, stage: &str, problem: Problem) {
+        let with = format!("{base}.with");
+        let full = match problem.path.as_str() {
+            "" => with.clone(),
+            p if p.starts_with('[') => format!("{with}{p}"),
+            p => format!("{with}.{p}"),
+        };
+        let unknown = unknown_field(&problem.message);
+        let spans = &self.loaded.spans;
+        let pos = match unknown {
+            // serde names the map; point at the misspelt key in it (or the key itself).
+            Some(f) if spans.contains(&format!("{full}.{f}")) => spans.locate(&format!("{full}.{f}")),
+            Some(_) => spans.locate(&full),
+            None if problem.message.starts_with("missing field") => spans.locate(&full),
+            None => spans.locate_value(&full),
+        };
+        let hint = problem.hint.clone().or_else(|| unknown_field_hint(&problem.message));
+        let message = if problem.path.is_empty() {
+            format!("with: {}", problem.message)
+        } else {
+            format!("with.{}: {}", problem.path, problem.message)
+        };
+        let d = self.push(pos, message).in_stage_mut(stage);
+        d.hint = hint;
+    }
+
+    /// Check every reference in the template string at `path` (stage `i`).
+    fn template_refs(&mut self, i: usize, path: &str, text: &str) {
+        let stage = self.loaded.pipeline.spec.stages[i].name.clone();
+        let refs = match crate::template::references(text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.at_value(path, format!("invalid template: {}", e.message)).in_stage_mut(&stage).hint =
+                    Some("values use handlebars, e.g. `{{stages.build.outputs.imageDigest}}`".into());
+                return;
+            }
+        };
+        for raw in refs {
+            if let Some((message, hint)) = self.reference_problem(i, &raw) {
+                let pos = self.reference_pos(path, &raw);
+                let d = self.push(pos, message).in_stage_mut(&stage);
+                d.hint = hint;
+            }
+        }
+    }
+
+    /// The position of `raw` inside the value at `path` when it sits on the
+    /// value's first line; else the value's start.
+    fn reference_pos(&self, path: &str, raw: &str) -> Option<(usize, usize)> {
+        let (line, col) = self.loaded.spans.locate_value(path)?;
+        let text = self.loaded.source.lines().nth(line - 1)?;
+        let from: usize = text.char_indices().nth(col - 1).map(|(b, _)| b)?;
+        // The reference as a whole word: `env` must not match in `environment`.
+        let word = |c: char| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '[' | ']' | '/' | '@');
+        let rest = &text[from..];
+        let found = rest.match_indices(raw).map(|(i, _)| i).find(|&i| {
+            !rest[..i].chars().next_back().is_some_and(word) && !rest[i + raw.len()..].chars().next().is_some_and(word)
+        })?;
+        Some((line, col + rest[..found].chars().count()))
+    }
+
+    /// What is wrong with reference `raw` in stage `i`, if anything.
+    fn reference_problem(&self, i: usize, raw: &str) -> Option<(String, Option<String>)> {
+        let spec = &self.loaded.pipeline.spec;
+        let segs = segments(raw);
+        let seg = |n: usize| segs.get(n).map(String::as_str);
+        let roots = "references start with `stages.`, `params.`, `env.` or `run.`";
+        match seg(0) {
+            Some("stages") => {
+                let (Some(name), Some("outputs"), Some(output)) = (seg(1), seg(2), seg(3)) else {
+                    return Some((
+                        format!("incomplete reference `{raw}`"),
+                        Some("stage outputs are referenced as `{{stages.NAME.outputs.OUTPUT}}`".into()),
+                    ));
+                };
+                let Some(j) = spec.stages.iter().position(|s| s.name == name) else {
+                    let earlier = spec.stages[..i].iter().map(|s| s.name.as_str());
+                    return Some((
+                        format!("`{raw}`: no stage named `{name}`"),
+                        did_you_mean(name, earlier)
+                            .or_else(|| Some(format!("earlier stages: {}", list_or_none(&earlier_names(spec, i))))),
+                    ));
+                };
+                if j == i {
+                    return Some((
+                        format!("`{raw}`: a stage cannot use its own outputs"),
+                        Some("outputs exist only after the stage has run".into()),
+                    ));
+                }
+                if j > i {
+                    return Some((
+                        format!("`{raw}`: stage `{name}` comes after this one"),
+                        Some(format!(
+                            "only earlier stages' outputs exist here; move `{name}` before this stage or drop the reference"
+                        )),
+                    ));
+                }
+                let kind = Kind::from_name(&spec.stages[j].uses)?; // unknown kinds are reported apart
+                if !kind.outputs().contains(&output) {
+                    let hint = did_you_mean(output, kind.outputs().iter().copied()).unwrap_or_else(|| {
+                        format!(
+                            "`{kind}` outputs: {}",
+                            list_or_none(&kind.outputs().iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                        )
+                    });
+                    return Some((format!("`{raw}`: stage `{name}` (`{kind}`) has no output `{output}`"), Some(hint)));
+                }
+                None
+            }
+            Some("params") => {
+                let Some(name) = seg(1) else {
+                    return Some((
+                        format!("incomplete reference `{raw}`"),
+                        Some("parameters are referenced as `{{params.NAME}}`".into()),
+                    ));
+                };
+                if spec.params.contains_key(name) {
+                    return None;
+                }
+                let declared: Vec<String> = spec.params.keys().cloned().collect();
+                Some((
+                    format!("`{raw}`: parameter `{name}` is not declared in spec.params"),
+                    did_you_mean(name, declared.iter().map(String::as_str))
+                        .or_else(|| Some(format!("declared: {}", list_or_none(&declared)))),
+                ))
+            }
+            // Process environment: known only at run time.
+            Some("env") if segs.len() == 2 => None,
+            Some("env") => Some((
+                format!("invalid reference `{raw}`"),
+                Some("environment variables are referenced as `{{env.NAME}}`".into()),
+            )),
+            Some("run") if segs.len() == 2 && RUN_FIELDS.contains(&segs[1].as_str()) => None,
+            Some("run") => Some((
+                format!("invalid reference `{raw}`"),
+                Some("run fields: `run.id`, `run.pipeline`, `run.model`".into()),
+            )),
+            _ => Some((format!("unknown reference `{raw}`"), Some(roots.into()))),
+        }
+    }
+}
+
+trait InStage {
+    fn in_stage_mut(&mut self, stage: &str) -> &mut Self;
+}
+
+impl InStage for Diagnostic {
+    fn in_stage_mut(&mut self, stage: &str) -> &mut Self {
+        self.stage = Some(stage.to_string());
+        self
+    }
+}
+
+fn earlier_names(spec: &super::PipelineSpec, i: usize) -> Vec<String> {
+    spec.stages[..i].iter().map(|s| s.name.clone()).collect()
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "(none)".into()
+    } else {
+        items.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn kinds_list() -> String {
+    Kind::names().collect::<Vec<_>>().join(", ")
+}
+
+/// Every string below `v` with its dotted path.
+fn strings_in<'v>(v: &'v Value, path: String, out: &mut Vec<(String, &'v str)>) {
+    // Explicit stack: `with:` values can nest as deep as serde_yaml allows.
+    let mut todo = vec![(path, v)];
+    while let Some((path, v)) = todo.pop() {
+        match v {
+            Value::String(s) => out.push((path, s)),
+            Value::Array(items) => {
+                todo.extend(items.iter().enumerate().rev().map(|(n, item)| (format!("{path}[{n}]"), item)))
+            }
+            Value::Object(map) => todo.extend(map.iter().rev().map(|(k, item)| (format!("{path}.{k}"), item))),
+            _ => {}
+        }
+    }
+}
+
+/// Split a handlebars path into segments: `a.b`, `a/b` and `a.[b.c]`.
+fn segments(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '[' if cur.is_empty() => {
+                for c in chars.by_ref() {
+                    if c == ']' {
+                        break;
+                    }
+                    cur.push(c);
+                }
+            }
+            '.' | '/' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+const DNS_LABEL_HINT: &str =
+    "use at most 63 lowercase letters, digits and `-`, starting and ending with a letter or digit";
+
+/// Why `s` is not an RFC 1123 label (Kubernetes names and label values).
+fn dns_label_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        return Some("is empty");
+    }
+    if s.len() > 63 {
+        return Some("is longer than 63 characters");
+    }
+    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Some("is not a valid name (RFC 1123 label)");
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Some("must start and end with a letter or digit");
+    }
+    None
+}
+
+/// What is wrong with a model source, if anything.
+fn source_problem(source: &str) -> Option<String> {
+    if let Some(rest) = source.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or_default();
+        if bucket.is_empty() {
+            return Some(format!("model source `{source}` names no bucket"));
+        }
+        return None;
+    }
+    if let Some(rest) = source.strip_prefix("file://") {
+        if rest.is_empty() {
+            return Some(format!("model source `{source}` names no path"));
+        }
+        return None;
+    }
+    let scheme = source.split_once("://").map(|(s, _)| s);
+    Some(match scheme {
+        Some(s) => format!("model source `{source}` has unsupported scheme `{s}`"),
+        None => format!("model source `{source}` has no scheme"),
+    })
+}
+
+/// `unknown field `x`, expected ...` -> `x`.
+fn unknown_field(message: &str) -> Option<&str> {
+    let start = message.find("unknown field `")? + "unknown field `".len();
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// "did you mean `y`?" from serde's "unknown field `x`, expected one of `y`, `z`".
+pub(super) fn unknown_field_hint(message: &str) -> Option<String> {
+    let field = unknown_field(message)?;
+    let (_, expected) = message.split_once("expected ")?;
+    let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+    let candidates: Vec<&str> =
+        expected.split([',', ' ']).map(|s| s.trim_matches('`')).filter(|s| !s.is_empty() && *s != "or").collect();
+    // Without a close match the message already lists what is expected.
+    did_you_mean(field, candidates.into_iter())
+}
+
+/// "did you mean `x`?" for the closest candidate, if one is close enough.
+pub(super) fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    let lower = word.to_ascii_lowercase();
+    let limit = (word.chars().count() / 3).max(2);
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// A valid pipeline using only `with:` keys every kind accepts.
+    pub(crate) const GOOD: &str = "\
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata:
+  name: weather
+spec:
+  model:
+    name: weather
+    source: s3://models/weather/
+  params:
+    tag:
+      default: latest
+  environments:
+    dev:
+      namespace: models-dev
+    prod:
+      namespace: models-prod
+  stages:
+    - name: fetch
+      uses: fetch-model
+    - name: build
+      uses: openshift-build
+      with:
+        environment: dev
+    - name: deploy
+      uses: seldon-deploy
+      timeout: 10m
+      if: \"{{params.tag}}\"
+      with:
+        environment: \"{{params.tag}}\"
+";
+
+    /// `file:line:col: [stage `x`: ]message` of each problem.
+    fn problems(text: &str) -> Vec<String> {
+        let loaded = super::super::load_str(Path::new("p.yaml"), text).expect("parses");
+        match validate(&loaded, &Catalog::embedded()) {
+            Ok(()) => Vec::new(),
+            Err(e) => e.diagnostics.iter().map(|d| d.to_string().lines().next().unwrap().to_string()).collect(),
+        }
+    }
+
+    fn hints(text: &str) -> Vec<Option<String>> {
+        let loaded = super::super::load_str(Path::new("p.yaml"), text).expect("parses");
+        validate(&loaded, &Catalog::embedded()).unwrap_err().diagnostics.into_iter().map(|d| d.hint).collect()
+    }
+
+    #[test]
+    fn good_pipeline_is_valid() {
+        assert_eq!(problems(GOOD), Vec::<String>::new());
+    }
+
+    #[test]
+    fn wrong_api_version_and_kind() {
+        let t = GOOD.replace("modelship.io/v1alpha1", "modelship.io/v2").replace("kind: Pipeline", "kind: Pipe");
+        assert_eq!(
+            problems(&t),
+            vec!["p.yaml:1:13: unsupported apiVersion `modelship.io/v2`", "p.yaml:2:7: unsupported kind `Pipe`"]
+        );
+    }
+
+    #[test]
+    fn metadata_name_must_be_a_dns_label() {
+        let t = GOOD.replace("  name: weather\nspec", "  name: Weather_1\nspec");
+        assert_eq!(problems(&t), vec!["p.yaml:4:9: metadata.name `Weather_1` is not a valid name (RFC 1123 label)"]);
+    }
+
+    #[test]
+    fn empty_stages() {
+        let t = GOOD.split("  stages:").next().unwrap().to_string() + "  stages: []\n";
+        assert_eq!(problems(&t), vec!["p.yaml:17:3: a pipeline needs at least one stage"]);
+    }
+
+    #[test]
+    fn duplicate_stage_names_point_at_the_second_and_name_the_first() {
+        let t = GOOD.replace("name: build", "name: fetch");
+        assert_eq!(problems(&t), vec!["p.yaml:20:13: stage `fetch`: duplicate stage name `fetch`"]);
+        assert_eq!(hints(&t), vec![Some("first used by stage 1 at line 18; stage names must be unique".into())]);
+    }
+
+    #[test]
+    fn unknown_uses_suggests_the_closest_kind() {
+        let t = GOOD.replace("uses: openshift-build", "uses: opnshift-build");
+        assert_eq!(problems(&t), vec!["p.yaml:21:13: stage `build`: unknown stage kind `opnshift-build`"]);
+        assert_eq!(hints(&t), vec![Some("did you mean `openshift-build`?".into())]);
+    }
+
+    #[test]
+    fn unknown_uses_far_from_any_kind_lists_the_kinds() {
+        let t = GOOD.replace("uses: openshift-build", "uses: zzz");
+        let h = hints(&t)[0].clone().unwrap();
+        assert!(h.starts_with("stage kinds: fetch-model, render"), "{h}");
+    }
+
+    #[test]
+    fn unknown_with_key_points_at_the_key_with_a_suggestion() {
+        let t = GOOD.replace("        environment: dev", "        environmnt: dev");
+        let p = problems(&t);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("p.yaml:23:9: stage `build`: with"), "{p:?}");
+        assert!(p[0].contains("unknown field `environmnt`"), "{p:?}");
+        assert_eq!(hints(&t), vec![Some("did you mean `environment`?".into())]);
+    }
+
+    #[test]
+    fn wrong_type_in_with_points_at_the_value() {
+        let t = GOOD.replace("        environment: dev", "        environment: [dev]");
+        let p = problems(&t);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("p.yaml:23:22: stage `build`: with.environment: invalid type"), "{p:?}");
+    }
+
+    #[test]
+    fn undeclared_environment_points_at_the_value() {
+        let t = GOOD.replace("        environment: dev", "        environment: staging");
+        assert_eq!(
+            problems(&t),
+            vec![
+                "p.yaml:23:22: stage `build`: with.environment: environment `staging` is not declared in spec.environments"
+            ]
+        );
+        assert_eq!(hints(&t), vec![Some("declared: dev, prod".into())]);
+    }
+
+    #[test]
+    fn timeout_must_parse() {
+        let t = GOOD.replace("timeout: 10m", "timeout: ten minutes");
+        let p = problems(&t);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("p.yaml:26:16: stage `deploy`: timeout `ten minutes` is not a duration"), "{p:?}");
+        let t = GOOD.replace("timeout: 10m", "timeout: 0s");
+        assert_eq!(problems(&t), vec!["p.yaml:26:16: stage `deploy`: timeout must be longer than zero"]);
+    }
+
+    #[test]
+    fn reference_to_a_later_stage_comes_after() {
+        let t = GOOD.replace("uses: fetch-model", "uses: fetch-model\n      if: \"{{stages.build.outputs.image}}\"");
+        assert_eq!(
+            problems(&t),
+            vec!["p.yaml:20:14: stage `fetch`: `stages.build.outputs.image`: stage `build` comes after this one"]
+        );
+    }
+
+    #[test]
+    fn reference_to_a_missing_stage_says_no_stage_named() {
+        let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"{{stages.biuld.outputs.image}}\"");
+        assert_eq!(
+            problems(&t),
+            vec!["p.yaml:27:14: stage `deploy`: `stages.biuld.outputs.image`: no stage named `biuld`"]
+        );
+        assert_eq!(hints(&t), vec![Some("did you mean `build`?".into())]);
+    }
+
+    #[test]
+    fn reference_to_an_unknown_output_lists_the_outputs() {
+        let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"x {{stages.build.outputs.digest}}\"");
+        assert_eq!(
+            problems(&t),
+            vec![
+                "p.yaml:27:16: stage `deploy`: `stages.build.outputs.digest`: stage `build` (`openshift-build`) has no output `digest`"
+            ]
+        );
+        let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"{{stages.build.outputs.imageDigets}}\"");
+        assert_eq!(hints(&t), vec![Some("did you mean `imageDigest`?".into())]);
+    }
+
+    #[test]
+    fn reference_to_own_outputs_is_refused() {
+        let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"{{stages.deploy.outputs.endpoint}}\"");
+        assert_eq!(
+            problems(&t),
+            vec!["p.yaml:27:14: stage `deploy`: `stages.deploy.outputs.endpoint`: a stage cannot use its own outputs"]
+        );
+    }
+
+    #[test]
+    fn earlier_output_reference_in_a_nested_with_value_is_fine() {
+        let t = GOOD.replace(
+            "        environment: \"{{params.tag}}\"",
+            "        environment: \"{{#if stages.build.outputs.imageDigest}}dev{{/if}}\"",
+        );
+        assert_eq!(problems(&t), Vec::<String>::new());
+    }
+
+    #[test]
+    fn undeclared_param_and_unknown_root_and_env_and_run() {
+        let t = GOOD.replace(
+            "        environment: \"{{params.tag}}\"",
+            "        environment: \"{{params.tga}}{{secrets.x}}{{env.HOME}}{{env}}{{run.id}}{{run.nope}}\"",
+        );
+        assert_eq!(
+            problems(&t),
+            vec![
+                "p.yaml:29:25: stage `deploy`: `params.tga`: parameter `tga` is not declared in spec.params",
+                "p.yaml:29:39: stage `deploy`: unknown reference `secrets.x`",
+                "p.yaml:29:64: stage `deploy`: invalid reference `env`",
+                "p.yaml:29:81: stage `deploy`: invalid reference `run.nope`",
+            ]
+        );
+        assert_eq!(hints(&t)[0], Some("did you mean `tag`?".into()));
+    }
+
+    #[test]
+    fn invalid_template_syntax() {
+        let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"{{#if params.tag}}\"");
+        let p = problems(&t);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("p.yaml:27:11: stage `deploy`: invalid template:"), "{p:?}");
+    }
+
+    #[test]
+    fn each_injection_in_a_value_is_reported_not_rendered() {
+        let t = GOOD.replace("if: \"{{params.tag}}\"", "if: \"{{#each stages}}{{this}}{{/each}}\"");
+        assert_eq!(problems(&t), vec!["p.yaml:27:20: stage `deploy`: incomplete reference `stages`"]);
+    }
+
+    #[test]
+    fn model_source_scheme() {
+        let t = GOOD.replace("s3://models/weather/", "http://models/weather/");
+        assert_eq!(
+            problems(&t),
+            vec!["p.yaml:8:13: model source `http://models/weather/` has unsupported scheme `http`"]
+        );
+        let t = GOOD.replace("s3://models/weather/", "s3:///weather/");
+        assert_eq!(problems(&t), vec!["p.yaml:8:13: model source `s3:///weather/` names no bucket"]);
+        let t = GOOD.replace("s3://models/weather/", "file://./models/weather");
+        assert_eq!(problems(&t), Vec::<String>::new());
+    }
+
+    #[test]
+    fn state_environment_must_be_declared() {
+        let t = GOOD.replace("  stages:\n", "  state:\n    environment: dve\n  stages:\n");
+        assert_eq!(problems(&t), vec!["p.yaml:18:18: environment `dve` is not declared in spec.environments"]);
+        assert_eq!(hints(&t), vec![Some("did you mean `dev`?".into())]);
+    }
+
+    #[test]
+    fn duplicate_keys_in_with_are_reported() {
+        let t = GOOD.replace("        environment: dev", "        environment: dev\n        environment: prod");
+        assert_eq!(problems(&t), vec!["p.yaml:24:9: duplicate key `environment`"]);
+    }
+
+    #[test]
+    fn all_problems_are_collected_in_source_order() {
+        let t = GOOD
+            .replace("kind: Pipeline", "kind: Pipe")
+            .replace("uses: openshift-build", "uses: opnshift-build")
+            .replace("name: deploy", "name: fetch")
+            .replace("timeout: 10m", "timeout: soon");
+        let p = problems(&t);
+        assert_eq!(p.len(), 4, "{p:#?}");
+        assert!(p[0].starts_with("p.yaml:2:"));
+        assert!(p[1].starts_with("p.yaml:21:"));
+        assert!(p[2].starts_with("p.yaml:24:"));
+        assert!(p[3].starts_with("p.yaml:26:"));
+    }
+
+    #[test]
+    fn names_that_become_kubernetes_names_must_be_dns_labels() {
+        let t = GOOD.replace("namespace: models-dev", "namespace: Models_Dev").replace("name: build", "name: Build");
+        assert_eq!(
+            problems(&t),
+            vec![
+                "p.yaml:14:18: namespace `Models_Dev` is not a valid name (RFC 1123 label)",
+                "p.yaml:20:13: stage `Build`: stage name `Build` is not a valid name (RFC 1123 label)",
+            ]
+        );
+        let t = GOOD.replace("    name: weather\n    source", "    name: -weather\n    source");
+        assert_eq!(problems(&t), vec!["p.yaml:7:11: model name `-weather` must start and end with a letter or digit"]);
+    }
+
+    #[test]
+    fn param_names_must_be_referenceable() {
+        let t = GOOD.replace("    tag:\n", "    tag:\n      default: x\n    a.b:\n");
+        let p = problems(&t);
+        assert_eq!(p[0], "p.yaml:12:5: parameter name `a.b` cannot be referenced", "{p:?}");
+    }
+
+    #[test]
+    fn model_endpoint_must_be_an_http_url() {
+        let t = GOOD.replace(
+            "    source: s3://models/weather/\n",
+            "    source: s3://models/weather/\n    endpoint: s3.local\n",
+        );
+        assert_eq!(problems(&t), vec!["p.yaml:9:15: endpoint `s3.local` is not an http(s) URL"]);
+    }
+
+    #[test]
+    fn did_you_mean_picks_the_closest_within_reach() {
+        assert_eq!(did_you_mean("rendr", Kind::names()), Some("did you mean `render`?".into()));
+        assert_eq!(did_you_mean("kubernetes", Kind::names()), None);
+    }
+
+    #[test]
+    fn segments_split_dots_slashes_and_brackets() {
+        assert_eq!(segments("stages.[a.b].outputs/x"), vec!["stages", "a.b", "outputs", "x"]);
+    }
 }
