@@ -87,6 +87,7 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         interactive: std::io::stderr().is_terminal() && g.log_format.is_text() && !g.quiet,
         cancel: cancel.clone(),
         sim_contexts: false,
+        sim_s3: None,
     };
 
     if args.dry_run {
@@ -102,20 +103,33 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         return Ok(());
     }
 
-    let sims = match &args.sim {
+    let (sims, s3) = match &args.sim {
         Some(dir) => {
             let (sims, kubeconfig) = start_sims(&args.file, dir).await?;
+            let s3 = match sim_model_source(&args.file, dir, &kubeconfig).await {
+                Ok(s3) => s3,
+                Err(e) => {
+                    for sim in sims {
+                        sim.shutdown().await;
+                    }
+                    return Err(e);
+                }
+            };
+            opts.sim_s3 = s3.as_ref().map(|(_, s)| s.clone());
             opts.kubeconfig = Some(kubeconfig);
             opts.sim_contexts = true;
-            sims
+            (sims, s3.map(|(server, _)| server))
         }
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     let signals = tokio::spawn(cancel_on_signals(cancel.clone()));
     let result = engine::run(opts).await;
     signals.abort();
     for sim in sims {
         sim.shutdown().await;
+    }
+    if let Some(s3) = s3 {
+        s3.shutdown().await;
     }
 
     let summary = match &result {
@@ -183,7 +197,117 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
     for s in &sims {
         tracing::info!(environment = %s.name, url = %s.url(), "simulated cluster started");
     }
+    // A fresh sim has only the default namespaces; a real cluster would
+    // already have the pipeline's.
+    for (env, spec) in &loaded.pipeline.spec.environments {
+        if let Err(e) = ensure_namespace(&path, env, &spec.namespace).await {
+            for sim in sims {
+                sim.shutdown().await;
+            }
+            return Err(e);
+        }
+    }
     Ok((sims, path))
+}
+
+async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, CommandError> {
+    let failed = |e: String| CommandError::usage(format!("simulated cluster `{context}`: {e}"));
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| failed(e.to_string()))?;
+    let options = kube::config::KubeConfigOptions { context: Some(context.to_string()), ..Default::default() };
+    let config = kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| failed(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| failed(e.to_string()))
+}
+
+async fn ensure_namespace(kubeconfig: &Path, context: &str, namespace: &str) -> Result<(), CommandError> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let client = sim_client(kubeconfig, context).await?;
+    let api: kube::Api<Namespace> = kube::Api::all(client);
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
+        .map_err(|e| CommandError::new(ExitClass::Internal, e))?;
+    match api.create(&kube::api::PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(CommandError::new(ExitClass::Failed, e)),
+    }
+}
+
+/// Name of the Secret `--sim` creates for the embedded S3 credentials.
+const SIM_S3_SECRET: &str = "modelship-sim-s3";
+
+/// For an `s3://BUCKET/PREFIX` model under `--sim`: serve `DIR/s3` as an S3
+/// endpoint in-process, seed `BUCKET/PREFIX` from the fixture model
+/// (`fixtures/<model>-model` beside the pipeline's directory) when it is
+/// empty, and put the endpoint's credentials in a Secret of the state
+/// environment, where `fetch-model` reads them like any `credentialsSecret`.
+async fn sim_model_source(
+    pipeline: &Path,
+    dir: &Path,
+    kubeconfig: &Path,
+) -> Result<Option<(crate::storage::embedded::EmbeddedS3, engine::SimS3)>, CommandError> {
+    let loaded = crate::spec::load(pipeline).map_err(fail)?;
+    let model = &loaded.pipeline.spec.model;
+    let Some(rest) = model.source.strip_prefix("s3://") else { return Ok(None) };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let root = dir.join("s3");
+    let target = root.join(bucket).join(prefix.trim_end_matches('/'));
+    let seed = pipeline
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("fixtures").join(format!("{}-model", model.name)));
+    let empty = std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(true);
+    if empty {
+        match seed.filter(|s| s.is_dir()) {
+            Some(seed) => {
+                copy_tree(&seed, &target).map_err(|e| CommandError::usage(format!("seeding {}: {e}", target.display())))?;
+                tracing::info!(from = %seed.display(), to = %model.source, "seeded the simulated S3 bucket");
+            }
+            None => tracing::warn!(
+                dir = %target.display(),
+                "simulated S3 has nothing at {}; put the model files there", model.source
+            ),
+        }
+    }
+    let s3 = crate::storage::embedded::serve(&root, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(fail)?;
+    let (state_env, env) = loaded
+        .pipeline
+        .state_environment()
+        .ok_or_else(|| CommandError::usage("the pipeline declares no environment"))?;
+    let client = sim_client(kubeconfig, state_env).await?;
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, &env.namespace);
+    let secret = serde_json::json!({
+        "metadata": {"name": SIM_S3_SECRET},
+        "type": "Opaque",
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": crate::storage::embedded::ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": crate::storage::embedded::SECRET_ACCESS_KEY,
+        }
+    });
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(secret).map_err(|e| CommandError::new(ExitClass::Internal, e))?;
+    match api.create(&kube::api::PostParams::default(), &secret).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(CommandError::new(ExitClass::Failed, e)),
+    }
+    let sim_s3 = engine::SimS3 { endpoint: s3.endpoint(), credentials_secret: SIM_S3_SECRET.to_string() };
+    tracing::info!(endpoint = %sim_s3.endpoint, "simulated S3 started");
+    Ok(Some((s3, sim_s3)))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
 }
 
 /// SIGINT or SIGTERM (Tekton's timeout) cancels the run, which records the

@@ -64,6 +64,16 @@ pub struct RunOptions {
     /// through the kubeconfig context named after it; the pipeline's
     /// `context` and `registry` are ignored (in memory only).
     pub sim_contexts: bool,
+    /// `--sim` with an s3:// model: the embedded S3 endpoint and the Secret
+    /// (in the state environment) holding its credentials.
+    pub sim_s3: Option<SimS3>,
+}
+
+/// Where `--sim` serves the model from.
+#[derive(Debug, Clone)]
+pub struct SimS3 {
+    pub endpoint: String,
+    pub credentials_secret: String,
 }
 
 /// What a run ended as; `--output json` prints it.

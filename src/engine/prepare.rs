@@ -66,6 +66,15 @@ pub(crate) fn from_pipeline(
         for (name, env) in pipeline.spec.environments.iter_mut() {
             env.context = Some(name.clone());
             env.registry = None;
+            // Simulated registries speak plain HTTP on loopback.
+            env.insecure_registry = true;
+            env.registry_secret = None;
+        }
+        if let Some(s3) = &opts.sim_s3 {
+            let model = &mut pipeline.spec.model;
+            model.endpoint = Some(s3.endpoint.clone());
+            model.insecure = true;
+            model.credentials_secret = Some(s3.credentials_secret.clone());
         }
     }
     Prepared { pipeline: Arc::new(pipeline), path, digest, catalog: Arc::new(catalog) }

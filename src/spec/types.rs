@@ -66,6 +66,9 @@ pub struct ModelSpec {
     pub include: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// Allow a plain-HTTP `endpoint` (a lab MinIO, the `--sim` S3). Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
     /// Kubernetes Secret (in the state environment) with S3 credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,

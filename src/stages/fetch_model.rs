@@ -266,7 +266,7 @@ pub async fn fetch(
         endpoint: r.endpoint,
         region: r.region,
         credentials,
-        insecure: params.insecure().map_err(param("insecure"))?,
+        insecure: params.insecure().map_err(param("insecure"))? || model.insecure,
     };
     req.version_id = r.version_id;
     req.filter = filter;
@@ -376,7 +376,7 @@ impl Stage for FetchModel {
         let insecure = match &params.insecure {
             Some(s) if s.templated() => None,
             _ => match params.insecure() {
-                Ok(b) => Some(b),
+                Ok(b) => Some(b || cx.pipeline.spec.model.insecure),
                 Err(m) => {
                     problems.push(Problem::new("insecure", m));
                     None
@@ -465,7 +465,7 @@ impl Stage for FetchModel {
         };
         let mut lines = vec![format!("fetch {kind} {} into <workspace>/{}/model/", r.source, cx.stage.name)];
         if r.source.starts_with("s3://") {
-            let insecure = params.insecure().unwrap_or(false);
+            let insecure = params.insecure().unwrap_or(false) || cx.pipeline.spec.model.insecure;
             lines.push(match &r.endpoint {
                 Some(ep) => format!(
                     "endpoint {ep} (path-style{})",
