@@ -113,20 +113,23 @@ struct Copier<'a> {
 /// the same digest). Returns the digest copied and what it took.
 pub async fn copy_image(src: &ImageRef, dst: &ImageRef, opts: &CopyOptions) -> Result<CopyStats, RegistryError> {
     let sources = opts.auth.sources.clone();
-    let from = RegistryClient::connect(
-        &src.registry,
-        opts.src_insecure,
-        opts.auth.lookup(&src.registry, &src.repository).cloned(),
-        sources.clone(),
-    )
-    .await?;
-    let to = RegistryClient::connect(
-        &dst.registry,
-        opts.dest_insecure,
-        opts.auth.lookup(&dst.registry, &dst.repository).cloned(),
-        sources,
-    )
-    .await?;
+    // Both ends at once: with an insecure registry each costs a failed TLS
+    // handshake before plain http.
+    let (from, to) = tokio::join!(
+        RegistryClient::connect(
+            &src.registry,
+            opts.src_insecure,
+            opts.auth.lookup(&src.registry, &src.repository).cloned(),
+            sources.clone(),
+        ),
+        RegistryClient::connect(
+            &dst.registry,
+            opts.dest_insecure,
+            opts.auth.lookup(&dst.registry, &dst.repository).cloned(),
+            sources,
+        )
+    );
+    let (from, to) = (from?, to?);
     let copier = Copier {
         src,
         dst,
