@@ -154,6 +154,11 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Drop the token for `scope` (it was refused); the next request gets a new one.
+    pub async fn forget(&self, scope: &str) {
+        self.state.lock().await.tokens.remove(scope);
+    }
+
     /// The `Authorization` header to send for `scope`, if one is known.
     pub async fn auth_header(&self, scope: &str) -> Result<Option<HeaderValue>, RegistryError> {
         let st = self.state.lock().await;

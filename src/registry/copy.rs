@@ -417,8 +417,9 @@ impl Copier<'_> {
         };
         let mut put = location.clone();
         put.query_pairs_mut().append_pair("digest", &blob.digest);
-        // The session's auth was set up by `authorize`/`start_upload`: a
-        // streamed body cannot be replayed after a 401.
+        // A streamed body cannot be replayed after a 401, so the token must be
+        // in place first (another blob may just have dropped an expired one).
+        self.to.authorize(&self.dst_scope()).await?;
         let header = self.to.auth_header(&self.dst_scope()).await?;
         let mut req = self
             .to
@@ -447,6 +448,18 @@ impl Copier<'_> {
                 });
             }
         };
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // A token that expired during a long upload: drop it so the
+            // retry of this blob authenticates afresh.
+            self.cancel(&location).await;
+            self.to.forget(&self.dst_scope()).await;
+            return Err(RegistryError::Http {
+                registry: self.to.registry.clone(),
+                what: format!("PUT blob {} (credentials expired or rejected mid-upload)", blob.digest),
+                status: 401,
+                body: body_excerpt(resp).await,
+            });
+        }
         if resp.status() != StatusCode::CREATED {
             let e = http_error(&self.to, format!("PUT blob {}", blob.digest), resp).await;
             self.cancel(&location).await;
