@@ -257,10 +257,17 @@ impl RegistryClient {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body: TokenResponse = resp.json().await.map_err(|source| RegistryError::Transport {
+        // Parsed with serde_json: reqwest's `json` feature is not enabled.
+        let bytes = resp.bytes().await.map_err(|source| RegistryError::Transport {
             registry: self.registry.clone(),
             what: format!("reading the token from {realm}"),
             source,
+        })?;
+        let body: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Http {
+            registry: self.registry.clone(),
+            what: format!("token response from {realm} is not JSON: {e}"),
+            status: 200,
+            body: String::new(),
         })?;
         let token = body.token.or(body.access_token).filter(|t| !t.is_empty()).ok_or_else(|| RegistryError::Http {
             registry: self.registry.clone(),
