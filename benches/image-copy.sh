@@ -13,6 +13,8 @@
 #
 # Usage: benches/image-copy.sh            (needs scripts/setup.d/30-registry.sh)
 #        ROUNDS=3 benches/image-copy.sh   (cold copies repeated; best of each)
+#        MODELSHIP_BIN=target/debug/modelship SIZES="1000000 2000000" benches/image-copy.sh
+#                                          (a quick try of the script itself)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,22 +23,34 @@ for tool in /usr/bin/docker-registry skopeo /usr/bin/time sha256sum; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/setup.d/30-registry.sh" >&2; exit 2; }
 done
 
-echo "==> cargo build --release --bin modelship" >&2
-cargo build --release --bin modelship >&2
-MODELSHIP="${CARGO_TARGET_DIR:-$PWD/target}/release/modelship"
+if [ -n "${MODELSHIP_BIN:-}" ]; then
+  MODELSHIP="$MODELSHIP_BIN"   # e.g. a debug binary, to try the script quickly
+else
+  echo "==> cargo build --release --bin modelship" >&2
+  cargo build --release --bin modelship >&2
+  MODELSHIP="${CARGO_TARGET_DIR:-$PWD/target}/release/modelship"
+fi
+# Layer sizes in bytes before gzip (default ~350 MB in four layers).
+read -r -a SIZES <<< "${SIZES:-167772160 104857600 62914560 31457280}"
 
 WORK="$(mktemp -d /tmp/modelship-bench.XXXXXX)"
-PIDS=()
+# Registries are started in command substitutions (subshells): keep their pids in a file.
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  if [ -f "$WORK/pids" ]; then
+    while read -r p; do kill "$p" 2>/dev/null || true; done < "$WORK/pids"
+  fi
+  sleep 0.2
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 POLICY="$WORK/policy.json"
 echo '{"default":[{"type":"insecureAcceptAnything"}]}' > "$POLICY"
-export REGISTRY_AUTH_FILE="$WORK/no-auth.json"
+# skopeo reads credentials from here (none); docker-registry must not see
+# it: it takes every REGISTRY_* variable as a config override.
+SKOPEO_ENV=(env REGISTRY_AUTH_FILE="$WORK/no-auth.json")
+skopeo() { "${SKOPEO_ENV[@]}" /usr/bin/skopeo "$@"; }
+unset REGISTRY_AUTH_FILE
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -61,26 +75,32 @@ http:
   addr: 127.0.0.1:$port
 YAML
   /usr/bin/docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
-  PIDS+=($!)
+  echo $! >> "$WORK/pids"
   for _ in $(seq 200); do
     (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && { echo "127.0.0.1:$port"; return; }
     sleep 0.05
   done
-  echo "registry $name did not start" >&2; exit 1
+  echo "registry $name did not start:" >&2; cat "$dir/log" >&2; exit 1
 }
 
 # An OCI layout with one image of four random layers (~350 MB).
 make_layout() {
-  local dir=$1 sizes=(167772160 104857600 62914560 31457280) layers="" diffs="" i f d
+  local dir=$1 sizes=("${SIZES[@]}") layers="" diffs="" i f d
   mkdir -p "$dir/blobs/sha256"
   echo '{"imageLayoutVersion":"1.0.0"}' > "$dir/oci-layout"
+  # Real images carry gzip layers; random content keeps them ~incompressible,
+  # so the image is ~350 MB on the wire. (Uncompressed layers would make
+  # skopeo gzip them unless told to preserve digests.)
+  local raw diff size
   for i in "${!sizes[@]}"; do
-    f="$dir/blobs/layer$i"
-    head -c "${sizes[$i]}" /dev/urandom > "$f"
-    d=$(sha256sum "$f" | cut -d' ' -f1)
+    raw="$dir/layer$i.tar"; f="$dir/blobs/layer$i"
+    head -c "${sizes[$i]}" /dev/urandom > "$raw"
+    diff=$(sha256sum "$raw" | cut -d' ' -f1)
+    gzip -1 -c "$raw" > "$f"; rm "$raw"
+    d=$(sha256sum "$f" | cut -d' ' -f1); size=$(stat -c %s "$f")
     mv "$f" "$dir/blobs/sha256/$d"
-    layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$d\",\"size\":${sizes[$i]}}"
-    diffs+="${diffs:+,}\"sha256:$d\""
+    layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$d\",\"size\":$size}"
+    diffs+="${diffs:+,}\"sha256:$diff\""
   done
   printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' "$diffs" > "$dir/config"
   local cd cs md ms
@@ -117,9 +137,11 @@ echo "image $DIGEST, $((SIZE / 1048576)) MiB in registry A ($A)"
 best_ms=""; best_sk=""; ms_rss=0
 for r in $(seq "$ROUNDS"); do
   B1=$(start_registry "b-ms-$r"); B2=$(start_registry "b-sk-$r")
-  timed "skopeo-cold-$r" skopeo --policy "$POLICY" copy --src-tls-verify=false --dest-tls-verify=false \
+  timed "skopeo-cold-$r" "${SKOPEO_ENV[@]}" /usr/bin/skopeo --policy "$POLICY" copy --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
     "docker://$A/bench/app@$DIGEST" "docker://$B2/prod/app:v1"
   sk=$ELAPSED; sk_rss=$RSS_KB
+  got=$(skopeo inspect --raw --tls-verify=false "docker://$B2/prod/app:v1" | sha256sum | cut -d' ' -f1)
+  [ "sha256:$got" = "$DIGEST" ] || { echo "skopeo changed the digest (sha256:$got): not a like-for-like copy" >&2; exit 1; }
   timed "ms-cold-$r" "$MODELSHIP" --log-format json image copy "docker://$A/bench/app@$DIGEST" "docker://$B1/prod/app:v1" \
     --src-insecure --dest-insecure
   ms=$ELAPSED; [ "$RSS_KB" -gt "$ms_rss" ] && ms_rss=$RSS_KB
@@ -135,14 +157,14 @@ done
 timed ms-repeat "$MODELSHIP" --log-format json image copy "docker://$A/bench/app@$DIGEST" "docker://$B1/prod/app:v1" \
   --src-insecure --dest-insecure
 ms_rep=$ELAPSED; rep_bytes=$(uploaded ms-repeat); [ "$RSS_KB" -gt "$ms_rss" ] && ms_rss=$RSS_KB
-timed sk-repeat skopeo --policy "$POLICY" copy --src-tls-verify=false --dest-tls-verify=false \
+timed sk-repeat "${SKOPEO_ENV[@]}" /usr/bin/skopeo --policy "$POLICY" copy --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
   "docker://$A/bench/app@$DIGEST" "docker://$B2/prod/app:v1"
 sk_rep=$ELAPSED
 
 timed ms-promote "$MODELSHIP" --log-format json image copy "docker://$A/bench/app@$DIGEST" "docker://$A/prod/app:v1" \
   --src-insecure --dest-insecure
 ms_pro=$ELAPSED; pro_bytes=$(uploaded ms-promote); pro_mounts=$(mounted ms-promote); [ "$RSS_KB" -gt "$ms_rss" ] && ms_rss=$RSS_KB
-timed sk-promote skopeo --policy "$POLICY" copy --src-tls-verify=false --dest-tls-verify=false \
+timed sk-promote "${SKOPEO_ENV[@]}" /usr/bin/skopeo --policy "$POLICY" copy --preserve-digests --src-tls-verify=false --dest-tls-verify=false \
   "docker://$A/bench/app@$DIGEST" "docker://$A/prod2/app:v1"
 sk_pro=$ELAPSED
 

@@ -235,7 +235,8 @@ async fn protocol_edges_ranges_chunked_uploads_and_rejections() {
 
 /// The sim registry behind a docker-style token server: `/token` hands out
 /// a bearer token for the requested scopes to `robot` (basic auth), and
-/// every `/v2/` request needs a token whose scope covers it.
+/// every `/v2/` request needs a token whose scope covers it. The first blob
+/// PUT is refused once, as if its token had expired mid-upload.
 async fn bearer_sim(password: &'static str) -> (Sim, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use axum::extract::Request;
     use axum::http::{StatusCode, header};
@@ -266,8 +267,10 @@ async fn bearer_sim(password: &'static str) -> (Sim, std::sync::Arc<std::sync::M
             axum::Json(body).into_response()
         }
     };
+    let expire_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let guard = move |req: Request, next: Next| {
         let realm = realm.clone();
+        let expire_once = expire_once.clone();
         async move {
             let path = req.uri().path().to_string();
             let bearer =
@@ -285,7 +288,10 @@ async fn bearer_sim(password: &'static str) -> (Sim, std::sync::Arc<std::sync::M
                     })
                 }),
             };
-            if allowed {
+            let expired = req.method() == "PUT"
+                && path.contains("/blobs/uploads/")
+                && expire_once.swap(false, std::sync::atomic::Ordering::SeqCst);
+            if allowed && !expired {
                 return next.run(req).await;
             }
             let scope = repo.map(|r| format!(",scope=\"repository:{r}:{action}\"")).unwrap_or_default();
@@ -340,6 +346,7 @@ async fn bearer_token_challenge_with_credentials_from_an_auth_file_or_a_pull_sec
     let store = AuthStore::from_file(&authfile).unwrap();
     let stats = copy_image(&src, &dst, &CopyOptions { auth: store, ..opts() }).await.unwrap();
     assert_eq!((stats.digest.as_str(), stats.blobs_uploaded), (app.digest.as_str(), 2));
+    assert_eq!(stats.retries, 1, "the blob whose token 'expired' was restarted with a new token");
     assert!(
         scopes.lock().unwrap().iter().any(|s| s == "repository:prod/app:pull,push"),
         "{:?}",

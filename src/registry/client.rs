@@ -154,6 +154,11 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Drop the token for `scope` (it was refused); the next request gets a new one.
+    pub async fn forget(&self, scope: &str) {
+        self.state.lock().await.tokens.remove(scope);
+    }
+
     /// The `Authorization` header to send for `scope`, if one is known.
     pub async fn auth_header(&self, scope: &str) -> Result<Option<HeaderValue>, RegistryError> {
         let st = self.state.lock().await;
@@ -252,10 +257,17 @@ impl RegistryClient {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body: TokenResponse = resp.json().await.map_err(|source| RegistryError::Transport {
+        // Parsed with serde_json: reqwest's `json` feature is not enabled.
+        let bytes = resp.bytes().await.map_err(|source| RegistryError::Transport {
             registry: self.registry.clone(),
             what: format!("reading the token from {realm}"),
             source,
+        })?;
+        let body: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Http {
+            registry: self.registry.clone(),
+            what: format!("token response from {realm} is not JSON: {e}"),
+            status: 200,
+            body: String::new(),
         })?;
         let token = body.token.or(body.access_token).filter(|t| !t.is_empty()).ok_or_else(|| RegistryError::Http {
             registry: self.registry.clone(),

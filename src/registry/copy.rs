@@ -113,20 +113,23 @@ struct Copier<'a> {
 /// the same digest). Returns the digest copied and what it took.
 pub async fn copy_image(src: &ImageRef, dst: &ImageRef, opts: &CopyOptions) -> Result<CopyStats, RegistryError> {
     let sources = opts.auth.sources.clone();
-    let from = RegistryClient::connect(
-        &src.registry,
-        opts.src_insecure,
-        opts.auth.lookup(&src.registry, &src.repository).cloned(),
-        sources.clone(),
-    )
-    .await?;
-    let to = RegistryClient::connect(
-        &dst.registry,
-        opts.dest_insecure,
-        opts.auth.lookup(&dst.registry, &dst.repository).cloned(),
-        sources,
-    )
-    .await?;
+    // Both ends at once: with an insecure registry each costs a failed TLS
+    // handshake before plain http.
+    let (from, to) = tokio::join!(
+        RegistryClient::connect(
+            &src.registry,
+            opts.src_insecure,
+            opts.auth.lookup(&src.registry, &src.repository).cloned(),
+            sources.clone(),
+        ),
+        RegistryClient::connect(
+            &dst.registry,
+            opts.dest_insecure,
+            opts.auth.lookup(&dst.registry, &dst.repository).cloned(),
+            sources,
+        )
+    );
+    let (from, to) = (from?, to?);
     let copier = Copier {
         src,
         dst,
@@ -414,8 +417,9 @@ impl Copier<'_> {
         };
         let mut put = location.clone();
         put.query_pairs_mut().append_pair("digest", &blob.digest);
-        // The session's auth was set up by `authorize`/`start_upload`: a
-        // streamed body cannot be replayed after a 401.
+        // A streamed body cannot be replayed after a 401, so the token must be
+        // in place first (another blob may just have dropped an expired one).
+        self.to.authorize(&self.dst_scope()).await?;
         let header = self.to.auth_header(&self.dst_scope()).await?;
         let mut req = self
             .to
@@ -444,6 +448,18 @@ impl Copier<'_> {
                 });
             }
         };
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // A token that expired during a long upload: drop it so the
+            // retry of this blob authenticates afresh.
+            self.cancel(&location).await;
+            self.to.forget(&self.dst_scope()).await;
+            return Err(RegistryError::Http {
+                registry: self.to.registry.clone(),
+                what: format!("PUT blob {} (credentials expired or rejected mid-upload)", blob.digest),
+                status: 401,
+                body: body_excerpt(resp).await,
+            });
+        }
         if resp.status() != StatusCode::CREATED {
             let e = http_error(&self.to, format!("PUT blob {}", blob.digest), resp).await;
             self.cancel(&location).await;

@@ -118,11 +118,13 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// Worth another attempt: the network or a 5xx/429, not a verdict.
+    /// Worth another attempt: the network, a 5xx/429, or a 401 on a blob
+    /// upload (a token that expired mid-upload; a wrong password fails again
+    /// at the token endpoint as [`RegistryError::Unauthorized`]), not a verdict.
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Transport { .. } | RegistryError::SourceRead { .. } => true,
-            RegistryError::Http { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            RegistryError::Http { status, .. } => *status >= 500 || matches!(*status, 401 | 408 | 429),
             _ => false,
         }
     }

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
@@ -37,12 +36,12 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Content-addressed storage shared by the registry routes and the build
 /// controller (which pushes the images it builds).
+///
+/// Stateless apart from the files under `root`: an upload session survives a
+/// restart of the sim, and two stores on one root see the same content.
 #[derive(Debug, Clone)]
 pub struct RegistryStore {
     pub root: PathBuf,
-    /// Running hash of each open upload session, so finishing one does not
-    /// re-read it (after a restart the file is hashed again).
-    uploads: Arc<Mutex<HashMap<String, Sha256>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +90,7 @@ fn is_tag(t: &str) -> bool {
 
 impl RegistryStore {
     pub fn new(root: impl Into<PathBuf>) -> RegistryStore {
-        RegistryStore { root: root.into(), uploads: Arc::default() }
+        RegistryStore { root: root.into() }
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -530,8 +529,9 @@ async fn get_blob(store: &RegistryStore, name: &str, digest: &str, headers: &Hea
     resp
 }
 
-/// Append a request body to an upload file, feeding `hasher`. Returns the new size.
-async fn append(path: &Path, body: Body, hasher: &mut Sha256) -> Result<u64, Response> {
+/// Append a request body to an upload file, feeding `hasher` when given.
+/// Returns the new size.
+async fn append(path: &Path, body: Body, mut hasher: Option<&mut Sha256>) -> Result<u64, Response> {
     let mut file = tokio::fs::OpenOptions::new()
         .append(true)
         .open(path)
@@ -541,7 +541,9 @@ async fn append(path: &Path, body: Body, hasher: &mut Sha256) -> Result<u64, Res
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| error(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("reading the body: {e}")))?;
-        hasher.update(&chunk);
+        if let Some(h) = hasher.as_deref_mut() {
+            h.update(&chunk);
+        }
         file.write_all(&chunk)
             .await
             .map_err(|e| store_error(StoreError::Io { path: path.to_path_buf(), source: e }))?;
@@ -585,25 +587,19 @@ async fn start_upload(store: &RegistryStore, name: &str, query: &HashMap<String,
     if let Some(digest) = query.get("digest") {
         // Monolithic upload: the whole blob in this POST.
         let mut hasher = Sha256::new();
-        if let Err(resp) = append(&path, body, &mut hasher).await {
+        if let Err(resp) = append(&path, body, Some(&mut hasher)).await {
             let _ = tokio::fs::remove_file(&path).await;
             return resp;
         }
         return commit_upload(store, name, &path, digest, hasher).await;
     }
-    store.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), Sha256::new());
     upload_session_response(StatusCode::ACCEPTED, name, &id, 0)
 }
 
-fn take_hasher(store: &RegistryStore, id: &str) -> Option<Sha256> {
-    store.uploads.lock().unwrap_or_else(|e| e.into_inner()).remove(id)
-}
-
-/// The running hash of a session, or (after a restart) the hash of its file.
+/// The hash of what a session holds so far. Sessions are files only (no
+/// in-memory state), so this reads back what earlier PATCHes wrote; a
+/// monolithic PUT or POST starts from an empty file and costs nothing extra.
 async fn session_hasher(store: &RegistryStore, id: &str) -> Result<Sha256, Response> {
-    if let Some(h) = take_hasher(store, id) {
-        return Ok(h);
-    }
     let path = store.upload_path(id);
     let mut file = tokio::fs::File::open(&path)
         .await
@@ -628,13 +624,7 @@ async fn patch_upload(store: &RegistryStore, name: &str, id: &str, body: Body) -
     if !valid_id(id) {
         return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "upload session unknown");
     }
-    let mut hasher = match session_hasher(store, id).await {
-        Ok(h) => h,
-        Err(r) => return r,
-    };
-    let result = append(&store.upload_path(id), body, &mut hasher).await;
-    store.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), hasher);
-    match result {
+    match append(&store.upload_path(id), body, None).await {
         Ok(size) => upload_session_response(StatusCode::ACCEPTED, name, id, size),
         Err(r) => r,
     }
@@ -654,7 +644,6 @@ async fn cancel_upload(store: &RegistryStore, id: &str) -> Response {
     if !valid_id(id) {
         return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "upload session unknown");
     }
-    take_hasher(store, id);
     match tokio::fs::remove_file(store.upload_path(id)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(_) => error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "upload session unknown"),
@@ -679,7 +668,7 @@ async fn finish_upload(
         Err(r) => return r,
     };
     let path = store.upload_path(id);
-    if let Err(r) = append(&path, body, &mut hasher).await {
+    if let Err(r) = append(&path, body, Some(&mut hasher)).await {
         // A broken body leaves a broken session: drop it.
         let _ = tokio::fs::remove_file(&path).await;
         return r;

@@ -251,7 +251,15 @@ impl DockerRegistry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        // distribution reads every REGISTRY_* variable as a config override
+        // (REGISTRY_AUTH_FILE, set for skopeo/podman, would break `auth:`).
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
             .arg("serve")
             .arg(&config_path)
             .stdin(Stdio::null())
