@@ -298,6 +298,22 @@ pub struct Process {
     child: tokio::process::Child,
     pub pid: u32,
     pub log: PathBuf,
+    /// Set once [`Process::kill`] ran; otherwise drop kills the group.
+    pid_killed: bool,
+}
+
+impl Drop for Process {
+    /// A sim dropped without shutdown (a panicking test, an aborted task)
+    /// still takes the whole group down, not just the leader.
+    fn drop(&mut self) {
+        if !self.pid_killed && self.pid != 0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.pid)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// What a process gets besides the image.
@@ -354,7 +370,7 @@ impl Process {
         cmd.kill_on_drop(true);
         let child = cmd.spawn().map_err(|source| RuntimeError::Spawn { command: image.argv.join(" "), source })?;
         let pid = child.id().unwrap_or(0);
-        Ok(Process { child, pid, log: launch.log.clone() })
+        Ok(Process { child, pid, log: launch.log.clone(), pid_killed: false })
     }
 
     /// The process's last output lines.
@@ -369,6 +385,7 @@ impl Process {
 
     /// Kill the whole process group (servers fork workers) and reap the leader.
     pub async fn kill(mut self) {
+        self.pid_killed = true;
         if self.pid != 0 {
             let _ = tokio::process::Command::new("kill")
                 .args(["-KILL", "--", &format!("-{}", self.pid)])
@@ -379,7 +396,31 @@ impl Process {
         }
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
+        // SIGKILL is delivered asynchronously: wait (bounded) until no live
+        // member of the group is left, so "stopped" means gone.
+        for _ in 0..100 {
+            if self.pid == 0 || !group_alive(self.pid) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
+}
+
+/// Whether a process of group `pgid` is still running (zombies, dead but
+/// not yet reaped by init, do not count).
+fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().any(|e| {
+        if !e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { return false };
+        // `pid (comm) state ppid pgrp ...`; comm may contain spaces or ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 3 && fields[0] != "Z" && fields[0] != "X" && fields[2] == pgid.to_string()
+    })
 }
 
 #[cfg(test)]
