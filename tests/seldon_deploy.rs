@@ -282,6 +282,27 @@ fn out<'o>(o: &'o Outputs, key: &str) -> &'o str {
     o.get(key).and_then(Value::as_str).unwrap_or_else(|| panic!("no output {key} in {o:?}"))
 }
 
+/// `kubectl get RESOURCE -n NS` against `sim` (kubectl from
+/// scripts/setup.d/10-kubectl.sh, or PATH).
+fn kubectl_get(sim: &SimServer, resource: &str) -> String {
+    let local = tools().join("kubectl/venv/bin/kubectl");
+    let kubectl = if local.exists() { local } else { PathBuf::from("kubectl") };
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
+    let out = std::process::Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(["get", resource, "-n", NS])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/test.sh (10-kubectl.sh installs kubectl)", kubectl.display()));
+    assert!(out.status.success(), "kubectl get {resource}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 // ------------------------------------------------------------------- tests
 
 /// The weather image served by real seldon-core; a re-run changes nothing;
@@ -312,6 +333,12 @@ async fn weather_deploys_rolls_and_stops() {
     assert_eq!(dep.pointer("/spec/template/spec/containers/0/image"), Some(&json!(image_a)));
     // seldon-core's gunicorn forks workers: one process group, one image.
     assert_eq!(digests_running(&data).len(), 1, "{:?}", processes_under(&data));
+
+    // The short name works as with the real CRD.
+    let table = kubectl_get(&sim, "sdep");
+    assert!(table.lines().any(|l| l.starts_with("weather ") && l.contains("Available")), "{table}");
+    let table = kubectl_get(&sim, "deploy");
+    assert!(table.contains("weather-default-0-model"), "{table}");
 
     // Same digest: no new generation, no new resourceVersion, same process.
     let before = sdep(&sim, "weather");
