@@ -44,8 +44,8 @@ fn tools() -> PathBuf {
 /// test, set before any sim starts a model).
 fn use_prewarmed_venvs() {
     let cache = tools().join("sim-venvs");
-    let lock = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/requirements-lock/weather.txt"))
-        .unwrap();
+    let lock =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/requirements-lock/weather.txt")).unwrap();
     let hash = &hex::encode(Sha256::digest(&lock))[..16];
     assert!(
         cache.join(hash).join(".complete").is_file(),
@@ -136,7 +136,12 @@ async fn push_image(sim: &SimServer, repo: &str, context: &Path, env: &[(&str, &
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
     });
     let digest = reg
-        .put_manifest(repo, "latest", "application/vnd.oci.image.manifest.v1+json", &serde_json::to_vec(&manifest).unwrap())
+        .put_manifest(
+            repo,
+            "latest",
+            "application/vnd.oci.image.manifest.v1+json",
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
         .await
         .unwrap();
     format!("{}/{repo}@{digest}", sim.registry_host())
@@ -163,7 +168,8 @@ const WEATHER_ENV: &[(&str, &str)] = &[
     ("PREDICTIVE_UNIT_METRICS_SERVICE_PORT", "6000"),
     ("PYTHONUNBUFFERED", "1"),
 ];
-const WEATHER_CMD: &[&str] = &["/bin/sh", "-c", "exec seldon-core-microservice $MODEL_NAME --service-type $SERVICE_TYPE"];
+const WEATHER_CMD: &[&str] =
+    &["/bin/sh", "-c", "exec seldon-core-microservice $MODEL_NAME --service-type $SERVICE_TYPE"];
 
 // ------------------------------------------------------------ a stage, no engine
 

@@ -120,7 +120,9 @@ pub async fn unpack(registry: &RegistryStore, image: &ImageRef, dir: &Path) -> R
     let config: Value = serde_json::from_slice(&config).map_err(|e| bad(format!("image config: {e}")))?;
     let c = config.get("config").cloned().unwrap_or(Value::Null);
     let strings = |v: Option<&Value>| -> Vec<String> {
-        v.and_then(Value::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+        v.and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
     };
     let env = strings(c.get("Env"))
         .into_iter()
@@ -249,10 +251,7 @@ pub fn prepare_venv(requirements: &Path) -> Result<PathBuf, RuntimeError> {
         std::fs::remove_dir_all(&venv).map_err(io(&venv))?;
     }
     let run = |program: &str, args: &[&std::ffi::OsStr]| -> Result<(), RuntimeError> {
-        let command = format!(
-            "{program} {}",
-            args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
-        );
+        let command = format!("{program} {}", args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
         let out = std::process::Command::new(program)
             .args(args)
             .stdin(Stdio::null())
@@ -352,10 +351,11 @@ impl Process {
             .env_clear()
             .envs(image.env.iter().map(|(k, v)| (k, v)))
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
-            .env("PATH", std::env::join_paths(path).map_err(|e| RuntimeError::Spawn {
-                command: program.clone(),
-                source: std::io::Error::other(e),
-            })?)
+            .env(
+                "PATH",
+                std::env::join_paths(path)
+                    .map_err(|e| RuntimeError::Spawn { command: program.clone(), source: std::io::Error::other(e) })?,
+            )
             .env("HOME", &cwd)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())

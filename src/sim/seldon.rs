@@ -95,9 +95,9 @@ impl Desired {
     fn of(obj: &Value) -> Result<Desired, String> {
         let p = obj.pointer("/spec/predictors/0").ok_or("spec.predictors is empty")?;
         let predictor = p.get("name").and_then(Value::as_str).unwrap_or("default").to_string();
-        let c = p
-            .pointer("/componentSpecs/0/spec/containers/0")
-            .ok_or("spec.predictors[0].componentSpecs[0].spec.containers is empty (prepackaged servers are not simulated)")?;
+        let c = p.pointer("/componentSpecs/0/spec/containers/0").ok_or(
+            "spec.predictors[0].componentSpecs[0].spec.containers is empty (prepackaged servers are not simulated)",
+        )?;
         let container = c.get("name").and_then(Value::as_str).unwrap_or("model").to_string();
         let image = c.get("image").and_then(Value::as_str).ok_or("the model container has no image")?.to_string();
         let env = c
@@ -106,7 +106,10 @@ impl Desired {
             .map(|a| {
                 a.iter()
                     .filter_map(|e| {
-                        Some((e.get("name")?.as_str()?.to_string(), e.get("value").and_then(Value::as_str)?.to_string()))
+                        Some((
+                            e.get("name")?.as_str()?.to_string(),
+                            e.get("value").and_then(Value::as_str)?.to_string(),
+                        ))
                     })
                     .collect()
             })
@@ -156,7 +159,13 @@ pub async fn controller(api: SimApi, data_dir: PathBuf) {
                     if let Some(r) = running.remove(&(ns.clone(), name.clone())) {
                         r.stop().await;
                     }
-                    let _ = api.store.delete(&DEPLOYMENTS, &ns, &owned_deployment(&e.object, &name), &Default::default(), false);
+                    let _ = api.store.delete(
+                        &DEPLOYMENTS,
+                        &ns,
+                        &owned_deployment(&e.object, &name),
+                        &Default::default(),
+                        false,
+                    );
                 } else {
                     reconcile(&api, &data_dir, &mut running, &ns, &name).await;
                 }
@@ -182,7 +191,10 @@ async fn resync(api: &SimApi, data_dir: &std::path::Path, running: &mut HashMap<
     let present: Vec<(String, String)> = items
         .iter()
         .filter_map(|o| {
-            Some((o.pointer("/metadata/namespace")?.as_str()?.to_string(), o.pointer("/metadata/name")?.as_str()?.to_string()))
+            Some((
+                o.pointer("/metadata/namespace")?.as_str()?.to_string(),
+                o.pointer("/metadata/name")?.as_str()?.to_string(),
+            ))
         })
         .collect();
     let gone: Vec<_> = running.keys().filter(|k| !present.contains(k)).cloned().collect();

@@ -76,7 +76,9 @@ pub enum DeployError {
         "no image to deploy: set `image`, or run an `openshift-build` stage before this one (its `image` output is the default)"
     )]
     NoImage,
-    #[error("image `{image}` is not pinned by digest: deploy `REPO@sha256:<digest>` so dev runs exactly what is promoted")]
+    #[error(
+        "image `{image}` is not pinned by digest: deploy `REPO@sha256:<digest>` so dev runs exactly what is promoted"
+    )]
     NotPinned { image: String },
     #[error("image `{image}`: {reason}")]
     BadImage { image: String, reason: String },
@@ -95,7 +97,7 @@ pub enum DeployError {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("SeldonDeployment {namespace}/{name} is Failed: {description}")]
     Failed { namespace: String, name: String, description: String },
@@ -140,7 +142,9 @@ impl HasExitClass for DeployError {
 impl From<DeployError> for StageError {
     fn from(e: DeployError) -> StageError {
         let retryable = match &e {
-            DeployError::Api { source: kube::Error::Api(s), .. } => s.code >= 500 || s.code == 429 || s.code == 409,
+            DeployError::Api { source, .. } if matches!(**source, kube::Error::Api(_)) => {
+                matches!(&**source, kube::Error::Api(s) if s.code >= 500 || s.code == 429 || s.code == 409)
+            }
             DeployError::Api { .. } => true,
             _ => false,
         };
@@ -238,10 +242,16 @@ impl Stage for SeldonDeploy {
             p.replicas.unwrap_or(1)
         )];
         if p.route || p.use_route {
-            lines.push(format!("apply Route {ns}/{name} to Service {}", manifests::seldon_service_name(&name, "default")));
+            lines.push(format!(
+                "apply Route {ns}/{name} to Service {}",
+                manifests::seldon_service_name(&name, "default")
+            ));
         }
         let timeout = p.timeout.as_deref().unwrap_or("10m");
-        lines.push(format!("wait up to {timeout} for Available and Deployment {}", predictor_deployment_name(&name, "default", "model")));
+        lines.push(format!(
+            "wait up to {timeout} for Available and Deployment {}",
+            predictor_deployment_name(&name, "default", "model")
+        ));
         lines
     }
 
@@ -274,13 +284,14 @@ async fn deploy(p: &Params, cx: &StageContext) -> Result<Outputs, DeployError> {
     let sdeps: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &seldon_deployment_resource());
     let api_err = |verb, resource, n: &str| {
         let (namespace, name) = (namespace.clone(), n.to_string());
-        move |source| DeployError::Api { verb, resource, namespace, name, source }
+        move |source| DeployError::Api { verb, resource, namespace, name, source: Box::new(source) }
     };
     let apply = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = sdeps
-        .patch(&name, &apply, &Patch::Apply(&sdep_obj))
-        .await
-        .map_err(api_err("apply", "SeldonDeployment", &name))?;
+    let applied = sdeps.patch(&name, &apply, &Patch::Apply(&sdep_obj)).await.map_err(api_err(
+        "apply",
+        "SeldonDeployment",
+        &name,
+    ))?;
     tracing::info!(
         namespace = %namespace,
         sdep = %name,
@@ -296,7 +307,9 @@ async fn deploy(p: &Params, cx: &StageContext) -> Result<Outputs, DeployError> {
     let mut last = String::from("no status yet");
     let rollout = async {
         loop {
-            if let Some(status) = rollout_step(&sdeps, &deployments, &namespace, &name, &dname, &image, &mut last).await? {
+            if let Some(status) =
+                rollout_step(&sdeps, &deployments, &namespace, &name, &dname, &image, &mut last).await?
+            {
                 return Ok::<SeldonStatus, DeployError>(status);
             }
             tokio::time::sleep(POLL).await;
@@ -373,17 +386,13 @@ async fn rollout_step(
     let ns = ns.to_string();
     let err = |verb, resource, n: &str| {
         let (namespace, name) = (ns.clone(), n.to_string());
-        move |source| DeployError::Api { verb, resource, namespace, name, source }
+        move |source| DeployError::Api { verb, resource, namespace, name, source: Box::new(source) }
     };
     let sdep = sdeps.get(name).await.map_err(err("get", "SeldonDeployment", name))?;
     let status = SeldonStatus::of(&sdep);
     let dep = deployments.get_opt(dname).await.map_err(err("get", "Deployment", dname))?;
     let runs_image = dep.as_ref().is_some_and(|d| {
-        d.spec
-            .template
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.containers.iter().any(|c| c.image.as_deref() == Some(image)))
+        d.spec.template.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.image.as_deref() == Some(image)))
     });
     let state = status.state.clone().unwrap_or_else(|| "Unknown".into());
     // A Failed left over from the previous image is not this rollout's.
@@ -404,7 +413,9 @@ async fn rollout_step(
     *last = match (&dep, runs_image, rolled_out) {
         (None, _, _) => format!("state {state}; Deployment {dname} does not exist yet"),
         (Some(_), false, _) => format!("state {state}; Deployment {dname} does not run {image} yet"),
-        (Some(_), true, false) => format!("state {state}; Deployment {dname} runs the new image but is not available yet"),
+        (Some(_), true, false) => {
+            format!("state {state}; Deployment {dname} runs the new image but is not available yet")
+        }
         (Some(_), true, true) => format!("state {state}; Deployment {dname} rolled out"),
     };
     if let Some(d) = status.description.as_deref().filter(|d| !d.is_empty()) {
@@ -421,10 +432,7 @@ mod tests {
     fn tags_are_refused_digests_accepted() {
         let digest = format!("sha256:{}", "a".repeat(64));
         assert!(check_image(&format!("registry.example.com/ns/weather@{digest}")).is_ok());
-        assert!(matches!(
-            check_image("registry.example.com/ns/weather:latest"),
-            Err(DeployError::NotPinned { .. })
-        ));
+        assert!(matches!(check_image("registry.example.com/ns/weather:latest"), Err(DeployError::NotPinned { .. })));
         assert!(matches!(check_image("weather"), Err(DeployError::BadImage { .. })));
     }
 
