@@ -443,6 +443,34 @@ mod tests {
         assert!(matches!(parse_timeout(&p), Err(DeployError::BadTimeout { .. })));
     }
 
+    /// `validate` is what `modelship validate` shows: an undeclared
+    /// environment, a tag, and no image source at all are each reported.
+    #[test]
+    fn validate_reports_environment_tag_and_missing_image() {
+        let pipeline: crate::spec::Pipeline = crate::spec::yaml::from_str(
+            "apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: {name: weather}
+spec:
+  model: {name: weather, source: 'file://model'}
+  environments: {dev: {namespace: models-dev}}
+  stages:
+    - {name: deploy, uses: seldon-deploy, with: {environment: dev}}
+",
+        )
+        .unwrap();
+        let catalog = crate::catalog::Catalog::embedded();
+        let cx = ValidateCx { pipeline: &pipeline, stage: &pipeline.spec.stages[0], index: 0, catalog: &catalog };
+        let p =
+            Params { environment: "prod".into(), image: Some("r.example.com/w:latest".into()), ..Default::default() };
+        let paths: Vec<String> = SeldonDeploy::validate(&p, &cx).into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["environment", "image"]);
+        let p = Params { environment: "dev".into(), ..Default::default() };
+        let problems = SeldonDeploy::validate(&p, &cx);
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("openshift-build"), "{problems:?}");
+    }
+
     #[test]
     fn misspelt_param_is_rejected() {
         let with = json!({"environment": "dev", "replica": 2});
