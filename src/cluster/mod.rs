@@ -11,6 +11,8 @@ use tokio::sync::Mutex;
 use crate::error::{ExitClass, HasExitClass};
 use crate::spec::Environment;
 
+pub mod seldon;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("environment `{0}` is not declared in the pipeline")]

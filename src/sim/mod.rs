@@ -22,7 +22,10 @@
 //! - [`faults`]: the fault-injection middleware (403 for configured
 //!   resources today).
 //! - API groups, each registering its kinds: [`core`] (namespaces,
-//!   configmaps, secrets), [`coordination`] (leases).
+//!   configmaps, secrets), [`coordination`] (leases), [`apps`]
+//!   (Deployments), [`route`] (Routes, admitted by the Seldon controller),
+//!   [`seldon`] (SeldonDeployments and the controller that runs them with
+//!   [`runtime`]: image unpack, venv, process supervision).
 //!
 //! # Adding a kind
 //!
@@ -47,6 +50,7 @@
 //! `api.shutdown` is cancelled; it must keep no state the store does not
 //! hold, so a restarted sim resumes from the persisted objects.
 
+pub mod apps;
 pub mod coordination;
 pub mod core;
 pub mod discovery;
@@ -54,6 +58,9 @@ pub mod faults;
 pub mod protobuf;
 pub mod registry;
 pub mod resource;
+pub mod route;
+pub mod runtime;
+pub mod seldon;
 pub mod selector;
 pub mod server;
 pub mod status;
@@ -145,6 +152,9 @@ pub fn build_table() -> ResourceTable {
     let mut table = ResourceTable::default();
     core::register(&mut table);
     coordination::register(&mut table);
+    apps::register(&mut table);
+    route::register(&mut table);
+    seldon::register(&mut table);
     table
 }
 
@@ -154,6 +164,8 @@ pub struct SimServer {
     pub name: String,
     api: SimApi,
     task: tokio::task::JoinHandle<()>,
+    /// Controllers that own processes; awaited at shutdown so none outlives the sim.
+    controllers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl SimServer {
@@ -187,6 +199,10 @@ impl SimServer {
         if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
             task.abort();
             let _ = task.await;
+        }
+        for c in self.controllers {
+            // Each stops its processes on the cancelled token, then returns.
+            let _ = c.await;
         }
         self.api.store.release();
     }
@@ -228,8 +244,9 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
             tracing::error!(error = %e, "sim server stopped");
         }
     });
+    let controllers = vec![tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone()))];
     tracing::info!(url = %format!("http://{addr}"), data = %config.data_dir.display(), "sim started");
-    Ok(SimServer { addr, name: config.name, api, task })
+    Ok(SimServer { addr, name: config.name, api, task, controllers })
 }
 
 /// A kubeconfig with one cluster/context/user per `(name, url)`; the current

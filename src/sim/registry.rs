@@ -260,6 +260,17 @@ impl RegistryStore {
         Some((digest, media_type, bytes))
     }
 
+    /// Open a blob of repository `name` for streaming (controllers unpack
+    /// image layers in-process with it).
+    pub async fn open_blob(&self, name: &str, digest: &str) -> Result<tokio::fs::File, StoreError> {
+        validate_digest(digest).map_err(|_| StoreError::BadReference { reference: digest.to_string() })?;
+        if !self.has_blob(name, digest).await {
+            return Err(StoreError::MissingReference { name: name.to_string(), digest: digest.to_string() });
+        }
+        let path = self.blob_path(digest);
+        tokio::fs::File::open(&path).await.map_err(io(&path))
+    }
+
     /// Tags of a repository, sorted.
     pub async fn tags(&self, name: &str) -> Option<Vec<String>> {
         let dir = self.repo_dir(name).join("_manifests/tags");
