@@ -50,7 +50,7 @@ pub struct Clusters {
     environments: IndexMap<String, Environment>,
     /// `--kubeconfig`; absent: `$KUBECONFIG`, `~/.kube/config`, in-cluster.
     kubeconfig: Option<PathBuf>,
-    clients: Mutex<HashMap<String, (kube::Client, http::Uri)>>,
+    clients: Mutex<HashMap<String, kube::Client>>,
 }
 
 impl Clusters {
@@ -70,7 +70,7 @@ impl Clusters {
     pub async fn client(&self, name: &str) -> Result<kube::Client, ClusterError> {
         let env = self.environment(name)?;
         let mut clients = self.clients.lock().await;
-        if let Some((c, _)) = clients.get(name) {
+        if let Some(c) = clients.get(name) {
             return Ok(c.clone());
         }
         let options = KubeConfigOptions { context: env.context.clone(), ..Default::default() };
@@ -93,19 +93,9 @@ impl Clusters {
                     .await
                     .map_err(|source| ClusterError::Infer { env: name.to_string(), source })?,
             };
-        let url = config.cluster_url.clone();
         let client =
             kube::Client::try_from(config).map_err(|source| ClusterError::Client { env: name.to_string(), source })?;
-        clients.insert(name.to_string(), (client.clone(), url));
+        clients.insert(name.to_string(), client.clone());
         Ok(client)
-    }
-
-    /// The API server URL of environment `name` (connecting if needed).
-    /// Promotion uses it to recognise a simulated cluster, whose registry is
-    /// served plain-HTTP on the same address.
-    pub async fn server_url(&self, name: &str) -> Result<http::Uri, ClusterError> {
-        self.client(name).await?;
-        let clients = self.clients.lock().await;
-        Ok(clients.get(name).map(|(_, u)| u.clone()).expect("connected above"))
     }
 }

@@ -134,7 +134,7 @@ pub async fn resolve_env(clusters: &Clusters, name: &str, model: &str) -> Result
         None => match tag::public_repository(&client, &env.namespace, model).await {
             Some(repo) => repo.split('/').next().unwrap_or_default().to_string(),
             None => {
-                let url = clusters.server_url(name).await?;
+                let url = clusters.config(name).await?.cluster_url;
                 let host = url.host().unwrap_or_default();
                 let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
                 if url.scheme_str() == Some("http") && loopback {
