@@ -22,7 +22,10 @@
 //! - [`faults`]: the fault-injection middleware (403 for configured
 //!   resources today).
 //! - API groups, each registering its kinds: [`core`] (namespaces,
-//!   configmaps, secrets), [`coordination`] (leases).
+//!   configmaps, secrets), [`coordination`] (leases), [`build`]
+//!   (buildconfigs, builds, instantiatebinary, log; the build controller),
+//!   [`image`] (imagestreams, imagestreamtags); [`dockerfile`] parses what
+//!   the build controller builds.
 //!
 //! # Adding a kind
 //!
@@ -47,10 +50,13 @@
 //! `api.shutdown` is cancelled; it must keep no state the store does not
 //! hold, so a restarted sim resumes from the persisted objects.
 
+pub mod build;
 pub mod coordination;
 pub mod core;
 pub mod discovery;
+pub mod dockerfile;
 pub mod faults;
+pub mod image;
 pub mod protobuf;
 pub mod registry;
 pub mod resource;
@@ -81,6 +87,8 @@ pub struct SimConfig {
     pub name: String,
     /// Injected failures (403 for named resources, ...).
     pub faults: Faults,
+    /// Roughly how long a simulated build takes from Pending to Complete.
+    pub build_duration: Duration,
 }
 
 impl SimConfig {
@@ -91,6 +99,7 @@ impl SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             name: name.into(),
             faults: Faults::default(),
+            build_duration: Duration::from_secs(1),
         }
     }
 }
@@ -129,6 +138,8 @@ pub struct SimApi {
     /// The internal registry's storage (served under `/v2/`); controllers
     /// push and pull images through it in-process.
     pub registry: registry::RegistryStore,
+    /// The data directory (controllers keep work files under it).
+    pub data_dir: PathBuf,
     /// Cancelled when the sim stops; long-running work (watches,
     /// controllers) ends on it.
     pub shutdown: CancellationToken,
@@ -145,6 +156,8 @@ pub fn build_table() -> ResourceTable {
     let mut table = ResourceTable::default();
     core::register(&mut table);
     coordination::register(&mut table);
+    build::register(&mut table);
+    image::register(&mut table);
     table
 }
 
@@ -212,6 +225,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         store,
         faults: Arc::new(config.faults.clone()),
         registry: registry.clone(),
+        data_dir: config.data_dir.clone(),
         shutdown: CancellationToken::new(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -221,6 +235,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
     let app = server::router(api.clone())
         .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer))
         .merge(registry::router(registry));
+    tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration));
     let shutdown = api.shutdown.clone();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
