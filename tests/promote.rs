@@ -347,7 +347,9 @@ async fn rollback_returns_to_the_previous_digest_and_history_is_newest_first() {
     env.stop().await;
 }
 
-/// Needs the sim's image.openshift.io group (ImageStreams/ImageStreamTags).
+/// The sim serves ImageStreamTags read-only (get/list/watch: a write is 405
+/// Method Not Allowed), so this exercises `oc tag`'s fallback: the tag lands
+/// in the ImageStream's `spec.tags` as a DockerImage reference by digest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_moves_the_imagestream_tag() {
     let env = Env::start().await;
@@ -357,12 +359,25 @@ async fn promotion_moves_the_imagestream_tag() {
     req.image_stream = true;
     req.tag = "prod".into();
     let out = promotion::promote(&env.clusters, &req, false).await.unwrap();
-    let istag = env.kubectl(&[
-        "--context", "prod", "get", "imagestreamtag", &format!("{MODEL}:prod"), "-n", "models-prod", "-o", "json",
-    ]);
-    let v: serde_json::Value = serde_json::from_str(&istag).unwrap();
-    assert_eq!(v["tag"]["from"]["kind"], "DockerImage");
-    assert_eq!(v["tag"]["from"]["name"], out.image.as_str());
     assert!(out.image.ends_with(&format!("/models-prod/{MODEL}@{digest}")));
+    let is = env.kubectl(&["--context", "prod", "get", "imagestream", MODEL, "-n", "models-prod", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&is).unwrap();
+    let tags = v["spec"]["tags"].as_array().expect("spec.tags");
+    let tag = tags.iter().find(|t| t["name"] == "prod").expect("tag prod");
+    assert_eq!(tag["from"]["kind"], "DockerImage");
+    assert_eq!(tag["from"]["name"], out.image.as_str());
+
+    // A second promotion (v2) moves the same tag; the entry is replaced, not added.
+    let v2 = env.push("v2").await;
+    env.verify(&v2, "run-3", true).await;
+    let mut req = env.request("run-4");
+    req.image_stream = true;
+    req.tag = "prod".into();
+    let out2 = promotion::promote(&env.clusters, &req, false).await.unwrap();
+    let is = env.kubectl(&["--context", "prod", "get", "imagestream", MODEL, "-n", "models-prod", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&is).unwrap();
+    let tags = v["spec"]["tags"].as_array().unwrap();
+    assert_eq!(tags.iter().filter(|t| t["name"] == "prod").count(), 1);
+    assert_eq!(tags.iter().find(|t| t["name"] == "prod").unwrap()["from"]["name"], out2.image.as_str());
     env.stop().await;
 }
