@@ -67,3 +67,52 @@ pub async fn decide(
         .await?;
     Ok(digest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::dir::DirStore;
+    use crate::state::{Approval, RunRecord, StateStore};
+
+    async fn parked(store: &DirStore, id: &str) -> RunKey {
+        let run = RunRecord {
+            run_id: id.into(),
+            pipeline: "weather".into(),
+            model: "weather".into(),
+            status: Status::WaitingApproval,
+            approval: Some(Approval {
+                stage: "promote".into(),
+                decision: "pending".into(),
+                digest: Some("sha256:abc".into()),
+                ..Approval::default()
+            }),
+            ..RunRecord::default()
+        };
+        store.create_run(&run).await.unwrap();
+        RunKey { pipeline: "weather".into(), run_id: id.into() }
+    }
+
+    #[tokio::test]
+    async fn approve_records_the_approver_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        let key = parked(&store, "r1").await;
+        assert_eq!(decide(&store, &key, true, "alice", Some("looks good")).await.unwrap(), "sha256:abc");
+        let a = store.get_run(&key).await.unwrap().unwrap().approval.unwrap();
+        assert_eq!((a.decision.as_str(), a.by.as_deref(), a.comment.as_deref()), ("approved", Some("alice"), Some("looks good")));
+        // Decided already: a second decision is refused, not overwritten.
+        let err = decide(&store, &key, false, "bob", None).await.unwrap_err();
+        assert!(matches!(err, StateError::Rejected(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn reject_and_unknown_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        let key = parked(&store, "r2").await;
+        decide(&store, &key, false, "bob", None).await.unwrap();
+        assert_eq!(store.get_run(&key).await.unwrap().unwrap().approval.unwrap().decision, "rejected");
+        let missing = RunKey { pipeline: "weather".into(), run_id: "nope".into() };
+        assert!(matches!(decide(&store, &missing, true, "a", None).await, Err(StateError::NotFound { .. })));
+    }
+}

@@ -433,3 +433,58 @@ async fn seldon_address(cx: &StageContext, env: &str, model: &str) -> Result<Str
         ))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::spec::Pipeline;
+
+    fn problems(with: Value) -> Vec<String> {
+        let pipeline: Pipeline = crate::spec::yaml::from_str(
+            r#"
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: { name: weather }
+spec:
+  model: { name: weather, source: "file://m" }
+  environments:
+    dev: { namespace: models-dev }
+    prod: { namespace: models-prod }
+  stages:
+    - { name: promote, uses: promote, with: { from: dev, to: prod } }
+"#,
+        )
+        .unwrap();
+        let catalog = Catalog::embedded();
+        let cx = ValidateCx { pipeline: &pipeline, stage: &pipeline.spec.stages[0], index: 0, catalog: &catalog };
+        let params: Params = serde_json::from_value(with).unwrap();
+        Promote::validate(&params, &cx).into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+    }
+
+    #[test]
+    fn validate_names_each_problem() {
+        assert!(problems(json!({ "from": "dev", "to": "prod" })).is_empty());
+        let got = problems(json!({
+            "from": "dev", "to": "staging", "digest": "sha256:zz",
+            "rollbackOnFailure": true, "approvalTimeout": "1h"
+        }));
+        let paths: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["to", "digest", "rollbackOnFailure", "approvalTimeout"], "{got:?}");
+        let got = problems(json!({ "from": "dev", "to": "dev", "verify": true }));
+        assert!(got.iter().any(|p| p.contains("same environment")), "{got:?}");
+        assert!(got.iter().any(|p| p.starts_with("verify")), "{got:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "aproval": "required" }));
+        assert!(err.unwrap_err().to_string().contains("unknown field `aproval`"));
+    }
+
+    #[test]
+    fn strip_tag_keeps_registry_ports() {
+        assert_eq!(strip_tag("127.0.0.1:5000/ns/m:v1"), "127.0.0.1:5000/ns/m");
+        assert_eq!(strip_tag("127.0.0.1:5000/ns/m"), "127.0.0.1:5000/ns/m");
+    }
+}
