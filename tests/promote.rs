@@ -78,7 +78,9 @@ spec:
         for i in 0..2 {
             let bytes = format!("layer {i} of {seed}").repeat(1000).into_bytes();
             let digest = reg.put_blob(&repo, &bytes).await.unwrap();
-            layers.push(json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": bytes.len() }));
+            layers.push(
+                json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": bytes.len() }),
+            );
         }
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#).into_bytes();
         let config_digest = reg.put_blob(&repo, &config).await.unwrap();
@@ -217,10 +219,7 @@ async fn refuses_failed_and_unknown_digests_unless_forced() {
     // Forced past the ledger, a digest the source registry lacks fails clearly.
     req.force = true;
     let err = promotion::promote(&env.clusters, &req, false).await.unwrap_err();
-    assert!(
-        matches!(&err, PromotionError::Copy { source: RegistryError::ManifestNotFound { .. }, .. }),
-        "{err}"
-    );
+    assert!(matches!(&err, PromotionError::Copy { source: RegistryError::ManifestNotFound { .. }, .. }), "{err}");
     assert_eq!(err.exit_class(), ExitClass::BadInput);
 
     // Forced promotion of the failed digest is recorded as forced.
@@ -250,7 +249,9 @@ async fn a_held_lock_fails_fast_naming_the_holder_or_is_waited_for() {
 
     let err = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap_err();
     match &err {
-        PromotionError::Ledger { source: StateError::Locked { holder, .. }, .. } => assert_eq!(holder, "bob (run other)"),
+        PromotionError::Ledger { source: StateError::Locked { holder, .. }, .. } => {
+            assert_eq!(holder, "bob (run other)")
+        }
         other => panic!("expected Locked, got {other}"),
     }
     assert!(err.to_string().contains("bob (run other)"), "{err}");
@@ -281,8 +282,7 @@ async fn concurrent_ledger_writers_lose_no_entry() {
         let store = env.store("dev");
         let digest = digest.clone();
         tasks.push(tokio::spawn(async move {
-            promotion::record_check(&store, MODEL, "dev", &digest, "r/x@d", &format!("run-{i}"), "ci", None, true)
-                .await
+            promotion::record_check(&store, MODEL, "dev", &digest, "r/x@d", &format!("run-{i}"), "ci", None, true).await
         }));
     }
     for t in tasks {
@@ -330,13 +330,7 @@ async fn rollback_returns_to_the_previous_digest_and_history_is_newest_first() {
     let actions: Vec<(&str, &str)> = entries.iter().map(|e| (e.environment.as_str(), e.action.as_str())).collect();
     assert_eq!(
         actions,
-        [
-            ("prod", "rolled-back"),
-            ("prod", "promoted"),
-            ("dev", "verified"),
-            ("prod", "promoted"),
-            ("dev", "verified"),
-        ]
+        [("prod", "rolled-back"), ("prod", "promoted"), ("dev", "verified"), ("prod", "promoted"), ("dev", "verified"),]
     );
     // A digest never in prod is refused.
     let mut bad = req.clone();

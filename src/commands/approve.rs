@@ -8,7 +8,9 @@ use super::{CommandError, GlobalArgs, fail};
 use crate::state::{RunKey, StateError, Status, now_rfc3339};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  modelship approve 20261125-0230-ab12 --by alice -f pipelines/weather.yaml --comment 'checked the report'")]
+#[command(
+    after_help = "Example:\n  modelship approve 20261125-0230-ab12 --by alice -f pipelines/weather.yaml --comment 'checked the report'"
+)]
 pub struct DecisionArgs {
     pub run_id: String,
     /// Who decides (kept in the run record and the ledger).
@@ -99,7 +101,10 @@ mod tests {
         let key = parked(&store, "r1").await;
         assert_eq!(decide(&store, &key, true, "alice", Some("looks good")).await.unwrap(), "sha256:abc");
         let a = store.get_run(&key).await.unwrap().unwrap().approval.unwrap();
-        assert_eq!((a.decision.as_str(), a.by.as_deref(), a.comment.as_deref()), ("approved", Some("alice"), Some("looks good")));
+        assert_eq!(
+            (a.decision.as_str(), a.by.as_deref(), a.comment.as_deref()),
+            ("approved", Some("alice"), Some("looks good"))
+        );
         // Decided already: a second decision is refused, not overwritten.
         let err = decide(&store, &key, false, "bob", None).await.unwrap_err();
         assert!(matches!(err, StateError::Rejected(_)), "{err}");

@@ -51,7 +51,10 @@ pub fn table(entries: &[LedgerEntry]) -> String {
     let rows: Vec<[String; 7]> = entries
         .iter()
         .map(|e| {
-            let short = e.digest.strip_prefix("sha256:").map_or(e.digest.clone(), |h| format!("sha256:{}", &h[..h.len().min(12)]));
+            let short = e
+                .digest
+                .strip_prefix("sha256:")
+                .map_or(e.digest.clone(), |h| format!("sha256:{}", &h[..h.len().min(12)]));
             let mut note = e.from.as_ref().map(|f| format!("from {f}")).unwrap_or_default();
             if e.forced {
                 note.push_str(" forced");
@@ -59,7 +62,15 @@ pub fn table(entries: &[LedgerEntry]) -> String {
             if let Some(c) = &e.comment {
                 note.push_str(&format!(" \"{c}\""));
             }
-            [e.at.clone(), e.environment.clone(), e.action.clone(), short, e.run_id.clone(), e.by.clone(), note.trim().to_string()]
+            [
+                e.at.clone(),
+                e.environment.clone(),
+                e.action.clone(),
+                short,
+                e.run_id.clone(),
+                e.by.clone(),
+                note.trim().to_string(),
+            ]
         })
         .collect();
     let head = ["WHEN", "ENV", "ACTION", "DIGEST", "RUN", "BY", "NOTE"];

@@ -167,7 +167,10 @@ pub fn print_outcome(o: &PromoteOutcome, format: OutputFormat, verb: &str) {
         OutputFormat::Json => println!("{}", mask(&serde_json::to_string_pretty(o).unwrap_or_default())),
         OutputFormat::Text => {
             let mut s = if o.dry_run {
-                format!("would promote {} from `{}` to `{}`\n  source: {}\n  target: {}", o.digest, o.from, o.to, o.source, o.image)
+                format!(
+                    "would promote {} from `{}` to `{}`\n  source: {}\n  target: {}",
+                    o.digest, o.from, o.to, o.source, o.image
+                )
             } else {
                 format!("{verb} {} to `{}`\n  image: {}", o.digest, o.to, o.image)
             };

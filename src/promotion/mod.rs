@@ -44,7 +44,9 @@ const LOCK_TTL: Duration = Duration::from_secs(15 * 60);
 pub enum PromotionError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error("environment `{env}` has no registry: set `spec.environments.{env}.registry` (the cluster serves no ImageStream `{stream}` with a public repository either)")]
+    #[error(
+        "environment `{env}` has no registry: set `spec.environments.{env}.registry` (the cluster serves no ImageStream `{stream}` with a public repository either)"
+    )]
     NoRegistry { env: String, stream: String },
     #[error("ledger of `{model}` in {store}: {source}")]
     Ledger {
@@ -263,11 +265,7 @@ pub struct PromoteOutcome {
 
 /// The entry of `from`'s ledger that `digest` (or the current digest) is
 /// promoted on, and whether its checks allow it.
-fn pick_source(
-    ledger: &crate::state::Ledger,
-    from: &str,
-    digest: Option<&str>,
-) -> Option<LedgerEntry> {
+fn pick_source(ledger: &crate::state::Ledger, from: &str, digest: Option<&str>) -> Option<LedgerEntry> {
     match digest {
         Some(d) => ledger.history.iter().rev().find(|e| e.environment == from && e.digest == d).cloned(),
         None => ledger.current.get(from).cloned(),
@@ -281,7 +279,11 @@ fn checks_passed(entry: &LedgerEntry) -> bool {
 
 /// Promote: see the module doc. With `dry_run` nothing is locked, copied,
 /// tagged or recorded.
-pub async fn promote(clusters: &Clusters, req: &PromoteRequest, dry_run: bool) -> Result<PromoteOutcome, PromotionError> {
+pub async fn promote(
+    clusters: &Clusters,
+    req: &PromoteRequest,
+    dry_run: bool,
+) -> Result<PromoteOutcome, PromotionError> {
     if req.from == req.to {
         return Err(PromotionError::Refused(format!("--from and --to are both `{}`", req.from)));
     }

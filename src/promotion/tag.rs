@@ -48,10 +48,7 @@ pub async fn point_tag(
 ) -> Result<(), PromotionError> {
     let istags = api(client, namespace, "ImageStreamTag", "imagestreamtags");
     let name = format!("{stream}:{tag}");
-    let err = |source: kube::Error| PromotionError::Tag {
-        what: format!("ImageStreamTag {namespace}/{name}"),
-        source,
-    };
+    let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStreamTag {namespace}/{name}"), source };
     for _ in 0..ATTEMPTS {
         let result = match istags.get_opt(&name).await {
             Ok(Some(mut obj)) => {
@@ -62,7 +59,8 @@ pub async fn point_tag(
                 istags.replace(&name, &PostParams::default(), &obj).await.map(|_| ())
             }
             Ok(None) => {
-                let mut obj = DynamicObject::new(&name, &resource("ImageStreamTag", "imagestreamtags")).within(namespace);
+                let mut obj =
+                    DynamicObject::new(&name, &resource("ImageStreamTag", "imagestreamtags")).within(namespace);
                 obj.data = json!({ "tag": tag_reference(tag, image) });
                 istags.create(&PostParams::default(), &obj).await.map(|_| ())
             }
@@ -73,7 +71,13 @@ pub async fn point_tag(
             // Someone moved the tag between our read and write: read again.
             Err(e) if code(&e) == Some(409) => continue,
             Err(e) if matches!(code(&e), Some(403 | 405)) => {
-                tracing::info!(namespace, stream, tag, "ImageStreamTag write refused ({}); editing the ImageStream's spec.tags", code(&e).unwrap_or(0));
+                tracing::info!(
+                    namespace,
+                    stream,
+                    tag,
+                    "ImageStreamTag write refused ({}); editing the ImageStream's spec.tags",
+                    code(&e).unwrap_or(0)
+                );
                 return edit_stream(client, namespace, stream, tag, image).await;
             }
             Err(e) => return Err(err(e)),

@@ -108,7 +108,10 @@ impl Stage for Promote {
             );
         }
         if params.verify && !cx.pipeline.spec.stages.iter().any(|s| s.uses == "prediction-check") {
-            out.push(Problem::new("verify", "verify re-runs the pipeline's prediction cases, but it has no `prediction-check` stage"));
+            out.push(Problem::new(
+                "verify",
+                "verify re-runs the pipeline's prediction cases, but it has no `prediction-check` stage",
+            ));
         }
         if params.approval != ApprovalMode::Required && params.approval_timeout.is_some() {
             out.push(Problem::new("approvalTimeout", "approvalTimeout is set but `approval` is not `required`"));
@@ -131,7 +134,11 @@ impl Stage for Promote {
             lines.insert(0, format!("wait up to {t} for `modelship approve` (run parks in waiting-approval)"));
         }
         if params.image_stream.unwrap_or(true) {
-            lines.push(format!("ImageStreamTag {}/{model}:{tag} -> the digest (cluster `{}`)", ns(&params.to), params.to));
+            lines.push(format!(
+                "ImageStreamTag {}/{model}:{tag} -> the digest (cluster `{}`)",
+                ns(&params.to),
+                params.to
+            ));
         }
         lines.push(format!("ledger ConfigMap of `{model}` in {}: record the promotion", ns(&params.to)));
         if params.verify {
@@ -152,7 +159,8 @@ impl Stage for Promote {
         let by = promotion::principal();
         let build = cx.outputs_of_kind("openshift-build");
         let deploy = cx.outputs_of_kind("seldon-deploy");
-        let str_of = |o: Option<&Outputs>, k: &str| o.and_then(|o| o.get(k)).and_then(Value::as_str).map(str::to_string);
+        let str_of =
+            |o: Option<&Outputs>, k: &str| o.and_then(|o| o.get(k)).and_then(Value::as_str).map(str::to_string);
         let digest = params
             .digest
             .clone()
@@ -163,7 +171,8 @@ impl Stage for Promote {
                     "no digest to promote: set `with.digest` or run an `openshift-build` or `seldon-deploy` stage first",
                 )
             })?;
-        crate::registry::validate_digest(&digest).map_err(|m| StageError::bad_input(format!("digest `{digest}`: {m}")))?;
+        crate::registry::validate_digest(&digest)
+            .map_err(|m| StageError::bad_input(format!("digest `{digest}`: {m}")))?;
 
         let from = promotion::resolve_env(&cx.clusters, &params.from, &model).await.map_err(stage_error)?;
         let image = str_of(build, "image")
@@ -188,9 +197,19 @@ impl Stage for Promote {
         }
         let state_dir = state_dir_of(cx);
         let from_store = promotion::ledger_store(&from, state_dir.as_deref());
-        promotion::record_check(&*from_store, &model, &params.from, &digest, &image, &cx.run_id, &by, checks.clone(), passed)
-            .await
-            .map_err(stage_error)?;
+        promotion::record_check(
+            &*from_store,
+            &model,
+            &params.from,
+            &digest,
+            &image,
+            &cx.run_id,
+            &by,
+            checks.clone(),
+            passed,
+        )
+        .await
+        .map_err(stage_error)?;
 
         let mut by_for_ledger = by.clone();
         let mut comment = None;
@@ -350,7 +369,12 @@ async fn wait_for_approval(
 
 /// Re-run the pipeline's prediction cases against the target; on failure
 /// record it and, with `rollbackOnFailure`, point the target back.
-async fn verify(params: &Params, cx: &StageContext, req: &PromoteRequest, outcome: &PromoteOutcome) -> Result<(), StageError> {
+async fn verify(
+    params: &Params,
+    cx: &StageContext,
+    req: &PromoteRequest,
+    outcome: &PromoteOutcome,
+) -> Result<(), StageError> {
     let spec = cx
         .pipeline
         .spec
@@ -427,11 +451,13 @@ async fn seldon_address(cx: &StageContext, env: &str, model: &str) -> Result<Str
     );
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
     let obj = api.get_opt(model).await.map_err(|e| StageError::failed(e).retryable())?;
-    obj.and_then(|o| o.data.pointer("/status/address/url").and_then(Value::as_str).map(str::to_string)).ok_or_else(|| {
-        StageError::bad_input(format!(
-            "verify: SeldonDeployment {ns}/{model} in `{env}` has no status.address.url; set `with.verifyEndpoint`"
-        ))
-    })
+    obj.and_then(|o| o.data.pointer("/status/address/url").and_then(Value::as_str).map(str::to_string)).ok_or_else(
+        || {
+            StageError::bad_input(format!(
+                "verify: SeldonDeployment {ns}/{model} in `{env}` has no status.address.url; set `with.verifyEndpoint`"
+            ))
+        },
+    )
 }
 
 #[cfg(test)]
