@@ -20,6 +20,25 @@ use sha2::{Digest, Sha256};
 
 const MODEL: &str = "weather";
 
+fn test_pipeline() -> Pipeline {
+    modelship::spec::yaml::from_str(&format!(
+        r#"
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: {{ name: weather }}
+spec:
+  model: {{ name: {MODEL}, source: "file://model" }}
+  environments:
+    dev: {{ context: dev, namespace: models-dev }}
+    prod: {{ context: prod, namespace: models-prod }}
+  stages:
+    - {{ name: check, uses: prediction-check, with: {{ endpoint: "http://127.0.0.1:1" }} }}
+    - {{ name: promote, uses: promote, with: {{ from: dev, to: prod }} }}
+"#
+    ))
+    .unwrap()
+}
+
 struct Env {
     _dir: tempfile::TempDir,
     dev: Option<SimServer>,
@@ -39,20 +58,7 @@ impl Env {
             modelship::sim::kubeconfig_yaml(&[("dev".into(), dev.url()), ("prod".into(), prod.url())]),
         )
         .unwrap();
-        let pipeline: Pipeline = modelship::spec::yaml::from_str(&format!(
-            r#"
-apiVersion: modelship.io/v1alpha1
-kind: Pipeline
-metadata: {{ name: weather }}
-spec:
-  model: {{ name: {MODEL}, source: "file://model" }}
-  environments:
-    dev: {{ context: dev, namespace: models-dev }}
-    prod: {{ context: prod, namespace: models-prod }}
-  stages: []
-"#
-        ))
-        .unwrap();
+        let pipeline = test_pipeline();
         let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig.clone()));
         for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
             let client = clusters.client(env).await.unwrap();
@@ -373,5 +379,119 @@ async fn promotion_moves_the_imagestream_tag() {
     let tags = v["spec"]["tags"].as_array().unwrap();
     assert_eq!(tags.iter().filter(|t| t["name"] == "prod").count(), 1);
     assert_eq!(tags.iter().find(|t| t["name"] == "prod").unwrap()["from"]["name"], out2.image.as_str());
+    env.stop().await;
+}
+
+/// The stage with `approval: required`, run directly with a StageContext
+/// whose run state (and so the ledger) is a directory store.
+async fn run_stage(
+    env: &Env,
+    state: &std::path::Path,
+    run: &str,
+    with: serde_json::Value,
+) -> Result<modelship::stages::Outputs, modelship::stages::StageError> {
+    use modelship::stages::{Kind, StageContext};
+    use modelship::state::{RunKey, RunRecord, StageRecord};
+    use std::sync::Arc;
+    let pipeline = Arc::new(test_pipeline());
+    let store: Arc<dyn StateStore> = Arc::new(modelship::state::dir::DirStore::new(state));
+    let key = RunKey { pipeline: "weather".into(), run_id: run.into() };
+    let record = RunRecord {
+        run_id: run.into(),
+        pipeline: "weather".into(),
+        model: MODEL.into(),
+        stages: vec![StageRecord { name: "promote".into(), uses: "promote".into(), ..StageRecord::default() }],
+        ..RunRecord::default()
+    };
+    store.create_run(&record).await.unwrap();
+    let mut outputs = std::collections::BTreeMap::new();
+    outputs.insert(
+        "check".to_string(),
+        [("passed".to_string(), json!(true)), ("report".to_string(), json!({ "passed": true, "cases": [] }))]
+            .into_iter()
+            .collect(),
+    );
+    let cx = StageContext {
+        run_id: run.into(),
+        pipeline: pipeline.clone(),
+        pipeline_dir: state.to_path_buf(),
+        stage: pipeline.spec.stages[1].clone(),
+        attempt: 1,
+        workspace: state.join("ws"),
+        outputs,
+        params: Default::default(),
+        labels: Default::default(),
+        previous: None,
+        clusters: Arc::new(Clusters::new(pipeline.spec.environments.clone(), Some(env.kubeconfig.clone()))),
+        state: store,
+        run_key: key,
+        catalog: Arc::new(modelship::catalog::Catalog::embedded()),
+        cancel: Default::default(),
+        interactive: false,
+    };
+    Kind::Promote.run(with.as_object().unwrap().clone(), &cx).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_gate_waits_for_approve_reject_or_timeout() {
+    use modelship::state::dir::DirStore;
+    use modelship::state::{RunKey, Status};
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    let state = tempfile::tempdir().unwrap();
+    let with = |timeout: &str| {
+        json!({ "from": "dev", "to": "prod", "digest": digest, "approval": "required",
+                "approvalTimeout": timeout, "imageStream": false, "lockWait": "0s" })
+    };
+
+    // Approved while parked: the run shows waiting-approval, then promotes
+    // with the approver in the ledger.
+    let store = DirStore::new(state.path());
+    let key = RunKey { pipeline: "weather".into(), run_id: "run-a".into() };
+    let approver = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(r)) = store.get_run(&key).await
+                && r.status == Status::WaitingApproval
+            {
+                assert_eq!(r.approval.as_ref().unwrap().digest.as_deref(), Some(digest.as_str()));
+                modelship::commands::approve::decide(&store, &key, true, "alice", Some("ok")).await.unwrap();
+                break;
+            }
+        }
+    };
+    let (out, ()) = tokio::join!(run_stage(&env, state.path(), "run-a", with("30s")), approver);
+    let out = out.unwrap();
+    assert_eq!(out["digest"], json!(digest));
+    let ledger = store.get_ledger(MODEL).await.unwrap();
+    let promoted = &ledger.current["prod"];
+    assert_eq!((promoted.by.as_str(), promoted.comment.as_deref()), ("alice", Some("ok")));
+    assert_eq!(ledger.current["dev"].action, "verified");
+
+    // Rejected: the stage fails naming who rejected; nothing new promoted.
+    let key_b = RunKey { pipeline: "weather".into(), run_id: "run-b".into() };
+    let rejecter = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(r)) = store.get_run(&key_b).await
+                && r.status == Status::WaitingApproval
+            {
+                modelship::commands::approve::decide(&store, &key_b, false, "bob", Some("not today")).await.unwrap();
+                break;
+            }
+        }
+    };
+    let (res, ()) = tokio::join!(run_stage(&env, state.path(), "run-b", with("30s")), rejecter);
+    let err = res.unwrap_err();
+    assert!(err.message.contains("rejected by bob: not today"), "{}", err.message);
+
+    // Nobody decides: timed out, recorded on the run.
+    let err = run_stage(&env, state.path(), "run-c", with("1s")).await.unwrap_err();
+    assert!(err.message.contains("no approval"), "{}", err.message);
+    let key_c = RunKey { pipeline: "weather".into(), run_id: "run-c".into() };
+    assert_eq!(store.get_run(&key_c).await.unwrap().unwrap().approval.unwrap().decision, "timed-out");
+    let promoted: Vec<_> =
+        store.get_ledger(MODEL).await.unwrap().history.into_iter().filter(|e| e.action == "promoted").collect();
+    assert_eq!(promoted.len(), 1);
     env.stop().await;
 }
