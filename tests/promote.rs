@@ -32,7 +32,13 @@ spec:
     dev: {{ context: dev, namespace: models-dev }}
     prod: {{ context: prod, namespace: models-prod }}
   stages:
-    - {{ name: check, uses: prediction-check, with: {{ endpoint: "http://127.0.0.1:1" }} }}
+    - name: check
+      uses: prediction-check
+      with:
+        endpoint: "http://127.0.0.1:1"
+        cases:
+          - request: {{ data: {{ names: [temperature], ndarray: ["55"] }} }}
+            expect: {{ meta.tags.weather_state: mild }}
     - {{ name: promote, uses: promote, with: {{ from: dev, to: prod }} }}
 "#
     ))
@@ -493,5 +499,65 @@ async fn approval_gate_waits_for_approve_reject_or_timeout() {
     let promoted: Vec<_> =
         store.get_ledger(MODEL).await.unwrap().history.into_iter().filter(|e| e.action == "promoted").collect();
     assert_eq!(promoted.len(), 1);
+    env.stop().await;
+}
+
+/// A model server that answers every prediction with the wrong class.
+async fn wrong_model_server() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route("/health/ping", get(|| async { "pong" }))
+        .route("/ready", get(|| async { "ok" }))
+        .route(
+            "/api/v1.0/predictions",
+            post(|| async {
+                axum::Json(json!({ "meta": { "tags": { "weather_state": "hot" } }, "data": { "ndarray": ["hot"] } }))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_verification_rolls_the_target_back() {
+    use modelship::state::dir::DirStore;
+    let env = Env::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let store = DirStore::new(state.path());
+    let v1 = env.push("v1").await;
+    let image = format!("{}/models-dev/{MODEL}@{v1}", env.dev().registry_host());
+    promotion::record_check(&store, MODEL, "dev", &v1, &image, "run-1", "ci", None, true).await.unwrap();
+    let mut req = env.request("run-1");
+    req.state_dir = Some(state.path().to_path_buf());
+    promotion::promote(&env.clusters, &req, false).await.unwrap();
+
+    let v2 = env.push("v2").await;
+    let (endpoint, server) = wrong_model_server().await;
+    let with = json!({ "from": "dev", "to": "prod", "digest": v2, "verify": true, "verifyEndpoint": endpoint,
+                       "rollbackOnFailure": true, "imageStream": false, "lockWait": "0s" });
+    let err = run_stage(&env, state.path(), "run-2", with).await.unwrap_err();
+    assert!(err.message.contains("verification in `prod` failed"), "{}", err.message);
+    assert!(err.message.contains(&format!("rolled `prod` back to {v1}")), "{}", err.message);
+    server.abort();
+
+    let ledger = store.get_ledger(MODEL).await.unwrap();
+    let prod: Vec<(&str, &str)> = ledger
+        .history
+        .iter()
+        .filter(|e| e.environment == "prod")
+        .map(|e| (e.action.as_str(), e.digest.as_str()))
+        .collect();
+    assert_eq!(
+        prod,
+        [
+            ("promoted", v1.as_str()),
+            ("promoted", v2.as_str()),
+            ("check-failed", v2.as_str()),
+            ("rolled-back", v1.as_str())
+        ]
+    );
+    let tagged = skopeo_raw(&format!("{}/models-prod/{MODEL}:latest", env.prod().registry_host()));
+    assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&tagged))), v1);
     env.stop().await;
 }
