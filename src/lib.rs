@@ -19,6 +19,9 @@
 //!   resources.
 //! - [`storage`]: model sources (S3, file).
 //! - [`registry`]: OCI image copy by digest.
+//! - [`promotion`]: promote, roll back and list a model's digests across
+//!   environments (ledger, lock, ImageStream tags); used by the `promote`
+//!   stage and commands.
 //! - [`triggers`]: Git push selection and the webhook server.
 //! - [`sim`]: the simulated OpenShift, reached by the runner only over HTTP.
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only parses.
@@ -33,6 +36,7 @@ pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod logging;
+pub mod promotion;
 pub mod registry;
 pub mod secret;
 pub mod sim;

@@ -1,6 +1,8 @@
 //! Kubernetes clients per environment, and typed OpenShift and Seldon
 //! resources (one file per API group, added by the stages that use them).
 
+pub mod openshift;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -68,33 +70,40 @@ impl Clusters {
         &self.environments
     }
 
+    /// The connection settings of environment `name` (for raw HTTP that kube's
+    /// client cannot send, such as a streamed request body).
+    pub async fn config(&self, name: &str) -> Result<kube::Config, ClusterError> {
+        let env = self.environment(name)?;
+        let options = KubeConfigOptions { context: env.context.clone(), ..Default::default() };
+        Ok(match &self.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
+                    env: name.to_string(),
+                    path: Some(path.clone()),
+                    source,
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|source| ClusterError::Kubeconfig {
+                    env: name.to_string(),
+                    path: Some(path.clone()),
+                    source,
+                })?
+            }
+            None if env.context.is_some() => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|source| ClusterError::Kubeconfig { env: name.to_string(), path: None, source })?,
+            None => {
+                kube::Config::infer().await.map_err(|source| ClusterError::Infer { env: name.to_string(), source })?
+            }
+        })
+    }
+
     /// The client for environment `name`, using its `context` if set.
     pub async fn client(&self, name: &str) -> Result<kube::Client, ClusterError> {
-        let env = self.environment(name)?;
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(name) {
             return Ok(c.clone());
         }
-        let options = KubeConfigOptions { context: env.context.clone(), ..Default::default() };
-        let config =
-            match &self.kubeconfig {
-                Some(path) => {
-                    let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
-                        env: name.to_string(),
-                        path: Some(path.clone()),
-                        source,
-                    })?;
-                    kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|source| {
-                        ClusterError::Kubeconfig { env: name.to_string(), path: Some(path.clone()), source }
-                    })?
-                }
-                None if env.context.is_some() => kube::Config::from_kubeconfig(&options)
-                    .await
-                    .map_err(|source| ClusterError::Kubeconfig { env: name.to_string(), path: None, source })?,
-                None => kube::Config::infer()
-                    .await
-                    .map_err(|source| ClusterError::Infer { env: name.to_string(), source })?,
-            };
+        let config = self.config(name).await?;
         let client =
             kube::Client::try_from(config).map_err(|source| ClusterError::Client { env: name.to_string(), source })?;
         clients.insert(name.to_string(), client.clone());

@@ -2,7 +2,11 @@
 //! `main.rs` parses, sets up logging and calls [`dispatch`]; each subcommand
 //! lives in its own file and returns a [`CommandError`] carrying its exit class.
 
+pub mod approve;
+pub mod history;
 pub mod image;
+pub mod promote;
+pub mod rollback;
 pub mod run;
 pub mod serve;
 pub mod sim;
@@ -64,6 +68,16 @@ pub enum Command {
     Image(image::ImageCommand),
     Trigger(trigger::TriggerArgs),
     Serve(serve::ServeArgs),
+    /// Promote a model's verified digest from one environment to another.
+    Promote(promote::PromoteArgs),
+    /// Point an environment back at an earlier digest.
+    Rollback(rollback::RollbackArgs),
+    /// A model's promotion ledger, newest first.
+    History(history::HistoryArgs),
+    /// Approve a run waiting for approval.
+    Approve(approve::DecisionArgs),
+    /// Reject a run waiting for approval.
+    Reject(approve::DecisionArgs),
 }
 
 /// Run the parsed command.
@@ -77,6 +91,11 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Image(c) => image::run(c, &g).await,
         Command::Trigger(a) => trigger::run(a, &g).await,
         Command::Serve(a) => serve::run(a, &g).await,
+        Command::Promote(a) => promote::run(a, &g).await,
+        Command::Rollback(a) => rollback::run(a, &g).await,
+        Command::History(a) => history::run(a, &g).await,
+        Command::Approve(a) => approve::run(a, true, &g).await,
+        Command::Reject(a) => approve::run(a, false, &g).await,
     }
 }
 

@@ -50,6 +50,7 @@ async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
         listen: a.listen,
         name: a.name.clone(),
         faults: Faults { forbidden: a.forbid.clone() },
+        ..SimConfig::new(a.data.clone(), a.name.clone())
     };
     let server = sim::start(config).await.map_err(fail)?;
     let kubeconfig = a.kubeconfig.clone().unwrap_or_else(|| a.data.join("kubeconfig"));

@@ -176,10 +176,12 @@ impl Copier<'_> {
         );
 
         self.to.authorize(&self.dst_scope()).await?;
-        let outcomes: Vec<Outcome> = futures::stream::iter(blobs.iter().map(|b| self.copy_blob(b)))
-            .buffer_unordered(self.opts.concurrency.max(1))
-            .try_collect()
-            .await?;
+        // Collected first (futures are lazy): a `map` closure inside the
+        // stream type keeps the future from being provably `Send`, which a
+        // stage future nested in the engine needs.
+        let copies: Vec<_> = blobs.iter().map(|b| self.copy_blob(b)).collect();
+        let outcomes: Vec<Outcome> =
+            futures::stream::iter(copies).buffer_unordered(self.opts.concurrency.max(1)).try_collect().await?;
 
         let mut manifests = 0;
         self.put_children(&root, &mut manifests).await?;

@@ -25,7 +25,10 @@
 //!   configmaps, secrets), [`coordination`] (leases), [`apps`]
 //!   (Deployments), [`route`] (Routes, admitted by the Seldon controller),
 //!   [`seldon`] (SeldonDeployments and the controller that runs them with
-//!   [`runtime`]: image unpack, venv, process supervision).
+//!   [`runtime`]: image unpack, venv, process supervision), [`build`]
+//!   (buildconfigs, builds, instantiatebinary, log; the build controller),
+//!   [`image`] (imagestreams, imagestreamtags); [`dockerfile`] parses what
+//!   the build controller builds.
 //!
 //! # Adding a kind
 //!
@@ -51,10 +54,13 @@
 //! hold, so a restarted sim resumes from the persisted objects.
 
 pub mod apps;
+pub mod build;
 pub mod coordination;
 pub mod core;
 pub mod discovery;
+pub mod dockerfile;
 pub mod faults;
+pub mod image;
 pub mod protobuf;
 pub mod registry;
 pub mod resource;
@@ -88,6 +94,8 @@ pub struct SimConfig {
     pub name: String,
     /// Injected failures (403 for named resources, ...).
     pub faults: Faults,
+    /// Roughly how long a simulated build takes from Pending to Complete.
+    pub build_duration: Duration,
 }
 
 impl SimConfig {
@@ -98,6 +106,7 @@ impl SimConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             name: name.into(),
             faults: Faults::default(),
+            build_duration: Duration::from_secs(1),
         }
     }
 }
@@ -136,6 +145,8 @@ pub struct SimApi {
     /// The internal registry's storage (served under `/v2/`); controllers
     /// push and pull images through it in-process.
     pub registry: registry::RegistryStore,
+    /// The data directory (controllers keep work files under it).
+    pub data_dir: PathBuf,
     /// Cancelled when the sim stops; long-running work (watches,
     /// controllers) ends on it.
     pub shutdown: CancellationToken,
@@ -155,6 +166,8 @@ pub fn build_table() -> ResourceTable {
     apps::register(&mut table);
     route::register(&mut table);
     seldon::register(&mut table);
+    build::register(&mut table);
+    image::register(&mut table);
     table
 }
 
@@ -228,6 +241,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         store,
         faults: Arc::new(config.faults.clone()),
         registry: registry.clone(),
+        data_dir: config.data_dir.clone(),
         shutdown: CancellationToken::new(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -244,7 +258,10 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
             tracing::error!(error = %e, "sim server stopped");
         }
     });
-    let controllers = vec![tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone()))];
+    let controllers = vec![
+        tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration)),
+        tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone())),
+    ];
     tracing::info!(url = %format!("http://{addr}"), data = %config.data_dir.display(), "sim started");
     Ok(SimServer { addr, name: config.name, api, task, controllers })
 }

@@ -163,6 +163,8 @@ pub struct SubresourceRequest {
     pub query: Query,
     pub method: Method,
     pub headers: HeaderMap,
+    /// The query string as sent (subresources read their own parameters).
+    pub raw_query: String,
     pub body: Body,
 }
 
@@ -239,7 +241,8 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
         let name = info.name.clone().unwrap_or_default();
         if let Some(handler) = api.table.subresource_handler(rt.group, rt.plural, &sub) {
             let (parts, body) = req.into_parts();
-            let sr = SubresourceRequest { info, query, method: parts.method, headers: parts.headers, body };
+            let raw_query = parts.uri.query().unwrap_or("").to_string();
+            let sr = SubresourceRequest { info, query, method: parts.method, headers: parts.headers, raw_query, body };
             return Ok(handler(api.clone(), sr).await);
         }
         if sub != "status" || !rt.subresources.contains(&"status") {

@@ -202,6 +202,11 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         if !is_dns_label(name) {
             causes.push(Cause::invalid("metadata.name", name, DNS1123_LABEL_MSG));
         }
+    } else if rt.kind == "ImageStreamTag" {
+        // `STREAM:TAG`, as image.openshift.io names them.
+        if !name.split_once(':').is_some_and(|(s, t)| is_dns_subdomain(s) && !t.is_empty() && t.len() <= 128) {
+            causes.push(Cause::invalid("metadata.name", name, "must be of the form <stream_name>:<tag>"));
+        }
     } else if !is_dns_subdomain(name) {
         causes.push(Cause::invalid("metadata.name", name, DNS1123_SUBDOMAIN_MSG));
     }

@@ -1,14 +1,124 @@
-//! Stage `openshift-build`.
+//! Stage `openshift-build`: a binary Docker build on OpenShift, as
+//! `oc start-build --from-dir --wait` does it, never duplicated.
+//!
+//! 1. Ensure the ImageStream and BuildConfig (catalog templates), created or
+//!    updated idempotently.
+//! 2. Reuse before building: a Build this stage started earlier (checkpoint),
+//!    an image the ImageStream already holds for this context digest, or a
+//!    Build of the same run and context digest (running: attach; complete:
+//!    reuse; failed: build again).
+//! 3. Start: `POST .../buildconfigs/NAME/instantiatebinary` with the context
+//!    as a gzip tar produced on the fly and sent chunked. kube's `Client`
+//!    takes only whole bodies, so this one request goes through reqwest with
+//!    the environment's kube connection settings.
+//! 4. Follow: list by name, watch from that resourceVersion, re-list when the
+//!    watch ends; stream the build log into tracing; cancel the Build when
+//!    the run is cancelled.
 
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use super::{Outputs, Stage, StageContext, StageError, ValidateCx};
+use super::render::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
+use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::cluster::openshift::{Build, BuildConfig, ImageStream};
+
+/// Annotations modelship puts on the Builds it starts.
+pub const RUN_ANNOTATION: &str = "modelship.io/run";
+pub const DIGEST_ANNOTATION: &str = "modelship.io/context-digest";
+/// On the ImageStream: JSON map context digest -> image digest, newest first.
+pub const IMAGES_ANNOTATION: &str = "modelship.io/context-images";
+const IMAGES_KEPT: usize = 20;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_MAX_CONTEXT: u64 = 8 * 1024 * 1024 * 1024;
+const FIELD_MANAGER: &str = "modelship";
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Params {
+    /// Where to build; default: the pipeline's first environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// The build context; default: the latest `render` stage's `contextDir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_dir: Option<String>,
+    /// Default: render's `contextDigest` (computed when `contextDir` is given alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_digest: Option<String>,
+    /// ImageStream and BuildConfig name; default: the model name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_stream: Option<String>,
+    /// Default `latest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// How long to wait for the build, e.g. `20m`; default 30m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Refuse contexts larger than this many bytes; default 8 GiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context_bytes: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot {action} {resource} in namespace {namespace}: {}", api_message(source))]
+    Api {
+        action: &'static str,
+        resource: String,
+        namespace: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot start a build of buildconfigs.build.openshift.io/{name} in namespace {namespace}: {message}")]
+    Start { name: String, namespace: String, message: String, status: Option<u16> },
+    #[error("build context {dir}: {message}")]
+    Context { dir: PathBuf, message: String },
+    #[error("build context {dir} is {size} bytes, over maxContextBytes {max}")]
+    TooLarge { dir: PathBuf, size: u64, max: u64 },
+    #[error(
+        "build {name} in namespace {namespace} ended {phase}: {reason}: {message}\n--- last lines of the build log ---\n{log_tail}"
+    )]
+    Failed { name: String, namespace: String, phase: String, reason: String, message: String, log_tail: String },
+    #[error("build {name} in namespace {namespace} did not finish within {after:?} (last phase {phase})")]
+    Timeout { name: String, namespace: String, after: Duration, phase: String },
+    #[error("build {name} in namespace {namespace} was deleted while modelship followed it")]
+    Vanished { name: String, namespace: String },
+}
+
+fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!("forbidden ({}): {}", s.code, s.message),
+        kube::Error::Api(s) => format!("{} ({} {})", s.message, s.code, s.reason),
+        other => other.to_string(),
+    }
+}
+
+impl BuildError {
+    fn into_stage(self) -> StageError {
+        let retryable = match &self {
+            BuildError::Api { source: kube::Error::Api(s), .. } => s.code >= 500 || s.code == 429,
+            BuildError::Api { .. } => true,
+            BuildError::Start { status, .. } => status.is_none_or(|c| c >= 500 || c == 429),
+            BuildError::Timeout { .. } => false,
+            _ => false,
+        };
+        let bad_input = matches!(self, BuildError::TooLarge { .. } | BuildError::Context { .. });
+        let e = if bad_input { StageError::bad_input(self.to_string()) } else { StageError::failed(self) };
+        if retryable { e.retryable() } else { e }
+    }
+}
+
+fn api_err(action: &'static str, resource: String, namespace: &str) -> impl FnOnce(kube::Error) -> BuildError {
+    let namespace = namespace.to_string();
+    move |source| BuildError::Api { action, resource, namespace, source }
 }
 
 pub struct OpenshiftBuild;
@@ -18,11 +128,637 @@ impl Stage for OpenshiftBuild {
     const OUTPUTS: &'static [&'static str] = &["buildName", "image", "imageDigest", "imageStreamTag"];
     type Params = Params;
 
-    fn plan(_params: &Params, _cx: &ValidateCx<'_>) -> Vec<String> {
-        Vec::new()
+    fn validate(p: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Some(env) = &p.environment
+            && let Some(problem) = cx.environment_problem("environment", env)
+        {
+            problems.push(problem);
+        }
+        if let Some(t) = p.timeout.as_deref().filter(|t| !crate::template::is_template(t))
+            && humantime::parse_duration(t).is_err()
+        {
+            problems.push(Problem::new("timeout", format!("`{t}` is not a duration")).with_hint("e.g. 20m or 1h30m"));
+        }
+        if let Some(s) = p.image_stream.as_deref().filter(|s| !crate::template::is_template(s))
+            && !is_dns_label(s)
+        {
+            problems.push(Problem::new(
+                "imageStream",
+                format!("`{s}` is not a valid ImageStream name (lowercase RFC 1123 label)"),
+            ));
+        }
+        if let Some(t) = p.tag.as_deref().filter(|t| !crate::template::is_template(t))
+            && !is_tag(t)
+        {
+            problems.push(Problem::new("tag", format!("`{t}` is not a valid image tag")));
+        }
+        if p.max_context_bytes == Some(0) {
+            problems.push(Problem::new("maxContextBytes", "must be above 0"));
+        }
+        if p.context_dir.is_none() && !cx.earlier().iter().any(|s| s.uses == "render") {
+            problems.push(Problem::new(
+                "contextDir",
+                "no build context: set contextDir or run a `render` stage before this one",
+            ));
+        }
+        problems
     }
 
-    async fn run(_params: Params, _cx: &StageContext) -> Result<Outputs, StageError> {
-        Err(StageError::msg("stage `openshift-build` is not implemented yet"))
+    fn plan(p: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
+        let env =
+            p.environment.clone().or_else(|| cx.pipeline.spec.environments.keys().next().cloned()).unwrap_or_default();
+        let ns = cx.pipeline.spec.environments.get(&env).map(|e| e.namespace.clone()).unwrap_or_default();
+        let stream = p.image_stream.clone().unwrap_or_else(|| cx.pipeline.spec.model.name.clone());
+        let tag = p.tag.clone().unwrap_or_else(|| "latest".into());
+        vec![
+            format!("environment {env}, namespace {ns}"),
+            format!("ensure imagestreams.image.openshift.io/{stream} and buildconfigs.build.openshift.io/{stream}"),
+            format!(
+                "start a binary build of {stream} (unless an image of the same context digest exists) -> {stream}:{tag}"
+            ),
+        ]
+    }
+
+    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+        run_build(params, cx).await.map_err(BuildError::into_stage)
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// What the stage works on, resolved from params, earlier outputs and the
+/// pipeline.
+struct Target {
+    env: String,
+    namespace: String,
+    stream: String,
+    tag: String,
+    context_dir: PathBuf,
+    context_digest: String,
+    timeout: Duration,
+    max_context: u64,
+}
+
+fn resolve(p: &Params, cx: &StageContext) -> Result<Target, BuildError> {
+    let env =
+        p.environment.clone().or_else(|| cx.pipeline.spec.environments.keys().next().cloned()).unwrap_or_default();
+    let namespace = cx
+        .clusters
+        .environment(&env)
+        .map(|e| e.namespace.clone())
+        .map_err(|e| BuildError::Context { dir: PathBuf::new(), message: e.to_string() })?;
+    let render = cx.outputs_of_kind("render");
+    let context_dir = match (&p.context_dir, render.and_then(|o| o.get("contextDir")).and_then(Value::as_str)) {
+        (Some(d), _) => cx.pipeline_dir.join(d),
+        (None, Some(d)) => PathBuf::from(d),
+        (None, None) => {
+            return Err(BuildError::Context {
+                dir: PathBuf::new(),
+                message: "no build context: set contextDir or run a `render` stage first".into(),
+            });
+        }
+    };
+    let digest = p.context_digest.clone().or_else(|| {
+        p.context_dir
+            .is_none()
+            .then(|| render.and_then(|o| o.get("contextDigest")).and_then(Value::as_str).map(str::to_string))
+            .flatten()
+    });
+    let context_digest = match digest {
+        Some(d) => d,
+        None => digest_dir(&context_dir)?,
+    };
+    let timeout = match &p.timeout {
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| BuildError::Context { dir: context_dir.clone(), message: format!("timeout `{t}`: {e}") })?,
+        None => DEFAULT_TIMEOUT,
+    };
+    Ok(Target {
+        env,
+        namespace,
+        stream: p.image_stream.clone().unwrap_or_else(|| cx.pipeline.spec.model.name.clone()),
+        tag: p.tag.clone().unwrap_or_else(|| "latest".into()),
+        context_dir,
+        context_digest,
+        timeout,
+        max_context: p.max_context_bytes.unwrap_or(DEFAULT_MAX_CONTEXT),
+    })
+}
+
+/// Files of `dir` (relative paths, sorted) with sizes; symlinks are refused
+/// (a build context must be self-contained).
+fn context_files(dir: &Path) -> Result<Vec<(String, u64)>, BuildError> {
+    let cerr = |message: String| BuildError::Context { dir: dir.to_path_buf(), message };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| cerr(format!("cannot read {}: {e}", d.display())))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| cerr(e.to_string()))?;
+            let ft = entry.file_type().map_err(|e| cerr(e.to_string()))?;
+            let path = entry.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let size = entry.metadata().map_err(|e| cerr(e.to_string()))?.len();
+                let rel = path.strip_prefix(dir).expect("below dir").to_string_lossy().replace('\\', "/");
+                out.push((rel, size));
+            } else {
+                return Err(cerr(format!("{} is not a regular file or directory", path.display())));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `sha256:` over sorted paths and contents, for a context given without
+/// its digest.
+fn digest_dir(dir: &Path) -> Result<String, BuildError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (rel, _) in context_files(dir)? {
+        let mut f = std::fs::File::open(dir.join(&rel))
+            .map_err(|e| BuildError::Context { dir: dir.to_path_buf(), message: format!("{rel}: {e}") })?;
+        let mut fh = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)
+                .map_err(|e| BuildError::Context { dir: dir.to_path_buf(), message: e.to_string() })?;
+            if n == 0 {
+                break;
+            }
+            fh.update(&buf[..n]);
+        }
+        h.update(rel.as_bytes());
+        h.update([0]);
+        h.update(fh.finalize());
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildError> {
+    let t = resolve(&params, cx)?;
+    let ns = t.namespace.clone();
+    let client = cx
+        .clusters
+        .client(&t.env)
+        .await
+        .map_err(|e| BuildError::Context { dir: PathBuf::new(), message: e.to_string() })?;
+    let streams: Api<ImageStream> = Api::namespaced(client.clone(), &ns);
+    let configs: Api<BuildConfig> = Api::namespaced(client.clone(), &ns);
+    let builds: Api<Build> = Api::namespaced(client.clone(), &ns);
+    let span = tracing::info_span!("openshift-build", namespace = %ns, imagestream = %t.stream);
+    let _enter = span.enter();
+    drop(_enter);
+
+    // A context over the limit is refused before anything is written.
+    let size: u64 = context_files(&t.context_dir)?.iter().map(|(_, s)| s).sum();
+    if size > t.max_context {
+        return Err(BuildError::TooLarge { dir: t.context_dir.clone(), size, max: t.max_context });
+    }
+
+    let mut vars = BuildVars::new(t.stream.clone(), ns.clone());
+    vars.tag = t.tag.clone();
+    vars.labels.insert("modelship.io/model".into(), cx.pipeline.spec.model.name.clone());
+    let is_obj = manifest(&image_stream_yaml(&cx.catalog, &vars).map_err(|e| ctx_err(&t, e))?)?;
+    let bc_obj = manifest(&build_config_yaml(&cx.catalog, &vars).map_err(|e| ctx_err(&t, e))?)?;
+    ensure(&streams, &t.stream, is_obj, "imagestreams.image.openshift.io", &ns).await?;
+    ensure(&configs, &t.stream, bc_obj, "buildconfigs.build.openshift.io", &ns).await?;
+
+    // 1. A Build this stage started before (the runner was killed).
+    let mut started: Option<Build> = None;
+    if let Some(name) = cx.checkpoint("buildName").and_then(Value::as_str) {
+        match builds.get_opt(name).await.map_err(api_err("get", format!("builds.build.openshift.io/{name}"), &ns))? {
+            Some(b) if !matches!(b.phase(), "Failed" | "Error" | "Cancelled") => {
+                tracing::info!(build = name, phase = b.phase(), "attaching to the build started before");
+                started = Some(b);
+            }
+            _ => {}
+        }
+    }
+    // 2. The stream already holds an image of this context.
+    if started.is_none() {
+        let is = streams.get(&t.stream).await.map_err(api_err(
+            "get",
+            format!("imagestreams.image.openshift.io/{}", t.stream),
+            &ns,
+        ))?;
+        if let Some(digest) = images_of(&is).get(&t.context_digest).cloned()
+            && is.has_image(&digest)
+        {
+            tracing::info!(image = %digest, "the image stream already holds an image of this context; not building");
+            let build = find_builds(&builds, &t).await?.into_iter().find(|b| b.image_digest() == Some(digest.as_str()));
+            let name = build.and_then(|b| b.metadata.name).unwrap_or_default();
+            return Ok(outputs(&t, &is, &name, &digest));
+        }
+    }
+    // 3. A Build of this context: running -> attach, complete -> reuse.
+    if started.is_none() {
+        let mut candidates = find_builds(&builds, &t).await?;
+        candidates.sort_by_key(|b| std::cmp::Reverse(build_number(b)));
+        if let Some(b) = candidates.iter().find(|b| b.phase() == "Complete" && b.image_digest().is_some()) {
+            tracing::info!(build = ?b.metadata.name, "a build of this context is complete; reusing its image");
+            started = Some(b.clone());
+        } else if let Some(b) =
+            candidates.iter().find(|b| !b.is_finished() && b.annotation(RUN_ANNOTATION) == Some(cx.run_id.as_str()))
+        {
+            tracing::info!(build = ?b.metadata.name, "attaching to a running build of this run");
+            started = Some(b.clone());
+        }
+    }
+    let build = match started {
+        Some(b) => b,
+        None => {
+            let b = start(cx, &t).await?;
+            let name = b.metadata.name.clone().unwrap_or_default();
+            cx.save_checkpoint("buildName", json!(name)).await.map_err(|e| BuildError::Context {
+                dir: PathBuf::new(),
+                message: format!("build {name} started but cannot be recorded: {e}"),
+            })?;
+            let patch = json!({ "metadata": { "annotations": {
+                RUN_ANNOTATION: cx.run_id, DIGEST_ANNOTATION: t.context_digest,
+            } } });
+            builds.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(api_err(
+                "annotate",
+                format!("builds.build.openshift.io/{name}"),
+                &ns,
+            ))?
+        }
+    };
+    let name = build.metadata.name.clone().unwrap_or_default();
+    let log_task = (!build.is_finished()).then(|| tokio::spawn(stream_log(client.clone(), ns.clone(), name.clone())));
+    let followed = tokio::select! {
+        r = tokio::time::timeout(t.timeout, follow(&builds, &name, &ns)) => match r {
+            Ok(r) => r,
+            Err(_) => {
+                let phase = builds.get(&name).await.map(|b| b.phase().to_string()).unwrap_or_default();
+                Err(BuildError::Timeout { name: name.clone(), namespace: ns.clone(), after: t.timeout, phase })
+            }
+        },
+        _ = cx.cancel.cancelled() => {
+            // As `oc cancel-build`: mark the Build cancelled.
+            let patch = json!({ "status": { "cancelled": true } });
+            let r = builds.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+            tracing::warn!(build = %name, ok = r.is_ok(), "run cancelled: cancelling the build");
+            if let Some(t) = log_task { t.abort(); }
+            return Err(BuildError::Failed {
+                name, namespace: ns, phase: "Cancelled".into(), reason: "CancelledBuild".into(),
+                message: "cancelled by modelship".into(), log_tail: String::new(),
+            });
+        }
+    };
+    if let Some(task) = log_task {
+        // The log ends with the build; do not wait long for the last bytes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    let done = followed?;
+    if done.phase() != "Complete" {
+        let log_tail = log_tail(&client, &ns, &name).await;
+        return Err(BuildError::Failed {
+            name,
+            namespace: ns,
+            phase: done.phase().to_string(),
+            reason: done.status.reason.clone().unwrap_or_default(),
+            message: done.status.message.clone().unwrap_or_default(),
+            log_tail,
+        });
+    }
+    let digest = done.image_digest().unwrap_or_default().to_string();
+    let is = remember_image(&streams, &t, &digest).await?;
+    Ok(outputs(&t, &is, &name, &digest))
+}
+
+fn ctx_err(t: &Target, e: impl std::fmt::Display) -> BuildError {
+    BuildError::Context { dir: t.context_dir.clone(), message: e.to_string() }
+}
+
+fn manifest(yaml: &str) -> Result<Value, BuildError> {
+    crate::spec::yaml::from_str::<Value>(yaml)
+        .map_err(|e| BuildError::Context { dir: PathBuf::new(), message: format!("rendered manifest: {e}") })
+}
+
+fn build_number(b: &Build) -> i64 {
+    b.annotation("openshift.io/build.number").and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+fn images_of(is: &ImageStream) -> BTreeMap<String, String> {
+    is.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(IMAGES_ANNOTATION))
+        .and_then(|s| serde_json::from_str::<Vec<(String, String)>>(s).ok())
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
+}
+
+fn outputs(t: &Target, is: &ImageStream, build: &str, digest: &str) -> Outputs {
+    let repo = if is.status.docker_image_repository.is_empty() {
+        format!("image-registry.openshift-image-registry.svc:5000/{}/{}", t.namespace, t.stream)
+    } else {
+        is.status.docker_image_repository.clone()
+    };
+    Outputs::from([
+        ("buildName".to_string(), json!(build)),
+        ("image".to_string(), json!(format!("{repo}@{digest}"))),
+        ("imageDigest".to_string(), json!(digest)),
+        ("imageStreamTag".to_string(), json!(format!("{}:{}", t.stream, t.tag))),
+    ])
+}
+
+/// Create `obj`, or bring the stored one's labels and spec to it.
+async fn ensure<K>(api: &Api<K>, name: &str, obj: Value, resource: &str, ns: &str) -> Result<(), BuildError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let what = format!("{resource}/{name}");
+    match api.get_opt(name).await.map_err(api_err("get", what.clone(), ns))? {
+        None => {
+            let k: K = serde_json::from_value(obj)
+                .map_err(|e| BuildError::Context { dir: PathBuf::new(), message: format!("rendered {what}: {e}") })?;
+            match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &k).await
+            {
+                Ok(_) => Ok(()),
+                // Another runner made it between our get and create.
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                Err(e) => Err(api_err("create", what, ns)(e)),
+            }
+        }
+        Some(current) => {
+            let current = serde_json::to_value(&current).unwrap_or_default();
+            let mut wanted_labels = current.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            if let (Some(w), Some(add)) =
+                (wanted_labels.as_object_mut(), obj.pointer("/metadata/labels").and_then(Value::as_object))
+            {
+                w.extend(add.clone());
+            }
+            if current.get("spec") == obj.get("spec") && current.pointer("/metadata/labels") == Some(&wanted_labels) {
+                return Ok(());
+            }
+            let patch = json!({ "metadata": { "labels": wanted_labels }, "spec": obj.get("spec") });
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+                .map_err(api_err("update", what, ns))
+        }
+    }
+}
+
+async fn find_builds(builds: &Api<Build>, t: &Target) -> Result<Vec<Build>, BuildError> {
+    let lp = ListParams::default().labels(&format!("openshift.io/build-config.name={}", t.stream));
+    let list = builds.list(&lp).await.map_err(api_err("list", "builds.build.openshift.io".into(), &t.namespace))?;
+    Ok(list.items.into_iter().filter(|b| b.annotation(DIGEST_ANNOTATION) == Some(t.context_digest.as_str())).collect())
+}
+
+/// Record context digest -> image digest on the ImageStream, so a later run
+/// of the same context skips the build.
+async fn remember_image(streams: &Api<ImageStream>, t: &Target, digest: &str) -> Result<ImageStream, BuildError> {
+    let what = format!("imagestreams.image.openshift.io/{}", t.stream);
+    for _ in 0..5 {
+        let is = streams.get(&t.stream).await.map_err(api_err("get", what.clone(), &t.namespace))?;
+        let mut list: Vec<(String, String)> =
+            images_of(&is).into_iter().filter(|(c, _)| *c != t.context_digest).collect();
+        list.insert(0, (t.context_digest.clone(), digest.to_string()));
+        list.truncate(IMAGES_KEPT);
+        let patch = json!({ "metadata": {
+            "resourceVersion": is.metadata.resource_version,
+            "annotations": { IMAGES_ANNOTATION: serde_json::to_string(&list).unwrap_or_default() },
+        } });
+        match streams.patch(&t.stream, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(is) => return Ok(is),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(api_err("annotate", what, &t.namespace)(e)),
+        }
+    }
+    streams.get(&t.stream).await.map_err(api_err("get", what, &t.namespace))
+}
+
+/// A `Write` that hands full chunks to an async channel (from a blocking thread).
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+            self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the upload was closed"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The context as a gzip tar, produced on a blocking thread while it is
+/// sent: at most a few chunks are in memory at once.
+pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let err_tx = tx.clone();
+        let result = (|| -> std::io::Result<()> {
+            let files = context_files(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let gz = flate2::write::GzEncoder::new(
+                ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) },
+                flate2::Compression::fast(),
+            );
+            let mut tar = tar::Builder::new(gz);
+            tar.follow_symlinks(false);
+            for (rel, _) in files {
+                tar.append_path_with_name(dir.join(&rel), &rel)?;
+            }
+            let mut w = tar.into_inner()?.finish()?;
+            w.flush()
+        })();
+        if let Err(e) = result {
+            let _ = err_tx.blocking_send(Err(e));
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// POST instantiatebinary with the streamed context; the Build it created.
+async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
+    use secrecy::ExposeSecret;
+    let serr = |status: Option<u16>, message: String| BuildError::Start {
+        name: t.stream.clone(),
+        namespace: t.namespace.clone(),
+        message,
+        status,
+    };
+    let config = cx.clusters.config(&t.env).await.map_err(|e| serr(None, e.to_string()))?;
+    let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(config.accept_invalid_certs);
+    for der in config.root_cert.iter().flatten() {
+        let cert = reqwest::Certificate::from_der(der).map_err(|e| serr(None, format!("cluster CA: {e}")))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    let http = builder.build().map_err(|e| serr(None, e.to_string()))?;
+    let token = match (&config.auth_info.token, &config.auth_info.token_file) {
+        (Some(t), _) => Some(t.expose_secret().to_string()),
+        (None, Some(f)) => std::fs::read_to_string(f).ok().map(|s| s.trim().to_string()),
+        _ => None,
+    };
+    let mut url = url::Url::parse(&config.cluster_url.to_string()).map_err(|e| serr(None, e.to_string()))?;
+    url.set_path(&format!(
+        "{}/apis/build.openshift.io/v1/namespaces/{}/buildconfigs/{}/instantiatebinary",
+        url.path().trim_end_matches('/'),
+        t.namespace,
+        t.stream
+    ));
+    url.query_pairs_mut()
+        .append_pair("name", &t.stream)
+        .append_pair("namespace", &t.namespace)
+        .append_pair("revision.message", &format!("modelship run {} context {}", cx.run_id, t.context_digest));
+    if let Some(commit) = cx.labels.get("commit") {
+        url.query_pairs_mut().append_pair("revision.commit", commit);
+    }
+    let mut req = http
+        .post(url)
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(context_stream(t.context_dir.clone())));
+    if let Some(token) = token {
+        crate::secret::register(token.clone());
+        req = req.bearer_auth(token);
+    }
+    tracing::info!(bc = %t.stream, namespace = %t.namespace, "starting a binary build");
+    let resp = req.send().await.map_err(|e| serr(None, crate::secret::mask(&e.to_string())))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
+    if !status.is_success() {
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or(text);
+        return Err(serr(Some(status.as_u16()), format!("{message} ({status})")));
+    }
+    serde_json::from_str(&text).map_err(|e| serr(Some(status.as_u16()), format!("the answer is not a Build: {e}")))
+}
+
+/// Follow the Build to a final phase: list by name, watch from its
+/// resourceVersion, re-list when the watch ends or expires.
+async fn follow(builds: &Api<Build>, name: &str, ns: &str) -> Result<Build, BuildError> {
+    let what = format!("builds.build.openshift.io/{name}");
+    loop {
+        let lp = ListParams::default().fields(&format!("metadata.name={name}"));
+        let list = builds.list(&lp).await.map_err(api_err("list", what.clone(), ns))?;
+        let Some(b) = list.items.into_iter().next() else {
+            return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
+        };
+        tracing::debug!(build = name, phase = b.phase(), "build phase");
+        if b.is_finished() {
+            return Ok(b);
+        }
+        let rv = list.metadata.resource_version.unwrap_or_default();
+        let wp = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(290);
+        let stream = match builds.watch(&wp, &rv).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the build failed; re-listing");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(WatchEvent::Added(b) | WatchEvent::Modified(b))) => {
+                    tracing::info!(build = name, phase = b.phase(), "build phase");
+                    if b.is_finished() {
+                        return Ok(b);
+                    }
+                }
+                Ok(Some(WatchEvent::Deleted(_))) => {
+                    return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
+                }
+                Ok(Some(WatchEvent::Bookmark(_))) => {}
+                // 410 Gone and friends: re-list.
+                Ok(Some(WatchEvent::Error(e))) => {
+                    tracing::debug!(error = %e.message, "watch error; re-listing");
+                    break;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the build watch dropped; re-listing");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `builds/NAME/log?follow=true` line by line into tracing.
+async fn stream_log(client: kube::Client, ns: String, name: String) {
+    let path = format!("/apis/build.openshift.io/v1/namespaces/{ns}/builds/{name}/log?follow=true");
+    let Ok(req) = http::Request::get(&path).body(Vec::new()) else { return };
+    match client.request_stream(req).await {
+        Ok(reader) => {
+            let mut lines = reader.lines();
+            while let Some(Ok(line)) = lines.next().await {
+                tracing::info!(target: "modelship::build_log", build = %name, "{}", crate::secret::mask(&line));
+            }
+        }
+        Err(e) => tracing::warn!(build = %name, error = %e, "cannot stream the build log"),
+    }
+}
+
+async fn log_tail(client: &kube::Client, ns: &str, name: &str) -> String {
+    let path = format!("/apis/build.openshift.io/v1/namespaces/{ns}/builds/{name}/log");
+    let Ok(req) = http::Request::get(&path).body(Vec::new()) else { return String::new() };
+    match client.request_text(req).await {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            crate::secret::mask(&lines[lines.len().saturating_sub(20)..].join("\n"))
+        }
+        Err(e) => format!("(log unavailable: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn context_stream_is_a_gzip_tar_of_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM x\n").unwrap();
+        std::fs::create_dir(dir.path().join("model")).unwrap();
+        std::fs::write(dir.path().join("model/w.bin"), vec![7u8; 600_000]).unwrap();
+        let chunks: Vec<Bytes> = context_stream(dir.path().to_path_buf()).try_collect().await.unwrap();
+        let all: Vec<u8> = chunks.concat();
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&all[..]));
+        let names: Vec<String> =
+            ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, vec!["Dockerfile", "model/w.bin"]);
+    }
+
+    #[test]
+    fn digest_depends_on_paths_and_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "1").unwrap();
+        let d1 = digest_dir(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a"), "2").unwrap();
+        assert_ne!(d1, digest_dir(dir.path()).unwrap());
     }
 }

@@ -1,28 +1,516 @@
-//! Stage `promote`.
+//! Stage `promote`: move the digest this run built and checked from one
+//! environment to another (see [`crate::promotion`]), with the gates
+//! `approval: required`, `verify: true` and `rollbackOnFailure: true`.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use super::{Outputs, Stage, StageContext, StageError, ValidateCx};
+use super::prediction_check::{self, DurationStr};
+use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::error::HasExitClass;
+use crate::promotion::{self, PromoteOutcome, PromoteRequest, PromotionError, RollbackRequest};
+use crate::registry::AuthStore;
+use crate::state::{Approval, Status, now_rfc3339};
+
+const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
+/// How often a parked run re-reads its record for a decision.
+const APPROVAL_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalMode {
+    #[default]
+    None,
+    /// Park the run in `waiting-approval` until `modelship approve|reject`.
+    Required,
+}
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Params {
+    /// Source environment (where the checks ran).
+    pub from: String,
+    /// Target environment.
+    pub to: String,
+    /// Tag in the target registry and ImageStream (default `latest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment: Option<String>,
+    pub tag: Option<String>,
+    /// Digest to promote; default: the latest `openshift-build`'s
+    /// `imageDigest`, else `seldon-deploy`'s `deployedDigest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Promote even without passed checks (recorded in the ledger).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    #[serde(default)]
+    pub approval: ApprovalMode,
+    /// How long a run waits for a decision (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout: Option<DurationStr>,
+    /// Re-run the pipeline's prediction cases against the target.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
+    /// Target endpoint for `verify`; default: the target's SeldonDeployment
+    /// `status.address.url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_endpoint: Option<String>,
+    /// Point the target back at its previous digest if `verify` fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rollback_on_failure: bool,
+    /// Wait this long for another runner's lock on the model (default 5m; `0s` fails fast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_wait: Option<DurationStr>,
+    /// Move the ImageStream tag (default true; off for targets without image.openshift.io).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_stream: Option<bool>,
 }
 
 pub struct Promote;
 
+fn stage_error(e: PromotionError) -> StageError {
+    let bad = e.exit_class() == crate::ExitClass::BadInput;
+    let transient = matches!(&e, PromotionError::Copy { source, .. } if source.is_transient());
+    let mut err = StageError::failed(e);
+    if bad {
+        err.kind = super::StageErrorKind::BadInput;
+    }
+    if transient {
+        err = err.retryable();
+    }
+    err
+}
+
 impl Stage for Promote {
     const KIND: &'static str = "promote";
-    const OUTPUTS: &'static [&'static str] = &["image", "digest", "environment"];
+    const OUTPUTS: &'static [&'static str] = &["image", "digest", "environment", "previousDigest"];
     type Params = Params;
 
-    fn plan(_params: &Params, _cx: &ValidateCx<'_>) -> Vec<String> {
-        Vec::new()
+    fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        out.extend(cx.environment_problem("from", &params.from));
+        out.extend(cx.environment_problem("to", &params.to));
+        if params.from == params.to {
+            out.push(Problem::new("to", format!("`to` is the same environment as `from` (`{}`)", params.from)));
+        }
+        if let Some(d) = &params.digest
+            && !crate::template::is_template(d)
+            && let Err(m) = crate::registry::validate_digest(d)
+        {
+            out.push(Problem::new("digest", m));
+        }
+        if params.rollback_on_failure && !params.verify {
+            out.push(
+                Problem::new("rollbackOnFailure", "rollbackOnFailure needs `verify: true`")
+                    .with_hint("without verify nothing can fail after the promotion"),
+            );
+        }
+        if params.verify && !cx.pipeline.spec.stages.iter().any(|s| s.uses == "prediction-check") {
+            out.push(Problem::new(
+                "verify",
+                "verify re-runs the pipeline's prediction cases, but it has no `prediction-check` stage",
+            ));
+        }
+        if params.approval != ApprovalMode::Required && params.approval_timeout.is_some() {
+            out.push(Problem::new("approvalTimeout", "approvalTimeout is set but `approval` is not `required`"));
+        }
+        out
     }
 
-    async fn run(_params: Params, _cx: &StageContext) -> Result<Outputs, StageError> {
-        Err(StageError::msg("stage `promote` is not implemented yet"))
+    fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
+        let model = &cx.pipeline.spec.model.name;
+        let tag = params.tag.as_deref().unwrap_or("latest");
+        let ns = |env: &str| cx.pipeline.spec.environments.get(env).map(|e| e.namespace.clone()).unwrap_or_default();
+        let mut lines = vec![format!(
+            "copy {model}@<digest verified in `{}`> from {}/{model} to {}/{model}:{tag} (by digest)",
+            params.from,
+            ns(&params.from),
+            ns(&params.to)
+        )];
+        if params.approval == ApprovalMode::Required {
+            let t = params.approval_timeout.as_ref().map_or("1h", |d| d.text());
+            lines.insert(0, format!("wait up to {t} for `modelship approve` (run parks in waiting-approval)"));
+        }
+        if params.image_stream.unwrap_or(true) {
+            lines.push(format!(
+                "ImageStreamTag {}/{model}:{tag} -> the digest (cluster `{}`)",
+                ns(&params.to),
+                params.to
+            ));
+        }
+        lines.push(format!("ledger ConfigMap of `{model}` in {}: record the promotion", ns(&params.to)));
+        if params.verify {
+            lines.push(format!(
+                "verify: prediction cases against `{}`{}",
+                params.to,
+                if params.rollback_on_failure { ", roll back on failure" } else { "" }
+            ));
+        }
+        if params.force {
+            lines.push("force: promote even without passed checks (recorded)".into());
+        }
+        lines
+    }
+
+    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+        let model = cx.pipeline.spec.model.name.clone();
+        let by = promotion::principal();
+        let build = cx.outputs_of_kind("openshift-build");
+        let deploy = cx.outputs_of_kind("seldon-deploy");
+        let str_of =
+            |o: Option<&Outputs>, k: &str| o.and_then(|o| o.get(k)).and_then(Value::as_str).map(str::to_string);
+        let digest = params
+            .digest
+            .clone()
+            .or_else(|| str_of(build, "imageDigest"))
+            .or_else(|| str_of(deploy, "deployedDigest"))
+            .ok_or_else(|| {
+                StageError::bad_input(
+                    "no digest to promote: set `with.digest` or run an `openshift-build` or `seldon-deploy` stage first",
+                )
+            })?;
+        crate::registry::validate_digest(&digest)
+            .map_err(|m| StageError::bad_input(format!("digest `{digest}`: {m}")))?;
+
+        let from = promotion::resolve_env(&cx.clusters, &params.from, &model).await.map_err(stage_error)?;
+        let image = str_of(build, "image")
+            .map(|i| match i.split_once('@') {
+                Some((repo, _)) => format!("{repo}@{digest}"),
+                None => format!("{}@{digest}", strip_tag(&i)),
+            })
+            .unwrap_or_else(|| format!("{}@{digest}", from.repository(&model)));
+
+        // The check's verdict travels with the digest in the ledger.
+        let check = cx.outputs_of_kind("prediction-check");
+        let passed = check.and_then(|o| o.get("passed")).and_then(Value::as_bool).unwrap_or(false);
+        let checks = match check.and_then(|o| o.get("report")) {
+            Some(report) => Some(report.clone()),
+            None => Some(json!({ "passed": false, "reason": "no prediction-check stage ran before this promotion" })),
+        };
+        if !passed && !params.force {
+            return Err(StageError::bad_input(format!(
+                "refused: {digest} has no passed prediction check in `{}`; set `force: true` to promote it anyway (recorded)",
+                params.from
+            )));
+        }
+        let state_dir = state_dir_of(cx);
+        let from_store = promotion::ledger_store(&from, state_dir.as_deref());
+        promotion::record_check(
+            &*from_store,
+            &model,
+            &params.from,
+            &digest,
+            &image,
+            &cx.run_id,
+            &by,
+            checks.clone(),
+            passed,
+        )
+        .await
+        .map_err(stage_error)?;
+
+        let mut by_for_ledger = by.clone();
+        let mut comment = None;
+        if params.approval == ApprovalMode::Required {
+            let decision = wait_for_approval(&params, cx, &digest, checks.clone()).await?;
+            by_for_ledger = decision.by.clone().unwrap_or(by.clone());
+            comment = decision.comment.clone();
+        }
+
+        let req = PromoteRequest {
+            model: model.clone(),
+            from: params.from.clone(),
+            to: params.to.clone(),
+            digest: Some(digest.clone()),
+            tag: params.tag.clone().unwrap_or_else(|| "latest".into()),
+            run_id: cx.run_id.clone(),
+            by: by_for_ledger.clone(),
+            comment,
+            force: params.force,
+            lock_wait: params.lock_wait.as_ref().map_or(DEFAULT_LOCK_WAIT, |d| d.0),
+            image_stream: params.image_stream.unwrap_or(true),
+            state_dir: state_dir.clone(),
+            auth: AuthStore::load(None).unwrap_or_else(|_| AuthStore::anonymous()),
+        };
+        let outcome = tokio::select! {
+            r = promotion::promote(&cx.clusters, &req, false) => r.map_err(stage_error)?,
+            _ = cx.cancel.cancelled() => {
+                release_after_cancel(cx, &req).await;
+                return Err(StageError::cancelled());
+            }
+        };
+        if params.verify {
+            verify(&params, cx, &req, &outcome).await?;
+        }
+        let mut out = Outputs::new();
+        out.insert("image".into(), Value::String(outcome.image.clone()));
+        out.insert("digest".into(), Value::String(outcome.digest.clone()));
+        out.insert("environment".into(), Value::String(params.to.clone()));
+        out.insert(
+            "previousDigest".into(),
+            outcome.previous.as_ref().map_or(Value::Null, |p| Value::String(p.digest.clone())),
+        );
+        Ok(out)
+    }
+}
+
+fn strip_tag(image: &str) -> &str {
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    }
+}
+
+/// The run's state directory when the run keeps state in files (the ledger
+/// then lives beside it), else `None` (ConfigMaps per environment).
+fn state_dir_of(cx: &StageContext) -> Option<std::path::PathBuf> {
+    cx.state.describe().strip_prefix("dir ").map(std::path::PathBuf::from)
+}
+
+/// A cancelled promotion dropped its future between lock and release:
+/// release here (a no-op if it never took the lock).
+async fn release_after_cancel(cx: &StageContext, req: &PromoteRequest) {
+    if let Ok(to) = promotion::resolve_env(&cx.clusters, &req.to, &req.model).await {
+        let store = promotion::ledger_store(&to, req.state_dir.as_deref());
+        let holder = format!("{} (run {})", req.by, req.run_id);
+        if let Err(e) = store.release_lock(&req.model, &holder).await {
+            tracing::warn!(error = %e, "could not release the promotion lock after cancel; it expires on its own");
+        }
+    }
+}
+
+/// Park the run in `waiting-approval` and poll its record until
+/// `modelship approve|reject` decides or the timeout passes. A resumed run
+/// whose approval for this digest was already granted goes on at once.
+async fn wait_for_approval(
+    params: &Params,
+    cx: &StageContext,
+    digest: &str,
+    checks: Option<Value>,
+) -> Result<Approval, StageError> {
+    let stage = cx.stage.name.clone();
+    let state_err = |e: crate::state::StateError| StageError::failed(e).retryable();
+    let existing = cx.state.get_run(&cx.run_key).await.map_err(state_err)?.and_then(|r| r.approval);
+    if let Some(a) = &existing
+        && a.stage == stage
+        && a.digest.as_deref() == Some(digest)
+        && a.decision == "approved"
+    {
+        return Ok(a.clone());
+    }
+    cx.save_checkpoint("approvalChecks", checks.unwrap_or(Value::Null)).await?;
+    let pending = Approval {
+        stage: stage.clone(),
+        decision: "pending".into(),
+        digest: Some(digest.to_string()),
+        at: Some(now_rfc3339()),
+        ..Approval::default()
+    };
+    cx.state
+        .update_run(&cx.run_key, &mut |run| {
+            run.status = Status::WaitingApproval;
+            run.approval = Some(pending.clone());
+            Ok(())
+        })
+        .await
+        .map_err(state_err)?;
+    tracing::warn!(
+        run_id = %cx.run_id, stage = %stage, digest,
+        "waiting for approval: modelship approve {} --by NAME (or reject)", cx.run_id
+    );
+    let timeout = params.approval_timeout.as_ref().map_or(DEFAULT_APPROVAL_TIMEOUT, |d| d.0);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let decided = loop {
+        let run = cx.state.get_run(&cx.run_key).await.map_err(state_err)?;
+        if let Some(a) = run.and_then(|r| r.approval).filter(|a| a.stage == stage && a.decision != "pending") {
+            break Some(a);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break None;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(APPROVAL_POLL) => {}
+            _ = cx.cancel.cancelled() => return Err(StageError::cancelled()),
+        }
+    };
+    let decision = decided.clone().map_or("timed-out".to_string(), |a| a.decision);
+    cx.state
+        .update_run(&cx.run_key, &mut |run| {
+            run.status = Status::Running;
+            if decision == "timed-out"
+                && let Some(a) = run.approval.as_mut()
+                && a.decision == "pending"
+            {
+                a.decision = "timed-out".into();
+                a.at = Some(now_rfc3339());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(state_err)?;
+    match decided {
+        Some(a) if a.decision == "approved" => Ok(a),
+        Some(a) => Err(StageError::msg(format!(
+            "promotion of {digest} to `{}` was {} by {}{}",
+            params.to,
+            a.decision,
+            a.by.as_deref().unwrap_or("someone"),
+            a.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default()
+        ))),
+        None => Err(StageError::msg(format!(
+            "no approval for promoting {digest} to `{}` within {}",
+            params.to,
+            params.approval_timeout.as_ref().map_or("1h", |d| d.text())
+        ))),
+    }
+}
+
+/// Re-run the pipeline's prediction cases against the target; on failure
+/// record it and, with `rollbackOnFailure`, point the target back.
+async fn verify(
+    params: &Params,
+    cx: &StageContext,
+    req: &PromoteRequest,
+    outcome: &PromoteOutcome,
+) -> Result<(), StageError> {
+    let spec = cx
+        .pipeline
+        .spec
+        .stages
+        .iter()
+        .find(|s| s.uses == "prediction-check")
+        .ok_or_else(|| StageError::bad_input("verify: the pipeline has no prediction-check stage"))?;
+    let mut check: prediction_check::Params =
+        super::kind::parse_params::<prediction_check::PredictionCheck>(&spec.with).map_err(|p| {
+            StageError::bad_input(format!("verify: stage `{}` with.{}: {}", spec.name, p.path, p.message))
+        })?;
+    check.environment = Some(params.to.clone());
+    let endpoint = match &params.verify_endpoint {
+        Some(e) => e.clone(),
+        None => seldon_address(cx, &params.to, &req.model).await?,
+    };
+    let report = tokio::select! {
+        r = prediction_check::check(&check, &endpoint, Some(&req.model)) => r.map_err(StageError::failed)?,
+        _ = cx.cancel.cancelled() => return Err(StageError::cancelled()),
+    };
+    let json = serde_json::to_value(&report).map_err(StageError::failed)?;
+    let to = promotion::resolve_env(&cx.clusters, &params.to, &req.model).await.map_err(stage_error)?;
+    let store = promotion::ledger_store(&to, req.state_dir.as_deref());
+    promotion::record_check(
+        &*store,
+        &req.model,
+        &params.to,
+        &outcome.digest,
+        &outcome.image,
+        &cx.run_id,
+        &req.by,
+        Some(json),
+        report.passed,
+    )
+    .await
+    .map_err(stage_error)?;
+    if report.passed {
+        return Ok(());
+    }
+    let mut message = format!("verification in `{}` failed:\n{}", params.to, report.failure_summary());
+    if params.rollback_on_failure {
+        match &outcome.previous {
+            Some(prev) => {
+                let rb = RollbackRequest {
+                    model: req.model.clone(),
+                    env: params.to.clone(),
+                    to_digest: Some(prev.digest.clone()),
+                    tag: req.tag.clone(),
+                    run_id: cx.run_id.clone(),
+                    by: req.by.clone(),
+                    reason: Some(format!("verification of {} failed", outcome.digest)),
+                    lock_wait: req.lock_wait,
+                    image_stream: req.image_stream,
+                    state_dir: req.state_dir.clone(),
+                    auth: req.auth.clone(),
+                };
+                let done = promotion::rollback(&cx.clusters, &rb).await.map_err(stage_error)?;
+                message.push_str(&format!("\nrolled `{}` back to {}", params.to, done.digest));
+            }
+            None => message.push_str(&format!("\nno earlier digest in `{}` to roll back to", params.to)),
+        }
+    }
+    Err(StageError::msg(message))
+}
+
+/// `status.address.url` of the target's SeldonDeployment named after the model.
+async fn seldon_address(cx: &StageContext, env: &str, model: &str) -> Result<String, StageError> {
+    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+    let ns = cx.clusters.environment(env).map_err(StageError::failed)?.namespace.clone();
+    let client = cx.clusters.client(env).await.map_err(StageError::failed)?;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("machinelearning.seldon.io", "v1", "SeldonDeployment"),
+        "seldondeployments",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
+    let obj = api.get_opt(model).await.map_err(|e| StageError::failed(e).retryable())?;
+    obj.and_then(|o| o.data.pointer("/status/address/url").and_then(Value::as_str).map(str::to_string)).ok_or_else(
+        || {
+            StageError::bad_input(format!(
+                "verify: SeldonDeployment {ns}/{model} in `{env}` has no status.address.url; set `with.verifyEndpoint`"
+            ))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::spec::Pipeline;
+
+    fn problems(with: Value) -> Vec<String> {
+        let pipeline: Pipeline = crate::spec::yaml::from_str(
+            r#"
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: { name: weather }
+spec:
+  model: { name: weather, source: "file://m" }
+  environments:
+    dev: { namespace: models-dev }
+    prod: { namespace: models-prod }
+  stages:
+    - { name: promote, uses: promote, with: { from: dev, to: prod } }
+"#,
+        )
+        .unwrap();
+        let catalog = Catalog::embedded();
+        let cx = ValidateCx { pipeline: &pipeline, stage: &pipeline.spec.stages[0], index: 0, catalog: &catalog };
+        let params: Params = serde_json::from_value(with).unwrap();
+        Promote::validate(&params, &cx).into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+    }
+
+    #[test]
+    fn validate_names_each_problem() {
+        assert!(problems(json!({ "from": "dev", "to": "prod" })).is_empty());
+        let got = problems(json!({
+            "from": "dev", "to": "staging", "digest": "sha256:zz",
+            "rollbackOnFailure": true, "approvalTimeout": "1h"
+        }));
+        let paths: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["to", "digest", "rollbackOnFailure", "approvalTimeout"], "{got:?}");
+        let got = problems(json!({ "from": "dev", "to": "dev", "verify": true }));
+        assert!(got.iter().any(|p| p.contains("same environment")), "{got:?}");
+        assert!(got.iter().any(|p| p.starts_with("verify")), "{got:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "aproval": "required" }));
+        assert!(err.unwrap_err().to_string().contains("unknown field `aproval`"));
+    }
+
+    #[test]
+    fn strip_tag_keeps_registry_ports() {
+        assert_eq!(strip_tag("127.0.0.1:5000/ns/m:v1"), "127.0.0.1:5000/ns/m");
+        assert_eq!(strip_tag("127.0.0.1:5000/ns/m"), "127.0.0.1:5000/ns/m");
     }
 }

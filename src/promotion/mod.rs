@@ -1,0 +1,627 @@
+//! Promotion: move the exact verified digest from one environment to
+//! another, recorded in the target's ledger, under the model's lock. Shared
+//! by the `promote` stage and `modelship promote|rollback|history`.
+//!
+//! - [`resolve_env`]: an environment's namespace, client, registry and
+//!   whether that registry is plain HTTP.
+//! - [`promote`]: pick the digest from the source's ledger (refusing failed
+//!   or unknown checks unless forced), copy it byte-exact, move the
+//!   ImageStream tag (only after the copy succeeded), record it.
+//! - [`rollback`]: point an environment back at an earlier digest.
+//! - [`history`]: ledger entries, newest first.
+//! - [`tag`]: the ImageStreamTag client (`oc tag` semantics).
+//!
+//! Where each environment's ledger lives: a ConfigMap in that environment's
+//! namespace on its own cluster, or one directory (`--state-dir`).
+
+pub mod tag;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cluster::{ClusterError, Clusters};
+use crate::error::{ExitClass, HasExitClass};
+use crate::registry::{AuthStore, CopyOptions, CopyStats, ImageRef, RegistryError, copy_image};
+use crate::state::configmap::ConfigMapStore;
+use crate::state::dir::DirStore;
+use crate::state::{LedgerEntry, StateError, StateStore, lock_with_wait, now_rfc3339};
+
+/// Ledger actions.
+pub const VERIFIED: &str = "verified";
+pub const CHECK_FAILED: &str = "check-failed";
+pub const PROMOTED: &str = "promoted";
+pub const ROLLED_BACK: &str = "rolled-back";
+
+/// How long a promotion's lock lives without renewal; a crashed runner's
+/// lock is taken over after this.
+const LOCK_TTL: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromotionError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(
+        "environment `{env}` has no registry: set `spec.environments.{env}.registry` (the cluster serves no ImageStream `{stream}` with a public repository either)"
+    )]
+    NoRegistry { env: String, stream: String },
+    #[error("ledger of `{model}` in {store}: {source}")]
+    Ledger {
+        model: String,
+        store: String,
+        #[source]
+        source: StateError,
+    },
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("copying {src} to {dst}: {source}")]
+    Copy {
+        src: String,
+        dst: String,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("{what}: {}", kube_message(source))]
+    Tag {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{what}: gave up after {attempts} conflicting writes")]
+    Contended { what: String, attempts: u32 },
+    #[error("image reference {image} recorded in the ledger is not valid: {source}")]
+    BadImage {
+        image: String,
+        #[source]
+        source: RegistryError,
+    },
+}
+
+fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} ({}, HTTP {})", s.message, s.reason, s.code),
+        other => other.to_string(),
+    }
+}
+
+impl HasExitClass for PromotionError {
+    fn exit_class(&self) -> ExitClass {
+        match self {
+            PromotionError::Cluster(e) => e.exit_class(),
+            PromotionError::NoRegistry { .. } | PromotionError::Refused(_) => ExitClass::BadInput,
+            PromotionError::Copy { source, .. } => source.exit_class(),
+            PromotionError::Ledger { source, .. } => match source {
+                StateError::Locked { .. } => ExitClass::Failed,
+                other => other.exit_class(),
+            },
+            _ => ExitClass::Failed,
+        }
+    }
+}
+
+/// One environment, resolved for promotion.
+#[derive(Clone)]
+pub struct EnvTarget {
+    pub name: String,
+    pub namespace: String,
+    pub client: kube::Client,
+    /// `host[:port]` of its registry.
+    pub registry: String,
+    /// Plain HTTP / unverified TLS.
+    pub insecure: bool,
+}
+
+impl EnvTarget {
+    /// `REG/NS/MODEL`
+    pub fn repository(&self, model: &str) -> String {
+        format!("{}/{}/{}", self.registry, self.namespace, model)
+    }
+}
+
+/// Resolve environment `name`: its registry is `registry` from the pipeline,
+/// else the ImageStream's public repository host, else — when the API
+/// server is plain HTTP on loopback, i.e. a modelship sim — the sim's own
+/// address (the sim serves its registry under `/v2/` beside the API), which
+/// is then treated as insecure (plain HTTP). `insecureRegistry: true` marks
+/// any other registry insecure.
+pub async fn resolve_env(clusters: &Clusters, name: &str, model: &str) -> Result<EnvTarget, PromotionError> {
+    let env = clusters.environment(name)?.clone();
+    let client = clusters.client(name).await?;
+    let mut insecure = env.insecure_registry;
+    let registry = match env.registry.clone() {
+        Some(r) => r,
+        None => match tag::public_repository(&client, &env.namespace, model).await {
+            Some(repo) => repo.split('/').next().unwrap_or_default().to_string(),
+            None => {
+                let url = clusters.config(name).await?.cluster_url;
+                let host = url.host().unwrap_or_default();
+                let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
+                if url.scheme_str() == Some("http") && loopback {
+                    insecure = true;
+                    url.authority().map(|a| a.to_string()).unwrap_or_default()
+                } else {
+                    return Err(PromotionError::NoRegistry { env: name.to_string(), stream: model.to_string() });
+                }
+            }
+        },
+    };
+    Ok(EnvTarget { name: name.to_string(), namespace: env.namespace, client, registry, insecure })
+}
+
+/// The ledger store of `env`: its namespace's ConfigMaps, or `state_dir`.
+pub fn ledger_store(env: &EnvTarget, state_dir: Option<&Path>) -> Arc<dyn StateStore> {
+    match state_dir {
+        Some(dir) => Arc::new(DirStore::new(dir)),
+        None => Arc::new(ConfigMapStore::new(env.client.clone(), env.namespace.clone(), env.name.clone())),
+    }
+}
+
+fn ledger_err(model: &str, store: &dyn StateStore) -> impl Fn(StateError) -> PromotionError {
+    let (model, store) = (model.to_string(), store.describe());
+    move |source| PromotionError::Ledger { model: model.clone(), store: store.clone(), source }
+}
+
+/// Who acts: `$MODELSHIP_USER`, `$USER`, else `modelship`.
+pub fn principal() -> String {
+    std::env::var("MODELSHIP_USER")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "modelship".into())
+}
+
+/// Record the checks of `digest` in `env` (`verified` when they passed,
+/// `check-failed` otherwise); a second call for the same digest, run and
+/// environment records nothing.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_check(
+    store: &dyn StateStore,
+    model: &str,
+    env: &str,
+    digest: &str,
+    image: &str,
+    run_id: &str,
+    by: &str,
+    checks: Option<Value>,
+    passed: bool,
+) -> Result<(), PromotionError> {
+    let action = if passed { VERIFIED } else { CHECK_FAILED };
+    let entry = LedgerEntry {
+        action: action.into(),
+        environment: env.into(),
+        digest: digest.into(),
+        image: image.into(),
+        at: now_rfc3339(),
+        run_id: run_id.into(),
+        by: by.into(),
+        checks,
+        ..LedgerEntry::default()
+    };
+    store
+        .update_ledger(model, &mut |l| {
+            if !has_entry(&l.history, action, env, digest, run_id) {
+                l.record(LedgerEntry { at: now_rfc3339(), ..entry.clone() });
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+        .map_err(ledger_err(model, store))
+}
+
+fn has_entry(history: &[LedgerEntry], action: &str, env: &str, digest: &str, run_id: &str) -> bool {
+    history.iter().any(|e| e.action == action && e.environment == env && e.digest == digest && e.run_id == run_id)
+}
+
+/// What to promote and how.
+#[derive(Debug, Clone)]
+pub struct PromoteRequest {
+    pub model: String,
+    pub from: String,
+    pub to: String,
+    /// Promote this digest (it must be recorded in `from`'s ledger unless
+    /// forced); default: `from`'s current digest.
+    pub digest: Option<String>,
+    /// Tag in the target registry and ImageStream.
+    pub tag: String,
+    pub run_id: String,
+    pub by: String,
+    pub comment: Option<String>,
+    /// Promote even if the checks did not pass (recorded as `forced`).
+    pub force: bool,
+    /// How long to wait for another runner's lock; zero fails fast.
+    pub lock_wait: Duration,
+    /// Move the ImageStream tag (off for targets without image.openshift.io).
+    pub image_stream: bool,
+    pub state_dir: Option<PathBuf>,
+    pub auth: AuthStore,
+}
+
+/// What a promotion did (or, dry, would do).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromoteOutcome {
+    pub model: String,
+    pub from: String,
+    pub to: String,
+    pub digest: String,
+    pub source: String,
+    /// Target image pinned by digest.
+    pub image: String,
+    pub tag: String,
+    /// The target's digest before this promotion.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<LedgerEntry>,
+    pub forced: bool,
+    /// False when the ledger already had this run's entry (a repeat).
+    pub recorded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyStats>,
+    pub dry_run: bool,
+}
+
+/// The entry of `from`'s ledger that `digest` (or the current digest) is
+/// promoted on, and whether its checks allow it.
+fn pick_source(ledger: &crate::state::Ledger, from: &str, digest: Option<&str>) -> Option<LedgerEntry> {
+    match digest {
+        Some(d) => ledger.history.iter().rev().find(|e| e.environment == from && e.digest == d).cloned(),
+        None => ledger.current.get(from).cloned(),
+    }
+}
+
+fn checks_passed(entry: &LedgerEntry) -> bool {
+    let passed = entry.checks.as_ref().and_then(|c| c.get("passed")).and_then(Value::as_bool);
+    entry.action != CHECK_FAILED && passed != Some(false)
+}
+
+/// Promote: see the module doc. With `dry_run` nothing is locked, copied,
+/// tagged or recorded.
+pub async fn promote(
+    clusters: &Clusters,
+    req: &PromoteRequest,
+    dry_run: bool,
+) -> Result<PromoteOutcome, PromotionError> {
+    if req.from == req.to {
+        return Err(PromotionError::Refused(format!("--from and --to are both `{}`", req.from)));
+    }
+    // Unknown environments are bad input before anything connects.
+    clusters.environment(&req.from)?;
+    clusters.environment(&req.to)?;
+    if let Some(d) = &req.digest {
+        crate::registry::validate_digest(d).map_err(|m| PromotionError::Refused(format!("digest `{d}`: {m}")))?;
+    }
+    let from = resolve_env(clusters, &req.from, &req.model).await?;
+    let to = resolve_env(clusters, &req.to, &req.model).await?;
+    let from_store = ledger_store(&from, req.state_dir.as_deref());
+    let to_store = ledger_store(&to, req.state_dir.as_deref());
+
+    let source_ledger = from_store.get_ledger(&req.model).await.map_err(ledger_err(&req.model, &*from_store))?;
+    let entry = pick_source(&source_ledger, &req.from, req.digest.as_deref());
+    let (digest, source, checks) = match (&entry, &req.digest) {
+        (Some(e), _) => {
+            if !checks_passed(e) && !req.force {
+                return Err(PromotionError::Refused(format!(
+                    "{} in `{}` did not pass its checks (run {}); pass --force to promote it anyway (recorded)",
+                    e.digest, req.from, e.run_id
+                )));
+            }
+            let src = ImageRef::parse(&e.image)
+                .map_err(|source| PromotionError::BadImage { image: e.image.clone(), source })?
+                .with_digest(&e.digest);
+            (e.digest.clone(), src, e.checks.clone())
+        }
+        (None, Some(d)) if req.force => {
+            let src = ImageRef::parse(&format!("{}@{d}", from.repository(&req.model)))
+                .map_err(|source| PromotionError::BadImage { image: from.repository(&req.model), source })?;
+            (d.clone(), src, None)
+        }
+        (None, Some(d)) => {
+            return Err(PromotionError::Refused(format!(
+                "{d} is not recorded as verified in `{}` (ledger in {}); pass --force to promote it anyway (recorded)",
+                req.from,
+                from_store.describe()
+            )));
+        }
+        (None, None) => {
+            return Err(PromotionError::Refused(format!(
+                "the ledger of `{}` in {} records no verified digest in `{}`; run the pipeline's checks first or name one with --digest and --force",
+                req.model,
+                from_store.describe(),
+                req.from
+            )));
+        }
+    };
+    let forced = req.force && entry.as_ref().is_none_or(|e| !checks_passed(e));
+    let dst = ImageRef::parse(&format!("{}:{}", to.repository(&req.model), req.tag))
+        .map_err(|source| PromotionError::BadImage { image: to.repository(&req.model), source })?;
+    let pinned = dst.with_digest(&digest).to_string();
+    let mut outcome = PromoteOutcome {
+        model: req.model.clone(),
+        from: req.from.clone(),
+        to: req.to.clone(),
+        digest: digest.clone(),
+        source: source.to_string(),
+        image: pinned.clone(),
+        tag: req.tag.clone(),
+        previous: None,
+        forced,
+        recorded: false,
+        copy: None,
+        dry_run,
+    };
+    if dry_run {
+        let target_ledger = to_store.get_ledger(&req.model).await.ok();
+        outcome.previous = target_ledger.and_then(|l| l.current.get(&req.to).cloned());
+        return Ok(outcome);
+    }
+
+    let holder = format!("{} (run {})", req.by, req.run_id);
+    let lock_err = ledger_err(&req.model, &*to_store);
+    lock_with_wait(&*to_store, &req.model, &holder, LOCK_TTL, req.lock_wait).await.map_err(&lock_err)?;
+    // Released on every path; a cancelled caller drops this future, so the
+    // stage releases again after its select (release by the holder is idempotent).
+    let result = locked_promote(req, &from, &to, &*to_store, &source, &dst, checks, forced, outcome).await;
+    if let Err(e) = to_store.release_lock(&req.model, &holder).await {
+        tracing::warn!(model = %req.model, error = %e, "could not release the promotion lock; it expires on its own");
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn locked_promote(
+    req: &PromoteRequest,
+    from: &EnvTarget,
+    to: &EnvTarget,
+    to_store: &dyn StateStore,
+    source: &ImageRef,
+    dst: &ImageRef,
+    checks: Option<Value>,
+    forced: bool,
+    mut outcome: PromoteOutcome,
+) -> Result<PromoteOutcome, PromotionError> {
+    let opts = CopyOptions {
+        src_insecure: from.insecure,
+        dest_insecure: to.insecure,
+        auth: req.auth.clone(),
+        ..CopyOptions::default()
+    };
+    let stats = copy_image(source, dst, &opts).await.map_err(|e| PromotionError::Copy {
+        src: source.to_string(),
+        dst: dst.to_string(),
+        source: e,
+    })?;
+    tracing::info!(
+        model = %req.model, from = %req.from, to = %req.to, digest = %stats.digest,
+        uploaded = stats.blobs_uploaded, skipped = stats.blobs_skipped, mounted = stats.blobs_mounted,
+        "image copied"
+    );
+    // The tag moves only now: every blob and the manifest are in place.
+    if req.image_stream {
+        tag::point_tag(&to.client, &to.namespace, &req.model, &req.tag, &outcome.image).await?;
+    }
+    let entry = LedgerEntry {
+        action: PROMOTED.into(),
+        environment: req.to.clone(),
+        digest: outcome.digest.clone(),
+        image: outcome.image.clone(),
+        at: now_rfc3339(),
+        run_id: req.run_id.clone(),
+        by: req.by.clone(),
+        from: Some(req.from.clone()),
+        checks,
+        forced,
+        comment: req.comment.clone(),
+    };
+    let mut previous = None;
+    let mut recorded = false;
+    let env = req.to.clone();
+    to_store
+        .update_ledger(&req.model, &mut |l| {
+            // Re-evaluated on every retry after a 409: decide from this read.
+            previous = l.current.get(&env).cloned();
+            recorded = !has_entry(&l.history, PROMOTED, &env, &entry.digest, &entry.run_id);
+            if recorded {
+                l.record(LedgerEntry { at: now_rfc3339(), ..entry.clone() });
+            }
+            Ok(())
+        })
+        .await
+        .map_err(ledger_err(&req.model, to_store))?;
+    // A repeat's "previous" is this promotion itself; report the one before.
+    outcome.previous = previous.filter(|p| !(p.digest == outcome.digest && p.run_id == req.run_id));
+    outcome.recorded = recorded;
+    outcome.copy = Some(stats);
+    Ok(outcome)
+}
+
+/// What to roll back.
+#[derive(Debug, Clone)]
+pub struct RollbackRequest {
+    pub model: String,
+    pub env: String,
+    /// Default: the newest digest in the environment's history that differs
+    /// from the current one.
+    pub to_digest: Option<String>,
+    pub tag: String,
+    pub run_id: String,
+    pub by: String,
+    pub reason: Option<String>,
+    pub lock_wait: Duration,
+    pub image_stream: bool,
+    pub state_dir: Option<PathBuf>,
+    pub auth: AuthStore,
+}
+
+/// Point `env` back at an earlier digest, recorded as `rolled-back`. The
+/// image is already in the environment's registry (it was promoted there);
+/// the tag is re-pointed in the registry and the ImageStream.
+pub async fn rollback(clusters: &Clusters, req: &RollbackRequest) -> Result<PromoteOutcome, PromotionError> {
+    clusters.environment(&req.env)?;
+    let target = resolve_env(clusters, &req.env, &req.model).await?;
+    let store = ledger_store(&target, req.state_dir.as_deref());
+    let holder = format!("{} (run {})", req.by, req.run_id);
+    lock_with_wait(&*store, &req.model, &holder, LOCK_TTL, req.lock_wait)
+        .await
+        .map_err(ledger_err(&req.model, &*store))?;
+    let result = locked_rollback(req, &target, &*store).await;
+    if let Err(e) = store.release_lock(&req.model, &holder).await {
+        tracing::warn!(model = %req.model, error = %e, "could not release the rollback lock; it expires on its own");
+    }
+    result
+}
+
+async fn locked_rollback(
+    req: &RollbackRequest,
+    target: &EnvTarget,
+    store: &dyn StateStore,
+) -> Result<PromoteOutcome, PromotionError> {
+    let ledger = store.get_ledger(&req.model).await.map_err(ledger_err(&req.model, store))?;
+    let current = ledger.current.get(&req.env).cloned();
+    let deployed = |e: &&LedgerEntry| e.environment == req.env && (e.action == PROMOTED || e.action == ROLLED_BACK);
+    let wanted = match &req.to_digest {
+        Some(d) => ledger.history.iter().rev().filter(deployed).find(|e| &e.digest == d).cloned().ok_or_else(|| {
+            PromotionError::Refused(format!("{d} was never promoted to `{}` (ledger in {})", req.env, store.describe()))
+        })?,
+        None => {
+            let now = current.as_ref().map(|c| c.digest.as_str());
+            ledger.history.iter().rev().filter(deployed).find(|e| Some(e.digest.as_str()) != now).cloned().ok_or_else(
+                || {
+                    PromotionError::Refused(format!(
+                        "`{}` has no earlier digest to roll back to (ledger in {})",
+                        req.env,
+                        store.describe()
+                    ))
+                },
+            )?
+        }
+    };
+    let repo = target.repository(&req.model);
+    let src = ImageRef::parse(&format!("{repo}@{}", wanted.digest))
+        .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
+    let dst = ImageRef::parse(&format!("{repo}:{}", req.tag))
+        .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
+    let opts = CopyOptions {
+        src_insecure: target.insecure,
+        dest_insecure: target.insecure,
+        auth: req.auth.clone(),
+        ..CopyOptions::default()
+    };
+    let stats = copy_image(&src, &dst, &opts).await.map_err(|e| PromotionError::Copy {
+        src: src.to_string(),
+        dst: dst.to_string(),
+        source: e,
+    })?;
+    let pinned = src.to_string();
+    if req.image_stream {
+        tag::point_tag(&target.client, &target.namespace, &req.model, &req.tag, &pinned).await?;
+    }
+    let entry = LedgerEntry {
+        action: ROLLED_BACK.into(),
+        environment: req.env.clone(),
+        digest: wanted.digest.clone(),
+        image: pinned.clone(),
+        at: now_rfc3339(),
+        run_id: req.run_id.clone(),
+        by: req.by.clone(),
+        from: current.as_ref().map(|c| c.digest.clone()),
+        checks: wanted.checks.clone(),
+        forced: false,
+        comment: req.reason.clone(),
+    };
+    let mut recorded = false;
+    store
+        .update_ledger(&req.model, &mut |l| {
+            recorded = !has_entry(&l.history, ROLLED_BACK, &entry.environment, &entry.digest, &entry.run_id);
+            if recorded {
+                l.record(LedgerEntry { at: now_rfc3339(), ..entry.clone() });
+            }
+            Ok(())
+        })
+        .await
+        .map_err(ledger_err(&req.model, store))?;
+    Ok(PromoteOutcome {
+        model: req.model.clone(),
+        from: req.env.clone(),
+        to: req.env.clone(),
+        digest: wanted.digest,
+        source: src.to_string(),
+        image: pinned,
+        tag: req.tag.clone(),
+        previous: current,
+        forced: false,
+        recorded,
+        copy: Some(stats),
+        dry_run: false,
+    })
+}
+
+/// Ledger entries of `model` in `envs` (each read from its own store),
+/// newest first; an entry seen in two stores (a shared `--state-dir`) once.
+pub async fn history(
+    clusters: &Clusters,
+    model: &str,
+    envs: &[String],
+    state_dir: Option<&Path>,
+) -> Result<Vec<LedgerEntry>, PromotionError> {
+    let mut all: Vec<LedgerEntry> = Vec::new();
+    for env in envs {
+        clusters.environment(env)?;
+        let store: Arc<dyn StateStore> = match state_dir {
+            Some(dir) => Arc::new(DirStore::new(dir)),
+            None => {
+                let e = clusters.environment(env)?;
+                Arc::new(ConfigMapStore::new(clusters.client(env).await?, e.namespace.clone(), env.clone()))
+            }
+        };
+        let ledger = store.get_ledger(model).await.map_err(ledger_err(model, &*store))?;
+        for e in ledger.history {
+            if &e.environment == env && !all.contains(&e) {
+                all.push(e);
+            }
+        }
+    }
+    // RFC 3339 UTC timestamps of one format sort as strings; stable for ties.
+    all.sort_by(|a, b| b.at.cmp(&a.at));
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Ledger;
+
+    fn entry(action: &str, env: &str, digest: &str, passed: Option<bool>) -> LedgerEntry {
+        LedgerEntry {
+            action: action.into(),
+            environment: env.into(),
+            digest: digest.into(),
+            image: format!("127.0.0.1:1/ns/m@{digest}"),
+            run_id: "r1".into(),
+            checks: passed.map(|p| serde_json::json!({ "passed": p })),
+            ..LedgerEntry::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_check_is_not_promotable() {
+        assert!(checks_passed(&entry(VERIFIED, "dev", "sha256:a", Some(true))));
+        assert!(checks_passed(&entry(PROMOTED, "dev", "sha256:a", None)));
+        assert!(!checks_passed(&entry(VERIFIED, "dev", "sha256:a", Some(false))));
+        assert!(!checks_passed(&entry(CHECK_FAILED, "dev", "sha256:a", None)));
+    }
+
+    #[test]
+    fn pick_source_prefers_the_named_digest_and_else_the_current_one() {
+        let mut l = Ledger::new("m");
+        l.record(entry(VERIFIED, "dev", "sha256:a", Some(true)));
+        l.record(entry(CHECK_FAILED, "dev", "sha256:b", Some(false)));
+        l.record(entry(PROMOTED, "prod", "sha256:a", None));
+        assert_eq!(pick_source(&l, "dev", None).unwrap().digest, "sha256:b");
+        assert_eq!(pick_source(&l, "dev", Some("sha256:a")).unwrap().action, VERIFIED);
+        assert!(pick_source(&l, "dev", Some("sha256:c")).is_none());
+        assert!(pick_source(&l, "qa", None).is_none());
+    }
+}

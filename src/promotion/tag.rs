@@ -1,0 +1,141 @@
+//! Point an ImageStream tag at an image by digest, the way `oc tag` does:
+//! read the ImageStreamTag `STREAM:TAG`; update its `tag.from` (PUT with the
+//! resourceVersion read) or create it on 404; where the server forbids
+//! ImageStreamTag writes (403) or does not allow the verb (405), edit the
+//! ImageStream's `spec.tags` instead.
+
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use serde_json::{Value, json};
+
+use super::PromotionError;
+
+/// Optimistic-update attempts before giving up on a contended tag.
+const ATTEMPTS: u32 = 10;
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("image.openshift.io", "v1", kind), plural)
+}
+
+fn api(client: &kube::Client, namespace: &str, kind: &str, plural: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &resource(kind, plural))
+}
+
+/// The `tag` object both ImageStreamTag and `ImageStream.spec.tags[]` carry.
+fn tag_reference(tag: &str, image: &str) -> Value {
+    json!({
+        "name": tag,
+        "from": { "kind": "DockerImage", "name": image },
+        "importPolicy": {},
+        "referencePolicy": { "type": "Source" },
+    })
+}
+
+fn code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Make `namespace/stream:tag` point at `image` (`REG/NS/NAME@sha256:...`).
+/// Idempotent: a tag already pointing there is left alone.
+pub async fn point_tag(
+    client: &kube::Client,
+    namespace: &str,
+    stream: &str,
+    tag: &str,
+    image: &str,
+) -> Result<(), PromotionError> {
+    let istags = api(client, namespace, "ImageStreamTag", "imagestreamtags");
+    let name = format!("{stream}:{tag}");
+    let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStreamTag {namespace}/{name}"), source };
+    for _ in 0..ATTEMPTS {
+        let result = match istags.get_opt(&name).await {
+            Ok(Some(mut obj)) => {
+                if obj.data.pointer("/tag/from/name").and_then(Value::as_str) == Some(image) {
+                    return Ok(());
+                }
+                obj.data["tag"] = tag_reference(tag, image);
+                istags.replace(&name, &PostParams::default(), &obj).await.map(|_| ())
+            }
+            Ok(None) => {
+                let mut obj =
+                    DynamicObject::new(&name, &resource("ImageStreamTag", "imagestreamtags")).within(namespace);
+                obj.data = json!({ "tag": tag_reference(tag, image) });
+                istags.create(&PostParams::default(), &obj).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            // Someone moved the tag between our read and write: read again.
+            Err(e) if code(&e) == Some(409) => continue,
+            Err(e) if matches!(code(&e), Some(403 | 405)) => {
+                tracing::info!(
+                    namespace,
+                    stream,
+                    tag,
+                    "ImageStreamTag write refused ({}); editing the ImageStream's spec.tags",
+                    code(&e).unwrap_or(0)
+                );
+                return edit_stream(client, namespace, stream, tag, image).await;
+            }
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(PromotionError::Contended { what: format!("ImageStreamTag {namespace}/{name}"), attempts: ATTEMPTS })
+}
+
+/// The fallback: set (or add) `spec.tags[name == tag]` on the ImageStream,
+/// creating the stream if it does not exist.
+async fn edit_stream(
+    client: &kube::Client,
+    namespace: &str,
+    stream: &str,
+    tag: &str,
+    image: &str,
+) -> Result<(), PromotionError> {
+    let streams = api(client, namespace, "ImageStream", "imagestreams");
+    let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStream {namespace}/{stream}"), source };
+    for _ in 0..ATTEMPTS {
+        let result = match streams.get_opt(stream).await.map_err(err)? {
+            Some(mut obj) => {
+                let tags = obj.data.pointer_mut("/spec/tags").and_then(Value::as_array_mut);
+                let wanted = tag_reference(tag, image);
+                match tags {
+                    Some(tags) => match tags.iter_mut().find(|t| t["name"] == tag) {
+                        Some(t) if t.pointer("/from/name").and_then(Value::as_str) == Some(image) => return Ok(()),
+                        Some(t) => *t = wanted,
+                        None => tags.push(wanted),
+                    },
+                    None => {
+                        if !obj.data["spec"].is_object() {
+                            obj.data["spec"] = json!({});
+                        }
+                        obj.data["spec"]["tags"] = json!([wanted]);
+                    }
+                }
+                streams.replace(stream, &PostParams::default(), &obj).await.map(|_| ())
+            }
+            None => {
+                let mut obj = DynamicObject::new(stream, &resource("ImageStream", "imagestreams")).within(namespace);
+                obj.data = json!({ "spec": { "tags": [tag_reference(tag, image)] } });
+                streams.create(&PostParams::default(), &obj).await.map(|_| ())
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(code(&e), Some(409)) => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(PromotionError::Contended { what: format!("ImageStream {namespace}/{stream}"), attempts: ATTEMPTS })
+}
+
+/// `status.publicDockerImageRepository` of the stream, if the cluster
+/// serves image.openshift.io and the stream exists.
+pub async fn public_repository(client: &kube::Client, namespace: &str, stream: &str) -> Option<String> {
+    let streams = api(client, namespace, "ImageStream", "imagestreams");
+    let obj = streams.get_opt(stream).await.ok()??;
+    obj.data.pointer("/status/publicDockerImageRepository").and_then(Value::as_str).map(str::to_string)
+}

@@ -1,0 +1,264 @@
+//! Stage `openshift-build` against the in-process sim: a rendered weather
+//! context is built into a real OCI image that skopeo reads back; reuse,
+//! resume after a killed runner, a failing Dockerfile, and the faults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use modelship::catalog::Catalog;
+use modelship::cluster::Clusters;
+use modelship::sim::{self, Faults, SimConfig, SimServer};
+use modelship::spec::Pipeline;
+use modelship::stages::render::{self, Params as RenderParams, RenderInput};
+use modelship::stages::{Kind, Outputs, StageContext, StageError};
+use modelship::state::{RunKey, RunRecord, StageRecord, StateStore, dir::DirStore};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "models-dev";
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    sim: Option<SimServer>,
+    kubeconfig: PathBuf,
+    context: PathBuf,
+    digest: String,
+    state: Arc<DirStore>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(sim) = self.sim.take() {
+            // Stops the server task; the runtime ends right after.
+            drop(sim);
+        }
+    }
+}
+
+async fn setup(faults: Faults, make_ns: bool) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let mut config = SimConfig::new(root.join("sim"), "dev");
+    config.faults = faults;
+    config.build_duration = Duration::from_millis(1500);
+    let sim = sim::start(config).await.unwrap();
+    let kubeconfig = root.join("kubeconfig");
+    std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
+    if make_ns {
+        kubectl(&kubeconfig, &["create", "namespace", NS]);
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/weather-model");
+    let input = RenderInput {
+        params: RenderParams { model_class: "MyModel".into(), ..RenderParams::default() },
+        model_name: "weather".into(),
+        model_dir: fixture,
+        model_digest: None,
+        link_model_files: false,
+    };
+    let rendered = render::render_context(&Catalog::embedded(), &input, &root.join("context")).unwrap();
+    let state = Arc::new(DirStore::new(root.join("state")));
+    Env { root, sim: Some(sim), kubeconfig, context: rendered.dir, digest: rendered.digest, state, _tmp: tmp }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect(
+        "kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)",
+    );
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pipeline() -> Pipeline {
+    modelship::spec::yaml::from_str(&format!(
+        "apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: {{name: weather}}
+spec:
+  model: {{name: weather, source: 'file://model'}}
+  environments: {{dev: {{namespace: {NS}}}}}
+  stages:
+    - {{name: render, uses: render, with: {{modelClass: MyModel}}}}
+    - {{name: build, uses: openshift-build, with: {{environment: dev}}}}
+"
+    ))
+    .unwrap()
+}
+
+impl Env {
+    async fn context(&self, run_id: &str, with: Value) -> (StageContext, serde_json::Map<String, Value>) {
+        let pipeline = pipeline();
+        let stage = pipeline.spec.stages[1].clone();
+        let run_key = RunKey { pipeline: "weather".into(), run_id: run_id.into() };
+        let previous = match self.state.get_run(&run_key).await.unwrap() {
+            Some(r) => r.stages.into_iter().find(|s| s.name == "build"),
+            None => {
+                let record: RunRecord = serde_json::from_value(json!({
+                    "runId": run_id, "pipeline": "weather", "model": "weather", "pipelineDigest": "sha256:0",
+                    "status": "running", "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
+                    "stages": [serde_json::to_value(StageRecord { name: "build".into(), uses: "openshift-build".into(), ..Default::default() }).unwrap()],
+                }))
+                .unwrap();
+                self.state.create_run(&record).await.unwrap();
+                None
+            }
+        };
+        let render_out: Outputs = BTreeMap::from([
+            ("contextDir".to_string(), json!(self.context.display().to_string())),
+            ("contextDigest".to_string(), json!(self.digest)),
+        ]);
+        let cx = StageContext {
+            run_id: run_id.into(),
+            pipeline: Arc::new(pipeline.clone()),
+            pipeline_dir: self.root.clone(),
+            stage,
+            attempt: 1,
+            workspace: self.root.join("ws"),
+            outputs: BTreeMap::from([("render".to_string(), render_out)]),
+            params: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            previous,
+            clusters: Arc::new(Clusters::new(pipeline.spec.environments.clone(), Some(self.kubeconfig.clone()))),
+            state: self.state.clone(),
+            run_key,
+            catalog: Arc::new(Catalog::embedded()),
+            cancel: CancellationToken::new(),
+            interactive: false,
+        };
+        (cx, with.as_object().cloned().unwrap_or_default())
+    }
+
+    async fn run(&self, run_id: &str, with: Value) -> Result<Outputs, StageError> {
+        let (cx, with) = self.context(run_id, with).await;
+        Kind::from_name("openshift-build").unwrap().run(with, &cx).await
+    }
+
+    fn builds(&self) -> Vec<String> {
+        kubectl(&self.kubeconfig, &["get", "builds", "-n", NS, "-o", "name"]).lines().map(str::to_string).collect()
+    }
+
+    fn sim(&self) -> &SimServer {
+        self.sim.as_ref().unwrap()
+    }
+}
+
+fn skopeo_config(host: &str, image: &str) -> Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--config", &format!("docker://{host}/{image}")])
+        .output()
+        .expect("skopeo is missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
+    assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_an_image_skopeo_reads_back_and_does_not_build_twice() {
+    let env = setup(Faults::default(), true).await;
+    let out = env.run("run-1", json!({ "environment": "dev" })).await.unwrap();
+    let digest = out["imageDigest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"));
+    assert_eq!(out["buildName"], json!("weather-1"));
+    assert_eq!(out["imageStreamTag"], json!("weather:latest"));
+    let host = env.sim().registry_host();
+    assert_eq!(out["image"], json!(format!("{host}/{NS}/weather@{digest}")));
+
+    let config = skopeo_config(&host, &format!("{NS}/weather@{digest}"));
+    assert_eq!(config["architecture"], "amd64");
+    let cmd = config["config"]["Cmd"].as_array().expect("the Dockerfile's CMD is in the image config");
+    assert!(!cmd.is_empty());
+    assert!(config["config"]["Env"].as_array().is_some_and(|e| !e.is_empty()), "{config}");
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 1);
+
+    // kubectl sees every kind, with short names.
+    let got = kubectl(&env.kubeconfig, &["get", "bc,builds,is,istag", "-n", NS]);
+    assert!(got.contains("weather-1") && got.contains("Complete") && got.contains("weather:latest"), "{got}");
+    let is: Value =
+        serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "is", "weather", "-n", NS, "-o", "json"])).unwrap();
+    assert_eq!(is["status"]["tags"][0]["items"][0]["image"], json!(digest));
+    let log = kubectl(&env.kubeconfig, &["get", "--raw", &format!("/apis/build.openshift.io/v1/namespaces/{NS}/builds/weather-1/log")]);
+    assert!(log.contains("RUN not executed in the simulation"), "{log}");
+
+    // Same context, new run: no second build, same digest.
+    let again = env.run("run-2", json!({ "environment": "dev" })).await.unwrap();
+    assert_eq!(again["imageDigest"], json!(digest));
+    assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runner_resumes_on_the_same_build() {
+    let env = setup(Faults::default(), true).await;
+    let (cx, with) = env.context("run-1", json!({ "environment": "dev" })).await;
+    // The runner dies once the Build exists and is recorded.
+    let kind = Kind::from_name("openshift-build").unwrap();
+    let state = env.state.clone();
+    let key = cx.run_key.clone();
+    tokio::select! {
+        r = kind.run(with.clone(), &cx) => panic!("the build finished before the runner was killed: {r:?}"),
+        _ = async {
+            loop {
+                let run = state.get_run(&key).await.unwrap().unwrap();
+                if run.stages[0].checkpoints.contains_key("buildName") { break; }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } => {}
+    }
+    drop(cx);
+    let out = env.run("run-1", json!({ "environment": "dev" })).await.unwrap();
+    assert_eq!(out["buildName"], json!("weather-1"));
+    assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_dockerfile_surfaces_reason_message_and_log() {
+    let env = setup(Faults::default(), true).await;
+    std::fs::write(env.context.join("Dockerfile"), "# no FROM here\nRUN echo hi\n").unwrap();
+    let err = env.run("run-1", json!({ "environment": "dev", "contextDir": env.context.display().to_string() })).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("build weather-1 in namespace models-dev ended Failed"), "{msg}");
+    assert!(msg.contains("DockerBuildFailed") && msg.contains("Docker build strategy has failed."), "{msg}");
+    assert!(msg.contains("before FROM"), "the log tail names the problem: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_name_resource_and_namespace() {
+    // No namespace.
+    let env = setup(Faults::default(), false).await;
+    let msg = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err().to_string();
+    assert!(msg.contains("imagestreams.image.openshift.io/weather") && msg.contains(NS) && msg.contains("not found"), "{msg}");
+
+    // Over the size limit: refused before anything is created.
+    let msg = env.run("run-1", json!({ "environment": "dev", "maxContextBytes": 10 })).await.unwrap_err().to_string();
+    assert!(msg.contains("over maxContextBytes 10"), "{msg}");
+
+    // Forbidden to start builds.
+    let faults = Faults { forbidden: vec!["buildconfigs/instantiatebinary.build.openshift.io".parse().unwrap()] };
+    let env = setup(faults, true).await;
+    let err = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("buildconfigs.build.openshift.io/weather") && msg.contains(NS) && msg.contains("403"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_manifests_match_the_openshift_schemas() {
+    let env = setup(Faults::default(), true).await;
+    env.run("run-1", json!({ "environment": "dev" })).await.unwrap();
+    let dir = PathBuf::from("/work/shared/reference/openshift/schemas-4.15-strict");
+    for (kind, file) in [
+        ("bc", "buildconfig_build.openshift.io_v1.json"),
+        ("is", "imagestream_image.openshift.io_v1.json"),
+        ("builds", "build_build.openshift.io_v1.json"),
+        ("istag", "imagestreamtag_image.openshift.io_v1.json"),
+    ] {
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let list: Value =
+            serde_json::from_str(&kubectl(&env.kubeconfig, &["get", kind, "-n", NS, "-o", "json"])).unwrap();
+        for item in list["items"].as_array().unwrap() {
+            let errors: Vec<String> = validator.iter_errors(item).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            assert!(errors.is_empty(), "{kind}: {errors:?}\n{item:#}");
+        }
+    }
+}

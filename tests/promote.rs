@@ -1,0 +1,563 @@
+//! Promotion between two in-process sims (dev, prod), each with its own
+//! registry under `/v2/`: the image is pushed into dev's registry, the ledger
+//! and lock live in ConfigMaps/Leases of each cluster, and results are read
+//! back with `skopeo inspect --raw` and `kubectl` (both installed by
+//! `scripts/setup.d/10-kubectl.sh` and `30-registry.sh`; run `scripts/test.sh`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use modelship::cluster::Clusters;
+use modelship::promotion::{self, PromoteRequest, PromotionError, RollbackRequest};
+use modelship::registry::{AuthStore, RegistryError};
+use modelship::sim::{SimConfig, SimServer};
+use modelship::spec::Pipeline;
+use modelship::state::configmap::{ConfigMapStore, ledger_configmap_name};
+use modelship::state::{StateError, StateStore};
+use modelship::{ExitClass, HasExitClass};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+const MODEL: &str = "weather";
+
+fn test_pipeline() -> Pipeline {
+    modelship::spec::yaml::from_str(&format!(
+        r#"
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: {{ name: weather }}
+spec:
+  model: {{ name: {MODEL}, source: "file://model" }}
+  environments:
+    dev: {{ context: dev, namespace: models-dev }}
+    prod: {{ context: prod, namespace: models-prod }}
+  stages:
+    - name: check
+      uses: prediction-check
+      with:
+        endpoint: "http://127.0.0.1:1"
+        cases:
+          - request: {{ data: {{ names: [temperature], ndarray: ["55"] }} }}
+            expect: {{ meta.tags.weather_state: mild }}
+    - {{ name: promote, uses: promote, with: {{ from: dev, to: prod }} }}
+"#
+    ))
+    .unwrap()
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    dev: Option<SimServer>,
+    prod: Option<SimServer>,
+    kubeconfig: std::path::PathBuf,
+    clusters: Clusters,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = modelship::sim::start(SimConfig::new(dir.path().join("dev"), "dev")).await.unwrap();
+        let prod = modelship::sim::start(SimConfig::new(dir.path().join("prod"), "prod")).await.unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            modelship::sim::kubeconfig_yaml(&[("dev".into(), dev.url()), ("prod".into(), prod.url())]),
+        )
+        .unwrap();
+        let pipeline = test_pipeline();
+        let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig.clone()));
+        for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
+            let client = clusters.client(env).await.unwrap();
+            let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
+            let obj = serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap();
+            api.create(&Default::default(), &obj).await.unwrap();
+        }
+        Env { _dir: dir, dev: Some(dev), prod: Some(prod), kubeconfig, clusters }
+    }
+
+    fn dev(&self) -> &SimServer {
+        self.dev.as_ref().unwrap()
+    }
+    fn prod(&self) -> &SimServer {
+        self.prod.as_ref().unwrap()
+    }
+
+    /// Push a small two-layer OCI image into dev's registry; returns its digest.
+    async fn push(&self, seed: &str) -> String {
+        let reg = &self.dev().api().registry;
+        let repo = format!("models-dev/{MODEL}");
+        let mut layers = Vec::new();
+        for i in 0..2 {
+            let bytes = format!("layer {i} of {seed}").repeat(1000).into_bytes();
+            let digest = reg.put_blob(&repo, &bytes).await.unwrap();
+            layers.push(
+                json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": bytes.len() }),
+            );
+        }
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#).into_bytes();
+        let config_digest = reg.put_blob(&repo, &config).await.unwrap();
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
+            "layers": layers,
+        }))
+        .unwrap();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
+        reg.put_manifest(&repo, "latest", "application/vnd.oci.image.manifest.v1+json", &manifest).await.unwrap();
+        digest
+    }
+
+    fn store(&self, env: &str) -> ConfigMapStore {
+        let rt = tokio::runtime::Handle::current();
+        let client = tokio::task::block_in_place(|| rt.block_on(self.clusters.client(env))).unwrap();
+        ConfigMapStore::new(client, format!("models-{env}"), env)
+    }
+
+    /// Record `digest` as checked in dev by run `run`.
+    async fn verify(&self, digest: &str, run: &str, passed: bool) {
+        let image = format!("{}/models-dev/{MODEL}@{digest}", self.dev().registry_host());
+        promotion::record_check(
+            &self.store("dev"),
+            MODEL,
+            "dev",
+            digest,
+            &image,
+            run,
+            "ci",
+            Some(json!({ "passed": passed, "cases": [] })),
+            passed,
+        )
+        .await
+        .unwrap();
+    }
+
+    fn request(&self, run: &str) -> PromoteRequest {
+        PromoteRequest {
+            model: MODEL.into(),
+            from: "dev".into(),
+            to: "prod".into(),
+            digest: None,
+            tag: "latest".into(),
+            run_id: run.into(),
+            by: "alice".into(),
+            comment: None,
+            force: false,
+            lock_wait: Duration::ZERO,
+            // The sim's image.openshift.io group is tested in `promotion_moves_the_imagestream_tag`.
+            image_stream: false,
+            state_dir: None,
+            auth: AuthStore::anonymous(),
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)");
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.dev.take().unwrap().shutdown().await;
+        self.prod.take().unwrap().shutdown().await;
+    }
+}
+
+fn skopeo_raw(image: &str) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")])
+        .output()
+        .expect("skopeo missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
+    assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn ledger_yaml(env: &Env, ns: &str) -> String {
+    env.kubectl(&["--context", "prod", "get", "configmap", &ledger_configmap_name(MODEL), "-n", ns, "-o", "yaml"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotes_the_verified_digest_byte_exact_and_records_it_once() {
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    env.verify(&digest, "run-1", true).await;
+
+    let out = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap();
+    assert_eq!(out.digest, digest);
+    assert!(out.recorded);
+    assert!(out.previous.is_none());
+    let src = skopeo_raw(&format!("{}/models-dev/{MODEL}@{digest}", env.dev().registry_host()));
+    let dst = skopeo_raw(&format!("{}/models-prod/{MODEL}:latest", env.prod().registry_host()));
+    assert_eq!(src, dst, "prod must hold the very manifest bytes dev verified");
+
+    let yaml = ledger_yaml(&env, "models-prod");
+    assert!(yaml.contains(&digest), "{yaml}");
+    assert!(yaml.contains("action: promoted"), "{yaml}");
+    assert!(yaml.contains("by: alice"), "{yaml}");
+
+    // Same run again (a retry): copied again (a no-op), no second entry.
+    let again = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap();
+    assert!(!again.recorded);
+    assert_eq!(again.copy.unwrap().blobs_uploaded, 0);
+    let ledger = env.store("prod").get_ledger(MODEL).await.unwrap();
+    assert_eq!(ledger.history.iter().filter(|e| e.action == "promoted").count(), 1);
+    // The lock was released on success.
+    env.store("prod").try_lock(MODEL, "someone", Duration::from_secs(5)).await.unwrap();
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_failed_and_unknown_digests_unless_forced() {
+    let env = Env::start().await;
+    let digest = env.push("bad").await;
+    env.verify(&digest, "run-1", false).await;
+
+    let err = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap_err();
+    assert!(matches!(err, PromotionError::Refused(_)), "{err}");
+    assert_eq!(err.exit_class(), ExitClass::BadInput);
+    assert!(err.to_string().contains("did not pass its checks"), "{err}");
+
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let mut req = env.request("run-3");
+    req.digest = Some(unknown.clone());
+    let err = promotion::promote(&env.clusters, &req, false).await.unwrap_err();
+    assert!(err.to_string().contains("not recorded as verified"), "{err}");
+
+    // Forced past the ledger, a digest the source registry lacks fails clearly.
+    req.force = true;
+    let err = promotion::promote(&env.clusters, &req, false).await.unwrap_err();
+    assert!(matches!(&err, PromotionError::Copy { source: RegistryError::ManifestNotFound { .. }, .. }), "{err}");
+    assert_eq!(err.exit_class(), ExitClass::BadInput);
+
+    // Forced promotion of the failed digest is recorded as forced.
+    let mut req = env.request("run-4");
+    req.force = true;
+    let out = promotion::promote(&env.clusters, &req, false).await.unwrap();
+    assert!(out.forced);
+    let yaml = ledger_yaml(&env, "models-prod");
+    assert!(yaml.contains("forced: true"), "{yaml}");
+
+    // Unknown environment: bad input, before anything connects.
+    let mut req = env.request("run-5");
+    req.to = "staging".into();
+    let err = promotion::promote(&env.clusters, &req, false).await.unwrap_err();
+    assert_eq!(err.exit_class(), ExitClass::BadInput, "{err}");
+    assert!(err.to_string().contains("`staging`"), "{err}");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_fails_fast_naming_the_holder_or_is_waited_for() {
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    env.verify(&digest, "run-1", true).await;
+    let prod = env.store("prod");
+    prod.try_lock(MODEL, "bob (run other)", Duration::from_secs(60)).await.unwrap();
+
+    let err = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap_err();
+    match &err {
+        PromotionError::Ledger { source: StateError::Locked { holder, .. }, .. } => {
+            assert_eq!(holder, "bob (run other)")
+        }
+        other => panic!("expected Locked, got {other}"),
+    }
+    assert!(err.to_string().contains("bob (run other)"), "{err}");
+
+    // With a wait, the promotion proceeds once the holder lets go.
+    let mut req = env.request("run-3");
+    req.lock_wait = Duration::from_secs(20);
+    let waiting = tokio::spawn({
+        let clusters = Clusters::new(env.clusters.environments().clone(), Some(env.kubeconfig.clone()));
+        async move { promotion::promote(&clusters, &req, false).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    prod.release_lock(MODEL, "bob (run other)").await.unwrap();
+    let out = waiting.await.unwrap().unwrap();
+    assert!(out.recorded);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ledger_writers_lose_no_entry() {
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    // Ten runners record checks on the same ledger at once: each write
+    // races the others (409 -> re-read), and every entry survives.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = env.store("dev");
+        let digest = digest.clone();
+        tasks.push(tokio::spawn(async move {
+            promotion::record_check(&store, MODEL, "dev", &digest, "r/x@d", &format!("run-{i}"), "ci", None, true).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let ledger = env.store("dev").get_ledger(MODEL).await.unwrap();
+    assert_eq!(ledger.history.len(), 10);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_returns_to_the_previous_digest_and_history_is_newest_first() {
+    let env = Env::start().await;
+    let v1 = env.push("v1").await;
+    env.verify(&v1, "run-1", true).await;
+    promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap();
+    let v2 = env.push("v2").await;
+    env.verify(&v2, "run-3", true).await;
+    let out = promotion::promote(&env.clusters, &env.request("run-4"), false).await.unwrap();
+    assert_eq!(out.previous.as_ref().map(|p| p.digest.as_str()), Some(v1.as_str()));
+
+    let req = RollbackRequest {
+        model: MODEL.into(),
+        env: "prod".into(),
+        to_digest: None,
+        tag: "latest".into(),
+        run_id: "rollback-1".into(),
+        by: "carol".into(),
+        reason: Some("bad predictions".into()),
+        lock_wait: Duration::ZERO,
+        image_stream: false,
+        state_dir: None,
+        auth: AuthStore::anonymous(),
+    };
+    let back = promotion::rollback(&env.clusters, &req).await.unwrap();
+    assert_eq!(back.digest, v1);
+    let tagged = skopeo_raw(&format!("{}/models-prod/{MODEL}:latest", env.prod().registry_host()));
+    assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&tagged))), v1);
+
+    let prod_ledger = env.store("prod").get_ledger(MODEL).await.unwrap();
+    assert_eq!(prod_ledger.current["prod"].action, "rolled-back");
+    assert_eq!(prod_ledger.current["prod"].digest, v1);
+
+    let entries = promotion::history(&env.clusters, MODEL, &["dev".into(), "prod".into()], None).await.unwrap();
+    let actions: Vec<(&str, &str)> = entries.iter().map(|e| (e.environment.as_str(), e.action.as_str())).collect();
+    assert_eq!(
+        actions,
+        [("prod", "rolled-back"), ("prod", "promoted"), ("dev", "verified"), ("prod", "promoted"), ("dev", "verified"),]
+    );
+    // A digest never in prod is refused.
+    let mut bad = req.clone();
+    bad.to_digest = Some(format!("sha256:{}", "1".repeat(64)));
+    bad.run_id = "rollback-2".into();
+    let err = promotion::rollback(&env.clusters, &bad).await.unwrap_err();
+    assert!(err.to_string().contains("never promoted"), "{err}");
+    env.stop().await;
+}
+
+/// The sim serves ImageStreamTags read-only (get/list/watch: a write is 405
+/// Method Not Allowed), so this exercises `oc tag`'s fallback: the tag lands
+/// in the ImageStream's `spec.tags` as a DockerImage reference by digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_moves_the_imagestream_tag() {
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    env.verify(&digest, "run-1", true).await;
+    let mut req = env.request("run-2");
+    req.image_stream = true;
+    req.tag = "prod".into();
+    let out = promotion::promote(&env.clusters, &req, false).await.unwrap();
+    assert!(out.image.ends_with(&format!("/models-prod/{MODEL}@{digest}")));
+    let is = env.kubectl(&["--context", "prod", "get", "imagestream", MODEL, "-n", "models-prod", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&is).unwrap();
+    let tags = v["spec"]["tags"].as_array().expect("spec.tags");
+    let tag = tags.iter().find(|t| t["name"] == "prod").expect("tag prod");
+    assert_eq!(tag["from"]["kind"], "DockerImage");
+    assert_eq!(tag["from"]["name"], out.image.as_str());
+
+    // A second promotion (v2) moves the same tag; the entry is replaced, not added.
+    let v2 = env.push("v2").await;
+    env.verify(&v2, "run-3", true).await;
+    let mut req = env.request("run-4");
+    req.image_stream = true;
+    req.tag = "prod".into();
+    let out2 = promotion::promote(&env.clusters, &req, false).await.unwrap();
+    let is = env.kubectl(&["--context", "prod", "get", "imagestream", MODEL, "-n", "models-prod", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&is).unwrap();
+    let tags = v["spec"]["tags"].as_array().unwrap();
+    assert_eq!(tags.iter().filter(|t| t["name"] == "prod").count(), 1);
+    assert_eq!(tags.iter().find(|t| t["name"] == "prod").unwrap()["from"]["name"], out2.image.as_str());
+    env.stop().await;
+}
+
+/// The stage with `approval: required`, run directly with a StageContext
+/// whose run state (and so the ledger) is a directory store.
+async fn run_stage(
+    env: &Env,
+    state: &std::path::Path,
+    run: &str,
+    with: serde_json::Value,
+) -> Result<modelship::stages::Outputs, modelship::stages::StageError> {
+    use modelship::stages::{Kind, StageContext};
+    use modelship::state::{RunKey, RunRecord, StageRecord};
+    use std::sync::Arc;
+    let pipeline = Arc::new(test_pipeline());
+    let store: Arc<dyn StateStore> = Arc::new(modelship::state::dir::DirStore::new(state));
+    let key = RunKey { pipeline: "weather".into(), run_id: run.into() };
+    let record = RunRecord {
+        run_id: run.into(),
+        pipeline: "weather".into(),
+        model: MODEL.into(),
+        stages: vec![StageRecord { name: "promote".into(), uses: "promote".into(), ..StageRecord::default() }],
+        ..RunRecord::default()
+    };
+    store.create_run(&record).await.unwrap();
+    let mut outputs = std::collections::BTreeMap::new();
+    outputs.insert(
+        "check".to_string(),
+        [("passed".to_string(), json!(true)), ("report".to_string(), json!({ "passed": true, "cases": [] }))]
+            .into_iter()
+            .collect(),
+    );
+    let cx = StageContext {
+        run_id: run.into(),
+        pipeline: pipeline.clone(),
+        pipeline_dir: state.to_path_buf(),
+        stage: pipeline.spec.stages[1].clone(),
+        attempt: 1,
+        workspace: state.join("ws"),
+        outputs,
+        params: Default::default(),
+        labels: Default::default(),
+        previous: None,
+        clusters: Arc::new(Clusters::new(pipeline.spec.environments.clone(), Some(env.kubeconfig.clone()))),
+        state: store,
+        run_key: key,
+        catalog: Arc::new(modelship::catalog::Catalog::embedded()),
+        cancel: Default::default(),
+        interactive: false,
+    };
+    Kind::Promote.run(with.as_object().unwrap().clone(), &cx).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_gate_waits_for_approve_reject_or_timeout() {
+    use modelship::state::dir::DirStore;
+    use modelship::state::{RunKey, Status};
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    let state = tempfile::tempdir().unwrap();
+    let with = |timeout: &str| {
+        json!({ "from": "dev", "to": "prod", "digest": digest, "approval": "required",
+                "approvalTimeout": timeout, "imageStream": false, "lockWait": "0s" })
+    };
+
+    // Approved while parked: the run shows waiting-approval, then promotes
+    // with the approver in the ledger.
+    let store = DirStore::new(state.path());
+    let key = RunKey { pipeline: "weather".into(), run_id: "run-a".into() };
+    let approver = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(r)) = store.get_run(&key).await
+                && r.status == Status::WaitingApproval
+            {
+                assert_eq!(r.approval.as_ref().unwrap().digest.as_deref(), Some(digest.as_str()));
+                modelship::commands::approve::decide(&store, &key, true, "alice", Some("ok")).await.unwrap();
+                break;
+            }
+        }
+    };
+    let (out, ()) = tokio::join!(run_stage(&env, state.path(), "run-a", with("30s")), approver);
+    let out = out.unwrap();
+    assert_eq!(out["digest"], json!(digest));
+    let ledger = store.get_ledger(MODEL).await.unwrap();
+    let promoted = &ledger.current["prod"];
+    assert_eq!((promoted.by.as_str(), promoted.comment.as_deref()), ("alice", Some("ok")));
+    assert_eq!(ledger.current["dev"].action, "verified");
+
+    // Rejected: the stage fails naming who rejected; nothing new promoted.
+    let key_b = RunKey { pipeline: "weather".into(), run_id: "run-b".into() };
+    let rejecter = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(r)) = store.get_run(&key_b).await
+                && r.status == Status::WaitingApproval
+            {
+                modelship::commands::approve::decide(&store, &key_b, false, "bob", Some("not today")).await.unwrap();
+                break;
+            }
+        }
+    };
+    let (res, ()) = tokio::join!(run_stage(&env, state.path(), "run-b", with("30s")), rejecter);
+    let err = res.unwrap_err();
+    assert!(err.message.contains("rejected by bob: not today"), "{}", err.message);
+
+    // Nobody decides: timed out, recorded on the run.
+    let err = run_stage(&env, state.path(), "run-c", with("1s")).await.unwrap_err();
+    assert!(err.message.contains("no approval"), "{}", err.message);
+    let key_c = RunKey { pipeline: "weather".into(), run_id: "run-c".into() };
+    assert_eq!(store.get_run(&key_c).await.unwrap().unwrap().approval.unwrap().decision, "timed-out");
+    let promoted: Vec<_> =
+        store.get_ledger(MODEL).await.unwrap().history.into_iter().filter(|e| e.action == "promoted").collect();
+    assert_eq!(promoted.len(), 1);
+    env.stop().await;
+}
+
+/// A model server that answers every prediction with the wrong class.
+async fn wrong_model_server() -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route("/health/ping", get(|| async { "pong" }))
+        .route("/ready", get(|| async { "ok" }))
+        .route(
+            "/api/v1.0/predictions",
+            post(|| async {
+                axum::Json(json!({ "meta": { "tags": { "weather_state": "hot" } }, "data": { "ndarray": ["hot"] } }))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_verification_rolls_the_target_back() {
+    use modelship::state::dir::DirStore;
+    let env = Env::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let store = DirStore::new(state.path());
+    let v1 = env.push("v1").await;
+    let image = format!("{}/models-dev/{MODEL}@{v1}", env.dev().registry_host());
+    promotion::record_check(&store, MODEL, "dev", &v1, &image, "run-1", "ci", None, true).await.unwrap();
+    let mut req = env.request("run-1");
+    req.state_dir = Some(state.path().to_path_buf());
+    promotion::promote(&env.clusters, &req, false).await.unwrap();
+
+    let v2 = env.push("v2").await;
+    let (endpoint, server) = wrong_model_server().await;
+    let with = json!({ "from": "dev", "to": "prod", "digest": v2, "verify": true, "verifyEndpoint": endpoint,
+                       "rollbackOnFailure": true, "imageStream": false, "lockWait": "0s" });
+    let err = run_stage(&env, state.path(), "run-2", with).await.unwrap_err();
+    assert!(err.message.contains("verification in `prod` failed"), "{}", err.message);
+    assert!(err.message.contains(&format!("rolled `prod` back to {v1}")), "{}", err.message);
+    server.abort();
+
+    let ledger = store.get_ledger(MODEL).await.unwrap();
+    let prod: Vec<(&str, &str)> = ledger
+        .history
+        .iter()
+        .filter(|e| e.environment == "prod")
+        .map(|e| (e.action.as_str(), e.digest.as_str()))
+        .collect();
+    assert_eq!(
+        prod,
+        [
+            ("promoted", v1.as_str()),
+            ("promoted", v2.as_str()),
+            ("check-failed", v2.as_str()),
+            ("rolled-back", v1.as_str())
+        ]
+    );
+    let tagged = skopeo_raw(&format!("{}/models-prod/{MODEL}:latest", env.prod().registry_host()));
+    assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&tagged))), v1);
+    env.stop().await;
+}
