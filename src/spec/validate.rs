@@ -529,8 +529,8 @@ spec:
     prod:
       namespace: models-prod
   stages:
-    - name: fetch
-      uses: fetch-model
+    - { name: fetch, uses: fetch-model }
+    - { name: render, uses: render }
     - name: build
       uses: openshift-build
       with:
