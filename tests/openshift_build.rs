@@ -65,9 +65,12 @@ async fn setup(faults: Faults, make_ns: bool) -> Env {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect(
-        "kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)",
-    );
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -178,7 +181,10 @@ async fn builds_an_image_skopeo_reads_back_and_does_not_build_twice() {
     let is: Value =
         serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "is", "weather", "-n", NS, "-o", "json"])).unwrap();
     assert_eq!(is["status"]["tags"][0]["items"][0]["image"], json!(digest));
-    let log = kubectl(&env.kubeconfig, &["get", "--raw", &format!("/apis/build.openshift.io/v1/namespaces/{NS}/builds/weather-1/log")]);
+    let log = kubectl(
+        &env.kubeconfig,
+        &["get", "--raw", &format!("/apis/build.openshift.io/v1/namespaces/{NS}/builds/weather-1/log")],
+    );
     assert!(log.contains("RUN not executed in the simulation"), "{log}");
 
     // Same context, new run: no second build, same digest.
@@ -215,7 +221,10 @@ async fn a_killed_runner_resumes_on_the_same_build() {
 async fn a_failing_dockerfile_surfaces_reason_message_and_log() {
     let env = setup(Faults::default(), true).await;
     std::fs::write(env.context.join("Dockerfile"), "# no FROM here\nRUN echo hi\n").unwrap();
-    let err = env.run("run-1", json!({ "environment": "dev", "contextDir": env.context.display().to_string() })).await.unwrap_err();
+    let err = env
+        .run("run-1", json!({ "environment": "dev", "contextDir": env.context.display().to_string() }))
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("build weather-1 in namespace models-dev ended Failed"), "{msg}");
     assert!(msg.contains("DockerBuildFailed") && msg.contains("Docker build strategy has failed."), "{msg}");
@@ -227,7 +236,10 @@ async fn faults_name_resource_and_namespace() {
     // No namespace.
     let env = setup(Faults::default(), false).await;
     let msg = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err().to_string();
-    assert!(msg.contains("imagestreams.image.openshift.io/weather") && msg.contains(NS) && msg.contains("not found"), "{msg}");
+    assert!(
+        msg.contains("imagestreams.image.openshift.io/weather") && msg.contains(NS) && msg.contains("not found"),
+        "{msg}"
+    );
 
     // Over the size limit: refused before anything is created.
     let msg = env.run("run-1", json!({ "environment": "dev", "maxContextBytes": 10 })).await.unwrap_err().to_string();
@@ -238,7 +250,10 @@ async fn faults_name_resource_and_namespace() {
     let env = setup(faults, true).await;
     let err = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("buildconfigs.build.openshift.io/weather") && msg.contains(NS) && msg.contains("403"), "{msg}");
+    assert!(
+        msg.contains("buildconfigs.build.openshift.io/weather") && msg.contains(NS) && msg.contains("403"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +272,8 @@ async fn sent_manifests_match_the_openshift_schemas() {
         let list: Value =
             serde_json::from_str(&kubectl(&env.kubeconfig, &["get", kind, "-n", NS, "-o", "json"])).unwrap();
         for item in list["items"].as_array().unwrap() {
-            let errors: Vec<String> = validator.iter_errors(item).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            let errors: Vec<String> =
+                validator.iter_errors(item).map(|e| format!("{} at {}", e, e.instance_path())).collect();
             assert!(errors.is_empty(), "{kind}: {errors:?}\n{item:#}");
         }
     }
