@@ -15,6 +15,10 @@
 //!    watch ends; stream the build log into tracing; cancel the Build when
 //!    the run is cancelled.
 
+// Failed builds carry their log tail; errors are returned once per stage, so
+// their size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,7 +79,7 @@ pub enum BuildError {
         resource: String,
         namespace: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("cannot start a build of buildconfigs.build.openshift.io/{name} in namespace {namespace}: {message}")]
     Start { name: String, namespace: String, message: String, status: Option<u16> },
@@ -104,8 +108,10 @@ fn api_message(e: &kube::Error) -> String {
 impl BuildError {
     fn into_stage(self) -> StageError {
         let retryable = match &self {
-            BuildError::Api { source: kube::Error::Api(s), .. } => s.code >= 500 || s.code == 429,
-            BuildError::Api { .. } => true,
+            BuildError::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+                _ => true,
+            },
             BuildError::Start { status, .. } => status.is_none_or(|c| c >= 500 || c == 429),
             BuildError::Timeout { .. } => false,
             _ => false,
@@ -118,7 +124,7 @@ impl BuildError {
 
 fn api_err(action: &'static str, resource: String, namespace: &str) -> impl FnOnce(kube::Error) -> BuildError {
     let namespace = namespace.to_string();
-    move |source| BuildError::Api { action, resource, namespace, source }
+    move |source| BuildError::Api { action, resource, namespace, source: Box::new(source) }
 }
 
 pub struct OpenshiftBuild;
