@@ -607,14 +607,47 @@ pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Resu
 
 /// POST instantiatebinary with the streamed context; the Build it created.
 async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
-    use secrecy::ExposeSecret;
-    let serr = |status: Option<u16>, message: String| BuildError::Start {
+    let config = cx.clusters.config(&t.env).await.map_err(|e| BuildError::Start {
         name: t.stream.clone(),
         namespace: t.namespace.clone(),
+        message: e.to_string(),
+        status: None,
+    })?;
+    let mut query = vec![
+        ("name".to_string(), t.stream.clone()),
+        ("namespace".to_string(), t.namespace.clone()),
+        ("revision.message".to_string(), format!("modelship run {} context {}", cx.run_id, t.context_digest)),
+    ];
+    if let Some(commit) = cx.labels.get("commit") {
+        query.push(("revision.commit".to_string(), commit.clone()));
+    }
+    tracing::info!(bc = %t.stream, namespace = %t.namespace, "starting a binary build");
+    let text = instantiate_binary(&config, &t.namespace, &t.stream, &t.context_dir, &query).await?;
+    serde_json::from_str(&text).map_err(|e| BuildError::Start {
+        name: t.stream.clone(),
+        namespace: t.namespace.clone(),
+        message: format!("the answer is not a Build: {e}"),
+        status: Some(201),
+    })
+}
+
+/// `POST .../buildconfigs/NAME/instantiatebinary` with `dir` as a gzip tar
+/// streamed chunked, as `oc start-build --from-dir`; the answer's body.
+/// Public for the upload benchmark.
+pub async fn instantiate_binary(
+    config: &kube::Config,
+    namespace: &str,
+    bc: &str,
+    dir: &Path,
+    query: &[(String, String)],
+) -> Result<String, BuildError> {
+    use secrecy::ExposeSecret;
+    let serr = |status: Option<u16>, message: String| BuildError::Start {
+        name: bc.to_string(),
+        namespace: namespace.to_string(),
         message,
         status,
     };
-    let config = cx.clusters.config(&t.env).await.map_err(|e| serr(None, e.to_string()))?;
     let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(config.accept_invalid_certs);
     for der in config.root_cert.iter().flatten() {
         let cert = reqwest::Certificate::from_der(der).map_err(|e| serr(None, format!("cluster CA: {e}")))?;
@@ -628,27 +661,18 @@ async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
     };
     let mut url = url::Url::parse(&config.cluster_url.to_string()).map_err(|e| serr(None, e.to_string()))?;
     url.set_path(&format!(
-        "{}/apis/build.openshift.io/v1/namespaces/{}/buildconfigs/{}/instantiatebinary",
+        "{}/apis/build.openshift.io/v1/namespaces/{namespace}/buildconfigs/{bc}/instantiatebinary",
         url.path().trim_end_matches('/'),
-        t.namespace,
-        t.stream
     ));
-    url.query_pairs_mut()
-        .append_pair("name", &t.stream)
-        .append_pair("namespace", &t.namespace)
-        .append_pair("revision.message", &format!("modelship run {} context {}", cx.run_id, t.context_digest));
-    if let Some(commit) = cx.labels.get("commit") {
-        url.query_pairs_mut().append_pair("revision.commit", commit);
-    }
+    url.query_pairs_mut().extend_pairs(query);
     let mut req = http
         .post(url)
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(context_stream(t.context_dir.clone())));
+        .body(reqwest::Body::wrap_stream(context_stream(dir.to_path_buf())));
     if let Some(token) = token {
         crate::secret::register(token.clone());
         req = req.bearer_auth(token);
     }
-    tracing::info!(bc = %t.stream, namespace = %t.namespace, "starting a binary build");
     let resp = req.send().await.map_err(|e| serr(None, crate::secret::mask(&e.to_string())))?;
     let status = resp.status();
     let text = resp.text().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
@@ -659,7 +683,7 @@ async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
             .unwrap_or(text);
         return Err(serr(Some(status.as_u16()), format!("{message} ({status})")));
     }
-    serde_json::from_str(&text).map_err(|e| serr(Some(status.as_u16()), format!("the answer is not a Build: {e}")))
+    Ok(text)
 }
 
 /// Follow the Build to a final phase: list by name, watch from its
