@@ -217,6 +217,38 @@ async fn a_killed_runner_resumes_on_the_same_build() {
     assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"]);
 }
 
+/// Guards "a watch that drops mid-build": the sim restarts (same port, same
+/// data) while the stage follows the build, so the watch and the log stream
+/// drop and lists fail for a moment; the stage must re-list and re-watch the
+/// same Build, never start a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_watch_is_followed_by_a_relist_not_a_second_build() {
+    let mut env = setup(Faults::default(), true).await;
+    let (cx, with) = env.context("run-1", json!({ "environment": "dev" })).await;
+    let kind = Kind::from_name("openshift-build").unwrap();
+    let run = kind.run(with, &cx);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            r = &mut run => panic!("the build finished before the watch was dropped: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                let rec = env.state.get_run(&cx.run_key).await.unwrap().unwrap();
+                if rec.stages[0].checkpoints.contains_key("buildName") { break; }
+            }
+        }
+    }
+    let old = env.sim.take().unwrap();
+    let addr = old.addr;
+    old.shutdown().await;
+    let mut config = SimConfig::new(env.root.join("sim"), "dev");
+    config.listen = addr;
+    config.build_duration = Duration::from_millis(1500);
+    env.sim = Some(sim::start(config).await.unwrap());
+    let out = run.await.unwrap();
+    assert_eq!(out["buildName"], json!("weather-1"));
+    assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_dockerfile_surfaces_reason_message_and_log() {
     let env = setup(Faults::default(), true).await;

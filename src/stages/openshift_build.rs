@@ -692,7 +692,17 @@ async fn follow(builds: &Api<Build>, name: &str, ns: &str) -> Result<Build, Buil
     let what = format!("builds.build.openshift.io/{name}");
     loop {
         let lp = ListParams::default().fields(&format!("metadata.name={name}"));
-        let list = builds.list(&lp).await.map_err(api_err("list", what.clone(), ns))?;
+        let list = match builds.list(&lp).await {
+            Ok(l) => l,
+            // The API server restarting or unreachable for a moment: the
+            // build goes on without us; keep trying (the stage timeout bounds it).
+            Err(e) if !matches!(&e, kube::Error::Api(s) if s.code < 500 && s.code != 429) => {
+                tracing::warn!(build = name, error = %e, "cannot list the build; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(api_err("list", what.clone(), ns)(e)),
+        };
         let Some(b) = list.items.into_iter().next() else {
             return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
         };
