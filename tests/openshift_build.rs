@@ -249,6 +249,35 @@ async fn a_dropped_watch_is_followed_by_a_relist_not_a_second_build() {
     assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"]);
 }
 
+/// SIGTERM during a build cancels the Build, as `oc cancel-build` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_run_cancels_the_build() {
+    let env = setup(Faults::default(), true).await;
+    let (cx, with) = env.context("run-1", json!({ "environment": "dev" })).await;
+    let (cancel, state, key) = (cx.cancel.clone(), env.state.clone(), cx.run_key.clone());
+    tokio::spawn(async move {
+        loop {
+            let rec = state.get_run(&key).await.unwrap().unwrap();
+            if rec.stages[0].checkpoints.contains_key("buildName") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+    });
+    let err = Kind::from_name("openshift-build").unwrap().run(with, &cx).await.unwrap_err();
+    assert_eq!(err.kind, modelship::stages::StageErrorKind::Cancelled);
+    let mut phase = String::new();
+    for _ in 0..50 {
+        phase = kubectl(&env.kubeconfig, &["get", "build", "weather-1", "-n", NS, "-o", "jsonpath={.status.phase}"]);
+        if phase == "Cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(phase, "Cancelled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_dockerfile_surfaces_reason_message_and_log() {
     let env = setup(Faults::default(), true).await;

@@ -187,7 +187,14 @@ impl Stage for OpenshiftBuild {
     }
 
     async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
-        run_build(params, cx).await.map_err(BuildError::into_stage)
+        run_build(params, cx).await.map_err(|e| {
+            if cx.cancel.is_cancelled() {
+                tracing::warn!(error = %e, "openshift-build cancelled");
+                StageError::cancelled()
+            } else {
+                e.into_stage()
+            }
+        })
     }
 }
 
