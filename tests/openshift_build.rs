@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 const NS: &str = "models-dev";
 
+/// One sim (stopped with the test's runtime, which ends its tasks), a
+/// rendered weather context and a directory state store.
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -28,15 +30,6 @@ struct Env {
     context: PathBuf,
     digest: String,
     state: Arc<DirStore>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(sim) = self.sim.take() {
-            // Stops the server task; the runtime ends right after.
-            drop(sim);
-        }
-    }
 }
 
 async fn setup(faults: Faults, make_ns: bool) -> Env {
