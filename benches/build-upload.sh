@@ -18,9 +18,15 @@ for tool in kubectl curl /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run scripts/test.sh" >&2; exit 2; }
 done
 
-echo "==> cargo build --release --bin modelship --example upload_bench" >&2
-cargo build --release --bin modelship --example upload_bench >&2
-TARGET="${CARGO_TARGET_DIR:-$PWD/target}/release"
+# PROFILE=debug only for a smoke run: times from a debug build mean nothing.
+PROFILE="${PROFILE:-release}"
+if [ "$PROFILE" = release ]; then
+  echo "==> cargo build --release --bin modelship --example upload_bench" >&2
+  cargo build --release --bin modelship --example upload_bench >&2
+else
+  cargo build --bin modelship --example upload_bench >&2
+fi
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE"
 
 WORK="$(mktemp -d /tmp/modelship-build-bench.XXXXXX)"
 SIM_PID=""
