@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 const NS: &str = "models-dev";
 
+/// One sim (stopped with the test's runtime, which ends its tasks), a
+/// rendered weather context and a directory state store.
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -28,15 +30,6 @@ struct Env {
     context: PathBuf,
     digest: String,
     state: Arc<DirStore>,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if let Some(sim) = self.sim.take() {
-            // Stops the server task; the runtime ends right after.
-            drop(sim);
-        }
-    }
 }
 
 async fn setup(faults: Faults, make_ns: bool) -> Env {
@@ -65,9 +58,12 @@ async fn setup(faults: Faults, make_ns: bool) -> Env {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect(
-        "kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)",
-    );
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -178,7 +174,10 @@ async fn builds_an_image_skopeo_reads_back_and_does_not_build_twice() {
     let is: Value =
         serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "is", "weather", "-n", NS, "-o", "json"])).unwrap();
     assert_eq!(is["status"]["tags"][0]["items"][0]["image"], json!(digest));
-    let log = kubectl(&env.kubeconfig, &["get", "--raw", &format!("/apis/build.openshift.io/v1/namespaces/{NS}/builds/weather-1/log")]);
+    let log = kubectl(
+        &env.kubeconfig,
+        &["get", "--raw", &format!("/apis/build.openshift.io/v1/namespaces/{NS}/builds/weather-1/log")],
+    );
     assert!(log.contains("RUN not executed in the simulation"), "{log}");
 
     // Same context, new run: no second build, same digest.
@@ -211,11 +210,75 @@ async fn a_killed_runner_resumes_on_the_same_build() {
     assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"]);
 }
 
+/// Guards "a watch that drops mid-build": the sim restarts (same port, same
+/// data) while the stage follows the build, so the watch and the log stream
+/// drop and lists fail for a moment; the stage must re-list and re-watch the
+/// same Build, never start a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_watch_is_followed_by_a_relist_not_a_second_build() {
+    let mut env = setup(Faults::default(), true).await;
+    let (cx, with) = env.context("run-1", json!({ "environment": "dev" })).await;
+    let kind = Kind::from_name("openshift-build").unwrap();
+    let run = kind.run(with, &cx);
+    tokio::pin!(run);
+    loop {
+        tokio::select! {
+            r = &mut run => panic!("the build finished before the watch was dropped: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                let rec = env.state.get_run(&cx.run_key).await.unwrap().unwrap();
+                if rec.stages[0].checkpoints.contains_key("buildName") { break; }
+            }
+        }
+    }
+    let old = env.sim.take().unwrap();
+    let addr = old.addr;
+    old.shutdown().await;
+    let mut config = SimConfig::new(env.root.join("sim"), "dev");
+    config.listen = addr;
+    config.build_duration = Duration::from_millis(1500);
+    env.sim = Some(sim::start(config).await.unwrap());
+    let out = run.await.unwrap();
+    assert_eq!(out["buildName"], json!("weather-1"));
+    assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"]);
+}
+
+/// SIGTERM during a build cancels the Build, as `oc cancel-build` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_the_run_cancels_the_build() {
+    let env = setup(Faults::default(), true).await;
+    let (cx, with) = env.context("run-1", json!({ "environment": "dev" })).await;
+    let (cancel, state, key) = (cx.cancel.clone(), env.state.clone(), cx.run_key.clone());
+    tokio::spawn(async move {
+        loop {
+            let rec = state.get_run(&key).await.unwrap().unwrap();
+            if rec.stages[0].checkpoints.contains_key("buildName") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+    });
+    let err = Kind::from_name("openshift-build").unwrap().run(with, &cx).await.unwrap_err();
+    assert_eq!(err.kind, modelship::stages::StageErrorKind::Cancelled);
+    let mut phase = String::new();
+    for _ in 0..50 {
+        phase = kubectl(&env.kubeconfig, &["get", "build", "weather-1", "-n", NS, "-o", "jsonpath={.status.phase}"]);
+        if phase == "Cancelled" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(phase, "Cancelled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_dockerfile_surfaces_reason_message_and_log() {
     let env = setup(Faults::default(), true).await;
     std::fs::write(env.context.join("Dockerfile"), "# no FROM here\nRUN echo hi\n").unwrap();
-    let err = env.run("run-1", json!({ "environment": "dev", "contextDir": env.context.display().to_string() })).await.unwrap_err();
+    let err = env
+        .run("run-1", json!({ "environment": "dev", "contextDir": env.context.display().to_string() }))
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("build weather-1 in namespace models-dev ended Failed"), "{msg}");
     assert!(msg.contains("DockerBuildFailed") && msg.contains("Docker build strategy has failed."), "{msg}");
@@ -227,7 +290,10 @@ async fn faults_name_resource_and_namespace() {
     // No namespace.
     let env = setup(Faults::default(), false).await;
     let msg = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err().to_string();
-    assert!(msg.contains("imagestreams.image.openshift.io/weather") && msg.contains(NS) && msg.contains("not found"), "{msg}");
+    assert!(
+        msg.contains("imagestreams.image.openshift.io/weather") && msg.contains(NS) && msg.contains("not found"),
+        "{msg}"
+    );
 
     // Over the size limit: refused before anything is created.
     let msg = env.run("run-1", json!({ "environment": "dev", "maxContextBytes": 10 })).await.unwrap_err().to_string();
@@ -238,7 +304,10 @@ async fn faults_name_resource_and_namespace() {
     let env = setup(faults, true).await;
     let err = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("buildconfigs.build.openshift.io/weather") && msg.contains(NS) && msg.contains("403"), "{msg}");
+    assert!(
+        msg.contains("buildconfigs.build.openshift.io/weather") && msg.contains(NS) && msg.contains("403"),
+        "{msg}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,7 +326,8 @@ async fn sent_manifests_match_the_openshift_schemas() {
         let list: Value =
             serde_json::from_str(&kubectl(&env.kubeconfig, &["get", kind, "-n", NS, "-o", "json"])).unwrap();
         for item in list["items"].as_array().unwrap() {
-            let errors: Vec<String> = validator.iter_errors(item).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+            let errors: Vec<String> =
+                validator.iter_errors(item).map(|e| format!("{} at {}", e, e.instance_path())).collect();
             assert!(errors.is_empty(), "{kind}: {errors:?}\n{item:#}");
         }
     }

@@ -322,7 +322,7 @@ mod tests {
         assert_eq!(ins[6], &Instruction::Copy { sources: vec![".".into()], dest: "/microservice".into() });
         assert_eq!(ins[7], &Instruction::Copy { sources: vec!["req.txt".into()], dest: "/tmp/".into() });
         assert_eq!(steps[7].line, 9);
-        assert_eq!(ins[8], &Instruction::Run("pip install    -r req.txt".into()));
+        assert_eq!(ins[8], &Instruction::Run("pip install  -r req.txt".into()));
         assert_eq!(ins[9], &Instruction::Expose(vec!["5000/tcp".into(), "9000/udp".into()]));
         assert_eq!(ins[11], &Instruction::Cmd(vec!["seldon-core-microservice".into(), "$MODEL".into()]));
         assert_eq!(ins[12], &Instruction::Entrypoint(vec!["/bin/sh".into(), "-c".into(), "exec run".into()]));

@@ -91,6 +91,8 @@ pub fn record_push(api: &SimApi, ns: &str, stream: &str, tag: &str, image: &Push
         "metadata": { "name": format!("{stream}:{tag}"), "namespace": ns },
         "generation": generation,
         "lookupPolicy": { "local": false },
+        // Strict schemas want the spec tag; a push-only tag gets a minimal one.
+        "tag": { "name": tag, "referencePolicy": { "type": "Source" } },
         "image": {
             "metadata": { "name": image.digest, "creationTimestamp": now },
             "dockerImageReference": reference,

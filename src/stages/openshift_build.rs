@@ -15,6 +15,10 @@
 //!    watch ends; stream the build log into tracing; cancel the Build when
 //!    the run is cancelled.
 
+// Failed builds carry their log tail; errors are returned once per stage, so
+// their size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -75,7 +79,7 @@ pub enum BuildError {
         resource: String,
         namespace: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("cannot start a build of buildconfigs.build.openshift.io/{name} in namespace {namespace}: {message}")]
     Start { name: String, namespace: String, message: String, status: Option<u16> },
@@ -104,8 +108,10 @@ fn api_message(e: &kube::Error) -> String {
 impl BuildError {
     fn into_stage(self) -> StageError {
         let retryable = match &self {
-            BuildError::Api { source: kube::Error::Api(s), .. } => s.code >= 500 || s.code == 429,
-            BuildError::Api { .. } => true,
+            BuildError::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(s) => s.code >= 500 || s.code == 429,
+                _ => true,
+            },
             BuildError::Start { status, .. } => status.is_none_or(|c| c >= 500 || c == 429),
             BuildError::Timeout { .. } => false,
             _ => false,
@@ -118,7 +124,7 @@ impl BuildError {
 
 fn api_err(action: &'static str, resource: String, namespace: &str) -> impl FnOnce(kube::Error) -> BuildError {
     let namespace = namespace.to_string();
-    move |source| BuildError::Api { action, resource, namespace, source }
+    move |source| BuildError::Api { action, resource, namespace, source: Box::new(source) }
 }
 
 pub struct OpenshiftBuild;
@@ -181,7 +187,14 @@ impl Stage for OpenshiftBuild {
     }
 
     async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
-        run_build(params, cx).await.map_err(BuildError::into_stage)
+        run_build(params, cx).await.map_err(|e| {
+            if cx.cancel.is_cancelled() {
+                tracing::warn!(error = %e, "openshift-build cancelled");
+                StageError::cancelled()
+            } else {
+                e.into_stage()
+            }
+        })
     }
 }
 
@@ -601,14 +614,47 @@ pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Resu
 
 /// POST instantiatebinary with the streamed context; the Build it created.
 async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
-    use secrecy::ExposeSecret;
-    let serr = |status: Option<u16>, message: String| BuildError::Start {
+    let config = cx.clusters.config(&t.env).await.map_err(|e| BuildError::Start {
         name: t.stream.clone(),
         namespace: t.namespace.clone(),
+        message: e.to_string(),
+        status: None,
+    })?;
+    let mut query = vec![
+        ("name".to_string(), t.stream.clone()),
+        ("namespace".to_string(), t.namespace.clone()),
+        ("revision.message".to_string(), format!("modelship run {} context {}", cx.run_id, t.context_digest)),
+    ];
+    if let Some(commit) = cx.labels.get("commit") {
+        query.push(("revision.commit".to_string(), commit.clone()));
+    }
+    tracing::info!(bc = %t.stream, namespace = %t.namespace, "starting a binary build");
+    let text = instantiate_binary(&config, &t.namespace, &t.stream, &t.context_dir, &query).await?;
+    serde_json::from_str(&text).map_err(|e| BuildError::Start {
+        name: t.stream.clone(),
+        namespace: t.namespace.clone(),
+        message: format!("the answer is not a Build: {e}"),
+        status: Some(201),
+    })
+}
+
+/// `POST .../buildconfigs/NAME/instantiatebinary` with `dir` as a gzip tar
+/// streamed chunked, as `oc start-build --from-dir`; the answer's body.
+/// Public for the upload benchmark.
+pub async fn instantiate_binary(
+    config: &kube::Config,
+    namespace: &str,
+    bc: &str,
+    dir: &Path,
+    query: &[(String, String)],
+) -> Result<String, BuildError> {
+    use secrecy::ExposeSecret;
+    let serr = |status: Option<u16>, message: String| BuildError::Start {
+        name: bc.to_string(),
+        namespace: namespace.to_string(),
         message,
         status,
     };
-    let config = cx.clusters.config(&t.env).await.map_err(|e| serr(None, e.to_string()))?;
     let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(config.accept_invalid_certs);
     for der in config.root_cert.iter().flatten() {
         let cert = reqwest::Certificate::from_der(der).map_err(|e| serr(None, format!("cluster CA: {e}")))?;
@@ -622,27 +668,18 @@ async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
     };
     let mut url = url::Url::parse(&config.cluster_url.to_string()).map_err(|e| serr(None, e.to_string()))?;
     url.set_path(&format!(
-        "{}/apis/build.openshift.io/v1/namespaces/{}/buildconfigs/{}/instantiatebinary",
+        "{}/apis/build.openshift.io/v1/namespaces/{namespace}/buildconfigs/{bc}/instantiatebinary",
         url.path().trim_end_matches('/'),
-        t.namespace,
-        t.stream
     ));
-    url.query_pairs_mut()
-        .append_pair("name", &t.stream)
-        .append_pair("namespace", &t.namespace)
-        .append_pair("revision.message", &format!("modelship run {} context {}", cx.run_id, t.context_digest));
-    if let Some(commit) = cx.labels.get("commit") {
-        url.query_pairs_mut().append_pair("revision.commit", commit);
-    }
+    url.query_pairs_mut().extend_pairs(query);
     let mut req = http
         .post(url)
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(context_stream(t.context_dir.clone())));
+        .body(reqwest::Body::wrap_stream(context_stream(dir.to_path_buf())));
     if let Some(token) = token {
         crate::secret::register(token.clone());
         req = req.bearer_auth(token);
     }
-    tracing::info!(bc = %t.stream, namespace = %t.namespace, "starting a binary build");
     let resp = req.send().await.map_err(|e| serr(None, crate::secret::mask(&e.to_string())))?;
     let status = resp.status();
     let text = resp.text().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
@@ -653,7 +690,7 @@ async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
             .unwrap_or(text);
         return Err(serr(Some(status.as_u16()), format!("{message} ({status})")));
     }
-    serde_json::from_str(&text).map_err(|e| serr(Some(status.as_u16()), format!("the answer is not a Build: {e}")))
+    Ok(text)
 }
 
 /// Follow the Build to a final phase: list by name, watch from its
@@ -662,7 +699,17 @@ async fn follow(builds: &Api<Build>, name: &str, ns: &str) -> Result<Build, Buil
     let what = format!("builds.build.openshift.io/{name}");
     loop {
         let lp = ListParams::default().fields(&format!("metadata.name={name}"));
-        let list = builds.list(&lp).await.map_err(api_err("list", what.clone(), ns))?;
+        let list = match builds.list(&lp).await {
+            Ok(l) => l,
+            // The API server restarting or unreachable for a moment: the
+            // build goes on without us; keep trying (the stage timeout bounds it).
+            Err(e) if !matches!(&e, kube::Error::Api(s) if s.code < 500 && s.code != 429) => {
+                tracing::warn!(build = name, error = %e, "cannot list the build; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            Err(e) => return Err(api_err("list", what.clone(), ns)(e)),
+        };
         let Some(b) = list.items.into_iter().next() else {
             return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
         };
