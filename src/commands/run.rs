@@ -250,15 +250,14 @@ async fn sim_model_source(
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let root = dir.join("s3");
     let target = root.join(bucket).join(prefix.trim_end_matches('/'));
-    let seed = pipeline
-        .parent()
-        .and_then(Path::parent)
-        .map(|p| p.join("fixtures").join(format!("{}-model", model.name)));
+    let seed =
+        pipeline.parent().and_then(Path::parent).map(|p| p.join("fixtures").join(format!("{}-model", model.name)));
     let empty = std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(true);
     if empty {
         match seed.filter(|s| s.is_dir()) {
             Some(seed) => {
-                copy_tree(&seed, &target).map_err(|e| CommandError::usage(format!("seeding {}: {e}", target.display())))?;
+                copy_tree(&seed, &target)
+                    .map_err(|e| CommandError::usage(format!("seeding {}: {e}", target.display())))?;
                 tracing::info!(from = %seed.display(), to = %model.source, "seeded the simulated S3 bucket");
             }
             None => tracing::warn!(
@@ -267,9 +266,8 @@ async fn sim_model_source(
             ),
         }
     }
-    let s3 = crate::storage::embedded::serve(&root, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .map_err(fail)?;
+    let s3 =
+        crate::storage::embedded::serve(&root, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await.map_err(fail)?;
     let (state_env, env) = loaded
         .pipeline
         .state_environment()
