@@ -31,6 +31,8 @@ spec:
       uses: prediction-check
       with:
         environment: dev
+        endpoint: http://127.0.0.1:1
+        readinessTimeout: 1s
         cases:
           - request: { data: { names: [token], ndarray: ["{{env.MODELSHIP_TEST_API_TOKEN}}", "{{params.tag}}"] } }
             expect: { meta.tags.weather_state: mild }

@@ -20,7 +20,7 @@ const RUN_FIELDS: &[&str] = &["id", "pipeline", "model"];
 /// Check everything that can be checked without a cluster: stage names,
 /// `uses`, each kind's `with:`, environments, template references.
 pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog) -> Result<(), SpecError> {
-    let mut c = Checker { loaded, diags: Vec::new() };
+    let mut c = Checker { loaded, diags: Vec::new(), model_reported: false };
     c.duplicate_keys();
     c.header();
     c.model();
@@ -37,6 +37,9 @@ pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog) -> Result<(), SpecEr
 struct Checker<'a> {
     loaded: &'a LoadedPipeline,
     diags: Vec<Diagnostic>,
+    /// `spec.model` already has a problem: a kind's complaint about the
+    /// defaults it inherits from there would only repeat it.
+    model_reported: bool,
 }
 
 impl Checker<'_> {
@@ -82,6 +85,12 @@ impl Checker<'_> {
     }
 
     fn model(&mut self) {
+        let before = self.diags.len();
+        self.model_checks();
+        self.model_reported = self.diags.len() > before;
+    }
+
+    fn model_checks(&mut self) {
         let l = self.loaded;
         let m = &l.pipeline.spec.model;
         if let Some(why) = dns_label_problem(&m.name) {
@@ -188,6 +197,9 @@ impl Checker<'_> {
                         self.kind_problem(&base, &stage.name, problem);
                     }
                     for problem in kind.validate(&stage.with, &cx) {
+                        if problem.path.is_empty() && self.model_reported {
+                            continue;
+                        }
                         self.kind_problem(&base, &stage.name, problem);
                     }
                 }
