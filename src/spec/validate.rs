@@ -658,10 +658,10 @@ spec:
 
     #[test]
     fn reference_to_a_later_stage_comes_after() {
-        let t = GOOD.replace("uses: fetch-model", "uses: fetch-model\n      if: \"{{stages.build.outputs.image}}\"");
+        let t = GOOD.replace("uses: fetch-model }", "uses: fetch-model, if: \"{{stages.build.outputs.image}}\" }");
         assert_eq!(
             problems(&t),
-            vec!["p.yaml:20:14: stage `fetch`: `stages.build.outputs.image`: stage `build` comes after this one"]
+            vec!["p.yaml:18:48: stage `fetch`: `stages.build.outputs.image`: stage `build` comes after this one"]
         );
     }
 
