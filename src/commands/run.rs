@@ -175,8 +175,7 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
     let loaded = crate::spec::load(pipeline).map_err(fail)?;
     let mut sims = Vec::new();
     for name in loaded.pipeline.spec.environments.keys() {
-        let config = SimConfig::new(dir.join(name), name.clone());
-        match crate::sim::start(config).await {
+        match start_sim(dir, name).await {
             Ok(sim) => sims.push(sim),
             Err(e) => {
                 for sim in sims {
@@ -208,6 +207,38 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
         }
     }
     Ok((sims, path))
+}
+
+/// Where a cluster of `--sim DIR` listened last time.
+const SIM_ADDRESS_FILE: &str = "address";
+
+/// Start the sim of environment `name` on the address it had before, when it
+/// is free: image references and endpoint URLs recorded by an earlier run
+/// (and needed by `--resume`) name that address, as they would name a real
+/// cluster's registry and routes.
+async fn start_sim(dir: &Path, name: &str) -> Result<SimServer, crate::sim::SimError> {
+    let data = dir.join(name);
+    let file = data.join(SIM_ADDRESS_FILE);
+    let previous = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok());
+    let mut config = SimConfig::new(&data, name);
+    let sim = match previous {
+        Some(addr) => {
+            config.listen = addr;
+            match crate::sim::start(config.clone()).await {
+                Ok(sim) => sim,
+                Err(e) => {
+                    tracing::warn!(environment = name, %addr, error = %e, "the previous address is taken; picking a new one (earlier image references name the old one)");
+                    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                    crate::sim::start(config).await?
+                }
+            }
+        }
+        None => crate::sim::start(config).await?,
+    };
+    if let Err(e) = std::fs::write(&file, sim.addr.to_string()) {
+        tracing::warn!(path = %file.display(), error = %e, "cannot record the sim's address");
+    }
+    Ok(sim)
 }
 
 async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, CommandError> {
