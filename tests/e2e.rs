@@ -292,6 +292,14 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
     let out = user.modelship(&["history", "weather", "-f", "pipelines/weather.yaml", "--sim", sim, "--output", "json"]);
     let entries: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(entries.iter().any(|e| e["action"] == "verified" && e["environment"] == "dev" && e["digest"] == checked));
+
+    // Guards a second run of the same command: it reuses the first run's
+    // build, whose image names the dev sim's registry by address, so the
+    // restarted sims must come back where they were.
+    let out = user.modelship(&arg_refs);
+    let again = String::from_utf8(out.stdout).unwrap();
+    assert!(again.lines().last().unwrap().contains(" of weather: succeeded"), "{again}");
+    assert!(again.contains(&format!("promoted {checked} to prod: ")) && again.contains("(unchanged)"), "{again}");
 }
 
 /// The README's two commands are the ones tested: the first is what the

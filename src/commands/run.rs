@@ -175,8 +175,7 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
     let loaded = crate::spec::load(pipeline).map_err(fail)?;
     let mut sims = Vec::new();
     for name in loaded.pipeline.spec.environments.keys() {
-        let config = SimConfig::new(dir.join(name), name.clone());
-        match crate::sim::start(config).await {
+        match start_sim(&dir.join(name), name).await {
             Ok(sim) => sims.push(sim),
             Err(e) => {
                 for sim in sims {
@@ -208,6 +207,37 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
         }
     }
     Ok((sims, path))
+}
+
+/// Where a sim's data directory remembers the address it last listened on.
+const SIM_ADDRESS_FILE: &str = "address";
+
+/// Start the sim of `data` on the address it had last time, when free: the
+/// records, ImageStreams and SeldonDeployments it keeps name images by
+/// `127.0.0.1:PORT`, so a second run (which reuses the first run's build)
+/// or a later `status`/`report` must find the registry where it was.
+async fn start_sim(data: &Path, name: &str) -> Result<SimServer, crate::sim::SimError> {
+    let file = data.join(SIM_ADDRESS_FILE);
+    let remembered = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok());
+    let sim = match remembered {
+        Some(addr) => match crate::sim::start(SimConfig { listen: addr, ..SimConfig::new(data, name) }).await {
+            Ok(sim) => sim,
+            Err(crate::sim::SimError::Bind { .. }) => {
+                tracing::warn!(
+                    environment = name, %addr,
+                    "the simulated cluster's previous address is taken (another modelship on this --sim dir?); \
+                     using a new port: image references it recorded before will not resolve"
+                );
+                crate::sim::start(SimConfig::new(data, name)).await?
+            }
+            Err(e) => return Err(e),
+        },
+        None => crate::sim::start(SimConfig::new(data, name)).await?,
+    };
+    if let Err(e) = std::fs::write(&file, sim.addr.to_string()) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot remember the simulated cluster's address");
+    }
+    Ok(sim)
 }
 
 async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, CommandError> {
@@ -394,8 +424,10 @@ fn summary_table(s: &RunSummary, file: &Path) -> String {
     out.push_str(&checks_text(&s.stages));
     for p in crate::report::promotions(&s.stages) {
         out.push_str(&format!("\npromoted {} to {}: {}", p.digest, p.environment, p.image));
-        if let Some(prev) = &p.previous_digest {
-            out.push_str(&format!(" (was {prev})"));
+        match &p.previous_digest {
+            Some(prev) if *prev == p.digest => out.push_str(" (unchanged)"),
+            Some(prev) => out.push_str(&format!(" (was {prev})")),
+            None => {}
         }
     }
     out.push_str(&format!("\nrun {} of {}: {} (state: {})", s.run_id, s.pipeline, s.status, s.state));
