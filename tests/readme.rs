@@ -49,6 +49,12 @@ fn has_word(text: &str, word: &str) -> bool {
     })
 }
 
+#[derive(Clone, Copy)]
+enum Naming {
+    Prefixed(&'static str),
+    InRow(&'static str),
+}
+
 #[test]
 fn the_pipeline_file_reference_names_every_key_the_parser_accepts() {
     let section = readme_section("The pipeline file");
@@ -59,23 +65,27 @@ fn the_pipeline_file_reference_names_every_key_the_parser_accepts() {
             .unwrap_or_else(|| panic!("no README row for `{key}`"))
             .to_string()
     };
-    // (where in the document, how the README names a key there)
-    let levels: [(&str, Box<dyn Fn(&str) -> (String, String)>); 10] = [
-        ("", Box::new(|f| (section.clone(), f.to_string()))),
-        ("/metadata", Box::new(|f| (section.clone(), format!("metadata.{f}")))),
-        ("/spec", Box::new(|f| (section.clone(), format!("spec.{f}")))),
-        ("/spec/model", Box::new(|f| (row("spec.model"), f.to_string()))),
-        ("/spec/params/tag", Box::new(|f| (row("spec.params"), f.to_string()))),
-        ("/spec/environments/dev", Box::new(|f| (row("spec.environments"), f.to_string()))),
-        ("/spec/stages/0", Box::new(|f| (row("spec.stages[]"), f.to_string()))),
-        ("/spec/triggers", Box::new(|f| (section.clone(), format!("spec.triggers.{f}")))),
-        ("/spec/triggers/push", Box::new(|f| (row("spec.triggers.push"), f.to_string()))),
-        ("/spec/state", Box::new(|f| (row("spec.state"), f.to_string()))),
+    // Where in the document, and where the README names that level's keys:
+    // anywhere in the section with a prefix, or in the level's table row.
+    let levels = [
+        ("", Naming::Prefixed("")),
+        ("/metadata", Naming::Prefixed("metadata.")),
+        ("/spec", Naming::Prefixed("spec.")),
+        ("/spec/model", Naming::InRow("spec.model")),
+        ("/spec/params/tag", Naming::InRow("spec.params")),
+        ("/spec/environments/dev", Naming::InRow("spec.environments")),
+        ("/spec/stages/0", Naming::InRow("spec.stages[]")),
+        ("/spec/triggers", Naming::Prefixed("spec.triggers.")),
+        ("/spec/triggers/push", Naming::InRow("spec.triggers.push")),
+        ("/spec/state", Naming::InRow("spec.state")),
     ];
     let mut missing = Vec::new();
-    for (pointer, naming) in &levels {
+    for (pointer, naming) in levels {
         for field in accepted_fields(pointer) {
-            let (text, name) = naming(&field);
+            let (text, name) = match naming {
+                Naming::Prefixed(prefix) => (section.clone(), format!("{prefix}{field}")),
+                Naming::InRow(key) => (row(key), field.clone()),
+            };
             if !has_word(&text, &name) {
                 missing.push(format!("{pointer}/{field} (as `{name}`)"));
             }
