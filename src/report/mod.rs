@@ -304,6 +304,12 @@ fn px(v: f64) -> String {
     format!("{v:.1}")
 }
 
+/// Records keep RFC 3339 with nanoseconds; people read less. Unparsable
+/// text is shown as it is.
+fn when(rfc3339: &str, format: &str) -> String {
+    rfc3339.parse::<jiff::Timestamp>().map_or_else(|_| rfc3339.to_string(), |t| t.strftime(format).to_string())
+}
+
 fn ms_since(from: &str, to: &str) -> Option<f64> {
     let (a, b) = (from.parse::<jiff::Timestamp>().ok()?, to.parse::<jiff::Timestamp>().ok()?);
     Some(b.duration_since(a).as_secs_f64() * 1000.0)
@@ -320,7 +326,7 @@ impl View {
                 status: s.status.to_string(),
                 ok: matches!(s.status, Status::Succeeded | Status::Skipped),
                 attempts: s.attempts,
-                started: s.started.clone().unwrap_or_else(|| "-".into()),
+                started: s.started.as_deref().map_or_else(|| "-".into(), |t| when(t, "%H:%M:%S%.3f")),
                 duration: duration_text(s.duration_ms),
                 error: s.error.clone(),
             })
@@ -336,8 +342,8 @@ impl View {
             model: run.model.clone(),
             status: run.status.to_string(),
             succeeded: run.status == Status::Succeeded,
-            created: run.created.clone(),
-            updated: run.updated.clone(),
+            created: when(&run.created, "%Y-%m-%d %H:%M:%S UTC"),
+            updated: when(&run.updated, "%Y-%m-%d %H:%M:%S UTC"),
             duration,
             labels: pairs(&run.labels),
             params: pairs(&run.params),
@@ -354,7 +360,7 @@ impl View {
                     image: e.image.clone(),
                     run_id: e.run_id.clone(),
                     this_run: e.run_id == run.run_id,
-                    at: e.at.clone(),
+                    at: when(&e.at, "%Y-%m-%d %H:%M:%S UTC"),
                     by: e.by.clone(),
                 })
                 .collect(),
