@@ -194,7 +194,9 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
     let last = summary.lines().last().unwrap();
     assert!(last.starts_with("run ") && last.contains(" of weather: succeeded"), "{summary}");
     let run_id = last.split_whitespace().nth(1).unwrap().to_string();
-    assert!(summary.contains("check `check` in dev: 4/4 cases passed"), "{summary}");
+    let check = pipeline.spec.stages.iter().find(|s| s.uses == "prediction-check").expect("a check stage");
+    let cases = check.with["cases"].as_array().unwrap().len();
+    assert!(summary.contains(&format!("check `check` in dev: {cases}/{cases} cases passed")), "{summary}");
     assert!(summary.contains("SLO p95 <= 250ms: pass"), "{summary}");
     let promoted = summary.lines().find(|l| l.starts_with("promoted ")).expect("a promoted line");
     let summary_digest = promoted.split_whitespace().nth(1).unwrap().to_string();
