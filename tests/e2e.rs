@@ -128,12 +128,17 @@ impl ServedSim {
 
     /// The digest the registry serves for `repository:tag` (or `@digest`), as skopeo sees it.
     fn skopeo_digest(&self, repository: &str) -> String {
-        let image = format!("docker://{}/{repository}", self.address);
-        let out = Command::new(skopeo()).args(["inspect", "--tls-verify=false", "--no-tags", &image]).output().unwrap();
-        assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["Digest"].as_str().unwrap().to_string()
+        skopeo_digest(&format!("{}/{repository}", self.address))
     }
+}
+
+/// The digest a registry serves for a full image reference, as skopeo sees it.
+fn skopeo_digest(reference: &str) -> String {
+    let image = format!("docker://{reference}");
+    let out = Command::new(skopeo()).args(["inspect", "--tls-verify=false", "--no-tags", &image]).output().unwrap();
+    assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["Digest"].as_str().unwrap().to_string()
 }
 
 impl Drop for ServedSim {
@@ -227,6 +232,9 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
             "jsonpath={.spec.predictors[0].componentSpecs[0].spec.containers[0].image}",
         ]);
         assert_eq!(digest_of(&image), checked, "dev runs {image}");
+        // The reference the sim recorded resolves: a restarted sim listens where it did.
+        assert!(image.starts_with(&format!("{}/", dev.address)), "{image} vs {}", dev.address);
+        assert_eq!(skopeo_digest(&image), checked);
         // The build pushes by digest (no registry tag in dev): skopeo fetches
         // that manifest and verifies it hashes to the digest.
         assert_eq!(dev.skopeo_digest(&format!("models-dev/weather@{checked}")), checked);
@@ -243,6 +251,7 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
             "jsonpath={.spec.tags[?(@.name==\"latest\")].from.name}",
         ]);
         assert_eq!(digest_of(&tagged), checked, "prod's ImageStream tag latest is {tagged}");
+        assert_eq!(skopeo_digest(&tagged), checked);
         assert_eq!(
             prod.skopeo_digest("models-prod/weather:latest"),
             checked,
