@@ -192,3 +192,20 @@ fn a_failed_check_shows_its_checkpointed_report() {
     check.checkpoints.insert("report".into(), report);
     assert_eq!(checks(&run.stages).len(), 1);
 }
+
+#[test]
+fn a_failed_run_names_the_stage_and_its_error_and_promotes_nothing() {
+    let mut run = record();
+    run.status = Status::Failed;
+    let promote = &mut run.stages[4];
+    promote.status = Status::Failed;
+    promote.outputs.clear();
+    promote.error = Some("cannot reach registry 127.0.0.1:1".into());
+    let md = render(&run, &[], Format::Markdown).unwrap();
+    assert!(md.contains("**failed** · model `weather`"), "{md}");
+    assert!(md.contains("\n**promote** failed: cannot reach registry 127.0.0.1:1\n"), "{md}");
+    assert!(!md.contains("## Promoted"), "{md}");
+    let html = render(&run, &[], Format::Html).unwrap();
+    assert!(html.contains(r#"<td colspan="5" class="failed">cannot reach registry 127.0.0.1:1</td>"#), "{html}");
+    assert!(html.contains(r#"<rect class="bad""#), "{html}");
+}
