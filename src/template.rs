@@ -28,6 +28,13 @@ pub fn render<T: Serialize>(template: &str, data: &T, origin: &str) -> Result<St
     hb.render_template(template, data).map_err(|e| convert(e, origin))
 }
 
+/// As [`render`], but every `{{value}}` is HTML-escaped (pages, not files).
+pub fn render_html<T: Serialize>(template: &str, data: &T, origin: &str) -> Result<String, TemplateError> {
+    let mut hb = registry();
+    hb.register_escape_fn(handlebars::html_escape);
+    hb.render_template(template, data).map_err(|e| convert(e, origin))
+}
+
 fn convert(e: handlebars::RenderError, origin: &str) -> TemplateError {
     let line = e.line_no;
     let message = match e.reason() {

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 pub use self::expect::{JsonPath, Matcher, Missing};
 pub use self::http::Target;
-pub use self::report::{CaseReport, CheckReport, ErrorCount, LoadReport, Report, SloVerdict};
+pub use self::report::{CaseReport, CheckReport, ErrorCount, LoadReport, Report, SloVerdict, format_ms};
 use super::{Outputs, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::mask;
