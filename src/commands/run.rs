@@ -153,7 +153,7 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
             let obj = serde_json::json!({ "status": "error", "error": err, "exitCode": class.code() });
             println!("{}", mask(&json_text(&obj)));
         }
-        (OutputFormat::Text, Some(s)) => println!("{}", mask(&summary_table(s, &args.file))),
+        (OutputFormat::Text, Some(s)) => println!("{}", mask(&summary_table(s, &rerun_args(&args)))),
         (OutputFormat::Text, None) => {}
     }
     result.map(|_| ()).map_err(fail)
@@ -419,7 +419,18 @@ pub fn stage_duration(ms: Option<u64>) -> String {
     duration_text(ms)
 }
 
-fn summary_table(s: &RunSummary, file: &Path) -> String {
+/// What `resume with:` repeats so the resumed run finds the same clusters.
+fn rerun_args(args: &RunArgs) -> String {
+    let mut out = args.file.display().to_string();
+    for (flag, value) in [("--sim", &args.sim), ("--kubeconfig", &args.kubeconfig), ("--workspace", &args.workspace)] {
+        if let Some(v) = value {
+            out.push_str(&format!(" {flag} {}", v.display()));
+        }
+    }
+    out
+}
+
+fn summary_table(s: &RunSummary, rerun: &str) -> String {
     let mut rows = vec![vec!["STAGE".into(), "STATUS".into(), "ATTEMPTS".into(), "DURATION".into()]];
     for st in &s.stages {
         rows.push(vec![st.name.clone(), st.status.to_string(), st.attempts.to_string(), duration_text(st.duration_ms)]);
@@ -439,7 +450,7 @@ fn summary_table(s: &RunSummary, file: &Path) -> String {
         out.push_str(&format!("\nworkspace: {}", ws.display()));
     }
     if matches!(s.status, Status::Failed | Status::Cancelled) {
-        out.push_str(&format!("\nresume with: modelship run {} --resume {}", file.display(), s.run_id));
+        out.push_str(&format!("\nresume with: modelship run {rerun} --resume {}", s.run_id));
     }
     out
 }
@@ -678,6 +689,6 @@ mod tests {
 
     #[test]
     fn summary_table_snapshot() {
-        insta::assert_snapshot!(summary_table(&summary(), Path::new("pipelines/weather.yaml")));
+        insta::assert_snapshot!(summary_table(&summary(), "pipelines/weather.yaml"));
     }
 }
