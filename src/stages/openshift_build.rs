@@ -585,6 +585,34 @@ impl Write for ChannelWriter {
     }
 }
 
+/// How hard to compress the context: model weights are often
+/// incompressible, and deflating a gigabyte of them costs seconds of CPU for
+/// nothing. A sample from the largest files decides: if deflate saves under
+/// a tenth, the gzip stream uses stored blocks (still a valid gzip tar, at
+/// the speed of a copy).
+fn compression_for(dir: &Path, files: &[(String, u64)]) -> flate2::Compression {
+    const SAMPLE: u64 = 64 * 1024;
+    let mut largest: Vec<&(String, u64)> = files.iter().collect();
+    largest.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
+    let (mut weight, mut weighted) = (0f64, 0f64);
+    for (rel, size) in largest.into_iter().take(16) {
+        let mut sample = Vec::new();
+        let Ok(f) = std::fs::File::open(dir.join(rel)) else { continue };
+        if std::io::Read::read_to_end(&mut std::io::Read::take(f, SAMPLE), &mut sample).is_err() || sample.is_empty() {
+            continue;
+        }
+        let mut gz = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        let packed = gz.write_all(&sample).and_then(|()| gz.finish()).map_or(sample.len(), |v| v.len());
+        weight += *size as f64;
+        weighted += *size as f64 * packed as f64 / sample.len() as f64;
+    }
+    if weight > 0.0 && weighted / weight > 0.9 {
+        flate2::Compression::none()
+    } else {
+        flate2::Compression::fast()
+    }
+}
+
 /// The context as a gzip tar, produced on a blocking thread while it is
 /// sent: at most a few chunks are in memory at once.
 pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
@@ -593,10 +621,8 @@ pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Resu
         let err_tx = tx.clone();
         let result = (|| -> std::io::Result<()> {
             let files = context_files(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let gz = flate2::write::GzEncoder::new(
-                ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) },
-                flate2::Compression::fast(),
-            );
+            let level = compression_for(&dir, &files);
+            let gz = flate2::write::GzEncoder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }, level);
             let mut tar = tar::Builder::new(gz);
             tar.follow_symlinks(false);
             for (rel, _) in files {
@@ -779,6 +805,33 @@ async fn log_tail(client: &kube::Client, ns: &str, name: &str) -> String {
             crate::secret::mask(&lines[lines.len().saturating_sub(20)..].join("\n"))
         }
         Err(e) => format!("(log unavailable: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+
+    #[test]
+    fn incompressible_contexts_are_stored_and_text_is_deflated() {
+        let dir = tempfile::tempdir().unwrap();
+        // xorshift: incompressible without a dependency.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.path().join("weights.bin"), &noise).unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM python:3.11\n".repeat(10)).unwrap();
+        let files = context_files(dir.path()).unwrap();
+        assert_eq!(compression_for(dir.path(), &files), flate2::Compression::none());
+        std::fs::write(dir.path().join("weights.bin"), "0.125, ".repeat(50_000)).unwrap();
+        let files = context_files(dir.path()).unwrap();
+        assert_eq!(compression_for(dir.path(), &files), flate2::Compression::fast());
     }
 }
 
