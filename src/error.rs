@@ -26,3 +26,20 @@ impl ExitClass {
 pub trait HasExitClass {
     fn exit_class(&self) -> ExitClass;
 }
+
+/// The cause chain on one line, `outer: inner: ...`, leaving out a cause
+/// the message before it already says (wrappers that keep their source for
+/// callers often repeat its text).
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let message = c.to_string();
+        if !text.ends_with(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = c.source();
+    }
+    text
+}

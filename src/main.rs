@@ -31,8 +31,8 @@ fn main() {
         Ok(()) => std::process::exit(0),
         Err(err) => {
             if let Some(error) = err.error {
-                // `{:#}` prints the whole cause chain on one line.
-                let text = modelship::secret::mask(&format!("{:#}", anyhow::Error::from_boxed(error)));
+                let error = anyhow::Error::from_boxed(error);
+                let text = modelship::secret::mask(&modelship::error::chain(error.as_ref()));
                 if err.class == ExitClass::Internal {
                     eprintln!("error: {text}\nthis is a bug in modelship; please report it with the command you ran");
                 } else {

@@ -305,7 +305,7 @@ impl Copier<'_> {
                 Err(e) if e.is_transient() && attempt < attempts => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        digest = %blob.digest, attempt, error = %crate::secret::mask(&format!("{:#}", anyhow::Error::from(e))),
+                        digest = %blob.digest, attempt, error = %crate::secret::mask(&crate::error::chain(&e)),
                         "blob copy failed; restarting it"
                     );
                     tokio::time::sleep(backoff).await;

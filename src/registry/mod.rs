@@ -175,7 +175,7 @@ mod tests {
             },
             RegistryError::BadReference { input: "weather:v1".into(), reason: "expected HOST[:PORT]/REPO".into() },
         ];
-        let text: Vec<String> = errors.into_iter().map(|e| format!("{:#}", anyhow::Error::from(e))).collect();
+        let text: Vec<String> = errors.into_iter().map(|e| crate::error::chain(&e)).collect();
         insta::assert_snapshot!(text.join("\n"));
     }
 }

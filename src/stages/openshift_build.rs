@@ -606,11 +606,7 @@ fn compression_for(dir: &Path, files: &[(String, u64)]) -> flate2::Compression {
         weight += *size as f64;
         weighted += *size as f64 * packed as f64 / sample.len() as f64;
     }
-    if weight > 0.0 && weighted / weight > 0.9 {
-        flate2::Compression::none()
-    } else {
-        flate2::Compression::fast()
-    }
+    if weight > 0.0 && weighted / weight > 0.9 { flate2::Compression::none() } else { flate2::Compression::fast() }
 }
 
 /// The context as a gzip tar, produced on a blocking thread while it is
