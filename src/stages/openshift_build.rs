@@ -82,7 +82,7 @@ pub enum BuildError {
         source: Box<kube::Error>,
     },
     #[error("cannot start a build of buildconfigs.build.openshift.io/{name} in namespace {namespace}: {message}")]
-    Start { name: String, namespace: String, message: String, status: Option<u16> },
+    Start { name: String, namespace: String, message: String, status: Option<u16>, retry_after: Option<Duration> },
     #[error("build context {dir}: {message}")]
     Context { dir: PathBuf, message: String },
     #[error("build context {dir} is {size} bytes, over maxContextBytes {max}")]
@@ -397,7 +397,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildEr
     let build = match started {
         Some(b) => b,
         None => {
-            let b = start(cx, &t).await?;
+            let b = start(cx, &t, &builds).await?;
             let name = b.metadata.name.clone().unwrap_or_default();
             cx.save_checkpoint("buildName", json!(name)).await.map_err(|e| BuildError::Context {
                 dir: PathBuf::new(),
@@ -613,29 +613,87 @@ pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Resu
 }
 
 /// POST instantiatebinary with the streamed context; the Build it created.
-async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
+///
+/// The POST names its Build server-side, so it is never simply repeated:
+/// after a failure that may have created a Build (a 5xx, a connection lost
+/// before the answer) the Builds of the BuildConfig are searched for one
+/// carrying this run's revision message that was not there before; only if
+/// none is found is the POST sent again (a 429 was not processed at all).
+async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Build, BuildError> {
     let config = cx.clusters.config(&t.env).await.map_err(|e| BuildError::Start {
         name: t.stream.clone(),
         namespace: t.namespace.clone(),
         message: e.to_string(),
         status: None,
+        retry_after: None,
     })?;
+    let message = format!("modelship run {} context {}", cx.run_id, t.context_digest);
     let mut query = vec![
         ("name".to_string(), t.stream.clone()),
         ("namespace".to_string(), t.namespace.clone()),
-        ("revision.message".to_string(), format!("modelship run {} context {}", cx.run_id, t.context_digest)),
+        ("revision.message".to_string(), message.clone()),
     ];
     if let Some(commit) = cx.labels.get("commit") {
         query.push(("revision.commit".to_string(), commit.clone()));
     }
-    tracing::info!(bc = %t.stream, namespace = %t.namespace, "starting a binary build");
-    let text = instantiate_binary(&config, &t.namespace, &t.stream, &t.context_dir, &query).await?;
-    serde_json::from_str(&text).map_err(|e| BuildError::Start {
-        name: t.stream.clone(),
-        namespace: t.namespace.clone(),
-        message: format!("the answer is not a Build: {e}"),
-        status: Some(201),
-    })
+    let before: Vec<String> =
+        builds_with_message(builds, t, &message).await?.into_iter().filter_map(|b| b.metadata.name).collect();
+    let retry = cx.clusters.retry_config();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        tracing::info!(bc = %t.stream, namespace = %t.namespace, attempt, "starting a binary build");
+        let err = match instantiate_binary(&config, &t.namespace, &t.stream, &t.context_dir, &query).await {
+            Ok(text) => {
+                return serde_json::from_str(&text).map_err(|e| BuildError::Start {
+                    name: t.stream.clone(),
+                    namespace: t.namespace.clone(),
+                    message: format!("the answer is not a Build: {e}"),
+                    status: Some(201),
+                    retry_after: None,
+                });
+            }
+            Err(e) => e,
+        };
+        let BuildError::Start { status, retry_after, .. } = &err else { return Err(err) };
+        // A success whose body was cut is a lost answer too.
+        if status.is_some_and(|c| !crate::cluster::retry::retryable_status(c) && !(200..300).contains(&c)) {
+            return Err(err);
+        }
+        if *status != Some(429) {
+            let created = builds_with_message(builds, t, &message).await?;
+            if let Some(b) = created.into_iter().find(|b| b.metadata.name.as_ref().is_some_and(|n| !before.contains(n)))
+            {
+                tracing::info!(build = ?b.metadata.name, error = %err, "the build was started although its answer was lost");
+                return Ok(b);
+            }
+        }
+        if attempt >= retry.attempts {
+            return Err(match err {
+                BuildError::Start { name, namespace, message, status, retry_after } => BuildError::Start {
+                    message: format!("{message} (gave up after {attempt} attempts)"),
+                    name,
+                    namespace,
+                    status,
+                    retry_after,
+                },
+                other => other,
+            });
+        }
+        tracing::warn!(error = %err, attempt, "starting the build failed and it did not start; retrying");
+        tokio::time::sleep(retry.delay(attempt, *retry_after)).await;
+    }
+}
+
+/// Builds of the BuildConfig whose revision message is `message`.
+async fn builds_with_message(builds: &Api<Build>, t: &Target, message: &str) -> Result<Vec<Build>, BuildError> {
+    let lp = ListParams::default().labels(&format!("openshift.io/build-config.name={}", t.stream));
+    let list = builds.list(&lp).await.map_err(api_err("list", "builds.build.openshift.io".into(), &t.namespace))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|b| b.spec.pointer("/revision/git/message").and_then(Value::as_str) == Some(message))
+        .collect())
 }
 
 /// `POST .../buildconfigs/NAME/instantiatebinary` with `dir` as a gzip tar
@@ -654,6 +712,7 @@ pub async fn instantiate_binary(
         namespace: namespace.to_string(),
         message,
         status,
+        retry_after: None,
     };
     let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(config.accept_invalid_certs);
     for der in config.root_cert.iter().flatten() {
@@ -682,13 +741,18 @@ pub async fn instantiate_binary(
     }
     let resp = req.send().await.map_err(|e| serr(None, crate::secret::mask(&e.to_string())))?;
     let status = resp.status();
+    let retry_after = crate::cluster::retry::retry_after(resp.headers());
     let text = resp.text().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
     if !status.is_success() {
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
             .unwrap_or(text);
-        return Err(serr(Some(status.as_u16()), format!("{message} ({status})")));
+        let mut e = serr(Some(status.as_u16()), format!("{message} ({status})"));
+        if let BuildError::Start { retry_after: r, .. } = &mut e {
+            *r = retry_after;
+        }
+        return Err(e);
     }
     Ok(text)
 }
