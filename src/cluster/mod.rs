@@ -116,7 +116,10 @@ impl Clusters {
         if let Some(c) = clients.get(name) {
             return Ok(c.clone());
         }
-        let config = self.config(name).await?;
+        let mut config = self.config(name).await?;
+        // kube's own retry repeats every request on 503, POSTs included,
+        // with waits of up to 1000s; ours knows what is safe to repeat.
+        config.default_retry = false;
         let client = kube::client::ClientBuilder::try_from(config)
             .map_err(|source| ClusterError::Client { env: name.to_string(), source })?
             .with_layer(&retry::RetryLayer::new(self.retry))

@@ -3,6 +3,7 @@
 //! exponential backoff and `Retry-After`:
 //!
 //! - GET (get, list, watch), PUT, PATCH and DELETE: a repeat does no harm
+//!   (also on 409 for a PUT or PATCH without resourceVersion)
 //!   (a PUT carries its resourceVersion; a merge patch sets the same values
 //!   again; a repeated DELETE finds nothing).
 //! - POST of an object with a fixed `metadata.name`: a repeat is answered
@@ -212,6 +213,12 @@ where
             *r.extensions_mut() = parts.extensions.clone();
             r
         };
+        // A 409 on an update without resourceVersion is the server's own
+        // conflict (it gave up retrying internally), not the caller's
+        // precondition: another try is what the caller would do.
+        let unconditional = matches!(parts.method, Method::PUT | Method::PATCH)
+            && serde_json::from_slice::<Value>(&bytes)
+                .map_or(true, |v| v.pointer("/metadata/resourceVersion").is_none());
         let started = Instant::now();
         let path = parts.uri.path().to_string();
         // An earlier attempt may have been applied without our hearing it.
@@ -232,7 +239,8 @@ where
                         return Ok(found);
                     }
                     let code = status.as_u16();
-                    let may_retry = retryable_status(code) && (safety == Safety::Idempotent || code == 429);
+                    let may_retry = (retryable_status(code) && (safety == Safety::Idempotent || code == 429))
+                        || (code == 409 && unconditional);
                     if !may_retry {
                         return Ok(resp.map(box_body));
                     }
@@ -273,20 +281,33 @@ where
         let name = sent.pointer("/metadata/name")?.as_str()?;
         let base = parts.uri.path().trim_end_matches('/');
         let path = if parts.method == Method::POST { format!("{base}/{name}") } else { base.to_string() };
-        let mut get = Request::new(Body::empty());
-        *get.uri_mut() = http::Uri::builder()
-            .scheme(parts.uri.scheme()?.clone())
-            .authority(parts.uri.authority()?.clone())
-            .path_and_query(path)
-            .build()
-            .ok()?;
-        *get.headers_mut() = parts.headers.clone();
-        get.headers_mut().remove(http::header::CONTENT_TYPE);
-        get.headers_mut().remove(http::header::CONTENT_LENGTH);
-        let resp = self.send(get).await.ok()?;
-        if !resp.status().is_success() {
-            return None;
+        // Above kube's base-URI layer the URI is usually the path alone.
+        let mut uri = http::Uri::builder();
+        if let (Some(scheme), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) {
+            uri = uri.scheme(scheme.clone()).authority(authority.clone());
         }
+        let uri = uri.path_and_query(path).build().ok()?;
+        let mut headers = parts.headers.clone();
+        headers.remove(http::header::CONTENT_TYPE);
+        headers.remove(http::header::CONTENT_LENGTH);
+        // The GET may meet the same flaky server: the same budget.
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            let mut get = Request::new(Body::empty());
+            *get.uri_mut() = uri.clone();
+            *get.headers_mut() = headers.clone();
+            let wait = match self.send(get).await {
+                Ok(r) if r.status().is_success() => break r,
+                Ok(r) if retryable_status(r.status().as_u16()) => retry_after(r.headers()),
+                Ok(_) => return None,
+                Err(_) => None,
+            };
+            if attempt >= self.config.attempts {
+                return None;
+            }
+            tokio::time::sleep(self.config.delay(attempt, wait)).await;
+        };
         let (mut head, body) = resp.into_parts();
         let stored = body.collect().await.ok()?.to_bytes();
         let value: Value = serde_json::from_slice(&stored).ok()?;

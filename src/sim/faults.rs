@@ -70,7 +70,8 @@ impl FaultKind {
 /// `drop`, `lose`, `delay` (ARG: a duration, default 200ms), `cut-watch` or
 /// `conflict`; it fires on every EVERY-th matching request (default 1: all),
 /// at most TIMES times; SELECTOR is a [`ForbiddenRule`]
-/// (`RESOURCE[.GROUP][:VERB,...][@NAMESPACE]`), default every resource.
+/// (`RESOURCE[.GROUP][:VERB,...][@NAMESPACE]`, RESOURCE `*` for any),
+/// default every resource.
 /// E.g. `503/3`, `429+2/4=configmaps`, `lose*1=buildconfigs/instantiatebinary.build.openshift.io`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultRule {
@@ -254,8 +255,10 @@ impl ForbiddenRule {
             Some(sub) if self.resource.contains('/') => format!("{}/{sub}", info.plural),
             _ => info.plural.clone(),
         };
-        plural == self.resource
-            && info.group == self.group
+        // `*` (fault selectors): any resource.
+        let any = self.resource == "*";
+        (any || plural == self.resource)
+            && (info.group == self.group || (any && self.group.is_empty()))
             && (self.verbs.is_empty() || self.verbs.contains(&info.verb))
             && self.namespace.as_ref().is_none_or(|ns| info.namespace.as_ref() == Some(ns))
     }
