@@ -244,7 +244,7 @@ async fn a_registry_returning_wrong_bytes_is_detected_and_nothing_is_tagged() {
     .await;
     let text = copy_through(&p, &digest, &b, "huge").await;
     println!("integrity: {text}");
-    assert!(text.contains("larger than 4194304 bytes"), "{text}");
+    assert!(text.contains("is larger than 4194304 bytes; refused, nothing was copied"), "{text}");
 
     // The untouched source copies fine: the checks do not refuse good bytes.
     let src = ImageRef::parse(&format!("{}/dev/app@{digest}", a.addr)).unwrap();
