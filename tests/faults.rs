@@ -162,8 +162,7 @@ impl Env {
         kubectl(&self.kubeconfig, &["get", "builds", "-n", NS, "-o", "name"]).lines().map(str::to_string).collect()
     }
 
-    /// The sim's `/sim/faults` report (read in-process: the endpoint is not
-    /// itself subject to faults, but this needs no HTTP client).
+    /// The sim's `/sim/faults` report, read in-process.
     fn injected(&self) -> Value {
         self.sim.api().fault_counters.report(&self.sim.api().faults)
     }
@@ -181,6 +180,9 @@ async fn build_survives(rules: &[&str]) -> Env {
     assert!(out["imageDigest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"], "{rules:?}: one Build, never two");
     let report = env.injected();
+    // The same counts over HTTP, as `modelship sim serve` users read them.
+    let served: Value = reqwest::get(format!("{}/sim/faults", env.sim.url())).await.unwrap().json().await.unwrap();
+    assert_eq!(served["injected"], report["injected"]);
     println!("faults: build {rules:?} injected {} survived: {}", report["injected"], report["rules"]);
     assert!(env.total() > 0, "{rules:?}: nothing was injected: {report}");
     env

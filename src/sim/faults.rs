@@ -163,7 +163,7 @@ impl FaultCounters {
                 continue;
             }
             let k = self.matched[i].fetch_add(1, Ordering::Relaxed) + 1;
-            if k % rule.every != 0 {
+            if !k.is_multiple_of(rule.every) {
                 continue;
             }
             let fired = self.injected[i]
