@@ -377,3 +377,17 @@ async fn a_create_without_a_name_is_not_repeated_on_503() {
     api.create(&Default::default(), &cm).await.unwrap();
     assert_eq!(env.injected()["injected"]["503"], 1);
 }
+
+/// A DELETE applied but unanswered: the repeat finds nothing, which is the
+/// success it was after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delete_answer_is_a_success() {
+    let env = setup(&["lose*1=configmaps:delete"]).await;
+    let client = env.clusters().client("dev").await.unwrap();
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> = kube::Api::namespaced(client, NS);
+    let cm = serde_json::from_value(json!({"metadata": {"name": "x"}, "data": {"k": "v"}})).unwrap();
+    api.create(&Default::default(), &cm).await.unwrap();
+    api.delete("x", &Default::default()).await.unwrap();
+    assert!(api.get_opt("x").await.unwrap().is_none());
+    assert_eq!(env.injected()["injected"]["lose"], 1);
+}

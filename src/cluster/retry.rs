@@ -3,7 +3,8 @@
 //! exponential backoff and `Retry-After`:
 //!
 //! - GET (get, list, watch), PUT, PATCH and DELETE: a repeat does no harm
-//!   (also on 409 for a PUT or PATCH without resourceVersion)
+//!   (also on 409 for a PUT or merge/JSON PATCH without resourceVersion;
+//!   a repeated DELETE that finds nothing after a lost answer succeeded)
 //!   (a PUT carries its resourceVersion; a merge patch sets the same values
 //!   again; a repeated DELETE finds nothing).
 //! - POST of an object with a fixed `metadata.name`: a repeat is answered
@@ -216,7 +217,10 @@ where
         // A 409 on an update without resourceVersion is the server's own
         // conflict (it gave up retrying internally), not the caller's
         // precondition: another try is what the caller would do.
+        // (Not server-side apply: its 409 is a field-ownership conflict.)
+        let apply = parts.headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v == "application/apply-patch+yaml");
         let unconditional = matches!(parts.method, Method::PUT | Method::PATCH)
+            && !apply
             && serde_json::from_slice::<Value>(&bytes)
                 .map_or(true, |v| v.pointer("/metadata/resourceVersion").is_none());
         let started = Instant::now();
@@ -237,6 +241,15 @@ where
                     {
                         tracing::info!(method = %parts.method, path, "the write whose answer was lost was applied");
                         return Ok(found);
+                    }
+                    if status == StatusCode::NOT_FOUND && maybe_applied && parts.method == Method::DELETE {
+                        // The first DELETE did it; answer as the API server does.
+                        let done = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Success"}"#;
+                        let mut r =
+                            Response::new(box_body(http_body_util::Full::new(Bytes::from_static(done.as_bytes()))));
+                        r.headers_mut()
+                            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+                        return Ok(r);
                     }
                     let code = status.as_u16();
                     let may_retry = (retryable_status(code) && (safety == Safety::Idempotent || code == 429))
