@@ -357,6 +357,22 @@ async fn an_exhausted_budget_names_resource_namespace_verb_and_status() {
     println!("exhausted: {msg}");
     assert!(msg.contains("buildconfigs.build.openshift.io/weather") && msg.contains(NS), "{msg}");
     assert!(msg.contains("no answer after 6 attempts"), "{msg}");
+
+    // The promotion ledger: the state store's error names the ConfigMap.
+    let env = setup(&["503=configmaps"]).await;
+    let store = ConfigMapStore::new(env.clusters().client("dev").await.unwrap(), NS, "dev");
+    let msg = store
+        .update_ledger("weather", &mut |l| {
+            l.record(entry("run-1"));
+            Ok(())
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    println!("exhausted: {msg}");
+    assert!(msg.contains("ledger of model weather (configmap modelship-ledger-weather)"), "{msg}");
+    assert!(msg.contains(NS) && msg.contains("gave up after 6 attempts") && msg.contains("GET "), "{msg}");
+    assert!(msg.contains("ServiceUnavailable") || msg.contains("503"), "{msg}");
 }
 
 /// A POST that is not named (generateName) is not repeated on a 503: the

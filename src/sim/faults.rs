@@ -278,7 +278,10 @@ pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> R
     if let Some(kind) = fault {
         tracing::info!(fault = kind.label(), verb = %info.verb, resource = %info.plural, name = ?info.name, "sim: injecting a fault");
     }
-    let what = format!("{} {}", info.verb, info.plural);
+    let what = match &info.subresource {
+        Some(sub) => format!("{} {}/{sub}", info.verb, info.plural),
+        None => format!("{} {}", info.verb, info.plural),
+    };
     req.extensions_mut().insert(info);
     let injected = |code, retry_after| {
         ApiError::injected(code, format!("sim: injected fault on {what}"), retry_after).into_response()
