@@ -1,5 +1,6 @@
-//! Kubernetes clients per environment, and typed OpenShift and Seldon
-//! resources (one file per API group, added by the stages that use them).
+//! Kubernetes clients per environment (each behind the [`retry`] layer), and
+//! typed OpenShift and Seldon resources (one file per API group, added by
+//! the stages that use them).
 
 pub mod openshift;
 pub mod retry;
