@@ -31,7 +31,8 @@ const NS: &str = "models-dev";
 struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
-    sim: SimServer,
+    /// Taken out to restart the sim with other faults.
+    sim: std::sync::Mutex<Option<SimServer>>,
     kubeconfig: PathBuf,
     context: PathBuf,
     digest: String,
@@ -42,21 +43,27 @@ struct Env {
 /// A sim with `rules` injected (the namespace is made before they apply),
 /// a rendered weather context, a directory state store for the stage.
 async fn setup(rules: &[&str]) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
+    setup_with(rules, Duration::from_millis(800)).await
+}
+
+fn sim_config(root: &Path, rules: &[&str], build_duration: Duration) -> SimConfig {
     let mut config = SimConfig::new(root.join("sim"), "dev");
-    config.faults = Faults {
-        inject: rules.iter().map(|r| r.parse::<FaultRule>().unwrap()).collect(),
-        // Namespace creation is setup, not under test.
-        ..Faults::default()
-    };
+    config.faults =
+        Faults { inject: rules.iter().map(|r| r.parse::<FaultRule>().unwrap()).collect(), ..Faults::default() };
+    // Namespace creation is setup, not under test.
     config.faults.inject.iter_mut().for_each(|r| {
         if r.on.is_none() {
             r.on = Some(format!("*@{NS}").parse().unwrap());
         }
     });
-    config.build_duration = Duration::from_millis(800);
-    let sim = sim::start(config).await.unwrap();
+    config.build_duration = build_duration;
+    config
+}
+
+async fn setup_with(rules: &[&str], build_duration: Duration) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let sim = sim::start(sim_config(&root, rules, build_duration)).await.unwrap();
     let kubeconfig = root.join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
     kubectl(&kubeconfig, &["create", "namespace", NS]);
@@ -77,7 +84,16 @@ async fn setup(rules: &[&str]) -> Env {
         max_retry_after: Duration::from_secs(1),
         ..RetryConfig::default()
     };
-    Env { root, sim, kubeconfig, context: rendered.dir, digest: rendered.digest, state, retry, _tmp: tmp }
+    Env {
+        root,
+        sim: std::sync::Mutex::new(Some(sim)),
+        kubeconfig,
+        context: rendered.dir,
+        digest: rendered.digest,
+        state,
+        retry,
+        _tmp: tmp,
+    }
 }
 
 /// kubectl against the sim; the faults apply to it too, so a failed call is
@@ -164,7 +180,13 @@ impl Env {
 
     /// The sim's `/sim/faults` report, read in-process.
     fn injected(&self) -> Value {
-        self.sim.api().fault_counters.report(&self.sim.api().faults)
+        let sim = self.sim.lock().unwrap();
+        let api = sim.as_ref().unwrap().api();
+        api.fault_counters.report(&api.faults)
+    }
+
+    fn url(&self) -> String {
+        self.sim.lock().unwrap().as_ref().unwrap().url()
     }
 
     fn total(&self) -> u64 {
@@ -181,7 +203,7 @@ async fn build_survives(rules: &[&str]) -> Env {
     assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"], "{rules:?}: one Build, never two");
     let report = env.injected();
     // The same counts over HTTP, as `modelship sim serve` users read them.
-    let served: Value = reqwest::get(format!("{}/sim/faults", env.sim.url())).await.unwrap().json().await.unwrap();
+    let served: Value = reqwest::get(format!("{}/sim/faults", env.url())).await.unwrap().json().await.unwrap();
     assert_eq!(served["injected"], report["injected"]);
     println!("faults: build {rules:?} injected {} survived: {}", report["injected"], report["rules"]);
     assert!(env.total() > 0, "{rules:?}: nothing was injected: {report}");
@@ -406,4 +428,40 @@ async fn a_lost_delete_answer_is_a_success() {
     api.delete("x", &Default::default()).await.unwrap();
     assert!(api.get_opt("x").await.unwrap().is_none());
     assert_eq!(env.injected()["injected"]["lose"], 1);
+}
+
+/// The API server goes bad while the stage follows its Build (the sim
+/// restarts, on the same port and data, answering every list of Builds
+/// 503): the stage gives up after its budget, naming the Build; it started
+/// one Build and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_cannot_be_followed_gives_up_naming_it() {
+    let env = setup_with(&[], Duration::from_secs(20)).await;
+    let run = env.build("run-1");
+    tokio::pin!(run);
+    let key = RunKey { pipeline: "weather".into(), run_id: "run-1".into() };
+    loop {
+        tokio::select! {
+            r = &mut run => panic!("the stage ended before the sim went bad: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                let rec = env.state.get_run(&key).await.unwrap().unwrap();
+                if rec.stages[0].checkpoints.contains_key("buildName") { break; }
+            }
+        }
+    }
+    let old = env.sim.lock().unwrap().take().unwrap();
+    let addr = old.addr;
+    old.shutdown().await;
+    let mut config = sim_config(&env.root, &["503=builds.build.openshift.io:list"], Duration::from_secs(20));
+    config.listen = addr;
+    *env.sim.lock().unwrap() = Some(sim::start(config).await.unwrap());
+    let msg = run.await.unwrap_err().to_string();
+    println!("exhausted: {msg}");
+    assert!(msg.contains("cannot list builds.build.openshift.io/weather-1 in namespace models-dev"), "{msg}");
+    assert!(msg.contains("gave up after 6 attempts") && msg.contains("503"), "{msg}");
+    let injected = env.injected()["injected"]["503"].as_u64().unwrap();
+    // 10 lists of 6 attempts; the first may have met the restart instead.
+    assert!((54..=60).contains(&injected), "{injected}");
+    let builds = env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&modelship::sim::build::BUILDS, Some(NS)).0;
+    assert_eq!(builds.len(), 1);
 }

@@ -44,6 +44,9 @@ const IMAGES_KEPT: usize = 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_MAX_CONTEXT: u64 = 8 * 1024 * 1024 * 1024;
 const FIELD_MANAGER: &str = "modelship";
+/// Lists of the followed Build that may fail in a row (each after the
+/// client's own retries, so about a minute with the default budget).
+const FOLLOW_FAILED_LISTS: u32 = 10;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -761,19 +764,28 @@ pub async fn instantiate_binary(
 /// resourceVersion, re-list when the watch ends or expires.
 async fn follow(builds: &Api<Build>, name: &str, ns: &str) -> Result<Build, BuildError> {
     let what = format!("builds.build.openshift.io/{name}");
+    let mut failed_lists = 0;
     loop {
         let lp = ListParams::default().fields(&format!("metadata.name={name}"));
         let list = match builds.list(&lp).await {
             Ok(l) => l,
             // The API server restarting or unreachable for a moment: the
-            // build goes on without us; keep trying (the stage timeout bounds it).
+            // build goes on without us; keep trying, each list already
+            // retried by the client, up to a budget (a resumed run attaches
+            // to the same Build).
             Err(e) if !matches!(&e, kube::Error::Api(s) if s.code < 500 && s.code != 429) => {
+                failed_lists += 1;
+                if failed_lists >= FOLLOW_FAILED_LISTS {
+                    tracing::warn!(build = name, "the build cannot be followed; giving up (it goes on without us)");
+                    return Err(api_err("list", what.clone(), ns)(e));
+                }
                 tracing::warn!(build = name, error = %e, "cannot list the build; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
             Err(e) => return Err(api_err("list", what.clone(), ns)(e)),
         };
+        failed_lists = 0;
         let Some(b) = list.items.into_iter().next() else {
             return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
         };
