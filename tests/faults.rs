@@ -147,7 +147,10 @@ impl Env {
             "stages": [serde_json::to_value(StageRecord { name: "build".into(), uses: "openshift-build".into(), ..Default::default() }).unwrap()],
         }))
         .unwrap();
-        self.state.create_run(&record).await.unwrap();
+        let key = RunKey { pipeline: "weather".into(), run_id: run_id.into() };
+        if self.state.get_run(&key).await.unwrap().is_none() {
+            self.state.create_run(&record).await.unwrap();
+        }
         let render_out: Outputs = BTreeMap::from([
             ("contextDir".to_string(), json!(self.context.display().to_string())),
             ("contextDigest".to_string(), json!(self.digest)),
@@ -464,4 +467,38 @@ async fn a_build_that_cannot_be_followed_gives_up_naming_it() {
     assert!((54..=60).contains(&injected), "{injected}");
     let builds = env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&modelship::sim::build::BUILDS, Some(NS)).0;
     assert_eq!(builds.len(), 1);
+}
+
+/// The runner dies right after its POST was applied and its answer lost
+/// (before it could look for the Build or record it): the next attempt of
+/// the same run finds that Build by its revision message and attaches to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_killed_after_a_lost_start_attaches_to_that_build() {
+    // The third list of Builds is the look-up after the lost POST (the
+    // first two come before it); delaying it leaves time to kill the runner.
+    let env = setup_with(
+        &["lose*1=buildconfigs/instantiatebinary.build.openshift.io", "delay+3s/3*1=builds.build.openshift.io:list"],
+        Duration::from_secs(2),
+    )
+    .await;
+    {
+        let run = env.build("run-1");
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => panic!("the stage ended before the runner was killed: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if env.injected()["injected"]["delay"] == 1 { break; }
+                }
+            }
+        }
+        // Dropped here: the runner is gone, its Build unrecorded and unannotated.
+    }
+    let builds =
+        || env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&modelship::sim::build::BUILDS, Some(NS)).0;
+    assert_eq!(builds().len(), 1, "the lost POST did start a Build");
+    assert!(builds()[0].pointer("/metadata/annotations/modelship.io~1run").is_none());
+    let out = env.build("run-1").await.unwrap();
+    assert_eq!(out["buildName"], json!("weather-1"));
+    assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"], "one Build, never two");
 }

@@ -391,7 +391,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildEr
             tracing::info!(build = ?b.metadata.name, "a build of this context is complete; reusing its image");
             started = Some(b.clone());
         } else if let Some(b) =
-            candidates.iter().find(|b| !b.is_finished() && b.annotation(RUN_ANNOTATION) == Some(cx.run_id.as_str()))
+            candidates.iter().find(|b| !b.is_finished() && run_of(b, &t.context_digest) == Some(cx.run_id.as_str()))
         {
             tracing::info!(build = ?b.metadata.name, "attaching to a running build of this run");
             started = Some(b.clone());
@@ -537,7 +537,24 @@ where
 async fn find_builds(builds: &Api<Build>, t: &Target) -> Result<Vec<Build>, BuildError> {
     let lp = ListParams::default().labels(&format!("openshift.io/build-config.name={}", t.stream));
     let list = builds.list(&lp).await.map_err(api_err("list", "builds.build.openshift.io".into(), &t.namespace))?;
-    Ok(list.items.into_iter().filter(|b| b.annotation(DIGEST_ANNOTATION) == Some(t.context_digest.as_str())).collect())
+    Ok(list.items.into_iter().filter(|b| run_of(b, &t.context_digest).is_some()).collect())
+}
+
+/// The message a Build this stage starts carries in `spec.revision.git`,
+/// from the POST itself (the annotations come with a later patch).
+fn revision_message(run_id: &str, context_digest: &str) -> String {
+    format!("modelship run {run_id} context {context_digest}")
+}
+
+/// The run that started `b` for this context digest, from its annotations,
+/// or from its revision message when a runner died (or lost the answer)
+/// between starting it and annotating it.
+fn run_of<'a>(b: &'a Build, context_digest: &str) -> Option<&'a str> {
+    if b.annotation(DIGEST_ANNOTATION) == Some(context_digest) {
+        return Some(b.annotation(RUN_ANNOTATION).unwrap_or(""));
+    }
+    let message = b.spec.pointer("/revision/git/message").and_then(Value::as_str)?;
+    message.strip_prefix("modelship run ")?.strip_suffix(&format!(" context {context_digest}"))
 }
 
 /// Record context digest -> image digest on the ImageStream, so a later run
@@ -630,7 +647,7 @@ async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Bui
         status: None,
         retry_after: None,
     })?;
-    let message = format!("modelship run {} context {}", cx.run_id, t.context_digest);
+    let message = revision_message(&cx.run_id, &t.context_digest);
     let mut query = vec![
         ("name".to_string(), t.stream.clone()),
         ("namespace".to_string(), t.namespace.clone()),
@@ -874,6 +891,24 @@ mod tests {
         let names: Vec<String> =
             ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, vec!["Dockerfile", "model/w.bin"]);
+    }
+
+    #[test]
+    fn run_of_reads_annotations_or_the_revision_message() {
+        let d = "sha256:ab";
+        let b: Build = serde_json::from_value(json!({
+            "metadata": { "annotations": { DIGEST_ANNOTATION: d, RUN_ANNOTATION: "r1" } },
+        }))
+        .unwrap();
+        assert_eq!(run_of(&b, d), Some("r1"));
+        assert_eq!(run_of(&b, "sha256:cd"), None);
+        let lost: Build = serde_json::from_value(json!({
+            "metadata": {},
+            "spec": { "revision": { "git": { "message": revision_message("r2", d) } } },
+        }))
+        .unwrap();
+        assert_eq!(run_of(&lost, d), Some("r2"));
+        assert_eq!(run_of(&lost, "sha256:cd"), None);
     }
 
     #[test]
