@@ -23,6 +23,8 @@
 //! - [`promotion`]: promote, roll back and list a model's digests across
 //!   environments (ledger, lock, ImageStream tags); used by the `promote`
 //!   stage and commands.
+//! - [`report`]: what a run found, for people — the end-of-run summary's
+//!   checks and promotions, and `modelship report` (Markdown, static HTML).
 //! - [`triggers`]: Git push selection and the webhook server.
 //! - [`sim`]: the simulated OpenShift, reached by the runner only over HTTP.
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only parses.
@@ -39,6 +41,7 @@ pub mod error;
 pub mod logging;
 pub mod promotion;
 pub mod registry;
+pub mod report;
 pub mod secret;
 pub mod sim;
 pub mod spec;

@@ -23,7 +23,15 @@ fn registry() -> Handlebars<'static> {
 
 /// Render `template` against `data`. `origin` names it in errors.
 pub fn render<T: Serialize>(template: &str, data: &T, origin: &str) -> Result<String, TemplateError> {
+    precheck(template, origin)?;
     let hb = registry();
+    hb.render_template(template, data).map_err(|e| convert(e, origin))
+}
+
+/// As [`render`], but every `{{value}}` is HTML-escaped (pages, not files).
+pub fn render_html<T: Serialize>(template: &str, data: &T, origin: &str) -> Result<String, TemplateError> {
+    let mut hb = registry();
+    hb.register_escape_fn(handlebars::html_escape);
     hb.render_template(template, data).map_err(|e| convert(e, origin))
 }
 
@@ -48,13 +56,7 @@ pub fn is_template(s: &str) -> bool {
 /// are not reported: there paths are relative to the item, not the root.
 /// Partials and decorators are errors: values cannot include templates.
 pub fn references(template: &str) -> Result<Vec<String>, TemplateError> {
-    if nesting(template) > MAX_NESTING {
-        return Err(TemplateError {
-            origin: String::new(),
-            line: None,
-            message: format!("blocks or subexpressions nested deeper than {MAX_NESTING}"),
-        });
-    }
+    precheck(template, "")?;
     let compiled = handlebars::template::Template::compile(template).map_err(|e| TemplateError {
         origin: String::new(),
         line: e.pos().map(|(l, _)| l),
@@ -64,6 +66,32 @@ pub fn references(template: &str) -> Result<Vec<String>, TemplateError> {
     collect(&compiled, &mut out)?;
     Ok(out)
 }
+
+/// Refuse, before parsing, what would make the parser pay too much.
+fn precheck(template: &str, origin: &str) -> Result<(), TemplateError> {
+    let refuse = |message: String| Err(TemplateError { origin: origin.to_string(), line: None, message });
+    if nesting(template) > MAX_NESTING {
+        return refuse(format!("blocks or subexpressions nested deeper than {MAX_NESTING}"));
+    }
+    // Partials and decorators can recurse without bound (an inline partial
+    // that includes itself overflows the stack); no template here needs them.
+    if template.contains("{{>") || template.contains("{{#>") {
+        return refuse("partials (`{{> name}}`) are not available here".into());
+    }
+    if template.contains("{{*") || template.contains("{{#*") {
+        return refuse("decorators (`{{* name}}`) are not available here".into());
+    }
+    // The handlebars parser finds each element's line and column by scanning
+    // from the start, so its cost grows with the square of the expressions.
+    let expressions = template.matches("{{").count();
+    if expressions > MAX_EXPRESSIONS {
+        return refuse(format!("{expressions} expressions; a template holds at most {MAX_EXPRESSIONS}"));
+    }
+    Ok(())
+}
+
+/// Far more than any Dockerfile template or `with:` value needs.
+const MAX_EXPRESSIONS: usize = 2000;
 
 /// Deeper nesting is refused before parsing: the parser and the walk below
 /// recurse, and a hostile value must not exhaust the stack.

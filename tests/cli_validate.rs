@@ -173,7 +173,7 @@ fn adversarial_template_values() {
 /// Header of a pipeline whose only stage's `with:` takes the generated value.
 fn with_value(value: &str) -> String {
     format!(
-        "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata:\n  name: weather\nspec:\n  model:\n    name: weather\n    source: s3://m/w/\n  environments:\n    dev:\n      namespace: models-dev\n  stages:\n    - name: fetch\n      uses: fetch-model\n      with:\n        environment: {value}\n"
+        "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata:\n  name: weather\nspec:\n  model:\n    name: weather\n    source: s3://m/w/\n  environments:\n    dev:\n      namespace: models-dev\n  stages:\n    - name: fetch\n      uses: fetch-model\n      with:\n        source: {value}\n"
     )
 }
 
@@ -205,7 +205,7 @@ fn deep_nesting_is_refused_without_a_stack_overflow() {
     assert!(out.stderr.contains(": nested deeper than 128 levels"), "{}", out.stderr);
     assert!(
         out.stderr.contains(
-            "deep-blocks.yaml:16:22: stage `fetch`: invalid template: blocks or subexpressions nested deeper than 64"
+            "deep-blocks.yaml:16:17: stage `fetch`: invalid template: blocks or subexpressions nested deeper than 64"
         ),
         "{}",
         out.stderr
@@ -219,7 +219,7 @@ fn huge_scalar_is_shown_as_a_window() {
     let out = s.validate(&["huge.yaml"]);
     assert_bad(&out);
     assert!(
-        out.stderr.starts_with("huge.yaml:16:2097177: stage `fetch`: unknown reference `nope`"),
+        out.stderr.starts_with("huge.yaml:16:2097172: stage `fetch`: unknown reference `nope`"),
         "{}",
         &out.stderr[..200.min(out.stderr.len())]
     );

@@ -313,6 +313,21 @@ async fn s3s_fs_fetch_nested_empty_multipart_and_ranged_objects() {
     let server = s3s_fs(root.path()).await;
     seed(&server.endpoint, "weather/v1/").await;
     fetch_reuse_and_prune(&server.endpoint).await;
+
+    // s3s-fs lists no ETags: reuse rests on size and Last-Modified, so an
+    // overwrite with the same size must still be fetched again. The pause
+    // only makes sure the new modification time differs at the listing's
+    // one-second precision.
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("fetch");
+    let src = "s3://models/weather/v1/";
+    let first = fetch(src, &server.endpoint, json!({}), &dest, SK).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    put(&client(&server.endpoint), "weather/v1/small.bin", data(40 * 1024, 9)).await;
+    let after = fetch(src, &server.endpoint, json!({}), &dest, SK).await.unwrap();
+    assert_eq!((after.fetched_files, after.reused_files), (1, 4));
+    assert_ne!(after.content_digest, first.content_digest);
+    assert_eq!(std::fs::read(dest.join("model/small.bin")).unwrap(), data(40 * 1024, 9));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ pub mod approve;
 pub mod history;
 pub mod image;
 pub mod promote;
+pub mod report;
 pub mod rollback;
 pub mod run;
 pub mod serve;
@@ -26,7 +27,7 @@ use crate::logging::LogFormat;
     name = "modelship",
     version,
     about = "Take a trained ML model from S3 to a verified, promoted image on OpenShift",
-    after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status --model weather\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+    after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -74,6 +75,7 @@ pub enum Command {
     Rollback(rollback::RollbackArgs),
     /// A model's promotion ledger, newest first.
     History(history::HistoryArgs),
+    Report(report::ReportArgs),
     /// Approve a run waiting for approval.
     Approve(approve::DecisionArgs),
     /// Reject a run waiting for approval.
@@ -94,6 +96,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Promote(a) => promote::run(a, &g).await,
         Command::Rollback(a) => rollback::run(a, &g).await,
         Command::History(a) => history::run(a, &g).await,
+        Command::Report(a) => report::run(a, &g).await,
         Command::Approve(a) => approve::run(a, true, &g).await,
         Command::Reject(a) => approve::run(a, false, &g).await,
     }

@@ -175,8 +175,7 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
     let loaded = crate::spec::load(pipeline).map_err(fail)?;
     let mut sims = Vec::new();
     for name in loaded.pipeline.spec.environments.keys() {
-        let config = SimConfig::new(dir.join(name), name.clone());
-        match crate::sim::start(config).await {
+        match start_sim(SimConfig::new(dir.join(name), name.clone())).await {
             Ok(sim) => sims.push(sim),
             Err(e) => {
                 for sim in sims {
@@ -208,6 +207,41 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
         }
     }
     Ok((sims, path))
+}
+
+/// Where a sim's data directory remembers the address it last listened on.
+const SIM_ADDRESS_FILE: &str = "address";
+
+/// Start a sim on the address its data directory had last time, when free
+/// (and `config.listen` asks for no particular port): the records,
+/// ImageStreams and SeldonDeployments it keeps name images by
+/// `127.0.0.1:PORT`, so a second run (which reuses the first run's build) or
+/// a later `status`/`report`/`sim serve` must find the registry where it was.
+pub async fn start_sim(config: SimConfig) -> Result<SimServer, crate::sim::SimError> {
+    let file = config.data_dir.join(SIM_ADDRESS_FILE);
+    let remembered = (config.listen.port() == 0)
+        .then(|| std::fs::read_to_string(&file).ok())
+        .flatten()
+        .and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok());
+    let sim = match remembered {
+        Some(addr) => match crate::sim::start(SimConfig { listen: addr, ..config.clone() }).await {
+            Ok(sim) => sim,
+            Err(crate::sim::SimError::Bind { .. }) => {
+                tracing::warn!(
+                    sim = %config.name, %addr,
+                    "the simulated cluster's previous address is taken (another modelship on this --sim dir?); \
+                     using a new port: image references it recorded before will not resolve"
+                );
+                crate::sim::start(config).await?
+            }
+            Err(e) => return Err(e),
+        },
+        None => crate::sim::start(config).await?,
+    };
+    if let Err(e) = std::fs::write(&file, sim.addr.to_string()) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot remember the simulated cluster's address");
+    }
+    Ok(sim)
 }
 
 async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, CommandError> {
@@ -365,14 +399,7 @@ fn plan_text(plan: &Plan) -> String {
     out
 }
 
-fn duration_text(ms: Option<u64>) -> String {
-    match ms {
-        None => "-".into(),
-        Some(ms) if ms < 1000 => format!("{ms}ms"),
-        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        Some(ms) => humantime::format_duration(std::time::Duration::from_secs(ms / 1000)).to_string(),
-    }
-}
+use crate::report::duration_text;
 
 /// Rows of cells as aligned columns.
 pub fn table(rows: &[Vec<String>]) -> String {
@@ -398,12 +425,65 @@ fn summary_table(s: &RunSummary, file: &Path) -> String {
         rows.push(vec![st.name.clone(), st.status.to_string(), st.attempts.to_string(), duration_text(st.duration_ms)]);
     }
     let mut out = table(&rows);
+    out.push_str(&checks_text(&s.stages));
+    for p in crate::report::promotions(&s.stages) {
+        out.push_str(&format!("\npromoted {} to {}: {}", p.digest, p.environment, p.image));
+        match &p.previous_digest {
+            Some(prev) if *prev == p.digest => out.push_str(" (unchanged)"),
+            Some(prev) => out.push_str(&format!(" (was {prev})")),
+            None => {}
+        }
+    }
     out.push_str(&format!("\nrun {} of {}: {} (state: {})", s.run_id, s.pipeline, s.status, s.state));
     if let Some(ws) = &s.workspace {
         out.push_str(&format!("\nworkspace: {}", ws.display()));
     }
     if matches!(s.status, Status::Failed | Status::Cancelled) {
         out.push_str(&format!("\nresume with: modelship run {} --resume {}", file.display(), s.run_id));
+    }
+    out
+}
+
+/// Each check stage's cases (result and the value found) and its load
+/// percentiles against the SLO, after the stage table.
+fn checks_text(stages: &[crate::state::StageRecord]) -> String {
+    use crate::stages::prediction_check::format_ms;
+    let mut out = String::new();
+    for c in crate::report::checks(stages) {
+        let r = &c.report;
+        let env = r.environment.as_deref().map(|e| format!(" in {e}")).unwrap_or_default();
+        let passed = r.cases.iter().filter(|k| k.passed).count();
+        out.push_str(&format!("\ncheck `{}`{env}: {passed}/{} cases passed\n", c.stage, r.cases.len()));
+        let mut rows = vec![vec!["  CASE".into(), "RESULT".into(), "ACTUAL".into()]];
+        for k in &r.cases {
+            let actual = match &k.error {
+                Some(e) => e.lines().next().unwrap_or_default().to_string(),
+                None => k
+                    .checks
+                    .iter()
+                    .map(|ch| format!("{} = {}", ch.path, crate::report::actual_text(ch.actual.as_ref())))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            rows.push(vec![format!("  {}", k.name), if k.passed { "pass" } else { "FAIL" }.into(), actual]);
+        }
+        out.push_str(&table(&rows));
+        if let Some(l) = &r.load {
+            let p = |v: Option<f64>| v.map_or_else(|| "-".into(), format_ms);
+            out.push_str(&format!(
+                "  load: {} requests at concurrency {}: p50 {}, p95 {}, p99 {}, error rate {:.2}%\n",
+                l.requests,
+                l.concurrency,
+                p(l.p50_ms),
+                p(l.p95_ms),
+                p(l.p99_ms),
+                l.error_rate * 100.0
+            ));
+        }
+        for v in &r.slo {
+            let verdict = if v.passed { "pass" } else { "FAIL" };
+            out.push_str(&format!("  SLO {} {}: {verdict} (measured {})\n", v.objective, v.limit, v.actual));
+        }
     }
     out
 }
@@ -475,6 +555,25 @@ mod tests {
     use super::*;
     use crate::state::StageRecord;
 
+    fn check_report() -> serde_json::Value {
+        json!({
+            "endpoint": "http://127.0.0.1:9/api/v1.0/predictions", "protocol": "seldon", "environment": "dev",
+            "passed": false,
+            "cases": [
+                {"name": "seed request", "passed": true, "status": 200, "expectedStatus": 200, "latencyMs": 30.0,
+                 "checks": [{"path": "meta.tags.weather_state", "expect": "= \"mild\"", "passed": true, "actual": "mild"}]},
+                {"name": "hot day", "passed": false, "status": 200, "expectedStatus": 200, "latencyMs": 9.5,
+                 "checks": [{"path": "meta.tags.weather_state", "expect": "= \"hot\"", "passed": false, "actual": "mild"}]},
+                {"name": "down", "passed": false, "expectedStatus": 200, "latencyMs": 1.0, "checks": [],
+                 "error": "connection refused\nsecond line"}
+            ],
+            "load": {"request": "seed request", "requests": 200, "concurrency": 8, "succeeded": 200, "failed": 0,
+                     "errorRate": 0.0, "p50Ms": 28.8, "p95Ms": 34.8, "p99Ms": 38.2, "maxMs": 40.0,
+                     "throughput": 270.0, "durationMs": 740.0},
+            "slo": [{"objective": "p95", "limit": "<= 250ms", "actual": "34.8ms", "passed": true}]
+        })
+    }
+
     fn summary() -> RunSummary {
         let stage = |name: &str, uses: &str, outputs: serde_json::Value| StageRecord {
             name: name.into(),
@@ -496,7 +595,12 @@ mod tests {
                     "openshift-build",
                     json!({"image": "reg.dev/m/weather@sha256:aa", "imageDigest": "sha256:aa"}),
                 ),
-                stage("promote", "promote", json!({"image": "reg.prod/m/weather@sha256:aa", "digest": "sha256:aa"})),
+                stage("check", "prediction-check", json!({"passed": true, "report": check_report()})),
+                stage(
+                    "promote",
+                    "promote",
+                    json!({"image": "reg.prod/m/weather@sha256:aa", "digest": "sha256:aa", "environment": "prod"}),
+                ),
             ],
             workspace: None,
             state: "dir /tmp/s".into(),
@@ -518,7 +622,7 @@ mod tests {
     #[test]
     fn oversized_results_are_refused() {
         let mut s = summary();
-        s.stages[1].outputs.insert("image".into(), json!(format!("r/{}@sha256:aa", "x".repeat(5000))));
+        s.stages[2].outputs.insert("image".into(), json!(format!("r/{}@sha256:aa", "x".repeat(5000))));
         assert!(matches!(write_results(Path::new("/nonexistent"), &s), Err(ResultsError::TooLarge(_))));
     }
 

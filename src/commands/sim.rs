@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::{CommandError, GlobalArgs, fail};
 use crate::error::ExitClass;
-use crate::sim::{self, Faults, SimConfig};
+use crate::sim::{Faults, SimConfig};
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -24,6 +24,8 @@ pub struct SimServeArgs {
     /// Where objects and registry blobs persist.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
+    /// Default: the address this data directory had last time when free
+    /// (its image references name it), else a free loopback port.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
     /// Write a kubeconfig pointing at the sim here (default: DIR/kubeconfig).
@@ -61,7 +63,7 @@ async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
         faults: Faults { forbidden: a.forbid.clone(), inject: a.fault.clone() },
         ..SimConfig::new(a.data.clone(), a.name.clone())
     };
-    let server = sim::start(config).await.map_err(fail)?;
+    let server = super::run::start_sim(config).await.map_err(fail)?;
     let kubeconfig = a.kubeconfig.clone().unwrap_or_else(|| a.data.join("kubeconfig"));
     if let Err(e) = write_kubeconfig(&kubeconfig, &server.kubeconfig()) {
         server.shutdown().await;

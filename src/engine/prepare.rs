@@ -75,6 +75,9 @@ pub(crate) fn from_pipeline(
             model.endpoint = Some(s3.endpoint.clone());
             model.insecure = true;
             model.credentials_secret = Some(s3.credentials_secret.clone());
+            // The embedded endpoint ignores the region; without one the SDK
+            // asks the EC2 metadata service, which warns or stalls off EC2.
+            model.region.get_or_insert_with(|| crate::storage::DEFAULT_REGION.to_string());
         }
     }
     Prepared { pipeline: Arc::new(pipeline), path, digest, catalog: Arc::new(catalog) }

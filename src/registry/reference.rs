@@ -35,9 +35,9 @@ impl ImageRef {
         }
         if !host.ends_with(']')
             && let Some((name, port)) = host.rsplit_once(':')
-            && (name.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
+            && (name.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0))
         {
-            return Err(bad("expected HOST[:PORT]/REPO (the port must be a number)"));
+            return Err(bad("expected HOST[:PORT]/REPO (the port must be a number from 1 to 65535)"));
         }
         let (path, digest) = match path.split_once('@') {
             Some((p, d)) => {

@@ -35,7 +35,7 @@ impl Diagnostic {
             line: 0,
             col: 0,
             stage: None,
-            message: message.into(),
+            message: shorten(message.into()),
             source_line: None,
             caret: 0,
             hint: None,
@@ -77,6 +77,27 @@ impl Diagnostic {
             format!("{}:{}:{}", self.file.display(), self.line, self.col)
         }
     }
+}
+
+/// Messages quote what they found (a parser's `invalid type: string
+/// "..."`); a 200 KB key must not come back whole.
+const MAX_MESSAGE: usize = 400;
+
+fn shorten(message: String) -> String {
+    // Quoted input may hold control characters; never send them to a terminal.
+    let message: String = message.chars().map(|c| if c.is_control() && c != '\n' { '\u{fffd}' } else { c }).collect();
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let cut = |mut i: usize| {
+        while !message.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let head = cut(MAX_MESSAGE * 2 / 3);
+    let tail = cut(message.len() - MAX_MESSAGE / 4);
+    format!("{} [... {} bytes ...] {}", &message[..head], tail - head, &message[tail..])
 }
 
 /// The part of `line` to show and the caret's column in it. Tabs become

@@ -19,6 +19,11 @@ const RUN_FIELDS: &[&str] = &["id", "pipeline", "model"];
 
 /// Check everything that can be checked without a cluster: stage names,
 /// `uses`, each kind's `with:`, environments, template references.
+/// More stages than anyone writes by hand; beyond it a file is a mistake or an attack.
+const MAX_STAGES: usize = 200;
+/// Problems reported per file; the rest are counted.
+const MAX_PROBLEMS: usize = 100;
+
 pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog) -> Result<(), SpecError> {
     let mut c = Checker { loaded, diags: Vec::new(), model_reported: false };
     c.duplicate_keys();
@@ -31,6 +36,11 @@ pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog) -> Result<(), SpecEr
     // Read top to bottom, whatever order the checks ran in.
     diagnostics.sort_by(|a, b| (a.line, a.col, &a.message).cmp(&(b.line, b.col, &b.message)));
     diagnostics.dedup();
+    if diagnostics.len() > MAX_PROBLEMS {
+        let more = diagnostics.len() - MAX_PROBLEMS;
+        diagnostics.truncate(MAX_PROBLEMS);
+        diagnostics.push(Diagnostic::file(&loaded.path, format!("{more} more problems not shown")));
+    }
     if diagnostics.is_empty() { Ok(()) } else { Err(SpecError { diagnostics }) }
 }
 
@@ -158,6 +168,14 @@ impl Checker<'_> {
             self.at_key("spec.stages", "a pipeline needs at least one stage").hint =
                 Some(format!("e.g. `- {{ name: fetch, uses: fetch-model }}`; stage kinds: {}", kinds_list()));
         }
+        if stages.len() > MAX_STAGES {
+            self.at_value(
+                &format!("spec.stages[{MAX_STAGES}]"),
+                format!("a pipeline has at most {MAX_STAGES} stages; this one has {}", stages.len()),
+            )
+            .hint = Some("split it into several pipelines".into());
+            return;
+        }
         let mut first_index: HashMap<&str, usize> = HashMap::new();
         for (i, stage) in stages.iter().enumerate() {
             let base = format!("spec.stages[{i}]");
@@ -274,7 +292,13 @@ impl Checker<'_> {
                 return;
             }
         };
+        let mut seen = std::collections::HashSet::new();
         for raw in refs {
+            // One report per distinct reference, and a bounded number in all:
+            // a value repeating `{{x}}` fifty thousand times is one mistake.
+            if !seen.insert(raw.clone()) || self.diags.len() >= MAX_PROBLEMS {
+                continue;
+            }
             if let Some((message, hint)) = self.reference_problem(i, &raw) {
                 let pos = self.reference_pos(path, &raw);
                 let d = self.push(pos, message).in_stage_mut(&stage);

@@ -31,6 +31,14 @@ impl ValidateCx<'_> {
         &self.pipeline.spec.stages[..self.index]
     }
 
+    /// Whether a stage of kind `uses` may run before this one. An earlier
+    /// stage of unknown kind counts: it is reported on its own, and a
+    /// misspelt `openshift-build` must not also make every later stage
+    /// complain that no build comes first.
+    pub fn may_follow(&self, uses: &str) -> bool {
+        self.earlier().iter().any(|s| s.uses == uses || super::Kind::from_name(&s.uses).is_none())
+    }
+
     /// A problem at `path` if `name` is not a declared environment (templated
     /// values are checked after rendering, at run time).
     pub fn environment_problem(&self, path: &str, name: &str) -> Option<Problem> {

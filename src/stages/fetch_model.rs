@@ -359,7 +359,9 @@ impl Stage for FetchModel {
         if !is_template(&r.source) {
             match Source::parse(&r.source) {
                 Ok(s) => source = Some(s),
-                Err(e) => problems.push(Problem::new(at("source", source_in_with), format!("{}: {e}", r.source_field))),
+                // A problem in `with:` is prefixed with its path already.
+                Err(e) if source_in_with => problems.push(Problem::new("source", e.to_string())),
+                Err(e) => problems.push(Problem::new("", format!("{}: {e}", r.source_field))),
             }
         }
         if let (Some(_), Some(s)) = (&r.version_id, &source)

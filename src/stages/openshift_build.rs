@@ -165,7 +165,7 @@ impl Stage for OpenshiftBuild {
         if p.max_context_bytes == Some(0) {
             problems.push(Problem::new("maxContextBytes", "must be above 0"));
         }
-        if p.context_dir.is_none() && !cx.earlier().iter().any(|s| s.uses == "render") {
+        if p.context_dir.is_none() && !cx.may_follow("render") {
             problems.push(Problem::new(
                 "contextDir",
                 "no build context: set contextDir or run a `render` stage before this one",

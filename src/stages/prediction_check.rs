@@ -23,7 +23,7 @@ use serde_json::Value;
 
 pub use self::expect::{JsonPath, Matcher, Missing};
 pub use self::http::Target;
-pub use self::report::{CaseReport, CheckReport, ErrorCount, LoadReport, Report, SloVerdict};
+pub use self::report::{CaseReport, CheckReport, ErrorCount, LoadReport, Report, SloVerdict, format_ms};
 use super::{Outputs, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::mask;
@@ -558,7 +558,7 @@ impl Stage for PredictionCheck {
         {
             out.push(p);
         }
-        if params.endpoint.is_none() && !cx.earlier().iter().any(|s| s.uses == "seldon-deploy") {
+        if params.endpoint.is_none() && !cx.may_follow("seldon-deploy") {
             out.push(
                 Problem::new("endpoint", "no endpoint: no `seldon-deploy` stage runs before this one")
                     .with_hint("set `endpoint: http://HOST:PORT` or add a seldon-deploy stage earlier"),

@@ -642,7 +642,7 @@ impl Stage for Render {
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let mut out = param_problems(params, true);
-        if params.model_dir.is_none() && !cx.earlier().iter().any(|s| s.uses == "fetch-model") {
+        if params.model_dir.is_none() && !cx.may_follow("fetch-model") {
             out.push(
                 Problem::new(
                     "",

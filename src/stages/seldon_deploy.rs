@@ -210,7 +210,7 @@ impl Stage for SeldonDeploy {
             }
             Some(_) => {}
             None => {
-                if !cx.earlier().iter().any(|s| s.uses == "openshift-build") {
+                if !cx.may_follow("openshift-build") {
                     problems.push(Problem::new("", DeployError::NoImage.to_string()));
                 }
             }

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use sha2::{Digest, Sha256};
 
-use super::{Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StateError, StateStore};
+use super::{Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StateError, StateStore, now_rfc3339};
 
 /// ConfigMap key of a run record.
 pub const RUN_KEY: &str = "run.yaml";
@@ -331,6 +331,8 @@ impl StateStore for ConfigMapStore {
             };
             let mut run = self.decode_run(&what, &cm)?;
             f(&mut run)?;
+            // As the directory store does: `status` and `report` show how long a run took.
+            run.updated = now_rfc3339();
             let new = self.run_configmap(&run, cm.metadata.resource_version.clone())?;
             match api.replace(&name, &PostParams::default(), &new).await {
                 Ok(_) => return Ok(run),

@@ -157,6 +157,11 @@ pub enum Source {
 impl Source {
     pub fn parse(text: &str) -> Result<Source, StorageError> {
         let bad = |reason: &str| StorageError::BadSource { source_url: text.to_string(), reason: reason.to_string() };
+        // A NUL ends the name at the OS boundary, so it would fetch something
+        // else than it says; no S3 key or path needs control characters.
+        if text.chars().any(char::is_control) {
+            return Err(bad("it contains control characters"));
+        }
         if let Some(rest) = text.strip_prefix("s3://") {
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {

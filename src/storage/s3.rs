@@ -43,6 +43,15 @@ pub fn check_endpoint(endpoint: &str, insecure: bool) -> Result<(), StorageError
     }
 }
 
+/// What a listing or HEAD says about one object.
+struct Listed {
+    size: u64,
+    etag: Option<String>,
+    /// Last-Modified, as the server formats it.
+    modified: Option<String>,
+    version_id: Option<String>,
+}
+
 impl Remote {
     pub async fn connect(opts: &S3Options) -> Result<Remote, StorageError> {
         // Without an explicit endpoint the SDK reads these itself; they get
@@ -103,7 +112,13 @@ impl Remote {
                     let size = out.content_length().unwrap_or(0).max(0) as u64;
                     let etag = out.e_tag().map(|e| e.trim_matches('"').to_string());
                     let version = version_id.map(str::to_string).or(out.version_id().map(str::to_string));
-                    return Ok(vec![self.entry(bucket, key, name, size, etag, version)?]);
+                    let modified = out.last_modified().map(|t| t.to_string());
+                    return Ok(vec![self.entry(
+                        bucket,
+                        key,
+                        name,
+                        Listed { size, etag, modified, version_id: version },
+                    )?]);
                 }
                 Err(e) if status(&e) == Some(404) && version_id.is_none() => {
                     let under = format!("{key}/");
@@ -137,32 +152,30 @@ impl Remote {
                 }
                 let rel = &key[prefix.len()..];
                 let etag = obj.e_tag().map(|e| e.trim_matches('"').to_string());
-                out.push(self.entry(bucket, key, rel, size, etag, None)?);
+                let modified = obj.last_modified().map(|t| t.to_string());
+                out.push(self.entry(bucket, key, rel, Listed { size, etag, modified, version_id: None })?);
             }
         }
         Ok(out)
     }
 
-    fn entry(
-        &self,
-        bucket: &str,
-        key: &str,
-        rel: &str,
-        size: u64,
-        etag: Option<String>,
-        version_id: Option<String>,
-    ) -> Result<Entry, StorageError> {
+    fn entry(&self, bucket: &str, key: &str, rel: &str, listed: Listed) -> Result<Entry, StorageError> {
+        let Listed { size, etag, modified, version_id } = listed;
         let safe = safe_relative(rel).map_err(|reason: UnsafePath| StorageError::UnsafeKey {
             url: Self::url(bucket, key),
             rel: rel.to_string(),
             reason,
         })?;
         // The ETag (with size and version) names the content, wherever it is
-        // served from; without one nothing proves a local copy current, so
-        // the identity never matches a record.
-        let identity = match &etag {
-            Some(etag) => format!("s3|etag={etag}|size={size}|version={}", version_id.as_deref().unwrap_or("")),
-            None => format!("s3|no-etag|{}", rand::random::<u64>()),
+        // served from. Servers that list no ETag (s3s-fs) still give the
+        // modification time, which every overwrite changes: size plus that
+        // time is what `aws s3 sync` trusts. With neither, nothing proves a
+        // local copy current, so the identity never matches a record.
+        let version = version_id.as_deref().unwrap_or("");
+        let identity = match (&etag, &modified) {
+            (Some(etag), _) => format!("s3|etag={etag}|size={size}|version={version}"),
+            (None, Some(modified)) => format!("s3|modified={modified}|size={size}|version={version}"),
+            (None, None) => format!("s3|unidentified|{}", rand::random::<u64>()),
         };
         Ok(Entry {
             rel: safe,

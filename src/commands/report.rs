@@ -1,0 +1,123 @@
+//! `modelship report RUN_ID --format md|html [--out FILE]`
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::run::start_sims;
+use super::{CommandError, GlobalArgs, fail};
+use crate::cluster::Clusters;
+use crate::error::ExitClass;
+use crate::report::Format;
+use crate::secret::mask;
+use crate::state::{LedgerEntry, RunRecord, StateStore};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// Markdown (GitHub tables).
+    Md,
+    /// One static HTML file: inline CSS and SVG charts, no script, no network.
+    Html,
+}
+
+/// Write a run's report: stage timeline, check results, latency percentiles
+/// against the SLO, digests per environment.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --sim /tmp/modelship-sim --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+)]
+pub struct ReportArgs {
+    #[arg(value_name = "RUN_ID")]
+    pub run_id: String,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+    /// Write here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The pipeline file (names the environment that holds state, and the
+    /// environments whose ledgers hold the digests).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Simulated clusters kept in DIR (as `modelship run --sim DIR`).
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig", requires = "file")]
+    pub sim: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Run records and the ledger in this directory instead of ConfigMaps.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
+    let (run, current) = match (&args.state_dir, &args.file) {
+        (Some(dir), _) => {
+            let store = crate::state::dir::DirStore::new(dir);
+            let run = find_run(&store, &args.run_id).await?;
+            let ledger = store.get_ledger(&run.model).await.map_err(fail)?;
+            (run, ledger.current.into_values().collect())
+        }
+        (None, Some(file)) => from_clusters(&args, file).await?,
+        (None, None) => {
+            return Err(CommandError::usage(
+                "say where runs are kept: --state-dir DIR, or -f PIPELINE (its state environment's ConfigMaps)",
+            ));
+        }
+    };
+    let format = match args.format {
+        ReportFormat::Md => Format::Markdown,
+        ReportFormat::Html => Format::Html,
+    };
+    let text = mask(&crate::report::render(&run, &current, format).map_err(fail)?);
+    match &args.out {
+        Some(path) => std::fs::write(path, text).map_err(|e| {
+            CommandError::new(ExitClass::Failed, std::io::Error::other(format!("{}: {e}", path.display())))
+        })?,
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// The run from its state environment, and each environment's current
+/// ledger entry from that environment's namespace.
+async fn from_clusters(
+    args: &ReportArgs,
+    file: &std::path::Path,
+) -> Result<(RunRecord, Vec<LedgerEntry>), CommandError> {
+    let mut pipeline = crate::spec::load(file).map_err(fail)?.pipeline;
+    let mut kubeconfig = args.kubeconfig.clone();
+    let mut sims = Vec::new();
+    if let Some(dir) = &args.sim {
+        let (started, path) = start_sims(file, dir).await?;
+        sims = started;
+        kubeconfig = Some(path);
+        for (name, env) in pipeline.spec.environments.iter_mut() {
+            env.context = Some(name.clone());
+        }
+    }
+    let clusters = Clusters::new(pipeline.spec.environments.clone(), kubeconfig);
+    let result = async {
+        let store = crate::engine::open_state(&pipeline, None, &clusters).await.map_err(fail)?;
+        let run = find_run(store.as_ref(), &args.run_id).await?;
+        let mut current = Vec::new();
+        for (name, env) in &pipeline.spec.environments {
+            let client = clusters.client(name).await.map_err(fail)?;
+            let ledger = crate::state::configmap::ConfigMapStore::new(client, env.namespace.clone(), name.clone());
+            let l = ledger.get_ledger(&run.model).await.map_err(fail)?;
+            current.extend(l.current.get(name).cloned());
+        }
+        Ok((run, current))
+    }
+    .await;
+    for sim in sims {
+        sim.shutdown().await;
+    }
+    result
+}
+
+async fn find_run(store: &dyn StateStore, id: &str) -> Result<RunRecord, CommandError> {
+    // By id alone, as `status` finds it: a run key also needs the pipeline.
+    let runs = store.list_runs(None).await.map_err(fail)?;
+    runs.into_iter()
+        .find(|r| r.run_id == id)
+        .ok_or_else(|| CommandError::usage(format!("no run `{id}` in {}", store.describe())))
+}
