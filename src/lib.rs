@@ -15,7 +15,8 @@
 //!   trait, one module per kind.
 //! - [`state`]: run records, the promotion ledger and the per-model lock
 //!   behind [`state::StateStore`], with ConfigMap and directory backends.
-//! - [`cluster`]: kube clients per environment; typed OpenShift and Seldon
+//! - [`cluster`]: kube clients per environment, with the retry layer that
+//!   repeats only what is safe to repeat; typed OpenShift and Seldon
 //!   resources.
 //! - [`storage`]: model sources (S3, file).
 //! - [`registry`]: OCI image copy by digest.

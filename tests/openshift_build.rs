@@ -300,7 +300,10 @@ async fn faults_name_resource_and_namespace() {
     assert!(msg.contains("over maxContextBytes 10"), "{msg}");
 
     // Forbidden to start builds.
-    let faults = Faults { forbidden: vec!["buildconfigs/instantiatebinary.build.openshift.io".parse().unwrap()] };
+    let faults = Faults {
+        forbidden: vec!["buildconfigs/instantiatebinary.build.openshift.io".parse().unwrap()],
+        ..Faults::default()
+    };
     let env = setup(faults, true).await;
     let err = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err();
     let msg = err.to_string();

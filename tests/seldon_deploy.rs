@@ -444,7 +444,8 @@ async fn never_healthy_times_out_naming_the_deployment() {
 #[tokio::test]
 async fn forbidden_and_unpinned_are_reported() {
     let work = tempfile::tempdir().unwrap();
-    let faults = Faults { forbidden: vec!["seldondeployments.machinelearning.seldon.io".parse().unwrap()] };
+    let faults =
+        Faults { forbidden: vec!["seldondeployments.machinelearning.seldon.io".parse().unwrap()], ..Faults::default() };
     let sim = start_sim(&work.path().join("sim"), faults).await;
     let image = format!("{}/models-dev/weather@sha256:{}", sim.registry_host(), "a".repeat(64));
     let err = run_deploy(&sim, &format!("{{environment: dev, image: '{image}', timeout: 5s}}")).await.unwrap_err();

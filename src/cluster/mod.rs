@@ -1,7 +1,9 @@
-//! Kubernetes clients per environment, and typed OpenShift and Seldon
-//! resources (one file per API group, added by the stages that use them).
+//! Kubernetes clients per environment (each behind the [`retry`] layer), and
+//! typed OpenShift and Seldon resources (one file per API group, added by
+//! the stages that use them).
 
 pub mod openshift;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -55,11 +57,22 @@ pub struct Clusters {
     /// `--kubeconfig`; absent: `$KUBECONFIG`, `~/.kube/config`, in-cluster.
     kubeconfig: Option<PathBuf>,
     clients: Mutex<HashMap<String, kube::Client>>,
+    retry: retry::RetryConfig,
 }
 
 impl Clusters {
     pub fn new(environments: IndexMap<String, Environment>, kubeconfig: Option<PathBuf>) -> Self {
-        Clusters { environments, kubeconfig, clients: Mutex::new(HashMap::new()) }
+        Clusters { environments, kubeconfig, clients: Mutex::new(HashMap::new()), retry: Default::default() }
+    }
+
+    /// How API requests are retried (default [`retry::RetryConfig::default`]).
+    pub fn with_retry(mut self, retry: retry::RetryConfig) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn retry_config(&self) -> retry::RetryConfig {
+        self.retry
     }
 
     pub fn environment(&self, name: &str) -> Result<&Environment, ClusterError> {
@@ -97,15 +110,21 @@ impl Clusters {
         })
     }
 
-    /// The client for environment `name`, using its `context` if set.
+    /// The client for environment `name`, using its `context` if set; its
+    /// requests are retried as [`retry`] describes.
     pub async fn client(&self, name: &str) -> Result<kube::Client, ClusterError> {
         let mut clients = self.clients.lock().await;
         if let Some(c) = clients.get(name) {
             return Ok(c.clone());
         }
-        let config = self.config(name).await?;
-        let client =
-            kube::Client::try_from(config).map_err(|source| ClusterError::Client { env: name.to_string(), source })?;
+        let mut config = self.config(name).await?;
+        // kube's own retry repeats every request on 503, POSTs included,
+        // with waits of up to 1000s; ours knows what is safe to repeat.
+        config.default_retry = false;
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(|source| ClusterError::Client { env: name.to_string(), source })?
+            .with_layer(&retry::RetryLayer::new(self.retry))
+            .build();
         clients.insert(name.to_string(), client.clone());
         Ok(client)
     }

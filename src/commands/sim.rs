@@ -38,6 +38,15 @@ pub struct SimServeArgs {
     /// (repeatable), e.g. `builds.build.openshift.io:create@models-dev`.
     #[arg(long, value_name = "RULE")]
     pub forbid: Vec<crate::sim::ForbiddenRule>,
+    /// Inject a failure: KIND[+ARG][/EVERY][*TIMES][=SELECTOR] (repeatable).
+    /// KIND: 500, 503, 429[+RETRY_AFTER_SECS], drop (close unanswered), lose
+    /// (process, then close unanswered), delay[+DURATION], cut-watch,
+    /// conflict (409 on update/patch). Fires on every EVERY-th request the
+    /// SELECTOR (as for --forbid; default: all) matches, at most TIMES times,
+    /// e.g. `503/3`, `429+2/4=configmaps`, `cut-watch=builds.build.openshift.io`.
+    /// Counts: `GET /sim/faults`.
+    #[arg(long, value_name = "RULE")]
+    pub fault: Vec<crate::sim::FaultRule>,
 }
 
 pub async fn run(c: SimCommand, _g: &GlobalArgs) -> Result<(), CommandError> {
@@ -51,7 +60,7 @@ async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
         data_dir: a.data.clone(),
         listen: a.listen,
         name: a.name.clone(),
-        faults: Faults { forbidden: a.forbid.clone() },
+        faults: Faults { forbidden: a.forbid.clone(), inject: a.fault.clone() },
         ..SimConfig::new(a.data.clone(), a.name.clone())
     };
     let server = super::run::start_sim(config).await.map_err(fail)?;

@@ -35,7 +35,7 @@ pub fn backoff_delay(attempt: u32) -> Duration {
     backoff_from(BACKOFF_BASE, BACKOFF_CAP, attempt)
 }
 
-fn backoff_from(base: Duration, cap: Duration, attempt: u32) -> Duration {
+pub(crate) fn backoff_from(base: Duration, cap: Duration, attempt: u32) -> Duration {
     let step = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(cap);
     let half = step / 2;
     half + half.mul_f64(rand::random::<f64>())

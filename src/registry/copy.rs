@@ -591,10 +591,7 @@ async fn read_limited(
         })?;
         out.extend_from_slice(&chunk);
         if out.len() > limit {
-            return Err(RegistryError::BadManifest {
-                image: image.to_string(),
-                message: format!("larger than {limit} bytes"),
-            });
+            return Err(RegistryError::ManifestTooLarge { image: image.to_string(), limit });
         }
     }
     Ok(Bytes::from(out))

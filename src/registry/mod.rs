@@ -75,6 +75,9 @@ pub enum RegistryError {
     #[error("manifest of {image} is not valid JSON: {message}")]
     BadManifest { image: String, message: String },
 
+    #[error("manifest of {image} is larger than {limit} bytes; refused, nothing was copied")]
+    ManifestTooLarge { image: String, limit: usize },
+
     #[error(
         "blob {digest} read from {source_repo} hashes to {actual}: the source registry returned bytes that do not match their digest; nothing was tagged"
     )]

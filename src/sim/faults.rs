@@ -1,15 +1,20 @@
 //! The sim's fault-injection point: a middleware in front of every API
 //! request, after the request is resolved to verb/resource/namespace/name.
-//! Today it answers `403 Forbidden` for the resources named in
-//! [`Faults::forbidden`]; later faults (5xx, 429 with `Retry-After`,
-//! delays, dropped connections, cut watches, injected 409s) are decided here
-//! from the same [`RequestInfo`].
+//! It answers `403 Forbidden` for the resources named in
+//! [`Faults::forbidden`], and injects the failures of [`Faults::inject`]:
+//! 500, 503, 429 with `Retry-After`, a dropped connection (before or after
+//! the request is processed), a delay, a watch cut mid-stream, a 409 on
+//! update. Rules fire on every Nth matching request, so a test run is
+//! repeatable; what fired is counted and served at `GET /sim/faults`.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
 
 use super::SimApi;
 use super::server::{Query, RequestInfo};
@@ -18,6 +23,196 @@ use super::status::ApiError;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
     pub forbidden: Vec<ForbiddenRule>,
+    /// Injected failures, checked in order; the first rule that fires wins.
+    pub inject: Vec<FaultRule>,
+}
+
+/// What an injected fault does to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// `500 InternalError`, nothing processed.
+    Internal,
+    /// `503 ServiceUnavailable`, nothing processed.
+    Unavailable,
+    /// `429 TooManyRequests` with `Retry-After: SECS`, nothing processed.
+    TooMany { retry_after: u32 },
+    /// Close the connection without an answer, nothing processed.
+    Drop,
+    /// Process the request, then close the connection without its answer
+    /// (the client cannot tell whether its write happened).
+    Lose,
+    /// Answer after this long.
+    Delay(Duration),
+    /// A watch: send the first event, then break the stream.
+    CutWatch,
+    /// `409 Conflict` on update/patch, nothing processed.
+    Conflict,
+}
+
+impl FaultKind {
+    /// The name in `--fault` rules and `/sim/faults` counts.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FaultKind::Internal => "500",
+            FaultKind::Unavailable => "503",
+            FaultKind::TooMany { .. } => "429",
+            FaultKind::Drop => "drop",
+            FaultKind::Lose => "lose",
+            FaultKind::Delay(_) => "delay",
+            FaultKind::CutWatch => "cut-watch",
+            FaultKind::Conflict => "conflict",
+        }
+    }
+}
+
+/// One injection rule, written `KIND[+ARG][/EVERY][*TIMES][=SELECTOR]`:
+/// KIND is `500`, `503`, `429` (ARG: Retry-After seconds, default 1),
+/// `drop`, `lose`, `delay` (ARG: a duration, default 200ms), `cut-watch` or
+/// `conflict`; it fires on every EVERY-th matching request (default 1: all),
+/// at most TIMES times; SELECTOR is a [`ForbiddenRule`]
+/// (`RESOURCE[.GROUP][:VERB,...][@NAMESPACE]`, RESOURCE `*` for any),
+/// default every resource.
+/// E.g. `503/3`, `429+2/4=configmaps`, `lose*1=buildconfigs/instantiatebinary.build.openshift.io`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultRule {
+    pub kind: FaultKind,
+    pub every: u64,
+    pub times: Option<u64>,
+    pub on: Option<ForbiddenRule>,
+    /// The rule as written, for `/sim/faults`.
+    pub text: String,
+}
+
+impl FromStr for FaultRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "expected KIND[+ARG][/EVERY][*TIMES][=SELECTOR], KIND one of 500, 503, 429, drop, lose, delay, cut-watch, conflict";
+        let (rest, on) = match s.split_once('=') {
+            Some((r, sel)) => (r, Some(sel.parse::<ForbiddenRule>()?)),
+            None => (s, None),
+        };
+        let (rest, times) = match rest.split_once('*') {
+            Some((r, n)) => (r, Some(n.parse::<u64>().map_err(|_| format!("{s:?}: TIMES {n:?} is not a number"))?)),
+            None => (rest, None),
+        };
+        let (rest, every) = match rest.split_once('/') {
+            Some((r, n)) => match n.parse::<u64>() {
+                Ok(n) if n > 0 => (r, n),
+                _ => return Err(format!("{s:?}: EVERY {n:?} is not a number above 0")),
+            },
+            None => (rest, 1),
+        };
+        let (kind, arg) = match rest.split_once('+') {
+            Some((k, a)) => (k, Some(a)),
+            None => (rest, None),
+        };
+        let kind = match (kind, arg) {
+            ("500", None) => FaultKind::Internal,
+            ("503", None) => FaultKind::Unavailable,
+            ("429", a) => FaultKind::TooMany {
+                retry_after: a
+                    .map_or(Ok(1), str::parse)
+                    .map_err(|_| format!("{s:?}: Retry-After {a:?} is not seconds"))?,
+            },
+            ("drop", None) => FaultKind::Drop,
+            ("lose", None) => FaultKind::Lose,
+            ("delay", a) => FaultKind::Delay(
+                a.map_or(Ok(Duration::from_millis(200)), humantime::parse_duration)
+                    .map_err(|e| format!("{s:?}: delay: {e}"))?,
+            ),
+            ("cut-watch", None) => FaultKind::CutWatch,
+            ("conflict", None) => FaultKind::Conflict,
+            _ => return Err(format!("{s:?}: {usage}")),
+        };
+        Ok(FaultRule { kind, every, times, on, text: s.to_string() })
+    }
+}
+
+impl FaultRule {
+    /// Whether the rule applies to this request at all (before counting).
+    fn selects(&self, info: &RequestInfo) -> bool {
+        let kind_fits = match self.kind {
+            FaultKind::CutWatch => info.verb == "watch",
+            FaultKind::Conflict => matches!(info.verb.as_str(), "update" | "patch"),
+            _ => true,
+        };
+        kind_fits && self.on.as_ref().is_none_or(|r| r.denies(info))
+    }
+}
+
+/// Per-rule match and injection counters (the sim's only fault state).
+#[derive(Debug, Default)]
+pub struct FaultCounters {
+    matched: Vec<AtomicU64>,
+    injected: Vec<AtomicU64>,
+}
+
+impl FaultCounters {
+    pub fn new(faults: &Faults) -> Self {
+        let n = faults.inject.len();
+        FaultCounters {
+            matched: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            injected: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The first rule that fires for this request, counted.
+    fn fire(&self, faults: &Faults, info: &RequestInfo) -> Option<FaultKind> {
+        for (i, rule) in faults.inject.iter().enumerate() {
+            if !rule.selects(info) {
+                continue;
+            }
+            let k = self.matched[i].fetch_add(1, Ordering::Relaxed) + 1;
+            if !k.is_multiple_of(rule.every) {
+                continue;
+            }
+            let fired = self.injected[i]
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    rule.times.is_none_or(|t| n < t).then_some(n + 1)
+                })
+                .is_ok();
+            if fired {
+                return Some(rule.kind);
+            }
+        }
+        None
+    }
+
+    /// Injected counts per kind and per rule, as served at `/sim/faults`.
+    pub fn report(&self, faults: &Faults) -> Value {
+        let mut by_kind = serde_json::Map::new();
+        let mut rules = Vec::new();
+        for (i, rule) in faults.inject.iter().enumerate() {
+            let injected = self.injected[i].load(Ordering::Relaxed);
+            let e = by_kind.entry(rule.kind.label()).or_insert(json!(0));
+            *e = json!(e.as_u64().unwrap_or(0) + injected);
+            rules.push(json!({
+                "rule": rule.text,
+                "matched": self.matched[i].load(Ordering::Relaxed),
+                "injected": injected,
+            }));
+        }
+        json!({ "injected": by_kind, "rules": rules })
+    }
+}
+
+/// Marks a response whose connection the server must close without
+/// sending it (`drop`, `lose`); see the accept loop in [`super::start`].
+#[derive(Debug, Clone, Copy)]
+pub struct DropConnection;
+
+/// The service error that makes hyper close a connection unanswered.
+#[derive(Debug, thiserror::Error)]
+#[error("connection dropped by an injected fault")]
+pub struct DroppedByFault;
+
+/// Marks a watch request whose stream is cut after its first event.
+#[derive(Debug, Clone, Copy)]
+pub struct CutWatch;
+
+/// `GET /sim/faults`
+pub async fn report(State(api): State<SimApi>) -> Response {
+    axum::Json(api.fault_counters.report(&api.faults)).into_response()
 }
 
 /// Deny `verbs` (all when empty) on a resource, optionally only in one
@@ -55,13 +250,15 @@ impl FromStr for ForbiddenRule {
 }
 
 impl ForbiddenRule {
-    fn denies(&self, info: &RequestInfo) -> bool {
+    pub(crate) fn denies(&self, info: &RequestInfo) -> bool {
         let plural = match &info.subresource {
             Some(sub) if self.resource.contains('/') => format!("{}/{sub}", info.plural),
             _ => info.plural.clone(),
         };
-        plural == self.resource
-            && info.group == self.group
+        // `*` (fault selectors): any resource.
+        let any = self.resource == "*";
+        (any || plural == self.resource)
+            && (info.group == self.group || (any && self.group.is_empty()))
             && (self.verbs.is_empty() || self.verbs.contains(&info.verb))
             && self.namespace.as_ref().is_none_or(|ns| info.namespace.as_ref() == Some(ns))
     }
@@ -77,8 +274,43 @@ pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> R
         let name = info.name.as_deref().unwrap_or("");
         return ApiError::forbidden(rt, name, &info.verb, info.namespace.as_deref(), &info.user).into_response();
     }
+    let fault = info.resource.as_ref().and_then(|_| api.fault_counters.fire(&api.faults, &info));
+    if let Some(kind) = fault {
+        tracing::info!(fault = kind.label(), verb = %info.verb, resource = %info.plural, name = ?info.name, "sim: injecting a fault");
+    }
+    let what = match &info.subresource {
+        Some(sub) => format!("{} {}/{sub}", info.verb, info.plural),
+        None => format!("{} {}", info.verb, info.plural),
+    };
     req.extensions_mut().insert(info);
-    next.run(req).await
+    let injected = |code, retry_after| {
+        ApiError::injected(code, format!("sim: injected fault on {what}"), retry_after).into_response()
+    };
+    match fault {
+        None => next.run(req).await,
+        Some(FaultKind::Internal) => injected(500, None),
+        Some(FaultKind::Unavailable) => injected(503, None),
+        Some(FaultKind::TooMany { retry_after }) => injected(429, Some(retry_after)),
+        Some(FaultKind::Conflict) => injected(409, None),
+        Some(FaultKind::Drop) => {
+            let mut r = Response::default();
+            r.extensions_mut().insert(DropConnection);
+            r
+        }
+        Some(FaultKind::Lose) => {
+            let mut r = next.run(req).await;
+            r.extensions_mut().insert(DropConnection);
+            r
+        }
+        Some(FaultKind::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            next.run(req).await
+        }
+        Some(FaultKind::CutWatch) => {
+            req.extensions_mut().insert(CutWatch);
+            next.run(req).await
+        }
+    }
 }
 
 #[cfg(test)]
@@ -101,5 +333,39 @@ mod tests {
         assert_eq!((r.resource.as_str(), r.group.as_str(), r.verbs.len()), ("builds", "build.openshift.io", 0));
         assert!("".parse::<ForbiddenRule>().is_err());
         assert!("x@".parse::<ForbiddenRule>().is_err());
+    }
+
+    #[test]
+    fn fault_rules_parse() {
+        let r: FaultRule = "429+2/4*3=configmaps:update@dev".parse().unwrap();
+        assert_eq!(r.kind, FaultKind::TooMany { retry_after: 2 });
+        assert_eq!((r.every, r.times), (4, Some(3)));
+        assert_eq!(r.on.unwrap().namespace.as_deref(), Some("dev"));
+        let r: FaultRule = "delay+50ms".parse().unwrap();
+        assert_eq!((r.kind, r.every, r.on), (FaultKind::Delay(Duration::from_millis(50)), 1, None));
+        let r: FaultRule = "lose*1=buildconfigs/instantiatebinary.build.openshift.io".parse().unwrap();
+        assert_eq!(r.on.unwrap().resource, "buildconfigs/instantiatebinary");
+        for bad in ["", "404", "503/0", "drop+1", "503/x", "500*y"] {
+            assert!(bad.parse::<FaultRule>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_nth_and_times() {
+        let table = crate::sim::build_table();
+        let info = |m: &str, path: &str| {
+            RequestInfo::resolve(&table, &m.parse().unwrap(), path, &Query::default(), &Default::default())
+        };
+        let faults = Faults { forbidden: vec![], inject: vec!["503/2*2=configmaps".parse().unwrap()] };
+        let c = FaultCounters::new(&faults);
+        let cm = info("GET", "/api/v1/namespaces/a/configmaps/x");
+        let fired: Vec<bool> = (0..6).map(|_| c.fire(&faults, &cm).is_some()).collect();
+        assert_eq!(fired, [false, true, false, true, false, false]);
+        assert!(c.fire(&faults, &info("GET", "/api/v1/namespaces/a/secrets/x")).is_none());
+        assert_eq!(c.report(&faults)["injected"]["503"], 2);
+        let faults = Faults { forbidden: vec![], inject: vec!["conflict".parse().unwrap()] };
+        let c = FaultCounters::new(&faults);
+        assert!(c.fire(&faults, &cm).is_none(), "conflict only on update/patch");
+        assert!(c.fire(&faults, &info("PUT", "/api/v1/namespaces/a/configmaps/x")).is_some());
     }
 }

@@ -20,7 +20,8 @@
 //!   kubectl; [`discovery`]: `/version`, `/api`, `/apis`, OpenAPI v3.
 //! - [`status`]: `kind: Status` failures shaped like the API server's.
 //! - [`faults`]: the fault-injection middleware (403 for configured
-//!   resources today).
+//!   resources; 500/503/429, dropped or lost answers, delays, cut watches,
+//!   409s on every Nth matching request, counted at `/sim/faults`).
 //! - API groups, each registering its kinds: [`core`] (namespaces,
 //!   configmaps, secrets), [`coordination`] (leases), [`apps`]
 //!   (Deployments), [`route`] (Routes, admitted by the Seldon controller),
@@ -80,7 +81,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-pub use faults::{Faults, ForbiddenRule};
+pub use faults::{FaultKind, FaultRule, Faults, ForbiddenRule};
 pub use resource::{ResourceTable, ResourceType};
 pub use store::Store;
 
@@ -142,6 +143,8 @@ pub struct SimApi {
     pub table: Arc<ResourceTable>,
     pub store: Arc<Store>,
     pub faults: Arc<Faults>,
+    /// What the fault rules matched and injected so far.
+    pub fault_counters: Arc<faults::FaultCounters>,
     /// The internal registry's storage (served under `/v2/`); controllers
     /// push and pull images through it in-process.
     pub registry: registry::RegistryStore,
@@ -240,6 +243,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         table,
         store,
         faults: Arc::new(config.faults.clone()),
+        fault_counters: Arc::new(faults::FaultCounters::new(&config.faults)),
         registry: registry.clone(),
         data_dir: config.data_dir.clone(),
         shutdown: CancellationToken::new(),
@@ -251,19 +255,65 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
     let app = server::router(api.clone())
         .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer))
         .merge(registry::router(registry));
-    let shutdown = api.shutdown.clone();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "sim server stopped");
-        }
-    });
+    let task = tokio::spawn(serve(listener, app, api.shutdown.clone()));
     let controllers = vec![
         tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration)),
         tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone())),
     ];
     tracing::info!(url = %format!("http://{addr}"), data = %config.data_dir.display(), "sim started");
     Ok(SimServer { addr, name: config.name, api, task, controllers })
+}
+
+/// The accept loop (axum's `serve` cannot close a connection without an
+/// answer): each connection is served by hyper; a response marked
+/// [`faults::DropConnection`] makes the service fail, and hyper then closes
+/// the connection without writing anything. On shutdown, stop accepting and
+/// let open connections finish their current request.
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdown: CancellationToken) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "sim: cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move {
+                    let resp = app.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {});
+                    if resp.extensions().get::<faults::DropConnection>().is_some() {
+                        return Err(faults::DroppedByFault);
+                    }
+                    Ok(resp)
+                }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
 }
 
 /// A kubeconfig with one cluster/context/user per `(name, url)`; the current

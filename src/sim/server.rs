@@ -174,6 +174,7 @@ pub fn router(api: SimApi) -> Router {
     Router::new()
         .route("/version", get(super::discovery::version))
         .route("/healthz", get(ok))
+        .route("/sim/faults", get(super::faults::report))
         .route("/readyz", get(ok))
         .route("/livez", get(ok))
         .route("/api", get(super::discovery::api_versions))
@@ -270,7 +271,10 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
     }
 
     match (method, info.name.clone()) {
-        (Method::GET, None) if query.watch => watch(api, rt, info.namespace.clone(), query, as_table).await,
+        (Method::GET, None) if query.watch => {
+            let cut = req.extensions().get::<super::faults::CutWatch>().is_some();
+            watch(api, rt, info.namespace.clone(), query, as_table, cut).await
+        }
         (Method::GET, None) => {
             let labels = LabelSelector::parse(&query.label_selector)
                 .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
@@ -589,6 +593,7 @@ async fn watch(
     ns: Option<String>,
     query: Query,
     as_table: bool,
+    cut: bool,
 ) -> Result<Response, ApiError> {
     let labels = LabelSelector::parse(&query.label_selector)
         .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
@@ -710,7 +715,20 @@ async fn watch(
             }
         }
     });
-    let body = Body::from_stream(ReceiverStream::new(out));
+    let events = ReceiverStream::new(out);
+    let body = if cut {
+        // An injected cut: after the first event the stream breaks (hyper
+        // aborts the chunked body), as when a proxy drops a long watch.
+        use futures::StreamExt;
+        // The pause lets hyper flush the first event before it aborts.
+        let broken = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(std::io::Error::other("sim: injected watch cut"))
+        });
+        Body::from_stream(events.take(1).chain(broken))
+    } else {
+        Body::from_stream(events)
+    };
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

@@ -177,6 +177,18 @@ impl ApiError {
         Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"), None)
     }
 
+    /// An injected failure (fault rules): 500, 503, 429 with `Retry-After`, 409.
+    pub fn injected(code: u16, message: impl Into<String>, retry_after: Option<u32>) -> Self {
+        let reason = match code {
+            429 => "TooManyRequests",
+            503 => "ServiceUnavailable",
+            409 => "Conflict",
+            _ => "InternalError",
+        };
+        let details = retry_after.map(|_| json!({}));
+        ApiError { code, reason, message: message.into(), details, retry_after }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message.into(), None)
     }

@@ -44,6 +44,9 @@ const IMAGES_KEPT: usize = 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_MAX_CONTEXT: u64 = 8 * 1024 * 1024 * 1024;
 const FIELD_MANAGER: &str = "modelship";
+/// Lists of the followed Build that may fail in a row (each after the
+/// client's own retries, so about a minute with the default budget).
+const FOLLOW_FAILED_LISTS: u32 = 10;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -82,7 +85,7 @@ pub enum BuildError {
         source: Box<kube::Error>,
     },
     #[error("cannot start a build of buildconfigs.build.openshift.io/{name} in namespace {namespace}: {message}")]
-    Start { name: String, namespace: String, message: String, status: Option<u16> },
+    Start { name: String, namespace: String, message: String, status: Option<u16>, retry_after: Option<Duration> },
     #[error("build context {dir}: {message}")]
     Context { dir: PathBuf, message: String },
     #[error("build context {dir} is {size} bytes, over maxContextBytes {max}")]
@@ -388,7 +391,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildEr
             tracing::info!(build = ?b.metadata.name, "a build of this context is complete; reusing its image");
             started = Some(b.clone());
         } else if let Some(b) =
-            candidates.iter().find(|b| !b.is_finished() && b.annotation(RUN_ANNOTATION) == Some(cx.run_id.as_str()))
+            candidates.iter().find(|b| !b.is_finished() && run_of(b, &t.context_digest) == Some(cx.run_id.as_str()))
         {
             tracing::info!(build = ?b.metadata.name, "attaching to a running build of this run");
             started = Some(b.clone());
@@ -397,7 +400,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildEr
     let build = match started {
         Some(b) => b,
         None => {
-            let b = start(cx, &t).await?;
+            let b = start(cx, &t, &builds).await?;
             let name = b.metadata.name.clone().unwrap_or_default();
             cx.save_checkpoint("buildName", json!(name)).await.map_err(|e| BuildError::Context {
                 dir: PathBuf::new(),
@@ -534,7 +537,24 @@ where
 async fn find_builds(builds: &Api<Build>, t: &Target) -> Result<Vec<Build>, BuildError> {
     let lp = ListParams::default().labels(&format!("openshift.io/build-config.name={}", t.stream));
     let list = builds.list(&lp).await.map_err(api_err("list", "builds.build.openshift.io".into(), &t.namespace))?;
-    Ok(list.items.into_iter().filter(|b| b.annotation(DIGEST_ANNOTATION) == Some(t.context_digest.as_str())).collect())
+    Ok(list.items.into_iter().filter(|b| run_of(b, &t.context_digest).is_some()).collect())
+}
+
+/// The message a Build this stage starts carries in `spec.revision.git`,
+/// from the POST itself (the annotations come with a later patch).
+fn revision_message(run_id: &str, context_digest: &str) -> String {
+    format!("modelship run {run_id} context {context_digest}")
+}
+
+/// The run that started `b` for this context digest, from its annotations,
+/// or from its revision message when a runner died (or lost the answer)
+/// between starting it and annotating it.
+fn run_of<'a>(b: &'a Build, context_digest: &str) -> Option<&'a str> {
+    if b.annotation(DIGEST_ANNOTATION) == Some(context_digest) {
+        return Some(b.annotation(RUN_ANNOTATION).unwrap_or(""));
+    }
+    let message = b.spec.pointer("/revision/git/message").and_then(Value::as_str)?;
+    message.strip_prefix("modelship run ")?.strip_suffix(&format!(" context {context_digest}"))
 }
 
 /// Record context digest -> image digest on the ImageStream, so a later run
@@ -635,29 +655,87 @@ pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Resu
 }
 
 /// POST instantiatebinary with the streamed context; the Build it created.
-async fn start(cx: &StageContext, t: &Target) -> Result<Build, BuildError> {
+///
+/// The POST names its Build server-side, so it is never simply repeated:
+/// after a failure that may have created a Build (a 5xx, a connection lost
+/// before the answer) the Builds of the BuildConfig are searched for one
+/// carrying this run's revision message that was not there before; only if
+/// none is found is the POST sent again (a 429 was not processed at all).
+async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Build, BuildError> {
     let config = cx.clusters.config(&t.env).await.map_err(|e| BuildError::Start {
         name: t.stream.clone(),
         namespace: t.namespace.clone(),
         message: e.to_string(),
         status: None,
+        retry_after: None,
     })?;
+    let message = revision_message(&cx.run_id, &t.context_digest);
     let mut query = vec![
         ("name".to_string(), t.stream.clone()),
         ("namespace".to_string(), t.namespace.clone()),
-        ("revision.message".to_string(), format!("modelship run {} context {}", cx.run_id, t.context_digest)),
+        ("revision.message".to_string(), message.clone()),
     ];
     if let Some(commit) = cx.labels.get("commit") {
         query.push(("revision.commit".to_string(), commit.clone()));
     }
-    tracing::info!(bc = %t.stream, namespace = %t.namespace, "starting a binary build");
-    let text = instantiate_binary(&config, &t.namespace, &t.stream, &t.context_dir, &query).await?;
-    serde_json::from_str(&text).map_err(|e| BuildError::Start {
-        name: t.stream.clone(),
-        namespace: t.namespace.clone(),
-        message: format!("the answer is not a Build: {e}"),
-        status: Some(201),
-    })
+    let before: Vec<String> =
+        builds_with_message(builds, t, &message).await?.into_iter().filter_map(|b| b.metadata.name).collect();
+    let retry = cx.clusters.retry_config();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        tracing::info!(bc = %t.stream, namespace = %t.namespace, attempt, "starting a binary build");
+        let err = match instantiate_binary(&config, &t.namespace, &t.stream, &t.context_dir, &query).await {
+            Ok(text) => {
+                return serde_json::from_str(&text).map_err(|e| BuildError::Start {
+                    name: t.stream.clone(),
+                    namespace: t.namespace.clone(),
+                    message: format!("the answer is not a Build: {e}"),
+                    status: Some(201),
+                    retry_after: None,
+                });
+            }
+            Err(e) => e,
+        };
+        let BuildError::Start { status, retry_after, .. } = &err else { return Err(err) };
+        // A success whose body was cut is a lost answer too.
+        if status.is_some_and(|c| !crate::cluster::retry::retryable_status(c) && !(200..300).contains(&c)) {
+            return Err(err);
+        }
+        if *status != Some(429) {
+            let created = builds_with_message(builds, t, &message).await?;
+            if let Some(b) = created.into_iter().find(|b| b.metadata.name.as_ref().is_some_and(|n| !before.contains(n)))
+            {
+                tracing::info!(build = ?b.metadata.name, error = %err, "the build was started although its answer was lost");
+                return Ok(b);
+            }
+        }
+        if attempt >= retry.attempts {
+            return Err(match err {
+                BuildError::Start { name, namespace, message, status, retry_after } => BuildError::Start {
+                    message: format!("{message} (gave up after {attempt} attempts)"),
+                    name,
+                    namespace,
+                    status,
+                    retry_after,
+                },
+                other => other,
+            });
+        }
+        tracing::warn!(error = %err, attempt, "starting the build failed and it did not start; retrying");
+        tokio::time::sleep(retry.delay(attempt, *retry_after)).await;
+    }
+}
+
+/// Builds of the BuildConfig whose revision message is `message`.
+async fn builds_with_message(builds: &Api<Build>, t: &Target, message: &str) -> Result<Vec<Build>, BuildError> {
+    let lp = ListParams::default().labels(&format!("openshift.io/build-config.name={}", t.stream));
+    let list = builds.list(&lp).await.map_err(api_err("list", "builds.build.openshift.io".into(), &t.namespace))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|b| b.spec.pointer("/revision/git/message").and_then(Value::as_str) == Some(message))
+        .collect())
 }
 
 /// `POST .../buildconfigs/NAME/instantiatebinary` with `dir` as a gzip tar
@@ -676,6 +754,7 @@ pub async fn instantiate_binary(
         namespace: namespace.to_string(),
         message,
         status,
+        retry_after: None,
     };
     let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(config.accept_invalid_certs);
     for der in config.root_cert.iter().flatten() {
@@ -704,13 +783,18 @@ pub async fn instantiate_binary(
     }
     let resp = req.send().await.map_err(|e| serr(None, crate::secret::mask(&e.to_string())))?;
     let status = resp.status();
+    let retry_after = crate::cluster::retry::retry_after(resp.headers());
     let text = resp.text().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
     if !status.is_success() {
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
             .unwrap_or(text);
-        return Err(serr(Some(status.as_u16()), format!("{message} ({status})")));
+        let mut e = serr(Some(status.as_u16()), format!("{message} ({status})"));
+        if let BuildError::Start { retry_after: r, .. } = &mut e {
+            *r = retry_after;
+        }
+        return Err(e);
     }
     Ok(text)
 }
@@ -719,19 +803,28 @@ pub async fn instantiate_binary(
 /// resourceVersion, re-list when the watch ends or expires.
 async fn follow(builds: &Api<Build>, name: &str, ns: &str) -> Result<Build, BuildError> {
     let what = format!("builds.build.openshift.io/{name}");
+    let mut failed_lists = 0;
     loop {
         let lp = ListParams::default().fields(&format!("metadata.name={name}"));
         let list = match builds.list(&lp).await {
             Ok(l) => l,
             // The API server restarting or unreachable for a moment: the
-            // build goes on without us; keep trying (the stage timeout bounds it).
+            // build goes on without us; keep trying, each list already
+            // retried by the client, up to a budget (a resumed run attaches
+            // to the same Build).
             Err(e) if !matches!(&e, kube::Error::Api(s) if s.code < 500 && s.code != 429) => {
+                failed_lists += 1;
+                if failed_lists >= FOLLOW_FAILED_LISTS {
+                    tracing::warn!(build = name, "the build cannot be followed; giving up (it goes on without us)");
+                    return Err(api_err("list", what.clone(), ns)(e));
+                }
                 tracing::warn!(build = name, error = %e, "cannot list the build; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
             Err(e) => return Err(api_err("list", what.clone(), ns)(e)),
         };
+        failed_lists = 0;
         let Some(b) = list.items.into_iter().next() else {
             return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
         };
@@ -847,6 +940,24 @@ mod tests {
         let names: Vec<String> =
             ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names, vec!["Dockerfile", "model/w.bin"]);
+    }
+
+    #[test]
+    fn run_of_reads_annotations_or_the_revision_message() {
+        let d = "sha256:ab";
+        let b: Build = serde_json::from_value(json!({
+            "metadata": { "annotations": { DIGEST_ANNOTATION: d, RUN_ANNOTATION: "r1" } },
+        }))
+        .unwrap();
+        assert_eq!(run_of(&b, d), Some("r1"));
+        assert_eq!(run_of(&b, "sha256:cd"), None);
+        let lost: Build = serde_json::from_value(json!({
+            "metadata": {},
+            "spec": { "revision": { "git": { "message": revision_message("r2", d) } } },
+        }))
+        .unwrap();
+        assert_eq!(run_of(&lost, d), Some("r2"));
+        assert_eq!(run_of(&lost, "sha256:cd"), None);
     }
 
     #[test]

@@ -138,7 +138,13 @@ impl Ledger {
     }
 
     /// Append an entry, make it current for its environment, trim history.
+    /// An entry already in the history is not recorded again: a write whose
+    /// answer was lost may have been applied before the writer re-reads and
+    /// re-applies its change (and a newer entry must stay current).
     pub fn record(&mut self, entry: LedgerEntry) {
+        if self.history.contains(&entry) {
+            return;
+        }
         self.current.insert(entry.environment.clone(), entry.clone());
         self.history.push(entry);
         let limit = self.limit.max(1);
