@@ -639,12 +639,15 @@ pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Resu
             let files = context_files(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
             let level = compression_for(&dir, &files);
             let gz = flate2::write::GzEncoder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }, level);
-            let mut tar = tar::Builder::new(gz);
+            // tar copies file data in 8 KiB writes; a large buffer in front
+            // of the compressor lets it work on whole megabytes at a time.
+            let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, gz));
             tar.follow_symlinks(false);
             for (rel, _) in files {
                 tar.append_path_with_name(dir.join(&rel), &rel)?;
             }
-            let mut w = tar.into_inner()?.finish()?;
+            let gz = tar.into_inner()?.into_inner().map_err(std::io::IntoInnerError::into_error)?;
+            let mut w = gz.finish()?;
             w.flush()
         })();
         if let Err(e) = result {
