@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::run::start_sims;
+use super::promote::{Session, Where};
 use super::{CommandError, GlobalArgs, fail};
-use crate::cluster::Clusters;
 use crate::error::ExitClass;
 use crate::report::Format;
 use crate::secret::mask;
@@ -83,20 +82,12 @@ async fn from_clusters(
     args: &ReportArgs,
     file: &std::path::Path,
 ) -> Result<(RunRecord, Vec<LedgerEntry>), CommandError> {
-    let mut pipeline = crate::spec::load(file).map_err(fail)?.pipeline;
-    let mut kubeconfig = args.kubeconfig.clone();
-    let mut sims = Vec::new();
-    if let Some(dir) = &args.sim {
-        let (started, path) = start_sims(file, dir).await?;
-        sims = started;
-        kubeconfig = Some(path);
-        for (name, env) in pipeline.spec.environments.iter_mut() {
-            env.context = Some(name.clone());
-        }
-    }
-    let clusters = Clusters::new(pipeline.spec.environments.clone(), kubeconfig);
+    let w =
+        Where { file: file.to_path_buf(), kubeconfig: args.kubeconfig.clone(), sim: args.sim.clone(), state_dir: None };
+    let session = Session::open(&w).await?;
     let result = async {
-        let store = crate::engine::open_state(&pipeline, None, &clusters).await.map_err(fail)?;
+        let (pipeline, clusters) = (&session.pipeline, &session.clusters);
+        let store = crate::engine::open_state(pipeline, None, clusters).await.map_err(fail)?;
         let run = find_run(store.as_ref(), &args.run_id).await?;
         let mut current = Vec::new();
         for (name, env) in &pipeline.spec.environments {
@@ -108,9 +99,7 @@ async fn from_clusters(
         Ok((run, current))
     }
     .await;
-    for sim in sims {
-        sim.shutdown().await;
-    }
+    session.close().await;
     result
 }
 

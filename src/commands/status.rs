@@ -1,13 +1,12 @@
 //! `modelship status [RUN_ID] [--model NAME]`
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 
-use super::run::{OutputFormat, stage_duration, start_sims, table};
+use super::promote::{Session, Where};
+use super::run::{OutputFormat, stage_duration, table};
 use super::{CommandError, GlobalArgs, fail};
-use crate::cluster::Clusters;
 use crate::error::ExitClass;
 use crate::secret::mask;
 use crate::state::{RunRecord, StateStore, Status};
@@ -39,23 +38,24 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
-    let mut sims = Vec::new();
-    let store: Arc<dyn StateStore> = match (&args.state_dir, &args.file) {
-        (Some(dir), _) => Arc::new(crate::state::dir::DirStore::new(dir)),
+    let text = match (&args.state_dir, &args.file) {
+        (Some(dir), _) => show(&args, &crate::state::dir::DirStore::new(dir)).await?,
         (None, Some(file)) => {
-            let loaded = crate::spec::load(file).map_err(fail)?;
-            let mut pipeline = loaded.pipeline;
-            let mut kubeconfig = args.kubeconfig.clone();
-            if let Some(dir) = &args.sim {
-                let (started, path) = start_sims(file, dir).await?;
-                sims = started;
-                kubeconfig = Some(path);
-                for (name, env) in pipeline.spec.environments.iter_mut() {
-                    env.context = Some(name.clone());
-                }
+            let w = Where {
+                file: file.clone(),
+                kubeconfig: args.kubeconfig.clone(),
+                sim: args.sim.clone(),
+                state_dir: None,
+            };
+            let session = Session::open(&w).await?;
+            let result = async {
+                let store =
+                    crate::engine::open_state(&session.pipeline, None, &session.clusters).await.map_err(fail)?;
+                show(&args, store.as_ref()).await
             }
-            let clusters = Clusters::new(pipeline.spec.environments.clone(), kubeconfig);
-            crate::engine::open_state(&pipeline, None, &clusters).await.map_err(fail)?
+            .await;
+            session.close().await;
+            result?
         }
         (None, None) => {
             return Err(CommandError::usage(
@@ -63,11 +63,6 @@ pub async fn run(args: StatusArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
             ));
         }
     };
-    let result = show(&args, store.as_ref()).await;
-    for sim in sims {
-        sim.shutdown().await;
-    }
-    let text = result?;
     println!("{}", mask(&text));
     Ok(())
 }
