@@ -25,6 +25,6 @@ seed template fixtures/hostile/templates
 seed webhook fixtures/hostile/webhooks fixtures/webhooks
 for target in pipeline template webhook; do
   echo "==> fuzz $target for ${secs}s"
-  cargo fuzz run --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
+  cargo fuzz run ${FUZZ_DEV:+--dev} --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
     -max_total_time="$secs" -max_len=65536 -rss_limit_mb=1024 -timeout=10
 done
