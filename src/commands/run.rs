@@ -175,7 +175,8 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
     let loaded = crate::spec::load(pipeline).map_err(fail)?;
     let mut sims = Vec::new();
     for name in loaded.pipeline.spec.environments.keys() {
-        match start_sim(SimConfig::new(dir.join(name), name.clone())).await {
+        // The sim comes back on the address its data directory had before.
+        match crate::sim::start(SimConfig::new(dir.join(name), name.clone())).await {
             Ok(sim) => sims.push(sim),
             Err(e) => {
                 for sim in sims {
@@ -207,41 +208,6 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
         }
     }
     Ok((sims, path))
-}
-
-/// Where a sim's data directory remembers the address it last listened on.
-const SIM_ADDRESS_FILE: &str = "address";
-
-/// Start a sim on the address its data directory had last time, when free
-/// (and `config.listen` asks for no particular port): the records,
-/// ImageStreams and SeldonDeployments it keeps name images by
-/// `127.0.0.1:PORT`, so a second run (which reuses the first run's build) or
-/// a later `status`/`report`/`sim serve` must find the registry where it was.
-pub async fn start_sim(config: SimConfig) -> Result<SimServer, crate::sim::SimError> {
-    let file = config.data_dir.join(SIM_ADDRESS_FILE);
-    let remembered = (config.listen.port() == 0)
-        .then(|| std::fs::read_to_string(&file).ok())
-        .flatten()
-        .and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok());
-    let sim = match remembered {
-        Some(addr) => match crate::sim::start(SimConfig { listen: addr, ..config.clone() }).await {
-            Ok(sim) => sim,
-            Err(crate::sim::SimError::Bind { .. }) => {
-                tracing::warn!(
-                    sim = %config.name, %addr,
-                    "the simulated cluster's previous address is taken (another modelship on this --sim dir?); \
-                     using a new port: image references it recorded before will not resolve"
-                );
-                crate::sim::start(config).await?
-            }
-            Err(e) => return Err(e),
-        },
-        None => crate::sim::start(config).await?,
-    };
-    if let Err(e) = std::fs::write(&file, sim.addr.to_string()) {
-        tracing::warn!(file = %file.display(), error = %e, "cannot remember the simulated cluster's address");
-    }
-    Ok(sim)
 }
 
 async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, CommandError> {

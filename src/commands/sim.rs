@@ -63,7 +63,7 @@ async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
         faults: Faults { forbidden: a.forbid.clone(), inject: a.fault.clone() },
         ..SimConfig::new(a.data.clone(), a.name.clone())
     };
-    let server = super::run::start_sim(config).await.map_err(fail)?;
+    let server = crate::sim::start(config).await.map_err(fail)?;
     let kubeconfig = a.kubeconfig.clone().unwrap_or_else(|| a.data.join("kubeconfig"));
     if let Err(e) = write_kubeconfig(&kubeconfig, &server.kubeconfig()) {
         server.shutdown().await;

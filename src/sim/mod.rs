@@ -248,10 +248,10 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         data_dir: config.data_dir.clone(),
         shutdown: CancellationToken::new(),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| SimError::Bind { addr: config.listen, source })?;
+    let listener = bind(&config).await?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
+    let address_file = config.data_dir.join(ADDRESS_FILE);
+    std::fs::write(&address_file, addr.to_string()).map_err(|source| SimError::Io { path: address_file, source })?;
     let app = server::router(api.clone())
         .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer))
         .merge(registry::router(registry));
@@ -314,6 +314,32 @@ async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdown: C
         while conns.try_join_next().is_some() {}
     }
     while conns.join_next().await.is_some() {}
+}
+
+/// Where a sim records the address it listens on.
+const ADDRESS_FILE: &str = "address";
+
+/// Bind `config.listen`; for port 0, first the address this data directory
+/// had last time. A restarted sim must come back where it was: its address
+/// is also its registry's host, recorded in image references (build
+/// outputs, the ledger, SeldonDeployments) that a resumed run goes on using,
+/// as a real cluster's registry host never changes. If that port is taken
+/// now, a free one (with a warning: recorded references to the old one fail).
+async fn bind(config: &SimConfig) -> Result<tokio::net::TcpListener, SimError> {
+    if config.listen.port() == 0
+        && let Ok(text) = std::fs::read_to_string(config.data_dir.join(ADDRESS_FILE))
+        && let Ok(previous) = text.trim().parse::<SocketAddr>()
+        && previous.ip() == config.listen.ip()
+    {
+        match tokio::net::TcpListener::bind(previous).await {
+            Ok(l) => return Ok(l),
+            Err(e) => tracing::warn!(
+                address = %previous, data = %config.data_dir.display(),
+                "cannot listen where this sim listened before ({e}); image references to {previous} will not resolve"
+            ),
+        }
+    }
+    tokio::net::TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind { addr: config.listen, source })
 }
 
 /// A kubeconfig with one cluster/context/user per `(name, url)`; the current

@@ -423,6 +423,73 @@ fn group_alive(pgid: u32) -> bool {
     })
 }
 
+/// The file beside a model's rootfs that records its process group, so a
+/// sim restarted after its process was SIGKILLed (no drop, no shutdown) can
+/// stop what the dead one left running.
+pub const PGID_FILE: &str = "pgid";
+
+/// Stop every process group recorded in a `PGID_FILE` under `root` whose
+/// members still run in a working directory under `root` (a pid reused by
+/// an unrelated process is left alone), and remove the files. Returns the
+/// groups killed.
+pub fn kill_recorded_groups(root: &Path) -> Vec<u32> {
+    let Ok(canonical) = root.canonicalize() else { return Vec::new() };
+    let mut files = Vec::new();
+    // `<ns>/<name>/<digest>/pgid`
+    collect_named(root, PGID_FILE, 3, &mut files);
+    let mut killed = Vec::new();
+    for file in files {
+        let pgid = std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse::<u32>().ok());
+        if let Some(pgid) = pgid.filter(|&p| p > 1)
+            && group_members(pgid)
+                .iter()
+                .any(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&canonical)))
+        {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            killed.push(pgid);
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+    // Wait (bounded) until they are gone, so their ports are free again.
+    for _ in 0..50 {
+        if killed.iter().all(|&g| !group_alive(g)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    killed
+}
+
+fn collect_named(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if e.file_name() == name && path.is_file() {
+            out.push(path);
+        } else if depth > 0 && e.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_named(&path, name, depth - 1, out);
+        }
+    }
+}
+
+/// Live (not zombie) processes of group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            (fields.len() > 3 && fields[0] != "Z" && fields[0] != "X" && fields[2] == pgid.to_string()).then_some(pid)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -145,6 +145,12 @@ impl Running {
 pub async fn controller(api: SimApi, data_dir: PathBuf) {
     let mut events = api.store.events();
     let mut running: HashMap<(String, String), Running> = HashMap::new();
+    // A sim that was SIGKILLed (a runner killed mid-run) could not stop its
+    // model processes: stop them before starting their successors.
+    let stale = runtime::kill_recorded_groups(&data_dir.join("seldon"));
+    if !stale.is_empty() {
+        tracing::info!(groups = ?stale, "sim seldon: stopped model processes a killed sim left running");
+    }
     resync(&api, &data_dir, &mut running).await;
     loop {
         let event = tokio::select! {
@@ -320,6 +326,39 @@ fn deployment_status(api: &SimApi, ns: &str, dname: &str, generation: i64, repli
     });
 }
 
+/// Where a predictor's ports are kept (`DATA/seldon/<ns>/<name>/ports`).
+const PORTS_FILE: &str = "ports";
+
+/// The predictor's HTTP, gRPC and metrics ports: the ones it had before
+/// while they are free, as a Service's address outlives its pods (a run
+/// resumed after the sim restarted goes on using the recorded endpoint);
+/// otherwise free ones, recorded for next time.
+fn predictor_ports(dir: &std::path::Path) -> std::io::Result<(u16, u16, u16)> {
+    let file = dir.join(PORTS_FILE);
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        let p: Vec<u16> = text.split_whitespace().filter_map(|s| s.parse().ok()).collect();
+        if let [h, g, m] = p[..]
+            && [h, g, m].into_iter().all(port_free)
+        {
+            return Ok((h, g, m));
+        }
+    }
+    let ports = (free_port()?, free_port()?, free_port()?);
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&file, format!("{} {} {}", ports.0, ports.1, ports.2))?;
+    Ok(ports)
+}
+
+/// Whether a server could listen on `port` now (with SO_REUSEADDR, as the
+/// model server does: connections of a killed predecessor in TIME_WAIT do
+/// not count).
+fn port_free(port: u16) -> bool {
+    let Ok(socket) = tokio::net::TcpSocket::new_v4() else { return false };
+    socket.set_reuseaddr(true).is_ok()
+        && socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port))).is_ok()
+        && socket.listen(1).is_ok()
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -364,9 +403,10 @@ async fn serve_predictor(api: SimApi, dir: PathBuf, ns: String, name: String, d:
             }
         }
     };
-    let ports = match (free_port(), free_port(), free_port()) {
-        (Ok(h), Ok(g), Ok(m)) => (h, g, m),
-        _ => return fail("no free port on 127.0.0.1".into()),
+    // Per SeldonDeployment, not per image: the address survives a rollout.
+    let ports = match predictor_ports(dir.parent().unwrap_or(&dir)) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("no free port on 127.0.0.1: {e}")),
     };
     let mut env = d.env.clone();
     env.extend([
@@ -382,6 +422,8 @@ async fn serve_predictor(api: SimApi, dir: PathBuf, ns: String, name: String, d:
         Ok(p) => p,
         Err(e) => return fail(e.to_string()),
     };
+    // Recorded for a sim restarted after being SIGKILLed (see resync).
+    let _ = std::fs::write(dir.join(runtime::PGID_FILE), process.pid.to_string());
     tracing::info!(namespace = %ns, name = %name, pid = process.pid, port = ports.0, image = %d.image, "sim seldon: model process started");
     let health = format!("http://127.0.0.1:{}/health/ping", ports.0);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("a plain HTTP client");

@@ -69,9 +69,17 @@ pub async fn lock_with_wait(
 ) -> Result<LockInfo, StateError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut delay = Duration::from_millis(100);
+    let mut told = false;
     loop {
         match store.try_lock(model, holder, ttl).await {
-            Err(StateError::Locked { .. }) if tokio::time::Instant::now() + delay <= deadline => {
+            Err(StateError::Locked { holder: other, expires, .. })
+                if tokio::time::Instant::now() + delay <= deadline =>
+            {
+                // Once, so an operator sees who is in the way.
+                if !told {
+                    told = true;
+                    tracing::info!(model, holder = %other, expires = %expires, wait = %humantime::format_duration(wait), "waiting for the promotion lock");
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
