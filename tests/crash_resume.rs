@@ -210,7 +210,7 @@ impl Final {
         }
         // The digest tested in dev is the one built, deployed and promoted.
         let digest = self.image_digest();
-        assert_eq!(self.build_digests, [digest.clone()], "{what}: Build output digest");
+        assert_eq!(self.build_digests, std::slice::from_ref(&digest), "{what}: Build output digest");
         assert!(
             self.sdep_images.len() == 1 && self.sdep_images[0].ends_with(&format!("@{digest}")),
             "{what}: SeldonDeployment image {:?} is not {digest}",
