@@ -6,6 +6,8 @@
 //! detected with an error naming what was wrong, and nothing is tagged,
 //! promoted, recorded or left under its final name.
 
+mod sim_support;
+
 mod registry_support;
 
 use std::net::SocketAddr;
@@ -26,7 +28,6 @@ use modelship::cluster::Clusters;
 use modelship::promotion::{self, PromoteRequest};
 use modelship::registry::{AuthStore, CopyOptions, ImageRef, RegistryError, copy_image};
 use modelship::secret::Secret;
-use modelship::sim::SimConfig;
 use modelship::spec::ModelSpec;
 use modelship::stages::fetch_model::{self, FetchModelError, Params};
 use modelship::state::StateStore;
@@ -260,14 +261,7 @@ async fn a_registry_returning_wrong_bytes_is_detected_and_nothing_is_tagged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_source_image_is_not_promoted_or_recorded() {
     let dir = tempfile::tempdir().unwrap();
-    let dev = modelship::sim::start(SimConfig::new(dir.path().join("dev"), "dev")).await.unwrap();
-    let prod = modelship::sim::start(SimConfig::new(dir.path().join("prod"), "prod")).await.unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        modelship::sim::kubeconfig_yaml(&[("dev".into(), dev.url()), ("prod".into(), prod.url())]),
-    )
-    .unwrap();
+    let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
     let pipeline: modelship::spec::Pipeline = modelship::spec::yaml::from_str(
         r#"
 apiVersion: modelship.io/v1alpha1

@@ -4,13 +4,15 @@
 //! back with `skopeo inspect --raw` and `kubectl` (both installed by
 //! `scripts/setup.d/10-kubectl.sh` and `30-registry.sh`; run `scripts/test.sh`).
 
+mod sim_support;
+
 use std::process::Command;
 use std::time::Duration;
 
 use modelship::cluster::Clusters;
 use modelship::promotion::{self, PromoteRequest, PromotionError, RollbackRequest};
 use modelship::registry::{AuthStore, RegistryError};
-use modelship::sim::{SimConfig, SimServer};
+use modelship::sim::SimServer;
 use modelship::spec::Pipeline;
 use modelship::state::configmap::{ConfigMapStore, ledger_configmap_name};
 use modelship::state::{StateError, StateStore};
@@ -56,14 +58,7 @@ struct Env {
 impl Env {
     async fn start() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let dev = modelship::sim::start(SimConfig::new(dir.path().join("dev"), "dev")).await.unwrap();
-        let prod = modelship::sim::start(SimConfig::new(dir.path().join("prod"), "prod")).await.unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            modelship::sim::kubeconfig_yaml(&[("dev".into(), dev.url()), ("prod".into(), prod.url())]),
-        )
-        .unwrap();
+        let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
         let pipeline = test_pipeline();
         let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig.clone()));
         for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {

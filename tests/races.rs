@@ -5,6 +5,8 @@
 //! promotions race, so "one at a time" is read from the cluster's own
 //! record of who held the lock, not inferred from results.
 
+mod sim_support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use kube::api::{Api, WatchEvent, WatchParams};
 use modelship::cluster::Clusters;
 use modelship::promotion::{self, PromoteRequest, PromotionError};
 use modelship::registry::AuthStore;
-use modelship::sim::{SimConfig, SimServer};
+use modelship::sim::SimServer;
 use modelship::state::configmap::{ConfigMapStore, lock_lease_name};
 use modelship::state::dir::DirStore;
 use modelship::state::{StateError, StateStore};
@@ -36,14 +38,7 @@ struct Env {
 impl Env {
     async fn start() -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let dev = modelship::sim::start(SimConfig::new(dir.path().join("dev"), "dev")).await.unwrap();
-        let prod = modelship::sim::start(SimConfig::new(dir.path().join("prod"), "prod")).await.unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            modelship::sim::kubeconfig_yaml(&[("dev".into(), dev.url()), ("prod".into(), prod.url())]),
-        )
-        .unwrap();
+        let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
         let pipeline: modelship::spec::Pipeline = modelship::spec::yaml::from_str(&format!(
             r#"
 apiVersion: modelship.io/v1alpha1
