@@ -11,6 +11,7 @@ pub mod rollback;
 pub mod run;
 pub mod serve;
 pub mod sim;
+pub mod simulated;
 pub mod status;
 pub mod trigger;
 pub mod validate;

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::run::{OutputFormat, start_sims};
+use super::run::OutputFormat;
+use super::simulated::{SimClusters, SimOptions};
 use super::{CommandError, GlobalArgs, fail};
 use crate::cluster::Clusters;
 use crate::promotion::{self, PromoteOutcome, PromoteRequest};
 use crate::registry::AuthStore;
 use crate::secret::mask;
-use crate::sim::SimServer;
 use crate::spec::Pipeline;
 
 /// Where the environments are: flags every promotion command takes.
@@ -25,8 +25,8 @@ pub struct Where {
     /// each environment uses its own `context`.
     #[arg(long, value_name = "PATH", conflicts_with = "sim")]
     pub kubeconfig: Option<PathBuf>,
-    /// Simulated clusters kept in DIR (as `modelship run --sim DIR`); their
-    /// registries are plain HTTP on the sims' own addresses.
+    /// Simulated clusters kept in DIR (as `modelship run --sim DIR`), reached
+    /// as the `modelship` service account.
     #[arg(long, value_name = "DIR")]
     pub sim: Option<PathBuf>,
     /// Ledger (and run records) in this directory instead of ConfigMaps.
@@ -39,31 +39,26 @@ pub struct Session {
     pub pipeline: Pipeline,
     pub clusters: Clusters,
     pub state_dir: Option<PathBuf>,
-    sims: Vec<SimServer>,
+    sims: Option<SimClusters>,
 }
 
 impl Session {
     pub async fn open(w: &Where) -> Result<Session, CommandError> {
         let mut pipeline = crate::spec::load(&w.file).map_err(fail)?.pipeline;
         let mut kubeconfig = w.kubeconfig.clone();
-        let mut sims = Vec::new();
+        let mut sims = None;
         if let Some(dir) = &w.sim {
-            let (s, path) = start_sims(&w.file, dir).await?;
-            sims = s;
-            kubeconfig = Some(path);
-            // As `run --sim`: each environment is the sim of its name, and its
-            // registry the sim's (resolved from the plain-HTTP API address).
-            for (name, env) in pipeline.spec.environments.iter_mut() {
-                env.context = Some(name.clone());
-                env.registry = None;
-            }
+            let s = SimClusters::start(&w.file, dir, &SimOptions::default()).await?;
+            kubeconfig = Some(s.kubeconfig.clone());
+            s.overrides.apply(&mut pipeline).map_err(CommandError::usage)?;
+            sims = Some(s);
         }
         let clusters = Clusters::new(pipeline.spec.environments.clone(), kubeconfig);
         Ok(Session { pipeline, clusters, state_dir: w.state_dir.clone(), sims })
     }
 
     pub async fn close(self) {
-        for s in self.sims {
+        if let Some(s) = self.sims {
             s.shutdown().await;
         }
     }

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use super::simulated::{self, SimClusters, SimOptions};
 use super::{CommandError, GlobalArgs, fail};
 use crate::engine::{self, EngineError, Plan, RunOptions, RunSummary};
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::mask;
-use crate::sim::{SimConfig, SimServer};
 use crate::state::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -45,9 +45,28 @@ pub struct RunArgs {
     /// Keep the run's files (model, build context) in DIR.
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
-    /// Run against simulated clusters (one per environment) kept in DIR.
-    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    /// Run against simulated clusters (one per environment) kept in DIR, as
+    /// the `modelship` service account with the shipped RBAC.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "contexts", "registries", "model_endpoint", "model_secret"])]
     pub sim: Option<PathBuf>,
+    /// With --sim: apply these RBAC manifests instead of .tekton/rbac/modelship.yaml.
+    #[arg(long, value_name = "FILE", requires = "sim")]
+    pub sim_rbac: Option<PathBuf>,
+    /// Use kubeconfig context CTX for environment ENV (repeatable).
+    #[arg(long = "context", value_name = "ENV=CTX")]
+    pub contexts: Vec<String>,
+    /// Use registry HOST for environment ENV (`cluster`: its integrated registry).
+    #[arg(long = "registry", value_name = "ENV=HOST")]
+    pub registries: Vec<String>,
+    /// Read the model from this S3 endpoint instead of `spec.model.endpoint`.
+    #[arg(long, value_name = "URL")]
+    pub model_endpoint: Option<String>,
+    /// Allow a plain-HTTP --model-endpoint.
+    #[arg(long, requires = "model_endpoint")]
+    pub model_insecure: bool,
+    /// Read the model's S3 credentials from this Secret instead of `spec.model.credentialsSecret`.
+    #[arg(long, value_name = "NAME")]
+    pub model_secret: Option<String>,
     /// kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
@@ -86,13 +105,13 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         dry_run: args.dry_run,
         interactive: std::io::stderr().is_terminal() && g.log_format.is_text() && !g.quiet,
         cancel: cancel.clone(),
-        sim_contexts: false,
-        sim_s3: None,
+        overrides: overrides(&args)?,
     };
 
     if args.dry_run {
         if args.sim.is_some() {
-            opts.sim_contexts = true;
+            let pipeline = crate::spec::load(&args.file).map_err(fail)?.pipeline;
+            opts.overrides = simulated::overrides_for(&pipeline);
         }
         let plan = engine::plan(&opts).map_err(fail)?;
         let text = match args.output {
@@ -103,33 +122,21 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         return Ok(());
     }
 
-    let (sims, s3) = match &args.sim {
+    let sims = match &args.sim {
         Some(dir) => {
-            let (sims, kubeconfig) = start_sims(&args.file, dir).await?;
-            let s3 = match sim_model_source(&args.file, dir, &kubeconfig).await {
-                Ok(s3) => s3,
-                Err(e) => {
-                    for sim in sims {
-                        sim.shutdown().await;
-                    }
-                    return Err(e);
-                }
-            };
-            opts.sim_s3 = s3.as_ref().map(|(_, s)| s.clone());
-            opts.kubeconfig = Some(kubeconfig);
-            opts.sim_contexts = true;
-            (sims, s3.map(|(server, _)| server))
+            let sim_opts = SimOptions { serve_s3: true, rbac: args.sim_rbac.clone() };
+            let sims = SimClusters::start(&args.file, dir, &sim_opts).await?;
+            opts.kubeconfig = Some(sims.kubeconfig.clone());
+            opts.overrides = sims.overrides.clone();
+            Some(sims)
         }
-        None => (Vec::new(), None),
+        None => None,
     };
     let signals = tokio::spawn(cancel_on_signals(cancel.clone()));
     let result = engine::run(opts).await;
     signals.abort();
-    for sim in sims {
-        sim.shutdown().await;
-    }
-    if let Some(s3) = s3 {
-        s3.shutdown().await;
+    if let Some(sims) = sims {
+        sims.shutdown().await;
     }
 
     let summary = match &result {
@@ -169,143 +176,18 @@ pub fn parse_pairs(flag: &str, raw: &[String]) -> Result<Vec<(String, String)>, 
         .collect()
 }
 
-/// Start one sim per environment of the pipeline (data in `dir/<env>`) and
-/// write `dir/kubeconfig` with a context named after each environment.
-pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, PathBuf), CommandError> {
-    let loaded = crate::spec::load(pipeline).map_err(fail)?;
-    let mut sims = Vec::new();
-    for name in loaded.pipeline.spec.environments.keys() {
-        // The sim comes back on the address its data directory had before.
-        match crate::sim::start(SimConfig::new(dir.join(name), name.clone())).await {
-            Ok(sim) => sims.push(sim),
-            Err(e) => {
-                for sim in sims {
-                    sim.shutdown().await;
-                }
-                return Err(CommandError::new(ExitClass::Failed, e));
-            }
-        }
-    }
-    let clusters: Vec<(String, String)> = sims.iter().map(|s| (s.name.clone(), s.url())).collect();
-    let path = dir.join("kubeconfig");
-    if let Err(e) = std::fs::write(&path, crate::sim::kubeconfig_yaml(&clusters)) {
-        for sim in sims {
-            sim.shutdown().await;
-        }
-        return Err(CommandError::usage(format!("{}: {e}", path.display())));
-    }
-    for s in &sims {
-        tracing::info!(environment = %s.name, url = %s.url(), "simulated cluster started");
-    }
-    // A fresh sim has only the default namespaces; a real cluster would
-    // already have the pipeline's.
-    for (env, spec) in &loaded.pipeline.spec.environments {
-        if let Err(e) = ensure_namespace(&path, env, &spec.namespace).await {
-            for sim in sims {
-                sim.shutdown().await;
-            }
-            return Err(e);
-        }
-    }
-    Ok((sims, path))
-}
-
-async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, CommandError> {
-    let failed = |e: String| CommandError::usage(format!("simulated cluster `{context}`: {e}"));
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| failed(e.to_string()))?;
-    let options = kube::config::KubeConfigOptions { context: Some(context.to_string()), ..Default::default() };
-    let config = kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| failed(e.to_string()))?;
-    kube::Client::try_from(config).map_err(|e| failed(e.to_string()))
-}
-
-async fn ensure_namespace(kubeconfig: &Path, context: &str, namespace: &str) -> Result<(), CommandError> {
-    use k8s_openapi::api::core::v1::Namespace;
-    let client = sim_client(kubeconfig, context).await?;
-    let api: kube::Api<Namespace> = kube::Api::all(client);
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
-        .map_err(|e| CommandError::new(ExitClass::Internal, e))?;
-    match api.create(&kube::api::PostParams::default(), &ns).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(CommandError::new(ExitClass::Failed, e)),
-    }
-}
-
-/// Name of the Secret `--sim` creates for the embedded S3 credentials.
-const SIM_S3_SECRET: &str = "modelship-sim-s3";
-
-/// For an `s3://BUCKET/PREFIX` model under `--sim`: serve `DIR/s3` as an S3
-/// endpoint in-process, seed `BUCKET/PREFIX` from the fixture model
-/// (`fixtures/<model>-model` beside the pipeline's directory) when it is
-/// empty, and put the endpoint's credentials in a Secret of the state
-/// environment, where `fetch-model` reads them like any `credentialsSecret`.
-async fn sim_model_source(
-    pipeline: &Path,
-    dir: &Path,
-    kubeconfig: &Path,
-) -> Result<Option<(crate::storage::embedded::EmbeddedS3, engine::SimS3)>, CommandError> {
-    let loaded = crate::spec::load(pipeline).map_err(fail)?;
-    let model = &loaded.pipeline.spec.model;
-    let Some(rest) = model.source.strip_prefix("s3://") else { return Ok(None) };
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let root = dir.join("s3");
-    let target = root.join(bucket).join(prefix.trim_end_matches('/'));
-    let seed =
-        pipeline.parent().and_then(Path::parent).map(|p| p.join("fixtures").join(format!("{}-model", model.name)));
-    let empty = std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(true);
-    if empty {
-        match seed.filter(|s| s.is_dir()) {
-            Some(seed) => {
-                copy_tree(&seed, &target)
-                    .map_err(|e| CommandError::usage(format!("seeding {}: {e}", target.display())))?;
-                tracing::info!(from = %seed.display(), to = %model.source, "seeded the simulated S3 bucket");
-            }
-            None => tracing::warn!(
-                dir = %target.display(),
-                "simulated S3 has nothing at {}; put the model files there", model.source
-            ),
-        }
-    }
-    let s3 =
-        crate::storage::embedded::serve(&root, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await.map_err(fail)?;
-    let (state_env, env) = loaded
-        .pipeline
-        .state_environment()
-        .ok_or_else(|| CommandError::usage("the pipeline declares no environment"))?;
-    let client = sim_client(kubeconfig, state_env).await?;
-    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, &env.namespace);
-    let secret = serde_json::json!({
-        "metadata": {"name": SIM_S3_SECRET},
-        "type": "Opaque",
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": crate::storage::embedded::ACCESS_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": crate::storage::embedded::SECRET_ACCESS_KEY,
-        }
-    });
-    let secret: k8s_openapi::api::core::v1::Secret =
-        serde_json::from_value(secret).map_err(|e| CommandError::new(ExitClass::Internal, e))?;
-    match api.create(&kube::api::PostParams::default(), &secret).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(CommandError::new(ExitClass::Failed, e)),
-    }
-    let sim_s3 = engine::SimS3 { endpoint: s3.endpoint(), credentials_secret: SIM_S3_SECRET.to_string() };
-    tracing::info!(endpoint = %sim_s3.endpoint, "simulated S3 started");
-    Ok(Some((s3, sim_s3)))
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else {
-            std::fs::copy(entry.path(), dest)?;
-        }
-    }
-    Ok(())
+/// The `--context`, `--registry` and `--model-*` flags.
+fn overrides(args: &RunArgs) -> Result<crate::spec::Overrides, CommandError> {
+    Ok(crate::spec::Overrides {
+        contexts: parse_pairs("--context", &args.contexts)?.into_iter().collect(),
+        registries: parse_pairs("--registry", &args.registries)?
+            .into_iter()
+            .map(|(env, host)| (env, crate::spec::RegistryOverride::parse(&host)))
+            .collect(),
+        model_endpoint: args.model_endpoint.clone(),
+        model_insecure: args.model_insecure,
+        model_secret: args.model_secret.clone(),
+    })
 }
 
 /// SIGINT or SIGTERM (Tekton's timeout) cancels the run, which records the

@@ -60,20 +60,10 @@ pub struct RunOptions {
     pub interactive: bool,
     /// Cancelled on SIGINT/SIGTERM.
     pub cancel: CancellationToken,
-    /// `--sim`: every environment is its own simulated cluster reached
-    /// through the kubeconfig context named after it; the pipeline's
-    /// `context` and `registry` are ignored (in memory only).
-    pub sim_contexts: bool,
-    /// `--sim` with an s3:// model: the embedded S3 endpoint and the Secret
-    /// (in the state environment) holding its credentials.
-    pub sim_s3: Option<SimS3>,
-}
-
-/// Where `--sim` serves the model from.
-#[derive(Debug, Clone)]
-pub struct SimS3 {
-    pub endpoint: String,
-    pub credentials_secret: String,
+    /// Where environments and the model source are, when not as the file
+    /// says (`--context`, `--registry`, `--model-endpoint`, `--model-secret`;
+    /// `--sim` sets them for the clusters it starts).
+    pub overrides: crate::spec::Overrides,
 }
 
 /// What a run ended as; `--output json` prints it.

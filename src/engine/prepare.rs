@@ -49,7 +49,7 @@ pub(crate) fn prepare(opts: &RunOptions) -> Result<Prepared, EngineError> {
     let loaded = spec::load(&opts.pipeline)?;
     let catalog = catalog_for(opts, &loaded.path, &loaded.pipeline);
     spec::validate(&loaded, &catalog)?;
-    Ok(from_pipeline(loaded.pipeline, loaded.path, loaded.digest, catalog, opts))
+    from_pipeline(loaded.pipeline, loaded.path, loaded.digest, catalog, opts)
 }
 
 /// The seam tests use to run a pipeline parsed in memory.
@@ -59,28 +59,9 @@ pub(crate) fn from_pipeline(
     digest: String,
     catalog: Catalog,
     opts: &RunOptions,
-) -> Prepared {
-    if opts.sim_contexts {
-        // Each environment is its own sim, reached by the kubeconfig context
-        // of the same name; its registry is the one the sim reports.
-        for (name, env) in pipeline.spec.environments.iter_mut() {
-            env.context = Some(name.clone());
-            env.registry = None;
-            // Simulated registries speak plain HTTP on loopback.
-            env.insecure_registry = true;
-            env.registry_secret = None;
-        }
-        if let Some(s3) = &opts.sim_s3 {
-            let model = &mut pipeline.spec.model;
-            model.endpoint = Some(s3.endpoint.clone());
-            model.insecure = true;
-            model.credentials_secret = Some(s3.credentials_secret.clone());
-            // The embedded endpoint ignores the region; without one the SDK
-            // asks the EC2 metadata service, which warns or stalls off EC2.
-            model.region.get_or_insert_with(|| crate::storage::DEFAULT_REGION.to_string());
-        }
-    }
-    Prepared { pipeline: Arc::new(pipeline), path, digest, catalog: Arc::new(catalog) }
+) -> Result<Prepared, EngineError> {
+    opts.overrides.apply(&mut pipeline).map_err(EngineError::BadInput)?;
+    Ok(Prepared { pipeline: Arc::new(pipeline), path, digest, catalog: Arc::new(catalog) })
 }
 
 /// Lookups: the pipeline's `templates:` directory, then `--stages-dir`, then

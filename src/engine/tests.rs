@@ -61,7 +61,8 @@ impl Harness {
 
     async fn run(&self, p: &Pipeline, opts: RunOptions) -> Result<RunSummary, EngineError> {
         let prepared =
-            prepare::from_pipeline(p.clone(), opts.pipeline.clone(), "sha256:test".into(), Catalog::embedded(), &opts);
+            prepare::from_pipeline(p.clone(), opts.pipeline.clone(), "sha256:test".into(), Catalog::embedded(), &opts)
+                .unwrap();
         let tuning = exec::Tuning {
             backoff_base: Duration::from_millis(20),
             backoff_cap: Duration::from_secs(1),
@@ -362,7 +363,8 @@ fn the_plan_resolves_params_and_keeps_outputs_and_env_as_written() {
     );
     let mut opts = h.opts("plan-1");
     opts.until = Some("b".into());
-    let prepared = prepare::from_pipeline(p, opts.pipeline.clone(), "sha256:t".into(), Catalog::embedded(), &opts);
+    let prepared =
+        prepare::from_pipeline(p, opts.pipeline.clone(), "sha256:t".into(), Catalog::embedded(), &opts).unwrap();
     let plan = prepare::plan_prepared(&prepared, &opts).unwrap();
     assert_eq!(plan.stages.len(), 2);
     assert_eq!(plan.stages[0].with["value"], "v1/{{env.PATH}}");

@@ -122,33 +122,25 @@ impl EnvTarget {
 }
 
 /// Resolve environment `name`: its registry is `registry` from the pipeline,
-/// else the ImageStream's public repository host, else — when the API
-/// server is plain HTTP on loopback, i.e. a modelship sim — the sim's own
-/// address (the sim serves its registry under `/v2/` beside the API), which
-/// is then treated as insecure (plain HTTP). `insecureRegistry: true` marks
-/// any other registry insecure.
+/// else the host of the cluster's integrated registry as its ImageStream for
+/// `model` reports it. `insecureRegistry: true` marks the registry insecure.
 pub async fn resolve_env(clusters: &Clusters, name: &str, model: &str) -> Result<EnvTarget, PromotionError> {
     let env = clusters.environment(name)?.clone();
     let client = clusters.client(name).await?;
-    let mut insecure = env.insecure_registry;
     let registry = match env.registry.clone() {
         Some(r) => r,
-        None => match tag::public_repository(&client, &env.namespace, model).await {
+        None => match tag::public_repository(&client, &env.namespace, model).await? {
             Some(repo) => repo.split('/').next().unwrap_or_default().to_string(),
-            None => {
-                let url = clusters.config(name).await?.cluster_url;
-                let host = url.host().unwrap_or_default();
-                let loopback = matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1");
-                if url.scheme_str() == Some("http") && loopback {
-                    insecure = true;
-                    url.authority().map(|a| a.to_string()).unwrap_or_default()
-                } else {
-                    return Err(PromotionError::NoRegistry { env: name.to_string(), stream: model.to_string() });
-                }
-            }
+            None => return Err(PromotionError::NoRegistry { env: name.to_string(), stream: model.to_string() }),
         },
     };
-    Ok(EnvTarget { name: name.to_string(), namespace: env.namespace, client, registry, insecure })
+    Ok(EnvTarget {
+        name: name.to_string(),
+        namespace: env.namespace,
+        client,
+        registry,
+        insecure: env.insecure_registry,
+    })
 }
 
 /// The ledger store of `env`: its namespace's ConfigMaps, or `state_dir`.

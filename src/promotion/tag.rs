@@ -132,10 +132,29 @@ async fn edit_stream(
     Err(PromotionError::Contended { what: format!("ImageStream {namespace}/{stream}"), attempts: ATTEMPTS })
 }
 
-/// `status.publicDockerImageRepository` of the stream, if the cluster
-/// serves image.openshift.io and the stream exists.
-pub async fn public_repository(client: &kube::Client, namespace: &str, stream: &str) -> Option<String> {
+/// `status.publicDockerImageRepository` of the stream: where clients outside
+/// the cluster reach its integrated registry. openshift-apiserver fills it on
+/// every ImageStream it returns when the registry is exposed (the ImageStream
+/// REST decorator), so for a stream that does not exist yet a dry-run create
+/// answers it without writing anything. `None`: the cluster does not expose
+/// its registry (or serves no image.openshift.io).
+pub async fn public_repository(
+    client: &kube::Client,
+    namespace: &str,
+    stream: &str,
+) -> Result<Option<String>, PromotionError> {
     let streams = api(client, namespace, "ImageStream", "imagestreams");
-    let obj = streams.get_opt(stream).await.ok()??;
-    obj.data.pointer("/status/publicDockerImageRepository").and_then(Value::as_str).map(str::to_string)
+    let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStream {namespace}/{stream}"), source };
+    let obj = match streams.get_opt(stream).await {
+        Ok(Some(obj)) => obj,
+        Ok(None) => {
+            let mut new = DynamicObject::new(stream, &resource("ImageStream", "imagestreams"));
+            new.data = json!({ "spec": {} });
+            streams.create(&PostParams { dry_run: true, ..Default::default() }, &new).await.map_err(err)?
+        }
+        // No image.openshift.io on this cluster.
+        Err(e) if code(&e) == Some(404) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    Ok(obj.data.pointer("/status/publicDockerImageRepository").and_then(Value::as_str).map(str::to_string))
 }

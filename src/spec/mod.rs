@@ -5,6 +5,7 @@
 
 mod diagnostic;
 mod load;
+mod overrides;
 mod spans;
 mod types;
 mod validate;
@@ -12,6 +13,7 @@ pub mod yaml;
 
 pub use diagnostic::{Diagnostic, SpecError};
 pub use load::{LoadedPipeline, load, load_str};
+pub use overrides::{Overrides, RegistryOverride};
 pub use spans::SpanIndex;
 pub use types::*;
 pub use validate::validate;

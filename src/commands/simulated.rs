@@ -1,0 +1,385 @@
+//! `--sim DIR`: one simulated OpenShift per environment of a pipeline, set up
+//! the way an administrator sets up real clusters for modelship — the
+//! pipeline's namespaces, the shipped RBAC (`.tekton/rbac/modelship.yaml`) in
+//! each, the model's S3 credentials and every `registrySecret` the pipeline
+//! names — and a kubeconfig that reaches each cluster as the `modelship`
+//! service account with a token from the TokenRequest API. The run then goes
+//! the real way: TLS verified against the cluster CA, RBAC enforced, the
+//! registry authorized by the service account's token. What `--sim` changes
+//! in the pipeline is expressed as [`Overrides`] a user could pass by hand.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+
+use super::CommandError;
+use crate::error::ExitClass;
+use crate::sim::{SimConfig, SimServer};
+use crate::spec::{Overrides, Pipeline, RegistryOverride};
+
+/// The RBAC a platform team applies in every namespace modelship uses.
+pub const SHIPPED_RBAC: &str = include_str!("../../.tekton/rbac/modelship.yaml");
+/// The identity runs take on the simulated clusters.
+pub const SERVICE_ACCOUNT: &str = "modelship";
+/// Name of the Secret holding the embedded S3 endpoint's credentials, when
+/// the pipeline names no `credentialsSecret`.
+const SIM_S3_SECRET: &str = "modelship-sim-s3";
+/// Tokens minted for the kubeconfig and registry Secrets: long enough for a
+/// slow first run (a fresh model venv), short enough to expire like real ones.
+const TOKEN_SECONDS: i64 = 6 * 3600;
+
+/// What to set up besides the clusters.
+#[derive(Debug, Clone, Default)]
+pub struct SimOptions {
+    /// Serve an `s3://` model from `DIR/s3` (seeded from the fixtures).
+    pub serve_s3: bool,
+    /// RBAC to apply instead of the shipped file (to test a changed Role).
+    pub rbac: Option<PathBuf>,
+}
+
+/// The running sims of one pipeline and how to reach them.
+pub struct SimClusters {
+    pub sims: Vec<SimServer>,
+    /// `DIR/kubeconfig`: a context per environment (named after it), as the
+    /// `modelship` service account of that environment's namespace.
+    pub kubeconfig: PathBuf,
+    /// `DIR/admin.kubeconfig`: the same clusters as `system:admin`.
+    pub admin_kubeconfig: PathBuf,
+    /// What the run must be told: contexts, registries, the model endpoint.
+    pub overrides: Overrides,
+    s3: Option<crate::storage::embedded::EmbeddedS3>,
+}
+
+fn failed(message: String) -> CommandError {
+    CommandError::new(ExitClass::Failed, std::io::Error::other(message))
+}
+
+/// The overrides `--sim` implies before anything is started (for
+/// `--dry-run`): each environment is the kubeconfig context of its name, its
+/// registry the cluster's own.
+pub fn overrides_for(pipeline: &Pipeline) -> Overrides {
+    let mut o = Overrides::default();
+    for name in pipeline.spec.environments.keys() {
+        o.contexts.insert(name.clone(), name.clone());
+        o.registries.insert(name.clone(), RegistryOverride::Cluster);
+    }
+    o
+}
+
+impl SimClusters {
+    /// Start (or restart, on the data they kept) one sim per environment of
+    /// the pipeline at `pipeline_path`, under `dir/<env>`, and set them up.
+    pub async fn start(pipeline_path: &Path, dir: &Path, opts: &SimOptions) -> Result<SimClusters, CommandError> {
+        let pipeline = crate::spec::load(pipeline_path).map_err(super::fail)?.pipeline;
+        let rbac = match &opts.rbac {
+            None => SHIPPED_RBAC.to_string(),
+            Some(p) => std::fs::read_to_string(p).map_err(|e| CommandError::usage(format!("{}: {e}", p.display())))?,
+        };
+        let rbac: Vec<Value> = crate::spec::yaml::from_str_multi(&rbac)
+            .map_err(|e| CommandError::usage(format!("RBAC manifests: {e}")))?;
+        let mut me = SimClusters {
+            sims: Vec::new(),
+            kubeconfig: dir.join("kubeconfig"),
+            admin_kubeconfig: dir.join("admin.kubeconfig"),
+            overrides: overrides_for(&pipeline),
+            s3: None,
+        };
+        match me.set_up(&pipeline, pipeline_path, dir, &rbac, opts).await {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                me.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up(
+        &mut self,
+        pipeline: &Pipeline,
+        pipeline_path: &Path,
+        dir: &Path,
+        rbac: &[Value],
+        opts: &SimOptions,
+    ) -> Result<(), CommandError> {
+        for name in pipeline.spec.environments.keys() {
+            // Each comes back on the address its data directory had before.
+            let sim = crate::sim::start(SimConfig::new(dir.join(name), name.clone()))
+                .await
+                .map_err(|e| CommandError::new(ExitClass::Failed, e))?;
+            tracing::info!(environment = %name, url = %sim.url(), "simulated cluster started");
+            self.sims.push(sim);
+        }
+        let mut admin = KubeconfigDoc::default();
+        let mut user = KubeconfigDoc::default();
+        let mut admins = BTreeMap::new();
+        for (sim, (name, env)) in self.sims.iter().zip(&pipeline.spec.environments) {
+            let kc = Kubeconfig::from_yaml(&sim.kubeconfig())
+                .map_err(|e| failed(format!("simulated cluster `{name}`: its kubeconfig: {e}")))?;
+            let client = client_for(kc.clone(), name).await?;
+            let ca = kc
+                .clusters
+                .first()
+                .and_then(|c| c.cluster.as_ref())
+                .and_then(|c| c.certificate_authority_data.clone())
+                .ok_or_else(|| failed(format!("simulated cluster `{name}`: its kubeconfig has no CA")))?;
+            admin.add_from(name, &kc);
+            ensure_namespace(&client, name, &env.namespace).await?;
+            for doc in rbac {
+                apply(&client, &env.namespace, doc).await.map_err(|e| failed(format!("environment `{name}`: {e}")))?;
+            }
+            let token = mint_token(&client, &env.namespace).await.map_err(|e| {
+                failed(format!(
+                    "environment `{name}`: token for serviceaccount {}/{SERVICE_ACCOUNT}: {e}",
+                    env.namespace
+                ))
+            })?;
+            if let Some(secret) = &env.registry_secret {
+                // What a platform team stores for a registry modelship pushes
+                // to: here the environment's own, with a service-account token.
+                let auth = base64::engine::general_purpose::STANDARD.encode(format!("{SERVICE_ACCOUNT}:{token}"));
+                let config = json!({ "auths": { sim.registry_host(): { "auth": auth } } });
+                let data = BTreeMap::from([(".dockerconfigjson".to_string(), config.to_string())]);
+                put_secret(&client, &env.namespace, secret, "kubernetes.io/dockerconfigjson", data)
+                    .await
+                    .map_err(|e| failed(format!("environment `{name}`: Secret {}/{secret}: {e}", env.namespace)))?;
+            }
+            user.add(name, &sim.url(), &ca, &env.namespace, json!({ "token": token }));
+            admins.insert(name.clone(), client);
+        }
+        write(&self.admin_kubeconfig, &admin)?;
+        write(&self.kubeconfig, &user)?;
+        if opts.serve_s3 {
+            self.serve_model(pipeline, pipeline_path, dir, &admins).await?;
+        }
+        Ok(())
+    }
+
+    /// For an `s3://BUCKET/PREFIX` model: serve `DIR/s3` as an S3 endpoint
+    /// in-process, seed `BUCKET/PREFIX` from the fixture model
+    /// (`fixtures/<model>-model` beside the pipeline's directory) when it is
+    /// empty, and put the endpoint's credentials in the Secret the pipeline
+    /// names (or one of our own) in the state environment, where
+    /// `fetch-model` reads them.
+    async fn serve_model(
+        &mut self,
+        pipeline: &Pipeline,
+        pipeline_path: &Path,
+        dir: &Path,
+        admins: &BTreeMap<String, kube::Client>,
+    ) -> Result<(), CommandError> {
+        let model = &pipeline.spec.model;
+        let Some(rest) = model.source.strip_prefix("s3://") else { return Ok(()) };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let root = dir.join("s3");
+        let target = root.join(bucket).join(prefix.trim_end_matches('/'));
+        let seed = pipeline_path
+            .parent()
+            .and_then(Path::parent)
+            .map(|p| p.join("fixtures").join(format!("{}-model", model.name)));
+        let empty = std::fs::read_dir(&target).map(|mut d| d.next().is_none()).unwrap_or(true);
+        if empty {
+            match seed.filter(|s| s.is_dir()) {
+                Some(seed) => {
+                    copy_tree(&seed, &target)
+                        .map_err(|e| CommandError::usage(format!("seeding {}: {e}", target.display())))?;
+                    tracing::info!(from = %seed.display(), to = %model.source, "seeded the simulated S3 bucket");
+                }
+                None => tracing::warn!(
+                    dir = %target.display(),
+                    "simulated S3 has nothing at {}; put the model files there", model.source
+                ),
+            }
+        }
+        let s3 = crate::storage::embedded::serve(&root, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .map_err(super::fail)?;
+        let endpoint = s3.endpoint();
+        self.s3 = Some(s3);
+        let (state_env, env) =
+            pipeline.state_environment().ok_or_else(|| CommandError::usage("the pipeline declares no environment"))?;
+        let secret = model.credentials_secret.clone().unwrap_or_else(|| SIM_S3_SECRET.to_string());
+        let data = BTreeMap::from([
+            ("AWS_ACCESS_KEY_ID".to_string(), crate::storage::embedded::ACCESS_KEY_ID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), crate::storage::embedded::SECRET_ACCESS_KEY.to_string()),
+        ]);
+        put_secret(&admins[state_env], &env.namespace, &secret, "Opaque", data)
+            .await
+            .map_err(|e| failed(format!("environment `{state_env}`: Secret {}/{secret}: {e}", env.namespace)))?;
+        // The embedded endpoint is plain HTTP on loopback: named insecure here,
+        // as a user would with --model-endpoint URL --model-insecure.
+        self.overrides.model_endpoint = Some(endpoint.clone());
+        self.overrides.model_insecure = true;
+        self.overrides.model_secret = Some(secret);
+        tracing::info!(endpoint = %endpoint, "simulated S3 started");
+        Ok(())
+    }
+
+    /// Stop the sims (their state stays in the directory) and the S3 endpoint.
+    pub async fn shutdown(self) {
+        for sim in self.sims {
+            sim.shutdown().await;
+        }
+        if let Some(s3) = self.s3 {
+            s3.shutdown().await;
+        }
+    }
+}
+
+async fn client_for(kc: Kubeconfig, context: &str) -> Result<kube::Client, CommandError> {
+    let fail = |e: String| failed(format!("simulated cluster `{context}`: {e}"));
+    let options = KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|e| fail(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
+}
+
+async fn ensure_namespace(client: &kube::Client, env: &str, namespace: &str) -> Result<(), CommandError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}}))
+        .map_err(|e| CommandError::new(ExitClass::Internal, e))?;
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(failed(format!("environment `{env}`: namespace {namespace}: {e}"))),
+    }
+}
+
+/// Create `doc` in `namespace`, or replace what is there (so a changed Role
+/// takes effect), as `kubectl apply` would.
+async fn apply(client: &kube::Client, namespace: &str, doc: &Value) -> Result<(), String> {
+    let mut obj: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| format!("RBAC manifest: {e}"))?;
+    let types = obj.types.clone().ok_or("an RBAC manifest without apiVersion/kind")?;
+    let gvk = kube::api::GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|e| format!("{}: {e}", types.kind))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let name = obj.metadata.name.clone().ok_or("an RBAC manifest without a name")?;
+    let what = format!("{} {namespace}/{name}", types.kind);
+    obj.metadata.namespace = Some(namespace.to_string());
+    match api.get_opt(&name).await.map_err(|e| format!("{what}: {e}"))? {
+        None => api.create(&PostParams::default(), &obj).await.map(|_| ()).map_err(|e| format!("{what}: {e}")),
+        Some(existing) => {
+            // A ServiceAccount keeps its uid (tokens are bound to it).
+            if types.kind == "ServiceAccount" {
+                return Ok(());
+            }
+            obj.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &obj).await.map(|_| ()).map_err(|e| format!("{what}: {e}"))
+        }
+    }
+}
+
+async fn mint_token(client: &kube::Client, namespace: &str) -> Result<String, kube::Error> {
+    let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(TOKEN_SECONDS), ..Default::default() }),
+        ..Default::default()
+    };
+    let answer = api.create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request).await?;
+    let token = answer.status.and_then(|s| s.token).unwrap_or_default();
+    crate::secret::register(token.clone());
+    Ok(token)
+}
+
+async fn put_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    data: BTreeMap<String, String>,
+) -> Result<(), kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut secret: Secret = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "type": type_,
+        "stringData": data,
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match api.get_opt(name).await? {
+        None => api.create(&PostParams::default(), &secret).await.map(|_| ()),
+        Some(existing) => {
+            secret.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(name, &PostParams::default(), &secret).await.map(|_| ())
+        }
+    }
+}
+
+/// A kubeconfig being written: clusters, users and contexts by name.
+#[derive(Default)]
+struct KubeconfigDoc {
+    clusters: Vec<Value>,
+    users: Vec<Value>,
+    contexts: Vec<Value>,
+}
+
+impl KubeconfigDoc {
+    fn add(&mut self, name: &str, server: &str, ca_data: &str, namespace: &str, user: Value) {
+        self.clusters
+            .push(json!({ "name": name, "cluster": { "server": server, "certificate-authority-data": ca_data } }));
+        self.users.push(json!({ "name": name, "user": user }));
+        self.contexts
+            .push(json!({ "name": name, "context": { "cluster": name, "user": name, "namespace": namespace } }));
+    }
+
+    /// The first cluster and user of `kc` (a sim's own kubeconfig), renamed.
+    fn add_from(&mut self, name: &str, kc: &Kubeconfig) {
+        let raw = |v: serde_json::Result<Value>| v.unwrap_or(Value::Null);
+        let cluster = kc.clusters.first().and_then(|c| c.cluster.as_ref()).map(|c| raw(serde_json::to_value(c)));
+        self.clusters.push(json!({ "name": name, "cluster": cluster }));
+        // Client certificate and key data, as the sim wrote them.
+        let user = kc.auth_infos.first().and_then(|a| a.auth_info.as_ref()).map(|a| {
+            json!({
+                "client-certificate-data": a.client_certificate_data,
+                "client-key-data": a.client_key_data.as_ref().map(secrecy::ExposeSecret::expose_secret),
+            })
+        });
+        self.users.push(json!({ "name": name, "user": user }));
+        self.contexts.push(json!({ "name": name, "context": { "cluster": name, "user": name } }));
+    }
+
+    fn render(&self) -> Value {
+        let current = self.contexts.first().and_then(|c| c["name"].as_str()).unwrap_or_default();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "preferences": {},
+            "current-context": current,
+            "clusters": self.clusters,
+            "users": self.users,
+            "contexts": self.contexts,
+        })
+    }
+}
+
+/// Written owner-only: it holds credentials.
+fn write(path: &Path, doc: &KubeconfigDoc) -> Result<(), CommandError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = crate::spec::yaml::to_string(&doc.render()).map_err(|e| CommandError::new(ExitClass::Internal, e))?;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| CommandError::usage(format!("{}: {e}", path.display())))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
