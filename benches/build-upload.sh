@@ -28,7 +28,7 @@ else
 fi
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE"
 
-WORK="$(mktemp -d /tmp/modelship-build-bench.XXXXXX)"
+WORK="$(mktemp -d -t modelship-build-bench.XXXXXX)"
 SIM_PID=""
 cleanup() {
   [ -n "$SIM_PID" ] && kill "$SIM_PID" 2>/dev/null || true

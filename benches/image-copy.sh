@@ -33,7 +33,7 @@ fi
 # Layer sizes in bytes before gzip (default ~350 MB in four layers).
 read -r -a SIZES <<< "${SIZES:-167772160 104857600 62914560 31457280}"
 
-WORK="$(mktemp -d /tmp/modelship-bench.XXXXXX)"
+WORK="$(mktemp -d -t modelship-bench.XXXXXX)"
 # Registries are started in command substitutions (subshells): keep their pids in a file.
 cleanup() {
   if [ -f "$WORK/pids" ]; then

@@ -1,5 +1,5 @@
 //! The manifests the render stage's templates produce, validated against the
-//! upstream schemas in ../shared/reference: the strict OpenShift 4.15 schemas
+//! upstream schemas in fixtures/reference: the strict OpenShift 4.15 schemas
 //! (a misspelt field fails) and the SeldonDeployment v1 CRD schema of
 //! seldon-core 1.17.1.
 
@@ -9,17 +9,10 @@ use modelship::catalog::Catalog;
 use modelship::stages::render::manifests::{self, BuildVars, DeployVars, PortRef, RouteVars};
 use serde_json::{Value, json};
 
-/// `../shared/reference` next to the crate; from a git worktree deeper in
-/// the tree, the nearest ancestor's `shared/reference`.
+/// A file of the upstream reference schemas kept in `fixtures/reference/`
+/// (its README names each file's upstream source and licence).
 fn reference(rel: &str) -> PathBuf {
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let base = manifest_dir
-        .ancestors()
-        .skip(1)
-        .map(|a| a.join("shared/reference"))
-        .find(|p| p.is_dir())
-        .unwrap_or_else(|| panic!("no shared/reference above {}", manifest_dir.display()));
-    base.join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference").join(rel)
 }
 
 fn schema(rel: &str) -> jsonschema::Validator {

@@ -317,7 +317,7 @@ async fn faults_name_resource_and_namespace() {
 async fn sent_manifests_match_the_openshift_schemas() {
     let env = setup(Faults::default(), true).await;
     env.run("run-1", json!({ "environment": "dev" })).await.unwrap();
-    let dir = PathBuf::from("/work/shared/reference/openshift/schemas-4.15-strict");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/reference/openshift/schemas-4.15-strict");
     for (kind, file) in [
         ("bc", "buildconfig_build.openshift.io_v1.json"),
         ("is", "imagestream_image.openshift.io_v1.json"),

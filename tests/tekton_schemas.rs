@@ -1,4 +1,4 @@
-//! `.tekton/` validated against the upstream schemas in shared/reference
+//! `.tekton/` validated against the upstream schemas in fixtures/reference
 //! (Tekton Pipelines v1, Triggers v1beta1, Kubernetes 1.36 RBAC, OpenShift
 //! Route), plus the Containerfile linted with hadolint and parsed with
 //! BuildKit's own Dockerfile parser.
@@ -17,17 +17,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// shared/reference sits beside the checkout (`../shared`) in CI and further
-/// up in worktrees; MODELSHIP_SHARED_DIR overrides.
+/// The upstream reference schemas kept in `fixtures/reference/` (its README
+/// names each file's upstream source and licence).
 fn reference() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MODELSHIP_SHARED_DIR") {
-        return PathBuf::from(dir).join("reference");
-    }
-    root()
-        .ancestors()
-        .map(|a| a.join("shared/reference"))
-        .find(|p| p.join("README.md").is_file())
-        .expect("shared/reference not found beside the checkout (set MODELSHIP_SHARED_DIR)")
+    root().join("fixtures/reference")
 }
 
 fn read_json(path: &Path) -> Value {

@@ -157,7 +157,7 @@ mod tests {
             RegistryError::Unauthorized {
                 registry: "registry.prod.example.com".into(),
                 scope: "repository:models-prod/weather:pull,push".into(),
-                detail: "no credentials for registry.prod.example.com were found (looked in: /run/containers/0/auth.json (absent), /root/.docker/config.json (absent)); pass --authfile with a docker config.json or containers auth.json that has an entry for it".into(),
+                detail: "no credentials for registry.prod.example.com were found (looked in: /run/containers/0/auth.json (absent), /opt/app-root/src/.docker/config.json (absent)); pass --authfile with a docker config.json or containers auth.json that has an entry for it".into(),
             },
             RegistryError::ManifestNotFound { image: format!("127.0.0.1:5000/models-dev/weather@{d}") },
             RegistryError::BlobCopy {
