@@ -106,7 +106,7 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
     let (sims, s3) = match &args.sim {
         Some(dir) => {
             let (sims, kubeconfig) = start_sims(&args.file, dir).await?;
-            let s3 = match sim_model_source(&args.file, dir, &kubeconfig).await {
+            let s3 = match sim_model_source(&args.file, dir).await {
                 Ok(s3) => s3,
                 Err(e) => {
                     for sim in sims {
@@ -169,8 +169,17 @@ pub fn parse_pairs(flag: &str, raw: &[String]) -> Result<Vec<(String, String)>, 
         .collect()
 }
 
-/// Start one sim per environment of the pipeline (data in `dir/<env>`) and
-/// write `dir/kubeconfig` with a context named after each environment.
+/// The ServiceAccount `--sim` runs the pipeline as, in each environment's namespace.
+pub const SIM_SERVICE_ACCOUNT: &str = "modelship";
+/// How long the token in `DIR/kubeconfig` lives (a new one at each start).
+const SIM_TOKEN_SECONDS: i64 = 24 * 3600;
+
+/// Start one sim per environment of the pipeline (data in `dir/<env>`), set
+/// each up as an administrator would (its namespace; the ServiceAccount
+/// [`SIM_SERVICE_ACCOUNT`] there), write `dir/admin.kubeconfig` (the
+/// administrator, `system:admin` by client certificate) and
+/// `dir/kubeconfig` (the ServiceAccount, by token: what the run uses), each
+/// with a context named after each environment and the sim's CA.
 pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, PathBuf), CommandError> {
     let loaded = crate::spec::load(pipeline).map_err(fail)?;
     let mut sims = Vec::new();
@@ -186,28 +195,77 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
             }
         }
     }
-    let clusters: Vec<(String, String)> = sims.iter().map(|s| (s.name.clone(), s.url())).collect();
-    let path = dir.join("kubeconfig");
-    if let Err(e) = std::fs::write(&path, crate::sim::kubeconfig_yaml(&clusters)) {
-        for sim in sims {
-            sim.shutdown().await;
+    match set_up_sims(&loaded.pipeline, &sims, dir).await {
+        Ok(path) => {
+            for s in &sims {
+                tracing::info!(environment = %s.name, url = %s.url(), "simulated cluster started");
+            }
+            Ok((sims, path))
         }
-        return Err(CommandError::usage(format!("{}: {e}", path.display())));
-    }
-    for s in &sims {
-        tracing::info!(environment = %s.name, url = %s.url(), "simulated cluster started");
-    }
-    // A fresh sim has only the default namespaces; a real cluster would
-    // already have the pipeline's.
-    for (env, spec) in &loaded.pipeline.spec.environments {
-        if let Err(e) = ensure_namespace(&path, env, &spec.namespace).await {
+        Err(e) => {
             for sim in sims {
                 sim.shutdown().await;
             }
-            return Err(e);
+            Err(e)
         }
     }
-    Ok((sims, path))
+}
+
+async fn set_up_sims(pipeline: &crate::spec::Pipeline, sims: &[SimServer], dir: &Path) -> Result<PathBuf, CommandError> {
+    let write = |path: &Path, text: &str| {
+        std::fs::write(path, text).map_err(|e| CommandError::usage(format!("{}: {e}", path.display())))
+    };
+    let admin = dir.join("admin.kubeconfig");
+    let entries: Vec<_> = sims.iter().map(SimServer::admin_entry).collect();
+    write(&admin, &crate::sim::kubeconfig_yaml(&entries))?;
+    // A fresh sim has only the default namespaces; a real cluster would
+    // already have the pipeline's, and the service account the runner uses.
+    let mut sa_entries = Vec::new();
+    for (sim, (env, spec)) in sims.iter().zip(&pipeline.spec.environments) {
+        let client = sim_client(&admin, env).await?;
+        ensure_namespace(&client, &spec.namespace).await?;
+        ensure_service_account(&client, &spec.namespace).await?;
+        let entry = sim
+            .service_account_entry(&spec.namespace, SIM_SERVICE_ACCOUNT, SIM_TOKEN_SECONDS)
+            .map_err(|e| CommandError::new(ExitClass::Failed, e))?;
+        sa_entries.push(entry);
+    }
+    let path = dir.join("kubeconfig");
+    write(&path, &crate::sim::kubeconfig_yaml(&sa_entries))?;
+    Ok(path)
+}
+
+/// Create `object` through `api`; one that exists already is fine.
+async fn create_once<K>(api: &kube::Api<K>, object: serde_json::Value) -> Result<(), CommandError>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let object: K = serde_json::from_value(object).map_err(|e| CommandError::new(ExitClass::Internal, e))?;
+    match api.create(&kube::api::PostParams::default(), &object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(CommandError::new(ExitClass::Failed, e)),
+    }
+}
+
+/// The ServiceAccount `--sim` runs as, in `namespace`.
+///
+/// TEMPORARY STAND-IN: it is bound to the `cluster-admin` ClusterRole, so
+/// a run can do anything; the next step binds it to exactly
+/// `.tekton/rbac/modelship.yaml` instead, so every `--sim` run proves the
+/// shipped Role suffices.
+async fn ensure_service_account(client: &kube::Client, namespace: &str) -> Result<(), CommandError> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let sa: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+    create_once(&sa, serde_json::json!({"metadata": {"name": SIM_SERVICE_ACCOUNT}})).await?;
+    let crb: kube::Api<ClusterRoleBinding> = kube::Api::all(client.clone());
+    let binding = serde_json::json!({
+        "metadata": {"name": format!("{SIM_SERVICE_ACCOUNT}-{namespace}-cluster-admin")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": SIM_SERVICE_ACCOUNT, "namespace": namespace}],
+    });
+    create_once(&crb, binding).await
 }
 
 async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, CommandError> {
@@ -218,17 +276,10 @@ async fn sim_client(kubeconfig: &Path, context: &str) -> Result<kube::Client, Co
     kube::Client::try_from(config).map_err(|e| failed(e.to_string()))
 }
 
-async fn ensure_namespace(kubeconfig: &Path, context: &str, namespace: &str) -> Result<(), CommandError> {
+async fn ensure_namespace(client: &kube::Client, namespace: &str) -> Result<(), CommandError> {
     use k8s_openapi::api::core::v1::Namespace;
-    let client = sim_client(kubeconfig, context).await?;
-    let api: kube::Api<Namespace> = kube::Api::all(client);
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
-        .map_err(|e| CommandError::new(ExitClass::Internal, e))?;
-    match api.create(&kube::api::PostParams::default(), &ns).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(CommandError::new(ExitClass::Failed, e)),
-    }
+    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
+    create_once(&api, serde_json::json!({"metadata": {"name": namespace}})).await
 }
 
 /// Name of the Secret `--sim` creates for the embedded S3 credentials.
@@ -242,7 +293,6 @@ const SIM_S3_SECRET: &str = "modelship-sim-s3";
 async fn sim_model_source(
     pipeline: &Path,
     dir: &Path,
-    kubeconfig: &Path,
 ) -> Result<Option<(crate::storage::embedded::EmbeddedS3, engine::SimS3)>, CommandError> {
     let loaded = crate::spec::load(pipeline).map_err(fail)?;
     let model = &loaded.pipeline.spec.model;
@@ -272,7 +322,8 @@ async fn sim_model_source(
         .pipeline
         .state_environment()
         .ok_or_else(|| CommandError::usage("the pipeline declares no environment"))?;
-    let client = sim_client(kubeconfig, state_env).await?;
+    // The administrator puts the Secret there (the run only reads it).
+    let client = sim_client(&dir.join("admin.kubeconfig"), state_env).await?;
     let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client, &env.namespace);
     let secret = serde_json::json!({
         "metadata": {"name": SIM_S3_SECRET},
@@ -282,13 +333,7 @@ async fn sim_model_source(
             "AWS_SECRET_ACCESS_KEY": crate::storage::embedded::SECRET_ACCESS_KEY,
         }
     });
-    let secret: k8s_openapi::api::core::v1::Secret =
-        serde_json::from_value(secret).map_err(|e| CommandError::new(ExitClass::Internal, e))?;
-    match api.create(&kube::api::PostParams::default(), &secret).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => return Err(CommandError::new(ExitClass::Failed, e)),
-    }
+    create_once(&api, secret).await?;
     let sim_s3 = engine::SimS3 { endpoint: s3.endpoint(), credentials_secret: SIM_S3_SECRET.to_string() };
     tracing::info!(endpoint = %sim_s3.endpoint, "simulated S3 started");
     Ok(Some((s3, sim_s3)))

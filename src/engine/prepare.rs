@@ -66,8 +66,8 @@ pub(crate) fn from_pipeline(
         for (name, env) in pipeline.spec.environments.iter_mut() {
             env.context = Some(name.clone());
             env.registry = None;
-            // Simulated registries speak plain HTTP on loopback.
-            env.insecure_registry = true;
+            // A simulated registry is its cluster's integrated one: TLS
+            // verified with the cluster's CA, the cluster's token offered.
             env.registry_secret = None;
         }
         if let Some(s3) = &opts.sim_s3 {

@@ -266,13 +266,17 @@ impl ForbiddenRule {
 
 /// The middleware: resolve the request, then inject the configured faults.
 pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> Response {
-    let query = Query::parse(req.uri().query()).unwrap_or_default();
-    let info = RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers());
-    if let Some(rt) = &info.resource
-        && api.faults.forbidden.iter().any(|r| r.denies(&info))
-    {
-        let name = info.name.as_deref().unwrap_or("");
-        return ApiError::forbidden(rt, name, &info.verb, info.namespace.as_deref(), &info.user).into_response();
+    // Authentication resolved the request already (see `super::authn::layer`).
+    let info = match req.extensions().get::<RequestInfo>() {
+        Some(info) => info.clone(),
+        None => {
+            let query = Query::parse(req.uri().query()).unwrap_or_default();
+            RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers())
+        }
+    };
+    if info.resource.is_some() && api.faults.forbidden.iter().any(|r| r.denies(&info)) {
+        let attrs = super::rbac::Attributes::of(&info, req.uri().path());
+        return super::rbac::forbidden(&attrs, &info.user, "").into_response();
     }
     let fault = info.resource.as_ref().and_then(|_| api.fault_counters.fire(&api.faults, &info));
     if let Some(kind) = fault {

@@ -120,7 +120,7 @@ fn now() -> String {
     jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
 }
 
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     use rand::RngExt;
     let b: [u8; 16] = rand::rng().random();
     let h = hex::encode(b);
