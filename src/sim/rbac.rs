@@ -78,6 +78,18 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// kube's `path.ValidatePathSegmentName`, the name rule of RBAC objects.
+pub(crate) fn validate_name(name: &str) -> Vec<Cause> {
+    let msg = match name {
+        "" => return Vec::new(),
+        "." | ".." => format!("may not be '{name}'"),
+        n if n.contains('/') => "may not contain '/'".to_string(),
+        n if n.contains('%') => "may not contain '%'".to_string(),
+        _ => return Vec::new(),
+    };
+    vec![Cause::invalid("metadata.name", name, &msg)]
+}
+
 fn validate_rules(obj: &Value, namespaced: bool) -> Vec<Cause> {
     let mut causes = Vec::new();
     let Some(rules) = obj.get("rules").filter(|r| !r.is_null()) else { return causes };
