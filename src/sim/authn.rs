@@ -35,7 +35,7 @@ use super::rbac::{self, Attributes, Decision, Subject};
 use super::resource::{ResourceTable, ResourceType};
 use super::server::{Query, RequestInfo, SubresourceRequest};
 use super::status::{ApiError, Cause};
-use super::{SimApi, SimError, core};
+use super::{SimApi, SimError, core, protobuf};
 
 /// The issuer and the API audience of every token (what kube-apiserver's
 /// `--service-account-issuer` is on OpenShift).
@@ -323,16 +323,18 @@ enum Review {
     Access,
 }
 
-async fn answer_review(api: &SimApi, user: &User, review: Review, req: Request) -> Result<Response, ApiError> {
-    let bytes = axum::body::to_bytes(req.into_body(), 1 << 20)
+/// A handler's own JSON (or protobuf, as typed client-go clients send) body.
+async fn read_body(headers: &axum::http::HeaderMap, body: axum::body::Body, decode: protobuf::Decoder) -> Result<Value, ApiError> {
+    let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))?
-    };
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    protobuf::json_or_protobuf(ct, &bytes, decode).map_err(ApiError::bad_request)
+}
+
+async fn answer_review(api: &SimApi, user: &User, review: Review, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, protobuf::self_subject_access_review).await?;
     let out = match review {
         Review::Subject => json!({
             "kind": "SelfSubjectReview",
@@ -357,15 +359,7 @@ async fn token_request_inner(api: SimApi, req: SubresourceRequest) -> Result<Res
     }
     let ns = req.info.namespace.clone().unwrap_or_default();
     let name = req.info.name.clone().unwrap_or_default();
-    let bytes = axum::body::to_bytes(req.body, 1 << 20)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-    let body: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))?
-    };
+    let body = read_body(&req.headers, req.body, protobuf::token_request).await?;
     let sa = api.store.get(&core::SERVICEACCOUNTS, &ns, &name).ok_or_else(|| ApiError::not_found(&core::SERVICEACCOUNTS, &name))?;
     let uid = sa.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
     let seconds = body.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(DEFAULT_EXPIRATION);

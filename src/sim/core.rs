@@ -44,6 +44,7 @@ pub const SECRETS: ResourceType = ResourceType {
 pub const SERVICEACCOUNTS: ResourceType = ResourceType {
     short_names: &["sa"],
     subresources: &["token"],
+    protobuf: Some(super::protobuf::serviceaccount),
     ..ResourceType::namespaced("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount")
 };
 

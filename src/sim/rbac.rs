@@ -24,6 +24,7 @@ const BINDING_COLUMNS: &[Column] = &[Column::Path { name: "Role", path: "roleRef
 pub const ROLES: ResourceType = ResourceType {
     columns: ROLE_COLUMNS,
     validate: Some(validate_role),
+    protobuf: Some(super::protobuf::role),
     ..ResourceType::namespaced(GROUP, "v1", "Role", "roles", "role")
 };
 
@@ -31,12 +32,14 @@ pub const CLUSTERROLES: ResourceType = ResourceType {
     namespaced: false,
     columns: ROLE_COLUMNS,
     validate: Some(validate_cluster_role),
+    protobuf: Some(super::protobuf::clusterrole),
     ..ResourceType::namespaced(GROUP, "v1", "ClusterRole", "clusterroles", "clusterrole")
 };
 
 pub const ROLEBINDINGS: ResourceType = ResourceType {
     columns: BINDING_COLUMNS,
     validate: Some(validate_role_binding),
+    protobuf: Some(super::protobuf::rolebinding),
     validate_update: Some(role_ref_unchanged),
     ..ResourceType::namespaced(GROUP, "v1", "RoleBinding", "rolebindings", "rolebinding")
 };
@@ -45,6 +48,7 @@ pub const CLUSTERROLEBINDINGS: ResourceType = ResourceType {
     namespaced: false,
     columns: BINDING_COLUMNS,
     validate: Some(validate_cluster_role_binding),
+    protobuf: Some(super::protobuf::clusterrolebinding),
     validate_update: Some(role_ref_unchanged),
     ..ResourceType::namespaced(GROUP, "v1", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding")
 };
