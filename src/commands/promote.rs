@@ -52,7 +52,7 @@ impl Session {
             sims = s;
             kubeconfig = Some(path);
             // As `run --sim`: each environment is the sim of its name, and its
-            // registry the sim's (resolved from the plain-HTTP API address).
+            // registry the sim's (resolved from the loopback API address).
             for (name, env) in pipeline.spec.environments.iter_mut() {
                 env.context = Some(name.clone());
                 env.registry = None;

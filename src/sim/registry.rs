@@ -523,7 +523,8 @@ async fn access(State(api): State<SimApi>, req: axum::extract::Request, next: ax
             namespace: ns.to_string(),
             ..Attributes::default()
         };
-        if !authorize(&api.store, &subject, &create).allowed() {
+        // No project, or no right to create the stream in it: denied.
+        if !api.store.namespace_exists(ns) || !authorize(&api.store, &subject, &create).allowed() {
             return error(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied");
         }
     }
