@@ -139,7 +139,8 @@ impl ServedSim {
     fn skopeo_reference(&self, reference: &str) -> String {
         let login = sim_support::SkopeoLogin::with_kubectl(&kubectl(), &self.kubeconfig, &self.data);
         let image = format!("docker://{reference}");
-        let out = Command::new(skopeo()).args(["inspect", "--no-tags"]).args(login.args("")).arg(&image).output().unwrap();
+        let out =
+            Command::new(skopeo()).args(["inspect", "--no-tags"]).args(login.args("")).arg(&image).output().unwrap();
         assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["Digest"].as_str().unwrap().to_string()

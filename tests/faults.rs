@@ -202,8 +202,7 @@ async fn build_survives(rules: &[&str]) -> Env {
     assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"], "{rules:?}: one Build, never two");
     let report = env.injected();
     // The same counts over HTTP, as `modelship sim serve` users read them.
-    let served: Value =
-        serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "--raw", "/sim/faults"])).unwrap();
+    let served: Value = serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "--raw", "/sim/faults"])).unwrap();
     assert_eq!(served["injected"], report["injected"]);
     println!("faults: build {rules:?} injected {} survived: {}", report["injected"], report["rules"]);
     assert!(env.total() > 0, "{rules:?}: nothing was injected: {report}");

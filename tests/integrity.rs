@@ -153,8 +153,12 @@ async fn push_image(reg: &Reg, repo: &str, seed: &str) -> (String, String) {
             assert_eq!(start.status(), 202);
             let url = start.headers()["location"].to_str().unwrap().to_string();
             let sep = if url.contains('?') { '&' } else { '?' };
-            let put =
-                reg.request(Method::PUT, &format!("{url}{sep}digest={digest}")).body(bytes.clone()).send().await.unwrap();
+            let put = reg
+                .request(Method::PUT, &format!("{url}{sep}digest={digest}"))
+                .body(bytes.clone())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
             (digest, bytes.len())
         }

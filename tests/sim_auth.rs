@@ -176,9 +176,26 @@ fn kubectl_verifies_tls_authenticates_by_certificate_and_token_and_rbac_decides(
     // RBAC: nothing until bound; then exactly the Role's verbs, names and namespace.
     assert!(!can_i(&s, &builder, &["create", "configmaps", "-n", "default"]));
     s.admin(&["create", "role", "cm-writer", "--verb=get,create", "--resource=configmaps", "-n", "default"]);
-    s.admin(&["create", "role", "one-cm", "--verb=delete", "--resource=configmaps", "--resource-name=mine", "-n", "default"]);
+    s.admin(&[
+        "create",
+        "role",
+        "one-cm",
+        "--verb=delete",
+        "--resource=configmaps",
+        "--resource-name=mine",
+        "-n",
+        "default",
+    ]);
     for role in ["cm-writer", "one-cm"] {
-        s.admin(&["create", "rolebinding", role, &format!("--role={role}"), "--serviceaccount=default:builder", "-n", "default"]);
+        s.admin(&[
+            "create",
+            "rolebinding",
+            role,
+            &format!("--role={role}"),
+            "--serviceaccount=default:builder",
+            "-n",
+            "default",
+        ]);
     }
     assert!(can_i(&s, &builder, &["create", "configmaps", "-n", "default"]));
     assert!(!can_i(&s, &builder, &["update", "configmaps", "-n", "default"]));
@@ -186,7 +203,15 @@ fn kubectl_verifies_tls_authenticates_by_certificate_and_token_and_rbac_decides(
     assert!(can_i(&s, &builder, &["delete", "configmaps/mine", "-n", "default"]));
     assert!(!can_i(&s, &builder, &["delete", "configmaps/other", "-n", "default"]));
     assert!(!can_i(&s, &builder, &["create", "serviceaccounts", "--subresource=token", "-n", "default"]));
-    s.admin(&["create", "rolebinding", "dangling", "--role=missing", "--serviceaccount=default:builder", "-n", "default"]);
+    s.admin(&[
+        "create",
+        "rolebinding",
+        "dangling",
+        "--role=missing",
+        "--serviceaccount=default:builder",
+        "-n",
+        "default",
+    ]);
     let out = s.kubectl(&builder, &["create", "configmap", "made", "--from-literal=a=b", "-n", "default"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
@@ -204,8 +229,11 @@ fn kubectl_verifies_tls_authenticates_by_certificate_and_token_and_rbac_decides(
     let nobody_token = s.admin(&["create", "token", "nobody", "-n", "default"]).trim().to_string();
     let nobody = s.token_kubeconfig("nobody", &nobody_token);
     let manifest = s.dir.path().join("cm.yaml");
-    std::fs::write(&manifest, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: applied, namespace: default}\ndata: {a: b}\n")
-        .unwrap();
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: applied, namespace: default}\ndata: {a: b}\n",
+    )
+    .unwrap();
     let user = r#"User "system:serviceaccount:default:nobody""#;
     // kubectl reads before it labels or patches: those are refused at the read.
     let writes: Vec<(Vec<&str>, &str)> = vec![
@@ -237,8 +265,11 @@ fn kubectl_verifies_tls_authenticates_by_certificate_and_token_and_rbac_decides(
         ("DELETE", format!("{cm}/made"), "delete", "application/json"),
         ("DELETE", cm.clone(), "deletecollection", "application/json"),
     ] {
-        let request =
-            http.request(method.parse().unwrap(), &url).bearer_auth(&nobody_token).header("content-type", ct).body(body);
+        let request = http
+            .request(method.parse().unwrap(), &url)
+            .bearer_auth(&nobody_token)
+            .header("content-type", ct)
+            .body(body);
         let (code, status) = rt.block_on(async {
             let resp = request.send().await.unwrap();
             (resp.status(), resp.json::<Value>().await.unwrap())
@@ -250,7 +281,10 @@ fn kubectl_verifies_tls_authenticates_by_certificate_and_token_and_rbac_decides(
     }
     let out = s.kubectl(&nobody, &["create", "namespace", "mine"]);
     let err = text(&out.stderr);
-    assert!(err.contains(&format!(r#"{user} cannot create resource "namespaces" in API group "" at the cluster scope"#)), "{err}");
+    assert!(
+        err.contains(&format!(r#"{user} cannot create resource "namespaces" in API group "" at the cluster scope"#)),
+        "{err}"
+    );
     // Discovery and whoami work for any authenticated user.
     assert_eq!(whoami(&s, &nobody)["username"], "system:serviceaccount:default:nobody");
 
@@ -335,7 +369,9 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
     assert_eq!(v2.headers()["www-authenticate"], format!(r#"Bearer realm="https://{host}/openshift/token""#).as_str());
     // A client certificate is no registry credential (the admin's is refused
     // too), nor is a token the sim did not sign.
-    let modelship::sim::KubeUser::ClientCertificate(pair) = sim.admin_entry().user else { panic!("admin by certificate") };
+    let modelship::sim::KubeUser::ClientCertificate(pair) = sim.admin_entry().user else {
+        panic!("admin by certificate")
+    };
     let identity = reqwest::Identity::from_pem(format!("{}{}", pair.cert_pem, pair.key_pem).as_bytes()).unwrap();
     let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
     let as_admin = reqwest::Client::builder().add_root_certificate(ca).identity(identity).build().unwrap();
@@ -377,7 +413,8 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
     let out = push(&puller, "models-dev/weather:pushed");
     assert!(!out.status.success(), "push with get only must be refused");
     sim.ensure_service_account("default", "pusher", Some("system:image-pusher")).unwrap();
-    let pusher = sim_support::SkopeoLogin::new(sim.ca_pem(), sim.service_account_token("default", "pusher", 600).unwrap());
+    let pusher =
+        sim_support::SkopeoLogin::new(sim.ca_pem(), sim.service_account_token("default", "pusher", 600).unwrap());
     let out = push(&pusher, "models-dev/fresh:v1");
     assert!(!out.status.success(), "creating an image stream needs `create imagestreams`");
     assert!(text(&out.stderr).to_lowercase().contains("denied"), "{}", text(&out.stderr));
@@ -400,7 +437,10 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
                 && e["responseStatus"]["code"] == 200
         })
         .expect("a pull is audited");
-    assert_eq!((pulled["objectRef"]["namespace"].as_str(), pulled["objectRef"]["name"].as_str()), (Some("models-dev"), Some("weather")));
+    assert_eq!(
+        (pulled["objectRef"]["namespace"].as_str(), pulled["objectRef"]["name"].as_str()),
+        (Some("models-dev"), Some("weather"))
+    );
     assert!(!log.contains(&puller.token) && !log.contains(&pusher.token));
     sim.shutdown().await;
 }
@@ -422,7 +462,9 @@ async fn expired_tokens_and_unauthenticated_discovery_get_a_401_status() {
         rb.send()
     };
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "Unauthorized", "reason": "Unauthorized", "code": 401});
-    for (path, token) in [("/api/v1/namespaces", Some(expired.as_str())), ("/api", None), ("/apis", None), ("/openapi/v2", None)] {
+    for (path, token) in
+        [("/api/v1/namespaces", Some(expired.as_str())), ("/api", None), ("/apis", None), ("/openapi/v2", None)]
+    {
         let resp = get(path, token).await.unwrap();
         assert_eq!(resp.status(), 401, "{path}");
         assert_eq!(resp.json::<Value>().await.unwrap(), status, "{path}");

@@ -211,7 +211,11 @@ pub async fn start_sims(pipeline: &Path, dir: &Path) -> Result<(Vec<SimServer>, 
     }
 }
 
-async fn set_up_sims(pipeline: &crate::spec::Pipeline, sims: &[SimServer], dir: &Path) -> Result<PathBuf, CommandError> {
+async fn set_up_sims(
+    pipeline: &crate::spec::Pipeline,
+    sims: &[SimServer],
+    dir: &Path,
+) -> Result<PathBuf, CommandError> {
     let write = |path: &Path, text: &str| {
         std::fs::write(path, text).map_err(|e| CommandError::usage(format!("{}: {e}", path.display())))
     };

@@ -130,7 +130,10 @@ pub struct ClusterRegistryAccess {
 
 impl std::fmt::Debug for ClusterRegistryAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterRegistryAccess").field("roots", &self.roots.len()).field("token", &self.token.is_some()).finish()
+        f.debug_struct("ClusterRegistryAccess")
+            .field("roots", &self.roots.len())
+            .field("token", &self.token.is_some())
+            .finish()
     }
 }
 
@@ -568,7 +571,7 @@ async fn locked_rollback(
         .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
     let dst = ImageRef::parse(&format!("{repo}:{}", req.tag))
         .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
-    let opts = copy_options(&req.auth, &target, &target);
+    let opts = copy_options(&req.auth, target, target);
     let stats = copy_image(&src, &dst, &opts).await.map_err(|e| PromotionError::Copy {
         src: src.to_string(),
         dst: dst.to_string(),

@@ -47,7 +47,13 @@ const MIN_EXPIRATION: i64 = 600;
 pub const SELFSUBJECTREVIEWS: ResourceType = ResourceType {
     namespaced: false,
     verbs: &["create"],
-    ..ResourceType::namespaced("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview")
+    ..ResourceType::namespaced(
+        "authentication.k8s.io",
+        "v1",
+        "SelfSubjectReview",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+    )
 };
 
 pub fn register(table: &mut ResourceTable) {
@@ -324,7 +330,11 @@ enum Review {
 }
 
 /// A handler's own JSON (or protobuf, as typed client-go clients send) body.
-async fn read_body(headers: &axum::http::HeaderMap, body: axum::body::Body, decode: protobuf::Decoder) -> Result<Value, ApiError> {
+async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    decode: protobuf::Decoder,
+) -> Result<Value, ApiError> {
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
@@ -360,14 +370,21 @@ async fn token_request_inner(api: SimApi, req: SubresourceRequest) -> Result<Res
     let ns = req.info.namespace.clone().unwrap_or_default();
     let name = req.info.name.clone().unwrap_or_default();
     let body = read_body(&req.headers, req.body, protobuf::token_request).await?;
-    let sa = api.store.get(&core::SERVICEACCOUNTS, &ns, &name).ok_or_else(|| ApiError::not_found(&core::SERVICEACCOUNTS, &name))?;
+    let sa = api
+        .store
+        .get(&core::SERVICEACCOUNTS, &ns, &name)
+        .ok_or_else(|| ApiError::not_found(&core::SERVICEACCOUNTS, &name))?;
     let uid = sa.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").to_string();
     let seconds = body.pointer("/spec/expirationSeconds").and_then(Value::as_i64).unwrap_or(DEFAULT_EXPIRATION);
     if seconds < MIN_EXPIRATION {
         return Err(ApiError::invalid(
             &TOKEN_REQUESTS,
             &name,
-            vec![Cause::invalid("spec.expirationSeconds", &seconds.to_string(), "may not specify a duration less than 10 minutes")],
+            vec![Cause::invalid(
+                "spec.expirationSeconds",
+                &seconds.to_string(),
+                "may not specify a duration less than 10 minutes",
+            )],
         ));
     }
     let mut audiences: Vec<String> = body
@@ -408,7 +425,10 @@ mod tests {
         let issuer = TokenIssuer::load_or_create(dir.path()).unwrap();
         let (token, _) = issuer.issue("ns", "sa", "uid-1", &[ISSUER.into()], 600).unwrap();
         let c = issuer.verify(&token).unwrap();
-        assert_eq!((c.sub.as_str(), c.kubernetes.serviceaccount.uid.as_str()), ("system:serviceaccount:ns:sa", "uid-1"));
+        assert_eq!(
+            (c.sub.as_str(), c.kubernetes.serviceaccount.uid.as_str()),
+            ("system:serviceaccount:ns:sa", "uid-1")
+        );
         // The same key after a restart verifies it; an expired or other-audience token does not.
         assert!(TokenIssuer::load_or_create(dir.path()).unwrap().verify(&token).is_some());
         let (old, _) = issuer.issue("ns", "sa", "uid-1", &[ISSUER.into()], -10).unwrap();

@@ -278,7 +278,12 @@ impl SimServer {
             ignore_exists(store.create(&core::NAMESPACES, "", json!({ "metadata": { "name": namespace } }), false))?;
         }
         if store.get(&core::SERVICEACCOUNTS, namespace, name).is_none() {
-            ignore_exists(store.create(&core::SERVICEACCOUNTS, namespace, json!({ "metadata": { "name": name } }), false))?;
+            ignore_exists(store.create(
+                &core::SERVICEACCOUNTS,
+                namespace,
+                json!({ "metadata": { "name": name } }),
+                false,
+            ))?;
         }
         if let Some(role) = cluster_role {
             let binding = format!("{namespace}-{name}-{}", role.replace(':', "-"));

@@ -209,7 +209,11 @@ fn role_ref_unchanged(old: &Value, new: &Value) -> Vec<Cause> {
     if old.get("roleRef") == new.get("roleRef") {
         return Vec::new();
     }
-    vec![Cause::invalid("roleRef", &new.get("roleRef").map(Value::to_string).unwrap_or_default(), "cannot change roleRef")]
+    vec![Cause::invalid(
+        "roleRef",
+        &new.get("roleRef").map(Value::to_string).unwrap_or_default(),
+        "cannot change roleRef",
+    )]
 }
 
 // --------------------------------------------------------------- bootstrap
@@ -233,8 +237,17 @@ fn bootstrap_roles() -> Vec<(&'static str, Vec<Value>)> {
             vec![url_rule(
                 &["get"],
                 &[
-                    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz",
-                    "/version", "/version/",
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
                 ],
             )],
         ),
@@ -245,13 +258,13 @@ fn bootstrap_roles() -> Vec<(&'static str, Vec<Value>)> {
                 rule(&["create"], &["authentication.k8s.io"], &["selfsubjectreviews"]),
             ],
         ),
-        ("system:public-info-viewer", vec![url_rule(&["get"], &["/healthz", "/livez", "/readyz", "/version", "/version/"])]),
+        (
+            "system:public-info-viewer",
+            vec![url_rule(&["get"], &["/healthz", "/livez", "/readyz", "/version", "/version/"])],
+        ),
         // OpenShift: pull from and push to the integrated registry.
         ("system:image-puller", vec![rule(&["get"], &["", "image.openshift.io"], &["imagestreams/layers"])]),
-        (
-            "system:image-pusher",
-            vec![rule(&["get", "update"], &["", "image.openshift.io"], &["imagestreams/layers"])],
-        ),
+        ("system:image-pusher", vec![rule(&["get", "update"], &["", "image.openshift.io"], &["imagestreams/layers"])]),
     ]
 }
 
@@ -260,7 +273,11 @@ fn bootstrap_bindings() -> Vec<(&'static str, &'static str, Vec<&'static str>)> 
         ("cluster-admin", "cluster-admin", vec!["system:masters"]),
         ("system:discovery", "system:discovery", vec!["system:authenticated"]),
         ("system:basic-user", "system:basic-user", vec!["system:authenticated"]),
-        ("system:public-info-viewer", "system:public-info-viewer", vec!["system:authenticated", "system:unauthenticated"]),
+        (
+            "system:public-info-viewer",
+            "system:public-info-viewer",
+            vec!["system:authenticated", "system:unauthenticated"],
+        ),
     ]
 }
 
@@ -272,7 +289,8 @@ pub fn bootstrap(store: &Store) -> Result<(), ApiError> {
     let annotations = json!({ "rbac.authorization.kubernetes.io/autoupdate": "true" });
     for (name, rules) in bootstrap_roles() {
         if store.get(&CLUSTERROLES, "", name).is_none() {
-            let obj = json!({ "metadata": { "name": name, "labels": labels, "annotations": annotations }, "rules": rules });
+            let obj =
+                json!({ "metadata": { "name": name, "labels": labels, "annotations": annotations }, "rules": rules });
             store.create(&CLUSTERROLES, "", obj, false)?;
         }
     }
@@ -383,18 +401,18 @@ fn rule_allows(a: &Attributes, rule: &Value) -> bool {
         return false;
     }
     if !a.resource_request {
-        return strings(rule.get("nonResourceURLs")).iter().any(|u| {
-            u == "*" || *u == a.path || u.strip_suffix('*').is_some_and(|prefix| a.path.starts_with(prefix))
-        });
+        return strings(rule.get("nonResourceURLs"))
+            .iter()
+            .any(|u| u == "*" || *u == a.path || u.strip_suffix('*').is_some_and(|prefix| a.path.starts_with(prefix)));
     }
     if !has(&strings(rule.get("apiGroups")), &a.group) {
         return false;
     }
     let combined =
         if a.subresource.is_empty() { a.resource.clone() } else { format!("{}/{}", a.resource, a.subresource) };
-    let resource_ok = strings(rule.get("resources")).iter().any(|r| {
-        r == "*" || *r == combined || (!a.subresource.is_empty() && *r == format!("*/{}", a.subresource))
-    });
+    let resource_ok = strings(rule.get("resources"))
+        .iter()
+        .any(|r| r == "*" || *r == combined || (!a.subresource.is_empty() && *r == format!("*/{}", a.subresource)));
     let names = strings(rule.get("resourceNames"));
     resource_ok && (names.is_empty() || names.contains(&a.name))
 }
@@ -578,7 +596,10 @@ mod tests {
             "roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "x"},
             "subjects": [{"kind": "ServiceAccount", "name": "sa"}, {"kind": "Robot", "name": "r"}],
         });
-        assert_eq!(fields(validate_cluster_role_binding(&crb)), ["roleRef.kind", "subjects[0].namespace", "subjects[1].kind"]);
+        assert_eq!(
+            fields(validate_cluster_role_binding(&crb)),
+            ["roleRef.kind", "subjects[0].namespace", "subjects[1].kind"]
+        );
         let role = json!({"rules": [{"verbs": ["get"], "nonResourceURLs": ["/x"]}, {"apiGroups": [""], "resources": ["pods"]}]});
         assert_eq!(fields(validate_role(&role)), ["rules[0].nonResourceURLs", "rules[1].verbs"]);
         assert!(validate_cluster_role(&json!({"rules": [{"verbs": ["get"], "nonResourceURLs": ["/x"]}]})).is_empty());

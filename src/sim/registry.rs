@@ -388,8 +388,9 @@ fn challenge(headers: &HeaderMap, bearer: bool, detail: serde_json::Value) -> Re
     } else {
         "Basic realm=openshift".to_string()
     };
-    let mut resp = (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json"), api_header()], body.to_string())
-        .into_response();
+    let mut resp =
+        (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json"), api_header()], body.to_string())
+            .into_response();
     resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&value).expect("ASCII challenge"));
     resp
 }
@@ -453,7 +454,13 @@ async fn access(State(api): State<SimApi>, req: axum::extract::Request, next: ax
     };
     let method = req.method().clone();
     let push = matches!(method, Method::POST | Method::PUT | Method::PATCH);
-    let verb = if method == Method::DELETE { "delete" } else if push { "update" } else { "get" };
+    let verb = if method == Method::DELETE {
+        "delete"
+    } else if push {
+        "update"
+    } else {
+        "get"
+    };
     if let Some(slot) = &slot {
         slot.fill(|f| {
             f.verb = Some(verb.into());
@@ -503,7 +510,8 @@ async fn access(State(api): State<SimApi>, req: axum::extract::Request, next: ax
             let kept: String = url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(pairs.iter().filter(|(k, _)| k.as_str() != "mount" && k.as_str() != "from"))
                 .finish();
-            let pq = if kept.is_empty() { req.uri().path().to_string() } else { format!("{}?{kept}", req.uri().path()) };
+            let pq =
+                if kept.is_empty() { req.uri().path().to_string() } else { format!("{}?{kept}", req.uri().path()) };
             if let Ok(uri) = pq.parse() {
                 *req.uri_mut() = uri;
             }
@@ -534,7 +542,9 @@ async fn access(State(api): State<SimApi>, req: axum::extract::Request, next: ax
         match api.store.create(&super::image::IMAGESTREAMS, ns, obj, false) {
             Ok(_) => {}
             Err(e) if e.code == 409 => {}
-            Err(e) => tracing::warn!(namespace = ns, stream, error = %e, "sim registry: cannot create the image stream"),
+            Err(e) => {
+                tracing::warn!(namespace = ns, stream, error = %e, "sim registry: cannot create the image stream")
+            }
         }
     }
     resp

@@ -51,7 +51,10 @@ impl SkopeoLogin {
         let run = |args: &[&str], tolerate_exists: bool| {
             let out = std::process::Command::new(kubectl).arg("--kubeconfig").arg(admin).args(args).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success() || (tolerate_exists && err.contains("already exists")), "kubectl {args:?}: {err}");
+            assert!(
+                out.status.success() || (tolerate_exists && err.contains("already exists")),
+                "kubectl {args:?}: {err}"
+            );
             String::from_utf8(out.stdout).unwrap()
         };
         run(&["create", "serviceaccount", "skopeo", "-n", "default"], true);
