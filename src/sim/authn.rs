@@ -99,7 +99,8 @@ impl User {
         v
     }
 
-    fn audit(&self, slot: Option<&AuditSlot>) {
+    /// Record this user in the request's audit record.
+    pub(crate) fn audit(&self, slot: Option<&AuditSlot>) {
         if let Some(slot) = slot {
             slot.fill(|f| {
                 f.username = Some(self.name.clone());

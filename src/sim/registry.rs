@@ -408,16 +408,6 @@ fn layers(verb: &str, namespace: &str, name: &str) -> Attributes {
     }
 }
 
-fn audit_user(slot: Option<&AuditSlot>, user: &User) {
-    if let Some(slot) = slot {
-        slot.fill(|f| {
-            f.username = Some(user.name.clone());
-            f.uid = user.uid.clone();
-            f.groups = user.groups.clone();
-        });
-    }
-}
-
 /// The access controller in front of `/v2/`.
 async fn access(State(api): State<SimApi>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let slot = req.extensions().get::<AuditSlot>().cloned();
@@ -435,7 +425,7 @@ async fn access(State(api): State<SimApi>, req: axum::extract::Request, next: ax
             None => return challenge(&headers, false, serde_json::Value::Null),
         }
     };
-    audit_user(slot.as_ref(), &user);
+    user.audit(slot.as_ref());
     let path = req.uri().path().trim_start_matches("/v2").trim_start_matches('/').to_string();
     if path.is_empty() {
         return next.run(req).await;
@@ -559,7 +549,7 @@ async fn token_endpoint(State(api): State<SimApi>, req: axum::extract::Request) 
         Credential::Missing if headers.get(header::AUTHORIZATION).is_none() => ANONYMOUS_TOKEN.to_string(),
         Credential::Token(t) if !t.is_empty() => match token_user(&api, &t) {
             Some(user) => {
-                audit_user(req.extensions().get::<AuditSlot>(), &user);
+                user.audit(req.extensions().get::<AuditSlot>());
                 t
             }
             None => return (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")]).into_response(),
