@@ -274,7 +274,7 @@ pub fn authenticate(api: &SimApi, req: &Request) -> Result<User, ApiError> {
 pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> Response {
     let slot = req.extensions().get::<AuditSlot>().cloned();
     let query = Query::parse(req.uri().query()).unwrap_or_default();
-    let mut info = RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers());
+    let mut info = RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query);
     let path = req.uri().path().to_string();
     let attrs = Attributes::of(&info, &path);
     if let Some(slot) = &slot {

@@ -271,7 +271,7 @@ pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> R
         Some(info) => info.clone(),
         None => {
             let query = Query::parse(req.uri().query()).unwrap_or_default();
-            RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers())
+            RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query)
         }
     };
     if info.resource.is_some() && api.faults.forbidden.iter().any(|r| r.denies(&info)) {
@@ -357,9 +357,7 @@ mod tests {
     #[test]
     fn every_nth_and_times() {
         let table = crate::sim::build_table();
-        let info = |m: &str, path: &str| {
-            RequestInfo::resolve(&table, &m.parse().unwrap(), path, &Query::default(), &Default::default())
-        };
+        let info = |m: &str, path: &str| RequestInfo::resolve(&table, &m.parse().unwrap(), path, &Query::default());
         let faults = Faults { forbidden: vec![], inject: vec!["503/2*2=configmaps".parse().unwrap()] };
         let c = FaultCounters::new(&faults);
         let cm = info("GET", "/api/v1/namespaces/a/configmaps/x");
