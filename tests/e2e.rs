@@ -7,6 +7,7 @@
 //! needs a seldon-core venv (`scripts/setup.d/60-sim-venv.sh` prepares it).
 
 mod chromium_support;
+mod sim_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -107,8 +108,8 @@ impl User {
         let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
         let url = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("sim serve printed {first:?}"));
-        let address = url.strip_prefix("http://").unwrap().to_string();
-        ServedSim { child, address, kubeconfig }
+        let address = url.strip_prefix("https://").unwrap().to_string();
+        ServedSim { child, address, kubeconfig, data: self.sim().join(env) }
     }
 }
 
@@ -117,6 +118,8 @@ struct ServedSim {
     /// `127.0.0.1:PORT`: the API and, under `/v2/`, the registry.
     address: String,
     kubeconfig: PathBuf,
+    /// Its data directory (the CA is in `pki/ca.crt`).
+    data: PathBuf,
 }
 
 impl ServedSim {
@@ -128,17 +131,20 @@ impl ServedSim {
 
     /// The digest the registry serves for `repository:tag` (or `@digest`), as skopeo sees it.
     fn skopeo_digest(&self, repository: &str) -> String {
-        skopeo_digest(&format!("{}/{repository}", self.address))
+        self.skopeo_reference(&format!("{}/{repository}", self.address))
     }
-}
 
-/// The digest a registry serves for a full image reference, as skopeo sees it.
-fn skopeo_digest(reference: &str) -> String {
-    let image = format!("docker://{reference}");
-    let out = Command::new(skopeo()).args(["inspect", "--tls-verify=false", "--no-tags", &image]).output().unwrap();
-    assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["Digest"].as_str().unwrap().to_string()
+    /// The digest this sim's registry serves for a full image reference, as
+    /// skopeo sees it: as a ServiceAccount that may pull, TLS verified.
+    fn skopeo_reference(&self, reference: &str) -> String {
+        let login = sim_support::SkopeoLogin::with_kubectl(&kubectl(), &self.kubeconfig, &self.data);
+        let image = format!("docker://{reference}");
+        let out =
+            Command::new(skopeo()).args(["inspect", "--no-tags"]).args(login.args("")).arg(&image).output().unwrap();
+        assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["Digest"].as_str().unwrap().to_string()
+    }
 }
 
 impl Drop for ServedSim {
@@ -234,7 +240,7 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
         assert_eq!(digest_of(&image), checked, "dev runs {image}");
         // The reference the sim recorded resolves: a restarted sim listens where it did.
         assert!(image.starts_with(&format!("{}/", dev.address)), "{image} vs {}", dev.address);
-        assert_eq!(skopeo_digest(&image), checked);
+        assert_eq!(dev.skopeo_reference(&image), checked);
         // The build pushes by digest (no registry tag in dev): skopeo fetches
         // that manifest and verifies it hashes to the digest.
         assert_eq!(dev.skopeo_digest(&format!("models-dev/weather@{checked}")), checked);
@@ -251,7 +257,7 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
             "jsonpath={.spec.tags[?(@.name==\"latest\")].from.name}",
         ]);
         assert_eq!(digest_of(&tagged), checked, "prod's ImageStream tag latest is {tagged}");
-        assert_eq!(skopeo_digest(&tagged), checked);
+        assert_eq!(prod.skopeo_reference(&tagged), checked);
         assert_eq!(
             prod.skopeo_digest("models-prod/weather:latest"),
             checked,

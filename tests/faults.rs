@@ -188,10 +188,6 @@ impl Env {
         api.fault_counters.report(&api.faults)
     }
 
-    fn url(&self) -> String {
-        self.sim.lock().unwrap().as_ref().unwrap().url()
-    }
-
     fn total(&self) -> u64 {
         self.injected()["injected"].as_object().unwrap().values().filter_map(Value::as_u64).sum()
     }
@@ -206,7 +202,7 @@ async fn build_survives(rules: &[&str]) -> Env {
     assert_eq!(env.builds(), vec!["build.build.openshift.io/weather-1"], "{rules:?}: one Build, never two");
     let report = env.injected();
     // The same counts over HTTP, as `modelship sim serve` users read them.
-    let served: Value = reqwest::get(format!("{}/sim/faults", env.url())).await.unwrap().json().await.unwrap();
+    let served: Value = serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "--raw", "/sim/faults"])).unwrap();
     assert_eq!(served["injected"], report["injected"]);
     println!("faults: build {rules:?} injected {} survived: {}", report["injected"], report["rules"]);
     assert!(env.total() > 0, "{rules:?}: nothing was injected: {report}");

@@ -111,19 +111,54 @@ fn flip(bytes: &mut [u8]) {
 
 // ------------------------------------------------------------ registry
 
+/// A registry as this test's own HTTP client reaches it: a docker-registry
+/// by plain HTTP without credentials, or a sim's over TLS (verified with its
+/// CA) with a ServiceAccount token.
+struct Reg {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Reg {
+    fn plain(addr: &str) -> Reg {
+        Reg { base: format!("http://{addr}"), http: reqwest::Client::new(), token: None }
+    }
+
+    /// As `default/modelship` (which `sim_support::dev_and_prod` binds to cluster-admin).
+    fn sim(sim: &modelship::sim::SimServer) -> Reg {
+        let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
+        let http = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+        let token = sim.service_account_token("default", "modelship", 3600).unwrap();
+        Reg { base: sim.url(), http, token: Some(token) }
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let url = if url.starts_with("http") { url.to_string() } else { format!("{}{url}", self.base) };
+        let rb = self.http.request(method, url);
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+}
+
 /// Push a one-layer OCI image through the distribution API; its digest.
-async fn push_image(registry: &str, repo: &str, seed: &str) -> (String, String) {
-    let http = reqwest::Client::new();
-    let put_blob = |bytes: Vec<u8>| {
-        let http = http.clone();
-        async move {
+async fn push_image(reg: &Reg, repo: &str, seed: &str) -> (String, String) {
+    use reqwest::Method;
+    let put_blob = |bytes: Vec<u8>| async move {
+        {
             let digest = sha256_digest(&bytes);
-            let start = http.post(format!("http://{registry}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+            let start = reg.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/")).send().await.unwrap();
             assert_eq!(start.status(), 202);
-            let location = start.headers()["location"].to_str().unwrap().to_string();
-            let url = if location.starts_with("http") { location } else { format!("http://{registry}{location}") };
+            let url = start.headers()["location"].to_str().unwrap().to_string();
             let sep = if url.contains('?') { '&' } else { '?' };
-            let put = http.put(format!("{url}{sep}digest={digest}")).body(bytes.clone()).send().await.unwrap();
+            let put = reg
+                .request(Method::PUT, &format!("{url}{sep}digest={digest}"))
+                .body(bytes.clone())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
             (digest, bytes.len())
         }
@@ -138,8 +173,8 @@ async fn push_image(registry: &str, repo: &str, seed: &str) -> (String, String) 
         "layers": [{ "mediaType": OCI_LAYER, "digest": layer, "size": layer_size }],
     }))
     .unwrap();
-    let put = http
-        .put(format!("http://{registry}/v2/{repo}/manifests/{seed}"))
+    let put = reg
+        .request(Method::PUT, &format!("/v2/{repo}/manifests/{seed}"))
         .header(header::CONTENT_TYPE, OCI_MANIFEST)
         .body(manifest.clone())
         .send()
@@ -158,9 +193,8 @@ fn copy_opts() -> CopyOptions {
     }
 }
 
-async fn manifest_status(registry: &str, repo: &str, reference: &str) -> u16 {
-    reqwest::Client::new()
-        .head(format!("http://{registry}/v2/{repo}/manifests/{reference}"))
+async fn manifest_status(reg: &Reg, repo: &str, reference: &str) -> u16 {
+    reg.request(reqwest::Method::HEAD, &format!("/v2/{repo}/manifests/{reference}"))
         .header(header::ACCEPT, OCI_MANIFEST)
         .send()
         .await
@@ -174,7 +208,7 @@ async fn copy_through(proxy: &Proxy, digest: &str, target: &DockerRegistry, tag:
     let dst = ImageRef::parse(&format!("{}/prod/app:{tag}", target.addr)).unwrap();
     let err: RegistryError = copy_image(&src, &dst, &copy_opts()).await.unwrap_err();
     assert!(proxy.mangled.load(Ordering::SeqCst) > 0, "the proxy changed nothing");
-    assert_eq!(manifest_status(&target.addr, "prod/app", tag).await, 404, "the tag was not moved");
+    assert_eq!(manifest_status(&Reg::plain(&target.addr), "prod/app", tag).await, 404, "the tag was not moved");
     format!("{:#}", anyhow::Error::from(err))
 }
 
@@ -182,8 +216,8 @@ async fn copy_through(proxy: &Proxy, digest: &str, target: &DockerRegistry, tag:
 async fn a_registry_returning_wrong_bytes_is_detected_and_nothing_is_tagged() {
     let a = DockerRegistry::start();
     let b = DockerRegistry::start();
-    let (digest, layer) = push_image(&a.addr, "dev/app", "v1").await;
-    let (other, _) = push_image(&a.addr, "dev/app", "v2").await;
+    let (digest, layer) = push_image(&Reg::plain(&a.addr), "dev/app", "v1").await;
+    let (other, _) = push_image(&Reg::plain(&a.addr), "dev/app", "v2").await;
 
     // 1. A blob whose bytes do not hash to its digest.
     let want = format!("/blobs/{layer}");
@@ -284,7 +318,7 @@ spec:
             .await
             .unwrap();
     }
-    let (digest, layer) = push_image(&dev.registry_host(), "models-dev/weather", "v1").await;
+    let (digest, layer) = push_image(&Reg::sim(&dev), "models-dev/weather", "v1").await;
     let dev_store = ConfigMapStore::new(clusters.client("dev").await.unwrap(), "models-dev", "dev");
     let image = format!("{}/models-dev/weather@{digest}", dev.registry_host());
     promotion::record_check(&dev_store, "weather", "dev", &digest, &image, "run-1", "ci", None, true).await.unwrap();
@@ -314,7 +348,7 @@ spec:
     let text = format!("{:#}", anyhow::Error::from(err));
     println!("integrity: {text}");
     assert!(text.contains(&format!("blob {layer}")) && text.contains("hashes to"), "{text}");
-    assert_eq!(manifest_status(&prod.registry_host(), "models-prod/weather", "latest").await, 404);
+    assert_eq!(manifest_status(&Reg::sim(&prod), "models-prod/weather", "latest").await, 404);
     let prod_store = ConfigMapStore::new(clusters.client("prod").await.unwrap(), "models-prod", "prod");
     let ledger = prod_store.get_ledger("weather").await.unwrap();
     assert!(ledger.history.iter().all(|e| e.action != "promoted"), "{:?}", ledger.history);

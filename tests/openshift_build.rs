@@ -2,6 +2,8 @@
 //! context is built into a real OCI image that skopeo reads back; reuse,
 //! resume after a killed runner, a failing Dockerfile, and the faults.
 
+mod sim_support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -141,9 +143,14 @@ impl Env {
     }
 }
 
-fn skopeo_config(host: &str, image: &str) -> Value {
+/// The image config skopeo reads from `sim`'s registry as a ServiceAccount
+/// that may pull (TLS verified with the sim's CA).
+fn skopeo_config(sim: &SimServer, image: &str) -> Value {
+    let login = sim_support::SkopeoLogin::in_process(sim, "system:image-puller");
     let out = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--config", &format!("docker://{host}/{image}")])
+        .args(["inspect", "--config"])
+        .args(login.args(""))
+        .arg(format!("docker://{}/{image}", sim.registry_host()))
         .output()
         .expect("skopeo is missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
     assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
@@ -161,7 +168,7 @@ async fn builds_an_image_skopeo_reads_back_and_does_not_build_twice() {
     let host = env.sim().registry_host();
     assert_eq!(out["image"], json!(format!("{host}/{NS}/weather@{digest}")));
 
-    let config = skopeo_config(&host, &format!("{NS}/weather@{digest}"));
+    let config = skopeo_config(env.sim(), &format!("{NS}/weather@{digest}"));
     assert_eq!(config["architecture"], "amd64");
     let cmd = config["config"]["Cmd"].as_array().expect("the Dockerfile's CMD is in the image config");
     assert!(!cmd.is_empty());

@@ -5,6 +5,8 @@
 //! a deliberately wrong expectation that fails the stage with exit 1 and a
 //! readable diff.
 
+mod sim_support;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -53,6 +55,7 @@ struct Cluster {
     child: Child,
     kubeconfig: PathBuf,
     addr: String,
+    data: PathBuf,
 }
 
 impl Cluster {
@@ -70,8 +73,8 @@ impl Cluster {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("sim serve prints its address").unwrap();
-        assert!(first.starts_with("listening on http://"), "{first}");
-        Cluster { child, kubeconfig, addr: addr.trim().to_string() }
+        assert!(first.starts_with("listening on https://"), "{first}");
+        Cluster { child, kubeconfig, addr: addr.trim().to_string(), data }
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
@@ -90,9 +93,13 @@ impl Cluster {
     }
 
     /// The manifest digest skopeo reads for `repo@digest` in this registry.
+    /// As a ServiceAccount that may pull, TLS verified with the sim's CA.
     fn skopeo_digest(&self, image: &str) -> String {
+        let login = sim_support::SkopeoLogin::with_kubectl(Path::new("kubectl"), &self.kubeconfig, &self.data);
         let out = Command::new("skopeo")
-            .args(["inspect", "--no-tags", "--tls-verify=false", &format!("docker://{}/{image}", self.addr)])
+            .args(["inspect", "--no-tags"])
+            .args(login.args(""))
+            .arg(format!("docker://{}/{image}", self.addr))
             .output()
             .expect("skopeo is missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
         assert!(out.status.success(), "skopeo: {}", text(&out.stderr));

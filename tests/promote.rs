@@ -163,9 +163,15 @@ impl Env {
     }
 }
 
-fn skopeo_raw(image: &str) -> Vec<u8> {
+/// `skopeo inspect --raw` of `REPO@REF` in `sim`'s registry, as a
+/// ServiceAccount that may pull (TLS verified with the sim's CA).
+fn skopeo_raw(sim: &SimServer, image: &str) -> Vec<u8> {
+    let login = sim_support::SkopeoLogin::in_process(sim, "system:image-puller");
+    let image = format!("{}/{image}", sim.registry_host());
     let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")])
+        .args(["inspect", "--raw"])
+        .args(login.args(""))
+        .arg(format!("docker://{image}"))
         .output()
         .expect("skopeo missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
     assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
@@ -186,8 +192,8 @@ async fn promotes_the_verified_digest_byte_exact_and_records_it_once() {
     assert_eq!(out.digest, digest);
     assert!(out.recorded);
     assert!(out.previous.is_none());
-    let src = skopeo_raw(&format!("{}/models-dev/{MODEL}@{digest}", env.dev().registry_host()));
-    let dst = skopeo_raw(&format!("{}/models-prod/{MODEL}:latest", env.prod().registry_host()));
+    let src = skopeo_raw(env.dev(), &format!("models-dev/{MODEL}@{digest}"));
+    let dst = skopeo_raw(env.prod(), &format!("models-prod/{MODEL}:latest"));
     assert_eq!(src, dst, "prod must hold the very manifest bytes dev verified");
 
     let yaml = ledger_yaml(&env, "models-prod");
@@ -326,7 +332,7 @@ async fn rollback_returns_to_the_previous_digest_and_history_is_newest_first() {
     };
     let back = promotion::rollback(&env.clusters, &req).await.unwrap();
     assert_eq!(back.digest, v1);
-    let tagged = skopeo_raw(&format!("{}/models-prod/{MODEL}:latest", env.prod().registry_host()));
+    let tagged = skopeo_raw(env.prod(), &format!("models-prod/{MODEL}:latest"));
     assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&tagged))), v1);
 
     let prod_ledger = env.store("prod").get_ledger(MODEL).await.unwrap();
@@ -552,7 +558,7 @@ async fn failed_verification_rolls_the_target_back() {
             ("rolled-back", v1.as_str())
         ]
     );
-    let tagged = skopeo_raw(&format!("{}/models-prod/{MODEL}:latest", env.prod().registry_host()));
+    let tagged = skopeo_raw(env.prod(), &format!("models-prod/{MODEL}:latest"));
     assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&tagged))), v1);
     env.stop().await;
 }

@@ -112,6 +112,73 @@ pub struct EnvTarget {
     pub registry: String,
     /// Plain HTTP / unverified TLS.
     pub insecure: bool,
+    /// Set when `registry` is this cluster's own integrated registry: how
+    /// to reach it as `oc registry login` would.
+    pub cluster_access: Option<ClusterRegistryAccess>,
+}
+
+/// The cluster's CA certificates (DER: the kubeconfig's
+/// `certificate-authority(-data)`, or in a pod the service account's
+/// `ca.crt` and OpenShift's `service-ca.crt`, which signs the integrated
+/// registry's certificate) and its API token (kubeconfig `token` or
+/// `tokenFile`, or the pod's token), for its own integrated registry.
+#[derive(Clone, Default)]
+pub struct ClusterRegistryAccess {
+    pub roots: Vec<Vec<u8>>,
+    pub token: Option<crate::secret::Secret>,
+}
+
+impl std::fmt::Debug for ClusterRegistryAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterRegistryAccess")
+            .field("roots", &self.roots.len())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+/// Where OpenShift mounts the service CA bundle in a pod.
+const SERVICE_CA: &str = "/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt";
+/// The integrated registry's in-cluster address on OpenShift.
+const INTERNAL_REGISTRY: &str = "image-registry.openshift-image-registry.svc:5000";
+
+/// The CA and token of environment `name`'s cluster connection.
+pub async fn cluster_registry_access(clusters: &Clusters, name: &str) -> Result<ClusterRegistryAccess, PromotionError> {
+    use secrecy::ExposeSecret;
+    let config = clusters.config(name).await?;
+    let mut roots = config.root_cert.clone().unwrap_or_default();
+    if let Ok(pem) = std::fs::read(SERVICE_CA) {
+        for p in x509_parser::pem::Pem::iter_from_buffer(&pem).flatten() {
+            roots.push(p.contents);
+        }
+    }
+    let token = match (&config.auth_info.token, &config.auth_info.token_file) {
+        (Some(t), _) => Some(t.expose_secret().to_string()),
+        (None, Some(file)) => std::fs::read_to_string(file).ok().map(|t| t.trim().to_string()),
+        (None, None) => None,
+    };
+    let token = token.filter(|t| !t.is_empty()).map(|t| {
+        crate::secret::register(t.clone());
+        crate::secret::Secret::new(t)
+    });
+    Ok(ClusterRegistryAccess { roots, token })
+}
+
+/// Copy options between `from` and `to`: each one's integrated registry is
+/// trusted with its cluster's CA and offered its cluster's token where no
+/// explicit credential names it; `insecure` stays the explicit opt-out.
+fn copy_options(auth: &AuthStore, from: &EnvTarget, to: &EnvTarget) -> CopyOptions {
+    let mut auth = auth.clone();
+    let mut roots = std::collections::BTreeMap::<String, Vec<Vec<u8>>>::new();
+    for env in [from, to] {
+        if let Some(access) = &env.cluster_access {
+            roots.entry(env.registry.clone()).or_default().extend(access.roots.iter().cloned());
+            if let Some(token) = &access.token {
+                auth.add_cluster_token(&env.registry, &env.name, token.clone());
+            }
+        }
+    }
+    CopyOptions { src_insecure: from.insecure, dest_insecure: to.insecure, roots, auth, ..CopyOptions::default() }
 }
 
 impl EnvTarget {
@@ -123,23 +190,32 @@ impl EnvTarget {
 
 /// Resolve environment `name`: its registry is `registry` from the pipeline,
 /// else the host of the cluster's integrated registry as its ImageStream for
-/// `model` reports it. `insecureRegistry: true` marks the registry insecure.
+/// `model` reports it. The cluster's own integrated registry (the one its
+/// ImageStreams report, or OpenShift's in-cluster address) is reached with
+/// the cluster's CA and token ([`ClusterRegistryAccess`]).
+/// `insecureRegistry: true` marks the registry insecure.
 pub async fn resolve_env(clusters: &Clusters, name: &str, model: &str) -> Result<EnvTarget, PromotionError> {
     let env = clusters.environment(name)?.clone();
     let client = clusters.client(name).await?;
-    let registry = match env.registry.clone() {
-        Some(r) => r,
-        None => match tag::public_repository(&client, &env.namespace, model).await? {
-            Some(repo) => repo.split('/').next().unwrap_or_default().to_string(),
-            None => return Err(PromotionError::NoRegistry { env: name.to_string(), stream: model.to_string() }),
-        },
+    let reported = tag::public_repository(&client, &env.namespace, model)
+        .await?
+        .map(|repo| repo.split('/').next().unwrap_or_default().to_string());
+    let (registry, integrated) = match (env.registry.clone(), reported) {
+        (Some(r), reported) => {
+            let integrated = reported.as_deref() == Some(r.as_str()) || r == INTERNAL_REGISTRY;
+            (r, integrated)
+        }
+        (None, Some(host)) => (host, true),
+        (None, None) => return Err(PromotionError::NoRegistry { env: name.to_string(), stream: model.to_string() }),
     };
+    let cluster_access = if integrated { Some(cluster_registry_access(clusters, name).await?) } else { None };
     Ok(EnvTarget {
         name: name.to_string(),
         namespace: env.namespace,
         client,
         registry,
         insecure: env.insecure_registry,
+        cluster_access,
     })
 }
 
@@ -374,12 +450,7 @@ async fn locked_promote(
     forced: bool,
     mut outcome: PromoteOutcome,
 ) -> Result<PromoteOutcome, PromotionError> {
-    let opts = CopyOptions {
-        src_insecure: from.insecure,
-        dest_insecure: to.insecure,
-        auth: req.auth.clone(),
-        ..CopyOptions::default()
-    };
+    let opts = copy_options(&req.auth, from, to);
     let stats = copy_image(source, dst, &opts).await.map_err(|e| PromotionError::Copy {
         src: source.to_string(),
         dst: dst.to_string(),
@@ -495,12 +566,7 @@ async fn locked_rollback(
         .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
     let dst = ImageRef::parse(&format!("{repo}:{}", req.tag))
         .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
-    let opts = CopyOptions {
-        src_insecure: target.insecure,
-        dest_insecure: target.insecure,
-        auth: req.auth.clone(),
-        ..CopyOptions::default()
-    };
+    let opts = copy_options(&req.auth, target, target);
     let stats = copy_image(&src, &dst, &opts).await.map_err(|e| PromotionError::Copy {
         src: src.to_string(),
         dst: dst.to_string(),

@@ -111,6 +111,18 @@ impl AuthStore {
         }
     }
 
+    /// The API token of environment `env`'s cluster for that cluster's own
+    /// integrated registry `host` (what `oc registry login` writes), unless
+    /// an explicit credential for `host` exists: those win.
+    pub fn add_cluster_token(&mut self, host: &str, env: &str, token: Secret) {
+        let key = normalise_key(host);
+        if self.has_registry(&key) {
+            return;
+        }
+        self.entries.insert(key, Credentials { username: "serviceaccount".into(), password: token });
+        self.sources.push(format!("the API token of environment `{env}` for its integrated registry {host}"));
+    }
+
     /// Whether any credentials are known for `registry` at all.
     pub fn has_registry(&self, registry: &str) -> bool {
         self.entries.keys().any(|k| k == registry || k.starts_with(&format!("{registry}/")))
@@ -200,6 +212,17 @@ mod tests {
         assert!(store.lookup("other.example.com", "team/app").is_none());
         assert_eq!(crate::secret::mask("x pw-alice-123 y"), "x **** y");
         assert!(!format!("{store:?}").contains("pw-alice-123"));
+    }
+
+    #[test]
+    fn a_cluster_token_is_offered_only_where_no_explicit_credential_exists() {
+        let json = r#"{"auths": {"reg.example.com": {"username": "robot", "password": "pw-robot-1"}}}"#;
+        let mut store = AuthStore::from_dockerconfigjson(json.as_bytes()).unwrap();
+        store.add_cluster_token("reg.example.com", "prod", Secret::new("tok-a"));
+        store.add_cluster_token("127.0.0.1:5000", "dev", Secret::new("tok-b"));
+        assert_eq!(store.lookup("reg.example.com", "ns/app").unwrap().username, "robot");
+        assert_eq!(store.lookup("127.0.0.1:5000", "ns/app").unwrap().password.expose(), "tok-b");
+        assert!(store.sources.iter().any(|s| s.contains("environment `dev`")), "{:?}", store.sources);
     }
 
     #[test]

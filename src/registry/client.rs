@@ -43,27 +43,35 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    /// Reach `registry` (`host[:port]`): https with verified TLS, or when
-    /// `insecure`, https without verification and then plain http (what
-    /// skopeo's `--tls-verify=false` does).
+    /// Reach `registry` (`host[:port]`): https with verified TLS (the
+    /// system roots, plus `roots`: DER certificates such as the CA of the
+    /// cluster whose integrated registry this is), or when `insecure`, https
+    /// without verification and then plain http (what skopeo's
+    /// `--tls-verify=false` does).
     pub async fn connect(
         registry: &str,
         insecure: bool,
+        roots: &[Vec<u8>],
         credentials: Option<Credentials>,
         auth_sources: Vec<String>,
     ) -> Result<RegistryClient, RegistryError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("modelship/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             // Blobs take as long as they take; a stalled read is still caught.
             .read_timeout(Duration::from_secs(120))
-            .tls_danger_accept_invalid_certs(insecure)
-            .build()
-            .map_err(|source| RegistryError::Transport {
-                registry: registry.to_string(),
-                what: "building the HTTP client".into(),
-                source,
-            })?;
+            .tls_danger_accept_invalid_certs(insecure);
+        for der in roots {
+            match reqwest::Certificate::from_der(der) {
+                Ok(cert) => builder = builder.add_root_certificate(cert),
+                Err(e) => tracing::warn!(registry, error = %e, "ignoring a CA certificate that does not parse"),
+            }
+        }
+        let http = builder.build().map_err(|source| RegistryError::Transport {
+            registry: registry.to_string(),
+            what: "building the HTTP client".into(),
+            source,
+        })?;
         let schemes: &[&str] = if insecure { &["https", "http"] } else { &["https"] };
         let mut last_err = None;
         for scheme in schemes {

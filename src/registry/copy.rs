@@ -10,6 +10,7 @@
 //! blob with its digest checked before the upload is committed, and byte
 //! counts — is a few requests on reqwest, which the project builds anyway.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -34,6 +35,9 @@ pub struct CopyOptions {
     /// Source registry is plain http or has an unverifiable certificate.
     pub src_insecure: bool,
     pub dest_insecure: bool,
+    /// CA certificates (DER) trusted for a registry host besides the system
+    /// roots: a cluster's CA for its own integrated registry.
+    pub roots: BTreeMap<String, Vec<Vec<u8>>>,
     pub auth: AuthStore,
     /// Blobs in flight at once.
     pub concurrency: usize,
@@ -48,6 +52,7 @@ impl Default for CopyOptions {
         CopyOptions {
             src_insecure: false,
             dest_insecure: false,
+            roots: BTreeMap::new(),
             auth: AuthStore::anonymous(),
             concurrency: 4,
             retries: 3,
@@ -119,12 +124,14 @@ pub async fn copy_image(src: &ImageRef, dst: &ImageRef, opts: &CopyOptions) -> R
         RegistryClient::connect(
             &src.registry,
             opts.src_insecure,
+            opts.roots.get(&src.registry).map_or(&[][..], Vec::as_slice),
             opts.auth.lookup(&src.registry, &src.repository).cloned(),
             sources.clone(),
         ),
         RegistryClient::connect(
             &dst.registry,
             opts.dest_insecure,
+            opts.roots.get(&dst.registry).map_or(&[][..], Vec::as_slice),
             opts.auth.lookup(&dst.registry, &dst.repository).cloned(),
             sources,
         )

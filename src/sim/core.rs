@@ -1,4 +1,6 @@
-//! The core group (`v1`): Namespaces, ConfigMaps, Secrets.
+//! The core group (`v1`): Namespaces, ConfigMaps, Secrets, ServiceAccounts
+//! (their `token` subresource, the TokenRequest API, is served by
+//! [`super::authn`]).
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -39,10 +41,18 @@ pub const SECRETS: ResourceType = ResourceType {
     ..ResourceType::namespaced("", "v1", "Secret", "secrets", "secret")
 };
 
+pub const SERVICEACCOUNTS: ResourceType = ResourceType {
+    short_names: &["sa"],
+    subresources: &["token"],
+    protobuf: Some(super::protobuf::serviceaccount),
+    ..ResourceType::namespaced("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount")
+};
+
 pub fn register(table: &mut ResourceTable) {
     table.add(NAMESPACES);
     table.add(CONFIGMAPS);
     table.add(SECRETS);
+    table.add(SERVICEACCOUNTS);
 }
 
 fn normalize_namespace(obj: &mut Value) {

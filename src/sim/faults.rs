@@ -266,13 +266,17 @@ impl ForbiddenRule {
 
 /// The middleware: resolve the request, then inject the configured faults.
 pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> Response {
-    let query = Query::parse(req.uri().query()).unwrap_or_default();
-    let info = RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers());
-    if let Some(rt) = &info.resource
-        && api.faults.forbidden.iter().any(|r| r.denies(&info))
-    {
-        let name = info.name.as_deref().unwrap_or("");
-        return ApiError::forbidden(rt, name, &info.verb, info.namespace.as_deref(), &info.user).into_response();
+    // Authentication resolved the request already (see `super::authn::layer`).
+    let info = match req.extensions().get::<RequestInfo>() {
+        Some(info) => info.clone(),
+        None => {
+            let query = Query::parse(req.uri().query()).unwrap_or_default();
+            RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query)
+        }
+    };
+    if info.resource.is_some() && api.faults.forbidden.iter().any(|r| r.denies(&info)) {
+        let attrs = super::rbac::Attributes::of(&info, req.uri().path());
+        return super::rbac::forbidden(&attrs, &info.user, "").into_response();
     }
     let fault = info.resource.as_ref().and_then(|_| api.fault_counters.fire(&api.faults, &info));
     if let Some(kind) = fault {
@@ -353,9 +357,7 @@ mod tests {
     #[test]
     fn every_nth_and_times() {
         let table = crate::sim::build_table();
-        let info = |m: &str, path: &str| {
-            RequestInfo::resolve(&table, &m.parse().unwrap(), path, &Query::default(), &Default::default())
-        };
+        let info = |m: &str, path: &str| RequestInfo::resolve(&table, &m.parse().unwrap(), path, &Query::default());
         let faults = Faults { forbidden: vec![], inject: vec!["503/2*2=configmaps".parse().unwrap()] };
         let c = FaultCounters::new(&faults);
         let cm = info("GET", "/api/v1/namespaces/a/configmaps/x");

@@ -19,6 +19,13 @@
 //!   create, update, patch, delete, deletecollection, `status`), Tables for
 //!   kubectl; [`discovery`]: `/version`, `/api`, `/apis`, OpenAPI v3.
 //! - [`status`]: `kind: Status` failures shaped like the API server's.
+//! - Security, outside in: [`audit`] (`DATA/audit.log`, one
+//!   `audit.k8s.io/v1` Event a request), [`tls`] (the CA kept in
+//!   `DATA/pki`, the serving and client certificates; HTTPS only),
+//!   [`authn`] (client certificates, ServiceAccount tokens and the
+//!   TokenRequest API, 401s, `kubectl auth whoami`; the request entry path
+//!   that authorizes before dispatch) and [`rbac`] (the RBAC kinds, the
+//!   authorizer, the bootstrap policy, 403 wording, `kubectl auth can-i`).
 //! - [`faults`]: the fault-injection middleware (403 for configured
 //!   resources; 500/503/429, dropped or lost answers, delays, cut watches,
 //!   409s on every Nth matching request, counted at `/sim/faults`).
@@ -29,7 +36,9 @@
 //!   [`runtime`]: image unpack, venv, process supervision), [`build`]
 //!   (buildconfigs, builds, instantiatebinary, log; the build controller),
 //!   [`image`] (imagestreams, imagestreamtags); [`dockerfile`] parses what
-//!   the build controller builds.
+//!   the build controller builds; [`registry`] is the OCI registry under
+//!   `/v2/`, behind the integrated registry's access controller (token
+//!   auth, `imagestreams/layers` RBAC).
 //!
 //! # Adding a kind
 //!
@@ -55,6 +64,8 @@
 //! hold, so a restarted sim resumes from the persisted objects.
 
 pub mod apps;
+pub mod audit;
+pub mod authn;
 pub mod build;
 pub mod coordination;
 pub mod core;
@@ -63,6 +74,7 @@ pub mod dockerfile;
 pub mod faults;
 pub mod image;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod resource;
 pub mod route;
@@ -72,6 +84,7 @@ pub mod selector;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -150,6 +163,10 @@ pub struct SimApi {
     pub registry: registry::RegistryStore,
     /// The data directory (controllers keep work files under it).
     pub data_dir: PathBuf,
+    /// The cluster's CA (serving and client certificates).
+    pub pki: Arc<tls::Pki>,
+    /// Signs and verifies ServiceAccount tokens.
+    pub tokens: Arc<authn::TokenIssuer>,
     /// Cancelled when the sim stops; long-running work (watches,
     /// controllers) ends on it.
     pub shutdown: CancellationToken,
@@ -171,6 +188,8 @@ pub fn build_table() -> ResourceTable {
     seldon::register(&mut table);
     build::register(&mut table);
     image::register(&mut table);
+    rbac::register(&mut table);
+    authn::register(&mut table);
     table
 }
 
@@ -179,15 +198,22 @@ pub struct SimServer {
     pub addr: SocketAddr,
     pub name: String,
     api: SimApi,
+    /// `system:admin`'s client certificate, made at start.
+    admin: tls::CertPair,
     task: tokio::task::JoinHandle<()>,
     /// Controllers that own processes; awaited at shutdown so none outlives the sim.
     controllers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl SimServer {
-    /// `http://127.0.0.1:PORT`
+    /// `https://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
+    }
+
+    /// The cluster CA, PEM: what clients verify the sim's certificate with.
+    pub fn ca_pem(&self) -> &str {
+        self.api.pki.ca_pem()
     }
 
     /// Registry host for image references: `127.0.0.1:PORT`.
@@ -201,9 +227,91 @@ impl SimServer {
         &self.api
     }
 
-    /// This sim's kubeconfig (one context, named after the sim).
+    /// This sim's admin kubeconfig (one context, named after the sim):
+    /// `system:admin` in `system:masters` by client certificate.
     pub fn kubeconfig(&self) -> String {
-        kubeconfig_yaml(&[(self.name.clone(), self.url())])
+        kubeconfig_yaml(&[self.admin_entry()])
+    }
+
+    /// The admin's kubeconfig entry, to combine several sims in one file.
+    pub fn admin_entry(&self) -> KubeconfigEntry {
+        KubeconfigEntry {
+            name: self.name.clone(),
+            server: self.url(),
+            ca_pem: self.ca_pem().to_string(),
+            user: KubeUser::ClientCertificate(self.admin.clone()),
+        }
+    }
+
+    /// A kubeconfig entry for ServiceAccount `namespace/name` with a token
+    /// valid for `seconds` (it must exist; see [`SimServer::service_account_token`]).
+    pub fn service_account_entry(
+        &self,
+        namespace: &str,
+        name: &str,
+        seconds: i64,
+    ) -> Result<KubeconfigEntry, status::ApiError> {
+        let token = self.service_account_token(namespace, name, seconds)?;
+        Ok(KubeconfigEntry {
+            name: self.name.clone(),
+            server: self.url(),
+            ca_pem: self.ca_pem().to_string(),
+            user: KubeUser::Token(token),
+        })
+    }
+
+    /// Set up ServiceAccount `namespace/name` in-process, as an
+    /// administrator would: the namespace and the account when missing and,
+    /// with `cluster_role`, a ClusterRoleBinding `NAMESPACE-NAME-ROLE` to it.
+    pub fn ensure_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        cluster_role: Option<&str>,
+    ) -> Result<(), status::ApiError> {
+        let store = &self.api.store;
+        let ignore_exists = |r: Result<serde_json::Value, status::ApiError>| match r {
+            Err(e) if e.code != 409 => Err(e),
+            _ => Ok(()),
+        };
+        if !store.namespace_exists(namespace) {
+            ignore_exists(store.create(&core::NAMESPACES, "", json!({ "metadata": { "name": namespace } }), false))?;
+        }
+        if store.get(&core::SERVICEACCOUNTS, namespace, name).is_none() {
+            ignore_exists(store.create(
+                &core::SERVICEACCOUNTS,
+                namespace,
+                json!({ "metadata": { "name": name } }),
+                false,
+            ))?;
+        }
+        if let Some(role) = cluster_role {
+            let binding = format!("{namespace}-{name}-{}", role.replace(':', "-"));
+            if store.get(&rbac::CLUSTERROLEBINDINGS, "", &binding).is_none() {
+                let obj = json!({
+                    "metadata": { "name": binding },
+                    "roleRef": { "apiGroup": rbac::GROUP, "kind": "ClusterRole", "name": role },
+                    "subjects": [{ "kind": "ServiceAccount", "name": name, "namespace": namespace }],
+                });
+                ignore_exists(store.create(&rbac::CLUSTERROLEBINDINGS, "", obj, false))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Mint a token for ServiceAccount `namespace/name` as the TokenRequest
+    /// API would (audience: the API server), without a request. The
+    /// ServiceAccount must exist; the token dies with it.
+    pub fn service_account_token(&self, namespace: &str, name: &str, seconds: i64) -> Result<String, status::ApiError> {
+        let sa = self
+            .api
+            .store
+            .get(&core::SERVICEACCOUNTS, namespace, name)
+            .ok_or_else(|| status::ApiError::not_found(&core::SERVICEACCOUNTS, name))?;
+        let uid = sa.pointer("/metadata/uid").and_then(serde_json::Value::as_str).unwrap_or("");
+        let (token, _) = self.api.tokens.issue(namespace, name, uid, &[authn::ISSUER.to_string()], seconds)?;
+        crate::secret::register(token.clone());
+        Ok(token)
     }
 
     /// Stop serving, stop controllers and their processes, flush state.
@@ -230,6 +338,11 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         .map_err(|source| SimError::Io { path: config.data_dir.clone(), source })?;
     let store = Arc::new(Store::open(&config.data_dir)?);
     let table = Arc::new(build_table());
+    let pki = Arc::new(tls::Pki::load_or_create(&config.data_dir)?);
+    let tokens = Arc::new(authn::TokenIssuer::load_or_create(&config.data_dir)?);
+    let audit_log = Arc::new(audit::AuditLog::open(&config.data_dir)?);
+    let tls_config = pki.server_config()?;
+    let admin = pki.issue_client("system:admin", &["system:masters"])?;
     // The namespaces every cluster has.
     for ns in ["default", "kube-system", "kube-public"] {
         if !store.namespace_exists(ns) {
@@ -238,6 +351,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
                 .map_err(|e| SimError::Corrupt { path: config.data_dir.clone(), message: e.to_string() })?;
         }
     }
+    rbac::bootstrap(&store).map_err(|e| SimError::Corrupt { path: config.data_dir.clone(), message: e.to_string() })?;
     let registry = registry::RegistryStore::new(config.data_dir.join("registry"));
     let api = SimApi {
         table,
@@ -246,30 +360,44 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         fault_counters: Arc::new(faults::FaultCounters::new(&config.faults)),
         registry: registry.clone(),
         data_dir: config.data_dir.clone(),
+        pki,
+        tokens,
         shutdown: CancellationToken::new(),
     };
     let listener = bind(&config).await?;
     let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
     let address_file = config.data_dir.join(ADDRESS_FILE);
     std::fs::write(&address_file, addr.to_string()).map_err(|source| SimError::Io { path: address_file, source })?;
+    // Outside in: audit, authentication and authorization, faults, then the
+    // API; the registry has its own access controller.
     let app = server::router(api.clone())
         .layer(axum::middleware::from_fn_with_state(api.clone(), faults::layer))
-        .merge(registry::router(registry));
-    let task = tokio::spawn(serve(listener, app, api.shutdown.clone()));
+        .layer(axum::middleware::from_fn_with_state(api.clone(), authn::layer))
+        .merge(registry::authorized_router(api.clone(), registry))
+        .layer(axum::middleware::from_fn_with_state(audit_log, audit::layer));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let task = tokio::spawn(serve(listener, app, acceptor, api.shutdown.clone()));
     let controllers = vec![
         tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration)),
         tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone())),
     ];
-    tracing::info!(url = %format!("http://{addr}"), data = %config.data_dir.display(), "sim started");
-    Ok(SimServer { addr, name: config.name, api, task, controllers })
+    tracing::info!(url = %format!("https://{addr}"), data = %config.data_dir.display(), "sim started");
+    Ok(SimServer { addr, name: config.name, api, admin, task, controllers })
 }
 
 /// The accept loop (axum's `serve` cannot close a connection without an
-/// answer): each connection is served by hyper; a response marked
+/// answer): each connection does its TLS handshake, then is served by
+/// hyper, every request carrying the verified client certificate's user
+/// ([`authn::PeerUser`]) when there is one; a response marked
 /// [`faults::DropConnection`] makes the service fail, and hyper then closes
 /// the connection without writing anything. On shutdown, stop accepting and
 /// let open connections finish their current request.
-async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdown: CancellationToken) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: CancellationToken,
+) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tower::ServiceExt;
     let mut conns = tokio::task::JoinSet::new();
@@ -288,11 +416,32 @@ async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdown: C
         };
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let acceptor = acceptor.clone();
         conns.spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "sim: TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(tls::certificate_user)
+                .map(|(name, groups)| authn::PeerUser { name, groups });
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let app = app.clone();
+                let peer = peer.clone();
                 async move {
-                    let resp = app.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {});
+                    let mut req = req.map(axum::body::Body::new);
+                    if let Some(p) = peer {
+                        req.extensions_mut().insert(p);
+                    }
+                    let resp = app.oneshot(req).await.unwrap_or_else(|e| match e {});
                     if resp.extensions().get::<faults::DropConnection>().is_some() {
                         return Err(faults::DroppedByFault);
                     }
@@ -342,21 +491,65 @@ async fn bind(config: &SimConfig) -> Result<tokio::net::TcpListener, SimError> {
     tokio::net::TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind { addr: config.listen, source })
 }
 
-/// A kubeconfig with one cluster/context/user per `(name, url)`; the current
-/// context is the first. The sim accepts any bearer token.
-pub fn kubeconfig_yaml(clusters: &[(String, String)]) -> String {
+/// One cluster, its context and its user in a kubeconfig.
+#[derive(Debug, Clone)]
+pub struct KubeconfigEntry {
+    /// Cluster, context and user name.
+    pub name: String,
+    /// `https://127.0.0.1:PORT`
+    pub server: String,
+    /// The CA the server's certificate is verified with.
+    pub ca_pem: String,
+    pub user: KubeUser,
+}
+
+/// How a kubeconfig user authenticates.
+#[derive(Clone)]
+pub enum KubeUser {
+    ClientCertificate(tls::CertPair),
+    Token(String),
+}
+
+impl std::fmt::Debug for KubeUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KubeUser::ClientCertificate(_) => "ClientCertificate(..)",
+            KubeUser::Token(_) => "Token(****)",
+        })
+    }
+}
+
+/// A kubeconfig with one cluster/context/user per entry, each cluster with
+/// its `certificate-authority-data` (TLS verified, never skipped); the
+/// current context is the first.
+pub fn kubeconfig_yaml(entries: &[KubeconfigEntry]) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let mut s = String::from("apiVersion: v1\nkind: Config\npreferences: {}\n");
-    s.push_str(&format!("current-context: {}\nclusters:\n", clusters.first().map(|c| c.0.as_str()).unwrap_or("sim")));
-    for (name, url) in clusters {
-        s.push_str(&format!("- name: {name}\n  cluster:\n    server: {url}\n"));
+    s.push_str(&format!("current-context: {}\nclusters:\n", entries.first().map(|c| c.name.as_str()).unwrap_or("sim")));
+    for e in entries {
+        s.push_str(&format!(
+            "- name: {}\n  cluster:\n    server: {}\n    certificate-authority-data: {}\n",
+            e.name,
+            e.server,
+            b64(&e.ca_pem)
+        ));
     }
     s.push_str("contexts:\n");
-    for (name, _) in clusters {
-        s.push_str(&format!("- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\n"));
+    for e in entries {
+        s.push_str(&format!("- name: {0}\n  context:\n    cluster: {0}\n    user: {0}\n", e.name));
     }
     s.push_str("users:\n");
-    for (name, _) in clusters {
-        s.push_str(&format!("- name: {name}\n  user:\n    token: sim-{name}\n"));
+    for e in entries {
+        match &e.user {
+            KubeUser::ClientCertificate(pair) => s.push_str(&format!(
+                "- name: {}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+                e.name,
+                b64(&pair.cert_pem),
+                b64(&pair.key_pem)
+            )),
+            KubeUser::Token(token) => s.push_str(&format!("- name: {}\n  user:\n    token: {token}\n", e.name)),
+        }
     }
     s
 }

@@ -174,6 +174,169 @@ pub fn namespace(b: &[u8]) -> Result<Value, String> {
     Ok(Value::Object(o))
 }
 
+fn strings_into(o: &mut Map<String, Value>, field: &str, x: &[u8]) -> Result<(), String> {
+    o.entry(field).or_insert_with(|| json!([])).as_array_mut().expect("array").push(json!(string(x)?));
+    Ok(())
+}
+
+/// A message of string fields only, `(number, JSON name)`.
+fn strings_message(b: &[u8], names: &[(u64, &str)]) -> Result<Value, String> {
+    let mut o = Map::new();
+    for f in fields(b) {
+        if let (n, Field::Bytes(x)) = f?
+            && let Some((_, name)) = names.iter().find(|(k, _)| *k == n)
+        {
+            o.insert((*name).into(), json!(string(x)?));
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+pub fn serviceaccount(b: &[u8]) -> Result<Value, String> {
+    let mut o = object("v1", "ServiceAccount");
+    for f in fields(b) {
+        match f? {
+            (1, Field::Bytes(x)) => _ = o.insert("metadata".into(), object_meta(x)?),
+            (4, Field::Varint(v)) => _ = o.insert("automountServiceAccountToken".into(), json!(v != 0)),
+            _ => {}
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// `rbac/v1` PolicyRule.
+fn policy_rule(b: &[u8]) -> Result<Value, String> {
+    let mut o = Map::new();
+    for f in fields(b) {
+        match f? {
+            (1, Field::Bytes(x)) => strings_into(&mut o, "verbs", x)?,
+            (2, Field::Bytes(x)) => strings_into(&mut o, "apiGroups", x)?,
+            (3, Field::Bytes(x)) => strings_into(&mut o, "resources", x)?,
+            (4, Field::Bytes(x)) => strings_into(&mut o, "resourceNames", x)?,
+            (5, Field::Bytes(x)) => strings_into(&mut o, "nonResourceURLs", x)?,
+            _ => {}
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+fn rbac_role(b: &[u8], kind: &str) -> Result<Value, String> {
+    let mut o = object("rbac.authorization.k8s.io/v1", kind);
+    for f in fields(b) {
+        match f? {
+            (1, Field::Bytes(x)) => _ = o.insert("metadata".into(), object_meta(x)?),
+            (2, Field::Bytes(x)) => {
+                o.entry("rules").or_insert_with(|| json!([])).as_array_mut().expect("array").push(policy_rule(x)?)
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+fn rbac_binding(b: &[u8], kind: &str) -> Result<Value, String> {
+    let mut o = object("rbac.authorization.k8s.io/v1", kind);
+    for f in fields(b) {
+        match f? {
+            (1, Field::Bytes(x)) => _ = o.insert("metadata".into(), object_meta(x)?),
+            (2, Field::Bytes(x)) => {
+                let s = strings_message(x, &[(1, "kind"), (2, "apiGroup"), (3, "name"), (4, "namespace")])?;
+                o.entry("subjects").or_insert_with(|| json!([])).as_array_mut().expect("array").push(s)
+            }
+            (3, Field::Bytes(x)) => {
+                _ = o.insert("roleRef".into(), strings_message(x, &[(1, "apiGroup"), (2, "kind"), (3, "name")])?)
+            }
+            _ => {}
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+pub fn role(b: &[u8]) -> Result<Value, String> {
+    rbac_role(b, "Role")
+}
+
+pub fn clusterrole(b: &[u8]) -> Result<Value, String> {
+    rbac_role(b, "ClusterRole")
+}
+
+pub fn rolebinding(b: &[u8]) -> Result<Value, String> {
+    rbac_binding(b, "RoleBinding")
+}
+
+pub fn clusterrolebinding(b: &[u8]) -> Result<Value, String> {
+    rbac_binding(b, "ClusterRoleBinding")
+}
+
+/// `authentication/v1` TokenRequest (`kubectl create token`): its spec.
+pub fn token_request(b: &[u8]) -> Result<Value, String> {
+    let mut o = object("authentication.k8s.io/v1", "TokenRequest");
+    for f in fields(b) {
+        if let (2, Field::Bytes(spec)) = f? {
+            let mut s = Map::new();
+            for f in fields(spec) {
+                match f? {
+                    (1, Field::Bytes(x)) => strings_into(&mut s, "audiences", x)?,
+                    (4, Field::Varint(v)) => _ = s.insert("expirationSeconds".into(), json!(v as i64)),
+                    (3, Field::Bytes(x)) => {
+                        let r = strings_message(x, &[(1, "kind"), (2, "apiVersion"), (3, "name"), (4, "uid")])?;
+                        s.insert("boundObjectRef".into(), r);
+                    }
+                    _ => {}
+                }
+            }
+            o.insert("spec".into(), Value::Object(s));
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// `authorization/v1` SelfSubjectAccessReview (`kubectl auth can-i`): its spec.
+pub fn self_subject_access_review(b: &[u8]) -> Result<Value, String> {
+    let mut o = object("authorization.k8s.io/v1", "SelfSubjectAccessReview");
+    for f in fields(b) {
+        if let (2, Field::Bytes(spec)) = f? {
+            let mut s = Map::new();
+            for f in fields(spec) {
+                match f? {
+                    (1, Field::Bytes(x)) => {
+                        let names = [
+                            (1, "namespace"),
+                            (2, "verb"),
+                            (3, "group"),
+                            (4, "version"),
+                            (5, "resource"),
+                            (6, "subresource"),
+                            (7, "name"),
+                        ];
+                        s.insert("resourceAttributes".into(), strings_message(x, &names)?);
+                    }
+                    (2, Field::Bytes(x)) => {
+                        s.insert("nonResourceAttributes".into(), strings_message(x, &[(1, "path"), (2, "verb")])?);
+                    }
+                    _ => {}
+                }
+            }
+            o.insert("spec".into(), Value::Object(s));
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// A request body in JSON, or protobuf decoded with `decode`: for the
+/// handlers that read their own bodies (TokenRequest, the reviews).
+pub fn json_or_protobuf(content_type: Option<&str>, bytes: &[u8], decode: Decoder) -> Result<Value, String> {
+    let ct = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+    if ct == CONTENT_TYPE {
+        let (_, _, raw) = envelope(bytes)?;
+        return decode(raw);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("the body of the request is not valid JSON: {e}"))
+}
+
 /// Unwrap the envelope: `(apiVersion, kind, raw)`.
 pub fn envelope(body: &[u8]) -> Result<(String, String, &[u8]), String> {
     let inner = body.strip_prefix(MAGIC).ok_or("protobuf body without the k8s\\0 prefix")?;

@@ -13,6 +13,20 @@
 //!
 //! Bodies are streamed to and from files; only manifests (at most 4 MiB) are
 //! held in memory.
+//!
+//! [`router`] is the bare protocol. Inside the sim it is served behind
+//! [`authorized_router`], the access controller of OpenShift's integrated
+//! registry (openshift/image-registry `pkg/dockerregistry/server/auth.go`,
+//! `token.go`): credentials are an API token only (`Bearer TOKEN`, or Basic
+//! with any user name and the token as password; client certificates are
+//! not looked at); no `Authorization` header is answered 401 with a
+//! `Bearer realm=".../openshift/token"` challenge, whose endpoint hands
+//! back the token it was given (or `anonymous`); a pull needs `get` and a
+//! push `get` and `update` on `imagestreams/layers` of the repository
+//! `NAMESPACE/NAME` (exactly two parts), decided by the sim's RBAC; a push
+//! that creates an image stream needs `create imagestreams` (the registry
+//! creates it with the user's client). A refusal is 401 with a Basic
+//! challenge, as the real registry answers.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -308,6 +322,242 @@ async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     f.flush().await.map_err(io(&tmp))?;
     drop(f);
     tokio::fs::rename(&tmp, path).await.map_err(io(path))
+}
+
+// ---------------------------------------------------------- access control
+
+use super::SimApi;
+use super::audit::{AuditSlot, ObjectRef};
+use super::authn::{User, token_user};
+use super::rbac::{Attributes, authorize};
+
+/// The token endpoint's path (the realm of the Bearer challenge).
+pub const TOKEN_PATH: &str = "/openshift/token";
+/// The token the endpoint hands to a request without credentials.
+const ANONYMOUS_TOKEN: &str = "anonymous";
+
+/// [`router`] behind the integrated registry's access controller, and the
+/// token endpoint.
+pub fn authorized_router(api: SimApi, store: RegistryStore) -> Router {
+    router(store)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), access))
+        .merge(Router::new().route(TOKEN_PATH, get(token_endpoint)).with_state(api))
+}
+
+enum Credential {
+    /// No `Authorization` header (or an unknown scheme).
+    Missing,
+    /// Basic without a password.
+    Invalid,
+    /// The API token; empty for `Bearer anonymous`.
+    Token(String),
+}
+
+fn credential(headers: &HeaderMap) -> Credential {
+    use base64::Engine;
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Credential::Missing;
+    };
+    let Some((scheme, rest)) = value.split_once(' ') else { return Credential::Missing };
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" if rest.trim() == ANONYMOUS_TOKEN => Credential::Token(String::new()),
+        "bearer" => Credential::Token(rest.trim().to_string()),
+        "basic" => {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok();
+            let text = decoded.and_then(|d| String::from_utf8(d).ok());
+            match text.as_deref().and_then(|t| t.split_once(':')) {
+                Some((_, password)) if !password.is_empty() => Credential::Token(password.to_string()),
+                _ => Credential::Invalid,
+            }
+        }
+        _ => Credential::Missing,
+    }
+}
+
+fn host_of(headers: &HeaderMap) -> String {
+    headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1").to_string()
+}
+
+/// 401 `UNAUTHORIZED` with the challenge the real registry sends: Bearer at
+/// the token endpoint when no credentials came, Basic when they were bad or
+/// not enough.
+fn challenge(headers: &HeaderMap, bearer: bool, detail: serde_json::Value) -> Response {
+    let body = serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required", "detail": detail}]});
+    let value = if bearer {
+        format!("Bearer realm=\"https://{}{TOKEN_PATH}\"", host_of(headers))
+    } else {
+        "Basic realm=openshift".to_string()
+    };
+    let mut resp =
+        (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json"), api_header()], body.to_string())
+            .into_response();
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&value).expect("ASCII challenge"));
+    resp
+}
+
+fn layers(verb: &str, namespace: &str, name: &str) -> Attributes {
+    Attributes {
+        verb: verb.into(),
+        resource_request: true,
+        group: super::image::GROUP.into(),
+        resource: "imagestreams".into(),
+        subresource: "layers".into(),
+        name: name.into(),
+        namespace: namespace.into(),
+        path: String::new(),
+    }
+}
+
+/// The access controller in front of `/v2/`.
+async fn access(State(api): State<SimApi>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let slot = req.extensions().get::<AuditSlot>().cloned();
+    let headers = req.headers().clone();
+    let token = match credential(&headers) {
+        Credential::Missing => return challenge(&headers, true, serde_json::Value::Null),
+        Credential::Invalid => return challenge(&headers, false, serde_json::Value::Null),
+        Credential::Token(t) => t,
+    };
+    let user = if token.is_empty() {
+        User::anonymous()
+    } else {
+        match token_user(&api, &token) {
+            Some(u) => u,
+            None => return challenge(&headers, false, serde_json::Value::Null),
+        }
+    };
+    user.audit(slot.as_ref());
+    let path = req.uri().path().trim_start_matches("/v2").trim_start_matches('/').to_string();
+    if path.is_empty() {
+        return next.run(req).await;
+    }
+    let Some(r) = route(&path) else { return next.run(req).await };
+    let name = match &r {
+        Route::Tags(n) | Route::Manifest(n, _) | Route::Upload(n, _) | Route::Blob(n, _) => n.to_string(),
+    };
+    let Some((ns, stream)) = name.split_once('/').filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            format!("invalid repository name: {name}: it must be of the format <project>/<name>"),
+        );
+    };
+    let method = req.method().clone();
+    let push = matches!(method, Method::POST | Method::PUT | Method::PATCH);
+    let verb = if method == Method::DELETE {
+        "delete"
+    } else if push {
+        "update"
+    } else {
+        "get"
+    };
+    if let Some(slot) = &slot {
+        slot.fill(|f| {
+            f.verb = Some(verb.into());
+            f.object = Some(ObjectRef {
+                resource: "imagestreams".into(),
+                subresource: Some("layers".into()),
+                namespace: Some(ns.to_string()),
+                name: Some(stream.to_string()),
+                api_group: super::image::GROUP.into(),
+                api_version: "v1".into(),
+            });
+        });
+    }
+    let subject = user.subject();
+    let allowed = |verb: &str| authorize(&api.store, &subject, &layers(verb, ns, stream)).allowed();
+    let denied = |action: &str| {
+        challenge(&headers, false, serde_json::json!([{"Type": "repository", "Name": name, "Action": action}]))
+    };
+    // distribution asks pull for every request, push for writes, `*` for deletes.
+    if !allowed("get") {
+        return denied("pull");
+    }
+    if push && !allowed("update") {
+        return denied("push");
+    }
+    if method == Method::DELETE {
+        let prune = Attributes {
+            verb: "delete".into(),
+            resource_request: true,
+            group: super::image::GROUP.into(),
+            resource: "images".into(),
+            ..Attributes::default()
+        };
+        if !authorize(&api.store, &subject, &prune).allowed() {
+            return denied("*");
+        }
+    }
+    let mut req = req;
+    // A cross-repository mount from a repository the user cannot pull is
+    // not an error: the mount is skipped and an ordinary upload starts.
+    if let (Route::Upload(_, ""), Some(query)) = (&r, req.uri().query()) {
+        let pairs: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        if let Some(from) = pairs.get("from")
+            && let Some((fns, fname)) = from.split_once('/')
+            && !authorize(&api.store, &subject, &layers("get", fns, fname)).allowed()
+        {
+            let kept: String = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(pairs.iter().filter(|(k, _)| k.as_str() != "mount" && k.as_str() != "from"))
+                .finish();
+            let pq =
+                if kept.is_empty() { req.uri().path().to_string() } else { format!("{}?{kept}", req.uri().path()) };
+            if let Ok(uri) = pq.parse() {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    // A manifest pushed to an image stream that does not exist creates it,
+    // with the user's own rights.
+    let creates_stream = matches!(r, Route::Manifest(..))
+        && method == Method::PUT
+        && api.store.get(&super::image::IMAGESTREAMS, ns, stream).is_none();
+    if creates_stream {
+        let create = Attributes {
+            verb: "create".into(),
+            resource_request: true,
+            group: super::image::GROUP.into(),
+            resource: "imagestreams".into(),
+            namespace: ns.to_string(),
+            ..Attributes::default()
+        };
+        // No project, or no right to create the stream in it: denied.
+        if !api.store.namespace_exists(ns) || !authorize(&api.store, &subject, &create).allowed() {
+            return error(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied");
+        }
+    }
+    let resp = next.run(req).await;
+    if creates_stream && resp.status() == StatusCode::CREATED {
+        let obj = serde_json::json!({ "metadata": { "name": stream } });
+        match api.store.create(&super::image::IMAGESTREAMS, ns, obj, false) {
+            Ok(_) => {}
+            Err(e) if e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(namespace = ns, stream, error = %e, "sim registry: cannot create the image stream")
+            }
+        }
+    }
+    resp
+}
+
+/// `GET /openshift/token`: the docker token protocol as the integrated
+/// registry serves it — the API token given as Basic password comes back
+/// as the bearer token once it authenticates; no credentials get `anonymous`.
+async fn token_endpoint(State(api): State<SimApi>, req: axum::extract::Request) -> Response {
+    let headers = req.headers();
+    let token = match credential(headers) {
+        Credential::Missing if headers.get(header::AUTHORIZATION).is_none() => ANONYMOUS_TOKEN.to_string(),
+        Credential::Token(t) if !t.is_empty() => match token_user(&api, &t) {
+            Some(user) => {
+                user.audit(req.extensions().get::<AuditSlot>());
+                t
+            }
+            None => return (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")]).into_response(),
+        },
+        _ => return (StatusCode::UNAUTHORIZED, [(header::CONTENT_TYPE, "application/json")]).into_response(),
+    };
+    let body = serde_json::json!({ "token": token, "access_token": token });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 // ---------------------------------------------------------------- HTTP side

@@ -45,18 +45,14 @@ pub struct RequestInfo {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
-    /// Who is asking, from the bearer token (the sim accepts any token).
+    /// Who is asking: `system:anonymous` until [`super::authn::layer`]
+    /// authenticates the request and sets it.
     pub user: String,
 }
 
 impl RequestInfo {
-    pub fn resolve(table: &ResourceTable, method: &Method, path: &str, query: &Query, headers: &HeaderMap) -> Self {
-        let user = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| format!("system:serviceaccount:sim:{}", t.chars().take(40).collect::<String>()))
-            .unwrap_or_else(|| "system:anonymous".into());
+    pub fn resolve(table: &ResourceTable, method: &Method, path: &str, query: &Query) -> Self {
+        let user = "system:anonymous".to_string();
         let mut info = RequestInfo {
             verb: method.as_str().to_lowercase(),
             group: String::new(),
@@ -209,7 +205,7 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
     let query = Query::parse(req.uri().query())?;
     let info = match req.extensions().get::<RequestInfo>() {
         Some(i) => i.clone(),
-        None => RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query, req.headers()),
+        None => RequestInfo::resolve(&api.table, req.method(), req.uri().path(), &query),
     };
     let Some(rt) = info.resource.clone() else {
         return Err(ApiError::no_route());

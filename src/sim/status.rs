@@ -141,21 +141,29 @@ impl ApiError {
         Self::new(400, "BadRequest", message.into(), None)
     }
 
-    pub fn forbidden(rt: &ResourceType, name: &str, verb: &str, namespace: Option<&str>, user: &str) -> Self {
-        let target = if name.is_empty() { rt.qualified() } else { format!("{} \"{name}\"", rt.qualified()) };
-        let scope = match namespace {
-            Some(ns) => format!(" in the namespace \"{ns}\""),
-            None => " at the cluster scope".to_string(),
+    /// A 403 as kube's `errors.NewForbidden` shapes it: `RESOURCE.GROUP
+    /// "NAME" is forbidden: MESSAGE` (see [`super::rbac::forbidden`] for the
+    /// message); for a non-resource request just `forbidden: MESSAGE`.
+    pub fn forbidden_message(group: &str, resource: &str, name: &str, message: String) -> Self {
+        let qualified = if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") };
+        let text = if resource.is_empty() {
+            format!("forbidden: {message}")
+        } else if name.is_empty() {
+            format!("{qualified} is forbidden: {message}")
+        } else {
+            format!("{qualified} \"{name}\" is forbidden: {message}")
         };
-        Self::new(
-            403,
-            "Forbidden",
-            format!(
-                "{target} is forbidden: User \"{user}\" cannot {verb} resource \"{}\" in API group \"{}\"{scope}",
-                rt.plural, rt.group
-            ),
-            Some(Self::details(rt, name)),
-        )
+        let mut details = json!({ "name": name, "kind": resource });
+        if !group.is_empty() {
+            details["group"] = json!(group);
+        }
+        Self::new(403, "Forbidden", text, Some(details))
+    }
+
+    /// No credentials where they are needed, or credentials that do not
+    /// authenticate: kube-apiserver's bare 401.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized".into(), None)
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> Self {

@@ -120,7 +120,7 @@ fn now() -> String {
     jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
 }
 
-fn new_uid() -> String {
+pub(crate) fn new_uid() -> String {
     use rand::RngExt;
     let b: [u8; 16] = rand::rng().random();
     let h = hex::encode(b);
@@ -207,8 +207,12 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         if !name.split_once(':').is_some_and(|(s, t)| is_dns_subdomain(s) && !t.is_empty() && t.len() <= 128) {
             causes.push(Cause::invalid("metadata.name", name, "must be of the form <stream_name>:<tag>"));
         }
-    } else if !is_dns_subdomain(name) {
+    } else if rt.group != super::rbac::GROUP && !is_dns_subdomain(name) {
         causes.push(Cause::invalid("metadata.name", name, DNS1123_SUBDOMAIN_MSG));
+    }
+    // RBAC objects are named like path segments (`system:discovery`).
+    if rt.group == super::rbac::GROUP {
+        causes.extend(super::rbac::validate_name(name));
     }
     let m = meta(obj);
     match m.and_then(|m| m.get("labels")) {

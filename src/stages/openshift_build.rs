@@ -764,6 +764,16 @@ pub async fn instantiate_binary(
         let cert = reqwest::Certificate::from_der(der).map_err(|e| serr(None, format!("cluster CA: {e}")))?;
         builder = builder.add_root_certificate(cert);
     }
+    // Stop-gap until the upload goes through kube's own client: the
+    // kubeconfig's inline client certificate (`system:admin`'s).
+    if let (Some(cert), Some(key)) = (&config.auth_info.client_certificate_data, &config.auth_info.client_key_data) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut pem = b64.decode(cert.trim()).map_err(|e| serr(None, format!("client certificate: {e}")))?;
+        pem.extend(b64.decode(key.expose_secret().trim()).map_err(|e| serr(None, format!("client key: {e}")))?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| serr(None, format!("client certificate: {e}")))?;
+        builder = builder.identity(identity);
+    }
     let http = builder.build().map_err(|e| serr(None, e.to_string()))?;
     let token = match (&config.auth_info.token, &config.auth_info.token_file) {
         (Some(t), _) => Some(t.expose_secret().to_string()),
