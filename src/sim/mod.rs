@@ -19,6 +19,8 @@
 //!   create, update, patch, delete, deletecollection, `status`), Tables for
 //!   kubectl; [`discovery`]: `/version`, `/api`, `/apis`, OpenAPI v3.
 //! - [`status`]: `kind: Status` failures shaped like the API server's.
+//! - [`managed`]: `managedFields` and server-side apply (field ownership,
+//!   conflicts, removal of fields an applier stops sending).
 //! - [`faults`]: the fault-injection middleware (403 for configured
 //!   resources; 500/503/429, dropped or lost answers, delays, cut watches,
 //!   409s on every Nth matching request, counted at `/sim/faults`).
@@ -28,7 +30,8 @@
 //!   [`seldon`] (SeldonDeployments and the controller that runs them with
 //!   [`runtime`]: image unpack, venv, process supervision), [`build`]
 //!   (buildconfigs, builds, instantiatebinary, log; the build controller),
-//!   [`image`] (imagestreams, imagestreamtags); [`dockerfile`] parses what
+//!   [`image`] (imagestreams, images, imagestreamtags as views of streams,
+//!   the image import controller); [`dockerfile`] parses what
 //!   the build controller builds.
 //!
 //! # Adding a kind
@@ -62,6 +65,7 @@ pub mod discovery;
 pub mod dockerfile;
 pub mod faults;
 pub mod image;
+pub mod managed;
 pub mod protobuf;
 pub mod registry;
 pub mod resource;
@@ -97,6 +101,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Roughly how long a simulated build takes from Pending to Complete.
     pub build_duration: Duration,
+    /// How long `instantiatebinary` waits for its Build to run before it
+    /// answers 504 and cancels the Build (openshift-apiserver: 5 minutes).
+    pub build_start_timeout: Duration,
 }
 
 impl SimConfig {
@@ -108,6 +115,7 @@ impl SimConfig {
             name: name.into(),
             faults: Faults::default(),
             build_duration: Duration::from_secs(1),
+            build_start_timeout: build::BUILD_START_TIMEOUT,
         }
     }
 }
@@ -150,6 +158,8 @@ pub struct SimApi {
     pub registry: registry::RegistryStore,
     /// The data directory (controllers keep work files under it).
     pub data_dir: PathBuf,
+    /// [`SimConfig::build_start_timeout`].
+    pub build_start_timeout: Duration,
     /// Cancelled when the sim stops; long-running work (watches,
     /// controllers) ends on it.
     pub shutdown: CancellationToken,
@@ -246,6 +256,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         fault_counters: Arc::new(faults::FaultCounters::new(&config.faults)),
         registry: registry.clone(),
         data_dir: config.data_dir.clone(),
+        build_start_timeout: config.build_start_timeout,
         shutdown: CancellationToken::new(),
     };
     let listener = bind(&config).await?;
@@ -259,6 +270,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
     let controllers = vec![
         tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration)),
         tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone())),
+        tokio::spawn(image::import_controller(api.clone(), addr.to_string())),
     ];
     tracing::info!(url = %format!("http://{addr}"), data = %config.data_dir.display(), "sim started");
     Ok(SimServer { addr, name: config.name, api, task, controllers })
