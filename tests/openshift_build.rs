@@ -435,9 +435,12 @@ async fn consecutive_builds_do_not_patch_the_buildconfig() {
     assert_eq!(commit.len(), 40, "{b:#}");
 }
 
+/// `(build, phase)` in the order the phases were committed.
+type PhaseLog = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// The Build phases in commit order, from the sim's change feed.
-fn phase_log(sim: &SimServer) -> (tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
-    let log: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+fn phase_log(sim: &SimServer) -> (tokio::task::JoinHandle<()>, PhaseLog) {
+    let log: PhaseLog = Arc::default();
     let mut rx = sim.api().store.events();
     let sink = log.clone();
     let task = tokio::spawn(async move {

@@ -467,7 +467,7 @@ async fn forbidden_and_unpinned_are_reported() {
 /// `seldon-<md5>` then, so the rollout check must not look for
 /// `<sdep>-<predictor>-0-<container>` (it reads `status.deploymentStatus`).
 /// A small HTTP server stands in for the model (it answers `/health/ping`).
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_name_rolls_out_under_the_operators_hashed_names() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("sim");

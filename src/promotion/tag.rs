@@ -63,7 +63,7 @@ pub async fn point_tag(
             // The server retries its own conflicts; one that still reaches
             // us is worth another try.
             Err(e) if code(&e) == Some(409) => continue,
-            Err(e) if matches!(code(&e), Some(403 | 404 | 405)) => e,
+            Err(e) if matches!(code(&e), Some(403..=405)) => e,
             Err(e) => return Err(err(e)),
         };
         match istags.create(&PostParams::default(), &obj).await {

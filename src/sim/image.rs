@@ -619,12 +619,6 @@ async fn import_stream(api: &SimApi, host: &str, is: &Value) {
             if !obj.get("status").is_some_and(Value::is_object) {
                 obj["status"] = json!({});
             }
-            let repository = format!("{host}/{ns}/{stream}");
-            for k in ["dockerImageRepository", "publicDockerImageRepository"] {
-                if obj["status"].get(k).and_then(Value::as_str).is_none_or(str::is_empty) {
-                    obj["status"][k] = json!(repository);
-                }
-            }
             let mut tags: Vec<Value> = old.pointer("/status/tags").and_then(Value::as_array).cloned().unwrap_or_default();
             match &outcome {
                 Ok(digest) => add_tag_event(

@@ -230,6 +230,14 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         if !name.split_once(':').is_some_and(|(s, t)| is_dns_subdomain(s) && !t.is_empty() && t.len() <= 128) {
             causes.push(Cause::invalid("metadata.name", name, "must be of the form <stream_name>:<tag>"));
         }
+    } else if rt.kind == "Image" && rt.group == "image.openshift.io" {
+        // Images are named by their digest (`sha256:<hex>`).
+        if !name
+            .split_once(':')
+            .is_some_and(|(a, h)| !a.is_empty() && h.len() >= 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            causes.push(Cause::invalid("metadata.name", name, "must be of the form <algorithm>:<hex digest>"));
+        }
     } else if !is_dns_subdomain(name) {
         causes.push(Cause::invalid("metadata.name", name, DNS1123_SUBDOMAIN_MSG));
     }
