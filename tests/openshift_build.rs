@@ -146,6 +146,20 @@ impl Env {
     }
 }
 
+/// The phase of `build` once it is `want` (or the last one seen, after a
+/// few seconds).
+async fn phase_when(env: &Env, build: &str, want: &str) -> String {
+    let mut phase = String::new();
+    for _ in 0..50 {
+        phase = kubectl(&env.kubeconfig, &["get", "build", build, "-n", NS, "-o", "jsonpath={.status.phase}"]);
+        if phase == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    phase
+}
+
 fn skopeo_config(host: &str, image: &str) -> Value {
     let out = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--config", &format!("docker://{host}/{image}")])
@@ -265,15 +279,7 @@ async fn cancelling_the_run_cancels_the_build() {
     });
     let err = Kind::from_name("openshift-build").unwrap().run(with, &cx).await.unwrap_err();
     assert_eq!(err.kind, modelship::stages::StageErrorKind::Cancelled);
-    let mut phase = String::new();
-    for _ in 0..50 {
-        phase = kubectl(&env.kubeconfig, &["get", "build", "weather-1", "-n", NS, "-o", "jsonpath={.status.phase}"]);
-        if phase == "Cancelled" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(phase, "Cancelled");
+    assert_eq!(phase_when(&env, "weather-1", "Cancelled").await, "Cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,13 +519,5 @@ async fn a_build_that_never_starts_is_a_504_and_cancelled() {
     assert!(msg.contains("did not start running in time and the server cancelled it"), "{msg}");
     assert!(msg.contains("timed out waiting for build weather-1 to start after 300ms"), "{msg}");
     assert!(msg.contains("504"), "{msg}");
-    let mut phase = String::new();
-    for _ in 0..50 {
-        phase = kubectl(&env.kubeconfig, &["get", "build", "weather-1", "-n", NS, "-o", "jsonpath={.status.phase}"]);
-        if phase == "Cancelled" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(phase, "Cancelled");
+    assert_eq!(phase_when(&env, "weather-1", "Cancelled").await, "Cancelled");
 }

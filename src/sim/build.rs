@@ -220,6 +220,16 @@ fn set_status(api: &SimApi, ns: &str, name: &str, f: impl FnOnce(&mut Value)) ->
     })
 }
 
+/// Put the build in a final `phase` with its reason and message.
+fn end_build(api: &SimApi, ns: &str, name: &str, phase: &str, reason: &str, message: &str) {
+    let _ = set_status(api, ns, name, |s| {
+        s["phase"] = json!(phase);
+        s["reason"] = json!(reason);
+        s["message"] = json!(message);
+        s["completionTimestamp"] = json!(now());
+    });
+}
+
 async fn instantiate_binary(api: SimApi, req: SubresourceRequest) -> Response {
     match instantiate_inner(api, req).await {
         Ok(r) => r,
@@ -358,12 +368,7 @@ async fn wait_and_upload(api: &SimApi, ns: &str, name: &str, body: Body) -> Resu
         Err(e) => {
             tracing::warn!(namespace = %ns, build = %name, error = %e, "sim: binary upload failed");
             append_log(&dir, &format!("error: receiving the binary input failed: {e}\n"));
-            let _ = set_status(api, ns, name, |s| {
-                s["phase"] = json!("Failed");
-                s["reason"] = json!("FetchSourceFailed");
-                s["message"] = json!("Failed to fetch the input source.");
-                s["completionTimestamp"] = json!(now());
-            });
+            end_build(api, ns, name, "Failed", "FetchSourceFailed", "Failed to fetch the input source.");
             Err(ApiError::internal(format!("error streaming binary content to build {ns}/{name}: {e}")))
         }
     }
@@ -489,12 +494,7 @@ pub async fn controller(api: SimApi, registry_host: String, duration: Duration) 
         let (ns, name) = ns_name(&b);
         if !is_terminal(phase_of(&b)) && !build_dir(&api, &ns, &name).join("context").exists() {
             append_log(&build_dir(&api, &ns, &name), "error: the binary input was not received\n");
-            let _ = set_status(&api, &ns, &name, |s| {
-                s["phase"] = json!("Failed");
-                s["reason"] = json!("FetchSourceFailed");
-                s["message"] = json!("Failed to fetch the input source.");
-                s["completionTimestamp"] = json!(now());
-            });
+            end_build(&api, &ns, &name, "Failed", "FetchSourceFailed", "Failed to fetch the input source.");
         }
     }
     let consider = |ns: &str| {
@@ -504,12 +504,7 @@ pub async fn controller(api: SimApi, registry_host: String, duration: Duration) 
             let phase = phase_of(b);
             if b.pointer("/status/cancelled").and_then(Value::as_bool) == Some(true) && !is_terminal(phase) {
                 append_log(&build_dir(&api, &ns, &name), "Build cancelled\n");
-                let _ = set_status(&api, &ns, &name, |s| {
-                    s["phase"] = json!("Cancelled");
-                    s["reason"] = json!("CancelledBuild");
-                    s["message"] = json!("The build was cancelled by the user.");
-                    s["completionTimestamp"] = json!(now());
-                });
+                end_build(&api, &ns, &name, "Cancelled", "CancelledBuild", "The build was cancelled by the user.");
                 continue;
             }
             let startable = match phase {
