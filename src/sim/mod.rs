@@ -46,6 +46,9 @@
 //! 3. A custom subresource (`buildconfigs/instantiatebinary`, `builds/log`)
 //!    is listed in `subresources` and served by a handler registered with
 //!    [`ResourceTable::subresource`]; it gets the [`SimApi`] and the request.
+//!    A kind the API server computes instead of storing (ImageStreamTags,
+//!    views of ImageStreams) serves all its verbs through one handler
+//!    registered with [`ResourceTable::resource_handler`].
 //!
 //! # Adding a controller
 //!
