@@ -35,11 +35,16 @@ struct Env {
 }
 
 async fn setup(faults: Faults, make_ns: bool) -> Env {
+    setup_with(faults, make_ns, |_| {}).await
+}
+
+async fn setup_with(faults: Faults, make_ns: bool, configure: impl FnOnce(&mut SimConfig)) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let mut config = SimConfig::new(root.join("sim"), "dev");
     config.faults = faults;
     config.build_duration = Duration::from_millis(1500);
+    configure(&mut config);
     let sim = sim::start(config).await.unwrap();
     let kubeconfig = root.join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
@@ -141,6 +146,20 @@ impl Env {
     fn sim(&self) -> &SimServer {
         self.sim.as_ref().unwrap()
     }
+}
+
+/// The phase of `build` once it is `want` (or the last one seen, after a
+/// few seconds).
+async fn phase_when(env: &Env, build: &str, want: &str) -> String {
+    let mut phase = String::new();
+    for _ in 0..50 {
+        phase = kubectl(&env.kubeconfig, &["get", "build", build, "-n", NS, "-o", "jsonpath={.status.phase}"]);
+        if phase == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    phase
 }
 
 /// The image config skopeo reads from `sim`'s registry as a ServiceAccount
@@ -267,15 +286,7 @@ async fn cancelling_the_run_cancels_the_build() {
     });
     let err = Kind::from_name("openshift-build").unwrap().run(with, &cx).await.unwrap_err();
     assert_eq!(err.kind, modelship::stages::StageErrorKind::Cancelled);
-    let mut phase = String::new();
-    for _ in 0..50 {
-        phase = kubectl(&env.kubeconfig, &["get", "build", "weather-1", "-n", NS, "-o", "jsonpath={.status.phase}"]);
-        if phase == "Cancelled" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(phase, "Cancelled");
+    assert_eq!(phase_when(&env, "weather-1", "Cancelled").await, "Cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,6 +331,34 @@ async fn faults_name_resource_and_namespace() {
     );
 }
 
+/// Let every typed property of a schema also be `null`. The strict
+/// schemas come from OpenAPI v2, which cannot say `nullable`, but
+/// openshift-apiserver sends `null` for unset fields without `omitempty`
+/// (`spec.nodeSelector`, `status.tags[].items`, an ImageStreamTag's `tag`).
+fn nullable(schema: &mut Value) {
+    match schema {
+        Value::Object(m) => {
+            if let Some(Value::Object(props)) = m.get_mut("properties") {
+                for p in props.values_mut() {
+                    match p.get("type").cloned() {
+                        Some(Value::String(t)) => p["type"] = json!([t, "null"]),
+                        Some(Value::Array(mut ts)) if !ts.contains(&json!("null")) => {
+                            ts.push(json!("null"));
+                            p["type"] = Value::Array(ts);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for v in m.values_mut() {
+                nullable(v);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(nullable),
+        _ => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sent_manifests_match_the_openshift_schemas() {
     let env = setup(Faults::default(), true).await;
@@ -331,7 +370,8 @@ async fn sent_manifests_match_the_openshift_schemas() {
         ("builds", "build_build.openshift.io_v1.json"),
         ("istag", "imagestreamtag_image.openshift.io_v1.json"),
     ] {
-        let schema: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        nullable(&mut schema);
         let validator = jsonschema::validator_for(&schema).unwrap();
         let list: Value =
             serde_json::from_str(&kubectl(&env.kubeconfig, &["get", kind, "-n", NS, "-o", "json"])).unwrap();
@@ -341,4 +381,150 @@ async fn sent_manifests_match_the_openshift_schemas() {
             assert!(errors.is_empty(), "{kind}: {errors:?}\n{item:#}");
         }
     }
+}
+
+/// A copy of the rendered context with one more file (another digest).
+fn changed_context(env: &Env, tag: &str) -> String {
+    let dir = env.root.join(format!("context-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in walk(&env.context) {
+        let rel = entry.strip_prefix(&env.context).unwrap();
+        let to = dir.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    std::fs::write(dir.join("VERSION"), format!("{tag}\n")).unwrap();
+    dir.display().to_string()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+fn bc_json(env: &Env) -> Value {
+    serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "bc", "weather", "-n", NS, "-o", "json"])).unwrap()
+}
+
+/// Guards "the BuildConfig is patched on every run": openshift-apiserver
+/// fills defaults (`runPolicy`, `resources: {}`, `postCommit: {}`,
+/// `nodeSelector: null`) and drops the empty `triggers`, so comparing the
+/// rendered spec with the stored one must look only at the rendered fields.
+/// Two builds of the same BuildConfig (two contexts) send no PATCH or PUT to
+/// it (counted by a no-op fault rule on those verbs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_builds_do_not_patch_the_buildconfig() {
+    let faults = Faults {
+        inject: vec!["delay+1ms=buildconfigs.build.openshift.io:patch,update".parse().unwrap()],
+        ..Faults::default()
+    };
+    let env = setup(faults, true).await;
+    env.run("run-1", json!({ "environment": "dev" })).await.unwrap();
+    let bc = bc_json(&env);
+    assert_eq!(bc["spec"]["runPolicy"], "Serial");
+    assert_eq!(bc["spec"]["nodeSelector"], Value::Null);
+    assert!(bc["spec"].as_object().unwrap().contains_key("nodeSelector"), "{bc:#}");
+    assert_eq!(bc["spec"]["resources"], json!({}));
+    assert_eq!(bc["spec"]["postCommit"], json!({}));
+    assert!(bc["spec"].get("triggers").is_none(), "empty triggers are omitted: {bc:#}");
+    assert_eq!(bc["spec"]["successfulBuildsHistoryLimit"], 5);
+    let second = changed_context(&env, "2");
+    let out = env.run("run-2", json!({ "environment": "dev", "contextDir": second })).await.unwrap();
+    assert_eq!(out["buildName"], json!("weather-2"));
+    assert_eq!(bc_json(&env)["status"]["lastVersion"], 2);
+    let report = env.sim().api().fault_counters.report(&env.sim().api().faults);
+    assert_eq!(report["rules"][0]["matched"], 0, "the BuildConfig was written: {report}");
+    // The Builds carry the same defaults, and the revision (commit sent).
+    let b: Value =
+        serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "build", "weather-2", "-n", NS, "-o", "json"]))
+            .unwrap();
+    assert_eq!(b["spec"]["nodeSelector"], Value::Null);
+    assert_eq!(b["spec"]["postCommit"], json!({}));
+    let commit = b["spec"]["revision"]["git"]["commit"].as_str().expect("spec.revision.git.commit");
+    assert_eq!(commit.len(), 40, "{b:#}");
+}
+
+/// `(build, phase)` in the order the phases were committed.
+type PhaseLog = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// The Build phases in commit order, from the sim's change feed.
+fn phase_log(sim: &SimServer) -> (tokio::task::JoinHandle<()>, PhaseLog) {
+    let log: PhaseLog = Arc::default();
+    let mut rx = sim.api().store.events();
+    let sink = log.clone();
+    let task = tokio::spawn(async move {
+        while let Ok(e) = rx.recv().await {
+            if e.resource != "build.openshift.io/builds" {
+                continue;
+            }
+            let name = e.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+            let phase = e.object.pointer("/status/phase").and_then(Value::as_str).unwrap_or("").to_string();
+            let mut l = sink.lock().unwrap();
+            if l.iter().rev().find(|(n, _)| *n == name).is_none_or(|(_, p)| *p != phase) {
+                l.push((name, phase));
+            }
+        }
+    });
+    (task, log)
+}
+
+/// `runPolicy: Serial`: a second build of the BuildConfig stays `New`
+/// until the first is complete (its `instantiatebinary` waits meanwhile);
+/// the stage follows it to the end instead of treating it as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_builds_wait_for_the_earlier_one() {
+    let env = setup(Faults::default(), true).await;
+    let (task, log) = phase_log(env.sim());
+    let second = changed_context(&env, "2");
+    let first = env.run("run-1", json!({ "environment": "dev" }));
+    let later = async {
+        // Start the second once the first is running.
+        loop {
+            if log.lock().unwrap().iter().any(|(n, p)| n == "weather-1" && p == "Running") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        env.run("run-2", json!({ "environment": "dev", "contextDir": second })).await
+    };
+    let (a, b) = tokio::join!(first, later);
+    assert_eq!(a.unwrap()["buildName"], json!("weather-1"));
+    assert_eq!(b.unwrap()["buildName"], json!("weather-2"));
+    task.abort();
+    let log = log.lock().unwrap().clone();
+    let at = |name: &str, phase: &str| {
+        log.iter().position(|(n, p)| n == name && p == phase).unwrap_or_else(|| panic!("{name} {phase}: {log:?}"))
+    };
+    assert!(at("weather-2", "New") < at("weather-1", "Complete"), "{log:?}");
+    assert!(at("weather-1", "Complete") < at("weather-2", "Pending"), "weather-2 started early: {log:?}");
+}
+
+/// openshift-apiserver's `instantiatebinary` waits (5 minutes; here 300ms)
+/// for the build to run; then it answers 504 and cancels the Build. The
+/// stage reports that plainly rather than as a lost answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_never_starts_is_a_504_and_cancelled() {
+    let env = setup_with(Faults::default(), true, |c| c.build_start_timeout = Duration::from_millis(300)).await;
+    // A build of the BuildConfig that never ends (it waits for an input
+    // nobody sends) keeps the Serial queue busy.
+    let blocker = json!({
+        "apiVersion": "build.openshift.io/v1", "kind": "Build",
+        "metadata": { "name": "weather-blocker", "labels": { "openshift.io/build-config.name": "weather" },
+            "annotations": { "openshift.io/build.number": "100" } },
+        "spec": { "source": { "type": "Binary" }, "strategy": { "type": "Docker" } },
+        "status": { "phase": "Running" },
+    });
+    let file = env.root.join("blocker.json");
+    std::fs::write(&file, blocker.to_string()).unwrap();
+    kubectl(&env.kubeconfig, &["create", "-f", file.to_str().unwrap(), "-n", NS]);
+    let err = env.run("run-1", json!({ "environment": "dev" })).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("did not start running in time and the server cancelled it"), "{msg}");
+    assert!(msg.contains("timed out waiting for build weather-1 to start after 300ms"), "{msg}");
+    assert!(msg.contains("504"), "{msg}");
+    assert_eq!(phase_when(&env, "weather-1", "Cancelled").await, "Cancelled");
 }

@@ -354,9 +354,30 @@ async fn rollback_returns_to_the_previous_digest_and_history_is_newest_first() {
     env.stop().await;
 }
 
-/// The sim serves ImageStreamTags read-only (get/list/watch: a write is 405
-/// Method Not Allowed), so this exercises `oc tag`'s fallback: the tag lands
-/// in the ImageStream's `spec.tags` as a DockerImage reference by digest.
+/// Read `kind name -n ns -o json` from prod until `ready` holds (the import
+/// controller records an image shortly after the tag is written).
+fn prod_json_until(env: &Env, args: &[&str], ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        let mut all = vec!["--context", "prod", "get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-n", "models-prod", "-o", "json"]);
+        let out = Command::new("kubectl").arg("--kubeconfig").arg(&env.kubeconfig).args(&all).output().unwrap();
+        if out.status.success() {
+            last = serde_json::from_slice(&out.stdout).unwrap();
+            if ready(&last) {
+                return last;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("kubectl get {args:?} never became ready: {last:#}");
+}
+
+/// Promotion tags the way `oc tag` does, through the ImageStreamTag API:
+/// the tag lands in the ImageStream's `spec.tags` as a DockerImage
+/// reference by digest, the import controller records the image, and the
+/// ImageStreamTag `weather:prod` then names that digest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promotion_moves_the_imagestream_tag() {
     let env = Env::start().await;
@@ -373,6 +394,11 @@ async fn promotion_moves_the_imagestream_tag() {
     let tag = tags.iter().find(|t| t["name"] == "prod").expect("tag prod");
     assert_eq!(tag["from"]["kind"], "DockerImage");
     assert_eq!(tag["from"]["name"], out.image.as_str());
+    assert_eq!(tag["referencePolicy"]["type"], "Source");
+    let istag =
+        prod_json_until(&env, &["istag", &format!("{MODEL}:prod")], |v| v["image"]["metadata"]["name"] == digest);
+    assert_eq!(istag["tag"]["from"]["name"], out.image.as_str());
+    assert_eq!(istag["image"]["dockerImageReference"], out.image.as_str());
 
     // A second promotion (v2) moves the same tag; the entry is replaced, not added.
     let v2 = env.push("v2").await;
@@ -386,7 +412,80 @@ async fn promotion_moves_the_imagestream_tag() {
     let tags = v["spec"]["tags"].as_array().unwrap();
     assert_eq!(tags.iter().filter(|t| t["name"] == "prod").count(), 1);
     assert_eq!(tags.iter().find(|t| t["name"] == "prod").unwrap()["from"]["name"], out2.image.as_str());
+    prod_json_until(&env, &["istag", &format!("{MODEL}:prod")], |v| v["image"]["metadata"]["name"] == v2);
     env.stop().await;
+}
+
+/// The tag goes through the ImageStreamTag API, not the ImageStream
+/// fallback (ImageStream writes are forbidden here), and a tag whose import
+/// fails (a digest the registry does not hold) leaves a status tag with
+/// `items: null` and a condition that the runner's typed reads accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagging_uses_imagestreamtags_and_a_failed_import_is_readable() {
+    use modelship::cluster::openshift::{ImageStream, ImageStreamTag};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = modelship::sim::SimConfig::new(dir.path().join("prod"), "prod");
+    config.faults.forbidden = vec!["imagestreams.image.openshift.io:create,update,patch".parse().unwrap()];
+    let sim = modelship::sim::start(config).await.unwrap();
+    let kc = kube::config::Kubeconfig::from_yaml(&sim.kubeconfig()).unwrap();
+    let client =
+        kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    namespaces
+        .create(&Default::default(), &serde_json::from_value(json!({"metadata": {"name": "models-prod"}})).unwrap())
+        .await
+        .unwrap();
+    let reg = &sim.api().registry;
+    let repo = format!("models-prod/{MODEL}");
+    let config_blob = br#"{"architecture":"amd64","os":"linux","config":{}}"#;
+    let config_digest = reg.put_blob(&repo, config_blob).await.unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_blob.len() },
+        "layers": [],
+    }))
+    .unwrap();
+    let digest = reg.put_manifest(&repo, "v1", "application/vnd.oci.image.manifest.v1+json", &manifest).await.unwrap();
+    let image = format!("{}/{repo}@{digest}", sim.registry_host());
+
+    promotion::tag::point_tag(&client, "models-prod", MODEL, "prod", &image).await.unwrap();
+    let istags: kube::Api<ImageStreamTag> = kube::Api::namespaced(client.clone(), "models-prod");
+    let mut imported = None;
+    for _ in 0..100 {
+        if let Some(t) = istags.get_opt(&format!("{MODEL}:prod")).await.unwrap() {
+            imported = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let istag = imported.expect("the import recorded the image");
+    assert_eq!(istag.image["metadata"]["name"], digest.as_str());
+    assert_eq!(istag.tag["from"]["name"], image.as_str());
+    // Again: the same spec tag, no error (oc tag repeated).
+    promotion::tag::point_tag(&client, "models-prod", MODEL, "prod", &image).await.unwrap();
+
+    let missing = format!("{}/{repo}@sha256:{}", sim.registry_host(), "0".repeat(64));
+    promotion::tag::point_tag(&client, "models-prod", MODEL, "broken", &missing).await.unwrap();
+    let streams: kube::Api<ImageStream> = kube::Api::namespaced(client.clone(), "models-prod");
+    let mut failed = None;
+    for _ in 0..100 {
+        let is = streams.get(MODEL).await.expect("the runner reads the stream");
+        if let Some(t) = is.status.tags.iter().find(|t| t.tag == "broken" && !t.conditions.is_empty()) {
+            failed = Some(t.clone());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = failed.expect("the failed import is recorded");
+    assert!(failed.items.is_empty());
+    assert_eq!(failed.conditions[0].type_, "ImportSuccess");
+    assert_eq!(failed.conditions[0].status, "False");
+    let raw = sim.api().store.get(&modelship::sim::image::IMAGESTREAMS, "models-prod", MODEL).unwrap();
+    let broken = raw["status"]["tags"].as_array().unwrap().iter().find(|t| t["tag"] == "broken").unwrap().clone();
+    assert_eq!(broken["items"], serde_json::Value::Null, "the server sends items: null: {broken}");
+    // No image: the ImageStreamTag is not found, as on a real server.
+    assert!(istags.get_opt(&format!("{MODEL}:broken")).await.unwrap().is_none());
+    sim.shutdown().await;
 }
 
 /// The stage with `approval: required`, run directly with a StageContext

@@ -291,22 +291,26 @@ fn out<'o>(o: &'o Outputs, key: &str) -> &'o str {
 /// `kubectl get RESOURCE -n NS` against `sim` (kubectl from
 /// scripts/setup.d/10-kubectl.sh, or PATH).
 fn kubectl_get(sim: &SimServer, resource: &str) -> String {
+    let out = kubectl(sim, &["get", resource, "-n", NS]);
+    assert!(out.status.success(), "kubectl get {resource}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn kubectl(sim: &SimServer, args: &[&str]) -> std::process::Output {
     let local = tools().join("kubectl/venv/bin/kubectl");
     let kubectl = if local.exists() { local } else { PathBuf::from("kubectl") };
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
-    let out = std::process::Command::new(&kubectl)
+    std::process::Command::new(&kubectl)
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .arg("--cache-dir")
         .arg(dir.path().join("cache"))
-        .args(["get", resource, "-n", NS])
+        .args(args)
         .env("HOME", dir.path())
         .output()
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/test.sh (10-kubectl.sh installs kubectl)", kubectl.display()));
-    assert!(out.status.success(), "kubectl get {resource}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/test.sh (10-kubectl.sh installs kubectl)", kubectl.display()))
 }
 
 // ------------------------------------------------------------------- tests
@@ -456,4 +460,72 @@ async fn forbidden_and_unpinned_are_reported() {
     assert!(err.to_string().contains("is not pinned by digest"), "{err}");
     assert_eq!(err.exit_class(), ExitClass::BadInput);
     sim.shutdown().await;
+}
+
+/// Guards finding the operator's Deployment when names pass 63 characters:
+/// seldon-core 1.17.1 names the predictor's Deployment and Service
+/// `seldon-<md5>` then, so the rollout check must not look for
+/// `<sdep>-<predictor>-0-<container>` (it reads `status.deploymentStatus`).
+/// A small HTTP server stands in for the model (it answers `/health/ping`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_name_rolls_out_under_the_operators_hashed_names() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("sim");
+    let sim = start_sim(&data, Faults::default()).await;
+    let ctx = work.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("health")).unwrap();
+    std::fs::write(ctx.join("health/ping"), "pong\n").unwrap();
+    let cmd = ["/bin/sh", "-c", "exec python3 -m http.server \"$PREDICTIVE_UNIT_HTTP_SERVICE_PORT\" --bind 127.0.0.1"];
+    let image = push_image(&sim, "models-dev/pinger", &ctx, &[], &cmd).await;
+    let name = "a-model-whose-name-is-long-enough-to-pass-the-label-limits";
+    let with = format!("{{environment: dev, name: {name}, image: '{image}', timeout: 60s, route: true}}");
+    let done = match run_deploy(&sim, &with).await {
+        Ok(o) => o,
+        Err(e) => panic!("deploy failed: {e}\nsim status: {}", sim_output(&sim, name)),
+    };
+    assert_eq!(out(&done, "deploymentName"), name);
+    let guessed = format!("{name}-default-0-model");
+    assert!(guessed.len() > 63);
+    let status = sdep(&sim, name)["status"].clone();
+    let deployments: Vec<&String> = status["deploymentStatus"].as_object().unwrap().keys().collect();
+    assert_eq!(deployments.len(), 1, "{status}");
+    let hashed = deployments[0];
+    assert!(hashed.starts_with("seldon-") && hashed.len() == "seldon-".len() + 32, "{hashed}");
+    let dep = sim.api().store.get(&sim::apps::DEPLOYMENTS, NS, hashed).expect("the hashed Deployment");
+    assert_eq!(dep.pointer("/spec/template/spec/containers/0/image"), Some(&json!(image)));
+    assert!(sim.api().store.get(&sim::apps::DEPLOYMENTS, NS, &guessed).is_none());
+    // The Route targets the predictor's Service under its hashed name too.
+    let service = status["serviceStatus"].as_object().unwrap().keys().next().unwrap().clone();
+    assert!(service.starts_with("seldon-"), "{status}");
+    let route = sim.api().store.get(&sim::route::ROUTES, NS, name).unwrap();
+    assert_eq!(route.pointer("/spec/to/name"), Some(&json!(service)));
+
+    // Server-side apply ownership: the runner (field manager `modelship`)
+    // owns the predictors; someone else's apply of other replicas conflicts
+    // with it, and the runner's next deploy (forced) takes them back.
+    let mut edited = sdep(&sim, name);
+    edited["spec"]["predictors"][0]["replicas"] = json!(3);
+    let manifest = json!({ "apiVersion": "machinelearning.seldon.io/v1", "kind": "SeldonDeployment",
+        "metadata": { "name": name, "namespace": NS }, "spec": { "predictors": edited["spec"]["predictors"] } });
+    let file = work.path().join("sdep.json");
+    std::fs::write(&file, manifest.to_string()).unwrap();
+    let out = kubectl(&sim, &["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("conflict with \"modelship\": .spec.predictors"), "{stderr}");
+    let out = kubectl(&sim, &["apply", "--server-side", "--force-conflicts", "-f", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sdep(&sim, name).pointer("/spec/predictors/0/replicas"), Some(&json!(3)));
+    run_deploy(&sim, &with).await.unwrap();
+    let back = sdep(&sim, name);
+    assert_eq!(back.pointer("/spec/predictors/0/replicas"), Some(&json!(1)));
+    let owners: Vec<&str> = back["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.pointer("/fieldsV1/f:spec/f:predictors").is_some())
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["modelship"]);
+    sim.shutdown().await;
+    assert_eq!(processes_under(&data), vec![]);
 }

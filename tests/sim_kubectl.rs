@@ -486,3 +486,127 @@ async fn kubectl_get_watch_prints_table_rows() {
     child.kill().await.unwrap();
     sim.stop().await;
 }
+
+/// Server-side apply with field ownership, as the API server does it:
+/// another manager's field with a different value is a 409 naming manager
+/// and field (kubectl's and the kube client's), unless forced; a field the
+/// applier stops sending is removed; apply without a field manager is 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_tracks_owners_conflicts_and_removals() {
+    use kube::api::{Patch, PatchParams};
+    let sim = Sim::start().await;
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: '1'\n  b: '2'\n";
+    let f = sim.write("ssa.yaml", cm);
+    assert_eq!(sim.ok(&["apply", "--server-side", "-f", &f]).await.trim(), "configmap/ssa serverside-applied");
+    let got: Value =
+        serde_json::from_str(&sim.ok(&["get", "cm", "ssa", "-o", "json", "--show-managed-fields"]).await).unwrap();
+    let managers: Vec<&str> =
+        got["metadata"]["managedFields"].as_array().unwrap().iter().map(|e| e["manager"].as_str().unwrap()).collect();
+    assert_eq!(managers, ["kubectl"]);
+
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client().await, "default");
+    let mine = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "9"}});
+    let err = cms.patch("ssa", &PatchParams::apply("modelship"), &Patch::Apply(&mine)).await.unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+            assert_eq!(s.message, "Apply failed with 1 conflict: conflict with \"kubectl\": .data.a");
+        }
+        other => panic!("not a Status: {other}"),
+    }
+    let forced = cms.patch("ssa", &PatchParams::apply("modelship").force(), &Patch::Apply(&mine)).await.unwrap();
+    assert_eq!(forced.data.as_ref().unwrap()["a"], "9");
+    assert_eq!(forced.data.as_ref().unwrap()["b"], "2", "still kubectl's");
+
+    // kubectl now conflicts with modelship over .data.a, unless it forces.
+    let (ok, _, stderr) = sim.kubectl(&["apply", "--server-side", "-f", &f]).await;
+    assert!(!ok && stderr.contains("conflict with \"modelship\": .data.a"), "{stderr}");
+    sim.ok(&["apply", "--server-side", "--force-conflicts", "-f", &f]).await;
+    // kubectl stops sending b: it goes; modelship's a stays as kubectl set it.
+    let f = sim.write("ssa.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\ndata:\n  a: '1'\n");
+    sim.ok(&["apply", "--server-side", "-f", &f]).await;
+    let data = cms.get("ssa").await.unwrap().data.unwrap();
+    assert_eq!(data.into_iter().collect::<Vec<_>>(), [("a".to_string(), "1".to_string())]);
+
+    // A repeated apply changes nothing (same resourceVersion).
+    let rv = cms.get("ssa").await.unwrap().metadata.resource_version;
+    sim.ok(&["apply", "--server-side", "-f", &f]).await;
+    assert_eq!(cms.get("ssa").await.unwrap().metadata.resource_version, rv);
+
+    // Apply needs a field manager.
+    let req = http::Request::patch("/api/v1/namespaces/default/configmaps/ssa")
+        .header("content-type", "application/apply-patch+yaml")
+        .body(serde_json::to_vec(&mine).unwrap())
+        .unwrap();
+    let err = sim.client().await.request::<ConfigMap>(req).await.unwrap_err();
+    match err {
+        kube::Error::Api(s) => {
+            assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
+            assert!(s.message.contains("fieldManager: Required value: is required for apply patch"), "{}", s.message);
+        }
+        other => panic!("not a Status: {other}"),
+    }
+    sim.stop().await;
+}
+
+/// ImageStreamTags as `oc tag` and kubectl use them: create (a spec tag;
+/// twice is AlreadyExists), get once the import recorded the image,
+/// replace, list, delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_updates_gets_and_deletes_imagestreamtags() {
+    let sim = Sim::start().await;
+    let server = sim.server.as_ref().unwrap();
+    let reg = &server.api().registry;
+    let mut digests = Vec::new();
+    for seed in ["one", "two"] {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","config":{{"Labels":{{"seed":"{seed}"}}}}}}"#);
+        let config_digest = reg.put_blob("default/app", config.as_bytes()).await.unwrap();
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [],
+        }))
+        .unwrap();
+        digests.push(
+            reg.put_manifest("default/app", seed, "application/vnd.oci.image.manifest.v1+json", &manifest)
+                .await
+                .unwrap(),
+        );
+    }
+    let istag = |digest: &str| {
+        format!(
+            "apiVersion: image.openshift.io/v1\nkind: ImageStreamTag\nmetadata:\n  name: app:v1\ntag:\n  from:\n    kind: DockerImage\n    name: {}/default/app@{digest}\n  referencePolicy:\n    type: Source\n",
+            server.registry_host()
+        )
+    };
+    let f = sim.write("istag.yaml", &istag(&digests[0]));
+    assert_eq!(sim.ok(&["create", "-f", &f]).await.trim(), "imagestreamtag.image.openshift.io/app:v1 created");
+    let (ok, _, stderr) = sim.kubectl(&["create", "-f", &f]).await;
+    assert!(!ok && stderr.contains("already exists"), "{stderr}");
+    let simr = &sim;
+    let imported = |want: String| async move {
+        for _ in 0..100 {
+            let (ok, out, _) = simr.kubectl(&["get", "istag", "app:v1", "-o", "jsonpath={.image.metadata.name}"]).await;
+            if ok && out == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("app:v1 never named {want}");
+    };
+    imported(digests[0].clone()).await;
+    let f = sim.write("istag.yaml", &istag(&digests[1]));
+    sim.ok(&["replace", "-f", &f]).await;
+    imported(digests[1].clone()).await;
+    let table = sim.ok(&["get", "istag"]).await;
+    assert_eq!(names(&table), ["app:v1"], "{table}");
+    let is: Value = serde_json::from_str(&sim.ok(&["get", "is", "app", "-o", "json"]).await).unwrap();
+    assert_eq!(is["status"]["tags"][0]["items"].as_array().unwrap().len(), 2, "both imports kept: {is:#}");
+    assert_eq!(
+        sim.ok(&["delete", "istag", "app:v1"]).await.trim(),
+        "imagestreamtag.image.openshift.io \"app:v1\" deleted"
+    );
+    let (ok, _, stderr) = sim.kubectl(&["get", "istag", "app:v1"]).await;
+    assert!(!ok && stderr.contains("not found"), "{stderr}");
+    sim.stop().await;
+}

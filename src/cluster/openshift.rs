@@ -2,6 +2,10 @@
 //! `image.openshift.io/v1` ImageStream and ImageStreamTag, with the field
 //! names of openshift/api. Specs stay JSON (they come from the catalog's
 //! templates); the status fields modelship reads are typed.
+//!
+//! Lists and structs read from the server accept `null` where openshift/api's
+//! Go types have no `omitempty` and the server encodes an empty value as
+//! `null` (e.g. `NamedTagEventList.items` of a tag whose import failed).
 
 use std::borrow::Cow;
 
@@ -39,6 +43,15 @@ macro_rules! openshift_resource {
     };
 }
 
+/// `null` read as the type's default (an empty list, no status).
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
 pub const BUILD_GROUP: &str = "build.openshift.io";
 pub const IMAGE_GROUP: &str = "image.openshift.io";
 
@@ -66,7 +79,7 @@ pub struct Build {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub status: BuildStatus,
 }
 openshift_resource!(Build, "build.openshift.io", "Build", "builds");
@@ -125,7 +138,7 @@ pub struct ImageStream {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub status: ImageStreamStatus,
 }
 openshift_resource!(ImageStream, "image.openshift.io", "ImageStream", "imagestreams");
@@ -133,11 +146,11 @@ openshift_resource!(ImageStream, "image.openshift.io", "ImageStream", "imagestre
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageStreamStatus {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub docker_image_repository: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_docker_image_repository: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub tags: Vec<NamedTagEventList>,
 }
 
@@ -145,8 +158,27 @@ pub struct ImageStreamStatus {
 #[serde(rename_all = "camelCase")]
 pub struct NamedTagEventList {
     pub tag: String,
-    #[serde(default)]
+    /// `null` for a tag with no image yet (a failed import).
+    #[serde(default, deserialize_with = "null_default")]
     pub items: Vec<TagEvent>,
+    #[serde(default, deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<TagEventCondition>,
+}
+
+/// Why a tag has no (new) image: `type: ImportSuccess`, `status: "False"`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagEventCondition {
+    #[serde(default, rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub generation: i64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -171,7 +203,38 @@ impl ImageStream {
 #[serde(rename_all = "camelCase")]
 pub struct ImageStreamTag {
     pub metadata: ObjectMeta,
+    /// The spec tag (`null` when only pushes made the tag).
+    #[serde(default)]
+    pub tag: Value,
     #[serde(default)]
     pub image: Value,
 }
 openshift_resource!(ImageStreamTag, "image.openshift.io", "ImageStreamTag", "imagestreamtags");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards reading what openshift-apiserver sends: a tag whose import
+    /// failed has `items: null` and a condition; an empty status is `null`.
+    #[test]
+    fn an_image_stream_with_a_failed_import_is_read() {
+        let is: ImageStream = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "weather" },
+            "spec": { "lookupPolicy": { "local": false }, "tags": [{ "name": "prod", "annotations": null,
+                "from": { "kind": "DockerImage", "name": "r.example.com/ns/weather@sha256:00" },
+                "generation": 2, "importPolicy": {}, "referencePolicy": { "type": "Source" } }] },
+            "status": { "dockerImageRepository": "", "tags": [{ "tag": "prod", "items": null, "conditions": [{
+                "type": "ImportSuccess", "status": "False", "reason": "NotFound",
+                "message": "manifest unknown", "generation": 2 }] }] },
+        }))
+        .unwrap();
+        assert!(is.status.tags[0].items.is_empty());
+        assert_eq!(is.status.tags[0].conditions[0].reason.as_deref(), Some("NotFound"));
+        assert!(!is.has_image("sha256:00"));
+        let bare: ImageStream = serde_json::from_value(serde_json::json!({ "metadata": {}, "status": null })).unwrap();
+        assert!(bare.status.tags.is_empty());
+        let b: Build = serde_json::from_value(serde_json::json!({ "metadata": {}, "status": null })).unwrap();
+        assert_eq!(b.phase(), "New");
+    }
+}

@@ -1,8 +1,12 @@
-//! Point an ImageStream tag at an image by digest, the way `oc tag` does:
-//! read the ImageStreamTag `STREAM:TAG`; update its `tag.from` (PUT with the
-//! resourceVersion read) or create it on 404; where the server forbids
-//! ImageStreamTag writes (403) or does not allow the verb (405), edit the
-//! ImageStream's `spec.tags` instead.
+//! Point an ImageStream tag at an image by digest, the way `oc tag
+//! --source=docker` does (openshift/oc pkg/cli/tag/tag.go, `TagOptions.Run`):
+//! `PUT` the ImageStreamTag `STREAM:TAG` without a resourceVersion (the
+//! server writes the stream's spec tag, creating stream and tag as needed);
+//! on 404, 405 or 403 `POST` it; where the server still forbids (403) or does
+//! not allow (405) ImageStreamTag writes, edit the ImageStream's `spec.tags`.
+//! The tag is `from: {kind: DockerImage, name: REG/NS/NAME@sha256:...}` with
+//! `referencePolicy: Source` and generation 0 (the server sets a new
+//! generation and its import controller records the image).
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::{Value, json};
@@ -20,11 +24,13 @@ fn api(client: &kube::Client, namespace: &str, kind: &str, plural: &str) -> Api<
     Api::namespaced_with(client.clone(), namespace, &resource(kind, plural))
 }
 
-/// The `tag` object both ImageStreamTag and `ImageStream.spec.tags[]` carry.
+/// The `tag` object both ImageStreamTag and `ImageStream.spec.tags[]` carry,
+/// as `oc tag` builds it for a DockerImage source.
 fn tag_reference(tag: &str, image: &str) -> Value {
     json!({
         "name": tag,
         "from": { "kind": "DockerImage", "name": image },
+        "generation": 0,
         "importPolicy": {},
         "referencePolicy": { "type": "Source" },
     })
@@ -38,7 +44,7 @@ fn code(e: &kube::Error) -> Option<u16> {
 }
 
 /// Make `namespace/stream:tag` point at `image` (`REG/NS/NAME@sha256:...`).
-/// Idempotent: a tag already pointing there is left alone.
+/// Repeating it is harmless: the same spec tag is written again.
 pub async fn point_tag(
     client: &kube::Client,
     namespace: &str,
@@ -49,33 +55,28 @@ pub async fn point_tag(
     let istags = api(client, namespace, "ImageStreamTag", "imagestreamtags");
     let name = format!("{stream}:{tag}");
     let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStreamTag {namespace}/{name}"), source };
+    let mut obj = DynamicObject::new(&name, &resource("ImageStreamTag", "imagestreamtags")).within(namespace);
+    obj.data = json!({ "tag": tag_reference(tag, image) });
     for _ in 0..ATTEMPTS {
-        let result = match istags.get_opt(&name).await {
-            Ok(Some(mut obj)) => {
-                if obj.data.pointer("/tag/from/name").and_then(Value::as_str) == Some(image) {
-                    return Ok(());
-                }
-                obj.data["tag"] = tag_reference(tag, image);
-                istags.replace(&name, &PostParams::default(), &obj).await.map(|_| ())
-            }
-            Ok(None) => {
-                let mut obj =
-                    DynamicObject::new(&name, &resource("ImageStreamTag", "imagestreamtags")).within(namespace);
-                obj.data = json!({ "tag": tag_reference(tag, image) });
-                istags.create(&PostParams::default(), &obj).await.map(|_| ())
-            }
-            Err(e) => Err(e),
+        let refused = match istags.replace(&name, &PostParams::default(), &obj).await {
+            Ok(_) => return Ok(()),
+            // The server retries its own conflicts; one that still reaches
+            // us is worth another try.
+            Err(e) if code(&e) == Some(409) => continue,
+            Err(e) if matches!(code(&e), Some(403..=405)) => e,
+            Err(e) => return Err(err(e)),
         };
-        match result {
-            Ok(()) => return Ok(()),
-            // Someone moved the tag between our read and write: read again.
+        match istags.create(&PostParams::default(), &obj).await {
+            Ok(_) => return Ok(()),
+            // Created by someone else between our PUT and POST: PUT again.
             Err(e) if code(&e) == Some(409) => continue,
             Err(e) if matches!(code(&e), Some(403 | 405)) => {
                 tracing::info!(
                     namespace,
                     stream,
                     tag,
-                    "ImageStreamTag write refused ({}); editing the ImageStream's spec.tags",
+                    "ImageStreamTag writes refused ({}, then {}); editing the ImageStream's spec.tags",
+                    code(&refused).unwrap_or(0),
                     code(&e).unwrap_or(0)
                 );
                 return edit_stream(client, namespace, stream, tag, image).await;

@@ -37,6 +37,8 @@ use super::store::WriteOptions;
 pub const GROUP: &str = "build.openshift.io";
 
 pub const BUILDCONFIGS: ResourceType = ResourceType {
+    normalize: Some(normalize_build_config),
+    default_on_create: Some(default_build_config),
     short_names: &["bc"],
     categories: &["all"],
     subresources: &["instantiate", "instantiatebinary"],
@@ -50,6 +52,8 @@ pub const BUILDCONFIGS: ResourceType = ResourceType {
 };
 
 pub const BUILDS: ResourceType = ResourceType {
+    normalize: Some(normalize_build),
+    default_on_create: Some(default_build),
     categories: &["all"],
     subresources: &["log"],
     columns: &[
@@ -71,6 +75,122 @@ pub fn register(table: &mut ResourceTable) {
         Arc::new(|api, req| Box::pin(instantiate_binary(api, req))),
     );
     table.subresource(GROUP, "builds", "log", Arc::new(|api, req| Box::pin(build_log(api, req))));
+}
+
+/// Trigger types openshift-apiserver keeps; others are dropped on write
+/// (`dropUnknownTriggers` in pkg/build/apiserver/registry/buildconfig/strategy.go).
+const KNOWN_TRIGGERS: &[&str] = &["GitHub", "Generic", "GitLab", "Bitbucket", "ImageChange", "ConfigChange"];
+
+fn object_at<'a>(v: &'a mut Value, key: &str) -> &'a mut serde_json::Map<String, Value> {
+    if !v.get(key).is_some_and(Value::is_object) {
+        v[key] = json!({});
+    }
+    v[key].as_object_mut().expect("just made an object")
+}
+
+/// What openshift-apiserver fills in a BuildConfig's or Build's `spec`
+/// (`CommonSpec`): the defaulters of pkg/build/apis/build/v1/defaults.go
+/// (a Binary source gets `binary: {}`, a Docker strategy
+/// `dockerStrategy: {}`, an image `from` without kind `ImageStreamTag`),
+/// then what encoding the Go types of openshift/api build/v1/types.go
+/// writes: struct fields are never omitted (`source`, `output`,
+/// `resources: {}`, `postCommit: {}`), `nodeSelector` has no `omitempty`
+/// (`null` when unset), and empty `omitempty` lists are left out.
+fn default_common_spec(obj: &mut Value) {
+    if !obj.is_object() {
+        return;
+    }
+    object_at(obj, "spec");
+    let spec = &mut obj["spec"];
+    let source = object_at(spec, "source");
+    if source.get("type").and_then(Value::as_str) == Some("Binary")
+        && !source.get("binary").is_some_and(Value::is_object)
+    {
+        source.insert("binary".into(), json!({}));
+    }
+    let strategy = object_at(spec, "strategy");
+    if strategy.get("type").and_then(Value::as_str) == Some("Docker")
+        && !strategy.get("dockerStrategy").is_some_and(Value::is_object)
+    {
+        strategy.insert("dockerStrategy".into(), json!({}));
+    }
+    for key in ["dockerStrategy", "sourceStrategy", "customStrategy"] {
+        if let Some(from) = strategy.get_mut(key).and_then(|s| s.get_mut("from")).and_then(Value::as_object_mut)
+            && from.get("kind").and_then(Value::as_str).is_none_or(str::is_empty)
+        {
+            from.insert("kind".into(), json!("ImageStreamTag"));
+        }
+    }
+    for key in ["output", "resources", "postCommit"] {
+        object_at(spec, key);
+    }
+    let spec = spec.as_object_mut().expect("made an object above");
+    if !spec.get("nodeSelector").is_some_and(Value::is_object) {
+        spec.insert("nodeSelector".into(), Value::Null);
+    }
+    for key in ["triggeredBy", "triggers"] {
+        if spec.get(key).is_some_and(|v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)) {
+            spec.remove(key);
+        }
+    }
+}
+
+fn normalize_build_config(obj: &mut Value) {
+    default_common_spec(obj);
+    if !obj.is_object() {
+        return;
+    }
+    let spec = object_at(obj, "spec");
+    if spec.get("runPolicy").and_then(Value::as_str).is_none_or(str::is_empty) {
+        spec.insert("runPolicy".into(), json!("Serial"));
+    }
+    if let Some(triggers) = spec.get_mut("triggers").and_then(Value::as_array_mut) {
+        triggers.retain(|t| t.get("type").and_then(Value::as_str).is_some_and(|ty| KNOWN_TRIGGERS.contains(&ty)));
+        for t in triggers.iter_mut() {
+            if t["type"] == "ImageChange" && !t.get("imageChange").is_some_and(Value::is_object) {
+                t["imageChange"] = json!({});
+            }
+        }
+        if triggers.is_empty() {
+            spec.remove("triggers");
+        }
+    }
+    // `status` and its `lastVersion` have no `omitempty`.
+    let status = object_at(obj, "status");
+    status.entry("lastVersion").or_insert(json!(0));
+}
+
+/// The history limits the group API's BuildConfig strategy sets on create
+/// only (`groupStrategy.PrepareForCreate`, same file as [`KNOWN_TRIGGERS`]).
+fn default_build_config(obj: &mut Value) {
+    if !obj.is_object() {
+        return;
+    }
+    let spec = object_at(obj, "spec");
+    spec.entry("successfulBuildsHistoryLimit").or_insert(json!(5));
+    spec.entry("failedBuildsHistoryLimit").or_insert(json!(5));
+}
+
+fn normalize_build(obj: &mut Value) {
+    default_common_spec(obj);
+    if !obj.is_object() {
+        return;
+    }
+    // `status.output` is a struct (never omitted).
+    let status = object_at(obj, "status");
+    status.entry("output").or_insert(json!({}));
+}
+
+/// A new Build is `New` (pkg/build/apiserver/registry/build/strategy.go,
+/// `PrepareForCreate`).
+fn default_build(obj: &mut Value) {
+    if !obj.is_object() {
+        return;
+    }
+    let status = object_at(obj, "status");
+    if status.get("phase").and_then(Value::as_str).is_none_or(str::is_empty) {
+        status.insert("phase".into(), json!("New"));
+    }
 }
 
 fn is_terminal(phase: &str) -> bool {
@@ -100,6 +220,16 @@ fn set_status(api: &SimApi, ns: &str, name: &str, f: impl FnOnce(&mut Value)) ->
     })
 }
 
+/// Put the build in a final `phase` with its reason and message.
+fn end_build(api: &SimApi, ns: &str, name: &str, phase: &str, reason: &str, message: &str) {
+    let _ = set_status(api, ns, name, |s| {
+        s["phase"] = json!(phase);
+        s["reason"] = json!(reason);
+        s["message"] = json!(message);
+        s["completionTimestamp"] = json!(now());
+    });
+}
+
 async fn instantiate_binary(api: SimApi, req: SubresourceRequest) -> Response {
     match instantiate_inner(api, req).await {
         Ok(r) => r,
@@ -122,16 +252,7 @@ async fn instantiate_inner(api: SimApi, req: SubresourceRequest) -> Result<Respo
             "build config {ns}/{bc_name} does not support binary builds: spec.source.type must be Binary"
         )));
     }
-    let raw_query = req.raw_query.clone();
-    let mut revision = serde_json::Map::new();
-    for (k, v) in url::form_urlencoded::parse(raw_query.as_bytes()) {
-        match k.as_ref() {
-            "revision.commit" => revision.insert("commit".into(), json!(v)),
-            "revision.message" => revision.insert("message".into(), json!(v)),
-            "revision.authorName" => revision.insert("authorName".into(), json!(v)),
-            _ => None,
-        };
-    }
+    let revision = revision_of(&req.raw_query);
     // Number the build atomically with the BuildConfig's lastVersion.
     let bc = api.store.modify(&BUILDCONFIGS, &ns, &bc_name, &WriteOptions::default(), |old| {
         let mut obj = old.clone();
@@ -148,8 +269,8 @@ async fn instantiate_inner(api: SimApi, req: SubresourceRequest) -> Result<Respo
         "output": bc.pointer("/spec/output").cloned().unwrap_or(json!({})),
         "triggeredBy": [{ "message": "Binary build triggered" }],
     });
-    if !revision.is_empty() {
-        spec["revision"] = json!({ "type": "Git", "git": revision });
+    if let Some(revision) = revision {
+        spec["revision"] = revision;
     }
     let build = json!({
         "apiVersion": format!("{GROUP}/v1"),
@@ -175,52 +296,113 @@ async fn instantiate_inner(api: SimApi, req: SubresourceRequest) -> Result<Respo
     });
     api.store.create(&BUILDS, &ns, build, false)?;
 
-    // The upload runs in its own task so a client that goes away mid-body
-    // still leaves the Build in a final state (the handler future is dropped
-    // with the connection).
-    let dir = build_dir(&api, &ns, &name);
+    // Waiting for the build to run, then the upload, run in their own task
+    // so a client that goes away still leaves the Build in a final state
+    // (the handler future is dropped with the connection).
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task_api = api.clone();
-    let (task_ns, task_name) = (ns.clone(), name.clone());
     let body = req.body;
     tokio::spawn(async move {
-        let result = receive_archive(body, &dir).await;
-        let updated = match &result {
-            Ok(size) => {
-                tracing::info!(namespace = %task_ns, build = %task_name, bytes = size, "sim: binary build input received");
-                set_status(&task_api, &task_ns, &task_name, |s| s["phase"] = json!("Pending"))
-            }
-            Err(e) => {
-                tracing::warn!(namespace = %task_ns, build = %task_name, error = %e, "sim: binary upload failed");
-                append_log(&dir, &format!("error: receiving the binary input failed: {e}\n"));
-                set_status(&task_api, &task_ns, &task_name, |s| {
-                    s["phase"] = json!("Failed");
-                    s["reason"] = json!("FetchSourceFailed");
-                    s["message"] = json!("Failed to fetch the input source.");
-                    s["completionTimestamp"] = json!(now());
-                })
-            }
-        };
-        let _ = tx.send((result.map_err(|e| e.to_string()), updated));
+        let _ = tx.send(wait_and_upload(&api, &ns, &name, body).await);
     });
-    let (result, updated) = rx.await.map_err(|_| ApiError::internal("the upload task ended without an answer"))?;
-    if let Err(e) = result {
-        return Err(ApiError::bad_request(format!("build {ns}/{name}: cannot read the binary input: {e}")));
-    }
-    let mut obj = updated?;
-    // OpenShift answers once the build runs; wait a little for the controller.
-    for _ in 0..100 {
-        match api.store.get(&BUILDS, &ns, &name) {
-            Some(b) if phase_of(&b) != "Pending" && phase_of(&b) != "New" => {
-                obj = b;
-                break;
-            }
-            Some(b) => obj = b,
-            None => break,
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let obj = rx.await.map_err(|_| ApiError::internal("the upload task ended without an answer"))??;
     Ok((StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], obj.to_string()).into_response())
+}
+
+/// How long openshift-apiserver's `instantiatebinary` waits for the Build
+/// to run (`NewBinaryStorage`: `Timeout: 5 * time.Minute`).
+pub const BUILD_START_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+/// As openshift-apiserver's binary instantiate handler
+/// (pkg/build/apiserver/registry/buildconfiginstantiate/rest.go,
+/// `binaryInstantiateHandler.handle`): wait until the Build runs (its pod
+/// attached; a Serial BuildConfig runs one build at a time), at most
+/// [`SimApi::build_start_timeout`] (then `504 Timeout` and the Build is
+/// cancelled); a Build that ends or vanishes first is a `400`; then stream
+/// the body into the build as its stdin and answer with the running Build.
+async fn wait_and_upload(api: &SimApi, ns: &str, name: &str, body: Body) -> Result<Value, ApiError> {
+    let timeout = api.build_start_timeout;
+    let waited = tokio::time::timeout(timeout, async {
+        loop {
+            match api.store.get(&BUILDS, ns, name) {
+                None => return None,
+                Some(b) if phase_of(&b) != "New" && phase_of(&b) != "Pending" => return Some(b),
+                Some(_) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = api.shutdown.cancelled() => return None,
+            }
+        }
+    })
+    .await;
+    let no_logs = "No logs are available.";
+    let latest = match waited {
+        Err(_) => {
+            // The handler's deferred cancelBuild.
+            let _ = set_status(api, ns, name, |s| s["cancelled"] = json!(true));
+            let after = humantime::format_duration(timeout);
+            return Err(ApiError::timeout(format!("timed out waiting for build {name} to start after {after}")));
+        }
+        Ok(None) => {
+            return Err(ApiError::bad_request(format!("build {name} was deleted before it started: {no_logs}")));
+        }
+        Ok(Some(b)) => b,
+    };
+    match phase_of(&latest) {
+        "Running" => {}
+        "Error" => return Err(ApiError::bad_request(format!("build {name} encountered an error: {no_logs}"))),
+        "Failed" => {
+            let st =
+                |k: &str| latest.pointer(&format!("/status/{k}")).and_then(Value::as_str).unwrap_or("").to_string();
+            return Err(ApiError::bad_request(format!("build {name} failed: {}: {}", st("reason"), st("message"))));
+        }
+        "Cancelled" => return Err(ApiError::bad_request(format!("build {name} was cancelled: {no_logs}"))),
+        other => return Err(ApiError::bad_request(format!("cannot upload file to build {name} with status {other}"))),
+    }
+    let dir = build_dir(api, ns, name);
+    match receive_archive(body, &dir).await {
+        Ok(size) => {
+            tracing::info!(namespace = %ns, build = %name, bytes = size, "sim: binary build input received");
+            Ok(api.store.get(&BUILDS, ns, name).unwrap_or(latest))
+        }
+        Err(e) => {
+            tracing::warn!(namespace = %ns, build = %name, error = %e, "sim: binary upload failed");
+            append_log(&dir, &format!("error: receiving the binary input failed: {e}\n"));
+            end_build(api, ns, name, "Failed", "FetchSourceFailed", "Failed to fetch the input source.");
+            Err(ApiError::internal(format!("error streaming binary content to build {ns}/{name}: {e}")))
+        }
+    }
+}
+
+/// `spec.revision` from the `BinaryBuildRequestOptions` query parameters,
+/// as openshift-apiserver builds it (pkg/build/apiserver/registry/
+/// buildconfiginstantiate/rest.go, `binaryInstantiateHandler.handle`): only
+/// when `revision.commit` is non-empty; without a commit the message and
+/// author are dropped with it.
+fn revision_of(raw_query: &str) -> Option<Value> {
+    let params: BTreeMap<String, String> = url::form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect();
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    if get("revision.commit").is_empty() {
+        return None;
+    }
+    // SourceControlUser and the revision's strings are `omitempty`.
+    let user = |name: &str, email: &str| {
+        let mut u = serde_json::Map::new();
+        for (k, v) in [("name", get(name)), ("email", get(email))] {
+            if !v.is_empty() {
+                u.insert(k.into(), json!(v));
+            }
+        }
+        Value::Object(u)
+    };
+    let mut git = serde_json::Map::new();
+    git.insert("commit".into(), json!(get("revision.commit")));
+    git.insert("author".into(), user("revision.authorName", "revision.authorEmail"));
+    git.insert("committer".into(), user("revision.committerName", "revision.committerEmail"));
+    if !get("revision.message").is_empty() {
+        git.insert("message".into(), json!(get("revision.message")));
+    }
+    Some(json!({ "type": "Git", "git": git }))
 }
 
 /// Stream the request body to `dir/context` (via a temp name); its size.
@@ -293,56 +475,133 @@ async fn build_log(api: SimApi, req: SubresourceRequest) -> Response {
 
 /// The build controller. `registry_host` is the sim's own `127.0.0.1:PORT`
 /// (known only after bind); `duration` is roughly how long a build takes.
+///
+/// A `New` Build starts when its BuildConfig's run policy lets it
+/// (openshift-controller-manager pkg/build/controller/policy: `Serial`, the
+/// default, runs one build of a BuildConfig at a time, oldest first, and a
+/// later one stays `New` until the earlier ones are done; `Parallel` builds
+/// start at once; `SerialLatestOnly` is treated as `Serial`). It goes
+/// `Pending` (the pod is created), `Running` (the pod waits for the binary
+/// input `instantiatebinary` streams), then through the Dockerfile.
 pub async fn controller(api: SimApi, registry_host: String, duration: Duration) {
     let mut rx = api.store.events();
     let active: Arc<Mutex<HashSet<(String, String)>>> = Arc::default();
     let key = BUILDS.key();
-    let consider = |obj: &Value| {
-        let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string();
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-        let phase = phase_of(obj);
-        if obj.pointer("/status/cancelled").and_then(Value::as_bool) == Some(true) && !is_terminal(phase) {
-            append_log(&build_dir(&api, &ns, &name), "Build cancelled\n");
-            let _ = set_status(&api, &ns, &name, |s| {
-                s["phase"] = json!("Cancelled");
-                s["reason"] = json!("CancelledBuild");
-                s["message"] = json!("The build was cancelled by the user.");
-                s["completionTimestamp"] = json!(now());
-            });
-            return;
-        }
-        // A Running build found here was interrupted by a sim restart: run
-        // it again from its stored input.
-        if !matches!(phase, "Pending" | "Running") || !build_dir(&api, &ns, &name).join("context").exists() {
-            return;
-        }
-        if !active.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.clone(), name.clone())) {
-            return;
-        }
-        let (api, host, active) = (api.clone(), registry_host.clone(), active.clone());
-        tokio::spawn(async move {
-            run_build(&api, &ns, &name, &host, duration).await;
-            active.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns, name));
-        });
-    };
+    // Left by a stopped sim: a build whose input was received runs again
+    // from it; one still waiting for its input cannot get it any more (the
+    // upload ended with the server), as a build pod whose attach broke.
     for b in api.store.list(&BUILDS, None).0 {
-        consider(&b);
+        let (ns, name) = ns_name(&b);
+        if !is_terminal(phase_of(&b)) && !build_dir(&api, &ns, &name).join("context").exists() {
+            append_log(&build_dir(&api, &ns, &name), "error: the binary input was not received\n");
+            end_build(&api, &ns, &name, "Failed", "FetchSourceFailed", "Failed to fetch the input source.");
+        }
+    }
+    let consider = |ns: &str| {
+        let builds = api.store.list(&BUILDS, Some(ns)).0;
+        for b in &builds {
+            let (ns, name) = ns_name(b);
+            let phase = phase_of(b);
+            if b.pointer("/status/cancelled").and_then(Value::as_bool) == Some(true) && !is_terminal(phase) {
+                append_log(&build_dir(&api, &ns, &name), "Build cancelled\n");
+                end_build(&api, &ns, &name, "Cancelled", "CancelledBuild", "The build was cancelled by the user.");
+                continue;
+            }
+            let startable = match phase {
+                "New" => runnable(b, &builds),
+                // Interrupted by a sim restart: run it again from its input.
+                "Pending" | "Running" => true,
+                _ => false,
+            };
+            if !startable || !active.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.clone(), name.clone())) {
+                continue;
+            }
+            let (api, host, active) = (api.clone(), registry_host.clone(), active.clone());
+            tokio::spawn(async move {
+                run_build(&api, &ns, &name, &host, duration).await;
+                active.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns, name));
+            });
+        }
+    };
+    let namespaces = |api: &SimApi| {
+        let mut v: Vec<String> = api.store.list(&BUILDS, None).0.iter().map(|b| ns_name(b).0).collect();
+        v.dedup();
+        v
+    };
+    for ns in namespaces(&api) {
+        consider(&ns);
     }
     loop {
         tokio::select! {
             _ = api.shutdown.cancelled() => return,
             ev = rx.recv() => match ev {
-                Ok(e) if e.resource == key => consider(&e.object),
+                Ok(e) if e.resource == key => consider(&e.namespace),
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    for b in api.store.list(&BUILDS, None).0 {
-                        consider(&b);
+                    for ns in namespaces(&api) {
+                        consider(&ns);
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     }
+}
+
+fn ns_name(obj: &Value) -> (String, String) {
+    let get = |k: &str| obj.pointer(&format!("/metadata/{k}")).and_then(Value::as_str).unwrap_or("").to_string();
+    (get("namespace"), get("name"))
+}
+
+fn build_number_of(b: &Value) -> i64 {
+    b.pointer("/metadata/annotations/openshift.io~1build.number")
+        .and_then(Value::as_str)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the run policy lets the `New` build `b` start now, among the
+/// Builds of its namespace (`IsRunnable` and `GetNextConfigBuild` of
+/// openshift-controller-manager pkg/build/controller/policy).
+fn runnable(b: &Value, builds: &[Value]) -> bool {
+    let config = |x: &Value| {
+        x.pointer("/metadata/labels/openshift.io~1build-config.name").and_then(Value::as_str).map(str::to_string)
+    };
+    let policy = |x: &Value| {
+        x.pointer("/metadata/labels/openshift.io~1build.start-policy")
+            .and_then(Value::as_str)
+            .unwrap_or("Serial")
+            .to_string()
+    };
+    let Some(bc) = config(b) else { return true };
+    let same: Vec<&Value> = builds.iter().filter(|x| config(x).as_deref() == Some(bc.as_str())).collect();
+    let next = same.iter().filter(|x| phase_of(x) == "New").min_by_key(|x| build_number_of(x));
+    match next {
+        Some(n) if policy(n) == "Parallel" => policy(b) == "Parallel",
+        Some(n) => {
+            let running = same.iter().any(|x| matches!(phase_of(x), "Pending" | "Running"));
+            !running && ns_name(n) == ns_name(b)
+        }
+        None => false,
+    }
+}
+
+/// Move the build from one of `from` to `to` unless it was cancelled or
+/// moved on meanwhile; whether it moved.
+fn advance(api: &SimApi, ns: &str, name: &str, from: &[&str], to: &str) -> bool {
+    let mut moved = false;
+    let _ = api.store.modify(&BUILDS, ns, name, &WriteOptions::default(), |old| {
+        let mut obj = old.clone();
+        if from.contains(&phase_of(old)) && old.pointer("/status/cancelled").and_then(Value::as_bool) != Some(true) {
+            obj["status"]["phase"] = json!(to);
+            if to == "Running" {
+                obj["status"]["startTimestamp"] = json!(now());
+            }
+            moved = true;
+        }
+        Ok(obj)
+    });
+    moved
 }
 
 enum Outcome {
@@ -354,7 +613,23 @@ enum Outcome {
 async fn run_build(api: &SimApi, ns: &str, name: &str, host: &str, duration: Duration) {
     let dir = build_dir(api, ns, name);
     let outcome = tokio::select! {
-        o = build_steps(api, ns, name, host, duration, &dir) => o,
+        o = async {
+            // The pod is scheduled, then starts and waits for its input.
+            tokio::time::sleep(duration / 8).await;
+            advance(api, ns, name, &["New"], "Pending");
+            tokio::time::sleep(duration / 8).await;
+            advance(api, ns, name, &["New", "Pending"], "Running");
+            loop {
+                if cancelled(api, ns, name) {
+                    return Outcome::Cancelled;
+                }
+                if dir.join("context").exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            build_steps(api, ns, name, host, duration, &dir).await
+        } => o,
         _ = api.shutdown.cancelled() => return,
     };
     let _ = set_status(api, ns, name, |s| {
@@ -393,14 +668,6 @@ async fn build_steps(api: &SimApi, ns: &str, name: &str, host: &str, duration: D
     };
     let _ = std::fs::remove_file(dir.join("build.log"));
     let log = |line: &str| append_log(dir, &format!("{line}\n"));
-    tokio::time::sleep(duration / 4).await;
-    if cancelled(api, ns, name) {
-        return Outcome::Cancelled;
-    }
-    let _ = set_status(api, ns, name, |s| {
-        s["phase"] = json!("Running");
-        s["startTimestamp"] = json!(now());
-    });
     log("Receiving source from STDIN as archive ...");
     log("This is a simulated OpenShift build: RUN steps are not executed and the base image is not pulled.");
     let dockerfile_path = build

@@ -26,6 +26,8 @@
 //!   TokenRequest API, 401s, `kubectl auth whoami`; the request entry path
 //!   that authorizes before dispatch) and [`rbac`] (the RBAC kinds, the
 //!   authorizer, the bootstrap policy, 403 wording, `kubectl auth can-i`).
+//! - [`managed`]: `managedFields` and server-side apply (field ownership,
+//!   conflicts, removal of fields an applier stops sending).
 //! - [`faults`]: the fault-injection middleware (403 for configured
 //!   resources; 500/503/429, dropped or lost answers, delays, cut watches,
 //!   409s on every Nth matching request, counted at `/sim/faults`).
@@ -39,6 +41,9 @@
 //!   the build controller builds; [`registry`] is the OCI registry under
 //!   `/v2/`, behind the integrated registry's access controller (token
 //!   auth, `imagestreams/layers` RBAC).
+//!   [`image`] (imagestreams, images, imagestreamtags as views of streams,
+//!   the image import controller); [`dockerfile`] parses what
+//!   the build controller builds.
 //!
 //! # Adding a kind
 //!
@@ -52,6 +57,9 @@
 //! 3. A custom subresource (`buildconfigs/instantiatebinary`, `builds/log`)
 //!    is listed in `subresources` and served by a handler registered with
 //!    [`ResourceTable::subresource`]; it gets the [`SimApi`] and the request.
+//!    A kind the API server computes instead of storing (ImageStreamTags,
+//!    views of ImageStreams) serves all its verbs through one handler
+//!    registered with [`ResourceTable::resource_handler`].
 //!
 //! # Adding a controller
 //!
@@ -73,6 +81,7 @@ pub mod discovery;
 pub mod dockerfile;
 pub mod faults;
 pub mod image;
+pub mod managed;
 pub mod protobuf;
 pub mod rbac;
 pub mod registry;
@@ -110,6 +119,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Roughly how long a simulated build takes from Pending to Complete.
     pub build_duration: Duration,
+    /// How long `instantiatebinary` waits for its Build to run before it
+    /// answers 504 and cancels the Build (openshift-apiserver: 5 minutes).
+    pub build_start_timeout: Duration,
 }
 
 impl SimConfig {
@@ -121,6 +133,7 @@ impl SimConfig {
             name: name.into(),
             faults: Faults::default(),
             build_duration: Duration::from_secs(1),
+            build_start_timeout: build::BUILD_START_TIMEOUT,
         }
     }
 }
@@ -167,6 +180,8 @@ pub struct SimApi {
     pub pki: Arc<tls::Pki>,
     /// Signs and verifies ServiceAccount tokens.
     pub tokens: Arc<authn::TokenIssuer>,
+    /// [`SimConfig::build_start_timeout`].
+    pub build_start_timeout: Duration,
     /// Cancelled when the sim stops; long-running work (watches,
     /// controllers) ends on it.
     pub shutdown: CancellationToken,
@@ -362,6 +377,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         data_dir: config.data_dir.clone(),
         pki,
         tokens,
+        build_start_timeout: config.build_start_timeout,
         shutdown: CancellationToken::new(),
     };
     let listener = bind(&config).await?;
@@ -380,6 +396,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
     let controllers = vec![
         tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration)),
         tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone())),
+        tokio::spawn(image::import_controller(api.clone(), addr.to_string())),
     ];
     tracing::info!(url = %format!("https://{addr}"), data = %config.data_dir.display(), "sim started");
     Ok(SimServer { addr, name: config.name, api, admin, task, controllers })

@@ -59,6 +59,9 @@ pub struct ResourceType {
     pub validate: Option<Validator>,
     pub validate_update: Option<UpdateValidator>,
     pub normalize: Option<Normalizer>,
+    /// Defaults the API server fills on create only (its strategy's
+    /// `PrepareForCreate`), after `normalize`.
+    pub default_on_create: Option<Normalizer>,
     /// Accepts `application/vnd.kubernetes.protobuf` bodies (typed
     /// client-go clients) through this decoder.
     pub protobuf: Option<super::protobuf::Decoder>,
@@ -91,6 +94,7 @@ impl ResourceType {
             validate: None,
             validate_update: None,
             normalize: None,
+            default_on_create: None,
             protobuf: None,
         }
     }
@@ -156,6 +160,12 @@ impl ResourceTable {
     /// Serve `/<plural>/<name>/<sub>` of `group` with `handler`.
     pub fn subresource(&mut self, group: &str, plural: &str, sub: &str, handler: SubresourceHandler) {
         self.subresources.insert((group.to_string(), plural.to_string(), sub.to_string()), handler);
+    }
+
+    /// Serve every verb of `group`/`plural` itself with `handler` (kinds the
+    /// API server computes instead of storing, such as ImageStreamTags).
+    pub fn resource_handler(&mut self, group: &str, plural: &str, handler: SubresourceHandler) {
+        self.subresource(group, plural, "", handler);
     }
 
     pub fn subresource_handler(&self, group: &str, plural: &str, sub: &str) -> Option<&SubresourceHandler> {

@@ -1,5 +1,6 @@
 //! `route.openshift.io/v1`: Routes. The sim's router admits a Route whose
-//! `spec.to` names a Seldon predictor's Service (`<sdep>-<predictor>`) once
+//! `spec.to` names a Seldon predictor's Service (`<sdep>-<predictor>`, hashed
+//! as the operator hashes names over 63 characters) once
 //! that predictor serves, publishing `status.ingress[0].host` as the
 //! loopback `127.0.0.1:PORT` the model process listens on (there is no
 //! router in front; the host is where a client reaches the Service).
@@ -41,7 +42,7 @@ pub fn reconcile_namespace(api: &SimApi, ns: &str) {
         let host = sdeps.iter().find_map(|s| {
             let sname = s.pointer("/metadata/name")?.as_str()?;
             let predictor = s.pointer("/spec/predictors/0/name")?.as_str()?;
-            if format!("{sname}-{predictor}") != target
+            if super::seldon::predictor_service(sname, predictor) != target
                 || s.pointer("/status/state").and_then(Value::as_str) != Some("Available")
             {
                 return None;

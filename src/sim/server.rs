@@ -17,6 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::SimApi;
+use super::managed::{self, FieldManager};
 use super::resource::{Column, ResourceTable, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{ApiError, delete_success};
@@ -118,6 +119,8 @@ pub struct Query {
     pub dry_run: bool,
     pub include_object: Option<String>,
     pub field_manager: Option<String>,
+    /// `force` (apply only).
+    pub force: Option<bool>,
 }
 
 impl Query {
@@ -146,6 +149,7 @@ impl Query {
                 }
                 "includeObject" => out.include_object = Some(v.into_owned()),
                 "fieldManager" => out.field_manager = Some(v.into_owned()),
+                "force" => out.force = Some(truthy(&v)),
                 _ => {}
             }
         }
@@ -234,6 +238,14 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
     let as_table = accept.contains("as=Table");
     let method = req.method().clone();
 
+    if info.subresource.is_none()
+        && let Some(handler) = api.table.subresource_handler(rt.group, rt.plural, "")
+    {
+        let (parts, body) = req.into_parts();
+        let raw_query = parts.uri.query().unwrap_or("").to_string();
+        let sr = SubresourceRequest { info, query, method: parts.method, headers: parts.headers, raw_query, body };
+        return Ok(handler(api.clone(), sr).await);
+    }
     if let Some(sub) = info.subresource.clone() {
         let name = info.name.clone().unwrap_or_default();
         if let Some(handler) = api.table.subresource_handler(rt.group, rt.plural, &sub) {
@@ -251,16 +263,19 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
                 Ok(json_response(StatusCode::OK, &obj))
             }
             Method::PUT => {
+                let manager = update_manager(&rt, &query, req.headers());
                 let body = read_json(req, &rt).await?;
-                let obj = api.store.update(&rt, &ns, &name, body, Scope::Status, query.dry_run)?;
+                let obj = api.store.update_as(&rt, &ns, &name, body, Scope::Status, query.dry_run, Some(manager))?;
                 Ok(json_response(StatusCode::OK, &obj))
             }
             Method::PATCH => {
                 let ct = content_type(req.headers());
+                let manager = update_manager(&rt, &query, req.headers());
                 let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
                     .await
                     .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-                patch(&api, &rt, &ns, &name, &ct, &body, Scope::Status, &query).map(|(c, o)| json_response(c, &o))
+                patch(&api, &rt, &ns, &name, &ct, &body, Scope::Status, &query, manager)
+                    .map(|(c, o)| json_response(c, &o))
             }
             _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
         };
@@ -298,6 +313,7 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &obj))
         }
         (Method::POST, None) => {
+            let manager = update_manager(&rt, &query, req.headers());
             let body = read_json(req, &rt).await?;
             if rt.namespaced
                 && let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str)
@@ -308,21 +324,23 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
-            let obj = api.store.create(&rt, &ns, body, query.dry_run)?;
+            let obj = api.store.create_as(&rt, &ns, body, query.dry_run, Some(&manager))?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
+            let manager = update_manager(&rt, &query, req.headers());
             let body = read_json(req, &rt).await?;
             let existed = api.store.get(&rt, &ns, &name).is_some();
-            let obj = api.store.update(&rt, &ns, &name, body, Scope::Main, query.dry_run)?;
+            let obj = api.store.update_as(&rt, &ns, &name, body, Scope::Main, query.dry_run, Some(manager))?;
             Ok(json_response(if existed { StatusCode::OK } else { StatusCode::CREATED }, &obj))
         }
         (Method::PATCH, Some(name)) => {
             let ct = content_type(req.headers());
+            let manager = update_manager(&rt, &query, req.headers());
             let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
                 .await
                 .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-            patch(&api, &rt, &ns, &name, &ct, &body, Scope::Main, &query).map(|(c, o)| json_response(c, &o))
+            patch(&api, &rt, &ns, &name, &ct, &body, Scope::Main, &query, manager).map(|(c, o)| json_response(c, &o))
         }
         (Method::DELETE, Some(name)) => {
             let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
@@ -359,6 +377,46 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
         }
         _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
     }
+}
+
+/// The Update manager of a write: `fieldManager`, or the User-Agent's
+/// first word as the API server derives it.
+fn update_manager(rt: &ResourceType, query: &Query, headers: &HeaderMap) -> FieldManager {
+    let name = match query.field_manager.as_deref().filter(|m| !m.is_empty()) {
+        Some(m) => m.to_string(),
+        None => managed::manager_from_user_agent(headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok())),
+    };
+    FieldManager { name, apply: false, api_version: rt.api_version() }
+}
+
+/// `PatchOptions`/`CreateOptions` checks of the API server
+/// (apimachinery's ValidatePatchOptions, ValidateFieldManager).
+fn check_options(query: &Query, apply: bool) -> Result<(), ApiError> {
+    let field =
+        |f: &str, reason: &'static str, detail: String| ApiError::options_invalid("PatchOptions", f, reason, detail);
+    if apply && query.field_manager.as_deref().is_none_or(str::is_empty) {
+        return Err(field("fieldManager", "FieldValueRequired", "Required value: is required for apply patch".into()));
+    }
+    if !apply && query.force.is_some() {
+        return Err(field(
+            "force",
+            "FieldValueForbidden",
+            "Forbidden: may not be specified for non-apply patch".into(),
+        ));
+    }
+    if let Some(m) = &query.field_manager {
+        if m.len() > 128 {
+            return Err(field("fieldManager", "FieldValueTooLong", "Too long: must have at most 128 bytes".into()));
+        }
+        if m.chars().any(|c| !(' '..='~').contains(&c) && !c.is_alphanumeric()) {
+            return Err(field(
+                "fieldManager",
+                "FieldValueInvalid",
+                format!("Invalid value: {m:?}: must only contain printable characters"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -429,8 +487,10 @@ fn delete_options_dry_run(body: &Bytes) -> bool {
 
 /// PATCH in the content types clients send. Strategic merge is applied as a
 /// JSON merge patch (the kinds the sim serves have no list merge keys that
-/// modelship relies on); server-side apply creates the object if missing and
-/// otherwise merges, without field-ownership tracking.
+/// modelship relies on). Server-side apply (`application/apply-patch+yaml`)
+/// tracks field ownership ([`managed`]): it creates the object if missing,
+/// removes fields its manager stopped sending and refuses, with 409, fields
+/// another manager owns unless `force=true`.
 #[allow(clippy::too_many_arguments)]
 fn patch(
     api: &SimApi,
@@ -441,12 +501,15 @@ fn patch(
     body: &[u8],
     scope: Scope,
     query: &Query,
+    manager: FieldManager,
 ) -> Result<(StatusCode, Value), ApiError> {
     enum Kind {
         Merge(Value),
         Json(json_patch::Patch),
+        Apply(Value),
     }
     let apply = content_type == "application/apply-patch+yaml";
+    check_options(query, apply)?;
     let kind = match content_type {
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => Kind::Merge(
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid merge patch: {e}")))?,
@@ -455,28 +518,45 @@ fn patch(
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?,
         ),
         "application/apply-patch+yaml" => {
-            if query.field_manager.as_deref().is_none_or(str::is_empty) {
-                return Err(ApiError::bad_request("PATCH with apply requires a fieldManager query parameter"));
-            }
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("apply body is not UTF-8"))?;
             let v: Value = crate::spec::yaml::from_str(text)
                 .map_err(|e| ApiError::bad_request(format!("invalid apply configuration: {e}")))?;
-            Kind::Merge(v)
+            if !v.is_object() {
+                return Err(ApiError::bad_request("the apply configuration must be an object"));
+            }
+            for (key, what) in [("kind", "Kind"), ("apiVersion", "APIVersion")] {
+                if v.get(key).and_then(Value::as_str).is_none_or(str::is_empty) {
+                    return Err(ApiError::bad_request(format!("Object '{what}' is missing in '{v}'")));
+                }
+            }
+            if let Some(n) = v.pointer("/metadata/name").and_then(Value::as_str).filter(|n| *n != name) {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            Kind::Apply(v)
         }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
-    if apply && api.store.get(rt, ns, name).is_none() && scope == Scope::Main {
-        let Kind::Merge(obj) = kind else { unreachable!("apply is a merge") };
-        let mut obj = obj;
-        if obj.pointer("/metadata/name").is_none() {
-            obj["metadata"]["name"] = json!(name);
-        }
-        return Ok((StatusCode::CREATED, api.store.create(rt, ns, obj, query.dry_run)?));
+    let force = query.force.unwrap_or(false);
+    let applier = FieldManager { apply: true, ..manager.clone() };
+    let part = super::store::part(rt, scope);
+    if let Kind::Apply(config) = &kind
+        && scope == Scope::Main
+        && api.store.get(rt, ns, name).is_none()
+    {
+        let mut obj = managed::apply(None, config, &applier, part, force)?;
+        obj["metadata"]["name"] = json!(name);
+        return Ok((StatusCode::CREATED, api.store.create_as(rt, ns, obj, query.dry_run, Some(&applier))?));
     }
-    let opts = WriteOptions { precondition_rv: None, scope, dry_run: query.dry_run };
+    let writer = if apply { applier.clone() } else { manager };
+    let opts = WriteOptions { precondition_rv: None, scope, dry_run: query.dry_run, manager: Some(writer) };
     let obj = api.store.modify(rt, ns, name, &opts, |old| {
         let mut new = old.clone();
         match &kind {
+            Kind::Apply(config) => {
+                new = managed::apply(Some(old), config, &applier, part, force)?;
+            }
             Kind::Merge(p) => {
                 json_patch::merge(&mut new, p);
                 // A resourceVersion in the patch is a precondition.
@@ -576,7 +656,13 @@ fn table(rt: &ResourceType, items: &[Value], rv: u64, include: Option<&str>, hea
     })
 }
 
-fn table_response(rt: &ResourceType, items: &[Value], rv: u64, include: Option<&str>, headers: bool) -> Response {
+pub(crate) fn table_response(
+    rt: &ResourceType,
+    items: &[Value],
+    rv: u64,
+    include: Option<&str>,
+    headers: bool,
+) -> Response {
     json_response(StatusCode::OK, &table(rt, items, rv, include, headers))
 }
 

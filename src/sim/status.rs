@@ -197,6 +197,35 @@ impl ApiError {
         ApiError { code, reason, message: message.into(), details, retry_after }
     }
 
+    /// `422 Invalid` of request options (`PatchOptions.meta.k8s.io "" is
+    /// invalid: fieldManager: Required value: ...`).
+    pub fn options_invalid(kind: &str, field: &str, reason: &'static str, detail: String) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind}.meta.k8s.io \"\" is invalid: {field}: {detail}"),
+            Some(json!({ "group": "meta.k8s.io", "kind": kind,
+                "causes": [{ "reason": reason, "message": detail, "field": field }] })),
+        )
+    }
+
+    /// `504 Timeout` (apimachinery's `NewTimeoutError(message, 0)`).
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "Timeout", format!("Timeout: {}", message.into()), Some(json!({})))
+    }
+
+    /// `409 Conflict` of a server-side apply (apimachinery's
+    /// `NewApplyConflict`): `causes` are `(field, manager as printed)`.
+    pub fn apply_conflict(message: String, causes: &[(String, String)]) -> Self {
+        let causes: Vec<Value> = causes
+            .iter()
+            .map(|(field, manager)| {
+                json!({ "reason": "FieldManagerConflict", "message": format!("conflict with {manager}"), "field": field })
+            })
+            .collect();
+        Self::new(409, "Conflict", message, Some(json!({ "causes": causes })))
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message.into(), None)
     }

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use super::SimError;
+use super::managed::{FieldManager, Part};
 use super::resource::ResourceType;
 use super::status::{ApiError, Cause};
 
@@ -72,12 +73,34 @@ pub struct WriteOptions {
     pub precondition_rv: Option<String>,
     pub scope: Scope,
     pub dry_run: bool,
+    /// Who writes, for `managedFields` (see [`super::managed`]): an Update
+    /// is recorded here; an Apply has set `managedFields` itself. `None`
+    /// (the sim's controllers) leaves ownership as it was.
+    pub manager: Option<FieldManager>,
 }
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        WriteOptions { precondition_rv: None, scope: Scope::Main, dry_run: false }
+        WriteOptions { precondition_rv: None, scope: Scope::Main, dry_run: false, manager: None }
     }
+}
+
+/// The part of `rt`'s objects a write in `scope` owns fields of.
+pub fn part(rt: &ResourceType, scope: Scope) -> Part {
+    match (rt.subresources.contains(&"status"), scope) {
+        (false, _) => Part::All,
+        (true, Scope::Main) => Part::Main,
+        (true, Scope::Status) => Part::Status,
+    }
+}
+
+/// Set (or, when empty, drop) `metadata.managedFields`.
+fn set_managed(obj: &mut Value, managed: Option<Value>) {
+    let m = meta_mut(obj);
+    match managed.filter(|v| v.as_array().is_some_and(|a| !a.is_empty())) {
+        Some(v) => m.insert("managedFields".into(), v),
+        None => m.remove("managedFields"),
+    };
 }
 
 /// Conditions a delete must meet (`DeleteOptions.preconditions`).
@@ -206,6 +229,14 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         // `STREAM:TAG`, as image.openshift.io names them.
         if !name.split_once(':').is_some_and(|(s, t)| is_dns_subdomain(s) && !t.is_empty() && t.len() <= 128) {
             causes.push(Cause::invalid("metadata.name", name, "must be of the form <stream_name>:<tag>"));
+        }
+    } else if rt.kind == "Image" && rt.group == "image.openshift.io" {
+        // Images are named by their digest (`sha256:<hex>`).
+        if !name
+            .split_once(':')
+            .is_some_and(|(a, h)| !a.is_empty() && h.len() >= 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            causes.push(Cause::invalid("metadata.name", name, "must be of the form <algorithm>:<hex digest>"));
         }
     } else if rt.group != super::rbac::GROUP && !is_dns_subdomain(name) {
         causes.push(Cause::invalid("metadata.name", name, DNS1123_SUBDOMAIN_MSG));
@@ -381,8 +412,22 @@ impl Store {
     }
 
     /// Create `obj` in `ns` (`""` for cluster-scoped kinds).
-    pub fn create(&self, rt: &ResourceType, ns: &str, mut obj: Value, dry_run: bool) -> Result<Value, ApiError> {
+    pub fn create(&self, rt: &ResourceType, ns: &str, obj: Value, dry_run: bool) -> Result<Value, ApiError> {
+        self.create_as(rt, ns, obj, dry_run, None)
+    }
+
+    /// [`Store::create`] by `manager`: an Update manager owns every field of
+    /// the new object; an Apply manager's `managedFields` are kept as given.
+    pub fn create_as(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+        manager: Option<&FieldManager>,
+    ) -> Result<Value, ApiError> {
         check_type(rt, &mut obj)?;
+        let applied = obj.pointer("/metadata/managedFields").cloned();
         strip_server_fields(&mut obj);
         let m = meta_mut(&mut obj);
         if rt.namespaced {
@@ -397,6 +442,17 @@ impl Store {
         }
         if let Some(f) = rt.normalize {
             f(&mut obj);
+        }
+        if let Some(f) = rt.default_on_create {
+            f(&mut obj);
+        }
+        match manager {
+            Some(m) if m.apply => set_managed(&mut obj, applied),
+            Some(m) => {
+                let managed = super::managed::after_update(None, &obj, m, part(rt, Scope::Main));
+                set_managed(&mut obj, Some(managed));
+            }
+            None => {}
         }
         let name = meta_str(&obj, "name").unwrap_or("").to_string();
         validate(rt, &name, &obj)?;
@@ -432,9 +488,24 @@ impl Store {
         rt: &ResourceType,
         ns: &str,
         name: &str,
+        obj: Value,
+        scope: Scope,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        self.update_as(rt, ns, name, obj, scope, dry_run, None)
+    }
+
+    /// [`Store::update`] by `manager` (an Update in `managedFields`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update_as(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
         mut obj: Value,
         scope: Scope,
         dry_run: bool,
+        manager: Option<FieldManager>,
     ) -> Result<Value, ApiError> {
         check_type(rt, &mut obj)?;
         match meta_str(&obj, "name") {
@@ -463,9 +534,9 @@ impl Store {
         let precondition = meta_str(&obj, "resourceVersion").filter(|s| !s.is_empty()).map(str::to_string);
         let exists = self.get(rt, ns, name).is_some();
         if !exists && rt.create_on_update && scope == Scope::Main {
-            return self.create(rt, ns, obj, dry_run);
+            return self.create_as(rt, ns, obj, dry_run, manager.as_ref());
         }
-        let opts = WriteOptions { precondition_rv: precondition, scope, dry_run };
+        let opts = WriteOptions { precondition_rv: precondition, scope, dry_run, manager };
         self.modify(rt, ns, name, &opts, move |_old| Ok(obj))
     }
 
@@ -480,7 +551,7 @@ impl Store {
         opts: &WriteOptions,
         f: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
-        let WriteOptions { precondition_rv, scope, dry_run } = opts;
+        let WriteOptions { precondition_rv, scope, dry_run, manager } = opts;
         let (scope, dry_run) = (*scope, *dry_run);
         let mut inner = self.lock();
         let Some(old) = inner.objects.get(&rt.key()).and_then(|m| m.get(&(ns.to_string(), name.to_string()))).cloned()
@@ -494,6 +565,7 @@ impl Store {
             return Err(ApiError::conflict(rt, name));
         }
         let mut obj = f(&old)?;
+        let mut applied = None;
         check_type(rt, &mut obj)?;
         if meta_str(&obj, "name").is_some_and(|n| n != name) {
             return Err(ApiError::bad_request(format!(
@@ -511,7 +583,15 @@ impl Store {
                     None => m.remove(k),
                 };
             }
-            m.remove("managedFields");
+            // Clients cannot write managedFields; an Apply computed them.
+            let given = m.remove("managedFields");
+            if manager.as_ref().is_some_and(|m| m.apply) {
+                applied = given;
+            }
+            match old_meta.get("managedFields") {
+                Some(v) => m.insert("managedFields".into(), v.clone()),
+                None => m.remove("managedFields"),
+            };
             if rt.namespaced {
                 m.insert("namespace".into(), json!(ns));
             } else {
@@ -543,6 +623,14 @@ impl Store {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(rt, name, causes));
             }
+        }
+        match manager {
+            Some(m) if m.apply => set_managed(&mut obj, applied),
+            Some(m) => {
+                let managed = super::managed::after_update(Some(&old), &obj, m, part(rt, scope));
+                set_managed(&mut obj, Some(managed));
+            }
+            None => {}
         }
         if rt.generation && old.get("spec") != obj.get("spec") {
             let g = meta(&old).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);

@@ -522,7 +522,12 @@ where
             {
                 w.extend(add.clone());
             }
-            if current.get("spec") == obj.get("spec") && current.pointer("/metadata/labels") == Some(&wanted_labels) {
+            // Only what the template sets counts: the server fills defaults
+            // (`runPolicy`, `resources: {}`, `nodeSelector: null`, ...) and
+            // drops empty lists, which must not make every run patch.
+            if covers(current.get("spec").unwrap_or(&Value::Null), obj.get("spec").unwrap_or(&Value::Null))
+                && current.pointer("/metadata/labels") == Some(&wanted_labels)
+            {
                 return Ok(());
             }
             let patch = json!({ "metadata": { "labels": wanted_labels }, "spec": obj.get("spec") });
@@ -531,6 +536,24 @@ where
                 .map(|_| ())
                 .map_err(api_err("update", what, ns))
         }
+    }
+}
+
+/// Whether the stored `current` already holds every field of `wanted`
+/// with the same value. An empty value (`null`, `{}`, `[]`) in `wanted`
+/// also matches an absent or empty field: the API server omits empty
+/// `omitempty` lists and writes unset structs as `{}` or `null`.
+fn covers(current: &Value, wanted: &Value) -> bool {
+    let empty = |v: &Value| {
+        v.is_null() || v.as_object().is_some_and(|o| o.is_empty()) || v.as_array().is_some_and(|a| a.is_empty())
+    };
+    match (current, wanted) {
+        (Value::Object(c), Value::Object(w)) => w.iter().all(|(k, wv)| match c.get(k) {
+            Some(cv) => covers(cv, wv) || (empty(wv) && empty(cv)),
+            None => empty(wv),
+        }),
+        (Value::Array(c), Value::Array(w)) => c.len() == w.len() && c.iter().zip(w).all(|(cv, wv)| covers(cv, wv)),
+        (c, w) => c == w || (empty(w) && empty(c)),
     }
 }
 
@@ -544,6 +567,19 @@ async fn find_builds(builds: &Api<Build>, t: &Target) -> Result<Vec<Build>, Buil
 /// from the POST itself (the annotations come with a later patch).
 fn revision_message(run_id: &str, context_digest: &str) -> String {
     format!("modelship run {run_id} context {context_digest}")
+}
+
+/// The `revision.commit` a build is started with: the pushed commit when
+/// the run has one (`modelship trigger`), otherwise 40 hex digits of
+/// `sha256("modelship run RUN context DIGEST")`, the same for every attempt
+/// of the run on this context (never a real commit; the message says what
+/// it stands for).
+fn revision_commit(pushed: Option<&String>, run_id: &str, context_digest: &str) -> String {
+    use sha2::{Digest, Sha256};
+    match pushed.filter(|c| !c.is_empty()) {
+        Some(c) => c.clone(),
+        None => hex::encode(Sha256::digest(revision_message(run_id, context_digest)))[..40].to_string(),
+    }
 }
 
 /// The run that started `b` for this context digest, from its annotations,
@@ -678,9 +714,10 @@ async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Bui
         ("namespace".to_string(), t.namespace.clone()),
         ("revision.message".to_string(), message.clone()),
     ];
-    if let Some(commit) = cx.labels.get("commit") {
-        query.push(("revision.commit".to_string(), commit.clone()));
-    }
+    // openshift-apiserver records `spec.revision` (and so the message the
+    // recovery below searches by) only when `revision.commit` is non-empty.
+    query
+        .push(("revision.commit".to_string(), revision_commit(cx.labels.get("commit"), &cx.run_id, &t.context_digest)));
     let before: Vec<String> =
         builds_with_message(builds, t, &message).await?.into_iter().filter_map(|b| b.metadata.name).collect();
     let retry = cx.clusters.retry_config();
@@ -701,6 +738,23 @@ async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Bui
             Err(e) => e,
         };
         let BuildError::Start { status, retry_after, .. } = &err else { return Err(err) };
+        // openshift-apiserver waits (5 minutes) for the Build to run before
+        // it takes the upload; then it answers 504 and cancels the Build.
+        // Not a lost answer: say so instead of attaching to that Build.
+        if *status == Some(504) {
+            let BuildError::Start { name, namespace, message, status, retry_after } = err else { unreachable!() };
+            return Err(BuildError::Start {
+                message: format!(
+                    "the build did not start running in time and the server cancelled it; another build of this \
+                     BuildConfig may still be running (runPolicy Serial runs one at a time) or its pod could not be \
+                     scheduled: {message}"
+                ),
+                name,
+                namespace,
+                status,
+                retry_after,
+            });
+        }
         // A success whose body was cut is a lost answer too.
         if status.is_some_and(|c| !crate::cluster::retry::retryable_status(c) && !(200..300).contains(&c)) {
             return Err(err);
@@ -971,6 +1025,37 @@ mod tests {
         .unwrap();
         assert_eq!(run_of(&lost, d), Some("r2"));
         assert_eq!(run_of(&lost, "sha256:cd"), None);
+    }
+
+    /// Guards lost-answer recovery on a real server: without a non-empty
+    /// `revision.commit` openshift-apiserver drops the revision message the
+    /// recovery searches by, so a commit is always sent.
+    #[test]
+    fn revision_commit_is_the_pushed_one_or_derived_from_run_and_context() {
+        let pushed = "0123456789abcdef0123456789abcdef01234567".to_string();
+        assert_eq!(revision_commit(Some(&pushed), "r1", "sha256:ab"), pushed);
+        let derived = revision_commit(None, "r1", "sha256:ab");
+        assert_eq!(derived.len(), 40);
+        assert!(derived.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(derived, revision_commit(Some(&String::new()), "r1", "sha256:ab"), "deterministic");
+        assert_ne!(derived, revision_commit(None, "r2", "sha256:ab"));
+        assert_ne!(derived, revision_commit(None, "r1", "sha256:cd"));
+    }
+
+    #[test]
+    fn covers_ignores_server_defaults_but_not_changes() {
+        let wanted = json!({ "runPolicy": "Serial", "triggers": [], "source": { "type": "Binary", "binary": {} },
+            "strategy": { "type": "Docker", "dockerStrategy": { "dockerfilePath": "Dockerfile" } } });
+        let stored = json!({ "runPolicy": "Serial", "source": { "type": "Binary", "binary": {} },
+            "strategy": { "type": "Docker", "dockerStrategy": { "dockerfilePath": "Dockerfile" } },
+            "nodeSelector": null, "resources": {}, "postCommit": {}, "output": {} });
+        assert!(covers(&stored, &wanted));
+        let mut changed = stored.clone();
+        changed["strategy"]["dockerStrategy"]["dockerfilePath"] = json!("Containerfile");
+        assert!(!covers(&changed, &wanted));
+        let mut lost = stored.clone();
+        lost.as_object_mut().unwrap().remove("runPolicy");
+        assert!(!covers(&lost, &wanted));
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! resourceVersion) and a new digest updates the spec. A v1
 //! SeldonDeployment can stay `Available` during a rolling update, so success
 //! also requires the predictor's Deployment (`<sdep>-<predictor>-0-<container>`,
-//! the operator's name) to run the new image with all replicas updated and
-//! available for its current generation.
+//! or `seldon-<md5>` over 63 characters, as the operator names it and reports
+//! it in `status.deploymentStatus`) to run the new image with all replicas
+//! updated and available for its current generation.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -390,6 +391,7 @@ async fn rollout_step(
     };
     let sdep = sdeps.get(name).await.map_err(err("get", "SeldonDeployment", name))?;
     let status = SeldonStatus::of(&sdep);
+    let dname = &status.deployment_name(dname);
     let dep = deployments.get_opt(dname).await.map_err(err("get", "Deployment", dname))?;
     let runs_image = dep.as_ref().is_some_and(|d| {
         d.spec.template.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.image.as_deref() == Some(image)))

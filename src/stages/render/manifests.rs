@@ -146,9 +146,10 @@ impl RouteVars {
     }
 }
 
-/// The Service the Seldon operator creates for a predictor.
+/// The Service the Seldon operator creates for a predictor (hashed as the
+/// operator hashes names over 63 characters).
 pub fn seldon_service_name(deployment: &str, predictor: &str) -> String {
-    format!("{deployment}-{predictor}")
+    crate::cluster::seldon::predictor_service_name(deployment, predictor)
 }
 
 /// Collects invalid values of one manifest.
