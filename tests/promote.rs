@@ -139,6 +139,7 @@ impl Env {
             comment: None,
             force: false,
             lock_wait: Duration::ZERO,
+            lock_ttl: promotion::LOCK_TTL,
             // The sim's image.openshift.io group is tested in `promotion_moves_the_imagestream_tag`.
             image_stream: false,
             state_dir: None,
@@ -320,6 +321,7 @@ async fn rollback_returns_to_the_previous_digest_and_history_is_newest_first() {
         by: "carol".into(),
         reason: Some("bad predictions".into()),
         lock_wait: Duration::ZERO,
+        lock_ttl: promotion::LOCK_TTL,
         image_stream: false,
         state_dir: None,
         auth: AuthStore::anonymous(),
