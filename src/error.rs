@@ -52,7 +52,7 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     if let Some(line) = refusal(&text) {
         return line;
     }
-    if unauthorized && !text.contains("registrySecret") {
+    if unauthorized {
         text.push_str(REGISTRY_401_HINT);
     }
     text
@@ -61,7 +61,7 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// Where the runner's RBAC lives, named in every refusal.
 pub const ROLE_FILE: &str = ".tekton/rbac/modelship.yaml";
 
-const REGISTRY_401_HINT: &str = "; hint: give the environment a `registrySecret` (a kubernetes.io/dockerconfigjson Secret in its namespace with credentials for this registry), or log in first (`oc registry login`, `skopeo login`) or pass --authfile";
+const REGISTRY_401_HINT: &str = "; hint: the registry wants valid credentials: name a kubernetes.io/dockerconfigjson Secret with them as the environment's `registrySecret`, or log in first (`oc registry login`) or pass --authfile";
 
 /// The Kubernetes authorizer's refusal (`User "X" cannot VERB resource "R"
 /// in API group "G" in the namespace "NS"`), as the API server words it.

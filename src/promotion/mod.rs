@@ -58,10 +58,12 @@ pub enum PromotionError {
     },
     #[error("refused: {0}")]
     Refused(String),
-    #[error("copying {src} to {dst}: {source}")]
+    #[error("copying {src} to {dst}{credentials}: {source}")]
     Copy {
         src: String,
         dst: String,
+        /// For a 401: where credentials were looked up (` (credentials from: ...)`).
+        credentials: String,
         #[source]
         source: RegistryError,
     },
@@ -533,6 +535,12 @@ async fn copy_while_locked(
         r = copy_image(src, dst, opts) => Ok(r.map_err(|e| PromotionError::Copy {
             src: src.to_string(),
             dst: dst.to_string(),
+            credentials: match &e {
+                RegistryError::Unauthorized { .. } if !opts.auth.sources.is_empty() => {
+                    format!(" (credentials from: {})", opts.auth.sources.join(", "))
+                }
+                _ => String::new(),
+            },
             source: e,
         })),
         lost = keeper.lost() => Err(lost),
