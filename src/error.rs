@@ -114,7 +114,9 @@ mod tests {
         let text = r#"stage `build` (openshift-build) failed: cannot create buildconfigs.build.openshift.io/weather in namespace models-dev: forbidden (403): buildconfigs.build.openshift.io is forbidden: User "system:serviceaccount:models-dev:modelship" cannot create resource "buildconfigs" in API group "build.openshift.io" in the namespace "models-dev": Forbidden"#;
         insta::assert_snapshot!(refusal(text).unwrap(), @r#"stage `build` (openshift-build) failed: cannot create buildconfigs.build.openshift.io/weather in namespace models-dev: refused (403): User "system:serviceaccount:models-dev:modelship" cannot create resource "buildconfigs" in API group "build.openshift.io" in the namespace "models-dev"; hint: the Role in .tekton/rbac/modelship.yaml grants what modelship needs: `oc apply -n models-dev -f .tekton/rbac/modelship.yaml` (it binds the service account modelship; bind another identity to Role modelship with a RoleBinding)"#);
         let cluster = r#"namespaces "x" is forbidden: User "alice" cannot get resource "namespaces" in API group "" at the cluster scope"#;
-        assert!(refusal(cluster).unwrap().starts_with(r#"refused (403): User "alice" cannot get resource "namespaces" in API group "" at the cluster scope; hint"#));
+        assert!(refusal(cluster).unwrap().starts_with(
+            r#"refused (403): User "alice" cannot get resource "namespaces" in API group "" at the cluster scope; hint"#
+        ));
         assert!(refusal("not found").is_none());
     }
 

@@ -28,7 +28,8 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// `system:admin` (group `system:masters`), as PEM files in `dir`.
 fn certificates(dir: &Path) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let ca = [&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca"]];
+    let ca =
+        [&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=test-ca"]];
     openssl(dir, &ca.concat());
     std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n").unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
@@ -39,8 +40,21 @@ fn certificates(dir: &Path) {
         openssl(
             dir,
             &[
-                "x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &crt,
-                "-days", "2", "-extfile", &ext,
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
             ],
         );
     }
@@ -79,7 +93,8 @@ async fn api_server(dir: &Path) -> ApiServer {
     let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
     let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("server.crt")).unwrap().map(Result::unwrap).collect();
     let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-    let config = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(certs, key).unwrap();
+    let config =
+        rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(certs, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -97,7 +112,8 @@ async fn api_server(dir: &Path) -> ApiServer {
                     let seen = seen.clone();
                     async move {
                         let path = req.uri().to_string();
-                        let chunked = req.headers().get(http::header::TRANSFER_ENCODING).is_some_and(|v| v == "chunked");
+                        let chunked =
+                            req.headers().get(http::header::TRANSFER_ENCODING).is_some_and(|v| v == "chunked");
                         let body = req.into_body().collect().await?.to_bytes().to_vec();
                         seen.lock().unwrap().push(Seen { path, chunked, body });
                         let build = r#"{"kind":"Build","apiVersion":"build.openshift.io/v1","metadata":{"name":"weather-1","namespace":"models-dev"},"spec":{},"status":{"phase":"New"}}"#;
@@ -169,15 +185,17 @@ async fn upload(clusters: &Clusters, ctx: &Path) -> Result<String, BuildError> {
 
 /// The tar the server received holds the context's files.
 fn assert_is_the_context(seen: &Seen) {
-    assert!(seen.path.starts_with("/apis/build.openshift.io/v1/namespaces/models-dev/buildconfigs/weather/instantiatebinary?"), "{}", seen.path);
+    assert!(
+        seen.path
+            .starts_with("/apis/build.openshift.io/v1/namespaces/models-dev/buildconfigs/weather/instantiatebinary?"),
+        "{}",
+        seen.path
+    );
     assert!(seen.path.contains("revision.message=run+r1"), "{}", seen.path);
     assert!(seen.chunked, "the context is streamed (chunked), not sent with a length");
     let tar = flate2::read::GzDecoder::new(&seen.body[..]);
-    let mut names: Vec<String> = tar::Archive::new(tar)
-        .entries()
-        .unwrap()
-        .map(|e| e.unwrap().path().unwrap().display().to_string())
-        .collect();
+    let mut names: Vec<String> =
+        tar::Archive::new(tar).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
     names.sort();
     assert_eq!(names, ["Dockerfile", "weights.bin"]);
 }

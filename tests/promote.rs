@@ -599,6 +599,27 @@ async fn put_registry_secret(env: &Env, kind: &str, registry: &str, user: &str, 
     api.create(&Default::default(), &secret).await.unwrap();
 }
 
+/// `modelship promote weather --from dev --to prod` on `pipeline` through
+/// the env's kubeconfig, with no local registry credentials.
+async fn promote_cli(env: &Env, pipeline: &Pipeline) -> std::process::Output {
+    let dir = env._dir.path();
+    let file = dir.join("pipeline.yaml");
+    std::fs::write(&file, modelship::spec::yaml::to_string(pipeline).unwrap()).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_modelship"))
+        .args(["promote", MODEL, "--from", "dev", "--to", "prod", "--lock-wait", "0s", "-f"])
+        .arg(&file)
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .env("REGISTRY_AUTH_FILE", dir.join("no-auth.json"))
+        .env("DOCKER_CONFIG", dir.join("no-docker"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
 /// The credentials live only in the environment's registrySecret (no auth
 /// file, anonymous `req.auth`): the promotion reads the Secret through the
 /// cluster and pushes with it to a registry that demands them (htpasswd).
@@ -635,6 +656,14 @@ async fn a_promotion_pushes_with_the_credentials_of_the_registry_secret() {
     assert!(!text.contains("wrong-password-9"), "{text}");
     let ledger = env.store("prod").get_ledger(MODEL).await.unwrap();
     assert!(ledger.history.is_empty(), "nothing recorded: {:?}", ledger.history);
+    // The same through `modelship promote`: exit 1, one line.
+    let out = promote_cli(&env, &pipeline_with_registry_secret(&registry.addr)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("401 Unauthorized") && errors[0].contains("registrySecret"), "{stderr}");
+    assert!(!stderr.contains("wrong-password-9"), "{stderr}");
 
     // The right one: promoted, byte-exact, read back with the same credentials.
     put_registry_secret(&env, "kubernetes.io/dockerconfigjson", &registry.addr, "robot", "pw-in-the-secret-1").await;

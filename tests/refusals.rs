@@ -71,6 +71,7 @@ fn a_refused_cluster_call_prints_one_line_naming_who_what_where_and_the_role() {
 }
 
 fn create_namespace(kubeconfig: &Path, ns: &str) {
-    let out = Command::new(kubectl()).arg("--kubeconfig").arg(kubeconfig).args(["create", "namespace", ns]).output().unwrap();
+    let out =
+        Command::new(kubectl()).arg("--kubeconfig").arg(kubeconfig).args(["create", "namespace", ns]).output().unwrap();
     assert!(out.status.success(), "kubectl create namespace: {}", text(&out.stderr));
 }

@@ -157,7 +157,8 @@ async fn from_kubeconfigs(name: &str, env: &Environment, files: &[PathBuf]) -> R
 /// Lazily connected clients, one per environment of the pipeline.
 pub struct Clusters {
     environments: IndexMap<String, Environment>,
-    /// `--kubeconfig`; absent: `$KUBECONFIG`, `~/.kube/config`, in-cluster.
+    /// `--kubeconfig`; absent: `$KUBECONFIG`, `~/.kube/config`, in-cluster
+    /// (see [`Source::decide`]).
     kubeconfig: Option<PathBuf>,
     clients: Mutex<HashMap<String, kube::Client>>,
     retry: retry::RetryConfig,
@@ -194,9 +195,8 @@ impl Clusters {
         &self.environments
     }
 
-    /// The connection settings of environment `name` (for raw HTTP that kube's
-    /// client cannot send, such as a streamed request body), from what
-    /// [`Source::decide`] picks.
+    /// The connection settings of environment `name` (its API server's
+    /// address, for one), from what [`Source::decide`] picks.
     pub async fn config(&self, name: &str) -> Result<kube::Config, ClusterError> {
         let env = self.environment(name)?;
         match Source::decide(&Surroundings::detect(self.kubeconfig.as_deref())) {
@@ -205,7 +205,8 @@ impl Clusters {
                 if self.told_in_cluster.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string()) {
                     tracing::info!(environment = name, context = ?env.context, "environment {name}: no kubeconfig; using the in-cluster service account");
                 }
-                kube::Config::incluster_env().map_err(|source| ClusterError::InCluster { env: name.to_string(), source })
+                kube::Config::incluster_env()
+                    .map_err(|source| ClusterError::InCluster { env: name.to_string(), source })
             }
             Source::Nothing => Err(ClusterError::NoConfig { env: name.to_string() }),
         }
@@ -271,7 +272,14 @@ mod tests {
     async fn a_kubeconfig_without_the_named_context_is_an_error_naming_what_it_has() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kubeconfig");
-        std::fs::write(&file, crate::sim::kubeconfig_yaml(&[("a".into(), "http://127.0.0.1:1".into()), ("b".into(), "http://127.0.0.1:2".into())])).unwrap();
+        std::fs::write(
+            &file,
+            crate::sim::kubeconfig_yaml(&[
+                ("a".into(), "http://127.0.0.1:1".into()),
+                ("b".into(), "http://127.0.0.1:2".into()),
+            ]),
+        )
+        .unwrap();
         let e = from_kubeconfigs("dev", &env(Some("dev-cluster")), std::slice::from_ref(&file)).await.unwrap_err();
         assert_eq!(
             e.to_string(),

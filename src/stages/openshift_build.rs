@@ -762,7 +762,8 @@ pub async fn instantiate_binary(
         retry_after: None,
     };
     let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
-    let path = format!("/apis/build.openshift.io/v1/namespaces/{namespace}/buildconfigs/{bc}/instantiatebinary?{query}");
+    let path =
+        format!("/apis/build.openshift.io/v1/namespaces/{namespace}/buildconfigs/{bc}/instantiatebinary?{query}");
     let body = streaming_body(context_stream(dir.to_path_buf()))
         .await
         .map_err(|e| serr(None, format!("cannot stream the build context: {e}")))?;
@@ -770,8 +771,7 @@ pub async fn instantiate_binary(
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
         .body(body)
         .map_err(|e| serr(None, e.to_string()))?;
-    let resp =
-        client.send(req).await.map_err(|e| serr(None, crate::secret::mask(&crate::error::chain(&e))))?;
+    let resp = client.send(req).await.map_err(|e| serr(None, crate::secret::mask(&crate::error::chain(&e))))?;
     let status = resp.status();
     let retry_after = crate::cluster::retry::retry_after(resp.headers());
     let bytes = resp.into_body().collect_bytes().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
