@@ -692,60 +692,6 @@ async fn a_promotion_pushes_with_the_credentials_of_the_registry_secret() {
 
 // ------------------------------------------------------------ lock renewal
 
-/// A loopback TCP relay to `upstream` that holds every byte coming back
-/// while its gate is closed: a registry as slow as the test wants.
-struct GatedProxy {
-    addr: String,
-    gate: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl GatedProxy {
-    async fn start(upstream: &str) -> GatedProxy {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (gate, open) = tokio::sync::watch::channel(false);
-        let upstream = upstream.to_string();
-        let task = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let (upstream, mut open) = (upstream.clone(), open.clone());
-                tokio::spawn(async move {
-                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                        let _ = sw.shutdown().await;
-                    });
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if open.wait_for(|o| *o).await.is_err() || cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    up.abort();
-                });
-            }
-        });
-        GatedProxy { addr, gate, task }
-    }
-
-    fn open(&self) {
-        self.gate.send_replace(true);
-    }
-}
-
-impl Drop for GatedProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The Lease of the model's lock in prod, once it exists.
 async fn wait_for_lease(env: &Env) -> k8s_openapi::api::coordination::v1::Lease {
     let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -768,7 +714,7 @@ async fn wait_for_lease(env: &Env) -> k8s_openapi::api::coordination::v1::Lease 
 async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() {
     let env = Env::start().await;
     let digest = env.push("v1").await;
-    let slow = GatedProxy::start(&env.dev().registry_host()).await;
+    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
     env.verify_at(&slow.addr, &digest, "run-1", true).await;
     let mut req = env.request("run-2");
     req.lock_ttl = Duration::from_secs(2);
@@ -807,7 +753,7 @@ async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() 
 async fn a_lock_lost_during_the_copy_stops_the_promotion_before_it_tags_or_records() {
     let env = Env::start().await;
     let digest = env.push("v1").await;
-    let slow = GatedProxy::start(&env.dev().registry_host()).await;
+    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
     env.verify_at(&slow.addr, &digest, "run-1", true).await;
     let mut req = env.request("run-2");
     req.lock_ttl = Duration::from_secs(3);
