@@ -1,8 +1,8 @@
 //! The build upload (`instantiatebinary`, a streamed gzip tar) goes through
 //! the environment's kube client, so what the kubeconfig says about the
 //! connection holds for it as for every other call: here a client
-//! certificate (the installer's `system:admin` kind of kubeconfig), the
-//! cluster's CA, and `proxy-url`. The API server is a TLS server of this
+//! certificate (the installer's `system:admin` kind of kubeconfig), one
+//! from an exec plugin, the cluster's CA, and `proxy-url`. The API server is a TLS server of this
 //! test that refuses connections without a certificate its CA signed, and
 //! reports what it received. Certificates come from `openssl` (the Debian
 //! base image has it).
@@ -224,6 +224,32 @@ async fn the_build_upload_presents_the_kubeconfig_client_certificate() {
     assert!(matches!(err, BuildError::Start { status: None, .. }), "{err}");
     assert!(server.refused.load(Ordering::SeqCst) >= 1);
     assert_eq!(server.seen.lock().unwrap().len(), 1, "nothing more arrived");
+}
+
+/// An exec plugin (as `oc` login helpers and cloud CLIs are) that hands
+/// out the client certificate: its credential is used for the upload too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_build_upload_uses_the_exec_plugin_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let server = api_server(dir.path()).await;
+    let ctx = context(dir.path());
+    let pem = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let credential = serde_json::json!({
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "status": { "clientCertificateData": pem("client.crt"), "clientKeyData": pem("client.key") },
+    });
+    let file = dir.path().join("exec-credential.json");
+    std::fs::write(&file, credential.to_string()).unwrap();
+    let user = format!(
+        "    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: /bin/cat\n      args: [\"{}\"]\n      interactiveMode: Never\n",
+        file.display()
+    );
+    let via_exec = clusters(kubeconfig(dir.path(), server.port, &user, ""));
+    upload(&via_exec, &ctx).await.unwrap();
+    assert_eq!(server.refused.load(Ordering::SeqCst), 0);
+    assert_is_the_context(&server.seen.lock().unwrap()[0]);
 }
 
 /// `proxy-url` in the kubeconfig: the upload is tunnelled through the
