@@ -54,6 +54,9 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     if unauthorized {
         text.push_str(REGISTRY_401_HINT);
+        if !text.contains("--authfile") {
+            text.push_str(" or pass --authfile");
+        }
     }
     text
 }
@@ -61,7 +64,7 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// Where the runner's RBAC lives, named in every refusal.
 pub const ROLE_FILE: &str = ".tekton/rbac/modelship.yaml";
 
-const REGISTRY_401_HINT: &str = "; hint: the registry wants valid credentials: name a kubernetes.io/dockerconfigjson Secret with them as the environment's `registrySecret`, or log in first (`oc registry login`) or pass --authfile";
+const REGISTRY_401_HINT: &str = "; hint: the registry wants valid credentials: name a kubernetes.io/dockerconfigjson Secret with them as the environment's `registrySecret`, or log in first (`oc registry login`)";
 
 /// The Kubernetes authorizer's refusal (`User "X" cannot VERB resource "R"
 /// in API group "G" in the namespace "NS"`), as the API server words it.
