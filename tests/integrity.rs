@@ -340,6 +340,7 @@ spec:
         comment: None,
         force: false,
         lock_wait: Duration::ZERO,
+        lock_ttl: promotion::LOCK_TTL,
         image_stream: false,
         state_dir: None,
         auth: AuthStore::anonymous(),

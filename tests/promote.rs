@@ -4,6 +4,7 @@
 //! back with `skopeo inspect --raw` and `kubectl` (both installed by
 //! `scripts/setup.d/10-kubectl.sh` and `30-registry.sh`; run `scripts/test.sh`).
 
+mod registry_support;
 mod sim_support;
 
 use std::process::Command;
@@ -57,9 +58,12 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(test_pipeline()).await
+    }
+
+    async fn start_with(pipeline: Pipeline) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
-        let pipeline = test_pipeline();
         let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig.clone()));
         for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
             let client = clusters.client(env).await.unwrap();
@@ -111,7 +115,12 @@ impl Env {
 
     /// Record `digest` as checked in dev by run `run`.
     async fn verify(&self, digest: &str, run: &str, passed: bool) {
-        let image = format!("{}/models-dev/{MODEL}@{digest}", self.dev().registry_host());
+        self.verify_at(&self.dev().registry_host(), digest, run, passed).await
+    }
+
+    /// As [`Env::verify`], with the image recorded at registry `host`.
+    async fn verify_at(&self, host: &str, digest: &str, run: &str, passed: bool) {
+        let image = format!("{host}/models-dev/{MODEL}@{digest}");
         promotion::record_check(
             &self.store("dev"),
             MODEL,
@@ -139,6 +148,7 @@ impl Env {
             comment: None,
             force: false,
             lock_wait: Duration::ZERO,
+            lock_ttl: promotion::LOCK_TTL,
             // The sim's image.openshift.io group is tested in `promotion_moves_the_imagestream_tag`.
             image_stream: false,
             state_dir: None,
@@ -326,6 +336,7 @@ async fn rollback_returns_to_the_previous_digest_and_history_is_newest_first() {
         by: "carol".into(),
         reason: Some("bad predictions".into()),
         lock_wait: Duration::ZERO,
+        lock_ttl: promotion::LOCK_TTL,
         image_stream: false,
         state_dir: None,
         auth: AuthStore::anonymous(),
@@ -659,5 +670,224 @@ async fn failed_verification_rolls_the_target_back() {
     );
     let tagged = skopeo_raw(env.prod(), &format!("models-prod/{MODEL}:latest"));
     assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&tagged))), v1);
+    env.stop().await;
+}
+
+// ------------------------------------------------------------ registrySecret
+
+/// The test pipeline with prod's registry at `registry` (plain HTTP) and
+/// its credentials in the Secret `regcred` of models-prod.
+fn pipeline_with_registry_secret(registry: &str) -> Pipeline {
+    let mut p = test_pipeline();
+    let prod = p.spec.environments.get_mut("prod").unwrap();
+    prod.registry = Some(registry.to_string());
+    prod.insecure_registry = true;
+    prod.registry_secret = Some("regcred".into());
+    p
+}
+
+/// Write the Secret `regcred` in prod's models-prod: `type` with a
+/// `.dockerconfigjson` naming `registry` with `user`/`password`.
+async fn put_registry_secret(env: &Env, kind: &str, registry: &str, user: &str, password: &str) {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let config = json!({ "auths": { registry: { "auth": b64(&format!("{user}:{password}")) } } }).to_string();
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": { "name": "regcred" },
+        "type": kind,
+        "data": { ".dockerconfigjson": b64(&config) },
+    }))
+    .unwrap();
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.clusters.client("prod").await.unwrap(), "models-prod");
+    let _ = api.delete("regcred", &Default::default()).await;
+    api.create(&Default::default(), &secret).await.unwrap();
+}
+
+/// `modelship promote weather --from dev --to prod` on `pipeline` through
+/// the env's kubeconfig, with no local registry credentials.
+async fn promote_cli(env: &Env, pipeline: &Pipeline) -> std::process::Output {
+    let dir = env._dir.path();
+    let file = dir.join("pipeline.yaml");
+    std::fs::write(&file, modelship::spec::yaml::to_string(pipeline).unwrap()).unwrap();
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_modelship"))
+        .args(["promote", MODEL, "--from", "dev", "--to", "prod", "--lock-wait", "0s", "-f"])
+        .arg(&file)
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .env("REGISTRY_AUTH_FILE", dir.join("no-auth.json"))
+        .env("DOCKER_CONFIG", dir.join("no-docker"))
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+/// The credentials live only in the environment's registrySecret (no auth
+/// file, anonymous `req.auth`): the promotion reads the Secret through the
+/// cluster and pushes with it to a registry that demands them (htpasswd).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_pushes_with_the_credentials_of_the_registry_secret() {
+    let registry = registry_support::DockerRegistry::start_with_auth("robot", "pw-in-the-secret-1");
+    let env = Env::start_with(pipeline_with_registry_secret(&registry.addr)).await;
+    let digest = env.push("v1").await;
+    env.verify(&digest, "run-1", true).await;
+
+    // Missing Secret: an error naming it, its namespace and environment; nothing pushed.
+    let err = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap_err();
+    let text = modelship::error::chain(&err);
+    assert_eq!(err.exit_class(), ExitClass::Failed, "{text}");
+    assert!(
+        text.starts_with("environment `prod`: registrySecret `regcred` in namespace models-prod does not exist"),
+        "{text}"
+    );
+
+    // Of the wrong type: refused before any push.
+    put_registry_secret(&env, "Opaque", &registry.addr, "robot", "pw-in-the-secret-1").await;
+    let err = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap_err();
+    assert!(err.to_string().contains("is of type `Opaque`, expected `kubernetes.io/dockerconfigjson`"), "{err}");
+
+    // A wrong password: the registry's 401, exit 1, naming the registry and user, with the hint.
+    put_registry_secret(&env, "kubernetes.io/dockerconfigjson", &registry.addr, "robot", "wrong-password-9").await;
+    let err = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap_err();
+    let text = modelship::error::chain(&err);
+    assert_eq!(err.exit_class(), ExitClass::Failed, "{text}");
+    assert!(text.contains(&format!("registry {} answered 401 Unauthorized", registry.addr)), "{text}");
+    assert!(text.contains("the credentials of user `robot` were rejected"), "{text}");
+    assert!(text.contains("Secret models-prod/regcred"), "{text}");
+    assert!(text.contains("registrySecret"), "{text}");
+    assert!(!text.contains("wrong-password-9"), "{text}");
+    let ledger = env.store("prod").get_ledger(MODEL).await.unwrap();
+    assert!(ledger.history.is_empty(), "nothing recorded: {:?}", ledger.history);
+    // The same through `modelship promote`: exit 1, one line.
+    let out = promote_cli(&env, &pipeline_with_registry_secret(&registry.addr)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("401 Unauthorized") && errors[0].contains("registrySecret"), "{stderr}");
+    assert!(!stderr.contains("wrong-password-9"), "{stderr}");
+
+    // The right one: promoted, byte-exact, read back with the same credentials.
+    put_registry_secret(&env, "kubernetes.io/dockerconfigjson", &registry.addr, "robot", "pw-in-the-secret-1").await;
+    let out = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap();
+    assert!(out.recorded);
+    let src = skopeo_raw(&format!("{}/models-dev/{MODEL}@{digest}", env.dev().registry_host()));
+    let dst = registry_support::skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        "robot:pw-in-the-secret-1",
+        &format!("docker://{}/models-prod/{MODEL}:latest", registry.addr),
+    ]);
+    assert_eq!(src, dst);
+    // Anonymous, the registry refuses (the push above needed the Secret).
+    let anon = registry_support::skopeo_output(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/models-prod/{MODEL}:latest", registry.addr),
+    ]);
+    assert!(!anon.status.success());
+    env.stop().await;
+}
+
+// ------------------------------------------------------------ lock renewal
+
+/// The Lease of the model's lock in prod, once it exists.
+async fn wait_for_lease(env: &Env) -> k8s_openapi::api::coordination::v1::Lease {
+    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.clusters.client("prod").await.unwrap(), "models-prod");
+    let name = modelship::state::configmap::lock_lease_name(MODEL);
+    for _ in 0..200 {
+        if let Some(lease) = api.get_opt(&name).await.unwrap() {
+            return lease;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the promotion never took its lock");
+}
+
+/// A promotion whose copy outlasts its lock's duration several times
+/// keeps the lock (renewed every third of it): another runner is refused
+/// throughout, and the promotion records once. Without renewal the Lease
+/// expires after 2 s and the other runner would take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() {
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
+    env.verify_at(&slow.addr, &digest, "run-1", true).await;
+    let mut req = env.request("run-2");
+    req.lock_ttl = Duration::from_secs(2);
+    let promoting = tokio::spawn({
+        let clusters = Clusters::new(env.clusters.environments().clone(), Some(env.kubeconfig.clone()));
+        async move { promotion::promote(&clusters, &req, false).await }
+    });
+    let first = wait_for_lease(&env).await;
+    // Three lock durations pass while the copy waits at the gate.
+    let other = env.store("prod");
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match other.try_lock(MODEL, "bob (run other)", Duration::from_secs(60)).await {
+            Err(StateError::Locked { holder, .. }) => assert_eq!(holder, "alice (run run-2)"),
+            other => panic!("another runner got past a held lock: {other:?}"),
+        }
+    }
+    assert!(!promoting.is_finished(), "the copy was to wait at the gate");
+    let renewed = wait_for_lease(&env).await;
+    assert_ne!(renewed.spec.as_ref().unwrap().renew_time, first.spec.as_ref().unwrap().renew_time, "renewed");
+    assert_eq!(renewed.spec.as_ref().unwrap().lease_transitions, Some(0), "never changed hands");
+    slow.open();
+    let out = promoting.await.unwrap().unwrap();
+    assert!(out.recorded);
+    let ledger = env.store("prod").get_ledger(MODEL).await.unwrap();
+    assert_eq!(ledger.history.iter().filter(|e| e.action == "promoted").count(), 1);
+    // Released at the end: the other runner gets it now.
+    other.try_lock(MODEL, "bob (run other)", Duration::from_secs(60)).await.unwrap();
+    env.stop().await;
+}
+
+/// A lock taken away during the copy (here overwritten by hand, as an
+/// operator or a runner with a skewed clock might) stops the promotion
+/// before it tags or records anything, and the new holder keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_lost_during_the_copy_stops_the_promotion_before_it_tags_or_records() {
+    let env = Env::start().await;
+    let digest = env.push("v1").await;
+    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
+    env.verify_at(&slow.addr, &digest, "run-1", true).await;
+    let mut req = env.request("run-2");
+    req.lock_ttl = Duration::from_secs(3);
+    let promoting = tokio::spawn({
+        let clusters = Clusters::new(env.clusters.environments().clone(), Some(env.kubeconfig.clone()));
+        async move { promotion::promote(&clusters, &req, false).await }
+    });
+    let mut lease = wait_for_lease(&env).await;
+    lease.spec.as_mut().unwrap().holder_identity = Some("mallory (run stolen)".into());
+    lease.spec.as_mut().unwrap().lease_duration_seconds = Some(600);
+    let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(env.clusters.client("prod").await.unwrap(), "models-prod");
+    api.replace(lease.metadata.name.as_deref().unwrap(), &Default::default(), &lease).await.unwrap();
+
+    let err = tokio::time::timeout(Duration::from_secs(60), promoting).await.expect("stopped").unwrap().unwrap_err();
+    match &err {
+        PromotionError::Ledger { source: StateError::LockLost { why, .. }, .. } => {
+            assert!(why.contains("mallory (run stolen)"), "{why}")
+        }
+        other => panic!("expected LockLost, got {other}"),
+    }
+    assert!(err.to_string().contains("stopped before tagging or recording"), "{err}");
+    slow.open();
+    let ledger = env.store("prod").get_ledger(MODEL).await.unwrap();
+    assert!(ledger.history.is_empty(), "{:?}", ledger.history);
+    assert!(env.prod().api().registry.resolve_manifest(&format!("models-prod/{MODEL}"), "latest").await.is_none());
+    match env.store("prod").try_lock(MODEL, "bob", Duration::from_secs(5)).await {
+        Err(StateError::Locked { holder, .. }) => assert_eq!(holder, "mallory (run stolen)"),
+        other => panic!("the new holder lost its lock: {other:?}"),
+    }
     env.stop().await;
 }

@@ -108,6 +108,7 @@ spec:
             comment: None,
             force: false,
             lock_wait,
+            lock_ttl: promotion::LOCK_TTL,
             image_stream: false,
             state_dir: None,
             auth: AuthStore::anonymous(),

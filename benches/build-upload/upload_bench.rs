@@ -12,9 +12,10 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.len() == 5, "usage: upload_bench KUBECONFIG NAMESPACE BUILDCONFIG CONTEXT_DIR");
     let kc = kube::config::Kubeconfig::read_from(&args[1])?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
     let started = std::time::Instant::now();
     let text = modelship::stages::openshift_build::instantiate_binary(
-        &config,
+        &client,
         &args[2],
         &args[3],
         &PathBuf::from(&args[4]),

@@ -5,8 +5,8 @@
 pub mod openshift;
 pub mod retry;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -28,11 +28,21 @@ pub enum ClusterError {
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("environment `{env}`: no cluster configuration (no kubeconfig and not in a cluster): {source}")]
-    Infer {
+    #[error(
+        "environment `{env}`: context `{context}` is not in kubeconfig {} (it has: {})",
+        files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+        if available.is_empty() { "no contexts".to_string() } else { available.join(", ") }
+    )]
+    NoContext { env: String, context: String, files: Vec<PathBuf>, available: Vec<String> },
+    #[error(
+        "environment `{env}`: no cluster configuration: no --kubeconfig, no file named by $KUBECONFIG, no ~/.kube/config, and not in a pod (KUBERNETES_SERVICE_HOST/PORT unset or {SERVICE_ACCOUNT_TOKEN} unreadable)"
+    )]
+    NoConfig { env: String },
+    #[error("environment `{env}`: cannot use the in-cluster service account: {source}")]
+    InCluster {
         env: String,
         #[source]
-        source: kube::config::InferConfigError,
+        source: kube::config::InClusterError,
     },
     #[error("environment `{env}`: cannot build a client: {source}")]
     Client {
@@ -51,18 +61,120 @@ impl HasExitClass for ClusterError {
     }
 }
 
+/// The token the kubelet mounts into every pod for its service account.
+pub const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// What exists where the runner runs: the inputs of [`Source::decide`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Surroundings {
+    /// `--kubeconfig`.
+    pub flag: Option<PathBuf>,
+    /// The files `$KUBECONFIG` names (or `~/.kube/config` when it is unset
+    /// or empty) that exist.
+    pub kubeconfigs: Vec<PathBuf>,
+    /// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` are set and
+    /// [`SERVICE_ACCOUNT_TOKEN`] is readable.
+    pub in_pod: bool,
+}
+
+impl Surroundings {
+    /// Look at this process's environment and files.
+    pub fn detect(flag: Option<&Path>) -> Surroundings {
+        let named: Vec<PathBuf> = match std::env::var_os("KUBECONFIG") {
+            Some(v) => std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect(),
+            None => Vec::new(),
+        };
+        let candidates = if named.is_empty() {
+            dirs::home_dir().map(|h| h.join(".kube/config")).into_iter().collect()
+        } else {
+            named
+        };
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        Surroundings {
+            flag: flag.map(Path::to_path_buf),
+            kubeconfigs: candidates.into_iter().filter(|p| p.is_file()).collect(),
+            in_pod: set("KUBERNETES_SERVICE_HOST")
+                && set("KUBERNETES_SERVICE_PORT")
+                && std::fs::File::open(SERVICE_ACCOUNT_TOKEN).is_ok(),
+        }
+    }
+}
+
+/// Where an environment's connection settings come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// These kubeconfig files, merged (the first to name something wins).
+    Kubeconfig(Vec<PathBuf>),
+    /// The pod's service account.
+    InCluster,
+    /// Nothing usable.
+    Nothing,
+}
+
+impl Source {
+    /// `--kubeconfig` when given (it must exist and hold the environment's
+    /// context); else the kubeconfig files that exist (as kubectl, files
+    /// `$KUBECONFIG` names that do not exist are skipped, and
+    /// `~/.kube/config` is read only when `$KUBECONFIG` is unset); else,
+    /// in a pod, its service account, also for an environment that names a
+    /// `context:` (a Tekton task has no kubeconfig; client-go falls back
+    /// the same way when its config is empty).
+    pub fn decide(s: &Surroundings) -> Source {
+        match (&s.flag, s.kubeconfigs.is_empty(), s.in_pod) {
+            (Some(flag), _, _) => Source::Kubeconfig(vec![flag.clone()]),
+            (None, false, _) => Source::Kubeconfig(s.kubeconfigs.clone()),
+            (None, true, true) => Source::InCluster,
+            (None, true, false) => Source::Nothing,
+        }
+    }
+}
+
+/// Read and merge `files`; the environment's context must be in them.
+async fn from_kubeconfigs(name: &str, env: &Environment, files: &[PathBuf]) -> Result<kube::Config, ClusterError> {
+    let load_err = |path: &Path| {
+        let (env, path) = (name.to_string(), path.to_path_buf());
+        move |source| ClusterError::Kubeconfig { env, path: Some(path), source }
+    };
+    let mut merged = Kubeconfig::default();
+    for file in files {
+        let kc = Kubeconfig::read_from(file).map_err(load_err(file))?;
+        merged = merged.merge(kc).map_err(load_err(file))?;
+    }
+    if let Some(context) = &env.context
+        && !merged.contexts.iter().any(|c| &c.name == context)
+    {
+        return Err(ClusterError::NoContext {
+            env: name.to_string(),
+            context: context.clone(),
+            files: files.to_vec(),
+            available: merged.contexts.iter().map(|c| c.name.clone()).collect(),
+        });
+    }
+    let options = KubeConfigOptions { context: env.context.clone(), ..Default::default() };
+    kube::Config::from_custom_kubeconfig(merged, &options).await.map_err(load_err(&files[0]))
+}
+
 /// Lazily connected clients, one per environment of the pipeline.
 pub struct Clusters {
     environments: IndexMap<String, Environment>,
-    /// `--kubeconfig`; absent: `$KUBECONFIG`, `~/.kube/config`, in-cluster.
+    /// `--kubeconfig`; absent: `$KUBECONFIG`, `~/.kube/config`, in-cluster
+    /// (see [`Source::decide`]).
     kubeconfig: Option<PathBuf>,
     clients: Mutex<HashMap<String, kube::Client>>,
     retry: retry::RetryConfig,
+    /// Environments whose in-cluster fallback was logged (once each).
+    told_in_cluster: std::sync::Mutex<HashSet<String>>,
 }
 
 impl Clusters {
     pub fn new(environments: IndexMap<String, Environment>, kubeconfig: Option<PathBuf>) -> Self {
-        Clusters { environments, kubeconfig, clients: Mutex::new(HashMap::new()), retry: Default::default() }
+        Clusters {
+            environments,
+            kubeconfig,
+            clients: Mutex::new(HashMap::new()),
+            retry: Default::default(),
+            told_in_cluster: Default::default(),
+        }
     }
 
     /// How API requests are retried (default [`retry::RetryConfig::default`]).
@@ -83,31 +195,21 @@ impl Clusters {
         &self.environments
     }
 
-    /// The connection settings of environment `name` (for raw HTTP that kube's
-    /// client cannot send, such as a streamed request body).
+    /// The connection settings of environment `name` (its API server's
+    /// address, for one), from what [`Source::decide`] picks.
     pub async fn config(&self, name: &str) -> Result<kube::Config, ClusterError> {
         let env = self.environment(name)?;
-        let options = KubeConfigOptions { context: env.context.clone(), ..Default::default() };
-        Ok(match &self.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
-                    env: name.to_string(),
-                    path: Some(path.clone()),
-                    source,
-                })?;
-                kube::Config::from_custom_kubeconfig(kc, &options).await.map_err(|source| ClusterError::Kubeconfig {
-                    env: name.to_string(),
-                    path: Some(path.clone()),
-                    source,
-                })?
+        match Source::decide(&Surroundings::detect(self.kubeconfig.as_deref())) {
+            Source::Kubeconfig(files) => from_kubeconfigs(name, env, &files).await,
+            Source::InCluster => {
+                if self.told_in_cluster.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string()) {
+                    tracing::info!(environment = name, context = ?env.context, "environment {name}: no kubeconfig; using the in-cluster service account");
+                }
+                kube::Config::incluster_env()
+                    .map_err(|source| ClusterError::InCluster { env: name.to_string(), source })
             }
-            None if env.context.is_some() => kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(|source| ClusterError::Kubeconfig { env: name.to_string(), path: None, source })?,
-            None => {
-                kube::Config::infer().await.map_err(|source| ClusterError::Infer { env: name.to_string(), source })?
-            }
-        })
+            Source::Nothing => Err(ClusterError::NoConfig { env: name.to_string() }),
+        }
     }
 
     /// The client for environment `name`, using its `context` if set; its
@@ -127,5 +229,76 @@ impl Clusters {
             .build();
         clients.insert(name.to_string(), client.clone());
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(context: Option<&str>) -> Environment {
+        Environment {
+            context: context.map(str::to_string),
+            namespace: "models-dev".into(),
+            registry: None,
+            insecure_registry: false,
+            registry_secret: None,
+        }
+    }
+
+    #[test]
+    fn a_named_context_without_any_kubeconfig_falls_back_to_the_pod_service_account() {
+        let pod = Surroundings { flag: None, kubeconfigs: vec![], in_pod: true };
+        assert_eq!(Source::decide(&pod), Source::InCluster);
+        let laptop = Surroundings { flag: None, kubeconfigs: vec![], in_pod: false };
+        assert_eq!(Source::decide(&laptop), Source::Nothing);
+        // A kubeconfig that exists is used even in a pod (it may name other clusters).
+        let both = Surroundings { flag: None, kubeconfigs: vec!["/k/a".into(), "/k/b".into()], in_pod: true };
+        assert_eq!(Source::decide(&both), Source::Kubeconfig(vec!["/k/a".into(), "/k/b".into()]));
+        // --kubeconfig wins, and is used (and must exist) even when it does not.
+        let flag = Surroundings { flag: Some("/f".into()), kubeconfigs: vec!["/k/a".into()], in_pod: true };
+        assert_eq!(Source::decide(&flag), Source::Kubeconfig(vec!["/f".into()]));
+    }
+
+    #[test]
+    fn detect_skips_kubeconfig_files_that_do_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Surroundings::detect(Some(&dir.path().join("missing")));
+        assert_eq!(s.flag.as_deref(), Some(dir.path().join("missing").as_path()));
+        assert!(s.kubeconfigs.iter().all(|p| p.is_file()), "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_kubeconfig_without_the_named_context_is_an_error_naming_what_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kubeconfig");
+        std::fs::write(
+            &file,
+            crate::sim::kubeconfig_yaml(&[
+                ("a".into(), "http://127.0.0.1:1".into()),
+                ("b".into(), "http://127.0.0.1:2".into()),
+            ]),
+        )
+        .unwrap();
+        let e = from_kubeconfigs("dev", &env(Some("dev-cluster")), std::slice::from_ref(&file)).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("environment `dev`: context `dev-cluster` is not in kubeconfig {} (it has: a, b)", file.display())
+        );
+        assert_eq!(e.exit_class(), ExitClass::Failed);
+        let ok = from_kubeconfigs("dev", &env(Some("b")), std::slice::from_ref(&file)).await.unwrap();
+        assert_eq!(ok.cluster_url.port_u16(), Some(2));
+        // No context: the current one.
+        let ok = from_kubeconfigs("dev", &env(None), &[file]).await.unwrap();
+        assert_eq!(ok.cluster_url.port_u16(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn nothing_to_connect_with_says_what_was_looked_for() {
+        let e = ClusterError::NoConfig { env: "dev".into() };
+        assert_eq!(
+            e.to_string(),
+            "environment `dev`: no cluster configuration: no --kubeconfig, no file named by $KUBECONFIG, no ~/.kube/config, and not in a pod (KUBERNETES_SERVICE_HOST/PORT unset or /var/run/secrets/kubernetes.io/serviceaccount/token unreadable)"
+        );
     }
 }

@@ -139,6 +139,7 @@ pub async fn run(a: PromoteArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
             comment: a.comment.clone(),
             force: a.force,
             lock_wait,
+            lock_ttl: promotion::LOCK_TTL,
             image_stream: !a.no_image_stream,
             state_dir: session.state_dir.clone(),
             auth,

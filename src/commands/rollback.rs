@@ -50,6 +50,7 @@ pub async fn run(a: RollbackArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
             by: promotion::principal(),
             reason: a.comment.clone(),
             lock_wait,
+            lock_ttl: promotion::LOCK_TTL,
             image_stream: !a.no_image_stream,
             state_dir: session.state_dir.clone(),
             auth,

@@ -155,7 +155,7 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
     match (args.output, summary) {
         (OutputFormat::Json, Some(s)) => println!("{}", mask(&json_text(s))),
         (OutputFormat::Json, None) => {
-            let err = result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default();
+            let err = result.as_ref().err().map(|e| crate::error::chain(e)).unwrap_or_default();
             let class = result.as_ref().err().map_or(ExitClass::Failed, |e| e.exit_class());
             let obj = serde_json::json!({ "status": "error", "error": err, "exitCode": class.code() });
             println!("{}", mask(&json_text(&obj)));

@@ -572,15 +572,5 @@ impl Runner {
 
 /// The error and its causes on one line, masked.
 fn error_chain(err: &StageError) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        let m = s.to_string();
-        if !text.contains(&m) {
-            text.push_str(": ");
-            text.push_str(&m);
-        }
-        source = s.source();
-    }
-    crate::secret::mask(&text)
+    crate::secret::mask(&crate::error::chain(err))
 }

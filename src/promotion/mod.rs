@@ -28,7 +28,7 @@ use crate::error::{ExitClass, HasExitClass};
 use crate::registry::{AuthStore, CopyOptions, CopyStats, ImageRef, RegistryError, copy_image};
 use crate::state::configmap::ConfigMapStore;
 use crate::state::dir::DirStore;
-use crate::state::{LedgerEntry, StateError, StateStore, lock_with_wait, now_rfc3339};
+use crate::state::{LedgerEntry, LockKeeper, StateError, StateStore, lock_with_wait, now_rfc3339};
 
 /// Ledger actions.
 pub const VERIFIED: &str = "verified";
@@ -36,9 +36,10 @@ pub const CHECK_FAILED: &str = "check-failed";
 pub const PROMOTED: &str = "promoted";
 pub const ROLLED_BACK: &str = "rolled-back";
 
-/// How long a promotion's lock lives without renewal; a crashed runner's
-/// lock is taken over after this.
-const LOCK_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a promotion's lock lives without renewal (the default of
+/// [`PromoteRequest::lock_ttl`]); a crashed runner's lock is taken over
+/// after this. The holder renews it every third of this while it works.
+pub const LOCK_TTL: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromotionError {
@@ -57,10 +58,12 @@ pub enum PromotionError {
     },
     #[error("refused: {0}")]
     Refused(String),
-    #[error("copying {src} to {dst}: {source}")]
+    #[error("copying {src} to {dst}{credentials}: {source}")]
     Copy {
         src: String,
         dst: String,
+        /// For a 401: where credentials were looked up (` (credentials from: ...)`).
+        credentials: String,
         #[source]
         source: RegistryError,
     },
@@ -69,6 +72,15 @@ pub enum PromotionError {
         what: String,
         #[source]
         source: kube::Error,
+    },
+    #[error("environment `{env}`: registrySecret `{secret}` in namespace {namespace} {problem}")]
+    RegistrySecret {
+        env: String,
+        secret: String,
+        namespace: String,
+        problem: String,
+        #[source]
+        source: Option<kube::Error>,
     },
     #[error("{what}: gave up after {attempts} conflicting writes")]
     Contended { what: String, attempts: u32 },
@@ -93,6 +105,7 @@ impl HasExitClass for PromotionError {
             PromotionError::Cluster(e) => e.exit_class(),
             PromotionError::NoRegistry { .. } | PromotionError::Refused(_) => ExitClass::BadInput,
             PromotionError::Copy { source, .. } => source.exit_class(),
+            PromotionError::RegistrySecret { .. } => ExitClass::Failed,
             PromotionError::Ledger { source, .. } => match source {
                 StateError::Locked { .. } => ExitClass::Failed,
                 other => other.exit_class(),
@@ -115,6 +128,8 @@ pub struct EnvTarget {
     /// Set when `registry` is this cluster's own integrated registry: how
     /// to reach it as `oc registry login` would.
     pub cluster_access: Option<ClusterRegistryAccess>,
+    /// Credentials from the environment's `registrySecret` (none without one).
+    pub auth: AuthStore,
 }
 
 /// The cluster's CA certificates (DER: the kubeconfig's
@@ -168,7 +183,7 @@ pub async fn cluster_registry_access(clusters: &Clusters, name: &str) -> Result<
 /// trusted with its cluster's CA and offered its cluster's token where no
 /// explicit credential names it; `insecure` stays the explicit opt-out.
 fn copy_options(auth: &AuthStore, from: &EnvTarget, to: &EnvTarget) -> CopyOptions {
-    let mut auth = auth.clone();
+    let mut auth = copy_auth(auth, from, to);
     let mut roots = std::collections::BTreeMap::<String, Vec<Vec<u8>>>::new();
     for env in [from, to] {
         if let Some(access) = &env.cluster_access {
@@ -208,6 +223,10 @@ pub async fn resolve_env(clusters: &Clusters, name: &str, model: &str) -> Result
         (None, Some(host)) => (host, true),
         (None, None) => return Err(PromotionError::NoRegistry { env: name.to_string(), stream: model.to_string() }),
     };
+    let auth = match &env.registry_secret {
+        Some(secret) => registry_secret(&client, name, &env.namespace, secret, &registry).await?,
+        None => AuthStore::anonymous(),
+    };
     let cluster_access = if integrated { Some(cluster_registry_access(clusters, name).await?) } else { None };
     Ok(EnvTarget {
         name: name.to_string(),
@@ -216,7 +235,69 @@ pub async fn resolve_env(clusters: &Clusters, name: &str, model: &str) -> Result
         registry,
         insecure: env.insecure_registry,
         cluster_access,
+        auth,
     })
+}
+
+/// The `kubernetes.io/dockerconfigjson` Secret `secret` in `namespace`, read
+/// through the cluster; it must hold credentials for `registry`. Missing,
+/// of another type or unparsable: an error, never an anonymous push.
+async fn registry_secret(
+    client: &kube::Client,
+    env: &str,
+    namespace: &str,
+    secret: &str,
+    registry: &str,
+) -> Result<AuthStore, PromotionError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let err = |problem: String, source: Option<kube::Error>| PromotionError::RegistrySecret {
+        env: env.to_string(),
+        secret: secret.to_string(),
+        namespace: namespace.to_string(),
+        problem,
+        source,
+    };
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let found = match api.get_opt(secret).await {
+        Ok(found) => found,
+        Err(e) => return Err(err(format!("cannot be read: {}", kube_message(&e)), Some(e))),
+    };
+    let Some(found) = found else {
+        return Err(err(
+            format!(
+                "does not exist; create it with `oc create secret docker-registry {secret} -n {namespace} --docker-server={registry} ...`"
+            ),
+            None,
+        ));
+    };
+    const TYPE: &str = "kubernetes.io/dockerconfigjson";
+    let kind = found.type_.as_deref().unwrap_or("Opaque");
+    if kind != TYPE {
+        return Err(err(format!("is of type `{kind}`, expected `{TYPE}`"), None));
+    }
+    let Some(json) = found.data.as_ref().and_then(|d| d.get(".dockerconfigjson")) else {
+        return Err(err("has no `.dockerconfigjson` key".into(), None));
+    };
+    let mut store = AuthStore::from_dockerconfigjson(&json.0).map_err(|e| {
+        let message = match e {
+            RegistryError::AuthFile { message, .. } => message,
+            other => other.to_string(),
+        };
+        err(format!("is not a valid `.dockerconfigjson`: {message}"), None)
+    })?;
+    if !store.has_registry(registry) {
+        let names: Vec<&str> = store.keys().collect();
+        let names = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+        return Err(err(format!("holds no credentials for registry {registry} (it names: {names})"), None));
+    }
+    store.sources = vec![format!("Secret {namespace}/{secret} (registrySecret of environment `{env}`)")];
+    Ok(store)
+}
+
+/// The copy's credentials: each environment's registrySecret ahead of the
+/// local auth files (the target's first, for the push).
+fn copy_auth(req_auth: &AuthStore, from: &EnvTarget, to: &EnvTarget) -> AuthStore {
+    req_auth.clone().with_first(from.auth.clone()).with_first(to.auth.clone())
 }
 
 /// The ledger store of `env`: its namespace's ConfigMaps, or `state_dir`.
@@ -302,6 +383,9 @@ pub struct PromoteRequest {
     pub force: bool,
     /// How long to wait for another runner's lock; zero fails fast.
     pub lock_wait: Duration,
+    /// How long the lock lives without renewal ([`LOCK_TTL`]); renewed every
+    /// third of it while the promotion runs.
+    pub lock_ttl: Duration,
     /// Move the ImageStream tag (off for targets without image.openshift.io).
     pub image_stream: bool,
     pub state_dir: Option<PathBuf>,
@@ -428,10 +512,12 @@ pub async fn promote(
 
     let holder = format!("{} (run {})", req.by, req.run_id);
     let lock_err = ledger_err(&req.model, &*to_store);
-    lock_with_wait(&*to_store, &req.model, &holder, LOCK_TTL, req.lock_wait).await.map_err(&lock_err)?;
+    lock_with_wait(&*to_store, &req.model, &holder, req.lock_ttl, req.lock_wait).await.map_err(&lock_err)?;
     // Released on every path; a cancelled caller drops this future, so the
     // stage releases again after its select (release by the holder is idempotent).
-    let result = locked_promote(req, &from, &to, &*to_store, &source, &dst, checks, forced, outcome).await;
+    let keeper = LockKeeper::start(to_store.clone(), &req.model, &holder, req.lock_ttl);
+    let result = locked_promote(req, &from, &to, &*to_store, &keeper, &source, &dst, checks, forced, outcome).await;
+    drop(keeper);
     if let Err(e) = to_store.release_lock(&req.model, &holder).await {
         tracing::warn!(model = %req.model, error = %e, "could not release the promotion lock; it expires on its own");
     }
@@ -444,24 +530,24 @@ async fn locked_promote(
     from: &EnvTarget,
     to: &EnvTarget,
     to_store: &dyn StateStore,
+    keeper: &LockKeeper,
     source: &ImageRef,
     dst: &ImageRef,
     checks: Option<Value>,
     forced: bool,
     mut outcome: PromoteOutcome,
 ) -> Result<PromoteOutcome, PromotionError> {
+    let lock_err = ledger_err(&req.model, to_store);
     let opts = copy_options(&req.auth, from, to);
-    let stats = copy_image(source, dst, &opts).await.map_err(|e| PromotionError::Copy {
-        src: source.to_string(),
-        dst: dst.to_string(),
-        source: e,
-    })?;
+    let stats = copy_while_locked(keeper, source, dst, &opts).await.map_err(&lock_err)??;
     tracing::info!(
         model = %req.model, from = %req.from, to = %req.to, digest = %stats.digest,
         uploaded = stats.blobs_uploaded, skipped = stats.blobs_skipped, mounted = stats.blobs_mounted,
         "image copied"
     );
-    // The tag moves only now: every blob and the manifest are in place.
+    // The tag moves only now: every blob and the manifest are in place,
+    // and the lock is still ours.
+    keeper.check().map_err(&lock_err)?;
     if req.image_stream {
         tag::point_tag(&to.client, &to.namespace, &req.model, &req.tag, &outcome.image).await?;
     }
@@ -483,6 +569,7 @@ async fn locked_promote(
     let env = req.to.clone();
     to_store
         .update_ledger(&req.model, &mut |l| {
+            keeper.check()?;
             // Re-evaluated on every retry after a 409: decide from this read.
             previous = l.current.get(&env).cloned();
             recorded = !has_entry(&l.history, PROMOTED, &env, &entry.digest, &entry.run_id);
@@ -500,6 +587,30 @@ async fn locked_promote(
     Ok(outcome)
 }
 
+/// The copy, given up as soon as the lock is lost (the outer error); the
+/// manifest, and so the tag, is written last, so nothing is half-tagged.
+async fn copy_while_locked(
+    keeper: &LockKeeper,
+    src: &ImageRef,
+    dst: &ImageRef,
+    opts: &CopyOptions,
+) -> Result<Result<CopyStats, PromotionError>, StateError> {
+    tokio::select! {
+        r = copy_image(src, dst, opts) => Ok(r.map_err(|e| PromotionError::Copy {
+            src: src.to_string(),
+            dst: dst.to_string(),
+            credentials: match &e {
+                RegistryError::Unauthorized { .. } if !opts.auth.sources.is_empty() => {
+                    format!(" (credentials from: {})", opts.auth.sources.join(", "))
+                }
+                _ => String::new(),
+            },
+            source: e,
+        })),
+        lost = keeper.lost() => Err(lost),
+    }
+}
+
 /// What to roll back.
 #[derive(Debug, Clone)]
 pub struct RollbackRequest {
@@ -513,6 +624,8 @@ pub struct RollbackRequest {
     pub by: String,
     pub reason: Option<String>,
     pub lock_wait: Duration,
+    /// As [`PromoteRequest::lock_ttl`].
+    pub lock_ttl: Duration,
     pub image_stream: bool,
     pub state_dir: Option<PathBuf>,
     pub auth: AuthStore,
@@ -526,10 +639,12 @@ pub async fn rollback(clusters: &Clusters, req: &RollbackRequest) -> Result<Prom
     let target = resolve_env(clusters, &req.env, &req.model).await?;
     let store = ledger_store(&target, req.state_dir.as_deref());
     let holder = format!("{} (run {})", req.by, req.run_id);
-    lock_with_wait(&*store, &req.model, &holder, LOCK_TTL, req.lock_wait)
+    lock_with_wait(&*store, &req.model, &holder, req.lock_ttl, req.lock_wait)
         .await
         .map_err(ledger_err(&req.model, &*store))?;
-    let result = locked_rollback(req, &target, &*store).await;
+    let keeper = LockKeeper::start(store.clone(), &req.model, &holder, req.lock_ttl);
+    let result = locked_rollback(req, &target, &*store, &keeper).await;
+    drop(keeper);
     if let Err(e) = store.release_lock(&req.model, &holder).await {
         tracing::warn!(model = %req.model, error = %e, "could not release the rollback lock; it expires on its own");
     }
@@ -540,7 +655,9 @@ async fn locked_rollback(
     req: &RollbackRequest,
     target: &EnvTarget,
     store: &dyn StateStore,
+    keeper: &LockKeeper,
 ) -> Result<PromoteOutcome, PromotionError> {
+    let lock_err = ledger_err(&req.model, store);
     let ledger = store.get_ledger(&req.model).await.map_err(ledger_err(&req.model, store))?;
     let current = ledger.current.get(&req.env).cloned();
     let deployed = |e: &&LedgerEntry| e.environment == req.env && (e.action == PROMOTED || e.action == ROLLED_BACK);
@@ -567,12 +684,9 @@ async fn locked_rollback(
     let dst = ImageRef::parse(&format!("{repo}:{}", req.tag))
         .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
     let opts = copy_options(&req.auth, target, target);
-    let stats = copy_image(&src, &dst, &opts).await.map_err(|e| PromotionError::Copy {
-        src: src.to_string(),
-        dst: dst.to_string(),
-        source: e,
-    })?;
+    let stats = copy_while_locked(keeper, &src, &dst, &opts).await.map_err(&lock_err)??;
     let pinned = src.to_string();
+    keeper.check().map_err(&lock_err)?;
     if req.image_stream {
         tag::point_tag(&target.client, &target.namespace, &req.model, &req.tag, &pinned).await?;
     }
@@ -592,6 +706,7 @@ async fn locked_rollback(
     let mut recorded = false;
     store
         .update_ledger(&req.model, &mut |l| {
+            keeper.check()?;
             recorded = !has_entry(&l.history, ROLLED_BACK, &entry.environment, &entry.digest, &entry.run_id);
             if recorded {
                 l.record(LedgerEntry { at: now_rfc3339(), ..entry.clone() });

@@ -59,17 +59,36 @@ impl AuthStore {
         }
         let mut store = AuthStore::default();
         for path in default_auth_files() {
-            if path.is_file() {
-                let more = AuthStore::from_file(&path)?;
-                store.sources.extend(more.sources);
-                for (k, v) in more.entries {
-                    store.entries.entry(k).or_insert(v);
+            // Only a file that is not there is skipped: one that is there but
+            // cannot be read or parsed is an error, never an anonymous push.
+            match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    store.sources.push(format!("{} (absent)", path.display()));
                 }
-            } else {
-                store.sources.push(format!("{} (absent)", path.display()));
+                _ => store = store.with_last(AuthStore::from_file(&path)?),
             }
         }
         Ok(store)
+    }
+
+    /// These credentials, then `more`'s for registries these do not name.
+    fn with_last(mut self, more: AuthStore) -> AuthStore {
+        self.sources.extend(more.sources);
+        for (k, v) in more.entries {
+            self.entries.entry(k).or_insert(v);
+        }
+        self
+    }
+
+    /// `first`'s credentials ahead of these: for a key both name, `first`
+    /// wins, and its sources are listed first.
+    pub fn with_first(self, first: AuthStore) -> AuthStore {
+        first.with_last(self)
+    }
+
+    /// The registry keys (`host[:port]` or `host[:port]/prefix`) with credentials.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
     }
 
     /// One auth file (docker `config.json` or containers `auth.json`).
@@ -171,6 +190,8 @@ fn parse(bytes: &[u8]) -> Result<AuthStore, String> {
         let (username, password) = match (entry.username, entry.password, entry.auth) {
             (Some(u), Some(p), _) => (u, p),
             (_, _, Some(auth)) if !auth.is_empty() => {
+                // base64 of `user:password`: as secret as the password.
+                crate::secret::register(auth.trim());
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(auth.trim())
                     .map_err(|_| format!("the `auth` value for `{key}` is not base64"))?;
@@ -223,6 +244,30 @@ mod tests {
         assert_eq!(store.lookup("reg.example.com", "ns/app").unwrap().username, "robot");
         assert_eq!(store.lookup("127.0.0.1:5000", "ns/app").unwrap().password.expose(), "tok-b");
         assert!(store.sources.iter().any(|s| s.contains("environment `dev`")), "{:?}", store.sources);
+    }
+
+    #[test]
+    fn an_auth_file_that_is_there_but_unreadable_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("auth.json");
+        std::fs::write(&bad, "{ not json").unwrap();
+        let e = AuthStore::from_file(&bad).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("registry auth file {}: not valid JSON", bad.display())), "{e}");
+        // A directory where a file should be cannot be read either.
+        let e = AuthStore::from_file(dir.path()).unwrap_err();
+        assert!(matches!(e, RegistryError::AuthFile { .. }), "{e}");
+    }
+
+    #[test]
+    fn with_first_prefers_the_first_store_for_a_registry_both_name() {
+        let a = AuthStore::from_dockerconfigjson(br#"{"auths": {"r:1": {"username": "a", "password": "pw-aaaa"}}}"#);
+        let b = AuthStore::from_dockerconfigjson(
+            br#"{"auths": {"r:1": {"username": "b", "password": "pw-bbbb"}, "r:2": {"username": "c", "password": "pw-cccc"}}}"#,
+        );
+        let merged = b.unwrap().with_first(a.unwrap());
+        assert_eq!(merged.lookup("r:1", "ns/m").unwrap().username, "a");
+        assert_eq!(merged.lookup("r:2", "ns/m").unwrap().username, "c");
+        assert_eq!(merged.keys().collect::<Vec<_>>(), ["r:1", "r:2"]);
     }
 
     #[test]

@@ -8,9 +8,8 @@
 //!    Build of the same run and context digest (running: attach; complete:
 //!    reuse; failed: build again).
 //! 3. Start: `POST .../buildconfigs/NAME/instantiatebinary` with the context
-//!    as a gzip tar produced on the fly and sent chunked. kube's `Client`
-//!    takes only whole bodies, so this one request goes through reqwest with
-//!    the environment's kube connection settings.
+//!    as a gzip tar produced on the fly and sent chunked, through the
+//!    environment's kube client like every other call.
 //! 4. Follow: list by name, watch from that resourceVersion, re-list when the
 //!    watch ends; stream the build log into tracing; cancel the Build when
 //!    the run is cancelled.
@@ -701,7 +700,7 @@ pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Resu
 /// carrying this run's revision message that was not there before; only if
 /// none is found is the POST sent again (a 429 was not processed at all).
 async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Build, BuildError> {
-    let config = cx.clusters.config(&t.env).await.map_err(|e| BuildError::Start {
+    let client = cx.clusters.client(&t.env).await.map_err(|e| BuildError::Start {
         name: t.stream.clone(),
         namespace: t.namespace.clone(),
         message: e.to_string(),
@@ -725,7 +724,7 @@ async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Bui
     loop {
         attempt += 1;
         tracing::info!(bc = %t.stream, namespace = %t.namespace, attempt, "starting a binary build");
-        let err = match instantiate_binary(&config, &t.namespace, &t.stream, &t.context_dir, &query).await {
+        let err = match instantiate_binary(&client, &t.namespace, &t.stream, &t.context_dir, &query).await {
             Ok(text) => {
                 return serde_json::from_str(&text).map_err(|e| BuildError::Start {
                     name: t.stream.clone(),
@@ -797,15 +796,18 @@ async fn builds_with_message(builds: &Api<Build>, t: &Target, message: &str) -> 
 
 /// `POST .../buildconfigs/NAME/instantiatebinary` with `dir` as a gzip tar
 /// streamed chunked, as `oc start-build --from-dir`; the answer's body.
-/// Public for the upload benchmark.
+/// Sent through the environment's own kube `client`, so its credentials
+/// (client certificates, tokens, exec plugins), TLS settings and
+/// `proxy-url` apply as to every other call; the retry layer sends a
+/// streamed body once ([`start`] decides about repeats). Public for the
+/// upload benchmark.
 pub async fn instantiate_binary(
-    config: &kube::Config,
+    client: &kube::Client,
     namespace: &str,
     bc: &str,
     dir: &Path,
     query: &[(String, String)],
 ) -> Result<String, BuildError> {
-    use secrecy::ExposeSecret;
     let serr = |status: Option<u16>, message: String| BuildError::Start {
         name: bc.to_string(),
         namespace: namespace.to_string(),
@@ -813,45 +815,21 @@ pub async fn instantiate_binary(
         status,
         retry_after: None,
     };
-    let mut builder = reqwest::Client::builder().danger_accept_invalid_certs(config.accept_invalid_certs);
-    for der in config.root_cert.iter().flatten() {
-        let cert = reqwest::Certificate::from_der(der).map_err(|e| serr(None, format!("cluster CA: {e}")))?;
-        builder = builder.add_root_certificate(cert);
-    }
-    // Stop-gap until the upload goes through kube's own client: the
-    // kubeconfig's inline client certificate (`system:admin`'s).
-    if let (Some(cert), Some(key)) = (&config.auth_info.client_certificate_data, &config.auth_info.client_key_data) {
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut pem = b64.decode(cert.trim()).map_err(|e| serr(None, format!("client certificate: {e}")))?;
-        pem.extend(b64.decode(key.expose_secret().trim()).map_err(|e| serr(None, format!("client key: {e}")))?);
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| serr(None, format!("client certificate: {e}")))?;
-        builder = builder.identity(identity);
-    }
-    let http = builder.build().map_err(|e| serr(None, e.to_string()))?;
-    let token = match (&config.auth_info.token, &config.auth_info.token_file) {
-        (Some(t), _) => Some(t.expose_secret().to_string()),
-        (None, Some(f)) => std::fs::read_to_string(f).ok().map(|s| s.trim().to_string()),
-        _ => None,
-    };
-    let mut url = url::Url::parse(&config.cluster_url.to_string()).map_err(|e| serr(None, e.to_string()))?;
-    url.set_path(&format!(
-        "{}/apis/build.openshift.io/v1/namespaces/{namespace}/buildconfigs/{bc}/instantiatebinary",
-        url.path().trim_end_matches('/'),
-    ));
-    url.query_pairs_mut().extend_pairs(query);
-    let mut req = http
-        .post(url)
+    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
+    let path =
+        format!("/apis/build.openshift.io/v1/namespaces/{namespace}/buildconfigs/{bc}/instantiatebinary?{query}");
+    let body = streaming_body(context_stream(dir.to_path_buf()))
+        .await
+        .map_err(|e| serr(None, format!("cannot stream the build context: {e}")))?;
+    let req = http::Request::post(path)
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
-        .body(reqwest::Body::wrap_stream(context_stream(dir.to_path_buf())));
-    if let Some(token) = token {
-        crate::secret::register(token.clone());
-        req = req.bearer_auth(token);
-    }
-    let resp = req.send().await.map_err(|e| serr(None, crate::secret::mask(&e.to_string())))?;
+        .body(body)
+        .map_err(|e| serr(None, e.to_string()))?;
+    let resp = client.send(req).await.map_err(|e| serr(None, crate::secret::mask(&crate::error::chain(&e))))?;
     let status = resp.status();
     let retry_after = crate::cluster::retry::retry_after(resp.headers());
-    let text = resp.text().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
+    let bytes = resp.into_body().collect_bytes().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     if !status.is_success() {
         let message = serde_json::from_str::<Value>(&text)
             .ok()
@@ -864,6 +842,26 @@ pub async fn instantiate_binary(
         return Err(e);
     }
     Ok(text)
+}
+
+/// `stream` as a request body for a [`kube::Client`]. kube 5 keeps its
+/// body-wrapping constructor to itself (`Body::wrap_body` in kube-client's
+/// `src/client/body.rs` is `pub(crate)`; the public ones take whole bytes),
+/// but a `Client` hands every response body back wrapped: a client over a
+/// service that answers with the stream yields it as a `Body`, still
+/// streamed (nothing is collected, so at most a few chunks are in memory).
+async fn streaming_body<S>(stream: S) -> Result<kube::client::Body, kube::Error>
+where
+    S: futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+{
+    let body = http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data));
+    let slot = std::sync::Mutex::new(Some(body));
+    let service = tower::service_fn(move |_: http::Request<kube::client::Body>| {
+        let body = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        async move { body.map(http::Response::new).ok_or_else(|| tower::BoxError::from("the body was taken")) }
+    });
+    let wrapper = kube::Client::new(service, "default");
+    Ok(wrapper.send(http::Request::new(kube::client::Body::empty())).await?.into_body())
 }
 
 /// Follow the Build to a final phase: list by name, watch from its

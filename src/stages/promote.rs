@@ -230,9 +230,11 @@ impl Stage for Promote {
             comment,
             force: params.force,
             lock_wait: params.lock_wait.as_ref().map_or(DEFAULT_LOCK_WAIT, |d| d.0),
+            lock_ttl: promotion::LOCK_TTL,
             image_stream: params.image_stream.unwrap_or(true),
             state_dir: state_dir.clone(),
-            auth: AuthStore::load(None).unwrap_or_else(|_| AuthStore::anonymous()),
+            // An auth file that is there but unreadable is an error, never an anonymous push.
+            auth: AuthStore::load(None).map_err(|e| StageError::bad_input(e.to_string()))?,
         };
         let outcome = tokio::select! {
             r = promotion::promote(&cx.clusters, &req, false) => r.map_err(stage_error)?,
@@ -427,6 +429,7 @@ async fn verify(
                     by: req.by.clone(),
                     reason: Some(format!("verification of {} failed", outcome.digest)),
                     lock_wait: req.lock_wait,
+                    lock_ttl: req.lock_ttl,
                     image_stream: req.image_stream,
                     state_dir: req.state_dir.clone(),
                     auth: req.auth.clone(),

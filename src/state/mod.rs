@@ -12,6 +12,7 @@ mod record;
 
 pub use record::*;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -88,6 +89,81 @@ pub async fn lock_with_wait(
     }
 }
 
+/// Keeps a held lock alive: renews it every `ttl / 3` on a background task
+/// until dropped (drop it before releasing the lock). When a renewal finds
+/// the lock held by someone else (or gone), or none succeeds for a whole
+/// `ttl`, the lock is lost: [`LockKeeper::check`] fails from then on and
+/// [`LockKeeper::lost`] resolves, so the holder stops before it writes.
+pub struct LockKeeper {
+    lost: tokio::sync::watch::Receiver<Option<String>>,
+    model: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LockKeeper {
+    pub fn start(store: Arc<dyn StateStore>, model: &str, holder: &str, ttl: Duration) -> LockKeeper {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let (m, h) = (model.to_string(), holder.to_string());
+        let task = tokio::spawn(async move {
+            let every = (ttl / 3).max(Duration::from_millis(100));
+            let mut last_ok = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let why = match store.renew_lock(&m, &h, ttl).await {
+                    Ok(_) => {
+                        last_ok = tokio::time::Instant::now();
+                        tracing::debug!(model = %m, "promotion lock renewed");
+                        continue;
+                    }
+                    Err(StateError::Locked { holder, .. }) => format!("it is now held by {holder}"),
+                    Err(StateError::NotFound { .. }) => "it was deleted".to_string(),
+                    Err(e) if last_ok.elapsed() >= ttl => {
+                        format!("no renewal succeeded for {}: {e}", humantime::format_duration(ttl))
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %m, error = %e, "could not renew the promotion lock; trying again");
+                        continue;
+                    }
+                };
+                tracing::warn!(model = %m, reason = %why, "the promotion lock was lost");
+                let _ = tx.send(Some(why));
+                return;
+            }
+        });
+        LockKeeper { lost: rx, model: model.to_string(), task }
+    }
+
+    fn lost_error(&self, why: String) -> StateError {
+        StateError::LockLost { model: self.model.clone(), why }
+    }
+
+    /// `Err(LockLost)` once the lock is known to be lost.
+    pub fn check(&self) -> Result<(), StateError> {
+        match self.lost.borrow().clone() {
+            Some(why) => Err(self.lost_error(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves (with [`StateError::LockLost`]) when the lock is lost; never
+    /// while it is held.
+    pub async fn lost(&self) -> StateError {
+        let mut rx = self.lost.clone();
+        let why = rx.wait_for(Option::is_some).await.ok().and_then(|why| why.clone());
+        match why {
+            Some(why) => self.lost_error(why),
+            // The task ended without losing it (it never does): wait forever.
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for LockKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{what} already exists in {store}")]
@@ -96,6 +172,8 @@ pub enum StateError {
     NotFound { what: String, store: String },
     #[error("model `{model}` is locked by {holder} until {expires}")]
     Locked { model: String, holder: String, expires: String },
+    #[error("lost the lock of model `{model}` while holding it ({why}); stopped before tagging or recording")]
+    LockLost { model: String, why: String },
     #[error("gave up on {what} after {attempts} conflicting writes")]
     TooManyConflicts { what: String, attempts: u32 },
     #[error("record {what} in {store} is not valid: {message}")]

@@ -97,12 +97,18 @@ pub struct Served {
 
 impl Served {
     pub fn start(data: &Path, name: &str) -> Served {
+        Served::start_with(data, name, &[])
+    }
+
+    /// With more `sim serve` flags (`--forbid RULE`, `--fault RULE`).
+    pub fn start_with(data: &Path, name: &str, flags: &[&str]) -> Served {
         let kubeconfig = data.with_file_name(format!("kubeconfig-served-{name}"));
         let mut child = modelship()
             .args(["sim", "serve", "--log-format", "json", "--name", name, "--data"])
             .arg(data)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -318,7 +318,51 @@ pub async fn verify_all_blobs(registry: &str, repo: &str, manifest: &[u8]) -> Ve
     checked
 }
 
-// ------------------------------------------------------------ fault proxy
+// ------------------------------------------------------------ fault proxies
+
+/// A loopback TCP relay to `upstream`. Each chunk coming back from
+/// upstream goes through `pass(sent_so_far, chunk_len)`, which may wait and
+/// answers how many of its bytes to pass; fewer than all cuts the
+/// connection after them. Stops accepting when the task is aborted.
+async fn relay<F, Fut>(upstream: &str, pass: F) -> (String, tokio::task::JoinHandle<()>)
+where
+    F: Fn(u64, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = usize> + Send,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let upstream = upstream.to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, pass) = (upstream.clone(), pass.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    let _ = sw.shutdown().await;
+                });
+                let mut sent = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match sr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let keep = pass(sent, n).await.min(n);
+                    if cw.write_all(&buf[..keep]).await.is_err() || keep < n {
+                        break;
+                    }
+                    sent += n as u64;
+                }
+                up.abort();
+            });
+        }
+    });
+    (addr, task)
+}
 
 /// A loopback TCP proxy that, while `cuts` is above zero, drops a
 /// connection once more than `cut_after` bytes went from upstream to the
@@ -331,57 +375,63 @@ pub struct CuttingProxy {
 
 impl CuttingProxy {
     pub async fn start(upstream: &str, cut_after: u64, cuts: i64) -> CuttingProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let cuts = Arc::new(AtomicI64::new(cuts));
-        let upstream = upstream.to_string();
         let c = cuts.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else { return };
-                let upstream = upstream.clone();
-                let cuts = c.clone();
-                tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
-                        let _ = sw.shutdown().await;
-                    });
-                    let mut sent = 0u64;
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if sent + n as u64 > cut_after {
-                            let left = cuts.load(Ordering::SeqCst);
-                            if left != 0 {
-                                if left > 0 {
-                                    cuts.fetch_sub(1, Ordering::SeqCst);
-                                }
-                                let keep = (cut_after - sent) as usize;
-                                let _ = cw.write_all(&buf[..keep]).await;
-                                break;
-                            }
+        let (addr, task) = relay(upstream, move |sent, n| {
+            let cuts = c.clone();
+            async move {
+                if sent + n as u64 > cut_after {
+                    let left = cuts.load(Ordering::SeqCst);
+                    if left != 0 {
+                        if left > 0 {
+                            cuts.fetch_sub(1, Ordering::SeqCst);
                         }
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                        sent += n as u64;
+                        return (cut_after - sent) as usize;
                     }
-                    up.abort();
-                });
+                }
+                n
             }
-        });
+        })
+        .await;
         CuttingProxy { addr, cuts, task }
     }
 }
 
 impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback TCP proxy that holds every byte coming back from upstream
+/// while its gate is closed (it starts closed): a server as slow as the
+/// test wants, without timing.
+pub struct GatedProxy {
+    pub addr: String,
+    gate: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl GatedProxy {
+    pub async fn start(upstream: &str) -> GatedProxy {
+        let (gate, open) = tokio::sync::watch::channel(false);
+        let (addr, task) = relay(upstream, move |_, n| {
+            let mut open = open.clone();
+            async move {
+                // A dropped gate (the proxy is going away) passes nothing.
+                if open.wait_for(|o| *o).await.is_ok() { n } else { 0 }
+            }
+        })
+        .await;
+        GatedProxy { addr, gate, task }
+    }
+
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+impl Drop for GatedProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
