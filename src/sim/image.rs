@@ -50,8 +50,25 @@ pub const IMAGESTREAMS: ResourceType = ResourceType {
         Column::Path { name: "Image Repository", path: "status.publicDockerImageRepository" },
         Column::Path { name: "Tags", path: "status.tags.0.tag" },
     ],
+    decorate: Some(decorate_stream),
     ..ResourceType::namespaced(GROUP, "v1", "ImageStream", "imagestreams", "imagestream")
 };
+
+/// openshift-apiserver's ImageStream strategy `Decorate` sets
+/// `status.dockerImageRepository` from the registry's internal hostname and
+/// `status.publicDockerImageRepository` from its external one on every stream
+/// it returns, created or read (origin
+/// pkg/image/apiserver/registry/imagestream/strategy.go). The sim's registry
+/// is reached at the sim's own address from inside and outside alike.
+fn decorate_stream(api: &SimApi, obj: &mut Value) {
+    let meta = |k: &str| obj.pointer(&format!("/metadata/{k}")).and_then(Value::as_str).unwrap_or("").to_string();
+    let repository = format!("{}/{}/{}", api.registry_host, meta("namespace"), meta("name"));
+    if !obj.get("status").is_some_and(Value::is_object) {
+        obj["status"] = json!({});
+    }
+    obj["status"]["dockerImageRepository"] = json!(repository);
+    obj["status"]["publicDockerImageRepository"] = json!(repository);
+}
 
 /// Served by [`istag_request`], never stored.
 pub const IMAGESTREAMTAGS: ResourceType = ResourceType {

@@ -176,6 +176,8 @@ pub struct SimApi {
     pub registry: registry::RegistryStore,
     /// The data directory (controllers keep work files under it).
     pub data_dir: PathBuf,
+    /// `127.0.0.1:PORT`: the registry's host, inside the cluster and out.
+    pub registry_host: String,
     /// The cluster's CA (serving and client certificates).
     pub pki: Arc<tls::Pki>,
     /// Signs and verifies ServiceAccount tokens.
@@ -368,8 +370,13 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
     }
     rbac::bootstrap(&store).map_err(|e| SimError::Corrupt { path: config.data_dir.clone(), message: e.to_string() })?;
     let registry = registry::RegistryStore::new(config.data_dir.join("registry"));
+    let listener = bind(&config).await?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
+    let address_file = config.data_dir.join(ADDRESS_FILE);
+    std::fs::write(&address_file, addr.to_string()).map_err(|source| SimError::Io { path: address_file, source })?;
     let api = SimApi {
         table,
+        registry_host: addr.to_string(),
         store,
         faults: Arc::new(config.faults.clone()),
         fault_counters: Arc::new(faults::FaultCounters::new(&config.faults)),
@@ -380,10 +387,6 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         build_start_timeout: config.build_start_timeout,
         shutdown: CancellationToken::new(),
     };
-    let listener = bind(&config).await?;
-    let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
-    let address_file = config.data_dir.join(ADDRESS_FILE);
-    std::fs::write(&address_file, addr.to_string()).map_err(|source| SimError::Io { path: address_file, source })?;
     // Outside in: audit, authentication and authorization, faults, then the
     // API; the registry has its own access controller.
     let app = server::router(api.clone())

@@ -33,6 +33,9 @@ pub type UpdateValidator = fn(old: &Value, new: &Value) -> Vec<Cause>;
 /// Kind-specific normalisation before validation (e.g. Secret `stringData`
 /// folded into `data`).
 pub type Normalizer = fn(&mut Value);
+/// Fills what the API server computes on every object it returns (its REST
+/// storage's `Decorator`), from the sim's own settings; never stored.
+pub type Decorator = fn(&super::SimApi, &mut Value);
 
 #[derive(Debug, Clone)]
 pub struct ResourceType {
@@ -62,6 +65,7 @@ pub struct ResourceType {
     /// Defaults the API server fills on create only (its strategy's
     /// `PrepareForCreate`), after `normalize`.
     pub default_on_create: Option<Normalizer>,
+    pub decorate: Option<Decorator>,
     /// Accepts `application/vnd.kubernetes.protobuf` bodies (typed
     /// client-go clients) through this decoder.
     pub protobuf: Option<super::protobuf::Decoder>,
@@ -95,6 +99,7 @@ impl ResourceType {
             validate_update: None,
             normalize: None,
             default_on_create: None,
+            decorate: None,
             protobuf: None,
         }
     }

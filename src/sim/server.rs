@@ -201,6 +201,13 @@ async fn handle(State(api): State<SimApi>, req: Request) -> Response {
     }
 }
 
+/// What the API server adds to every object of `rt` it returns.
+fn decorate(api: &SimApi, rt: &ResourceType, obj: &mut Value) {
+    if let Some(f) = rt.decorate {
+        f(api, obj);
+    }
+}
+
 fn json_response(code: StatusCode, v: &Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
@@ -291,8 +298,9 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
                 .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
             let fields = FieldSelector::parse(&query.field_selector, &[]).map_err(ApiError::bad_request)?;
             let (items, rv) = api.store.list(&rt, info.namespace.as_deref());
-            let items: Vec<Value> =
+            let mut items: Vec<Value> =
                 items.into_iter().filter(|o| labels.matches(&labels_of(o)) && fields.matches(o)).collect();
+            items.iter_mut().for_each(|o| decorate(&api, &rt, o));
             if as_table {
                 return Ok(table_response(&rt, &items, rv, query.include_object.as_deref(), true));
             }
@@ -305,7 +313,8 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
             Ok(json_response(StatusCode::OK, &list))
         }
         (Method::GET, Some(name)) => {
-            let obj = api.store.get(&rt, &ns, &name).ok_or_else(|| ApiError::not_found(&rt, &name))?;
+            let mut obj = api.store.get(&rt, &ns, &name).ok_or_else(|| ApiError::not_found(&rt, &name))?;
+            decorate(&api, &rt, &mut obj);
             if as_table {
                 let rv = resource_version_of(&obj).unwrap_or(0);
                 return Ok(table_response(&rt, &[obj], rv, query.include_object.as_deref(), true));
@@ -324,14 +333,16 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
                     "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
-            let obj = api.store.create_as(&rt, &ns, body, query.dry_run, Some(&manager))?;
+            let mut obj = api.store.create_as(&rt, &ns, body, query.dry_run, Some(&manager))?;
+            decorate(&api, &rt, &mut obj);
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         (Method::PUT, Some(name)) => {
             let manager = update_manager(&rt, &query, req.headers());
             let body = read_json(req, &rt).await?;
             let existed = api.store.get(&rt, &ns, &name).is_some();
-            let obj = api.store.update_as(&rt, &ns, &name, body, Scope::Main, query.dry_run, Some(manager))?;
+            let mut obj = api.store.update_as(&rt, &ns, &name, body, Scope::Main, query.dry_run, Some(manager))?;
+            decorate(&api, &rt, &mut obj);
             Ok(json_response(if existed { StatusCode::OK } else { StatusCode::CREATED }, &obj))
         }
         (Method::PATCH, Some(name)) => {
@@ -340,7 +351,9 @@ async fn handle_inner(api: SimApi, req: Request) -> Result<Response, ApiError> {
             let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
                 .await
                 .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
-            patch(&api, &rt, &ns, &name, &ct, &body, Scope::Main, &query, manager).map(|(c, o)| json_response(c, &o))
+            let (code, mut obj) = patch(&api, &rt, &ns, &name, &ct, &body, Scope::Main, &query, manager)?;
+            decorate(&api, &rt, &mut obj);
+            Ok(json_response(code, &obj))
         }
         (Method::DELETE, Some(name)) => {
             let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
