@@ -814,7 +814,7 @@ async fn wait_for_lease(env: &Env) -> k8s_openapi::api::coordination::v1::Lease 
 /// A promotion whose copy outlasts its lock's duration several times
 /// keeps the lock (renewed every third of it): another runner is refused
 /// throughout, and the promotion records once. Without renewal the Lease
-/// expires after 2 s and the other runner would take it.
+/// expires after 3 s and the other runner would take it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() {
     let env = Env::start().await;
@@ -822,7 +822,7 @@ async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() 
     let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
     env.verify_at(&slow.addr, &digest, "run-1", true).await;
     let mut req = env.request("run-2");
-    req.lock_ttl = Duration::from_secs(2);
+    req.lock_ttl = Duration::from_secs(3);
     let promoting = tokio::spawn({
         let clusters = Clusters::new(env.clusters.environments().clone(), Some(env.kubeconfig.clone()));
         async move { promotion::promote(&clusters, &req, false).await }
@@ -830,8 +830,8 @@ async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() 
     let first = wait_for_lease(&env).await;
     // Three lock durations pass while the copy waits at the gate.
     let other = env.store("prod");
-    for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         match other.try_lock(MODEL, "bob (run other)", Duration::from_secs(60)).await {
             Err(StateError::Locked { holder, .. }) => assert_eq!(holder, "alice (run run-2)"),
             other => panic!("another runner got past a held lock: {other:?}"),
