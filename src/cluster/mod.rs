@@ -223,6 +223,11 @@ impl Clusters {
         // kube's own retry repeats every request on 503, POSTs included,
         // with waits of up to 1000s; ours knows what is safe to repeat.
         config.default_retry = false;
+        // `instantiatebinary` holds its answer until the build runs, up to
+        // five minutes behind a Serial queue (openshift-apiserver
+        // buildconfiginstantiate/rest.go); kube's 295 s read timeout would
+        // cut that wait short and make a queued build look like a lost answer.
+        config.read_timeout = Some(std::time::Duration::from_secs(330));
         let client = kube::client::ClientBuilder::try_from(config)
             .map_err(|source| ClusterError::Client { env: name.to_string(), source })?
             .with_layer(&retry::RetryLayer::new(self.retry))

@@ -66,9 +66,17 @@ impl Remote {
                 tracing::warn!(endpoint = %ep, "insecure: using plain HTTP to the S3 endpoint");
             }
         }
-        let region = RegionProviderChain::first_try(opts.region.clone().map(aws_config::Region::new))
-            .or_default_provider()
-            .or_else(aws_config::Region::from_static(super::DEFAULT_REGION));
+        let fallback = aws_config::Region::from_static(super::DEFAULT_REGION);
+        let region = match (&opts.region, &endpoint) {
+            (Some(r), _) => RegionProviderChain::first_try(aws_config::Region::new(r.clone())),
+            // An S3-compatible endpoint (Ceph RGW, MinIO, ...) takes any
+            // region; asking EC2's metadata service for one only stalls off EC2.
+            (None, Some(_)) => {
+                RegionProviderChain::first_try(aws_config::environment::EnvironmentVariableRegionProvider::new())
+                    .or_else(fallback)
+            }
+            (None, None) => RegionProviderChain::default_provider().or_else(fallback),
+        };
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region).timeout_config(
             aws_config::timeout::TimeoutConfig::builder().connect_timeout(Duration::from_secs(10)).build(),
         );
