@@ -157,3 +157,55 @@ fn rule_blocks_cut_the_role_at_each_rule() {
     assert_eq!(joined.matches("- apiGroups:").count(), blocks.len());
     assert_eq!(field("  - apiGroups: [\"\"]\n    resources: [configmaps]\n", "resources:"), vec!["configmaps"]);
 }
+
+/// `--sim` is only a setup: the same clusters work through `--kubeconfig`
+/// like real ones, as the administrator (client certificate, what the
+/// installer's `system:admin` kubeconfig holds) and as the service account
+/// (token), with the same environment overrides a user can pass.
+#[test]
+fn the_sims_work_through_kubeconfig_with_a_certificate_and_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = weather_fixture(dir.path(), |y| y);
+    let sim = dir.path().join("sim");
+    let out =
+        modelship().arg("run").arg(&pipeline).arg("--sim").arg(&sim).arg("--until").arg("render").output().unwrap();
+    assert!(out.status.success(), "run --sim --until render: {}", String::from_utf8_lossy(&out.stderr));
+    let _dev = cli_support::Served::start(&sim.join("dev"), "dev");
+    let _prod = cli_support::Served::start(&sim.join("prod"), "prod");
+    // The model from files, so no S3 endpoint is needed.
+    let model = dir.path().join("fixtures/weather-model");
+    let local = dir.path().join("pipelines/weather-local.yaml");
+    let yaml = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&local, yaml.replace("s3://models/weather/", &format!("file://{}/", model.display()))).unwrap();
+    let run = |kubeconfig: &str, until: Option<&str>| {
+        let mut cmd = modelship();
+        cmd.arg("run").arg(&local).arg("--kubeconfig").arg(sim.join(kubeconfig));
+        for env in ["dev", "prod"] {
+            cmd.args(["--context", &format!("{env}={env}"), "--registry", &format!("{env}=cluster")]);
+        }
+        if let Some(stage) = until {
+            cmd.args(["--until", stage]);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run("admin.kubeconfig", Some("build"));
+    assert!(
+        out.status.success(),
+        "as system:admin by client certificate, through the build upload:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("kubeconfig", None);
+    assert!(
+        out.status.success(),
+        "as the service account by token, the whole pipeline:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("promoted sha256:"), "{stdout}");
+    let users: std::collections::BTreeSet<String> =
+        audit(&sim, "dev").iter().filter(|e| code(e) < 400).map(|e| user(e).to_string()).collect();
+    assert!(
+        users.contains("system:admin") && users.contains("system:serviceaccount:models-dev:modelship"),
+        "{users:?}"
+    );
+}

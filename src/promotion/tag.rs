@@ -79,7 +79,16 @@ pub async fn point_tag(
                     code(&refused).unwrap_or(0),
                     code(&e).unwrap_or(0)
                 );
-                return edit_stream(client, namespace, stream, tag, image).await;
+                return match edit_stream(client, namespace, stream, tag, image).await {
+                    // Refused both ways: the ImageStreamTag refusal is the one
+                    // to act on (the fallback is for servers without them).
+                    Err(PromotionError::Tag { source, .. })
+                        if code(&source) == Some(403) && code(&refused) == Some(403) =>
+                    {
+                        Err(err(refused))
+                    }
+                    other => other,
+                };
             }
             Err(e) => return Err(err(e)),
         }
