@@ -252,7 +252,7 @@ fn a_multipart_upload_through_boto3_to_moto_is_fetched_and_served() {
     let checkout = Checkout::new();
     checkout.edit(|doc| {
         stage_mut(doc, "fetch")["with"] =
-            yaml(&format!("{{source: 's3://keras-models/weather/', endpoint: '{}'}}", moto.endpoint));
+            yaml(&format!("{{source: 's3://keras-models/weather/', endpoint: '{}', insecure: true}}", moto.endpoint));
     });
     let run = checkout.run();
     run.assert_succeeded();
