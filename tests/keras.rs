@@ -188,9 +188,7 @@ fn assert_nothing_promoted(checkout: &Checkout) {
 
 /// The pipeline's check stage's `with:`.
 fn check_with(doc: &mut serde_yaml::Value) -> &mut serde_yaml::Value {
-    let stages = doc["spec"]["stages"].as_sequence_mut().unwrap();
-    let check = stages.iter_mut().find(|s| s["name"] == "check").unwrap();
-    &mut check["with"]
+    &mut stage_mut(doc, "check")["with"]
 }
 
 fn stage_mut<'a>(doc: &'a mut serde_yaml::Value, name: &str) -> &'a mut serde_yaml::Value {

@@ -60,8 +60,8 @@ struct PartHasher {
 }
 
 impl PartHasher {
-    fn new(sizes: &[u64]) -> PartHasher {
-        let mut sizes = sizes.to_vec().into_iter();
+    fn new(sizes: Vec<u64>) -> PartHasher {
+        let mut sizes = sizes.into_iter();
         let left = sizes.next().unwrap_or(0);
         PartHasher { sizes, left, part: md5::Md5::new(), digests: Vec::new() }
     }
@@ -200,7 +200,7 @@ pub(crate) async fn check(
         let mut md5 = checks.etag_md5.as_ref().map(|_| md5::Md5::new());
         let mut sum = checks.checksum.as_ref().map(|(alg, _)| alg.into_impl());
         let composite = checks.composite_etag.as_ref().filter(|c| c.ready(size));
-        let mut parts = composite.map(|c| PartHasher::new(&c.part_sizes));
+        let mut parts = composite.map(|c| PartHasher::new(c.part_sizes.clone()));
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut buf).map_err(|e| StorageError::io("read", &partial, e))?;
@@ -362,12 +362,12 @@ mod tests {
         }
         let want = format!("{}-3", hex::encode(md5::Md5::digest(&digests)));
         // Fed in pieces that straddle the boundaries.
-        let mut h = PartHasher::new(&[5, 5, 2]);
+        let mut h = PartHasher::new(vec![5, 5, 2]);
         for piece in [&data[..3], &data[3..9], &data[9..]] {
             h.update(piece);
         }
         assert_eq!(h.finish(3), want);
-        let empty = PartHasher::new(&[0]);
+        let empty = PartHasher::new(vec![0]);
         assert_eq!(empty.finish(1), format!("{}-1", hex::encode(md5::Md5::digest(md5::Md5::digest(b"")))));
     }
 }
