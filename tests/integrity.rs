@@ -444,8 +444,9 @@ async fn an_s3_server_returning_wrong_bytes_is_detected_and_nothing_is_kept() {
     for (key, body) in [("single/model.bin", &small), ("ranged/model.bin", &big)] {
         c.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body.clone())).send().await.unwrap();
     }
-    // Multipart: its ETag is not an MD5 and moto stores no checksum, so only
-    // `expectSha256` can catch a corrupted body.
+    // Multipart: its ETag is not the body's MD5 and moto stores no checksum;
+    // the composite ETag (MD5 of the parts' MD5s, parts sized by a HEAD per
+    // part number) and `expectSha256` catch a corrupted body.
     let multi = data(6 << 20);
     let key = "multi/model.bin";
     let up = c.create_multipart_upload().bucket(BUCKET).key(key).send().await.unwrap();
@@ -499,6 +500,13 @@ async fn an_s3_server_returning_wrong_bytes_is_detected_and_nothing_is_kept() {
         assert!(text.contains("checksum mismatch") || text.contains("ETag (MD5) mismatch"), "{text}");
         assert!(!dest.join("model/model.bin").exists(), "{prefix}: a corrupt file was kept under its name");
     }
+
+    let dest = tmp.path().join("multi-etag");
+    let err = fetch(&via, &format!("s3://{BUCKET}/multi/"), json!({}), &dest).await.unwrap_err();
+    println!("integrity: {err}");
+    assert!(matches!(err, StorageError::Mismatch { .. }), "{err}");
+    assert!(err.to_string().contains("multipart ETag (MD5 of the parts' MD5s) mismatch"), "{err}");
+    assert!(!dest.join("model/model.bin").exists());
 
     let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&multi));
     let dest = tmp.path().join("multi");

@@ -366,9 +366,8 @@ fn dockerfile_parser_reads_quoted_env_and_both_cmd_forms() {
     assert_eq!(image.cmd, vec!["/bin/sh", "-c", "exec run $A"]);
 }
 
-/// The Keras wrapper is not served here (no TensorFlow in the test venvs);
-/// this only proves the rendered file is valid Python for the venv's
-/// interpreter.
+/// The Keras wrapper is served with TensorFlow in tests/keras.rs; this only
+/// proves the rendered file is valid Python for the venv's interpreter.
 #[test]
 fn keras_wrapper_compiles() {
     let work = tempfile::tempdir().unwrap();

@@ -21,7 +21,9 @@ if [ -z "$PYTHON" ]; then
   PYTHON="$(command -v python3)"
 fi
 
-for lock in fixtures/requirements-lock/weather.txt; do
+# Other locks (65-keras-venv.sh) are passed as arguments.
+[ $# -gt 0 ] || set -- fixtures/requirements-lock/weather.txt
+for lock in "$@"; do
   hash="$(sha256sum "$lock" | cut -c1-16)"
   target="$CACHE/$hash"
   if [ -f "$target/.complete" ]; then

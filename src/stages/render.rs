@@ -40,7 +40,10 @@ pub const METRICS_PORT: u16 = 6000;
 /// `requirements:` name the package. Versions with wheels for Python 3.11
 /// that accept seldon-core 1.17's `numpy<2`.
 const SKLEARN_PINS: &[&str] = &["scikit-learn==1.5.2", "joblib==1.4.2"];
-const KERAS_PINS: &[&str] = &["tensorflow==2.15.1"];
+/// The newest TensorFlow that co-installs with seldon-core 1.17.1
+/// (`numpy<2`, `protobuf<4`): 2.20 needs protobuf 5. Keras 3 is pinned with it
+/// because a `.keras` file is read by the Keras that wrote it (see the README).
+const KERAS_PINS: &[&str] = &["tensorflow-cpu==2.19.1", "keras==3.15.1"];
 
 /// Packages whose pins the stage owns: seldon-core comes from
 /// `seldonCoreVersion`, setuptools stays below 70 for gunicorn's `pkg_resources`.
@@ -62,7 +65,7 @@ pub enum ModelFormat {
     Sklearn,
     /// A JSON model (`thresholds` or `linear`), plain Python.
     Json,
-    /// `.h5` / `.keras` (template provided, not tested here).
+    /// `.keras` / `.h5`, loaded with Keras.
     Keras,
 }
 
@@ -359,6 +362,16 @@ fn requirement_name(line: &str) -> Option<String> {
     Some(sep.replace_all(&name.to_ascii_lowercase(), "-").into_owned())
 }
 
+/// Distributions that install the same import package: a model's
+/// `tensorflow==…` replaces the wrapper's `tensorflow-cpu==…` pin instead of
+/// installing both.
+fn same_package(name: &str) -> &str {
+    match name {
+        "tensorflow-cpu" => "tensorflow",
+        other => other,
+    }
+}
+
 /// `module.Class` -> (`module/…/file.py`, `Class`); `Class` -> (`Class.py`, `Class`).
 fn class_file(class: &str) -> (String, String) {
     match class.rsplit_once('.') {
@@ -468,7 +481,7 @@ fn choose_class(p: &Params, dir: &Path, files: &[tree::FileEntry]) -> Result<Mod
 fn merged_requirements(p: &Params, dir: &Path, class: &ModelClassSource) -> Result<Vec<String>, RenderError> {
     let mut lines: Vec<(Option<String>, String)> = Vec::new();
     let mut push = |line: &str| {
-        let name = requirement_name(line);
+        let name = requirement_name(line).map(|n| same_package(&n).to_string());
         if let Some(n) = &name
             && let Some(i) = lines.iter().position(|(m, _)| m.as_deref() == Some(n.as_str()))
         {

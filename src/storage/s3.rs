@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
-use super::verify::{self, Checks, RangeState};
+use super::verify::{self, Checks, CompositeEtag, RangeState};
 use super::{Entry, Job, Origin, S3Options, StorageError, UnsafePath, safe_relative};
 
 /// Attempts per range before a dropped connection becomes an error.
@@ -326,7 +326,43 @@ impl Remote {
                 checks.etag_md5 = Checks::md5_etag(entry.etag.as_deref());
             }
         }
+        if let Some(c) = checks.composite_etag.as_mut() {
+            c.part_sizes = self.part_sizes(job, entry, c.parts).await;
+        }
         Ok(checks)
+    }
+
+    /// The sizes of a multipart object's parts, so its composite ETag can be
+    /// recomputed: one part is the whole object; more take a HEAD per part
+    /// number (`x-amz-mp-parts-count` confirms the server answers by part).
+    /// Empty, and the ETag unchecked, when the server does not tell.
+    async fn part_sizes(&self, job: &Job, entry: &Entry, parts: u32) -> Vec<u64> {
+        if parts == 1 {
+            return vec![entry.size];
+        }
+        let Origin::S3 { bucket, key, version_id } = &entry.origin else { unreachable!("S3 entry") };
+        let expected = i32::try_from(parts).ok();
+        let sizes: Result<Vec<u64>, String> = futures::stream::iter(1..=parts)
+            .map(|n| async move {
+                let mut head = self.client.head_object().bucket(bucket).key(key).part_number(n as i32);
+                if let Some(v) = version_id {
+                    head = head.version_id(v);
+                }
+                let out = head.send().await.map_err(|e| DisplayErrorContext(&e).to_string())?;
+                if out.parts_count() != expected {
+                    return Err(format!("part {n}: parts count {:?}", out.parts_count()));
+                }
+                out.content_length()
+                    .and_then(|l| u64::try_from(l).ok())
+                    .ok_or_else(|| format!("part {n}: no Content-Length"))
+            })
+            .buffered(job.req.concurrency.max(1))
+            .try_collect()
+            .await;
+        sizes.unwrap_or_else(|reason| {
+            tracing::debug!(url = %entry.url(), %reason, "multipart ETag not checked: part sizes unknown");
+            Vec::new()
+        })
     }
 
     /// Write bytes `[start, end)` of the object at their offsets, resuming
@@ -521,7 +557,9 @@ fn checks_of(
 ) -> Checks {
     // SSE-KMS and SSE-C ETags are not MD5s of the content.
     let kms = matches!(sse, Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse));
-    let etag_md5 = if kms || sse_customer.is_some() { None } else { Checks::md5_etag(etag) };
+    let not_md5 = kms || sse_customer.is_some();
+    let etag_md5 = if not_md5 { None } else { Checks::md5_etag(etag) };
+    let composite_etag = if not_md5 { None } else { CompositeEtag::parse(etag) };
     // Composite (per-part) checksums end in `-N` and cannot be recomputed
     // without the part boundaries.
     let composite = matches!(checksum_type, Some(ChecksumType::Composite));
@@ -530,7 +568,7 @@ fn checks_of(
     } else {
         sums.into_iter().find_map(|(alg, v)| v.filter(|v| !v.contains('-')).map(|v| (alg, v.to_string())))
     };
-    Checks { etag_md5, checksum }
+    Checks { etag_md5, checksum, composite_etag }
 }
 
 #[cfg(test)]
@@ -578,6 +616,18 @@ mod tests {
                 (ChecksumAlgorithm::Crc64Nvme, None),
             ],
         );
-        assert!(kms.etag_md5.is_none() && kms.checksum.is_none());
+        assert!(kms.etag_md5.is_none() && kms.checksum.is_none() && kms.composite_etag.is_none());
+        let none = [
+            (ChecksumAlgorithm::Sha256, None),
+            (ChecksumAlgorithm::Sha1, None),
+            (ChecksumAlgorithm::Crc32, None),
+            (ChecksumAlgorithm::Crc32c, None),
+            (ChecksumAlgorithm::Crc64Nvme, None),
+        ];
+        let multipart = checks_of(Some(&format!("\"{md5}-2\"")), None, None, None, none);
+        assert_eq!(multipart.etag_md5, None);
+        let composite = multipart.composite_etag.expect("a multipart ETag is checked once its parts are known");
+        assert_eq!((composite.md5_of_md5s.as_str(), composite.parts), (md5, 2));
+        assert!(composite.part_sizes.is_empty());
     }
 }

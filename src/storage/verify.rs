@@ -22,6 +22,75 @@ pub(crate) struct Checks {
     pub etag_md5: Option<String>,
     /// A full-object checksum the server stored (`x-amz-checksum-*`), base64.
     pub checksum: Option<(ChecksumAlgorithm, String)>,
+    /// A multipart upload's ETag (not for SSE-KMS/SSE-C objects either).
+    pub composite_etag: Option<CompositeEtag>,
+}
+
+/// `<hex MD5 of the parts' binary MD5s>-<parts>`, the ETag S3 gives an
+/// object completed from a multipart upload. It can be recomputed from the
+/// bytes once the part boundaries are known (`part_sizes`, from a HEAD per
+/// part number); until then it is not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CompositeEtag {
+    pub md5_of_md5s: String,
+    pub parts: u32,
+    pub part_sizes: Vec<u64>,
+}
+
+impl CompositeEtag {
+    pub fn parse(etag: Option<&str>) -> Option<CompositeEtag> {
+        let (hex, parts) = etag?.trim_matches('"').split_once('-')?;
+        let parts: u32 = parts.parse().ok().filter(|n| (1..=10_000).contains(n))?;
+        let md5 = Checks::md5_etag(Some(hex))?;
+        Some(CompositeEtag { md5_of_md5s: md5, parts, part_sizes: Vec::new() })
+    }
+
+    /// Checkable: one size per part, adding up to the object's size.
+    fn ready(&self, size: u64) -> bool {
+        self.part_sizes.len() == self.parts as usize && self.part_sizes.iter().sum::<u64>() == size
+    }
+}
+
+/// The composite ETag of bytes fed in order, cut at known part sizes.
+struct PartHasher {
+    sizes: std::vec::IntoIter<u64>,
+    left: u64,
+    part: md5::Md5,
+    digests: Vec<u8>,
+}
+
+impl PartHasher {
+    fn new(sizes: Vec<u64>) -> PartHasher {
+        let mut sizes = sizes.into_iter();
+        let left = sizes.next().unwrap_or(0);
+        PartHasher { sizes, left, part: md5::Md5::new(), digests: Vec::new() }
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = bytes.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            self.part.update(&bytes[..take]);
+            bytes = &bytes[take..];
+            self.left -= take as u64;
+            if self.left == 0 {
+                self.end_part();
+            }
+        }
+    }
+
+    fn end_part(&mut self) {
+        let part = std::mem::replace(&mut self.part, md5::Md5::new());
+        self.digests.extend_from_slice(&part.finalize());
+        self.left = self.sizes.next().unwrap_or(u64::MAX);
+    }
+
+    fn finish(mut self, parts: u32) -> String {
+        // Empty trailing parts (an empty object's only part) saw no bytes.
+        while self.digests.len() < parts as usize * 16 {
+            self.end_part();
+        }
+        format!("{}-{parts}", hex::encode(md5::Md5::digest(&self.digests)))
+    }
 }
 
 impl Checks {
@@ -130,6 +199,8 @@ pub(crate) async fn check(
         let mut sha = sha2::Sha256::new();
         let mut md5 = checks.etag_md5.as_ref().map(|_| md5::Md5::new());
         let mut sum = checks.checksum.as_ref().map(|(alg, _)| alg.into_impl());
+        let composite = checks.composite_etag.as_ref().filter(|c| c.ready(size));
+        let mut parts = composite.map(|c| PartHasher::new(c.part_sizes.clone()));
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut buf).map_err(|e| StorageError::io("read", &partial, e))?;
@@ -143,12 +214,22 @@ pub(crate) async fn check(
             if let Some(s) = sum.as_mut() {
                 s.update(&buf[..n]);
             }
+            if let Some(p) = parts.as_mut() {
+                p.update(&buf[..n]);
+            }
         }
         let sha = hex::encode(sha.finalize());
         if let (Some(m), Some(want)) = (md5, &checks.etag_md5) {
             let got = hex::encode(m.finalize());
             if &got != want {
                 return Err(mismatch("ETag (MD5)", want.clone(), got));
+            }
+        }
+        if let (Some(p), Some(c)) = (parts, composite) {
+            let want = format!("{}-{}", c.md5_of_md5s, c.parts);
+            let got = p.finish(c.parts);
+            if got != want {
+                return Err(mismatch("multipart ETag (MD5 of the parts' MD5s)", want, got));
             }
         }
         if let (Some(s), Some((alg, want))) = (sum, &checks.checksum) {
@@ -264,5 +345,29 @@ mod tests {
         );
         assert_eq!(Checks::md5_etag(Some("\"d41d8cd98f00b204e9800998ecf8427e-2\"")), None);
         assert_eq!(Checks::md5_etag(None), None);
+    }
+
+    #[test]
+    fn composite_etags_parse_and_recompute_over_part_boundaries() {
+        let c = CompositeEtag::parse(Some("\"D41D8CD98F00B204E9800998ECF8427E-3\"")).unwrap();
+        assert_eq!((c.md5_of_md5s.as_str(), c.parts), ("d41d8cd98f00b204e9800998ecf8427e", 3));
+        for bad in ["d41d8cd98f00b204e9800998ecf8427e", "d41d8cd98f00b204e9800998ecf8427e-0", "xyz-2", "-2"] {
+            assert_eq!(CompositeEtag::parse(Some(bad)), None, "{bad}");
+        }
+        // What S3 computes: MD5 over the concatenated binary MD5s of the parts.
+        let data: Vec<u8> = (0..12u8).collect();
+        let mut digests = Vec::new();
+        for part in [&data[..5], &data[5..10], &data[10..]] {
+            digests.extend_from_slice(&md5::Md5::digest(part));
+        }
+        let want = format!("{}-3", hex::encode(md5::Md5::digest(&digests)));
+        // Fed in pieces that straddle the boundaries.
+        let mut h = PartHasher::new(vec![5, 5, 2]);
+        for piece in [&data[..3], &data[3..9], &data[9..]] {
+            h.update(piece);
+        }
+        assert_eq!(h.finish(3), want);
+        let empty = PartHasher::new(vec![0]);
+        assert_eq!(empty.finish(1), format!("{}-1", hex::encode(md5::Md5::digest(md5::Md5::digest(b"")))));
     }
 }

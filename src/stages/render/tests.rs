@@ -146,7 +146,50 @@ fn keras_wrapper_template_renders() {
     let out = tempfile::tempdir().unwrap();
     let ctx = render_context(&Catalog::embedded(), &input(model.path(), params), &out.path().join("c")).unwrap();
     assert!(read(&ctx, "Weather.py").contains("class Weather:"));
-    assert!(read(&ctx, "requirements.txt").contains("tensorflow==2.15.1"));
+    assert!(read(&ctx, "Weather.py").contains("load_model(MODEL_FILE, compile=False)"));
+}
+
+#[test]
+fn keras_requirements_equal_the_checked_in_lock() {
+    // scripts/setup.d/65-keras-venv.sh pre-warms the sim's venv for this lock:
+    // the generated wrapper's default pins and the weather-keras fixture's own
+    // requirements.txt render the same file, so both are served by one venv.
+    let lock = fs::read_to_string(fixture("requirements-lock/keras.txt")).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let user = render_context(
+        &Catalog::embedded(),
+        &input(&fixture("weather-keras-model"), Params::default()),
+        &out.path().join("user"),
+    )
+    .unwrap();
+    assert_eq!(user.class, ModelClassSource::User { file: "MyModel.py".into() });
+    assert_eq!(read(&user, "requirements.txt"), lock);
+
+    let bare = tempfile::tempdir().unwrap();
+    fs::copy(fixture("weather-keras-model/weather.keras"), bare.path().join("weather.keras")).unwrap();
+    let generated =
+        render_context(&Catalog::embedded(), &input(bare.path(), Params::default()), &out.path().join("gen")).unwrap();
+    assert_eq!(
+        generated.class,
+        ModelClassSource::Generated { format: "keras", file: "MyModel.py".into(), model_file: "weather.keras".into() }
+    );
+    assert_eq!(read(&generated, "requirements.txt"), lock);
+}
+
+#[test]
+fn a_models_tensorflow_pin_replaces_the_default_tensorflow_cpu() {
+    // Both distributions install the `tensorflow` package; installing the two
+    // side by side leaves whichever pip unpacks last.
+    let model = tempfile::tempdir().unwrap();
+    fs::write(model.path().join("weather.keras"), b"x").unwrap();
+    fs::write(model.path().join("requirements.txt"), "tensorflow==2.19.1\n").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let ctx =
+        render_context(&Catalog::embedded(), &input(model.path(), Params::default()), &out.path().join("c")).unwrap();
+    let reqs = read(&ctx, "requirements.txt");
+    assert!(reqs.contains("\ntensorflow==2.19.1\n"), "{reqs}");
+    assert!(!reqs.contains("tensorflow-cpu"), "{reqs}");
+    assert!(reqs.contains("\nkeras==3.15.1\n"), "{reqs}");
 }
 
 #[test]
