@@ -277,14 +277,16 @@ mod tests {
     async fn a_kubeconfig_without_the_named_context_is_an_error_naming_what_it_has() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("kubeconfig");
-        std::fs::write(
-            &file,
-            crate::sim::kubeconfig_yaml(&[
-                ("a".into(), "http://127.0.0.1:1".into()),
-                ("b".into(), "http://127.0.0.1:2".into()),
-            ]),
-        )
-        .unwrap();
+        let mut kc = String::from("apiVersion: v1\nkind: Config\ncurrent-context: a\nclusters:\n");
+        for (n, port) in [("a", 1), ("b", 2)] {
+            kc.push_str(&format!("- name: {n}\n  cluster:\n    server: https://127.0.0.1:{port}\n"));
+        }
+        kc.push_str("contexts:\n");
+        for n in ["a", "b"] {
+            kc.push_str(&format!("- name: {n}\n  context:\n    cluster: {n}\n    user: {n}\n"));
+        }
+        kc.push_str("users:\n- name: a\n  user:\n    token: t\n- name: b\n  user:\n    token: t\n");
+        std::fs::write(&file, kc).unwrap();
         let e = from_kubeconfigs("dev", &env(Some("dev-cluster")), std::slice::from_ref(&file)).await.unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -270,7 +270,12 @@ pub fn stage_duration(ms: Option<u64>) -> String {
 /// What `resume with:` repeats so the resumed run finds the same clusters.
 fn rerun_args(args: &RunArgs) -> String {
     let mut out = args.file.display().to_string();
-    for (flag, value) in [("--sim", &args.sim), ("--kubeconfig", &args.kubeconfig), ("--workspace", &args.workspace)] {
+    for (flag, value) in [
+        ("--sim", &args.sim),
+        ("--sim-rbac", &args.sim_rbac),
+        ("--kubeconfig", &args.kubeconfig),
+        ("--workspace", &args.workspace),
+    ] {
         if let Some(v) = value {
             out.push_str(&format!(" {flag} {}", v.display()));
         }

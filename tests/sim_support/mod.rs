@@ -3,7 +3,8 @@
 //! a context for each (shared by the promotion, race and integrity tests).
 //! Its user is the ServiceAccount `default/modelship` by token, which the
 //! integrated registry needs (it takes no client certificates), bound to
-//! `cluster-admin` for now.
+//! `cluster-admin`: these library-level tests exercise promotion logic, not
+//! the Role (`tests/sim_rbac.rs` runs the CLI with exactly the shipped one).
 
 use std::path::{Path, PathBuf};
 
