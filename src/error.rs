@@ -52,7 +52,11 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     if let Some(line) = refusal(&text) {
         return line;
     }
-    if unauthorized {
+    if unauthorized && text.contains("credentials of user `serviceaccount` were rejected") {
+        // The cluster's own token: OpenShift's registry answers 401, not
+        // 403, when a valid token may not pull or push (image-registry auth.go).
+        text.push_str(CLUSTER_TOKEN_401_HINT);
+    } else if unauthorized {
         text.push_str(REGISTRY_401_HINT);
         if !text.contains("--authfile") {
             text.push_str(" or pass --authfile");
@@ -63,6 +67,8 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Where the runner's RBAC lives, named in every refusal.
 pub const ROLE_FILE: &str = ".tekton/rbac/modelship.yaml";
+
+const CLUSTER_TOKEN_401_HINT: &str = "; hint: the integrated registry refuses a token that may not pull or push with 401 too: the identity needs get (pull) and update (push) on imagestreams/layers in the repository's namespace, which the Role in .tekton/rbac/modelship.yaml grants";
 
 const REGISTRY_401_HINT: &str = "; hint: the registry wants valid credentials: name a kubernetes.io/dockerconfigjson Secret with them as the environment's `registrySecret`, or log in first (`oc registry login`)";
 

@@ -774,7 +774,7 @@ async fn a_promotion_pushes_with_the_credentials_of_the_registry_secret() {
     put_registry_secret(&env, "kubernetes.io/dockerconfigjson", &registry.addr, "robot", "pw-in-the-secret-1").await;
     let out = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap();
     assert!(out.recorded);
-    let src = skopeo_raw(&format!("{}/models-dev/{MODEL}@{digest}", env.dev().registry_host()));
+    let src = skopeo_raw(env.dev(), &format!("models-dev/{MODEL}@{digest}"));
     let dst = registry_support::skopeo(&[
         "inspect",
         "--raw",

@@ -182,14 +182,18 @@ pub async fn cluster_registry_access(clusters: &Clusters, name: &str) -> Result<
 /// Copy options between `from` and `to`: each one's integrated registry is
 /// trusted with its cluster's CA and offered its cluster's token where no
 /// explicit credential names it; `insecure` stays the explicit opt-out.
-fn copy_options(auth: &AuthStore, from: &EnvTarget, to: &EnvTarget) -> CopyOptions {
+///
+/// The hosts are those of the references copied: the source image as the
+/// `from` environment recorded it (its registry, or an address in front of
+/// it) and the destination in `to`.
+fn copy_options(auth: &AuthStore, from: &EnvTarget, to: &EnvTarget, src: &ImageRef, dst: &ImageRef) -> CopyOptions {
     let mut auth = copy_auth(auth, from, to);
     let mut roots = std::collections::BTreeMap::<String, Vec<Vec<u8>>>::new();
-    for env in [from, to] {
+    for (env, host) in [(from, &src.registry), (to, &dst.registry)] {
         if let Some(access) = &env.cluster_access {
-            roots.entry(env.registry.clone()).or_default().extend(access.roots.iter().cloned());
+            roots.entry(host.clone()).or_default().extend(access.roots.iter().cloned());
             if let Some(token) = &access.token {
-                auth.add_cluster_token(&env.registry, &env.name, token.clone());
+                auth.add_cluster_token(host, &env.name, token.clone());
             }
         }
     }
@@ -538,7 +542,7 @@ async fn locked_promote(
     mut outcome: PromoteOutcome,
 ) -> Result<PromoteOutcome, PromotionError> {
     let lock_err = ledger_err(&req.model, to_store);
-    let opts = copy_options(&req.auth, from, to);
+    let opts = copy_options(&req.auth, from, to, source, dst);
     let stats = copy_while_locked(keeper, source, dst, &opts).await.map_err(&lock_err)??;
     tracing::info!(
         model = %req.model, from = %req.from, to = %req.to, digest = %stats.digest,
@@ -683,7 +687,7 @@ async fn locked_rollback(
         .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
     let dst = ImageRef::parse(&format!("{repo}:{}", req.tag))
         .map_err(|source| PromotionError::BadImage { image: repo.clone(), source })?;
-    let opts = copy_options(&req.auth, target, target);
+    let opts = copy_options(&req.auth, target, target, &src, &dst);
     let stats = copy_while_locked(keeper, &src, &dst, &opts).await.map_err(&lock_err)??;
     let pinned = src.to_string();
     keeper.check().map_err(&lock_err)?;

@@ -213,9 +213,10 @@ impl HasExitClass for FetchModelError {
             FetchModelError::Param { .. }
             | FetchModelError::NoStateEnvironment { .. }
             | FetchModelError::Secret { .. } => ExitClass::BadInput,
-            FetchModelError::Kube { source: kube::Error::Api(s), .. } if s.code == 404 || s.code == 403 => {
-                ExitClass::BadInput
-            }
+            // A Secret the pipeline names that is not there is its
+            // configuration; a refusal to read it is the cluster's (exit 1,
+            // like every other 403).
+            FetchModelError::Kube { source: kube::Error::Api(s), .. } if s.code == 404 => ExitClass::BadInput,
             FetchModelError::Kube { .. } => ExitClass::Failed,
             FetchModelError::Cluster(e) => e.exit_class(),
             FetchModelError::Storage(e) => e.exit_class(),

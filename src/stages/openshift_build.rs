@@ -946,7 +946,8 @@ async fn stream_log(client: kube::Client, ns: String, name: String) {
                 tracing::info!(target: "modelship::build_log", build = %name, "{}", crate::secret::mask(&line));
             }
         }
-        Err(e) => tracing::warn!(build = %name, error = %e, "cannot stream the build log"),
+        // The build goes on without its log; say why in one line.
+        Err(e) => tracing::warn!(build = %name, "cannot stream the build log: {}", crate::error::chain(&e)),
     }
 }
 

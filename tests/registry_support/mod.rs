@@ -406,6 +406,9 @@ impl Drop for CuttingProxy {
 /// A loopback TCP proxy that holds every byte coming back from upstream
 /// while its gate is closed (it starts closed): a server as slow as the
 /// test wants, without timing.
+/// Bytes per connection a closed [`GatedProxy`] still passes.
+const GATE_AFTER: u64 = 4096;
+
 pub struct GatedProxy {
     pub addr: String,
     gate: tokio::sync::watch::Sender<bool>,
@@ -415,9 +418,15 @@ pub struct GatedProxy {
 impl GatedProxy {
     pub async fn start(upstream: &str) -> GatedProxy {
         let (gate, open) = tokio::sync::watch::channel(false);
-        let (addr, task) = relay(upstream, move |_, n| {
+        let (addr, task) = relay(upstream, move |sent, n| {
             let mut open = open.clone();
             async move {
+                // A connection's first bytes (the TLS handshake, a ping)
+                // pass, so the client is connected and waits for its data
+                // rather than failing to connect.
+                if sent + n as u64 <= GATE_AFTER {
+                    return n;
+                }
                 // A dropped gate (the proxy is going away) passes nothing.
                 if open.wait_for(|o| *o).await.is_ok() { n } else { 0 }
             }
