@@ -811,6 +811,21 @@ async fn wait_for_lease(env: &Env) -> k8s_openapi::api::coordination::v1::Lease 
     panic!("the promotion never took its lock");
 }
 
+/// A promotion (lock duration 3 s) of a digest verified at a gated proxy in
+/// front of dev's registry: its copy waits until the gate opens.
+async fn promote_through_a_closed_gate(
+    env: &Env,
+) -> (registry_support::GatedProxy, tokio::task::JoinHandle<Result<promotion::PromoteOutcome, promotion::PromotionError>>)
+{
+    let digest = env.push("v1").await;
+    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
+    env.verify_at(&slow.addr, &digest, "run-1", true).await;
+    let mut req = env.request("run-2");
+    req.lock_ttl = Duration::from_secs(3);
+    let clusters = Clusters::new(env.clusters.environments().clone(), Some(env.kubeconfig.clone()));
+    (slow, tokio::spawn(async move { promotion::promote(&clusters, &req, false).await }))
+}
+
 /// A promotion whose copy outlasts its lock's duration several times
 /// keeps the lock (renewed every third of it): another runner is refused
 /// throughout, and the promotion records once. Without renewal the Lease
@@ -818,15 +833,7 @@ async fn wait_for_lease(env: &Env) -> k8s_openapi::api::coordination::v1::Lease 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() {
     let env = Env::start().await;
-    let digest = env.push("v1").await;
-    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
-    env.verify_at(&slow.addr, &digest, "run-1", true).await;
-    let mut req = env.request("run-2");
-    req.lock_ttl = Duration::from_secs(3);
-    let promoting = tokio::spawn({
-        let clusters = Clusters::new(env.clusters.environments().clone(), Some(env.kubeconfig.clone()));
-        async move { promotion::promote(&clusters, &req, false).await }
-    });
+    let (slow, promoting) = promote_through_a_closed_gate(&env).await;
     let first = wait_for_lease(&env).await;
     // Three lock durations pass while the copy waits at the gate.
     let other = env.store("prod");
@@ -857,15 +864,7 @@ async fn a_copy_slower_than_the_lock_duration_keeps_the_lock_and_records_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_lost_during_the_copy_stops_the_promotion_before_it_tags_or_records() {
     let env = Env::start().await;
-    let digest = env.push("v1").await;
-    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
-    env.verify_at(&slow.addr, &digest, "run-1", true).await;
-    let mut req = env.request("run-2");
-    req.lock_ttl = Duration::from_secs(3);
-    let promoting = tokio::spawn({
-        let clusters = Clusters::new(env.clusters.environments().clone(), Some(env.kubeconfig.clone()));
-        async move { promotion::promote(&clusters, &req, false).await }
-    });
+    let (slow, promoting) = promote_through_a_closed_gate(&env).await;
     let mut lease = wait_for_lease(&env).await;
     lease.spec.as_mut().unwrap().holder_identity = Some("mallory (run stolen)".into());
     lease.spec.as_mut().unwrap().lease_duration_seconds = Some(600);

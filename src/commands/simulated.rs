@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::CommandError;
 use crate::error::ExitClass;
-use crate::sim::{SimConfig, SimServer};
+use crate::sim::{KubeUser, KubeconfigEntry, SimConfig, SimServer};
 use crate::spec::{Overrides, Pipeline, RegistryOverride};
 
 /// The RBAC a platform team applies in every namespace modelship uses.
@@ -115,20 +115,13 @@ impl SimClusters {
             tracing::info!(environment = %name, url = %sim.url(), "simulated cluster started");
             self.sims.push(sim);
         }
-        let mut admin = KubeconfigDoc::default();
-        let mut user = KubeconfigDoc::default();
+        let mut admin = Vec::new();
+        let mut user = Vec::new();
         let mut admins = BTreeMap::new();
         for (sim, (name, env)) in self.sims.iter().zip(&pipeline.spec.environments) {
             let kc = Kubeconfig::from_yaml(&sim.kubeconfig())
                 .map_err(|e| failed(format!("simulated cluster `{name}`: its kubeconfig: {e}")))?;
-            let client = client_for(kc.clone(), name).await?;
-            let ca = kc
-                .clusters
-                .first()
-                .and_then(|c| c.cluster.as_ref())
-                .and_then(|c| c.certificate_authority_data.clone())
-                .ok_or_else(|| failed(format!("simulated cluster `{name}`: its kubeconfig has no CA")))?;
-            admin.add_from(name, &kc);
+            let client = client_for(kc, name).await?;
             ensure_namespace(&client, name, &env.namespace).await?;
             for doc in rbac {
                 apply(&client, &env.namespace, doc).await.map_err(|e| failed(format!("environment `{name}`: {e}")))?;
@@ -149,11 +142,13 @@ impl SimClusters {
                     .await
                     .map_err(|e| failed(format!("environment `{name}`: Secret {}/{secret}: {e}", env.namespace)))?;
             }
-            user.add(name, &sim.url(), &ca, &env.namespace, json!({ "token": token }));
+            // Sims are named after their environment, so are the contexts.
+            admin.push(sim.admin_entry());
+            user.push(KubeconfigEntry { user: KubeUser::Token(token), ..sim.admin_entry() });
             admins.insert(name.clone(), client);
         }
-        write(&self.admin_kubeconfig, &admin)?;
-        write(&self.kubeconfig, &user)?;
+        write(&self.admin_kubeconfig, &crate::sim::kubeconfig_yaml(&admin))?;
+        write(&self.kubeconfig, &crate::sim::kubeconfig_yaml(&user))?;
         if opts.serve_s3 {
             self.serve_model(pipeline, pipeline_path, dir, &admins).await?;
         }
@@ -308,58 +303,10 @@ async fn put_secret(
     }
 }
 
-/// A kubeconfig being written: clusters, users and contexts by name.
-#[derive(Default)]
-struct KubeconfigDoc {
-    clusters: Vec<Value>,
-    users: Vec<Value>,
-    contexts: Vec<Value>,
-}
-
-impl KubeconfigDoc {
-    fn add(&mut self, name: &str, server: &str, ca_data: &str, namespace: &str, user: Value) {
-        self.clusters
-            .push(json!({ "name": name, "cluster": { "server": server, "certificate-authority-data": ca_data } }));
-        self.users.push(json!({ "name": name, "user": user }));
-        self.contexts
-            .push(json!({ "name": name, "context": { "cluster": name, "user": name, "namespace": namespace } }));
-    }
-
-    /// The first cluster and user of `kc` (a sim's own kubeconfig), renamed.
-    fn add_from(&mut self, name: &str, kc: &Kubeconfig) {
-        let raw = |v: serde_json::Result<Value>| v.unwrap_or(Value::Null);
-        let cluster = kc.clusters.first().and_then(|c| c.cluster.as_ref()).map(|c| raw(serde_json::to_value(c)));
-        self.clusters.push(json!({ "name": name, "cluster": cluster }));
-        // Client certificate and key data, as the sim wrote them.
-        let user = kc.auth_infos.first().and_then(|a| a.auth_info.as_ref()).map(|a| {
-            json!({
-                "client-certificate-data": a.client_certificate_data,
-                "client-key-data": a.client_key_data.as_ref().map(secrecy::ExposeSecret::expose_secret),
-            })
-        });
-        self.users.push(json!({ "name": name, "user": user }));
-        self.contexts.push(json!({ "name": name, "context": { "cluster": name, "user": name } }));
-    }
-
-    fn render(&self) -> Value {
-        let current = self.contexts.first().and_then(|c| c["name"].as_str()).unwrap_or_default();
-        json!({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "preferences": {},
-            "current-context": current,
-            "clusters": self.clusters,
-            "users": self.users,
-            "contexts": self.contexts,
-        })
-    }
-}
-
 /// Written owner-only: it holds credentials.
-fn write(path: &Path, doc: &KubeconfigDoc) -> Result<(), CommandError> {
+fn write(path: &Path, text: &str) -> Result<(), CommandError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let text = crate::spec::yaml::to_string(&doc.render()).map_err(|e| CommandError::new(ExitClass::Internal, e))?;
     let _ = std::fs::remove_file(path);
     std::fs::OpenOptions::new()
         .write(true)
