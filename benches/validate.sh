@@ -17,7 +17,8 @@ example="$root/fixtures/pipelines/weather.yaml"
 runs="${RUNS:-20}"
 
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+. "$root/benches/lib.sh"
+trap 'rm -rf "$work" "$BENCH_WORK"' EXIT
 
 # 1,000 distinct pipelines: the example shape with names, params and
 # references varied so nothing is trivially identical.
@@ -76,7 +77,7 @@ measure() {
     for _ in $(seq "$runs"); do
         local start end
         start=$(date +%s%N)
-        "$@" > /dev/null 2>&1 || true
+        "$@" > /dev/null 2>"$work/err" || { echo "failed (exit $?): $*" >&2; cat "$work/err" >&2; exit 1; }
         end=$(date +%s%N)
         times+=($(( (end - start) / 1000 )))
     done
@@ -84,9 +85,13 @@ measure() {
 }
 
 echo "modelship validate ($bin), best/median of $runs runs"
-read -r best med < <(measure "$bin" validate "$example")
+read -r best med < <(measure "$bin" validate "$example") || exit 1
+[ -n "$med" ] || exit 1
+bench_note "validate 1 pipeline" "median $med ms, best $best ms over $runs runs (target < 20 ms)" >/dev/null
 echo "one file (example pipeline):   best ${best} ms, median ${med} ms  target < 20 ms   ratio to target $(awk "BEGIN{printf \"%.3f\", $med/20}")"
-read -r best med < <(measure "$bin" validate "$work"/p*.yaml)
+read -r best med < <(measure "$bin" validate "$work"/p*.yaml) || exit 1
+[ -n "$med" ] || exit 1
+bench_note "validate 1,000 pipelines" "median $med ms, best $best ms over $runs runs (target < 1 s)" >/dev/null
 echo "1,000 files, one invocation:   best ${best} ms, median ${med} ms  target < 1000 ms ratio to target $(awk "BEGIN{printf \"%.3f\", $med/1000}")"
 ok=$("$bin" validate "$work"/p*.yaml 2>/dev/null | grep -c ': ok$' || true)
 echo "generated files reported ok: $ok / 1000"

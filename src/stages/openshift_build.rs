@@ -19,7 +19,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +32,9 @@ use serde_json::{Value, json};
 use super::render::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
 use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::openshift::{Build, BuildConfig, ImageStream};
+
+mod context;
+pub use context::context_stream;
 
 /// Annotations modelship puts on the Builds it starts.
 pub const RUN_ANNOTATION: &str = "modelship.io/run";
@@ -615,83 +617,6 @@ async fn remember_image(streams: &Api<ImageStream>, t: &Target, digest: &str) ->
     streams.get(&t.stream).await.map_err(api_err("get", what, &t.namespace))
 }
 
-/// A `Write` that hands full chunks to an async channel (from a blocking thread).
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
-    buf: Vec<u8>,
-}
-
-const CHUNK: usize = 256 * 1024;
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-            self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the upload was closed"))?;
-        }
-        Ok(())
-    }
-}
-
-/// How hard to compress the context: model weights are often
-/// incompressible, and deflating a gigabyte of them costs seconds of CPU for
-/// nothing. A sample from the largest files decides: if deflate saves under
-/// a tenth, the gzip stream uses stored blocks (still a valid gzip tar, at
-/// the speed of a copy).
-fn compression_for(dir: &Path, files: &[(String, u64)]) -> flate2::Compression {
-    const SAMPLE: u64 = 64 * 1024;
-    let mut largest: Vec<&(String, u64)> = files.iter().collect();
-    largest.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
-    let (mut weight, mut weighted) = (0f64, 0f64);
-    for (rel, size) in largest.into_iter().take(16) {
-        let mut sample = Vec::new();
-        let Ok(f) = std::fs::File::open(dir.join(rel)) else { continue };
-        if std::io::Read::read_to_end(&mut std::io::Read::take(f, SAMPLE), &mut sample).is_err() || sample.is_empty() {
-            continue;
-        }
-        let mut gz = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-        let packed = gz.write_all(&sample).and_then(|()| gz.finish()).map_or(sample.len(), |v| v.len());
-        weight += *size as f64;
-        weighted += *size as f64 * packed as f64 / sample.len() as f64;
-    }
-    if weight > 0.0 && weighted / weight > 0.9 { flate2::Compression::none() } else { flate2::Compression::fast() }
-}
-
-/// The context as a gzip tar, produced on a blocking thread while it is
-/// sent: at most a few chunks are in memory at once.
-pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let err_tx = tx.clone();
-        let result = (|| -> std::io::Result<()> {
-            let files = context_files(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
-            let level = compression_for(&dir, &files);
-            let gz = flate2::write::GzEncoder::new(ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) }, level);
-            // tar copies file data in 8 KiB writes; a large buffer in front
-            // of the compressor lets it work on whole megabytes at a time.
-            let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, gz));
-            tar.follow_symlinks(false);
-            for (rel, _) in files {
-                tar.append_path_with_name(dir.join(&rel), &rel)?;
-            }
-            let gz = tar.into_inner()?.into_inner().map_err(std::io::IntoInnerError::into_error)?;
-            let mut w = gz.finish()?;
-            w.flush()
-        })();
-        if let Err(e) = result {
-            let _ = err_tx.blocking_send(Err(e));
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
 /// POST instantiatebinary with the streamed context; the Build it created.
 ///
 /// The POST names its Build server-side, so it is never simply repeated:
@@ -964,49 +889,8 @@ async fn log_tail(client: &kube::Client, ns: &str, name: &str) -> String {
 }
 
 #[cfg(test)]
-mod compression_tests {
-    use super::*;
-
-    #[test]
-    fn incompressible_contexts_are_stored_and_text_is_deflated() {
-        let dir = tempfile::tempdir().unwrap();
-        // xorshift: incompressible without a dependency.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(dir.path().join("weights.bin"), &noise).unwrap();
-        std::fs::write(dir.path().join("Dockerfile"), "FROM python:3.11\n".repeat(10)).unwrap();
-        let files = context_files(dir.path()).unwrap();
-        assert_eq!(compression_for(dir.path(), &files), flate2::Compression::none());
-        std::fs::write(dir.path().join("weights.bin"), "0.125, ".repeat(50_000)).unwrap();
-        let files = context_files(dir.path()).unwrap();
-        assert_eq!(compression_for(dir.path(), &files), flate2::Compression::fast());
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn context_stream_is_a_gzip_tar_of_the_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Dockerfile"), "FROM x\n").unwrap();
-        std::fs::create_dir(dir.path().join("model")).unwrap();
-        std::fs::write(dir.path().join("model/w.bin"), vec![7u8; 600_000]).unwrap();
-        let chunks: Vec<Bytes> = context_stream(dir.path().to_path_buf()).try_collect().await.unwrap();
-        let all: Vec<u8> = chunks.concat();
-        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&all[..]));
-        let names: Vec<String> =
-            ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, vec!["Dockerfile", "model/w.bin"]);
-    }
 
     #[test]
     fn run_of_reads_annotations_or_the_revision_message() {

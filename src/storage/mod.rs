@@ -566,14 +566,19 @@ async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(Manif
         let dir = p.parent().expect("joined path has a parent");
         tokio::fs::create_dir_all(dir).await.map_err(|e| StorageError::io("create directory", dir, e))?;
     }
-    let checks = match &entry.origin {
+    let (checks, digests) = match &entry.origin {
         Origin::S3 { .. } => {
             let remote = job.s3.as_ref().expect("S3 entries come with a client");
-            remote.download(job, entry, &partial).await?
+            let got = remote.download(job, entry, &partial).await?;
+            (got.checks, got.digests)
         }
-        Origin::File { path } => local::copy(job, path, &partial, entry.size).await?,
+        Origin::File { path } => (local::copy(job, path, &partial, entry.size).await?, None),
     };
-    let sha256 = match verify::check(&partial, entry, &checks, expect).await {
+    let verified = match &digests {
+        Some(d) => verify::check_digests(&partial, entry, &checks, d, expect).await,
+        None => verify::check(&partial, entry, &checks, expect).await,
+    };
+    let sha256 = match verified {
         Ok(sha) => sha,
         Err(e) => {
             // Corrupt bytes must not be resumed from: start over next time.

@@ -11,7 +11,6 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{ChecksumMode, ChecksumType, ServerSideEncryption};
 use aws_smithy_checksums::ChecksumAlgorithm;
-use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
@@ -22,6 +21,10 @@ use super::{Entry, Job, Origin, S3Options, StorageError, UnsafePath, safe_relati
 const MAX_ATTEMPTS: u32 = 5;
 /// Bytes gathered from the body before one positioned write.
 const WRITE_CHUNK: usize = 1 << 20;
+/// Bytes the hasher reads back at a time.
+const HASH_CHUNK: usize = 1 << 20;
+/// Multipart parts up to this size are fetched one range per part.
+const MAX_PART_RANGE: u64 = 64 << 20;
 /// A body that sends nothing for this long counts as dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -238,35 +241,16 @@ impl Remote {
     }
 
     /// Download `entry` into `partial`: one GET for small objects, ranged GETs
-    /// of `part_size` for bigger ones, each retried from the byte where its
-    /// connection dropped. Completed ranges are recorded so another call
-    /// continues from them.
-    pub async fn download(&self, job: &Job, entry: &Entry, partial: &Path) -> Result<Checks, StorageError> {
+    /// for bigger ones, each retried from the byte where its connection
+    /// dropped. Completed ranges are recorded so another call continues from
+    /// them. A ranged download is hashed while it arrives (see [`Frontier`]);
+    /// the digests come back with the checks unless an earlier call wrote
+    /// part of the file, which is then hashed after the fact.
+    pub async fn download(&self, job: &Job, entry: &Entry, partial: &Path) -> Result<Downloaded, StorageError> {
         let Origin::S3 { bucket, key, version_id } = &entry.origin else { unreachable!("S3 entry") };
-        let part_size = job.req.part_size.max(1);
         let size = entry.size;
-        let ranges: Vec<(u64, u64)> =
-            (0..size.div_ceil(part_size)).map(|i| (i * part_size, ((i + 1) * part_size).min(size))).collect();
-
-        let previous = verify::load_ranges(&job.ranges_path(&entry.rel)).await;
-        let mut state = RangeState { identity: entry.identity.clone(), part_size, done: Default::default() };
-        let resumable = ranges.len() > 1
-            && previous.as_ref().is_some_and(|p| p.identity == state.identity && p.part_size == part_size)
-            && tokio::fs::metadata(partial).await.is_ok_and(|m| m.len() == size);
-        if resumable {
-            state.done = previous.expect("checked").done;
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(!resumable)
-            .open(partial)
-            .map_err(|e| StorageError::io("open", partial, e))?;
-        file.set_len(size).map_err(|e| StorageError::io("resize", partial, e))?;
-        let file = Arc::new(file);
-
+        let whole = size <= job.req.part_size.max(1);
         let mut checks = Checks::default();
-        let whole = ranges.len() <= 1;
         if !whole {
             // Ranged responses carry no whole-object checksum: ask for it once.
             let mut head = self.client.head_object().bucket(bucket).key(key).checksum_mode(ChecksumMode::Enabled);
@@ -293,25 +277,105 @@ impl Remote {
                     (ChecksumAlgorithm::Crc64Nvme, out.checksum_crc64_nvme()),
                 ],
             );
+            if let Some(c) = checks.composite_etag.as_mut() {
+                c.part_sizes = self.part_sizes(job, entry, c.parts).await;
+            }
         }
+        // A multipart object is fetched part by part when its parts are of a
+        // size that keeps every request busy: each range then hashes its own
+        // part's MD5 as it arrives, on as many cores as there are ranges,
+        // instead of one sequential MD5 over the whole file.
+        let by_parts = checks
+            .composite_etag
+            .as_ref()
+            .filter(|c| c.parts > 1 && c.ready(size) && c.part_sizes.iter().all(|&p| p > 0 && p <= MAX_PART_RANGE))
+            .map(|c| c.part_sizes.clone());
+        let (part_size, ranges): (u64, Vec<(u64, u64)>) = match &by_parts {
+            Some(sizes) => {
+                let mut at = 0;
+                (
+                    0,
+                    sizes
+                        .iter()
+                        .map(|&n| {
+                            (at, {
+                                at += n;
+                                at
+                            })
+                        })
+                        .collect(),
+                )
+            }
+            None if whole => (job.req.part_size.max(1), vec![(0, size)]),
+            None => {
+                let part = job.req.part_size.max(1);
+                (part, (0..size.div_ceil(part)).map(|i| (i * part, ((i + 1) * part).min(size))).collect())
+            }
+        };
+
+        let previous = verify::load_ranges(&job.ranges_path(&entry.rel)).await;
+        let mut state = RangeState {
+            identity: entry.identity.clone(),
+            part_size,
+            done: Default::default(),
+            part_md5: Default::default(),
+        };
+        let resumable = !whole
+            && previous.as_ref().is_some_and(|p| p.identity == state.identity && p.part_size == part_size)
+            && tokio::fs::metadata(partial).await.is_ok_and(|m| m.len() == size);
+        if resumable {
+            let p = previous.expect("checked");
+            state.done = p.done;
+            state.part_md5 = p.part_md5;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(!resumable)
+            .open(partial)
+            .map_err(|e| StorageError::io("open", partial, e))?;
+        file.set_len(size).map_err(|e| StorageError::io("resize", partial, e))?;
+        let file = Arc::new(file);
+
         let skipped: u64 = ranges.iter().filter(|(s, _)| state.done.contains(s)).map(|(s, e)| e - s).sum();
         if skipped > 0 {
             tracing::info!(path = %entry.rel, bytes = skipped, "resuming partial download");
             job.progress.skip(skipped);
         }
-        let todo: Vec<(u64, u64)> = ranges.into_iter().filter(|(s, _)| !state.done.contains(s)).collect();
+        // Bytes written by an earlier call are read back from disk by the
+        // follower; that is the resume's one extra pass.
+        let frontier = (!whole).then(|| Arc::new(Frontier::new(&ranges, &state.done)));
+        // However this call ends (an error, or its future dropped because
+        // another file failed), the follower must not wait forever.
+        let _stop = frontier.clone().map(StopOnDrop);
+        let follower = frontier.clone().map(|f| {
+            let hashes = verify::Hashes::new(&checks, size, by_parts.is_none());
+            let (file, ranges) = (file.clone(), ranges.clone());
+            tokio::task::spawn_blocking(move || f.follow(&ranges, &file, hashes))
+        });
+        let todo: Vec<(usize, (u64, u64))> =
+            ranges.iter().copied().enumerate().filter(|(_, (s, _))| !state.done.contains(s)).collect();
         let state = Mutex::new(state);
         let first_checks: Mutex<Option<Checks>> = Mutex::new(None);
-        futures::stream::iter(todo)
-            .map(|(start, end)| {
+        let result = futures::stream::iter(todo)
+            .map(|(index, (start, end))| {
                 let (file, state, first_checks) = (file.clone(), &state, &first_checks);
+                let mut sink = Sink {
+                    index,
+                    frontier: frontier.clone(),
+                    md5: by_parts.as_ref().map(|_| <md5::Md5 as md5::Digest>::new()),
+                };
                 async move {
-                    let got = self.fetch_range(job, entry, &file, start, end, whole).await?;
+                    let got = self.fetch_range(job, entry, &file, start, end, whole, &mut sink).await?;
                     if whole {
                         *first_checks.lock().await = got;
                     } else {
                         let mut st = state.lock().await;
                         st.done.insert(start);
+                        if let Some(m) = sink.md5 {
+                            st.part_md5.insert(start, hex::encode(md5::Digest::finalize(m)));
+                        }
                         verify::save_ranges(job, &entry.rel, &st).await?;
                     }
                     Ok::<_, StorageError>(())
@@ -319,17 +383,32 @@ impl Remote {
             })
             .buffer_unordered(job.req.concurrency.max(1))
             .try_collect::<Vec<()>>()
-            .await?;
+            .await;
+        result?;
         if whole {
             checks = first_checks.into_inner().unwrap_or_default();
             if size == 0 {
                 checks.etag_md5 = Checks::md5_etag(entry.etag.as_deref());
             }
+            if let Some(c) = checks.composite_etag.as_mut() {
+                c.part_sizes = self.part_sizes(job, entry, c.parts).await;
+            }
+            return Ok(Downloaded { checks, digests: None });
         }
-        if let Some(c) = checks.composite_etag.as_mut() {
-            c.part_sizes = self.part_sizes(job, entry, c.parts).await;
-        }
-        Ok(checks)
+        let hashed = match follower {
+            Some(h) => h.await.expect("hashing does not panic").map_err(|e| StorageError::io("read", partial, e))?,
+            None => None,
+        };
+        let digests = hashed.and_then(|mut d| {
+            if let Some(sizes) = &by_parts {
+                let st = state.into_inner();
+                let md5s: Option<Vec<String>> = ranges.iter().map(|(s, _)| st.part_md5.get(s).cloned()).collect();
+                d.composite = verify::composite_of(&md5s?);
+                debug_assert_eq!(sizes.len(), ranges.len());
+            }
+            Some(d)
+        });
+        Ok(Downloaded { checks, digests })
     }
 
     /// The sizes of a multipart object's parts, so its composite ETag can be
@@ -377,6 +456,7 @@ impl Remote {
         start: u64,
         end: u64,
         whole: bool,
+        sink: &mut Sink,
     ) -> Result<Option<Checks>, StorageError> {
         let Origin::S3 { bucket, key, version_id } = &entry.origin else { unreachable!("S3 entry") };
         let mut pos = start;
@@ -448,7 +528,10 @@ impl Remote {
                 ));
             }
             let mut body = out.body;
-            let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
+            // The SDK's chunks are written as they are, gathered into one
+            // positioned write per WRITE_CHUNK: no copy into a buffer.
+            let mut pending: Vec<bytes::Bytes> = Vec::new();
+            let mut pending_len = 0usize;
             let broke = loop {
                 let next = match tokio::time::timeout(IDLE_TIMEOUT, body.try_next()).await {
                     Ok(next) => next,
@@ -456,7 +539,7 @@ impl Remote {
                 };
                 match next {
                     Ok(Some(bytes)) => {
-                        if pos + (buf.len() + bytes.len()) as u64 > end {
+                        if pos + (pending_len + bytes.len()) as u64 > end {
                             return Err(StorageError::Mismatch {
                                 url: entry.url(),
                                 what: "response length".into(),
@@ -464,9 +547,11 @@ impl Remote {
                                 actual: "more".into(),
                             });
                         }
-                        buf.extend_from_slice(&bytes);
-                        if buf.len() >= WRITE_CHUNK {
-                            pos = write_at(job, entry, file, pos, buf.split().freeze()).await?;
+                        pending_len += bytes.len();
+                        pending.push(bytes);
+                        if pending_len >= WRITE_CHUNK {
+                            pos = write_at(job, entry, file, pos, std::mem::take(&mut pending), sink).await?;
+                            pending_len = 0;
                         }
                     }
                     Ok(None) => break None,
@@ -484,8 +569,8 @@ impl Remote {
                 }
             };
             // Bytes that arrived before a break are good: keep them.
-            if !buf.is_empty() {
-                pos = write_at(job, entry, file, pos, buf.split().freeze()).await?;
+            if pending_len > 0 {
+                pos = write_at(job, entry, file, pos, pending, sink).await?;
             }
             if pos == end {
                 return Ok(checks);
@@ -502,22 +587,122 @@ impl Remote {
     }
 }
 
+/// Where a range's bytes go besides the file: the MD5 of its part (when the
+/// ranges are the object's parts) and the frontier the hasher follows.
+pub(crate) struct Sink {
+    index: usize,
+    frontier: Option<Arc<Frontier>>,
+    md5: Option<md5::Md5>,
+}
+
+/// What a download verified or computed on the way.
+pub(crate) struct Downloaded {
+    pub checks: Checks,
+    /// Hashes of the file computed while it arrived; `None` when they must
+    /// be computed from the file.
+    pub digests: Option<verify::Digests>,
+}
+
 async fn write_at(
     job: &Job,
     entry: &Entry,
     file: &Arc<std::fs::File>,
     pos: u64,
-    data: bytes::Bytes,
+    chunks: Vec<bytes::Bytes>,
+    sink: &mut Sink,
 ) -> Result<u64, StorageError> {
-    let n = data.len() as u64;
     let file = file.clone();
     let partial = job.partial_path(&entry.rel);
-    tokio::task::spawn_blocking(move || file.write_all_at(&data, pos))
-        .await
-        .expect("write does not panic")
-        .map_err(|e| StorageError::io("write", partial, e))?;
-    job.progress.add(n);
-    Ok(pos + n)
+    let mut md5 = sink.md5.take();
+    let (written, md5) = tokio::task::spawn_blocking(move || {
+        let mut at = pos;
+        for c in &chunks {
+            if let Some(m) = md5.as_mut() {
+                md5::Digest::update(m, c);
+            }
+            file.write_all_at(c, at)?;
+            at += c.len() as u64;
+        }
+        Ok::<_, std::io::Error>((at, md5))
+    })
+    .await
+    .expect("write does not panic")
+    .map_err(|e| StorageError::io("write", partial, e))?;
+    sink.md5 = md5;
+    if let Some(f) = &sink.frontier {
+        f.advance(sink.index, written);
+    }
+    job.progress.add(written - pos);
+    Ok(written)
+}
+
+struct StopOnDrop(Arc<Frontier>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How far each range of a ranged download is written, for the hasher that
+/// follows the file's contiguous prefix: it hashes bytes in order a moment
+/// after they land (from the page cache), so verification overlaps the
+/// download instead of reading the whole file again after it.
+pub(crate) struct Frontier {
+    written: std::sync::Mutex<(Vec<u64>, bool)>,
+    moved: std::sync::Condvar,
+}
+
+impl Frontier {
+    fn new(ranges: &[(u64, u64)], done: &std::collections::BTreeSet<u64>) -> Frontier {
+        let written = ranges.iter().map(|&(s, e)| if done.contains(&s) { e } else { s }).collect();
+        Frontier { written: std::sync::Mutex::new((written, false)), moved: std::sync::Condvar::new() }
+    }
+
+    fn advance(&self, index: usize, pos: u64) {
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.0[index] = pos;
+        self.moved.notify_all();
+    }
+
+    /// The download failed: stop following.
+    fn abort(&self) {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.moved.notify_all();
+    }
+
+    /// Hash `file` in order as its ranges are written (a blocking thread);
+    /// `None` if the download was aborted.
+    fn follow(
+        &self,
+        ranges: &[(u64, u64)],
+        file: &std::fs::File,
+        mut hashes: verify::Hashes,
+    ) -> std::io::Result<Option<verify::Digests>> {
+        let mut buf = vec![0u8; HASH_CHUNK];
+        let mut at = 0u64;
+        for (i, &(_, end)) in ranges.iter().enumerate() {
+            while at < end {
+                let upto = {
+                    let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+                    while w.0[i] <= at && !w.1 {
+                        w = self.moved.wait(w).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if w.1 {
+                        return Ok(None);
+                    }
+                    w.0[i]
+                };
+                while at < upto {
+                    let n = (upto - at).min(HASH_CHUNK as u64) as usize;
+                    file.read_exact_at(&mut buf[..n], at)?;
+                    hashes.update(&buf[..n]);
+                    at += n as u64;
+                }
+            }
+        }
+        Ok(Some(hashes.finish()))
+    }
 }
 
 fn status<E, R: HasStatus>(err: &SdkError<E, R>) -> Option<u16> {

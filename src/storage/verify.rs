@@ -46,7 +46,7 @@ impl CompositeEtag {
     }
 
     /// Checkable: one size per part, adding up to the object's size.
-    fn ready(&self, size: u64) -> bool {
+    pub fn ready(&self, size: u64) -> bool {
         self.part_sizes.len() == self.parts as usize && self.part_sizes.iter().sum::<u64>() == size
     }
 }
@@ -109,6 +109,10 @@ pub(crate) struct RangeState {
     pub part_size: u64,
     /// Start offsets of ranges whose bytes are all written.
     pub done: BTreeSet<u64>,
+    /// Hex MD5 of each done range that is one part of a multipart object
+    /// (by start offset), so a resumed download still checks its ETag.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub part_md5: BTreeMap<u64, String>,
 }
 
 /// What a finished file was verified as.
@@ -173,6 +177,69 @@ pub(crate) async fn reusable(job: &Job, entry: &Entry) -> Result<Option<String>,
     }
 }
 
+/// SHA-256 and every hash `checks` asks for, fed a file's bytes in order.
+pub(crate) struct Hashes {
+    sha: sha2::Sha256,
+    md5: Option<md5::Md5>,
+    sum: Option<Box<dyn aws_smithy_checksums::http::HttpChecksum>>,
+    parts: Option<(PartHasher, u32)>,
+}
+
+/// What [`Hashes`] computed; `composite` may come from per-part MD5s instead.
+#[derive(Debug, Default)]
+pub(crate) struct Digests {
+    pub sha256: String,
+    pub md5: Option<String>,
+    pub checksum: Option<String>,
+    pub composite: Option<String>,
+}
+
+impl Hashes {
+    /// `parts`: also recompute the multipart ETag (when its part sizes are
+    /// known); leave it out when the ranges hash their parts themselves.
+    pub fn new(checks: &Checks, size: u64, parts: bool) -> Hashes {
+        let composite = checks.composite_etag.as_ref().filter(|c| parts && c.ready(size));
+        Hashes {
+            sha: sha2::Sha256::new(),
+            md5: checks.etag_md5.as_ref().map(|_| md5::Md5::new()),
+            sum: checks.checksum.as_ref().map(|(alg, _)| alg.into_impl()),
+            parts: composite.map(|c| (PartHasher::new(c.part_sizes.clone()), c.parts)),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha.update(bytes);
+        if let Some(m) = self.md5.as_mut() {
+            m.update(bytes);
+        }
+        if let Some(s) = self.sum.as_mut() {
+            s.update(bytes);
+        }
+        if let Some((p, _)) = self.parts.as_mut() {
+            p.update(bytes);
+        }
+    }
+
+    pub fn finish(self) -> Digests {
+        Digests {
+            sha256: hex::encode(self.sha.finalize()),
+            md5: self.md5.map(|m| hex::encode(m.finalize())),
+            checksum: self.sum.map(|s| base64::engine::general_purpose::STANDARD.encode(s.finalize())),
+            composite: self.parts.map(|(p, n)| p.finish(n)),
+        }
+    }
+}
+
+/// The multipart ETag from the parts' own MD5s (hex, in part order), when
+/// every part was hashed as it arrived.
+pub(crate) fn composite_of(part_md5s: &[String]) -> Option<String> {
+    let mut all = Vec::with_capacity(part_md5s.len() * 16);
+    for h in part_md5s {
+        all.extend_from_slice(&hex::decode(h).ok().filter(|b| b.len() == 16)?);
+    }
+    Some(format!("{}-{}", hex::encode(md5::Md5::digest(&all)), part_md5s.len()))
+}
+
 /// Hash the partial file once and compare with everything known about it.
 pub(crate) async fn check(
     partial: &Path,
@@ -180,73 +247,82 @@ pub(crate) async fn check(
     checks: &Checks,
     expect: Option<&str>,
 ) -> Result<String, StorageError> {
-    let partial = partial.to_path_buf();
-    let (size, url) = (entry.size, entry.url());
-    let checks = checks.clone();
-    let expect = expect.map(str::to_string);
-    tokio::task::spawn_blocking(move || {
-        let mismatch = |what: &str, expected: String, actual: String| StorageError::Mismatch {
-            url: url.clone(),
-            what: what.into(),
-            expected,
-            actual,
-        };
+    let path = partial.to_path_buf();
+    let hashes = Hashes::new(checks, entry.size, true);
+    let digests = tokio::task::spawn_blocking(move || {
+        let partial = path;
+        let mut hashes = hashes;
         let mut file = std::fs::File::open(&partial).map_err(|e| StorageError::io("open", &partial, e))?;
-        let len = file.metadata().map_err(|e| StorageError::io("stat", &partial, e))?.len();
-        if len != size {
-            return Err(mismatch("size", format!("{size} bytes"), format!("{len} bytes")));
-        }
-        let mut sha = sha2::Sha256::new();
-        let mut md5 = checks.etag_md5.as_ref().map(|_| md5::Md5::new());
-        let mut sum = checks.checksum.as_ref().map(|(alg, _)| alg.into_impl());
-        let composite = checks.composite_etag.as_ref().filter(|c| c.ready(size));
-        let mut parts = composite.map(|c| PartHasher::new(c.part_sizes.clone()));
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut buf).map_err(|e| StorageError::io("read", &partial, e))?;
             if n == 0 {
                 break;
             }
-            sha.update(&buf[..n]);
-            if let Some(m) = md5.as_mut() {
-                m.update(&buf[..n]);
-            }
-            if let Some(s) = sum.as_mut() {
-                s.update(&buf[..n]);
-            }
-            if let Some(p) = parts.as_mut() {
-                p.update(&buf[..n]);
-            }
+            hashes.update(&buf[..n]);
         }
-        let sha = hex::encode(sha.finalize());
-        if let (Some(m), Some(want)) = (md5, &checks.etag_md5) {
-            let got = hex::encode(m.finalize());
-            if &got != want {
-                return Err(mismatch("ETag (MD5)", want.clone(), got));
-            }
-        }
-        if let (Some(p), Some(c)) = (parts, composite) {
-            let want = format!("{}-{}", c.md5_of_md5s, c.parts);
-            let got = p.finish(c.parts);
-            if got != want {
-                return Err(mismatch("multipart ETag (MD5 of the parts' MD5s)", want, got));
-            }
-        }
-        if let (Some(s), Some((alg, want))) = (sum, &checks.checksum) {
-            let got = base64::engine::general_purpose::STANDARD.encode(s.finalize());
-            if &got != want {
-                return Err(mismatch(&format!("{} checksum", alg.as_str()), want.clone(), got));
-            }
-        }
-        if let Some(want) = expect
-            && want != sha
-        {
-            return Err(mismatch("expectSha256", want, sha));
-        }
-        Ok(sha)
+        Ok::<_, StorageError>(hashes)
     })
     .await
-    .expect("hashing does not panic")
+    .expect("hashing does not panic")?;
+    let digests = digests.finish();
+    compare(&partial_len(&partial).await?, entry, checks, &digests, expect)
+}
+
+async fn partial_len(partial: &Path) -> Result<u64, StorageError> {
+    Ok(tokio::fs::metadata(partial).await.map_err(|e| StorageError::io("stat", partial, e))?.len())
+}
+
+/// Compare digests computed while the bytes arrived with everything known
+/// about the file (no second pass over it).
+pub(crate) async fn check_digests(
+    partial: &Path,
+    entry: &Entry,
+    checks: &Checks,
+    digests: &Digests,
+    expect: Option<&str>,
+) -> Result<String, StorageError> {
+    compare(&partial_len(partial).await?, entry, checks, digests, expect)
+}
+
+fn compare(
+    len: &u64,
+    entry: &Entry,
+    checks: &Checks,
+    d: &Digests,
+    expect: Option<&str>,
+) -> Result<String, StorageError> {
+    let mismatch = |what: &str, expected: String, actual: String| StorageError::Mismatch {
+        url: entry.url(),
+        what: what.into(),
+        expected,
+        actual,
+    };
+    if *len != entry.size {
+        return Err(mismatch("size", format!("{} bytes", entry.size), format!("{len} bytes")));
+    }
+    if let (Some(got), Some(want)) = (&d.md5, &checks.etag_md5)
+        && got != want
+    {
+        return Err(mismatch("ETag (MD5)", want.clone(), got.clone()));
+    }
+    if let (Some(got), Some(c)) = (&d.composite, &checks.composite_etag) {
+        let want = format!("{}-{}", c.md5_of_md5s, c.parts);
+        if *got != want {
+            return Err(mismatch("multipart ETag (MD5 of the parts' MD5s)", want, got.clone()));
+        }
+    }
+    if let (Some(got), Some((alg, want))) = (&d.checksum, &checks.checksum)
+        && got != want
+    {
+        return Err(mismatch(&format!("{} checksum", alg.as_str()), want.clone(), got.clone()));
+    }
+    if let Some(want) = expect
+        && want != d.sha256
+    {
+        return Err(mismatch("expectSha256", want.to_string(), d.sha256.clone()));
+    }
+    Ok(d.sha256.clone())
 }
 
 /// Give a verified partial file its final name and remember it as done.

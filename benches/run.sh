@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Every benchmark, then one table (Markdown) of their rows. Not part of the
+# tests: run on demand on a machine doing nothing else, and quote its state.
+#
+#   benches/run.sh                 # 3 alternating pairs per benchmark
+#   PAIRS=5 benches/run.sh
+#   BENCHES="fetch image-copy" benches/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export BENCH_TABLE
+BENCH_TABLE="$(mktemp "${TMPDIR:-/tmp}/modelship-bench-table.XXXXXX")"
+trap 'rm -f "$BENCH_TABLE"' EXIT
+echo "==> cargo build --release --bin modelship --examples" >&2
+cargo build --release --quiet --bin modelship --example fetch_bench --example upload_bench
+for b in ${BENCHES:-validate fetch build-upload image-copy}; do
+  echo "==> benches/$b.sh" >&2
+  if [ "$b" = validate ]; then
+    benches/validate.sh "${CARGO_TARGET_DIR:-$PWD/target}/release/modelship"
+  else
+    "benches/$b.sh"
+  fi
+done
+echo
+echo "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${PAIRS:-3} pairs per row; times in seconds (min/median/max)"
+echo
+python3 - "$BENCH_TABLE" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print("| benchmark | median ratio | modelship | peak RSS MiB | peer | peak RSS MiB | target |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for r in rows:
+    r += [""] * (7 - len(r))
+    print("| " + " | ".join(r[:7]) + " |")
+PY
