@@ -291,7 +291,7 @@ fn summary_table(s: &RunSummary, rerun: &str) -> String {
     let mut out = table(&rows);
     out.push_str(&checks_text(&s.stages));
     for p in crate::report::promotions(&s.stages) {
-        out.push_str(&format!("\npromoted {} to {}: {}", p.digest, p.environment, p.image));
+        out.push_str(&format!("\npromoted {} to {} ({}): {}", p.digest, p.environment, p.provenance, p.image));
         match &p.previous_digest {
             Some(prev) if *prev == p.digest => out.push_str(" (unchanged)"),
             Some(prev) => out.push_str(&format!(" (was {prev})")),

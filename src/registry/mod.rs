@@ -11,6 +11,7 @@
 //!
 //! Written on reqwest rather than `oci-client`: see [`copy`] for why.
 
+pub mod artifact;
 mod auth;
 mod client;
 mod copy;
@@ -19,6 +20,7 @@ mod reference;
 pub use auth::{AuthStore, Credentials};
 pub use client::RegistryClient;
 pub use copy::{CopyOptions, CopyStats, copy_image};
+pub(crate) use copy::sha256_digest as sha256_of;
 pub use reference::{ImageRef, validate_digest, validate_repository};
 
 use std::path::PathBuf;

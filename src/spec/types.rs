@@ -47,6 +47,34 @@ pub struct PipelineSpec {
     /// the stage catalog's, file by file (`render/Dockerfile.hbs`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub templates: Option<String>,
+    /// The key the `sign` stage signs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SigningSpec {
+    /// The private key: a Secret in the signing environment's namespace with
+    /// `cosign.key` (and `cosign.password`), or a PEM file.
+    pub key: KeyRef,
+}
+
+/// Where a key is: `{ secret: NAME }` or `{ file: PATH }` (relative to the
+/// pipeline file).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum KeyRef {
+    Secret(String),
+    File(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// The public key signatures must verify with: a Secret in the
+    /// environment's namespace with `cosign.pub`, or a PEM file.
+    pub public_key: KeyRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -101,6 +129,10 @@ pub struct Environment {
     /// credentials for `registry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_secret: Option<String>,
+    /// Promotions into this environment must carry a signature and an
+    /// attestation that verify with this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
 }
 
 /// The fields every stage has, around the kind-specific `with:`.

@@ -85,7 +85,8 @@ fn stage_error(e: PromotionError) -> StageError {
 
 impl Stage for Promote {
     const KIND: &'static str = "promote";
-    const OUTPUTS: &'static [&'static str] = &["image", "digest", "environment", "previousDigest"];
+    const OUTPUTS: &'static [&'static str] =
+        &["image", "digest", "environment", "previousDigest", "signatureDigest", "attestationDigest", "signatureVerified"];
     type Params = Params;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
@@ -140,6 +141,20 @@ impl Stage for Promote {
                 params.to
             ));
         }
+        if let Some(v) = cx.pipeline.spec.environments.get(&params.to).and_then(|e| e.verify.as_ref()) {
+            let key = match &v.public_key {
+                crate::spec::KeyRef::Secret(s) => format!("Secret {}/{s}", ns(&params.to)),
+                crate::spec::KeyRef::File(f) => format!("file {f}"),
+            };
+            lines.insert(
+                lines.len() - usize::from(params.image_stream.unwrap_or(true)),
+                format!("verify the signature and attestation of the digest with {key} first (refuse if either fails)"),
+            );
+        }
+        lines.push(format!(
+            "carry sha256-<hex>.sig and sha256-<hex>.att (if present) to {}/{model}, byte-exact",
+            ns(&params.to)
+        ));
         lines.push(format!("ledger ConfigMap of `{model}` in {}: record the promotion", ns(&params.to)));
         if params.verify {
             lines.push(format!(
@@ -235,6 +250,7 @@ impl Stage for Promote {
             state_dir: state_dir.clone(),
             // An auth file that is there but unreadable is an error, never an anonymous push.
             auth: AuthStore::load(None).map_err(|e| StageError::bad_input(e.to_string()))?,
+            pipeline_dir: Some(cx.pipeline_dir.clone()),
         };
         let outcome = tokio::select! {
             r = promotion::promote(&cx.clusters, &req, false) => r.map_err(stage_error)?,
@@ -254,6 +270,10 @@ impl Stage for Promote {
             "previousDigest".into(),
             outcome.previous.as_ref().map_or(Value::Null, |p| Value::String(p.digest.clone())),
         );
+        let prov = outcome.provenance.clone().unwrap_or_default();
+        out.insert("signatureDigest".into(), prov.signature.map_or(Value::Null, Value::String));
+        out.insert("attestationDigest".into(), prov.attestation.map_or(Value::Null, Value::String));
+        out.insert("signatureVerified".into(), Value::Bool(prov.verified));
         Ok(out)
     }
 }
