@@ -60,7 +60,13 @@ pub fn table(entries: &[LedgerEntry]) -> String {
                 note.push_str(" forced");
             }
             if let Some(p) = promotion::Provenance::of(e) {
-                note.push_str(if p.verified { " signed+verified" } else if p.signature.is_some() { " signed" } else { " attested" });
+                note.push_str(if p.verified {
+                    " signed+verified"
+                } else if p.signature.is_some() {
+                    " signed"
+                } else {
+                    " attested"
+                });
             } else if e.action == promotion::PROMOTED {
                 note.push_str(" unsigned");
             }

@@ -39,8 +39,7 @@ pub async fn get_manifest(
     if !resp.status().is_success() {
         return Err(error(client, what, resp).await);
     }
-    let media_type =
-        resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let media_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let bytes = read_capped(client, resp, &what).await?;
     let digest = sha256_digest(&bytes);
     if reference.starts_with("sha256:") && digest != reference {
@@ -126,9 +125,7 @@ pub async fn put_manifest(
     let url = client.url(repository, &format!("manifests/{reference}"));
     let what = format!("PUT manifest {repository}:{reference}");
     let resp = client
-        .send(&push(repository), &what, |c| {
-            c.put(url.clone()).header(CONTENT_TYPE, media_type).body(bytes.clone())
-        })
+        .send(&push(repository), &what, |c| c.put(url.clone()).header(CONTENT_TYPE, media_type).body(bytes.clone()))
         .await?;
     if !resp.status().is_success() {
         return Err(error(client, what, resp).await);

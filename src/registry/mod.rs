@@ -19,8 +19,8 @@ mod reference;
 
 pub use auth::{AuthStore, Credentials};
 pub use client::RegistryClient;
-pub use copy::{CopyOptions, CopyStats, copy_image};
 pub(crate) use copy::sha256_digest as sha256_of;
+pub use copy::{CopyOptions, CopyStats, copy_image};
 pub use reference::{ImageRef, validate_digest, validate_repository};
 
 use std::path::PathBuf;

@@ -215,7 +215,11 @@ pub fn generate(password: &Secret) -> (String, String) {
     let cipher = crypto_secretbox::XSalsa20Poly1305::new((&box_key).into());
     let ciphertext = cipher.encrypt((&nonce).into(), der.as_bytes()).expect("secretbox seals");
     let env = Envelope {
-        kdf: Kdf { name: "scrypt".into(), params: KdfParams { n: 1 << GENERATE_LOG_N, r: 8, p: 1 }, salt: B64(salt.into()) },
+        kdf: Kdf {
+            name: "scrypt".into(),
+            params: KdfParams { n: 1 << GENERATE_LOG_N, r: 8, p: 1 },
+            salt: B64(salt.into()),
+        },
         cipher: Cipher { name: "nacl/secretbox".into(), nonce: B64(nonce.into()) },
         ciphertext: B64(ciphertext),
     };
@@ -240,12 +244,13 @@ mod tests {
         let key = load_private(private.as_bytes(), Some(&pw), "test", "-").unwrap();
         let pubkey = load_public(public.as_bytes(), "test").unwrap();
         assert_eq!(key.public(), pubkey);
-        let wrong = load_private(private.as_bytes(), Some(&Secret::new("wrong password")), "k", "-").unwrap_err();
+        let wrong = load_private(private.as_bytes(), Some(&Secret::new("hunter2-not-it")), "k", "-").unwrap_err();
         assert!(matches!(wrong, KeyError::WrongPassword { .. }), "{wrong}");
         let none = load_private(private.as_bytes(), None, "k", "COSIGN_PASSWORD").unwrap_err();
         assert!(none.to_string().contains("COSIGN_PASSWORD"), "{none}");
         // The password never appears in an error.
-        assert!(!wrong.to_string().contains("wrong password"));
+        assert!(!wrong.to_string().contains("hunter2"), "{wrong}");
+        assert!(!wrong.to_string().contains("correct horse"), "{wrong}");
     }
 
     #[test]

@@ -323,7 +323,8 @@ pub async fn verify_signature(
     digest: &str,
     key: &VerifyingKey,
 ) -> Result<(String, String), SigningError> {
-    crate::registry::validate_digest(digest).map_err(|m| SigningError::Unverified(format!("digest `{digest}`: {m}")))?;
+    crate::registry::validate_digest(digest)
+        .map_err(|m| SigningError::Unverified(format!("digest `{digest}`: {m}")))?;
     let image = format!("{}/{repository}@{digest}", client.registry);
     let unverified = |m: String| SigningError::Unverified(m);
 
@@ -377,7 +378,10 @@ pub async fn verify_attestation(
     let unverified = |m: String| SigningError::Unverified(m);
     let att_tag = attachment_tag(digest, "att");
     let Some((attestation, layers)) = attachment_layers(client, repository, &att_tag).await? else {
-        return Err(unverified(format!("{image} has no attestation (no {att_tag} in {}/{repository})", client.registry)));
+        return Err(unverified(format!(
+            "{image} has no attestation (no {att_tag} in {}/{repository})",
+            client.registry
+        )));
     };
     let mut reasons = Vec::new();
     let mut found = None;
@@ -409,8 +413,10 @@ fn dedup(mut reasons: Vec<String>) -> String {
 /// Statement of modelship's predicate whose subject is `hex` and whose
 /// checks passed.
 fn check_envelope(key: &VerifyingKey, bytes: &[u8], hex: &str) -> Result<Value, String> {
-    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| format!("an envelope is not valid DSSE JSON: {e}"))?;
-    let body = STANDARD.decode(env.payload.as_bytes()).map_err(|_| "an envelope's payload is not base64".to_string())?;
+    let env: Envelope =
+        serde_json::from_slice(bytes).map_err(|e| format!("an envelope is not valid DSSE JSON: {e}"))?;
+    let body =
+        STANDARD.decode(env.payload.as_bytes()).map_err(|_| "an envelope's payload is not base64".to_string())?;
     let message = pae(&env.payload_type, &body);
     if !env.signatures.iter().any(|s| verify_bytes(key, &message, &s.sig)) {
         return Err("the attestation's envelope signature does not verify with this public key (tampered, or signed by another key)".into());
@@ -472,7 +478,8 @@ pub fn describe(v: &Verification) -> String {
     if let Some(objects) = p.pointer("/model/objects").and_then(Value::as_array) {
         for o in objects {
             let f = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-            let mut line = format!("    {}  {} bytes  sha256:{}", f("path"), o.get("size").unwrap_or(&Value::Null), f("sha256"));
+            let mut line =
+                format!("    {}  {} bytes  sha256:{}", f("path"), o.get("size").unwrap_or(&Value::Null), f("sha256"));
             if let Some(v) = o.get("versionId").and_then(Value::as_str) {
                 line.push_str(&format!("  version {v}"));
             }
@@ -547,7 +554,11 @@ mod tests {
         let tampered = serde_json::to_vec(&e).unwrap();
         assert!(check_envelope(&k.public(), &tampered, &hex).unwrap_err().contains("does not verify"));
         // Failed checks, even when properly signed.
-        let st = statement("r/ns/m", &format!("sha256:{hex}"), json!({ "checks": { "passed": false, "cases": [{"name": "mild", "passed": false}] } }));
+        let st = statement(
+            "r/ns/m",
+            &format!("sha256:{hex}"),
+            json!({ "checks": { "passed": false, "cases": [{"name": "mild", "passed": false}] } }),
+        );
         assert!(check_envelope(&k.public(), &envelope(&k, &st), &hex).unwrap_err().contains("failed checks: mild"));
     }
 
@@ -558,6 +569,9 @@ mod tests {
             pae("http://example.com/HelloWorld", b"hello world"),
             b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec()
         );
-        assert_eq!(attachment_tag(&format!("sha256:{}", "0f".repeat(32)), "sig"), format!("sha256-{}.sig", "0f".repeat(32)));
+        assert_eq!(
+            attachment_tag(&format!("sha256:{}", "0f".repeat(32)), "sig"),
+            format!("sha256-{}.sig", "0f".repeat(32))
+        );
     }
 }

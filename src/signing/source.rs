@@ -10,8 +10,8 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use p256::ecdsa::VerifyingKey;
 
-use super::keys::{self, KeyError, PrivateKey};
 use super::SigningError;
+use super::keys::{self, KeyError, PrivateKey};
 use crate::secret::Secret;
 use crate::spec::KeyRef;
 
@@ -48,10 +48,10 @@ pub async fn private_key(
             let scope = scope.ok_or_else(|| SigningError::Access(format!("key Secret `{name}` needs a cluster")))?;
             let data = read_secret(&scope, name).await?;
             let origin = format!("Secret {}/{name}", scope.namespace);
-            let pem = data.get("cosign.key").cloned().ok_or_else(|| KeyError::Bad {
-                origin: origin.clone(),
-                reason: "has no `cosign.key` key".into(),
-            })?;
+            let pem = data
+                .get("cosign.key")
+                .cloned()
+                .ok_or_else(|| KeyError::Bad { origin: origin.clone(), reason: "has no `cosign.key` key".into() })?;
             let password = match data.get("cosign.password") {
                 Some(p) => Some(Secret::new(String::from_utf8_lossy(p).into_owned())),
                 None => env_password(),

@@ -63,10 +63,40 @@ pub struct SigningSpec {
 /// Where a key is: `{ secret: NAME }` or `{ file: PATH }` (relative to the
 /// pipeline file).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(try_from = "KeyRefFields", into = "KeyRefFields")]
 pub enum KeyRef {
     Secret(String),
     File(String),
+}
+
+/// The YAML shape of [`KeyRef`]: a map with exactly one of the two keys.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRefFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+}
+
+impl TryFrom<KeyRefFields> for KeyRef {
+    type Error = String;
+    fn try_from(f: KeyRefFields) -> Result<Self, String> {
+        match (f.secret, f.file) {
+            (Some(s), None) if !s.is_empty() => Ok(KeyRef::Secret(s)),
+            (None, Some(p)) if !p.is_empty() => Ok(KeyRef::File(p)),
+            _ => Err("expected exactly one of `secret: NAME` or `file: PATH`".into()),
+        }
+    }
+}
+
+impl From<KeyRef> for KeyRefFields {
+    fn from(k: KeyRef) -> Self {
+        match k {
+            KeyRef::Secret(s) => KeyRefFields { secret: Some(s), file: None },
+            KeyRef::File(p) => KeyRefFields { secret: None, file: Some(p) },
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -85,8 +85,15 @@ fn stage_error(e: PromotionError) -> StageError {
 
 impl Stage for Promote {
     const KIND: &'static str = "promote";
-    const OUTPUTS: &'static [&'static str] =
-        &["image", "digest", "environment", "previousDigest", "signatureDigest", "attestationDigest", "signatureVerified"];
+    const OUTPUTS: &'static [&'static str] = &[
+        "image",
+        "digest",
+        "environment",
+        "previousDigest",
+        "signatureDigest",
+        "attestationDigest",
+        "signatureVerified",
+    ];
     type Params = Params;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {

@@ -78,10 +78,9 @@ impl Stage for Sign {
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let mut out = Vec::new();
         if cx.pipeline.spec.signing.is_none() {
-            out.push(
-                Problem::new("", "stage `sign` needs `spec.signing.key`")
-                    .with_hint("e.g. `signing: { key: { secret: cosign } }`; `modelship keys generate --out DIR` makes a pair"),
-            );
+            out.push(Problem::new("", "stage `sign` needs `spec.signing.key`").with_hint(
+                "e.g. `signing: { key: { secret: cosign } }`; `modelship keys generate --out DIR` makes a pair",
+            ));
         }
         if !cx.may_follow("prediction-check") {
             out.push(Problem::new(
@@ -154,8 +153,9 @@ impl Stage for Sign {
         let key = private_key(&signing.key, Some(scope), &cx.pipeline_dir).await.map_err(stage_error)?;
 
         let auth = AuthStore::load(None).map_err(|e| StageError::bad_input(e.to_string()))?;
-        let client =
-            crate::promotion::registry_client(&auth, &env, &image).await.map_err(|e| StageError::failed(e).retryable())?;
+        let client = crate::promotion::registry_client(&auth, &env, &image)
+            .await
+            .map_err(|e| StageError::failed(e).retryable())?;
         let predicate = predicate(cx, &digest).await?;
         let docker_reference = format!("{}/{}", image.registry, image.repository);
         let signed = tokio::select! {
