@@ -211,3 +211,74 @@ async fn predicate(cx: &StageContext, digest: &str) -> Result<Value, StageError>
         "checks": get("prediction-check", "report"),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::spec::Pipeline;
+
+    fn pipeline(signing: &str, stages: &str) -> Pipeline {
+        crate::spec::yaml::from_str(&format!(
+            r#"
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: {{ name: weather }}
+spec:
+  model: {{ name: weather, source: "file://m" }}
+{signing}
+  environments:
+    dev: {{ namespace: models-dev }}
+  stages:
+{stages}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn problems(p: &Pipeline, with: Value) -> Vec<String> {
+        let catalog = Catalog::embedded();
+        let index = p.spec.stages.iter().position(|s| s.uses == "sign").unwrap();
+        let cx = ValidateCx { pipeline: p, stage: &p.spec.stages[index], index, catalog: &catalog };
+        let params: Params = serde_json::from_value(with).unwrap();
+        Sign::validate(&params, &cx).into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+    }
+
+    #[test]
+    fn needs_a_key_and_a_prediction_check_before_it() {
+        let check = "    - { name: check, uses: prediction-check, with: { endpoint: 'http://x', cases: [{ request: {}, expect: { a: b } }] } }";
+        let sign = "    - { name: sign, uses: sign }";
+        let ok = pipeline("  signing: { key: { secret: cosign } }", &format!("{check}\n{sign}"));
+        assert!(problems(&ok, json!({})).is_empty());
+        let got =
+            problems(&pipeline("", &format!("{sign}\n{check}")), json!({ "environment": "qa", "digest": "sha256:1" }));
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].contains("needs `spec.signing.key`"), "{got:?}");
+        assert!(got[1].contains("after a `prediction-check`"), "{got:?}");
+        assert!(got[2].starts_with("environment:"), "{got:?}");
+        assert!(got[3].starts_with("digest:"), "{got:?}");
+    }
+
+    #[test]
+    fn a_key_is_a_secret_or_a_file_never_both() {
+        let p = pipeline("  signing: { key: { file: keys/cosign.key } }", "    - { name: sign, uses: sign }");
+        assert_eq!(p.spec.signing.unwrap().key, KeyRef::File("keys/cosign.key".into()));
+        for bad in ["{ secret: a, file: b }", "{}", "{ secrit: a }"] {
+            let err = crate::spec::yaml::from_str::<Pipeline>(&format!(
+                "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {{ name: w }}\nspec:\n  model: {{ name: w, source: 'file://m' }}\n  signing: {{ key: {bad} }}\n  environments: {{ dev: {{ namespace: d }} }}\n  stages: []\n"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("spec.signing"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn plan_names_the_key_never_its_contents() {
+        let p = pipeline("  signing: { key: { secret: cosign } }", "    - { name: sign, uses: sign }");
+        let catalog = Catalog::embedded();
+        let cx = ValidateCx { pipeline: &p, stage: &p.spec.stages[0], index: 0, catalog: &catalog };
+        let plan = Sign::plan(&Params::default(), &cx).join("\n");
+        assert!(plan.contains("in `dev` with Secret `cosign`"), "{plan}");
+        assert!(plan.contains("sha256-<hex>.att"), "{plan}");
+    }
+}
