@@ -685,3 +685,116 @@ fn grep_tree(dir: &Path, needles: &[&[u8]]) -> Vec<PathBuf> {
     }
     hits
 }
+
+// ------------------------------------------- independent implementations
+
+/// `fixtures/signing/crosscheck.py` in the venv of
+/// `scripts/setup.d/35-signing-crosscheck.sh` (securesystemslib, PyNaCl).
+fn crosscheck(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let python = cli_support::tools().join("signing-py/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test.sh (scripts/setup.d/35-signing-crosscheck.sh)",
+        python.display()
+    );
+    Command::new(python).arg(cli_support::repo().join("fixtures/signing/crosscheck.py")).args(args).output().unwrap()
+}
+
+fn crosscheck_ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = crosscheck(args);
+    assert!(out.status.success(), "crosscheck {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The layer bytes and annotations of `digest`'s `.sig`/`.att` in `repo`.
+async fn attachment(client: &RegistryClient, repo: &str, digest: &str, suffix: &str) -> (Vec<u8>, Value) {
+    let tag = signing::attachment_tag(digest, suffix);
+    let (manifest, _, _) = modelship::registry::artifact::get_manifest(client, repo, &tag).await.unwrap().unwrap();
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    let layer = &manifest["layers"][0];
+    let bytes = modelship::registry::artifact::get_blob(client, repo, layer["digest"].as_str().unwrap()).await.unwrap();
+    (bytes.to_vec(), layer["annotations"].clone())
+}
+
+/// What modelship writes, OpenSSL, libsodium and securesystemslib read; what
+/// they write, modelship reads: the encrypted key (both PEM types and scrypt
+/// sets), the simple-signing signature and the DSSE envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_implementations_read_and_write_the_same_formats() {
+    let (dir, reg, _image, digest, public, other_pub) = signed_in_docker_registry().await;
+    let d = dir.path();
+    let pass = d.join("pass");
+    std::fs::write(&pass, PASSWORD).unwrap();
+    let os = |p: &Path| p.as_os_str().to_owned();
+
+    // Keys: ours decrypts with hashlib scrypt + libsodium; theirs loads here.
+    let theirs = crosscheck_ok(&[&os(Path::new("decrypt")), &os(&d.join("keys/cosign.key")), &os(&pass)]);
+    assert_eq!(theirs, std::fs::read_to_string(&public).unwrap());
+    let py_key = d.join("py.key");
+    let py_pub = crosscheck_ok(&[&os(Path::new("encrypt")), &os(&pass), &os(&py_key)]);
+    let loaded = load_key(&py_key, PASSWORD);
+    assert_eq!(loaded.public(), keys::load_public(py_pub.as_bytes(), "python").unwrap());
+
+    // Our signature and envelope verify with OpenSSL and securesystemslib.
+    let client = RegistryClient::connect(&reg.addr, true, &[], None, vec![]).await.unwrap();
+    let (payload, ann) = attachment(&client, "ns/app", &digest, "sig").await;
+    std::fs::write(d.join("payload"), &payload).unwrap();
+    let sig = ann[signing::SIGNATURE_ANNOTATION].as_str().unwrap().to_string();
+    let verify_payload = |key: &Path| {
+        crosscheck(&[&os(Path::new("verify-payload")), &os(key), &os(&d.join("payload")), std::ffi::OsStr::new(&sig)])
+    };
+    assert!(verify_payload(&public).status.success());
+    assert!(!verify_payload(&other_pub).status.success(), "another pair's key verified our signature");
+    let (envelope, _) = attachment(&client, "ns/app", &digest, "att").await;
+    std::fs::write(d.join("envelope"), &envelope).unwrap();
+    let statement: Value =
+        serde_json::from_str(&crosscheck_ok(&[&os(Path::new("verify-dsse")), &os(&public), &os(&d.join("envelope"))]))
+            .unwrap();
+    assert_eq!(statement["_type"], signing::STATEMENT_V1);
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], digest.strip_prefix("sha256:").unwrap());
+    assert!(!crosscheck(&[&os(Path::new("verify-dsse")), &os(&other_pub), &os(&d.join("envelope"))]).status.success());
+
+    // Their signature and envelope (with their key) pass `modelship verify`.
+    let d2 = push_image(d, &reg, "ns/py", &[]);
+    let reference = format!("{}/ns/py", reg.addr);
+    std::fs::write(d.join("payload2"), signing::simple_signing_payload(&reference, &d2)).unwrap();
+    let sig = crosscheck_ok(&[&os(Path::new("sign-payload")), &os(&py_key), &os(&pass), &os(&d.join("payload2"))]);
+    let statement = signing::statement(&reference, &d2, predicate(true));
+    std::fs::write(d.join("statement2"), serde_json::to_vec(&statement).unwrap()).unwrap();
+    let envelope = crosscheck_ok(&[&os(Path::new("sign-dsse")), &os(&py_key), &os(&pass), &os(&d.join("statement2"))]);
+    let (sig_tag, att_tag) = (signing::attachment_tag(&d2, "sig"), signing::attachment_tag(&d2, "att"));
+    signing::append_layer(
+        &client,
+        "ns/py",
+        &sig_tag,
+        signing::SIMPLE_SIGNING,
+        std::fs::read(d.join("payload2")).unwrap(),
+        json!({ signing::SIGNATURE_ANNOTATION: sig.trim() }),
+    )
+    .await
+    .unwrap();
+    signing::append_layer(
+        &client,
+        "ns/py",
+        &att_tag,
+        signing::DSSE,
+        envelope.trim().as_bytes().to_vec(),
+        json!({ signing::PREDICATE_ANNOTATION: signing::PREDICATE_TYPE }),
+    )
+    .await
+    .unwrap();
+    std::fs::write(d.join("py.pub"), &py_pub).unwrap();
+    let out = Command::new(cli_support::BIN)
+        .args(["verify", &format!("docker://{reference}@{d2}"), "--insecure", "--key"])
+        .arg(d.join("py.pub"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("signature and attestation verified"));
+    let out = Command::new(cli_support::BIN)
+        .args(["verify", &format!("docker://{reference}@{d2}"), "--insecure", "--key"])
+        .arg(&public)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "their signature verified with our key");
+}
