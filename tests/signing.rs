@@ -662,11 +662,49 @@ fn the_weather_pipeline_signs_and_prod_verifies() {
     let report = cli(&["report", &run_id, "-f", p, "--sim", s]);
     assert!(report.contains("| signed+verified |"), "{report}");
 
+    // What the run attested, as carried to prod's registry (read from the
+    // sim's store on disk, so no second client is involved).
+    let statement = prod_attestation(&sim.join("prod/registry"));
+    let p = &statement["predicate"];
+    assert_eq!(p["model"]["source"], "s3://models/weather/", "{p}");
+    assert!(p["model"]["contentDigest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{p}");
+    assert!(p["model"]["objects"].as_array().is_some_and(|o| !o.is_empty()), "{p}");
+    assert!(p["build"]["name"].as_str().is_some_and(|b| b.starts_with("weather-")), "{p}");
+    assert!(p["build"]["contextDigest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{p}");
+    assert!(p["pipeline"]["digest"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
+    assert_eq!(p["runId"], run_id.as_str());
+    assert_eq!(p["checks"]["passed"], true);
+    let cases: Vec<&str> = p["checks"]["cases"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(cases, ["seed request", "freezing", "hot day", "not an integer", "not a number"]);
+    assert!(p["checks"]["load"].is_object() && p["checks"]["slo"].is_array(), "{p}");
+
     for text in [stdout.as_ref(), stderr.as_ref(), history.as_str(), report.as_str()] {
         assert!(!text.contains(PASSWORD) && !text.contains("wrong-password-123"), "a password leaked:\n{text}");
     }
     let leaked = grep_tree(&sim, &[PASSWORD.as_bytes(), b"wrong-password-123"]);
     assert!(leaked.is_empty(), "a password is stored in {leaked:?}");
+}
+
+/// The in-toto Statement in the one `sha256-<hex>.att` of prod's
+/// `models-prod/weather` in the sim registry stored at `root`.
+fn prod_attestation(root: &Path) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let store = modelship::sim::registry::RegistryStore::new(root);
+        let repo = "models-prod/weather";
+        let tags = store.tags(repo).await.unwrap();
+        let att: Vec<&String> = tags.iter().filter(|t| t.ends_with(".att")).collect();
+        assert_eq!(att.len(), 1, "{tags:?}");
+        let (_, _, manifest) = store.get_manifest(repo, att[0]).await.unwrap();
+        let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+        let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+        let mut bytes = Vec::new();
+        store.open_blob(repo, layer).await.unwrap().read_to_end(&mut bytes).await.unwrap();
+        let envelope: signing::Envelope = serde_json::from_slice(&bytes).unwrap();
+        use base64::Engine;
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(envelope.payload).unwrap()).unwrap()
+    })
 }
 
 /// Files under `dir` holding any of `needles`.
