@@ -674,7 +674,8 @@ fn the_weather_pipeline_signs_and_prod_verifies() {
     assert!(p["pipeline"]["digest"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
     assert_eq!(p["runId"], run_id.as_str());
     assert_eq!(p["checks"]["passed"], true);
-    let cases: Vec<&str> = p["checks"]["cases"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let cases: Vec<&str> =
+        p["checks"]["cases"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(cases, ["seed request", "freezing", "hot day", "not an integer", "not a number"]);
     assert!(p["checks"]["load"].is_object() && p["checks"]["slo"].is_array(), "{p}");
 

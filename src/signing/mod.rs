@@ -518,8 +518,8 @@ pub fn describe(v: &Verification) -> String {
         }
         for slo in checks.get("slo").and_then(Value::as_array).into_iter().flatten() {
             let ok = if slo.get("passed").and_then(Value::as_bool) == Some(true) { "ok  " } else { "FAIL" };
-            let name = slo.get("name").or(slo.get("metric")).and_then(Value::as_str).unwrap_or("slo");
-            out.push(format!("    {ok} slo {name}: {}", slo.get("message").and_then(Value::as_str).unwrap_or("")));
+            let f = |k: &str| slo.get(k).and_then(Value::as_str).unwrap_or("-");
+            out.push(format!("    {ok} slo {} {} (measured {})", f("objective"), f("limit"), f("actual")));
         }
     }
     out.join("\n")
@@ -560,6 +560,47 @@ mod tests {
             json!({ "checks": { "passed": false, "cases": [{"name": "mild", "passed": false}] } }),
         );
         assert!(check_envelope(&k.public(), &envelope(&k, &st), &hex).unwrap_err().contains("failed checks: mild"));
+    }
+
+    #[test]
+    fn describe_reads_as_a_person_reads_it() {
+        let hex = "ab".repeat(32);
+        let predicate = json!({
+            "model": { "name": "weather", "source": "s3://models/weather/", "contentDigest": "sha256:cd",
+                       "objects": [{ "path": "model.joblib", "size": 42, "sha256": "ef" }] },
+            "build": { "name": "weather-3", "contextDigest": "sha256:01" },
+            "pipeline": { "name": "weather", "digest": "sha256:02" },
+            "runId": "weather-20261202-abcd",
+            "checks": {
+                "endpoint": "http://weather.models-dev.svc", "passed": true,
+                "cases": [{ "name": "seed request", "passed": true,
+                            "checks": [{ "path": "meta.tags.weather_state", "expect": "= \"mild\"", "passed": true, "actual": "mild" }] }],
+                "load": { "p50Ms": 12.5, "p95Ms": 30.0, "p99Ms": 41.0 },
+                "slo": [{ "objective": "p95", "limit": "<= 250ms", "actual": "30.0ms", "passed": true }],
+            },
+        });
+        let v = Verification {
+            image: format!("r/ns/weather@sha256:{hex}"),
+            digest: format!("sha256:{hex}"),
+            signature: "sha256:11".into(),
+            signed_reference: "r/ns/weather".into(),
+            attestation: "sha256:22".into(),
+            statement: statement("r/ns/weather", &format!("sha256:{hex}"), predicate),
+        };
+        let text = describe(&v);
+        for want in [
+            "model         weather from s3://models/weather/",
+            "    model.joblib  42 bytes  sha256:ef",
+            "build         weather-3 (context sha256:01)",
+            "run           weather-20261202-abcd",
+            "checks        passed against http://weather.models-dev.svc",
+            "    ok   seed request",
+            "meta.tags.weather_state = \"mild\" (actual mild)",
+            "load: p50 12.5 ms, p95 30.0 ms, p99 41.0 ms",
+            "ok   slo p95 <= 250ms (measured 30.0ms)",
+        ] {
+            assert!(text.contains(want), "missing `{want}` in:\n{text}");
+        }
     }
 
     #[test]
