@@ -649,7 +649,7 @@ fn the_weather_pipeline_signs_and_prod_verifies() {
     let out = run(PASSWORD, &["--resume", &run_id]);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("(signed+verified)"), "{stdout}");
+    assert!(stdout.contains("\n  provenance: signed+verified"), "{stdout}");
 
     let cli = |args: &[&str]| {
         let out = cli_support::modelship().args(args).output().unwrap();

@@ -291,12 +291,13 @@ fn summary_table(s: &RunSummary, rerun: &str) -> String {
     let mut out = table(&rows);
     out.push_str(&checks_text(&s.stages));
     for p in crate::report::promotions(&s.stages) {
-        out.push_str(&format!("\npromoted {} to {} ({}): {}", p.digest, p.environment, p.provenance, p.image));
+        out.push_str(&format!("\npromoted {} to {}: {}", p.digest, p.environment, p.image));
         match &p.previous_digest {
             Some(prev) if *prev == p.digest => out.push_str(" (unchanged)"),
             Some(prev) => out.push_str(&format!(" (was {prev})")),
             None => {}
         }
+        out.push_str(&format!("\n  provenance: {}", p.provenance));
     }
     out.push_str(&format!("\nrun {} of {}: {} (state: {})", s.run_id, s.pipeline, s.status, s.state));
     if let Some(ws) = &s.workspace {
