@@ -231,6 +231,18 @@ async fn promotion_verifies_and_carries_signature_and_attestation_byte_exact() {
     // Signing again (a retried stage) writes nothing new.
     assert_eq!(env.sign(&digest, &env.key, predicate(true)).await, signed);
 
+    // Into an environment without `verify`: carried, not verified.
+    let mut envs = env.clusters.environments().clone();
+    envs.get_mut("prod").unwrap().verify = None;
+    let unverifying = Clusters::new(envs, Some(env.dir.path().join("kubeconfig")));
+    let mut req = env.request("run-0", &digest);
+    req.tag = "carried".into();
+    let out = promotion::promote(&unverifying, &req, false).await.unwrap();
+    let prov = out.provenance.expect("provenance carried");
+    assert!(!prov.verified && prov.signature.as_deref() == Some(signed.signature.as_str()), "{prov:?}");
+    let ledger = env.store("prod").await.get_ledger(MODEL).await.unwrap();
+    assert!(modelship::commands::history::table(&ledger.history).contains(" signed"));
+
     let out = promotion::promote(&env.clusters, &env.request("run-1", &digest), false).await.unwrap();
     let prov = out.provenance.clone().expect("provenance carried");
     assert!(prov.verified);
@@ -253,7 +265,7 @@ async fn promotion_verifies_and_carries_signature_and_attestation_byte_exact() {
     assert_eq!(v.statement["subject"][0]["digest"]["sha256"], digest.strip_prefix("sha256:").unwrap());
     // The ledger entry records both digests and the verification.
     let ledger = env.store("prod").await.get_ledger(MODEL).await.unwrap();
-    let entry = ledger.history.iter().find(|e| e.action == "promoted").unwrap();
+    let entry = ledger.history.iter().find(|e| e.action == "promoted" && e.run_id == "run-1").unwrap();
     assert_eq!(Provenance::of(entry), Some(prov));
     assert!(modelship::commands::history::table(&ledger.history).contains("signed+verified"));
     env.stop().await;
