@@ -131,12 +131,26 @@ impl Stage for Promote {
         let model = &cx.pipeline.spec.model.name;
         let tag = params.tag.as_deref().unwrap_or("latest");
         let ns = |env: &str| cx.pipeline.spec.environments.get(env).map(|e| e.namespace.clone()).unwrap_or_default();
-        let mut lines = vec![format!(
+        let mut lines = Vec::new();
+        if let Some(v) = cx.pipeline.spec.environments.get(&params.to).and_then(|e| e.verify.as_ref()) {
+            let key = match &v.public_key {
+                crate::spec::KeyRef::Secret(s) => format!("Secret {}/{s}", ns(&params.to)),
+                crate::spec::KeyRef::File(f) => format!("file {f}"),
+            };
+            lines.push(format!(
+                "verify the digest's signature and attestation with {key} first (refuse, copying nothing, if either fails)"
+            ));
+        }
+        lines.push(format!(
+            "copy sha256-<hex>.sig and sha256-<hex>.att (if present) to {}/{model}, byte-exact",
+            ns(&params.to)
+        ));
+        lines.push(format!(
             "copy {model}@<digest verified in `{}`> from {}/{model} to {}/{model}:{tag} (by digest)",
             params.from,
             ns(&params.from),
             ns(&params.to)
-        )];
+        ));
         if params.approval == ApprovalMode::Required {
             let t = params.approval_timeout.as_ref().map_or("1h", |d| d.text());
             lines.insert(0, format!("wait up to {t} for `modelship approve` (run parks in waiting-approval)"));
@@ -148,20 +162,6 @@ impl Stage for Promote {
                 params.to
             ));
         }
-        if let Some(v) = cx.pipeline.spec.environments.get(&params.to).and_then(|e| e.verify.as_ref()) {
-            let key = match &v.public_key {
-                crate::spec::KeyRef::Secret(s) => format!("Secret {}/{s}", ns(&params.to)),
-                crate::spec::KeyRef::File(f) => format!("file {f}"),
-            };
-            lines.insert(
-                lines.len() - usize::from(params.image_stream.unwrap_or(true)),
-                format!("verify the signature and attestation of the digest with {key} first (refuse if either fails)"),
-            );
-        }
-        lines.push(format!(
-            "carry sha256-<hex>.sig and sha256-<hex>.att (if present) to {}/{model}, byte-exact",
-            ns(&params.to)
-        ));
         lines.push(format!("ledger ConfigMap of `{model}` in {}: record the promotion", ns(&params.to)));
         if params.verify {
             lines.push(format!(

@@ -32,9 +32,9 @@ pub struct Params {
 
 pub struct Sign;
 
-fn key_text(key: &KeyRef) -> String {
+fn key_text(key: &KeyRef, namespace: &str) -> String {
     match key {
-        KeyRef::Secret(name) => format!("Secret `{name}`"),
+        KeyRef::Secret(name) => format!("Secret {namespace}/{name}"),
         KeyRef::File(path) => format!("file {path}"),
     }
 }
@@ -101,8 +101,9 @@ impl Stage for Sign {
     }
 
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
-        let key = cx.pipeline.spec.signing.as_ref().map_or("(no key)".to_string(), |s| key_text(&s.key));
         let env = environment(params, cx.pipeline).unwrap_or_default();
+        let ns = cx.pipeline.spec.environments.get(&env).map(|e| e.namespace.clone()).unwrap_or_default();
+        let key = cx.pipeline.spec.signing.as_ref().map_or("(no key)".to_string(), |s| key_text(&s.key, &ns));
         let model = &cx.pipeline.spec.model.name;
         vec![
             format!("sign {model}@<checked digest> in `{env}` with {key}: push sha256-<hex>.sig (cosign simple signing)"),
@@ -278,7 +279,7 @@ spec:
         let catalog = Catalog::embedded();
         let cx = ValidateCx { pipeline: &p, stage: &p.spec.stages[0], index: 0, catalog: &catalog };
         let plan = Sign::plan(&Params::default(), &cx).join("\n");
-        assert!(plan.contains("in `dev` with Secret `cosign`"), "{plan}");
+        assert!(plan.contains("in `dev` with Secret models-dev/cosign"), "{plan}");
         assert!(plan.contains("sha256-<hex>.att"), "{plan}");
     }
 }
