@@ -23,6 +23,8 @@
 //! - [`promotion`]: promote, roll back and list a model's digests across
 //!   environments (ledger, lock, ImageStream tags); used by the `promote`
 //!   stage and commands.
+//! - [`signing`]: cosign-format image signatures and in-toto attestations
+//!   (keys, sign, verify); used by the `sign` stage, `promote` and `modelship verify`.
 //! - [`report`]: what a run found, for people — the end-of-run summary's
 //!   checks and promotions, and `modelship report` (Markdown, static HTML).
 //! - [`triggers`]: Git push selection and the webhook server.
@@ -43,6 +45,7 @@ pub mod promotion;
 pub mod registry;
 pub mod report;
 pub mod secret;
+pub mod signing;
 pub mod sim;
 pub mod spec;
 pub mod stages;

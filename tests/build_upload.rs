@@ -163,6 +163,7 @@ fn clusters(kubeconfig: PathBuf) -> Clusters {
         registry: None,
         insecure_registry: false,
         registry_secret: None,
+        verify: None,
     };
     Clusters::new(IndexMap::from([("dev".to_string(), env)]), Some(kubeconfig))
 }

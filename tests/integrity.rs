@@ -344,6 +344,7 @@ spec:
         image_stream: false,
         state_dir: None,
         auth: AuthStore::anonymous(),
+        pipeline_dir: None,
     };
     let err = promotion::promote(&clusters, &request, false).await.unwrap_err();
     let text = format!("{:#}", anyhow::Error::from(err));

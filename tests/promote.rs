@@ -153,6 +153,7 @@ impl Env {
             image_stream: false,
             state_dir: None,
             auth: AuthStore::anonymous(),
+            pipeline_dir: None,
         }
     }
 

@@ -112,6 +112,7 @@ spec:
             image_stream: false,
             state_dir: None,
             auth: AuthStore::anonymous(),
+            pipeline_dir: None,
         }
     }
 

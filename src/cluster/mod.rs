@@ -248,6 +248,7 @@ mod tests {
             registry: None,
             insecure_registry: false,
             registry_secret: None,
+            verify: None,
         }
     }
 

@@ -59,6 +59,17 @@ pub fn table(entries: &[LedgerEntry]) -> String {
             if e.forced {
                 note.push_str(" forced");
             }
+            if let Some(p) = promotion::Provenance::of(e) {
+                note.push_str(if p.verified {
+                    " signed+verified"
+                } else if p.signature.is_some() {
+                    " signed"
+                } else {
+                    " attested"
+                });
+            } else if e.action == promotion::PROMOTED {
+                note.push_str(" unsigned");
+            }
             if let Some(c) = &e.comment {
                 note.push_str(&format!(" \"{c}\""));
             }

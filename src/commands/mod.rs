@@ -15,6 +15,7 @@ pub mod simulated;
 pub mod status;
 pub mod trigger;
 pub mod validate;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -81,6 +82,11 @@ pub enum Command {
     Approve(approve::DecisionArgs),
     /// Reject a run waiting for approval.
     Reject(approve::DecisionArgs),
+    /// Check an image's signature and attestation; print its provenance.
+    Verify(verify::VerifyArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(verify::KeysCommand),
 }
 
 /// Run the parsed command.
@@ -100,6 +106,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Report(a) => report::run(a, &g).await,
         Command::Approve(a) => approve::run(a, true, &g).await,
         Command::Reject(a) => approve::run(a, false, &g).await,
+        Command::Verify(a) => verify::run(a, &g).await,
+        Command::Keys(c) => verify::keys(c, &g).await,
     }
 }
 

@@ -143,6 +143,7 @@ pub async fn run(a: PromoteArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
             image_stream: !a.no_image_stream,
             state_dir: session.state_dir.clone(),
             auth,
+            pipeline_dir: a.place.file.parent().map(std::path::Path::to_path_buf),
         };
         promotion::promote(&session.clusters, &req, a.dry_run).await.map_err(fail)
     }

@@ -297,6 +297,7 @@ fn summary_table(s: &RunSummary, rerun: &str) -> String {
             Some(prev) => out.push_str(&format!(" (was {prev})")),
             None => {}
         }
+        out.push_str(&format!("\n  provenance: {}", p.provenance));
     }
     out.push_str(&format!("\nrun {} of {}: {} (state: {})", s.run_id, s.pipeline, s.status, s.state));
     if let Some(ws) = &s.workspace {

@@ -84,6 +84,13 @@ pub enum PromotionError {
     },
     #[error("{what}: gave up after {attempts} conflicting writes")]
     Contended { what: String, attempts: u32 },
+    /// The target verifies what it receives and this digest did not pass.
+    #[error("refused: `{env}` accepts only signed, attested digests: {source}")]
+    Unverified {
+        env: String,
+        #[source]
+        source: crate::signing::SigningError,
+    },
     #[error("image reference {image} recorded in the ledger is not valid: {source}")]
     BadImage {
         image: String,
@@ -106,6 +113,7 @@ impl HasExitClass for PromotionError {
             PromotionError::NoRegistry { .. } | PromotionError::Refused(_) => ExitClass::BadInput,
             PromotionError::Copy { source, .. } => source.exit_class(),
             PromotionError::RegistrySecret { .. } => ExitClass::Failed,
+            PromotionError::Unverified { source, .. } => source.exit_class(),
             PromotionError::Ledger { source, .. } => match source {
                 StateError::Locked { .. } => ExitClass::Failed,
                 other => other.exit_class(),
@@ -394,6 +402,9 @@ pub struct PromoteRequest {
     pub image_stream: bool,
     pub state_dir: Option<PathBuf>,
     pub auth: AuthStore,
+    /// Where `{ file: PATH }` keys of the pipeline resolve (its directory);
+    /// `None`: the working directory.
+    pub pipeline_dir: Option<PathBuf>,
 }
 
 /// What a promotion did (or, dry, would do).
@@ -416,7 +427,86 @@ pub struct PromoteOutcome {
     pub recorded: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copy: Option<CopyStats>,
+    /// Signature and attestation carried along (and whether they were verified).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
     pub dry_run: bool,
+}
+
+/// The `.sig` and `.att` manifests that travelled with a promoted digest;
+/// recorded in the ledger entry's `checks.provenance`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<String>,
+    /// Checked against the target's `verify` key before anything was copied.
+    #[serde(default)]
+    pub verified: bool,
+}
+
+impl Provenance {
+    /// What a ledger entry says about it.
+    pub fn of(entry: &LedgerEntry) -> Option<Provenance> {
+        entry.checks.as_ref()?.get("provenance").and_then(|p| serde_json::from_value(p.clone()).ok())
+    }
+}
+
+/// A client for the registry of `image`, reached as environment `env`
+/// reaches it (as [`copy_options`] sets up a copy).
+pub async fn registry_client(
+    auth: &AuthStore,
+    env: &EnvTarget,
+    image: &ImageRef,
+) -> Result<crate::registry::RegistryClient, RegistryError> {
+    let mut auth = auth.clone().with_first(env.auth.clone());
+    let mut roots = Vec::new();
+    if let Some(access) = &env.cluster_access {
+        roots.extend(access.roots.iter().cloned());
+        if let Some(token) = &access.token {
+            auth.add_cluster_token(&image.registry, &env.name, token.clone());
+        }
+    }
+    crate::registry::RegistryClient::connect(
+        &image.registry,
+        env.insecure,
+        &roots,
+        auth.lookup(&image.registry, &image.repository).cloned(),
+        auth.sources.clone(),
+    )
+    .await
+}
+
+/// Verify `digest` at `source` with the `verify` key of environment `to`,
+/// if it has one.
+async fn verify_for(
+    clusters: &Clusters,
+    req: &PromoteRequest,
+    from: &EnvTarget,
+    to: &EnvTarget,
+    source: &ImageRef,
+    digest: &str,
+) -> Result<Option<crate::signing::Verification>, PromotionError> {
+    use crate::signing::source::{SecretScope, public_key};
+    let Some(verify) = clusters.environment(&req.to)?.verify.clone() else { return Ok(None) };
+    let unverified = |source| PromotionError::Unverified { env: req.to.clone(), source };
+    let scope = SecretScope { client: &to.client, namespace: &to.namespace, env: &req.to };
+    let base = req.pipeline_dir.clone().unwrap_or_default();
+    let key = public_key(&verify.public_key, Some(scope), &base).await.map_err(unverified)?;
+    let client = registry_client(&req.auth, from, source).await.map_err(|e| PromotionError::Copy {
+        src: source.to_string(),
+        dst: format!("verification for `{}`", req.to),
+        credentials: String::new(),
+        source: e,
+    })?;
+    let verified = crate::signing::verify_image(&client, &source.repository, digest, &key).await.map_err(unverified)?;
+    tracing::info!(
+        model = %req.model, to = %req.to, digest, signature = %verified.signature, attestation = %verified.attestation,
+        "signature and attestation verified"
+    );
+    Ok(Some(verified))
 }
 
 /// The entry of `from`'s ledger that `digest` (or the current digest) is
@@ -506,6 +596,7 @@ pub async fn promote(
         forced,
         recorded: false,
         copy: None,
+        provenance: None,
         dry_run,
     };
     if dry_run {
@@ -514,13 +605,18 @@ pub async fn promote(
         return Ok(outcome);
     }
 
+    // Before anything is locked, copied or tagged: a target that verifies
+    // refuses a digest whose signature or attestation does not hold.
+    let verified = verify_for(clusters, req, &from, &to, &source, &digest).await?.is_some();
+
     let holder = format!("{} (run {})", req.by, req.run_id);
     let lock_err = ledger_err(&req.model, &*to_store);
     lock_with_wait(&*to_store, &req.model, &holder, req.lock_ttl, req.lock_wait).await.map_err(&lock_err)?;
     // Released on every path; a cancelled caller drops this future, so the
     // stage releases again after its select (release by the holder is idempotent).
     let keeper = LockKeeper::start(to_store.clone(), &req.model, &holder, req.lock_ttl);
-    let result = locked_promote(req, &from, &to, &*to_store, &keeper, &source, &dst, checks, forced, outcome).await;
+    let result =
+        locked_promote(req, &from, &to, &*to_store, &keeper, &source, &dst, checks, forced, verified, outcome).await;
     drop(keeper);
     if let Err(e) = to_store.release_lock(&req.model, &holder).await {
         tracing::warn!(model = %req.model, error = %e, "could not release the promotion lock; it expires on its own");
@@ -539,10 +635,24 @@ async fn locked_promote(
     dst: &ImageRef,
     checks: Option<Value>,
     forced: bool,
+    verified: bool,
     mut outcome: PromoteOutcome,
 ) -> Result<PromoteOutcome, PromotionError> {
     let lock_err = ledger_err(&req.model, to_store);
     let opts = copy_options(&req.auth, from, to, source, dst);
+    // Signature and attestation first, byte-exact, so the tag never names
+    // a digest whose provenance is not beside it yet.
+    let mut provenance = Provenance { verified, ..Provenance::default() };
+    for (suffix, slot) in [("sig", &mut provenance.signature), ("att", &mut provenance.attestation)] {
+        let tag = crate::signing::attachment_tag(&outcome.digest, suffix);
+        let src = ImageRef { tag: Some(tag.clone()), digest: None, ..source.clone() };
+        let dst = ImageRef { tag: Some(tag), digest: None, ..dst.clone() };
+        match copy_while_locked(keeper, &src, &dst, &opts).await.map_err(&lock_err)? {
+            Ok(stats) => *slot = Some(stats.digest),
+            Err(PromotionError::Copy { source: RegistryError::ManifestNotFound { .. }, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
     let stats = copy_while_locked(keeper, source, dst, &opts).await.map_err(&lock_err)??;
     tracing::info!(
         model = %req.model, from = %req.from, to = %req.to, digest = %stats.digest,
@@ -555,6 +665,18 @@ async fn locked_promote(
     if req.image_stream {
         tag::point_tag(&to.client, &to.namespace, &req.model, &req.tag, &outcome.image).await?;
     }
+    let signed = provenance.signature.is_some() || provenance.attestation.is_some();
+    let checks = if signed {
+        let mut c = match checks {
+            Some(Value::Object(m)) => m,
+            Some(other) => serde_json::Map::from_iter([("result".to_string(), other)]),
+            None => serde_json::Map::new(),
+        };
+        c.insert("provenance".into(), serde_json::to_value(&provenance).expect("serialisable"));
+        Some(Value::Object(c))
+    } else {
+        checks
+    };
     let entry = LedgerEntry {
         action: PROMOTED.into(),
         environment: req.to.clone(),
@@ -588,6 +710,7 @@ async fn locked_promote(
     outcome.previous = previous.filter(|p| !(p.digest == outcome.digest && p.run_id == req.run_id));
     outcome.recorded = recorded;
     outcome.copy = Some(stats);
+    outcome.provenance = signed.then_some(provenance);
     Ok(outcome)
 }
 
@@ -731,6 +854,7 @@ async fn locked_rollback(
         forced: false,
         recorded,
         copy: Some(stats),
+        provenance: None,
         dry_run: false,
     })
 }

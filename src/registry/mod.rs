@@ -11,6 +11,7 @@
 //!
 //! Written on reqwest rather than `oci-client`: see [`copy`] for why.
 
+pub mod artifact;
 mod auth;
 mod client;
 mod copy;
@@ -18,6 +19,7 @@ mod reference;
 
 pub use auth::{AuthStore, Credentials};
 pub use client::RegistryClient;
+pub(crate) use copy::sha256_digest as sha256_of;
 pub use copy::{CopyOptions, CopyStats, copy_image};
 pub use reference::{ImageRef, validate_digest, validate_repository};
 

@@ -35,6 +35,8 @@ pub struct Promotion {
     pub digest: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_digest: Option<String>,
+    /// `signed+verified`, `signed` (carried, the target does not verify) or `unsigned`.
+    pub provenance: String,
 }
 
 /// Check reports of the succeeded or failed check stages, in stage order. A
@@ -64,6 +66,11 @@ pub fn promotions(stages: &[StageRecord]) -> Vec<Promotion> {
                 image: text("image")?,
                 digest: text("digest")?,
                 previous_digest: text("previousDigest"),
+                provenance: match (text("signatureDigest"), s.outputs.get("signatureVerified")) {
+                    (Some(_), Some(Value::Bool(true))) => "signed+verified".into(),
+                    (Some(_), _) => "signed".into(),
+                    (None, _) => "unsigned".into(),
+                },
             })
         })
         .collect()

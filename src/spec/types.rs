@@ -47,6 +47,64 @@ pub struct PipelineSpec {
     /// the stage catalog's, file by file (`render/Dockerfile.hbs`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub templates: Option<String>,
+    /// The key the `sign` stage signs with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing: Option<SigningSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SigningSpec {
+    /// The private key: a Secret in the signing environment's namespace with
+    /// `cosign.key` (and `cosign.password`), or a PEM file.
+    pub key: KeyRef,
+}
+
+/// Where a key is: `{ secret: NAME }` or `{ file: PATH }` (relative to the
+/// pipeline file).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "KeyRefFields", into = "KeyRefFields")]
+pub enum KeyRef {
+    Secret(String),
+    File(String),
+}
+
+/// The YAML shape of [`KeyRef`]: a map with exactly one of the two keys.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRefFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+}
+
+impl TryFrom<KeyRefFields> for KeyRef {
+    type Error = String;
+    fn try_from(f: KeyRefFields) -> Result<Self, String> {
+        match (f.secret, f.file) {
+            (Some(s), None) if !s.is_empty() => Ok(KeyRef::Secret(s)),
+            (None, Some(p)) if !p.is_empty() => Ok(KeyRef::File(p)),
+            _ => Err("expected exactly one of `secret: NAME` or `file: PATH`".into()),
+        }
+    }
+}
+
+impl From<KeyRef> for KeyRefFields {
+    fn from(k: KeyRef) -> Self {
+        match k {
+            KeyRef::Secret(s) => KeyRefFields { secret: Some(s), file: None },
+            KeyRef::File(p) => KeyRefFields { secret: None, file: Some(p) },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// The public key signatures must verify with: a Secret in the
+    /// environment's namespace with `cosign.pub`, or a PEM file.
+    pub public_key: KeyRef,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -101,6 +159,10 @@ pub struct Environment {
     /// credentials for `registry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_secret: Option<String>,
+    /// Promotions into this environment must carry a signature and an
+    /// attestation that verify with this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
 }
 
 /// The fields every stage has, around the kind-specific `with:`.

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 
 use super::context::{Outputs, Problem, StageContext, StageError, ValidateCx};
-use super::{Stage, fetch_model, openshift_build, prediction_check, promote, render, seldon_deploy};
+use super::{Stage, fetch_model, openshift_build, prediction_check, promote, render, seldon_deploy, sign};
 #[cfg(test)]
 use crate::engine::testkind::TestStep;
 
@@ -16,6 +16,7 @@ macro_rules! for_each_kind {
             OpenshiftBuild => openshift_build::OpenshiftBuild,
             SeldonDeploy => seldon_deploy::SeldonDeploy,
             PredictionCheck => prediction_check::PredictionCheck,
+            Sign => sign::Sign,
             Promote => promote::Promote,
         }
     };

@@ -9,6 +9,7 @@ pub mod prediction_check;
 pub mod promote;
 pub mod render;
 pub mod seldon_deploy;
+pub mod sign;
 
 mod context;
 mod kind;

@@ -85,7 +85,15 @@ fn stage_error(e: PromotionError) -> StageError {
 
 impl Stage for Promote {
     const KIND: &'static str = "promote";
-    const OUTPUTS: &'static [&'static str] = &["image", "digest", "environment", "previousDigest"];
+    const OUTPUTS: &'static [&'static str] = &[
+        "image",
+        "digest",
+        "environment",
+        "previousDigest",
+        "signatureDigest",
+        "attestationDigest",
+        "signatureVerified",
+    ];
     type Params = Params;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
@@ -123,12 +131,26 @@ impl Stage for Promote {
         let model = &cx.pipeline.spec.model.name;
         let tag = params.tag.as_deref().unwrap_or("latest");
         let ns = |env: &str| cx.pipeline.spec.environments.get(env).map(|e| e.namespace.clone()).unwrap_or_default();
-        let mut lines = vec![format!(
+        let mut lines = Vec::new();
+        if let Some(v) = cx.pipeline.spec.environments.get(&params.to).and_then(|e| e.verify.as_ref()) {
+            let key = match &v.public_key {
+                crate::spec::KeyRef::Secret(s) => format!("Secret {}/{s}", ns(&params.to)),
+                crate::spec::KeyRef::File(f) => format!("file {f}"),
+            };
+            lines.push(format!(
+                "verify the digest's signature and attestation with {key} first (refuse, copying nothing, if either fails)"
+            ));
+        }
+        lines.push(format!(
+            "copy sha256-<hex>.sig and sha256-<hex>.att (if present) to {}/{model}, byte-exact",
+            ns(&params.to)
+        ));
+        lines.push(format!(
             "copy {model}@<digest verified in `{}`> from {}/{model} to {}/{model}:{tag} (by digest)",
             params.from,
             ns(&params.from),
             ns(&params.to)
-        )];
+        ));
         if params.approval == ApprovalMode::Required {
             let t = params.approval_timeout.as_ref().map_or("1h", |d| d.text());
             lines.insert(0, format!("wait up to {t} for `modelship approve` (run parks in waiting-approval)"));
@@ -235,6 +257,7 @@ impl Stage for Promote {
             state_dir: state_dir.clone(),
             // An auth file that is there but unreadable is an error, never an anonymous push.
             auth: AuthStore::load(None).map_err(|e| StageError::bad_input(e.to_string()))?,
+            pipeline_dir: Some(cx.pipeline_dir.clone()),
         };
         let outcome = tokio::select! {
             r = promotion::promote(&cx.clusters, &req, false) => r.map_err(stage_error)?,
@@ -254,6 +277,10 @@ impl Stage for Promote {
             "previousDigest".into(),
             outcome.previous.as_ref().map_or(Value::Null, |p| Value::String(p.digest.clone())),
         );
+        let prov = outcome.provenance.clone().unwrap_or_default();
+        out.insert("signatureDigest".into(), prov.signature.map_or(Value::Null, Value::String));
+        out.insert("attestationDigest".into(), prov.attestation.map_or(Value::Null, Value::String));
+        out.insert("signatureVerified".into(), Value::Bool(prov.verified));
         Ok(out)
     }
 }

@@ -1,0 +1,285 @@
+//! Stage `sign`: sign the digest the prediction check passed, in cosign's
+//! key-based format, and attach an in-toto attestation of what was fetched,
+//! built and checked (see [`crate::signing`]). The key is
+//! `spec.signing.key`; `promote` carries both to the target and, when the
+//! target has `verify`, checks them first.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Outputs, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use crate::error::HasExitClass;
+use crate::registry::{AuthStore, ImageRef};
+use crate::signing::SigningError;
+use crate::signing::source::{SecretScope, private_key};
+use crate::spec::KeyRef;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Params {
+    /// Where the image is (and the key Secret); default: the
+    /// `openshift-build` stage's environment, else the first environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Image to sign (`HOST/NS/NAME[@DIGEST]`); default: the latest
+    /// `openshift-build`'s `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Default: the latest `openshift-build`'s `imageDigest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+pub struct Sign;
+
+fn key_text(key: &KeyRef, namespace: &str) -> String {
+    match key {
+        KeyRef::Secret(name) => format!("Secret {namespace}/{name}"),
+        KeyRef::File(path) => format!("file {path}"),
+    }
+}
+
+fn stage_error(e: SigningError) -> StageError {
+    let transient = e.is_transient();
+    let bad = e.exit_class() == crate::ExitClass::BadInput;
+    let mut err = StageError::failed(e);
+    if bad {
+        err.kind = StageErrorKind::BadInput;
+    }
+    if transient {
+        err = err.retryable();
+    }
+    err
+}
+
+/// The environment the image was built in.
+fn environment(params: &Params, cx_pipeline: &crate::spec::Pipeline) -> Option<String> {
+    params
+        .environment
+        .clone()
+        .or_else(|| {
+            cx_pipeline
+                .spec
+                .stages
+                .iter()
+                .find(|s| s.uses == "openshift-build")
+                .and_then(|s| s.with.get("environment"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .or_else(|| cx_pipeline.spec.environments.keys().next().cloned())
+}
+
+impl Stage for Sign {
+    const KIND: &'static str = "sign";
+    const OUTPUTS: &'static [&'static str] = &["image", "digest", "signatureDigest", "attestationDigest"];
+    type Params = Params;
+
+    fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if cx.pipeline.spec.signing.is_none() {
+            out.push(Problem::new("", "stage `sign` needs `spec.signing.key`").with_hint(
+                "e.g. `signing: { key: { secret: cosign } }`; `modelship keys generate --out DIR` makes a pair",
+            ));
+        }
+        if !cx.may_follow("prediction-check") {
+            out.push(Problem::new(
+                "",
+                "stage `sign` signs the digest a `prediction-check` passed: put it after a `prediction-check` stage",
+            ));
+        }
+        if let Some(env) = &params.environment {
+            out.extend(cx.environment_problem("environment", env));
+        }
+        if let Some(d) = &params.digest
+            && !crate::template::is_template(d)
+            && let Err(m) = crate::registry::validate_digest(d)
+        {
+            out.push(Problem::new("digest", m));
+        }
+        out
+    }
+
+    fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
+        let env = environment(params, cx.pipeline).unwrap_or_default();
+        let ns = cx.pipeline.spec.environments.get(&env).map(|e| e.namespace.clone()).unwrap_or_default();
+        let key = cx.pipeline.spec.signing.as_ref().map_or("(no key)".to_string(), |s| key_text(&s.key, &ns));
+        let model = &cx.pipeline.spec.model.name;
+        vec![
+            format!("sign {model}@<checked digest> in `{env}` with {key}: push sha256-<hex>.sig (cosign simple signing)"),
+            "attach sha256-<hex>.att: in-toto Statement v1 (model source and digest, build, pipeline, run, checks) in a DSSE envelope".into(),
+        ]
+    }
+
+    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+        let model = cx.pipeline.spec.model.name.clone();
+        let signing = cx
+            .pipeline
+            .spec
+            .signing
+            .clone()
+            .ok_or_else(|| StageError::bad_input("stage `sign` needs `spec.signing.key`"))?;
+        let build = cx.outputs_of_kind("openshift-build");
+        let str_of =
+            |o: Option<&Outputs>, k: &str| o.and_then(|o| o.get(k)).and_then(Value::as_str).map(str::to_string);
+        let digest = params.digest.clone().or_else(|| str_of(build, "imageDigest")).ok_or_else(|| {
+            StageError::bad_input("no digest to sign: set `with.digest` or run an `openshift-build` stage first")
+        })?;
+        crate::registry::validate_digest(&digest)
+            .map_err(|m| StageError::bad_input(format!("digest `{digest}`: {m}")))?;
+
+        // Only what passed its checks is signed.
+        let check = cx.outputs_of_kind("prediction-check");
+        let passed = check.and_then(|o| o.get("passed")).and_then(Value::as_bool).unwrap_or(false);
+        if !passed {
+            return Err(StageError::msg(format!(
+                "refused to sign {digest}: no passed prediction check ran before this stage"
+            )));
+        }
+
+        let env_name = environment(&params, &cx.pipeline)
+            .ok_or_else(|| StageError::bad_input("no environment to sign in: set `with.environment`"))?;
+        let env = crate::promotion::resolve_env(&cx.clusters, &env_name, &model).await.map_err(|e| {
+            let bad = e.exit_class() == crate::ExitClass::BadInput;
+            let mut err = StageError::failed(e);
+            if bad {
+                err.kind = StageErrorKind::BadInput;
+            }
+            err
+        })?;
+        let image = params.image.clone().or_else(|| str_of(build, "image")).unwrap_or_else(|| env.repository(&model));
+        let image = ImageRef::parse(&image).map_err(|e| StageError::bad_input(e.to_string()))?.with_digest(&digest);
+
+        let scope = SecretScope { client: &env.client, namespace: &env.namespace, env: &env_name };
+        let key = private_key(&signing.key, Some(scope), &cx.pipeline_dir).await.map_err(stage_error)?;
+
+        let auth = AuthStore::load(None).map_err(|e| StageError::bad_input(e.to_string()))?;
+        let client = crate::promotion::registry_client(&auth, &env, &image)
+            .await
+            .map_err(|e| StageError::failed(e).retryable())?;
+        let predicate = predicate(cx, &digest).await?;
+        let docker_reference = format!("{}/{}", image.registry, image.repository);
+        let signed = tokio::select! {
+            r = crate::signing::sign_image(&client, &image.repository, &docker_reference, &digest, &key, predicate) => r.map_err(stage_error)?,
+            _ = cx.cancel.cancelled() => return Err(StageError::cancelled()),
+        };
+        tracing::info!(
+            image = %image, signature = %signed.signature, attestation = %signed.attestation,
+            "signed and attested"
+        );
+        let mut out = Outputs::new();
+        out.insert("image".into(), Value::String(image.to_string()));
+        out.insert("digest".into(), Value::String(digest));
+        out.insert("signatureDigest".into(), Value::String(signed.signature));
+        out.insert("attestationDigest".into(), Value::String(signed.attestation));
+        Ok(out)
+    }
+}
+
+/// modelship's provenance predicate, from what earlier stages output.
+async fn predicate(cx: &StageContext, digest: &str) -> Result<Value, StageError> {
+    let spec = &cx.pipeline.spec;
+    let get = |kind: &str, key: &str| cx.outputs_of_kind(kind).and_then(|o| o.get(key)).cloned().unwrap_or(Value::Null);
+    let run = cx.state.get_run(&cx.run_key).await.map_err(|e| StageError::failed(e).retryable())?;
+    let context_digest = match get("render", "contextDigest") {
+        Value::Null => spec
+            .stages
+            .iter()
+            .find(|s| s.uses == "openshift-build")
+            .and_then(|s| s.with.get("contextDigest"))
+            .cloned()
+            .unwrap_or(Value::Null),
+        d => d,
+    };
+    Ok(json!({
+        "model": {
+            "name": spec.model.name,
+            "source": crate::secret::mask(&spec.model.source),
+            "versionId": spec.model.version_id,
+            "contentDigest": get("fetch-model", "contentDigest"),
+            "objects": get("fetch-model", "manifest"),
+        },
+        "image": { "digest": digest },
+        "build": {
+            "name": get("openshift-build", "buildName"),
+            "contextDigest": context_digest,
+        },
+        "pipeline": {
+            "name": cx.pipeline.metadata.name,
+            "digest": run.map(|r| r.pipeline_digest),
+        },
+        "runId": cx.run_id,
+        "checks": get("prediction-check", "report"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::spec::Pipeline;
+
+    fn pipeline(signing: &str, stages: &str) -> Pipeline {
+        crate::spec::yaml::from_str(&format!(
+            r#"
+apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: {{ name: weather }}
+spec:
+  model: {{ name: weather, source: "file://m" }}
+{signing}
+  environments:
+    dev: {{ namespace: models-dev }}
+  stages:
+{stages}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn problems(p: &Pipeline, with: Value) -> Vec<String> {
+        let catalog = Catalog::embedded();
+        let index = p.spec.stages.iter().position(|s| s.uses == "sign").unwrap();
+        let cx = ValidateCx { pipeline: p, stage: &p.spec.stages[index], index, catalog: &catalog };
+        let params: Params = serde_json::from_value(with).unwrap();
+        Sign::validate(&params, &cx).into_iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+    }
+
+    #[test]
+    fn needs_a_key_and_a_prediction_check_before_it() {
+        let check = "    - { name: check, uses: prediction-check, with: { endpoint: 'http://x', cases: [{ request: {}, expect: { a: b } }] } }";
+        let sign = "    - { name: sign, uses: sign }";
+        let ok = pipeline("  signing: { key: { secret: cosign } }", &format!("{check}\n{sign}"));
+        assert!(problems(&ok, json!({})).is_empty());
+        let got =
+            problems(&pipeline("", &format!("{sign}\n{check}")), json!({ "environment": "qa", "digest": "sha256:1" }));
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].contains("needs `spec.signing.key`"), "{got:?}");
+        assert!(got[1].contains("after a `prediction-check`"), "{got:?}");
+        assert!(got[2].starts_with("environment:"), "{got:?}");
+        assert!(got[3].starts_with("digest:"), "{got:?}");
+    }
+
+    #[test]
+    fn a_key_is_a_secret_or_a_file_never_both() {
+        let p = pipeline("  signing: { key: { file: keys/cosign.key } }", "    - { name: sign, uses: sign }");
+        assert_eq!(p.spec.signing.unwrap().key, KeyRef::File("keys/cosign.key".into()));
+        for bad in ["{ secret: a, file: b }", "{}", "{ secrit: a }"] {
+            let err = crate::spec::yaml::from_str::<Pipeline>(&format!(
+                "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {{ name: w }}\nspec:\n  model: {{ name: w, source: 'file://m' }}\n  signing: {{ key: {bad} }}\n  environments: {{ dev: {{ namespace: d }} }}\n  stages: []\n"
+            ))
+            .unwrap_err();
+            assert!(err.to_string().contains("spec.signing"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn plan_names_the_key_never_its_contents() {
+        let p = pipeline("  signing: { key: { secret: cosign } }", "    - { name: sign, uses: sign }");
+        let catalog = Catalog::embedded();
+        let cx = ValidateCx { pipeline: &p, stage: &p.spec.stages[0], index: 0, catalog: &catalog };
+        let plan = Sign::plan(&Params::default(), &cx).join("\n");
+        assert!(plan.contains("in `dev` with Secret models-dev/cosign"), "{plan}");
+        assert!(plan.contains("sha256-<hex>.att"), "{plan}");
+    }
+}
