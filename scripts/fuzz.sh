@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz the pipeline parser, the template renderer and the webhook payload
-# parser for a bounded time each (not part of .ci/run: it needs cargo-fuzz
+# parser for a bounded time each (scripts/test.sh runs it with CI=true; it needs cargo-fuzz
 # and minutes). Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] (default 60).
 # Seeds come from fixtures/ (the hostile corpus and the good pipelines);
 # new findings land in fuzz/artifacts/TARGET/.
