@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Fuzz the pipeline parser, the template renderer and the webhook payload
-# parser for a bounded time each (not part of .ci/run: it needs cargo-fuzz
+# parser for a bounded time each (scripts/test.sh runs it with CI=true; it needs cargo-fuzz
 # and minutes). Usage: scripts/fuzz.sh [SECONDS_PER_TARGET] (default 60).
 # Seeds come from fixtures/ (the hostile corpus and the good pipelines);
-# new findings land in fuzz/artifacts/TARGET/.
+# new findings land in fuzz/artifacts/TARGET/. FUZZ_DEV=1 builds the targets
+# without optimisation, FUZZ_SANITIZER=none without AddressSanitizer (both
+# build faster; scripts/test.sh sets them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-60}"
@@ -25,6 +27,6 @@ seed template fixtures/hostile/templates
 seed webhook fixtures/hostile/webhooks fixtures/webhooks
 for target in pipeline template webhook; do
   echo "==> fuzz $target for ${secs}s"
-  cargo fuzz run ${FUZZ_DEV:+--dev} --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
+  cargo fuzz run ${FUZZ_DEV:+--dev} ${FUZZ_SANITIZER:+--sanitizer "$FUZZ_SANITIZER"} --fuzz-dir fuzz "$target" "fuzz/corpus/$target" -- \
     -max_total_time="$secs" -max_len=65536 -rss_limit_mb=1024 -timeout=10
 done

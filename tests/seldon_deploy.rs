@@ -199,6 +199,9 @@ impl StateStore for MemoryState {
     async fn list_runs(&self, _model: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
         Ok(self.run.lock().unwrap().iter().cloned().collect())
     }
+    async fn delete_run(&self, _key: &RunKey) -> Result<bool, StateError> {
+        unimplemented!("stages do not delete runs")
+    }
     async fn get_ledger(&self, _model: &str) -> Result<Ledger, StateError> {
         unimplemented!("seldon-deploy does not touch the ledger")
     }

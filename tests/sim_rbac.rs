@@ -112,13 +112,17 @@ fn every_rule_of_the_shipped_role_is_needed() {
     assert!(blocks.len() >= 10, "found {} rules in the Role", blocks.len());
     let dir = tempfile::tempdir().unwrap();
     // With a Route, so the routes rule has a caller.
+    // With a Route, so the routes rule has a caller; keeping one run, so a
+    // second run deletes the first's record (the configmaps delete rule).
     let pipeline = weather_fixture(dir.path(), |y| {
         let with_route = y.replace(
             "uses: seldon-deploy\n      with: { environment: dev }",
             "uses: seldon-deploy\n      with: { environment: dev, route: true }",
         );
         assert_ne!(with_route, y, "the weather pipeline's deploy stage changed shape");
-        with_route
+        let keep_one = with_route.replacen("  stages:\n", "  state: { keepRuns: 1 }\n  stages:\n", 1);
+        assert_ne!(keep_one, with_route, "the weather pipeline has no stages: line");
+        keep_one
     });
     let mut report = Vec::new();
     for (i, &(s, e)) in blocks.iter().enumerate() {
@@ -127,6 +131,21 @@ fn every_rule_of_the_shipped_role_is_needed() {
         let rbac = dir.path().join(format!("rbac-{i}.yaml"));
         std::fs::write(&rbac, format!("{}{}", &ROLE[..s], &ROLE[e..])).unwrap();
         let sim = dir.path().join(format!("sim-{i}"));
+        let deletes_runs = resources == ["configmaps"] && field(rule, "verbs:") == ["delete"];
+        if deletes_runs {
+            // A finished run for the next one to delete.
+            let first = modelship()
+                .args(["run"])
+                .arg(&pipeline)
+                .arg("--sim")
+                .arg(&sim)
+                .arg("--sim-rbac")
+                .arg(&rbac)
+                .args(["--until", "render"])
+                .output()
+                .unwrap();
+            assert!(first.status.success(), "run --until render: {}", String::from_utf8_lossy(&first.stderr));
+        }
         let out = modelship()
             .args(["--log-format", "text", "run"])
             .arg(&pipeline)
@@ -147,9 +166,14 @@ fn every_rule_of_the_shipped_role_is_needed() {
         };
         let error = stderr.lines().find(|l| l.starts_with("error: ") && names(l));
         let warning = stderr.lines().find(|l| l.contains("cannot stream the build log") && names(l));
+        let prune_warning = stderr.lines().find(|l| {
+            l.contains("cannot delete old run records") && l.contains("cannot delete resource \"configmaps\"")
+        });
         let ok = match (resources.as_slice(), out.status.code()) {
             // Without its log the build goes on, and the run says why.
             (["builds/log"], Some(0)) => warning.is_some(),
+            // The run is over when old records are deleted: it succeeded, and says what it could not delete.
+            (["configmaps"], Some(0)) if deletes_runs => prune_warning.is_some(),
             (_, Some(1)) => error.is_some_and(|l| {
                 assert!(l.len() < 1000, "rule {resources:?}: the refusal is not one short line: {l}");
                 l.contains("modelship")

@@ -264,6 +264,7 @@ fn route_validates_against_the_strict_openshift_schema() {
 /// the service account with this Role; the ablation removes each rule).
 const RBAC: &[(&str, &str, &[&str])] = &[
     ("", "configmaps", &["get", "list", "create", "update"]),
+    ("", "configmaps", &["delete"]),
     ("", "secrets", &["get"]),
     ("coordination.k8s.io", "leases", &["get", "create", "update", "delete"]),
     ("build.openshift.io", "buildconfigs", &["get", "create", "patch"]),

@@ -538,3 +538,130 @@ async fn pushed_commits_are_fetched_before_selection() {
     s.settled_runs().await;
     s.shutdown().await;
 }
+
+/// The load benchmark's claims at a small count (benches/webhook-load.sh
+/// sends 1,000): a burst of deliveries, each sent twice at once, some for
+/// another repository and some badly signed, with two runs at a time. Every
+/// accepted delivery ends in exactly one run, none runs twice, and the
+/// duplicates, foreign and unsigned ones are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_duplicated_deliveries_ends_in_one_run_per_accepted_delivery() {
+    let f = build();
+    let s = Arc::new(
+        Server::start(&f, TestRunner::default(), |c| {
+            c.max_concurrent_runs = 2;
+            c.max_queued_runs = 1000;
+        })
+        .await,
+    );
+    let push = github_push("refs/heads/main", &f.c[0], &f.c[1]);
+    let foreign =
+        String::from_utf8(push.clone()).unwrap().replace("openshift-pipelines/pipelines-as-code", "someone/else");
+    assert_ne!(foreign.as_bytes(), push.as_slice());
+    let unique = 60;
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..unique {
+        // Each delivery twice, the copies racing each other.
+        for _copy in 0..2 {
+            let s = s.clone();
+            let (push, foreign) = (push.clone(), foreign.clone().into_bytes());
+            sends.spawn(async move {
+                let id = format!("burst-{i}");
+                let (status, _) = match i % 10 {
+                    0 => s.github("push", &id, push.clone(), Some(github_signature(b"wrong", &push))).await,
+                    1 => s.github_signed(&id, foreign).await,
+                    _ => s.github_signed(&id, push).await,
+                };
+                (i, status)
+            });
+        }
+    }
+    let mut answers: HashMap<StatusCode, usize> = HashMap::new();
+    let mut by_id: HashMap<usize, Vec<u16>> = HashMap::new();
+    while let Some(r) = sends.join_next().await {
+        let (i, status) = r.unwrap();
+        *answers.entry(status).or_default() += 1;
+        by_id.entry(i).or_default().push(status.as_u16());
+    }
+    let valid = (0..unique).filter(|i| i % 10 >= 2).count();
+    for (i, statuses) in &mut by_id {
+        statuses.sort();
+        match i % 10 {
+            0 => assert_eq!(statuses, &[401, 401], "badly signed {i}"),
+            // The copy that raced the first one while it was being looked at
+            // is a replay (409); the first is another repository's push.
+            1 => assert!(statuses == &[409, 422] || statuses == &[422, 422], "foreign {i}: {statuses:?}"),
+            _ => assert_eq!(statuses, &[202, 409], "delivery {i}: accepted once, its copy refused"),
+        }
+    }
+    assert_eq!(answers.get(&StatusCode::ACCEPTED).copied(), Some(valid), "{answers:?}");
+
+    let runs = s.settled_runs().await;
+    let deliveries: std::collections::BTreeSet<&str> = runs.iter().map(|r| r["delivery"].as_str().unwrap()).collect();
+    assert_eq!(runs.len(), valid, "one run per accepted delivery");
+    assert_eq!(deliveries.len(), valid, "no delivery ran twice");
+    assert!(runs.iter().all(|r| r["status"] == "succeeded" && r["pipeline"] == "weather"), "{runs:?}");
+    assert_eq!(s.calls().len(), valid);
+    assert!(s.runner.max_in_flight.load(Ordering::SeqCst) <= 2);
+    println!(
+        "burst: {} deliveries sent ({unique} ids, each twice), {valid} accepted, {} refused as replays, {} bad signatures, {} foreign; {} runs, 0 duplicated",
+        2 * unique,
+        answers[&StatusCode::CONFLICT],
+        answers[&StatusCode::UNAUTHORIZED],
+        answers[&StatusCode::UNPROCESSABLE_ENTITY],
+        runs.len()
+    );
+    Arc::into_inner(s).expect("no sender left").shutdown().await;
+}
+
+/// Read until the server closes the connection; what it sent, if anything.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    // Bounds a hang (the server closing is what is awaited), times nothing.
+    let read = tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server never closed the connection");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Clients that send their headers or body slowly (or never) are cut off
+/// and cannot hold the server: with every connection slot taken by
+/// clients that stall in their headers, a genuine delivery still gets in
+/// once they are disconnected; a stalled body is answered 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_cannot_hold_the_server() {
+    use tokio::io::AsyncWriteExt;
+    let f = build();
+    let s = Server::start(&f, TestRunner::default(), |c| {
+        c.header_read_timeout = Duration::from_millis(300);
+        c.body_read_timeout = Duration::from_millis(300);
+        c.max_connections = 2;
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: pu").await.unwrap();
+        stalled.push(c);
+    }
+    let (status, body) = s.github_signed("after-the-slow-ones", github_push("refs/heads/main", &f.c[0], &f.c[1])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    for mut c in stalled {
+        let answer = read_to_close(&mut c).await;
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+
+    // Headers complete, 10 of 1,000 body bytes, then nothing.
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(
+        b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: slow-body\r\nContent-Length: 1000\r\n\r\n{\"ref\": 1,",
+    )
+    .await
+    .unwrap();
+    let answer = read_to_close(&mut c).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("the body did not arrive within 300ms"), "{answer}");
+    s.settled_runs().await;
+    assert_eq!(s.calls().len(), 1);
+    s.shutdown().await;
+}

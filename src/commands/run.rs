@@ -52,6 +52,12 @@ pub struct RunArgs {
     /// With --sim: apply these RBAC manifests instead of .tekton/rbac/modelship.yaml.
     #[arg(long, value_name = "FILE", requires = "sim")]
     pub sim_rbac: Option<PathBuf>,
+    /// With --sim: the sims inject this failure (repeatable; the rules of
+    /// `modelship sim serve --fault`, e.g. `503/3`, `cut-body/2=registry/blobs`)
+    /// from the run's first request on (their setup is not faulted). Counts:
+    /// `DIR/ENV/faults.json` after the run.
+    #[arg(long, value_name = "RULE", requires = "sim")]
+    pub fault: Vec<crate::sim::FaultRule>,
     /// Use kubeconfig context CTX for environment ENV (repeatable).
     #[arg(long = "context", value_name = "ENV=CTX")]
     pub contexts: Vec<String>,
@@ -124,7 +130,7 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
 
     let sims = match &args.sim {
         Some(dir) => {
-            let sim_opts = SimOptions { serve_s3: true, rbac: args.sim_rbac.clone() };
+            let sim_opts = SimOptions { serve_s3: true, rbac: args.sim_rbac.clone(), faults: args.fault.clone() };
             let sims = SimClusters::start(&args.file, dir, &sim_opts).await?;
             opts.kubeconfig = Some(sims.kubeconfig.clone());
             opts.overrides = sims.overrides.clone();

@@ -19,7 +19,7 @@ use crate::triggers::signature::load_secret;
     after_help = "Example:\n  MODELSHIP_WEBHOOK_SECRET=... modelship serve --listen 127.0.0.1:8080 --repo . --pipelines pipelines\n\n\
 Endpoints: POST /hooks/github, POST /hooks/gitlab, GET /healthz, GET /runs, GET /metrics.\n\
 Answers: 202 accepted (or ignored with a reason: ping, tag, deleted branch), 400 malformed,\n\
-401 bad signature, 409 replayed delivery id, 413 body too large, 422 another repository or\n\
+401 bad signature, 408 body too slow, 409 replayed delivery id, 413 body too large, 422 another repository or\n\
 unknown commits, 502 fetching the pushed commits failed, 503 run queue full."
 )]
 pub struct ServeArgs {
@@ -45,7 +45,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 5 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Pipelines running at once; more wait in a queue.
-    #[arg(long, value_name = "N", default_value_t = 2)]
+    #[arg(long, visible_alias = "max-parallel", value_name = "N", default_value_t = 2)]
     pub max_concurrent_runs: usize,
     /// Queued runs beyond which deliveries get 503.
     #[arg(long, value_name = "N", default_value_t = 64)]
@@ -56,6 +56,15 @@ pub struct ServeArgs {
     /// How long a delivery id is remembered.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub replay_ttl: Duration,
+    /// A client that has not sent its request headers within this is disconnected.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A body that has not arrived within this is answered 408.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_connections: usize,
     /// On SIGTERM, how long to wait for cancelled runs to record their state.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -83,6 +92,9 @@ impl ServeArgs {
             replay_capacity: self.replay_window,
             replay_ttl: self.replay_ttl,
             shutdown_grace: self.shutdown_grace,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            max_connections: self.max_connections,
             ..ServerConfig::default()
         })
     }

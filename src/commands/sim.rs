@@ -41,9 +41,11 @@ pub struct SimServeArgs {
     /// Inject a failure: KIND[+ARG][/EVERY][*TIMES][=SELECTOR] (repeatable).
     /// KIND: 500, 503, 429[+RETRY_AFTER_SECS], drop (close unanswered), lose
     /// (process, then close unanswered), delay[+DURATION], cut-watch,
-    /// conflict (409 on update/patch). Fires on every EVERY-th request the
-    /// SELECTOR (as for --forbid; default: all) matches, at most TIMES times,
-    /// e.g. `503/3`, `429+2/4=configmaps`, `cut-watch=builds.build.openshift.io`.
+    /// conflict (409 on update/patch), cut-body (half the body, then close).
+    /// Fires on every EVERY-th request the SELECTOR (as for --forbid; default:
+    /// every API request; `registry[/blobs|manifests|uploads|tags]` for the
+    /// registry) matches, at most TIMES times, e.g. `503/3`,
+    /// `429+2/4=configmaps`, `cut-body/2=registry/blobs:get`.
     /// Counts: `GET /sim/faults`.
     #[arg(long, value_name = "RULE")]
     pub fault: Vec<crate::sim::FaultRule>,

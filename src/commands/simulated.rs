@@ -41,6 +41,8 @@ pub struct SimOptions {
     pub serve_s3: bool,
     /// RBAC to apply instead of the shipped file (to test a changed Role).
     pub rbac: Option<PathBuf>,
+    /// Failures every sim injects once it is set up (`run --sim --fault`).
+    pub faults: Vec<crate::sim::FaultRule>,
 }
 
 /// The running sims of one pipeline and how to reach them.
@@ -109,9 +111,11 @@ impl SimClusters {
     ) -> Result<(), CommandError> {
         for name in pipeline.spec.environments.keys() {
             // Each comes back on the address its data directory had before.
-            let sim = crate::sim::start(SimConfig::new(dir.join(name), name.clone()))
-                .await
-                .map_err(|e| CommandError::new(ExitClass::Failed, e))?;
+            let mut config = SimConfig::new(dir.join(name), name.clone());
+            config.faults.inject = opts.faults.clone();
+            let sim = crate::sim::start(config).await.map_err(|e| CommandError::new(ExitClass::Failed, e))?;
+            // Setup is the administrator's, not under test: faults from the run on.
+            sim.api().fault_counters.arm(false);
             tracing::info!(environment = %name, url = %sim.url(), "simulated cluster started");
             self.sims.push(sim);
         }
@@ -151,6 +155,9 @@ impl SimClusters {
         write(&self.kubeconfig, &crate::sim::kubeconfig_yaml(&user))?;
         if opts.serve_s3 {
             self.serve_model(pipeline, pipeline_path, dir, &admins).await?;
+        }
+        for sim in &self.sims {
+            sim.api().fault_counters.arm(true);
         }
         Ok(())
     }
@@ -218,6 +225,16 @@ impl SimClusters {
     /// Stop the sims (their state stays in the directory) and the S3 endpoint.
     pub async fn shutdown(self) {
         for sim in self.sims {
+            let api = sim.api();
+            if !api.faults.inject.is_empty() {
+                // What `GET /sim/faults` served, kept after the sim is gone.
+                let report = api.fault_counters.report(&api.faults);
+                tracing::info!(sim = %sim.name, injected = %report["injected"], "faults injected");
+                let path = api.data_dir.join("faults.json");
+                if let Err(e) = std::fs::write(&path, format!("{report:#}\n")) {
+                    tracing::warn!(path = %path.display(), "cannot write the fault counts: {e}");
+                }
+            }
             sim.shutdown().await;
         }
         if let Some(s3) = self.s3 {

@@ -537,6 +537,7 @@ impl Runner {
                 Ok(())
             })
             .await?;
+        self.prune_runs().await;
         let ours = self.opts.workspace.is_none();
         let workspace = if status == Status::Succeeded && !keep_workspace && ours {
             if let Err(e) = std::fs::remove_dir_all(&self.workspace) {
@@ -556,6 +557,22 @@ impl Runner {
             workspace,
             state: self.state.describe(),
         })
+    }
+
+    /// `spec.state.keepRuns`: delete the pipeline's oldest finished run
+    /// records. The run itself is over, so a refusal (a Role without
+    /// `delete` on configmaps) is a warning, not a failed run.
+    async fn prune_runs(&self) {
+        let keep = self.pipeline.keep_runs();
+        match crate::state::prune_runs(self.state.as_ref(), &self.key.pipeline, keep).await {
+            Ok(deleted) if !deleted.is_empty() => {
+                tracing::info!(keep, deleted = deleted.len(), oldest = %deleted[deleted.len() - 1], "deleted old run records (spec.state.keepRuns)");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(keep, error = %e, "cannot delete old run records (spec.state.keepRuns); they stay")
+            }
+        }
     }
 
     /// False if an output names a path inside the workspace that no longer

@@ -16,6 +16,21 @@ use super::RegistryError;
 use super::auth::Credentials;
 use crate::secret::{Secret, register};
 
+/// Tries of one [`RegistryClient::send`] request that meets transient answers.
+const SEND_ATTEMPTS: u32 = 6;
+/// The longest `Retry-After` honoured as given.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+fn is_transient_status(s: StatusCode) -> bool {
+    matches!(s.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by registries).
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let secs = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<u64>().ok()?;
+    Some(Duration::from_secs(secs))
+}
+
 /// How the registry asked to be authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Challenge {
@@ -125,21 +140,50 @@ impl RegistryClient {
     /// learn the challenge, authenticate, and send it once more (so `build`
     /// must be able to rebuild the request: bodies here are small or are
     /// streamed only after [`RegistryClient::authorize`] for the same scope).
+    ///
+    /// A transient answer (no answer, 500/502/503/504, 429) is asked again
+    /// up to [`SEND_ATTEMPTS`] times, after `Retry-After` when the registry
+    /// gives one: every request sent here is replayable and idempotent in
+    /// effect (a GET/HEAD, a manifest PUT by digest or tag, a mount, an
+    /// upload session that is abandoned if its answer is lost).
     pub async fn send(
         &self,
         scope: &str,
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..SEND_ATTEMPTS {
+            let wait = match self.send_authorized(scope, what, &build).await {
+                Ok(resp) if is_transient_status(resp.status()) => retry_after(&resp).unwrap_or(delay),
+                Err(e @ RegistryError::Transport { .. }) => {
+                    tracing::debug!(registry = %self.registry, what, attempt, error = %crate::error::chain(&e), "no answer; asking again");
+                    delay
+                }
+                other => return other,
+            };
+            tracing::debug!(registry = %self.registry, what, attempt, wait = ?wait, "transient registry answer; asking again");
+            tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        self.send_authorized(scope, what, &build).await
+    }
+
+    async fn send_authorized(
+        &self,
+        scope: &str,
+        what: &str,
+        build: &impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
         let header = self.auth_header(scope).await?;
-        let resp = self.send_once(&build, header, what).await?;
+        let resp = self.send_once(build, header, what).await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return Ok(resp);
         }
         let challenge = parse_challenge(resp.headers().get(WWW_AUTHENTICATE));
         self.learn(challenge, scope).await;
         let header = self.authenticate(scope).await?;
-        let resp = self.send_once(&build, header, what).await?;
+        let resp = self.send_once(build, header, what).await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             return Err(self.unauthorized(scope));
         }

@@ -4,11 +4,21 @@
 //! [`Faults::forbidden`], and injects the failures of [`Faults::inject`]:
 //! 500, 503, 429 with `Retry-After`, a dropped connection (before or after
 //! the request is processed), a delay, a watch cut mid-stream, a 409 on
-//! update. Rules fire on every Nth matching request, so a test run is
-//! repeatable; what fired is counted and served at `GET /sim/faults`.
+//! update, a body cut halfway. Rules fire on every Nth matching request, so
+//! a test run is repeatable; what fired is counted and served at
+//! `GET /sim/faults`.
+//!
+//! The integrated registry (`/v2/`) is behind the same rules
+//! ([`registry_layer`], inside its access controller as this layer is
+//! inside authentication): a registry request is resource `registry`, its
+//! subresource `blobs`, `manifests`, `uploads` or `tags`, verb `get`
+//! (GET/HEAD), `update` (POST/PUT/PATCH) or `delete`, namespace the
+//! repository's project. Only rules whose selector names `registry` apply
+//! to it (`503/3=registry`, `cut-body/2=registry/blobs:get@models-dev`), so
+//! an API rule never changes what the registry does.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -47,6 +57,9 @@ pub enum FaultKind {
     CutWatch,
     /// `409 Conflict` on update/patch, nothing processed.
     Conflict,
+    /// Process the request, send the headers and the first half of the
+    /// body (of a blob, say), then close the connection.
+    CutBody,
 }
 
 impl FaultKind {
@@ -61,17 +74,18 @@ impl FaultKind {
             FaultKind::Delay(_) => "delay",
             FaultKind::CutWatch => "cut-watch",
             FaultKind::Conflict => "conflict",
+            FaultKind::CutBody => "cut-body",
         }
     }
 }
 
 /// One injection rule, written `KIND[+ARG][/EVERY][*TIMES][=SELECTOR]`:
 /// KIND is `500`, `503`, `429` (ARG: Retry-After seconds, default 1),
-/// `drop`, `lose`, `delay` (ARG: a duration, default 200ms), `cut-watch` or
-/// `conflict`; it fires on every EVERY-th matching request (default 1: all),
+/// `drop`, `lose`, `delay` (ARG: a duration, default 200ms), `cut-watch`,
+/// `conflict` or `cut-body`; it fires on every EVERY-th matching request (default 1: all),
 /// at most TIMES times; SELECTOR is a [`ForbiddenRule`]
 /// (`RESOURCE[.GROUP][:VERB,...][@NAMESPACE]`, RESOURCE `*` for any),
-/// default every resource.
+/// default every API resource (`registry[/SUB]` selects registry requests).
 /// E.g. `503/3`, `429+2/4=configmaps`, `lose*1=buildconfigs/instantiatebinary.build.openshift.io`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultRule {
@@ -86,7 +100,7 @@ pub struct FaultRule {
 impl FromStr for FaultRule {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let usage = "expected KIND[+ARG][/EVERY][*TIMES][=SELECTOR], KIND one of 500, 503, 429, drop, lose, delay, cut-watch, conflict";
+        let usage = "expected KIND[+ARG][/EVERY][*TIMES][=SELECTOR], KIND one of 500, 503, 429, drop, lose, delay, cut-watch, conflict, cut-body";
         let (rest, on) = match s.split_once('=') {
             Some((r, sel)) => (r, Some(sel.parse::<ForbiddenRule>()?)),
             None => (s, None),
@@ -122,6 +136,7 @@ impl FromStr for FaultRule {
             ),
             ("cut-watch", None) => FaultKind::CutWatch,
             ("conflict", None) => FaultKind::Conflict,
+            ("cut-body", None) => FaultKind::CutBody,
             _ => return Err(format!("{s:?}: {usage}")),
         };
         Ok(FaultRule { kind, every, times, on, text: s.to_string() })
@@ -129,22 +144,33 @@ impl FromStr for FaultRule {
 }
 
 impl FaultRule {
+    /// Whether the rule names the registry (and applies only to it).
+    fn on_registry(&self) -> bool {
+        self.on.as_ref().is_some_and(|r| r.resource.split('/').next() == Some(REGISTRY))
+    }
+
     /// Whether the rule applies to this request at all (before counting).
-    fn selects(&self, info: &RequestInfo) -> bool {
+    fn selects(&self, info: &RequestInfo, registry: bool) -> bool {
         let kind_fits = match self.kind {
-            FaultKind::CutWatch => info.verb == "watch",
-            FaultKind::Conflict => matches!(info.verb.as_str(), "update" | "patch"),
+            FaultKind::CutWatch => !registry && info.verb == "watch",
+            FaultKind::Conflict => !registry && matches!(info.verb.as_str(), "update" | "patch"),
             _ => true,
         };
-        kind_fits && self.on.as_ref().is_none_or(|r| r.denies(info))
+        kind_fits && self.on_registry() == registry && self.on.as_ref().is_none_or(|r| r.denies(info))
     }
 }
+
+/// The resource name registry requests go by in fault selectors.
+const REGISTRY: &str = "registry";
 
 /// Per-rule match and injection counters (the sim's only fault state).
 #[derive(Debug, Default)]
 pub struct FaultCounters {
     matched: Vec<AtomicU64>,
     injected: Vec<AtomicU64>,
+    /// Off while `--sim` sets the clusters up (the administrator's work,
+    /// not under test); on from the start otherwise.
+    disarmed: AtomicBool,
 }
 
 impl FaultCounters {
@@ -153,13 +179,22 @@ impl FaultCounters {
         FaultCounters {
             matched: (0..n).map(|_| AtomicU64::new(0)).collect(),
             injected: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            disarmed: AtomicBool::new(false),
         }
     }
 
+    /// Stop (`false`) or start (`true`) injecting; nothing is counted meanwhile.
+    pub fn arm(&self, on: bool) {
+        self.disarmed.store(!on, Ordering::SeqCst);
+    }
+
     /// The first rule that fires for this request, counted.
-    fn fire(&self, faults: &Faults, info: &RequestInfo) -> Option<FaultKind> {
+    fn fire(&self, faults: &Faults, info: &RequestInfo, registry: bool) -> Option<FaultKind> {
+        if self.disarmed.load(Ordering::SeqCst) {
+            return None;
+        }
         for (i, rule) in faults.inject.iter().enumerate() {
-            if !rule.selects(info) {
+            if !rule.selects(info, registry) {
                 continue;
             }
             let k = self.matched[i].fetch_add(1, Ordering::Relaxed) + 1;
@@ -278,7 +313,7 @@ pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> R
         let attrs = super::rbac::Attributes::of(&info, req.uri().path());
         return super::rbac::forbidden(&attrs, &info.user, "").into_response();
     }
-    let fault = info.resource.as_ref().and_then(|_| api.fault_counters.fire(&api.faults, &info));
+    let fault = info.resource.as_ref().and_then(|_| api.fault_counters.fire(&api.faults, &info, false));
     if let Some(kind) = fault {
         tracing::info!(fault = kind.label(), verb = %info.verb, resource = %info.plural, name = ?info.name, "sim: injecting a fault");
     }
@@ -314,7 +349,129 @@ pub async fn layer(State(api): State<SimApi>, mut req: Request, next: Next) -> R
             req.extensions_mut().insert(CutWatch);
             next.run(req).await
         }
+        Some(FaultKind::CutBody) => cut_body(next.run(req).await),
     }
+}
+
+/// A registry request as fault selectors see it (see the module docs);
+/// `None` for `/v2/` itself and paths that are no registry route.
+fn registry_info(method: &axum::http::Method, path: &str) -> Option<RequestInfo> {
+    use super::registry::Route;
+    use axum::http::Method;
+    let rest = path.strip_prefix("/v2/")?;
+    let (repo, sub) = match super::registry::route(rest)? {
+        Route::Tags(n) => (n, "tags"),
+        Route::Manifest(n, _) => (n, "manifests"),
+        Route::Upload(n, _) => (n, "uploads"),
+        Route::Blob(n, _) => (n, "blobs"),
+    };
+    let verb = match *method {
+        Method::GET | Method::HEAD => "get",
+        Method::DELETE => "delete",
+        _ => "update",
+    };
+    Some(RequestInfo {
+        verb: verb.into(),
+        group: String::new(),
+        version: String::new(),
+        resource: None,
+        plural: REGISTRY.into(),
+        namespace: repo.split_once('/').map(|(ns, _)| ns.to_string()),
+        name: Some(repo.to_string()),
+        subresource: Some(sub.to_string()),
+        user: String::new(),
+    })
+}
+
+/// An error in the distribution API's shape (`{"errors": [...]}`), as
+/// docker/distribution's `registry/api/errcode` writes it.
+fn registry_error(code: u16, retry_after: Option<u32>, what: &str) -> Response {
+    let name = match code {
+        503 => "UNAVAILABLE",
+        429 => "TOOMANYREQUESTS",
+        _ => "UNKNOWN",
+    };
+    let body = json!({"errors": [{"code": name, "message": format!("sim: injected fault on {what}")}]});
+    let status = axum::http::StatusCode::from_u16(code).expect("a valid status");
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Some(secs) = retry_after {
+        resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+    }
+    resp
+}
+
+/// The middleware in front of the registry routes (inside the registry's
+/// access controller): the rules that name `registry`.
+pub async fn registry_layer(State(api): State<SimApi>, req: Request, next: Next) -> Response {
+    let Some(info) = registry_info(req.method(), req.uri().path()) else { return next.run(req).await };
+    let Some(kind) = api.fault_counters.fire(&api.faults, &info, true) else { return next.run(req).await };
+    let what = format!("{} {}", req.method(), req.uri().path());
+    tracing::info!(fault = kind.label(), request = %what, "sim: injecting a registry fault");
+    let dropped = || {
+        let mut r = Response::default();
+        r.extensions_mut().insert(DropConnection);
+        r
+    };
+    match kind {
+        FaultKind::Internal => registry_error(500, None, &what),
+        FaultKind::Unavailable => registry_error(503, None, &what),
+        FaultKind::TooMany { retry_after } => registry_error(429, Some(retry_after), &what),
+        FaultKind::Drop => dropped(),
+        FaultKind::Lose => {
+            let mut r = next.run(req).await;
+            r.extensions_mut().insert(DropConnection);
+            r
+        }
+        FaultKind::Delay(d) => {
+            tokio::time::sleep(d).await;
+            next.run(req).await
+        }
+        FaultKind::CutBody => cut_body(next.run(req).await),
+        // Not selected for the registry (see `FaultRule::selects`).
+        FaultKind::CutWatch | FaultKind::Conflict => next.run(req).await,
+    }
+}
+
+/// Send the headers (with the full Content-Length) and the first half of
+/// the body, then fail the body so hyper closes the connection: the client
+/// sees a response cut short. An empty body: the connection is dropped.
+fn cut_body(resp: Response) -> Response {
+    use futures::StreamExt;
+    let (parts, body) = resp.into_parts();
+    let len: u64 = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if len == 0 {
+        let mut r = Response::default();
+        r.extensions_mut().insert(DropConnection);
+        return r;
+    }
+    let keep = (len / 2).max(1);
+    let stream = futures::stream::unfold((body.into_data_stream(), 0u64), move |(mut body, sent)| async move {
+        if sent >= keep {
+            let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "body cut by an injected fault");
+            return Some((Err(cut), (body, u64::MAX)));
+        }
+        if sent == u64::MAX {
+            return None;
+        }
+        match body.next().await {
+            Some(Ok(mut chunk)) => {
+                let room = usize::try_from(keep - sent).unwrap_or(usize::MAX);
+                if chunk.len() > room {
+                    chunk.truncate(room);
+                }
+                let n = chunk.len() as u64;
+                Some((Ok(chunk), (body, sent + n)))
+            }
+            Some(Err(e)) => Some((Err(std::io::Error::other(e)), (body, u64::MAX))),
+            None => None,
+        }
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 #[cfg(test)]
@@ -361,13 +518,40 @@ mod tests {
         let faults = Faults { forbidden: vec![], inject: vec!["503/2*2=configmaps".parse().unwrap()] };
         let c = FaultCounters::new(&faults);
         let cm = info("GET", "/api/v1/namespaces/a/configmaps/x");
-        let fired: Vec<bool> = (0..6).map(|_| c.fire(&faults, &cm).is_some()).collect();
+        let fired: Vec<bool> = (0..6).map(|_| c.fire(&faults, &cm, false).is_some()).collect();
         assert_eq!(fired, [false, true, false, true, false, false]);
-        assert!(c.fire(&faults, &info("GET", "/api/v1/namespaces/a/secrets/x")).is_none());
+        assert!(c.fire(&faults, &info("GET", "/api/v1/namespaces/a/secrets/x"), false).is_none());
         assert_eq!(c.report(&faults)["injected"]["503"], 2);
         let faults = Faults { forbidden: vec![], inject: vec!["conflict".parse().unwrap()] };
         let c = FaultCounters::new(&faults);
-        assert!(c.fire(&faults, &cm).is_none(), "conflict only on update/patch");
-        assert!(c.fire(&faults, &info("PUT", "/api/v1/namespaces/a/configmaps/x")).is_some());
+        assert!(c.fire(&faults, &cm, false).is_none(), "conflict only on update/patch");
+        assert!(c.fire(&faults, &info("PUT", "/api/v1/namespaces/a/configmaps/x"), false).is_some());
+    }
+
+    #[test]
+    fn registry_requests_meet_only_registry_rules() {
+        let get = |p: &str| registry_info(&axum::http::Method::GET, p).unwrap();
+        let blob = get("/v2/models-dev/weather/blobs/sha256:ab");
+        assert_eq!((blob.plural.as_str(), blob.subresource.as_deref()), ("registry", Some("blobs")));
+        assert_eq!(blob.namespace.as_deref(), Some("models-dev"));
+        let put = registry_info(&axum::http::Method::PUT, "/v2/a/b/blobs/uploads/123").unwrap();
+        assert_eq!((put.verb.as_str(), put.subresource.as_deref()), ("update", Some("uploads")));
+        assert_eq!(get("/v2/a/b/manifests/v1").subresource.as_deref(), Some("manifests"));
+        assert_eq!(get("/v2/a/b/tags/list").subresource.as_deref(), Some("tags"));
+        assert!(registry_info(&axum::http::Method::GET, "/v2/").is_none());
+        assert_eq!(get("/v2/ns/blobs/app/blobs/sha256:1").name.as_deref(), Some("ns/blobs/app"));
+
+        let faults = Faults {
+            forbidden: vec![],
+            inject: vec!["503".parse().unwrap(), "500=registry/blobs:get@models-dev".parse().unwrap()],
+        };
+        let c = FaultCounters::new(&faults);
+        assert_eq!(c.fire(&faults, &blob, true), Some(FaultKind::Internal), "the unscoped 503 is the API's");
+        assert_eq!(c.fire(&faults, &get("/v2/a/b/manifests/v1"), true), None);
+        assert_eq!(c.fire(&faults, &get("/v2/models-prod/w/blobs/sha256:ab"), true), None);
+        c.arm(false);
+        assert_eq!(c.fire(&faults, &blob, true), None, "disarmed");
+        c.arm(true);
+        assert!("cut-body/2=registry/blobs".parse::<FaultRule>().is_ok());
     }
 }

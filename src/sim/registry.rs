@@ -340,6 +340,8 @@ const ANONYMOUS_TOKEN: &str = "anonymous";
 /// token endpoint.
 pub fn authorized_router(api: SimApi, store: RegistryStore) -> Router {
     router(store)
+        // Inside the access controller, as the API's faults are inside authentication.
+        .layer(axum::middleware::from_fn_with_state(api.clone(), super::faults::registry_layer))
         .layer(axum::middleware::from_fn_with_state(api.clone(), access))
         .merge(Router::new().route(TOKEN_PATH, get(token_endpoint)).with_state(api))
 }
@@ -599,14 +601,14 @@ fn store_error(e: StoreError) -> Response {
     }
 }
 
-enum Route<'a> {
+pub(super) enum Route<'a> {
     Tags(&'a str),
     Manifest(&'a str, &'a str),
     Upload(&'a str, &'a str),
     Blob(&'a str, &'a str),
 }
 
-fn route(path: &str) -> Option<Route<'_>> {
+pub(super) fn route(path: &str) -> Option<Route<'_>> {
     if let Some(name) = path.strip_suffix("/tags/list") {
         return Some(Route::Tags(name));
     }

@@ -212,9 +212,19 @@ pub struct StateSpec {
     /// How many ledger entries to keep per model (default 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<usize>,
+    /// How many run records to keep per pipeline (default
+    /// [`crate::state::DEFAULT_KEEP_RUNS`]); older finished ones are deleted
+    /// when a run ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_runs: Option<usize>,
 }
 
 impl Pipeline {
+    /// `spec.state.keepRuns`, or the default.
+    pub fn keep_runs(&self) -> usize {
+        self.spec.state.as_ref().and_then(|s| s.keep_runs).unwrap_or(crate::state::DEFAULT_KEEP_RUNS)
+    }
+
     /// The environment that holds run state.
     pub fn state_environment(&self) -> Option<(&str, &Environment)> {
         let named = self.spec.state.as_ref().and_then(|s| s.environment.as_deref());

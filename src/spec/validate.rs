@@ -146,6 +146,11 @@ impl Checker<'_> {
             )
             .hint = Some(hint);
         }
+        // 0 would delete the record of the run that just ended.
+        if spec.state.as_ref().and_then(|s| s.keep_runs) == Some(0) {
+            self.at_value("spec.state.keepRuns", "keepRuns must be at least 1".to_string()).hint =
+                Some("the newest N run records of the pipeline are kept; the default is 50".into());
+        }
     }
 
     fn params(&mut self) {

@@ -369,6 +369,29 @@ impl StateStore for ConfigMapStore {
         Ok(runs)
     }
 
+    async fn delete_run(&self, key: &RunKey) -> Result<bool, StateError> {
+        let what = self.run_what(key);
+        let name = run_configmap_name(&key.pipeline, &key.run_id);
+        let api = self.configmaps();
+        let Some(cm) = api.get_opt(&name).await.map_err(|e| self.kube_err(&what, e))? else { return Ok(false) };
+        if !self.decode_run(&what, &cm)?.status.is_terminal() {
+            return Ok(false);
+        }
+        // Only the version just read: a resume that wrote since wins.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: cm.metadata.resource_version.clone(),
+                uid: cm.metadata.uid.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_status(&e, 404) || is_conflict(&e) => Ok(false),
+            Err(e) => Err(self.kube_err(&format!("deleting {what}"), e)),
+        }
+    }
+
     async fn get_ledger(&self, model: &str) -> Result<Ledger, StateError> {
         let name = ledger_configmap_name(model);
         let what = format!("ledger of model {model} (configmap {name})");

@@ -201,6 +201,26 @@ impl StateStore for DirStore {
         Ok(out)
     }
 
+    async fn delete_run(&self, key: &RunKey) -> Result<bool, StateError> {
+        let path = self.run_path(key)?;
+        let lock = sidecar(&path, "lock");
+        let guard = match FileLock::exclusive(&lock) {
+            Ok(g) => g,
+            Err(_) if !path.exists() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match self.read::<RunRecord>(&path)? {
+            Some(v) if v.record.status.is_terminal() => {}
+            _ => return Ok(false),
+        }
+        std::fs::remove_file(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
+        // The record is gone, so a writer waiting on this lock finds nothing
+        // to update either way; the sidecar goes too, or they would pile up.
+        let _ = std::fs::remove_file(&lock);
+        drop(guard);
+        Ok(true)
+    }
+
     async fn get_ledger(&self, model: &str) -> Result<Ledger, StateError> {
         Ok(self.read::<Ledger>(&self.ledger_path(model)?)?.map(|v| v.record).unwrap_or_else(|| Ledger::new(model)))
     }

@@ -44,6 +44,10 @@ pub trait StateStore: Send + Sync {
     async fn update_run(&self, key: &RunKey, f: &mut RunMutation<'_>) -> Result<RunRecord, StateError>;
     /// Runs, newest first, optionally only one model's.
     async fn list_runs(&self, model: Option<&str>) -> Result<Vec<RunRecord>, StateError>;
+    /// Delete a run's record if it is finished (re-read and checked while
+    /// deleting, so a run resumed meanwhile is kept). `Ok(false)`: it is not
+    /// finished, or is gone already. Never touches a ledger or a lock.
+    async fn delete_run(&self, key: &RunKey) -> Result<bool, StateError>;
 
     async fn get_ledger(&self, model: &str) -> Result<Ledger, StateError>;
     /// Optimistic read-modify-write of the model's ledger (created on first
@@ -57,6 +61,27 @@ pub trait StateStore: Send + Sync {
     async fn renew_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError>;
     /// Release a lock this holder has; releasing a lock held by another is a no-op.
     async fn release_lock(&self, model: &str, holder: &str) -> Result<(), StateError>;
+}
+
+/// Run records kept per pipeline when `spec.state.keepRuns` is not set.
+pub const DEFAULT_KEEP_RUNS: usize = 50;
+
+/// Keep the newest `keep` run records of `pipeline` and delete the older
+/// finished ones (a running or waiting run is never deleted, and counts
+/// toward `keep`). Returns the ids deleted, oldest last.
+pub async fn prune_runs(store: &dyn StateStore, pipeline: &str, keep: usize) -> Result<Vec<String>, StateError> {
+    let runs = store.list_runs(None).await?;
+    let mut deleted = Vec::new();
+    for run in runs.iter().filter(|r| r.pipeline == pipeline).skip(keep.max(1)) {
+        if !run.status.is_terminal() {
+            continue;
+        }
+        let key = RunKey { pipeline: run.pipeline.clone(), run_id: run.run_id.clone() };
+        if store.delete_run(&key).await? {
+            deleted.push(run.run_id.clone());
+        }
+    }
+    Ok(deleted)
 }
 
 /// Wait for the lock up to `wait`, polling with backoff; `Duration::ZERO`

@@ -5,6 +5,7 @@
 //! | `POST /hooks/github`, `POST /hooks/gitlab` | 202 with what runs and why (runs go on in the background) |
 //! | bad or missing signature/token | 401, nothing runs |
 //! | body above `max_body_bytes` | 413 |
+//! | body not received within `body_read_timeout` | 408 |
 //! | malformed JSON, missing event or delivery header, not a push payload | 400 |
 //! | delivery id seen within the replay window | 409 |
 //! | another repository's push, commits the checkout lacks, a bad pipeline file | 422 |
@@ -15,6 +16,13 @@
 //! A wrong event type is answered 202 rather than 400 because GitHub sends
 //! `ping` when a webhook is created and shows any 4xx as a failed delivery.
 //! Deliveries are authenticated before anything else is looked at.
+//!
+//! Limits a server facing the internet needs: headers not received within
+//! `header_read_timeout` close the connection (hyper's http1 timer), a body
+//! not received within `body_read_timeout` is 408, and at most
+//! `max_connections` connections are served at once (more wait in the
+//! listen backlog) — so slow or idle clients hold a connection for a
+//! bounded time and cannot starve the others.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -69,6 +77,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How many finished runs `GET /runs` remembers.
     pub recent_runs: usize,
+    /// A client that has not sent its request headers by then is disconnected.
+    pub header_read_timeout: Duration,
+    /// A body not received by then is answered 408.
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +101,9 @@ impl Default for ServerConfig {
             replay_ttl: Duration::from_secs(24 * 3600),
             shutdown_grace: Duration::from_secs(30),
             recent_runs: 200,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 256,
         }
     }
 }
@@ -196,14 +213,14 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "webhook server listening");
     }
+    let limits = (app.config.header_read_timeout, app.config.max_connections);
     let cancel = app.cancel.clone();
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            info!("shutting down: no new deliveries; cancelling running pipelines");
-            cancel.cancel();
-        })
-        .await;
+    let served = accept_loop(listener, router, limits, async move {
+        shutdown.await;
+        info!("shutting down: no new deliveries; cancelling running pipelines");
+        cancel.cancel();
+    })
+    .await;
     app.cancel.cancel();
     let mut tasks = std::mem::take(&mut *lock(&app.tasks));
     let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
@@ -212,6 +229,69 @@ pub async fn serve(
         tasks.abort_all();
     }
     served.map_err(TriggerError::Server)
+}
+
+/// Serve connections until `shutdown`, then let open ones finish their
+/// current request. axum's `serve` has no header timeout or connection
+/// bound, so connections are served by hyper's http1 builder here.
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    (header_timeout, max_connections): (Duration, usize),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.cancel();
+    });
+    let open = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = open.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let router = router.clone();
+        let stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                router.clone().oneshot(req.map(Body::new))
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection closed");
+                },
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn github(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -272,8 +352,17 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
     {
         return reject(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string());
     }
-    let body = match read_limited(&headers, body, app.config.max_body_bytes).await {
+    let read =
+        tokio::time::timeout(app.config.body_read_timeout, read_limited(&headers, body, app.config.max_body_bytes));
+    let read = read.await.unwrap_or_else(|_| {
+        let limit = humantime::format_duration(app.config.body_read_timeout);
+        Err((StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {limit}")))
+    });
+    let body = match read {
         Ok(b) => b,
+        Err((StatusCode::REQUEST_TIMEOUT, message)) => {
+            return reject(StatusCode::REQUEST_TIMEOUT, "slow_body", message);
+        }
         Err((status, message)) => {
             let reason = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "malformed" };
             return reject(status, reason, message);
