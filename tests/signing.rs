@@ -436,7 +436,12 @@ fn skopeo_verified_copy(dir: &Path, pubkey: &Path, image: &str) -> std::process:
     std::fs::write(
         &policy,
         serde_json::to_vec(&json!({
-            "default": [{ "type": "sigstoreSigned", "keyPath": pubkey }],
+            // cosign's (and so modelship's) payload names the repository
+            // only; containers-policy.json(5): such signatures are accepted
+            // with `matchRepository`, not the default `matchRepoDigestOrExact`
+            // (containers/image signature/policy_reference_match.go refuses
+            // a name-only identity there).
+            "default": [{ "type": "sigstoreSigned", "keyPath": pubkey, "signedIdentity": { "type": "matchRepository" } }],
             "transports": { "dir": { "": [{ "type": "insecureAcceptAnything" }] } },
         }))
         .unwrap(),
