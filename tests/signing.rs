@@ -686,6 +686,13 @@ fn the_weather_pipeline_signs_and_prod_verifies() {
     assert_eq!(p["model"]["source"], "s3://models/weather/", "{p}");
     assert!(p["model"]["contentDigest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{p}");
     assert!(p["model"]["objects"].as_array().is_some_and(|o| !o.is_empty()), "{p}");
+    // Each object names the S3 object it was fetched from (lineage), with
+    // its digest.
+    for o in p["model"]["objects"].as_array().unwrap() {
+        let url = o["url"].as_str().unwrap_or_default();
+        assert!(url.starts_with("s3://") && url.ends_with(o["path"].as_str().unwrap()), "{o}");
+        assert_eq!(o["sha256"].as_str().map(str::len), Some(64), "{o}");
+    }
     assert!(p["build"]["name"].as_str().is_some_and(|b| b.starts_with("weather-")), "{p}");
     assert!(p["build"]["contextDigest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{p}");
     assert!(p["pipeline"]["digest"].as_str().is_some_and(|d| !d.is_empty()), "{p}");

@@ -341,6 +341,7 @@ pub fn outputs(fetched: &Fetched) -> Outputs {
     out.insert("manifest".into(), serde_json::to_value(&fetched.manifest).expect("serialisable"));
     out.insert("totalBytes".into(), json!(fetched.total_bytes));
     out.insert("contentDigest".into(), Value::String(fetched.content_digest.clone()));
+    out.insert("objects".into(), serde_json::to_value(&fetched.objects).expect("serialisable"));
     out
 }
 
@@ -348,7 +349,7 @@ pub struct FetchModel;
 
 impl Stage for FetchModel {
     const KIND: &'static str = "fetch-model";
-    const OUTPUTS: &'static [&'static str] = &["modelDir", "manifest", "totalBytes", "contentDigest"];
+    const OUTPUTS: &'static [&'static str] = &["modelDir", "manifest", "totalBytes", "contentDigest", "objects"];
     type Params = Params;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
@@ -698,6 +699,12 @@ mod tests {
             fetched_files: 1,
             reused_files: 0,
             bytes_transferred: 1,
+            objects: vec![storage::ObjectSource {
+                path: "a".into(),
+                url: "s3://b/m/a".into(),
+                version_id: Some("v1".into()),
+                etag: Some("e".into()),
+            }],
         };
         let out = outputs(&fetched);
         let keys: Vec<&str> = out.keys().map(String::as_str).collect();

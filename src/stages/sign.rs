@@ -176,6 +176,24 @@ impl Stage for Sign {
     }
 }
 
+/// Each manifest entry with its source object's URL, version id and ETag.
+fn objects(manifest: Value, sources: Value) -> Value {
+    let Value::Array(mut entries) = manifest else { return manifest };
+    let sources = sources.as_array().cloned().unwrap_or_default();
+    for e in &mut entries {
+        let Some(src) = sources.iter().find(|s| s.get("path") == e.get("path")) else { continue };
+        if let (Value::Object(e), Value::Object(src)) = (e, src) {
+            for key in ["url", "versionId", "etag"] {
+                if let Some(v) = src.get(key) {
+                    let v = if key == "url" { json!(crate::secret::mask(v.as_str().unwrap_or_default())) } else { v.clone() };
+                    e.insert(key.into(), v);
+                }
+            }
+        }
+    }
+    Value::Array(entries)
+}
+
 /// modelship's provenance predicate, from what earlier stages output.
 async fn predicate(cx: &StageContext, digest: &str) -> Result<Value, StageError> {
     let spec = &cx.pipeline.spec;
@@ -197,7 +215,7 @@ async fn predicate(cx: &StageContext, digest: &str) -> Result<Value, StageError>
             "source": crate::secret::mask(&spec.model.source),
             "versionId": spec.model.version_id,
             "contentDigest": get("fetch-model", "contentDigest"),
-            "objects": get("fetch-model", "manifest"),
+            "objects": objects(get("fetch-model", "manifest"), get("fetch-model", "objects")),
         },
         "image": { "digest": digest },
         "build": {

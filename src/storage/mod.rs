@@ -274,12 +274,28 @@ pub struct ManifestEntry {
     pub sha256: String,
 }
 
+/// Where one file of the model came from: the lineage a provenance record
+/// keeps beside its digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectSource {
+    pub path: String,
+    /// `s3://bucket/key` or `file://path`.
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fetched {
     pub model_dir: PathBuf,
     /// Sorted by path.
     pub manifest: Vec<ManifestEntry>,
+    /// The source object of each manifest entry, sorted by path.
+    pub objects: Vec<ObjectSource>,
     pub total_bytes: u64,
     pub content_digest: String,
     /// Files transferred by this call (the rest were complete and verified already).
@@ -425,6 +441,19 @@ pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
     }
     check_conflicts(&entries)?;
     let total: u64 = entries.iter().map(|e| e.size).sum();
+    let mut objects: Vec<ObjectSource> = entries
+        .iter()
+        .map(|e| ObjectSource {
+            path: e.rel.clone(),
+            url: e.url(),
+            version_id: match &e.origin {
+                Origin::S3 { version_id, .. } => version_id.clone(),
+                Origin::File { .. } => None,
+            },
+            etag: e.etag.clone(),
+        })
+        .collect();
+    objects.sort_by(|a, b| a.path.cmp(&b.path));
     let concurrency = req.concurrency.max(1);
     let job = Arc::new(Job {
         progress: Progress::new(total, req.progress),
@@ -500,6 +529,7 @@ pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
         fetched_files,
         bytes_transferred: job.progress.transferred(),
         manifest,
+        objects,
     };
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
