@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
 use super::client::{RegistryClient, body_excerpt};
-use super::copy::sha256_digest;
+use super::copy::{http_error, read_limited, sha256_digest};
 use super::{RegistryError, media};
 
 /// Largest artifact blob or manifest read (signatures are a few hundred
@@ -37,10 +37,10 @@ pub async fn get_manifest(
         return Ok(None);
     }
     if !resp.status().is_success() {
-        return Err(error(client, what, resp).await);
+        return Err(http_error(client, what, resp).await);
     }
     let media_type = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let bytes = read_capped(client, resp, &what).await?;
+    let bytes = read_limited(resp, MAX_ARTIFACT, client, &what).await?;
     let digest = sha256_digest(&bytes);
     if reference.starts_with("sha256:") && digest != reference {
         return Err(RegistryError::ManifestDigestMismatch {
@@ -60,9 +60,9 @@ pub async fn get_blob(client: &RegistryClient, repository: &str, digest: &str) -
     let what = format!("GET blob {repository}@{digest}");
     let resp = client.send(&pull(repository), &what, |c| c.get(url.clone())).await?;
     if !resp.status().is_success() {
-        return Err(error(client, what, resp).await);
+        return Err(http_error(client, what, resp).await);
     }
-    let bytes = read_capped(client, resp, &what).await?;
+    let bytes = read_limited(resp, MAX_ARTIFACT, client, &what).await?;
     let actual = sha256_digest(&bytes);
     if actual != digest {
         return Err(RegistryError::BlobDigestMismatch {
@@ -88,7 +88,7 @@ pub async fn put_blob(client: &RegistryClient, repository: &str, bytes: Bytes) -
     let what = format!("POST blob upload to {repository}");
     let resp = client.send(&scope, &what, |c| c.post(start.clone()).header(CONTENT_LENGTH, 0)).await?;
     if resp.status() != StatusCode::ACCEPTED {
-        return Err(error(client, what, resp).await);
+        return Err(http_error(client, what, resp).await);
     }
     let location = resp.headers().get(LOCATION).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let mut url = client.resolve(&location).map_err(|e| RegistryError::Http {
@@ -108,7 +108,7 @@ pub async fn put_blob(client: &RegistryClient, repository: &str, bytes: Bytes) -
         })
         .await?;
     if !resp.status().is_success() {
-        return Err(error(client, what, resp).await);
+        return Err(http_error(client, what, resp).await);
     }
     Ok(digest)
 }
@@ -128,7 +128,7 @@ pub async fn put_manifest(
         .send(&push(repository), &what, |c| c.put(url.clone()).header(CONTENT_TYPE, media_type).body(bytes.clone()))
         .await?;
     if !resp.status().is_success() {
-        return Err(error(client, what, resp).await);
+        return Err(http_error(client, what, resp).await);
     }
     if let Some(d) = resp.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok())
         && d != digest
@@ -142,29 +142,3 @@ pub async fn put_manifest(
     Ok(digest)
 }
 
-async fn read_capped(client: &RegistryClient, resp: reqwest::Response, what: &str) -> Result<Bytes, RegistryError> {
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| RegistryError::Transport {
-            registry: client.registry.clone(),
-            what: what.to_string(),
-            source,
-        })?;
-        out.extend_from_slice(&chunk);
-        if out.len() > MAX_ARTIFACT {
-            return Err(RegistryError::ManifestTooLarge { image: what.to_string(), limit: MAX_ARTIFACT });
-        }
-    }
-    Ok(Bytes::from(out))
-}
-
-async fn error(client: &RegistryClient, what: String, resp: reqwest::Response) -> RegistryError {
-    let status = resp.status();
-    let body = body_excerpt(resp).await;
-    match status {
-        StatusCode::UNAUTHORIZED => client.unauthorized(&what),
-        StatusCode::FORBIDDEN => RegistryError::Denied { registry: client.registry.clone(), what, body },
-        s => RegistryError::Http { registry: client.registry.clone(), what, status: s.as_u16(), body },
-    }
-}

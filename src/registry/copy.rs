@@ -582,7 +582,7 @@ pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-async fn read_limited(
+pub(super) async fn read_limited(
     resp: reqwest::Response,
     limit: usize,
     client: &RegistryClient,
@@ -604,7 +604,7 @@ async fn read_limited(
     Ok(Bytes::from(out))
 }
 
-async fn http_error(client: &RegistryClient, what: String, resp: reqwest::Response) -> RegistryError {
+pub(super) async fn http_error(client: &RegistryClient, what: String, resp: reqwest::Response) -> RegistryError {
     let status = resp.status();
     let body = body_excerpt(resp).await;
     match status {
