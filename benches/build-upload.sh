@@ -20,7 +20,7 @@ done
 PROFILE="${BENCH_PROFILE:-release}"   # debug only checks the script itself
 if [ "$PROFILE" = release ]; then
   echo "==> cargo build --release --bin modelship --example upload_bench" >&2
-  cargo build --release --quiet --bin modelship --example upload_bench
+  cargo build --release --quiet --bin modelship --example fetch_bench --example upload_bench
 else
   cargo build --quiet --bin modelship --example upload_bench
 fi
@@ -37,6 +37,7 @@ trap cleanup EXIT
 
 "$TARGET/modelship" sim serve --data "$WORK/sim" --kubeconfig "$WORK/kubeconfig" >"$WORK/sim.log" 2>&1 &
 SIM_PID=$!
+BENCH_SERVER_PIDS="$SIM_PID"
 for _ in $(seq 200); do grep -q "listening on" "$WORK/sim.log" 2>/dev/null && break; sleep 0.1; done
 URL="$(sed -n 's/.*listening on \(https[^ ]*\).*/\1/p' "$WORK/sim.log" | head -1)"
 [ -n "$URL" ] || { cat "$WORK/sim.log" >&2; exit 1; }

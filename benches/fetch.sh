@@ -23,7 +23,7 @@ done
 PROFILE="${BENCH_PROFILE:-release}"   # debug only checks the script itself
 if [ "$PROFILE" = release ]; then
   echo "==> cargo build --release --example fetch_bench" >&2
-  cargo build --release --quiet --example fetch_bench
+  cargo build --release --quiet --bin modelship --example fetch_bench --example upload_bench
 else
   cargo build --quiet --example fetch_bench
 fi
@@ -32,7 +32,7 @@ BENCH="${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/examples/fetch_bench"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/modelship-bench.XXXXXX")"
 SERVER_PID=""
 cleanup() {
-  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true; fi
   rm -rf "$WORK" "$BENCH_WORK"
 }
 trap cleanup EXIT
@@ -44,6 +44,7 @@ mkdir -p "$WORK/root"
 "$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
   "$WORK/root" >"$WORK/s3s-fs.log" 2>&1 &
 SERVER_PID=$!
+BENCH_SERVER_PIDS="$SERVER_PID"
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.1

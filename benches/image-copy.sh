@@ -25,8 +25,10 @@ done
 if [ -n "${MODELSHIP_BIN:-}" ]; then
   MODELSHIP="$MODELSHIP_BIN"
 else
-  echo "==> cargo build --release --bin modelship" >&2
-  cargo build --release --quiet --bin modelship
+  # The same build as benches/run.sh's (the examples' dev-dependencies
+  # change feature unification; a different set would rebuild everything).
+  echo "==> cargo build --release --bin modelship --example fetch_bench --example upload_bench" >&2
+  cargo build --release --quiet --bin modelship --example fetch_bench --example upload_bench
   MODELSHIP="${CARGO_TARGET_DIR:-$PWD/target}/release/modelship"
 fi
 # Layer sizes in bytes before gzip (default ~310 MB in four layers).
@@ -34,7 +36,7 @@ read -r -a SIZES <<< "${SIZES:-146800640 94371840 52428800 31457280}"
 
 WORK="$(mktemp -d -t modelship-bench.XXXXXX)"
 cleanup() {
-  for f in "$WORK"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
+  for f in "$WORK"/*.pid; do if [ -f "$f" ]; then kill "$(cat "$f")" 2>/dev/null || true; fi; done
   sleep 0.2
   rm -rf "$WORK" "$BENCH_WORK"
 }
@@ -49,7 +51,9 @@ unset REGISTRY_AUTH_FILE
 
 # start_registry NAME [PORT]: an empty registry; prints host:port.
 start_registry() {
-  local name=$1 port=${2:-$(bench_free_port)} dir="$WORK/$name"
+  local name=$1 port dir
+  port=${2:-$(bench_free_port)}
+  dir="$WORK/$name"
   [ -f "$WORK/$name.pid" ] && { kill "$(cat "$WORK/$name.pid")" 2>/dev/null; sleep 0.3; }
   rm -rf "$dir"; mkdir -p "$dir"
   cat > "$dir/config.yml" <<YAML
@@ -117,12 +121,14 @@ SIZE=$(du -sb "$WORK/layout/blobs" | cut -f1)
 echo "image $DIGEST, $((SIZE / 1048576)) MiB in registry A ($A)" >&2
 B=$(start_registry b)
 BPORT=${B##*:}
+servers() { BENCH_SERVER_PIDS="$(cat "$WORK/a.pid") $(cat "$WORK/b.pid")"; }
+servers
 
 ms_copy() { CMD=("$MODELSHIP" --log-format json image copy "docker://$A/bench/app@$DIGEST" "docker://$1/prod/app:v1" --src-insecure --dest-insecure); }
 sk_copy() { CMD=("${SKOPEO[@]}" copy --preserve-digests --src-tls-verify=false --dest-tls-verify=false "docker://$A/bench/app@$DIGEST" "docker://$1/prod/app:v1"); }
 
 # 1. Cold: B empty before every run.
-empty_b() { start_registry b "$BPORT" >/dev/null; }
+empty_b() { start_registry b "$BPORT" >/dev/null; servers; }
 modelship_before() { empty_b; }
 modelship_cmd() { ms_copy "$B"; }
 modelship_after() { [ "$(cat "$BENCH_OUT")" = "$DIGEST" ] && same_digest "$B/prod/app:v1"; }

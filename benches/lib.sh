@@ -13,6 +13,8 @@
 #              gets the run's stdout in $BENCH_OUT and stderr in $BENCH_ERR
 # then calls `bench_pairs ROW_NAME A B TARGET_TEXT`.
 # With BENCH_TABLE set (benches/run.sh), rows are appended there as TSV.
+# BENCH_SERVER_PIDS (space-separated) names the servers both sides talk to;
+# their CPU time during each run is recorded too, to show where time goes.
 
 : "${PAIRS:=3}"
 [ "$PAIRS" -ge 3 ] || { echo "PAIRS must be at least 3 (got $PAIRS)" >&2; exit 2; }
@@ -28,15 +30,19 @@ bench_once() {
   if declare -F "${side}_before" >/dev/null; then "${side}_before"; fi
   CMD=()
   "${side}_cmd"
+  local before
+  before=$(bench_server_cpu)
   /usr/bin/time -v -o "$BENCH_WORK/time" "${CMD[@]}" >"$BENCH_OUT" 2>"$BENCH_ERR" || {
     echo "$side failed (exit $?): ${CMD[*]}" >&2
     tail -20 "$BENCH_ERR" >&2
     return 1
   }
+  local server=$(( $(bench_server_cpu) - before ))
   if declare -F "${side}_after" >/dev/null; then "${side}_after" || { echo "$side: wrong result" >&2; return 1; }; fi
-  python3 - "$BENCH_WORK/time" >>"$BENCH_WORK/$side" <<'PY'
-import sys
+  python3 - "$BENCH_WORK/time" "$server" >>"$BENCH_WORK/$side" <<'PY'
+import os, sys
 wall = rss = None
+cpu = 0.0
 for line in open(sys.argv[1]):
     line = line.strip()
     if line.startswith("Elapsed (wall clock)"):
@@ -44,9 +50,12 @@ for line in open(sys.argv[1]):
         wall = sum(float(x) * 60 ** i for i, x in enumerate(reversed(parts)))
     elif line.startswith("Maximum resident set size"):
         rss = int(line.rsplit(" ", 1)[1])
-print(f"{wall:.3f} {rss}")
+    elif line.startswith(("User time (seconds)", "System time (seconds)")):
+        cpu += float(line.rsplit(" ", 1)[1])
+server = int(sys.argv[2]) / os.sysconf("SC_CLK_TCK")
+print(f"{wall:.3f} {rss} {cpu:.2f} {server:.2f}")
 PY
-  echo "  $side: $(tail -1 "$BENCH_WORK/$side" | awk '{printf "%.3f s, peak RSS %.1f MiB", $1, $2/1024}')" >&2
+  echo "  $side: $(tail -1 "$BENCH_WORK/$side" | awk '{printf "%.3f s, peak RSS %.1f MiB, CPU %.2f s, servers CPU %.2f s", $1, $2/1024, $3, $4}')" >&2
 }
 
 # bench_pairs ROW A B TARGET : PAIRS alternating pairs, then one summary row.
@@ -71,13 +80,15 @@ rb = [tuple(map(float, l.split())) for l in open(fb) if l.strip()]
 ratios = [x[0] / y[0] for x, y in zip(ra, rb)]
 def side(runs):
     t = [r[0] for r in runs]
-    return f"{min(t):.3f}/{st.median(t):.3f}/{max(t):.3f}", f"{max(r[1] for r in runs) / 1024:.1f}"
-ta, ma = side(ra)
-tb, mb = side(rb)
-cells = [row, f"{st.median(ratios):.2f}", f"{a} {ta}", f"{ma}", f"{b} {tb}", f"{mb}", target]
+    cpu = st.median(r[2] for r in runs)
+    srv = st.median(r[3] for r in runs)
+    return f"{min(t):.3f}/{st.median(t):.3f}/{max(t):.3f}", f"{max(r[1] for r in runs) / 1024:.1f}", f"{cpu:.2f}, servers {srv:.2f}"
+ta, ma, ca = side(ra)
+tb, mb, cb = side(rb)
+cells = [row, f"{st.median(ratios):.2f}", f"{a} {ta} (CPU {ca})", f"{ma}", f"{b} {tb} (CPU {cb})", f"{mb}", target]
 print(f"{row}: median ratio {a}/{b} = {cells[1]} ({len(ratios)} pairs; target {target})")
-print(f"  {a}: min/median/max {ta} s, peak RSS {ma} MiB")
-print(f"  {b}: min/median/max {tb} s, peak RSS {mb} MiB")
+print(f"  {a}: min/median/max {ta} s, median CPU (user+sys) {ca} s, peak RSS {ma} MiB")
+print(f"  {b}: min/median/max {tb} s, median CPU (user+sys) {cb} s, peak RSS {mb} MiB")
 if table:
     with open(table, "a") as f:
         f.write("\t".join(cells) + "\n")
@@ -89,6 +100,16 @@ bench_note() {
   echo "$1: $2"
   [ -n "${BENCH_TABLE:-}" ] && printf '%s\t\t%s\t\t\t\t\n' "$1" "$2" >>"$BENCH_TABLE"
   return 0
+}
+
+# CPU ticks (user+sys) the servers in BENCH_SERVER_PIDS have used so far.
+bench_server_cpu() {
+  local total=0 p
+  for p in ${BENCH_SERVER_PIDS:-}; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$total"
 }
 
 bench_free_port() {

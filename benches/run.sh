@@ -12,6 +12,9 @@ BENCH_TABLE="$(mktemp "${TMPDIR:-/tmp}/modelship-bench-table.XXXXXX")"
 trap 'rm -f "$BENCH_TABLE"' EXIT
 echo "==> cargo build --release --bin modelship --examples" >&2
 cargo build --release --quiet --bin modelship --example fetch_bench --example upload_bench
+# One build for every script: building the binary alone would unify the
+# dependencies' features differently and compile them all again.
+export MODELSHIP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/modelship"
 for b in ${BENCHES:-validate fetch build-upload image-copy}; do
   echo "==> benches/$b.sh" >&2
   if [ "$b" = validate ]; then
@@ -21,7 +24,7 @@ for b in ${BENCHES:-validate fetch build-upload image-copy}; do
   fi
 done
 echo
-echo "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${PAIRS:-3} pairs per row; times in seconds (min/median/max)"
+echo "$(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end; ${PAIRS:-3} pairs per row; times in seconds (min/median/max; CPU = median user+sys of the process)"
 echo
 python3 - "$BENCH_TABLE" <<'PY'
 import sys

@@ -10,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-}"
 if [[ -z "$bin" ]]; then
-    (cd "$root" && cargo build --release --bin modelship >&2)
+    (cd "$root" && cargo build --release --bin modelship --example fetch_bench --example upload_bench >&2)
     bin="${CARGO_TARGET_DIR:-$root/target}/release/modelship"
 fi
 example="$root/fixtures/pipelines/weather.yaml"
