@@ -3,11 +3,10 @@
 //! KiB, so bodies are buffered (capped); images go through [`super::copy_image`].
 
 use bytes::Bytes;
-use futures::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
-use super::client::{RegistryClient, body_excerpt};
+use super::client::RegistryClient;
 use super::copy::{http_error, read_limited, sha256_digest};
 use super::{RegistryError, media};
 
@@ -141,4 +140,3 @@ pub async fn put_manifest(
     }
     Ok(digest)
 }
-

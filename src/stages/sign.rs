@@ -185,7 +185,11 @@ fn objects(manifest: Value, sources: Value) -> Value {
         if let (Value::Object(e), Value::Object(src)) = (e, src) {
             for key in ["url", "versionId", "etag"] {
                 if let Some(v) = src.get(key) {
-                    let v = if key == "url" { json!(crate::secret::mask(v.as_str().unwrap_or_default())) } else { v.clone() };
+                    let v = if key == "url" {
+                        json!(crate::secret::mask(v.as_str().unwrap_or_default()))
+                    } else {
+                        v.clone()
+                    };
                     e.insert(key.into(), v);
                 }
             }
