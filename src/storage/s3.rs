@@ -367,7 +367,7 @@ impl Remote {
                     md5: by_parts.as_ref().map(|_| <md5::Md5 as md5::Digest>::new()),
                 };
                 async move {
-                    let got = self.fetch_range(job, entry, &file, start, end, whole, &mut sink).await?;
+                    let got = self.fetch_range(job, entry, &file, (start, end), whole, &mut sink).await?;
                     if whole {
                         *first_checks.lock().await = got;
                     } else {
@@ -453,8 +453,7 @@ impl Remote {
         job: &Job,
         entry: &Entry,
         file: &Arc<std::fs::File>,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
         whole: bool,
         sink: &mut Sink,
     ) -> Result<Option<Checks>, StorageError> {

@@ -266,7 +266,7 @@ pub(crate) async fn check(
     .await
     .expect("hashing does not panic")?;
     let digests = digests.finish();
-    compare(&partial_len(&partial).await?, entry, checks, &digests, expect)
+    compare(partial_len(partial).await?, entry, checks, &digests, expect)
 }
 
 async fn partial_len(partial: &Path) -> Result<u64, StorageError> {
@@ -282,11 +282,11 @@ pub(crate) async fn check_digests(
     digests: &Digests,
     expect: Option<&str>,
 ) -> Result<String, StorageError> {
-    compare(&partial_len(partial).await?, entry, checks, digests, expect)
+    compare(partial_len(partial).await?, entry, checks, digests, expect)
 }
 
 fn compare(
-    len: &u64,
+    len: u64,
     entry: &Entry,
     checks: &Checks,
     d: &Digests,
@@ -298,7 +298,7 @@ fn compare(
         expected,
         actual,
     };
-    if *len != entry.size {
+    if len != entry.size {
         return Err(mismatch("size", format!("{} bytes", entry.size), format!("{len} bytes")));
     }
     if let (Some(got), Some(want)) = (&d.md5, &checks.etag_md5)
