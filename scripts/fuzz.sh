@@ -19,7 +19,8 @@ seed() { # TARGET DIR...
   local corpus="fuzz/corpus/$1"; shift
   mkdir -p "$corpus"
   for dir in "$@"; do
-    [ -d "$dir" ] && find "$dir" -type f -size -1M -exec cp -n {} "$corpus/" \;
+    # Sizes in bytes: `-size -1M` rounds up to whole MiB and keeps only empty files.
+    [ -d "$dir" ] && find "$dir" -type f -size -1048576c -exec cp -n {} "$corpus/" \;
   done
 }
 seed pipeline fixtures/hostile/pipelines fixtures/pipelines pipelines

@@ -32,12 +32,20 @@ fn offence(line: &str) -> Option<&'static str> {
     })
 }
 
+/// What cargo-fuzz writes under `fuzz/` (its `.gitignore`): build output
+/// and generated inputs, not files of the repository.
+const GENERATED: &[&str] = &["fuzz/target", "fuzz/corpus", "fuzz/artifacts", "fuzz/coverage"];
+
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries {
         let entry = entry.unwrap();
         let kind = entry.file_type().unwrap();
         if kind.is_dir() {
+            if GENERATED.iter().any(|g| entry.path() == root.join(g)) {
+                continue;
+            }
             files(&entry.path(), out);
         } else if kind.is_file() {
             out.push(entry.path());
