@@ -5,10 +5,15 @@
 //!
 //! - [`spec`]: the pipeline file — serde types, the YAML loader (the only
 //!   place that parses YAML), span-carrying diagnostics and validation.
+//! - [`archive`]: a build context directory as a streamed tar.gz (and its digest).
 //! - [`catalog`]: the stage catalog (`stages/<kind>/`: README + templates),
 //!   embedded in the binary and overridable with `--stages-dir`.
+//! - [`checks`]: prediction checks (cases, expectations, load, SLO) and
+//!   their report; run by the `prediction-check` stage and `promote --verify`.
 //! - [`template`]: strict handlebars rendering shared by the engine (`with:`
 //!   values) and the stages (Dockerfiles, manifests).
+//! - [`manifests`]: the BuildConfig, ImageStream, SeldonDeployment and Route
+//!   the stages apply, rendered from the catalog's templates (pure).
 //! - [`engine`]: ordering, outputs, retries, timeouts, cancellation, resume,
 //!   and the one place stage lifecycle events are logged.
 //! - [`stages`]: the closed set of stage kinds behind the [`stages::Stage`]
@@ -30,20 +35,27 @@
 //! - [`triggers`]: Git push selection and the webhook server.
 //! - [`sim`]: the simulated OpenShift, reached by the runner only over HTTP.
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only parses.
+//! - [`retry`]: the one backoff policy, in named profiles.
 //! - [`logging`], [`secret`]: tracing setup and credential masking.
+//! - [`names`]: Kubernetes name rules (RFC 1123), shared by all of the above.
 
 // Stage futures nest deeply (engine -> kind dispatch -> stage -> SDK calls).
 #![recursion_limit = "256"]
 
+pub mod archive;
 pub mod catalog;
+pub mod checks;
 pub mod cluster;
 pub mod commands;
 pub mod engine;
 pub mod error;
 pub mod logging;
+pub mod manifests;
+pub mod names;
 pub mod promotion;
 pub mod registry;
 pub mod report;
+pub mod retry;
 pub mod secret;
 pub mod signing;
 pub mod sim;

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use indexmap::IndexMap;
 use modelship::cluster::Clusters;
 use modelship::spec::Environment;
-use modelship::stages::openshift_build::{BuildError, instantiate_binary};
+use modelship::cluster::build::{StartError, instantiate_binary};
 use tokio_rustls::rustls;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -178,10 +178,10 @@ fn context(dir: &Path) -> PathBuf {
     ctx
 }
 
-async fn upload(clusters: &Clusters, ctx: &Path) -> Result<String, BuildError> {
+async fn upload(clusters: &Clusters, ctx: &Path) -> Result<String, StartError> {
     let client = clusters.client("dev").await.unwrap();
     let query = [("name".to_string(), "weather".to_string()), ("revision.message".to_string(), "run r1".to_string())];
-    instantiate_binary(&client, "models-dev", "weather", ctx, &query).await
+    instantiate_binary(&client, "models-dev", "weather", modelship::archive::context_stream(ctx.to_path_buf()), &query).await
 }
 
 /// The tar the server received holds the context's files.
@@ -222,7 +222,7 @@ async fn the_build_upload_presents_the_kubeconfig_client_certificate() {
     // The server does demand one: a token alone is refused at the handshake.
     let token_only = clusters(kubeconfig(dir.path(), server.port, "    token: not-a-certificate\n", ""));
     let err = upload(&token_only, &ctx).await.unwrap_err();
-    assert!(matches!(err, BuildError::Start { status: None, .. }), "{err}");
+    assert!(err.status.is_none(), "{err}");
     assert!(server.refused.load(Ordering::SeqCst) >= 1);
     assert_eq!(server.seen.lock().unwrap().len(), 1, "nothing more arrived");
 }

@@ -284,7 +284,7 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
         |marker: &str| chromium_support::text_of(&dom, marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
     assert_eq!(text("id=\"run-id\""), run_id);
     assert_eq!(text("id=\"run-status\""), "succeeded");
-    let p95 = modelship::stages::prediction_check::format_ms(report["load"]["p95Ms"].as_f64().unwrap());
+    let p95 = modelship::checks::format_ms(report["load"]["p95Ms"].as_f64().unwrap());
     assert_eq!(text("class=\"num p95\""), p95);
     for case in report["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();

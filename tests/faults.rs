@@ -155,7 +155,7 @@ impl Env {
             ("contextDir".to_string(), json!(self.context.display().to_string())),
             ("contextDigest".to_string(), json!(self.digest)),
         ]);
-        let cx = StageContext {
+        let mut cx = StageContext {
             run_id: run_id.into(),
             pipeline: Arc::new(pipeline.clone()),
             pipeline_dir: self.root.clone(),
@@ -163,6 +163,7 @@ impl Env {
             attempt: 1,
             workspace: self.root.join("ws"),
             outputs: BTreeMap::from([("render".to_string(), render_out)]),
+            links: Default::default(),
             params: BTreeMap::new(),
             labels: BTreeMap::new(),
             previous: None,
@@ -173,6 +174,7 @@ impl Env {
             cancel: CancellationToken::new(),
             interactive: false,
         };
+        cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
         let with = json!({ "environment": "dev" }).as_object().cloned().unwrap();
         Kind::from_name("openshift-build").unwrap().run(with, &cx).await
     }

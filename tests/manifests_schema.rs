@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use modelship::catalog::Catalog;
-use modelship::stages::render::manifests::{self, BuildVars, DeployVars, PortRef, RouteVars};
+use modelship::manifests::{self, BuildVars, DeployVars, PortRef, RouteVars};
 use serde_json::{Value, json};
 
 /// A file of the upstream reference schemas kept in `fixtures/reference/`

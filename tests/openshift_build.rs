@@ -113,7 +113,7 @@ impl Env {
             ("contextDir".to_string(), json!(self.context.display().to_string())),
             ("contextDigest".to_string(), json!(self.digest)),
         ]);
-        let cx = StageContext {
+        let mut cx = StageContext {
             run_id: run_id.into(),
             pipeline: Arc::new(pipeline.clone()),
             pipeline_dir: self.root.clone(),
@@ -121,6 +121,7 @@ impl Env {
             attempt: 1,
             workspace: self.root.join("ws"),
             outputs: BTreeMap::from([("render".to_string(), render_out)]),
+            links: Default::default(),
             params: BTreeMap::new(),
             labels: BTreeMap::new(),
             previous,
@@ -131,6 +132,7 @@ impl Env {
             cancel: CancellationToken::new(),
             interactive: false,
         };
+        cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
         (cx, with.as_object().cloned().unwrap_or_default())
     }
 

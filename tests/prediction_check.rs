@@ -19,7 +19,7 @@ use modelship::catalog::Catalog;
 use modelship::cluster::Clusters;
 use modelship::error::{ExitClass, HasExitClass};
 use modelship::spec::Pipeline;
-use modelship::stages::prediction_check::{CheckError, Params, Report, check};
+use modelship::checks::{CheckError, Params, Report, check};
 use modelship::stages::{Kind, StageContext};
 use modelship::state::{
     Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StageRecord, StateError, StateStore,
@@ -154,7 +154,7 @@ async fn run_check(params: &Params, endpoint: &str, model: Option<&str>, server:
     }
 }
 
-fn case<'r>(report: &'r Report, name: &str) -> &'r modelship::stages::prediction_check::CaseReport {
+fn case<'r>(report: &'r Report, name: &str) -> &'r modelship::checks::CaseReport {
     report.cases.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name} in {report:#?}"))
 }
 
@@ -231,7 +231,7 @@ async fn run_stage(
     .unwrap();
     state.create_run(&record).await.unwrap();
     let workspace = tempfile::tempdir().unwrap();
-    let cx = StageContext {
+    let mut cx = StageContext {
         run_id: "run-1".into(),
         pipeline: Arc::new(pipeline.clone()),
         pipeline_dir: workspace.path().to_path_buf(),
@@ -239,6 +239,7 @@ async fn run_stage(
         attempt: 1,
         workspace: workspace.path().to_path_buf(),
         outputs: BTreeMap::from([("deploy".to_string(), BTreeMap::from([("endpoint".to_string(), json!(endpoint))]))]),
+        links: Default::default(),
         params: BTreeMap::new(),
         labels: BTreeMap::new(),
         previous: None,
@@ -249,6 +250,7 @@ async fn run_stage(
         cancel: CancellationToken::new(),
         interactive: false,
     };
+    cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
     let kind = Kind::from_name(&stage.uses).unwrap();
     (kind.run(stage.with.clone(), &cx).await, state)
 }
@@ -504,7 +506,7 @@ cases:
 
     // A model the server does not have never becomes ready.
     let mut missing = p.clone();
-    missing.readiness_timeout = Some(modelship::stages::prediction_check::DurationStr::parse("1s").unwrap());
+    missing.readiness_timeout = Some(modelship::checks::DurationStr::parse("1s").unwrap());
     let err = check(&missing, &base, Some("no-such-model")).await.unwrap_err();
     assert!(err.to_string().contains(&format!("GET {base}/v2/models/no-such-model/ready: HTTP 404")), "{err}");
 }
@@ -541,7 +543,7 @@ async fn never_ready_endpoints_time_out_naming_url_and_last_error() {
         "{msg}"
     );
     let mut v2 = p.clone();
-    v2.protocol = modelship::stages::prediction_check::Protocol::V2;
+    v2.protocol = modelship::checks::Protocol::V2;
     let msg = check(&v2, &unavailable, Some("m")).await.unwrap_err().to_string();
     assert!(msg.contains(&format!("last error: GET {unavailable}/v2/health/ready: HTTP 503")), "{msg}");
 

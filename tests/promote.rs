@@ -529,7 +529,7 @@ async fn run_stage(
             .into_iter()
             .collect(),
     );
-    let cx = StageContext {
+    let mut cx = StageContext {
         run_id: run.into(),
         pipeline: pipeline.clone(),
         pipeline_dir: state.to_path_buf(),
@@ -537,6 +537,7 @@ async fn run_stage(
         attempt: 1,
         workspace: state.join("ws"),
         outputs,
+        links: Default::default(),
         params: Default::default(),
         labels: Default::default(),
         previous: None,
@@ -547,6 +548,7 @@ async fn run_stage(
         cancel: Default::default(),
         interactive: false,
     };
+    cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
     Kind::Promote.run(with.as_object().unwrap().clone(), &cx).await
 }
 

@@ -5,7 +5,7 @@ mod chromium_support;
 
 use std::process::Command;
 
-use modelship::stages::prediction_check::{CaseReport, CheckReport, LoadReport, Report, SloVerdict};
+use modelship::checks::{CaseReport, CheckReport, LoadReport, Report, SloVerdict};
 use modelship::state::dir::DirStore;
 use modelship::state::{LedgerEntry, RunRecord, StageRecord, StateStore, Status};
 use serde_json::json;

@@ -246,7 +246,7 @@ spec:
     }))
     .unwrap();
     state.create_run(&record).await.unwrap();
-    let cx = StageContext {
+    let mut cx = StageContext {
         run_id: "run-1".into(),
         pipeline: Arc::new(pipeline.clone()),
         pipeline_dir: workspace.path().to_path_buf(),
@@ -254,6 +254,7 @@ spec:
         attempt: 1,
         workspace: workspace.path().to_path_buf(),
         outputs: BTreeMap::new(),
+        links: Default::default(),
         params: BTreeMap::new(),
         labels: BTreeMap::new(),
         previous: None,
@@ -264,6 +265,7 @@ spec:
         cancel: CancellationToken::new(),
         interactive: false,
     };
+    cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
     Kind::from_name(&stage.uses).unwrap().run(stage.with.clone(), &cx).await
 }
 

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[1] == "--write" {
         let mut out = tokio::fs::File::create(&args[2]).await?;
-        let mut stream = std::pin::pin!(modelship::stages::openshift_build::context_stream(PathBuf::from(&args[3])));
+        let mut stream = std::pin::pin!(modelship::archive::context_stream(PathBuf::from(&args[3])));
         while let Some(chunk) = stream.try_next().await? {
             out.write_all(&chunk).await?;
         }
@@ -27,11 +27,11 @@ async fn main() -> anyhow::Result<()> {
     let kc = kube::config::Kubeconfig::read_from(&args[1])?;
     let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     let client = kube::Client::try_from(config)?;
-    let text = modelship::stages::openshift_build::instantiate_binary(
+    let text = modelship::cluster::build::instantiate_binary(
         &client,
         &args[2],
         &args[3],
-        &PathBuf::from(&args[4]),
+        modelship::archive::context_stream(PathBuf::from(&args[4])),
         &[("name".into(), args[3].clone()), ("namespace".into(), args[2].clone())],
     )
     .await?;

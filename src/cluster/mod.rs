@@ -2,6 +2,7 @@
 //! typed OpenShift and Seldon resources (one file per API group, added by
 //! the stages that use them).
 
+pub mod build;
 pub mod openshift;
 pub mod retry;
 

@@ -40,6 +40,8 @@ use kube::client::Body;
 use serde_json::Value;
 use tower::{BoxError, Layer, Service, ServiceExt};
 
+use crate::retry::Backoff;
+
 /// How hard to try.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryConfig {
@@ -53,22 +55,26 @@ pub struct RetryConfig {
 }
 
 impl Default for RetryConfig {
-    /// 6 attempts over about 3 to 6 seconds.
+    /// [`Backoff::API`]: 6 attempts over about 3 to 6 seconds.
     fn default() -> Self {
+        let b = Backoff::API;
         RetryConfig {
-            attempts: 6,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(5),
+            attempts: b.attempts,
+            base_delay: b.base,
+            max_delay: b.cap,
             max_retry_after: Duration::from_secs(30),
         }
     }
 }
 
 impl RetryConfig {
+    pub fn backoff(&self) -> Backoff {
+        Backoff { base: self.base_delay, cap: self.max_delay, attempts: self.attempts }
+    }
+
     /// The wait before retry `retry` (1-based), at least `Retry-After`.
     pub fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let backoff = crate::engine::backoff_from(self.base_delay, self.max_delay, retry);
-        retry_after.map_or(backoff, |ra| ra.min(self.max_retry_after).max(backoff))
+        self.backoff().delay_after(retry, retry_after, self.max_retry_after)
     }
 }
 

@@ -318,7 +318,7 @@ fn summary_table(s: &RunSummary, rerun: &str) -> String {
 /// Each check stage's cases (result and the value found) and its load
 /// percentiles against the SLO, after the stage table.
 fn checks_text(stages: &[crate::state::StageRecord]) -> String {
-    use crate::stages::prediction_check::format_ms;
+    use crate::checks::format_ms;
     let mut out = String::new();
     for c in crate::report::checks(stages) {
         let r = &c.report;

@@ -16,29 +16,17 @@ use super::prepare::{Prepared, StagePlan, check_run_id, check_until, generate_ru
 use super::render::{self, RenderData};
 use super::{EngineError, RunOptions, RunSummary};
 use crate::cluster::Clusters;
+use crate::retry::Backoff;
 use crate::spec::{Pipeline, StageSpec};
-use crate::stages::{Outputs, StageContext, StageError, StageErrorKind};
+use crate::stages::{Links, Outputs, StageContext, StageError, StageErrorKind};
 use crate::state::configmap::ConfigMapStore;
 use crate::state::dir::DirStore;
 use crate::state::{RunKey, RunRecord, StageRecord, StateError, StateStore, Status, now_rfc3339};
 
-/// First retry waits about this long; each further retry doubles it.
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// No retry waits longer than this.
-const BACKOFF_CAP: Duration = Duration::from_secs(60);
-
-/// The wait before retry number `attempt` (1-based: after the first failed
-/// attempt): exponential with "equal jitter" — half of the exponential step
-/// fixed, half random — so waits keep growing while runners that failed
-/// together do not retry in lockstep.
+/// The wait before a stage's retry number `attempt` (1-based: after the
+/// first failed attempt), by [`Backoff::STAGE`].
 pub fn backoff_delay(attempt: u32) -> Duration {
-    backoff_from(BACKOFF_BASE, BACKOFF_CAP, attempt)
-}
-
-pub(crate) fn backoff_from(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let step = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(cap);
-    let half = step / 2;
-    half + half.mul_f64(rand::random::<f64>())
+    Backoff::STAGE.delay(attempt)
 }
 
 /// After a cancel, how long a stage may take to notice its own token and
@@ -58,7 +46,7 @@ pub(crate) struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { backoff_base: BACKOFF_BASE, backoff_cap: BACKOFF_CAP, cancel_grace: CANCEL_GRACE }
+        Tuning { backoff_base: Backoff::STAGE.base, backoff_cap: Backoff::STAGE.cap, cancel_grace: CANCEL_GRACE }
     }
 }
 
@@ -250,6 +238,9 @@ impl Runner {
     async fn run(self) -> Result<RunSummary, EngineError> {
         let mut events = Events::new(self.opts.interactive);
         let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
+        // Rendered `with:` and outputs of each stage that ran or was reused:
+        // what the registry's default links resolve against.
+        let mut done: BTreeMap<String, (serde_json::Map<String, Value>, Outputs)> = BTreeMap::new();
         let mut reached_end = true;
         tracing::info!(state = %self.state.describe(), workspace = %self.workspace.display(), "run started");
         for (index, stage) in self.pipeline.spec.stages.iter().enumerate() {
@@ -261,10 +252,11 @@ impl Runner {
                     summary: Box::new(summary),
                 });
             }
-            let result = self.stage(index, stage, &outputs, &mut events).await;
+            let result = self.stage(index, stage, &outputs, &done, &mut events).await;
             match result {
-                Ok(Some(o)) => {
-                    outputs.insert(stage.name.clone(), o);
+                Ok(Some((with, o))) => {
+                    outputs.insert(stage.name.clone(), o.clone());
+                    done.insert(stage.name.clone(), (with, o));
                 }
                 Ok(None) => {}
                 Err(StageEnd::Failed(source)) => {
@@ -309,8 +301,9 @@ impl Runner {
         index: usize,
         stage: &StageSpec,
         outputs: &BTreeMap<String, Outputs>,
+        done: &BTreeMap<String, (serde_json::Map<String, Value>, Outputs)>,
         events: &mut Events,
-    ) -> Result<Option<Outputs>, StageEnd> {
+    ) -> Result<Option<(serde_json::Map<String, Value>, Outputs)>, StageEnd> {
         let data = self.data.with_outputs(outputs);
         if let Some(condition) = &stage.condition {
             match render::condition_holds(&stage.name, condition, &data) {
@@ -344,11 +337,13 @@ impl Runner {
         {
             if self.files_present(&prev.outputs) {
                 events.emit(&stage.name, &stage.uses, Event::Reused);
-                return Ok(Some(prev.outputs.clone()));
+                return Ok(Some((with, prev.outputs.clone())));
             }
             tracing::info!(stage = %stage.name, "re-running stage {}: files it made are gone from the workspace", stage.name);
         }
-        self.execute(stage, plan, with, digest, prev.cloned(), outputs, events).await.map(Some)
+        let links = Links::resolve(&self.pipeline, index, done);
+        let out = self.execute(stage, plan, with.clone(), digest, prev.cloned(), outputs, links, events).await?;
+        Ok(Some((with, out)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -360,6 +355,7 @@ impl Runner {
         digest: String,
         resumed: Option<StageRecord>,
         outputs: &BTreeMap<String, Outputs>,
+        links: Links,
         events: &mut Events,
     ) -> Result<Outputs, StageEnd> {
         let name = stage.name.as_str();
@@ -395,6 +391,7 @@ impl Runner {
                 attempt,
                 workspace: self.workspace.clone(),
                 outputs: outputs.clone(),
+                links: links.clone(),
                 params: self.params.clone(),
                 labels: self.opts.labels.clone(),
                 previous,
@@ -448,7 +445,8 @@ impl Runner {
             };
             let message = error_chain(&err);
             if err.retryable && attempt < plan.max_attempts {
-                let delay = backoff_from(self.tuning.backoff_base, self.tuning.backoff_cap, attempt);
+                let policy = Backoff { base: self.tuning.backoff_base, cap: self.tuning.backoff_cap, attempts: plan.max_attempts };
+                let delay = policy.delay(attempt);
                 let m = message.clone();
                 self.update_stage(name, move |r| r.error = Some(m.clone())).await?;
                 events.emit(name, uses, Event::Retrying { attempt, delay, error: &message });

@@ -144,7 +144,6 @@ impl HasExitClass for EngineError {
     }
 }
 
-pub(crate) use exec::backoff_from;
 pub use exec::{backoff_delay, default_workspace, open_state};
 pub use prepare::generate_run_id;
 

@@ -48,7 +48,7 @@ pub(crate) struct StagePlan {
 pub(crate) fn prepare(opts: &RunOptions) -> Result<Prepared, EngineError> {
     let loaded = spec::load(&opts.pipeline)?;
     let catalog = catalog_for(opts, &loaded.path, &loaded.pipeline);
-    spec::validate(&loaded, &catalog)?;
+    spec::validate(&loaded, &catalog, &crate::stages::Registry)?;
     from_pipeline(loaded.pipeline, loaded.path, loaded.digest, catalog, opts)
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::stages::{Outputs, Stage, StageContext, StageError, ValidateCx};
+use crate::stages::{Stage, StageContext, StageError, ValidateCx};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -36,6 +36,15 @@ pub struct Params {
 
 pub struct TestStep;
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Output {
+    pub value: Option<String>,
+    pub calls: u32,
+    pub file: String,
+    pub previous_checkpoint: serde_json::Value,
+}
+
 fn calls() -> &'static Mutex<HashMap<String, u32>> {
     static CALLS: OnceLock<Mutex<HashMap<String, u32>>> = OnceLock::new();
     CALLS.get_or_init(Default::default)
@@ -50,12 +59,13 @@ impl Stage for TestStep {
     const KIND: &'static str = "test-step";
     const OUTPUTS: &'static [&'static str] = &["value", "calls", "file", "previousCheckpoint"];
     type Params = Params;
+    type Output = Output;
 
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         vec![format!("test step {} echoing {:?}", cx.stage.name, params.value)]
     }
 
-    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+    async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let n = {
             let mut map = calls().lock().unwrap();
             let n = map.entry(format!("{}/{}", cx.run_id, cx.stage.name)).or_default();
@@ -87,11 +97,6 @@ impl Stage for TestStep {
         }
         let file = cx.stage_dir().map_err(StageError::failed)?.join("out.txt");
         std::fs::write(&file, params.value.as_deref().unwrap_or("")).map_err(StageError::failed)?;
-        Ok(Outputs::from([
-            ("value".to_string(), json!(params.value)),
-            ("calls".to_string(), json!(n)),
-            ("file".to_string(), json!(file.to_string_lossy())),
-            ("previousCheckpoint".to_string(), previous_checkpoint),
-        ]))
+        Ok(Output { value: params.value, calls: n, file: file.to_string_lossy().into_owned(), previous_checkpoint })
     }
 }

@@ -14,10 +14,11 @@ use url::Url;
 
 use super::RegistryError;
 use super::auth::Credentials;
+use crate::retry::Backoff;
 use crate::secret::{Secret, register};
 
 /// Tries of one [`RegistryClient::send`] request that meets transient answers.
-const SEND_ATTEMPTS: u32 = 6;
+const SEND_ATTEMPTS: u32 = Backoff::REGISTRY.attempts;
 /// The longest `Retry-After` honoured as given.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -152,10 +153,11 @@ impl RegistryClient {
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
-        let mut delay = Duration::from_millis(100);
+        let policy = Backoff::REGISTRY;
         for attempt in 1..SEND_ATTEMPTS {
+            let delay = policy.delay(attempt);
             let wait = match self.send_authorized(scope, what, &build).await {
-                Ok(resp) if is_transient_status(resp.status()) => retry_after(&resp).unwrap_or(delay),
+                Ok(resp) if is_transient_status(resp.status()) => policy.delay_after(attempt, retry_after(&resp), MAX_RETRY_AFTER),
                 Err(e @ RegistryError::Transport { .. }) => {
                     tracing::debug!(registry = %self.registry, what, attempt, error = %crate::error::chain(&e), "no answer; asking again");
                     delay
@@ -163,8 +165,7 @@ impl RegistryClient {
                 other => return other,
             };
             tracing::debug!(registry = %self.registry, what, attempt, wait = ?wait, "transient registry answer; asking again");
-            tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(wait).await;
         }
         self.send_authorized(scope, what, &build).await
     }

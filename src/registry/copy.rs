@@ -20,6 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use reqwest::StatusCode;
+
+use crate::retry::Backoff;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use sha2::{Digest, Sha256};
 
@@ -305,7 +307,7 @@ impl Copier<'_> {
             }
         }
         let attempts = self.opts.retries + 1;
-        let mut backoff = self.opts.backoff;
+        let policy = Backoff { base: self.opts.backoff, attempts, ..Backoff::REGISTRY };
         for attempt in 1..=attempts {
             match self.upload(blob, session.take()).await {
                 Ok(()) => return Ok(Outcome::Uploaded),
@@ -315,8 +317,7 @@ impl Copier<'_> {
                         digest = %blob.digest, attempt, error = %crate::secret::mask(&crate::error::chain(&e)),
                         "blob copy failed; restarting it"
                     );
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    tokio::time::sleep(policy.delay(attempt)).await;
                 }
                 Err(e) => {
                     return Err(RegistryError::BlobCopy {

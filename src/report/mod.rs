@@ -10,7 +10,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::stages::prediction_check::{LoadReport, Report, SloVerdict, format_ms};
+use crate::checks::{LoadReport, Report, SloVerdict, format_ms};
 use crate::state::{LedgerEntry, RunRecord, StageRecord, Status};
 use crate::template::{self, TemplateError};
 

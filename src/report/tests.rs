@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::stages::prediction_check::{CaseReport, CheckReport, LoadReport, SloVerdict};
+use crate::checks::{CaseReport, CheckReport, LoadReport, SloVerdict};
 
 const DIGEST: &str = "sha256:4f0c5b2e8a1d3c7b9e6f0a2d4c8b1e3f5a7c9d0b2e4f6a8c0d1e3f5a7b9c2d4e";
 

@@ -4,6 +4,7 @@
 //! (serde_yaml today, archived upstream) can be swapped in one place.
 
 mod diagnostic;
+mod kinds;
 mod load;
 mod overrides;
 mod spans;
@@ -12,6 +13,7 @@ mod validate;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, SpecError};
+pub use kinds::{Problem, StageKinds, environment_problem};
 pub use load::{LoadedPipeline, load, load_str};
 pub use overrides::{Overrides, RegistryOverride};
 pub use spans::SpanIndex;

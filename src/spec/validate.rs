@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::diagnostic::Diagnostic;
 use super::{API_VERSION, KIND, LoadedPipeline, SpecError};
+use super::kinds::{Problem, StageKinds, environment_problem};
 use crate::catalog::Catalog;
-use crate::stages::{Kind, Problem, ValidateCx};
 
 /// Fields under `run.` that the engine provides to templates.
 const RUN_FIELDS: &[&str] = &["id", "pipeline", "model"];
@@ -24,8 +24,8 @@ const MAX_STAGES: usize = 200;
 /// Problems reported per file; the rest are counted.
 const MAX_PROBLEMS: usize = 100;
 
-pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog) -> Result<(), SpecError> {
-    let mut c = Checker { loaded, diags: Vec::new(), model_reported: false };
+pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog, kinds: &dyn StageKinds) -> Result<(), SpecError> {
+    let mut c = Checker { loaded, kinds, diags: Vec::new(), model_reported: false };
     c.duplicate_keys();
     c.header();
     c.model();
@@ -46,6 +46,7 @@ pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog) -> Result<(), SpecEr
 
 struct Checker<'a> {
     loaded: &'a LoadedPipeline,
+    kinds: &'a dyn StageKinds,
     diags: Vec<Diagnostic>,
     /// `spec.model` already has a problem: a kind's complaint about the
     /// defaults it inherits from there would only repeat it.
@@ -88,7 +89,7 @@ impl Checker<'_> {
         if p.kind != KIND {
             self.at_value("kind", format!("unsupported kind `{}`", p.kind)).hint = Some(format!("expected `{KIND}`"));
         }
-        if let Some(why) = dns_label_problem(&p.metadata.name) {
+        if let Some(why) = crate::names::label_problem(&p.metadata.name) {
             self.at_value("metadata.name", format!("metadata.name `{}` {why}", p.metadata.name)).hint =
                 Some(DNS_LABEL_HINT.into());
         }
@@ -103,7 +104,7 @@ impl Checker<'_> {
     fn model_checks(&mut self) {
         let l = self.loaded;
         let m = &l.pipeline.spec.model;
-        if let Some(why) = dns_label_problem(&m.name) {
+        if let Some(why) = crate::names::label_problem(&m.name) {
             self.at_value("spec.model.name", format!("model name `{}` {why}", m.name)).hint =
                 Some(format!("{DNS_LABEL_HINT}; it names the model's ledger and labels"));
         }
@@ -126,7 +127,7 @@ impl Checker<'_> {
         let l = self.loaded;
         let spec = &l.pipeline.spec;
         for (name, env) in &spec.environments {
-            if let Some(why) = dns_label_problem(&env.namespace) {
+            if let Some(why) = crate::names::label_problem(&env.namespace) {
                 self.at_value(
                     &format!("spec.environments.{name}.namespace"),
                     format!("namespace `{}` {why}", env.namespace),
@@ -171,7 +172,7 @@ impl Checker<'_> {
         let stages = &pipeline.spec.stages;
         if stages.is_empty() {
             self.at_key("spec.stages", "a pipeline needs at least one stage").hint =
-                Some(format!("e.g. `- {{ name: fetch, uses: fetch-model }}`; stage kinds: {}", kinds_list()));
+                Some(format!("e.g. `- {{ name: fetch, uses: fetch-model }}`; stage kinds: {}", self.kinds_list()));
         }
         if stages.len() > MAX_STAGES {
             self.at_value(
@@ -184,7 +185,7 @@ impl Checker<'_> {
         let mut first_index: HashMap<&str, usize> = HashMap::new();
         for (i, stage) in stages.iter().enumerate() {
             let base = format!("spec.stages[{i}]");
-            if let Some(why) = dns_label_problem(&stage.name) {
+            if let Some(why) = crate::names::label_problem(&stage.name) {
                 self.at_value(&format!("{base}.name"), format!("stage name `{}` {why}", stage.name))
                     .in_stage_mut(&stage.name)
                     .hint = Some(DNS_LABEL_HINT.into());
@@ -202,24 +203,24 @@ impl Checker<'_> {
                 first_index.insert(&stage.name, i);
             }
 
-            match Kind::from_name(&stage.uses) {
+            match self.kinds.validate(pipeline, i, catalog) {
                 None => {
-                    let hint = did_you_mean(&stage.uses, Kind::names())
-                        .unwrap_or_else(|| format!("stage kinds: {}", kinds_list()));
+                    let names = self.kinds.names();
+                    let hint = did_you_mean(&stage.uses, names.iter().copied())
+                        .unwrap_or_else(|| format!("stage kinds: {}", self.kinds_list()));
                     self.at_value(&format!("{base}.uses"), format!("unknown stage kind `{}`", stage.uses))
                         .in_stage_mut(&stage.name)
                         .hint = Some(hint);
                 }
-                Some(kind) => {
-                    let cx = ValidateCx { pipeline, stage, index: i, catalog };
+                Some(problems) => {
                     // Every kind takes `environment`; checking it here keeps the
                     // rule whatever a kind checks itself (duplicates are dropped).
                     if let Some(Value::String(env)) = stage.with.get("environment")
-                        && let Some(problem) = cx.environment_problem("environment", env)
+                        && let Some(problem) = environment_problem(pipeline, "environment", env)
                     {
                         self.kind_problem(&base, &stage.name, problem);
                     }
-                    for problem in kind.validate(&stage.with, &cx) {
+                    for problem in problems {
                         if problem.path.is_empty() && self.model_reported {
                             continue;
                         }
@@ -363,12 +364,13 @@ impl Checker<'_> {
                         )),
                     ));
                 }
-                let kind = Kind::from_name(&spec.stages[j].uses)?; // unknown kinds are reported apart
-                if !kind.outputs().contains(&output) {
-                    let hint = did_you_mean(output, kind.outputs().iter().copied()).unwrap_or_else(|| {
+                let kind = spec.stages[j].uses.as_str();
+                let outputs = self.kinds.outputs(kind)?; // unknown kinds are reported apart
+                if !outputs.contains(&output) {
+                    let hint = did_you_mean(output, outputs.iter().copied()).unwrap_or_else(|| {
                         format!(
                             "`{kind}` outputs: {}",
-                            list_or_none(&kind.outputs().iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                            list_or_none(&outputs.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                         )
                     });
                     return Some((format!("`{raw}`: stage `{name}` (`{kind}`) has no output `{output}`"), Some(hint)));
@@ -431,8 +433,10 @@ fn list_or_none(items: &[String]) -> String {
     }
 }
 
-fn kinds_list() -> String {
-    Kind::names().collect::<Vec<_>>().join(", ")
+impl Checker<'_> {
+    fn kinds_list(&self) -> String {
+        self.kinds.names().join(", ")
+    }
 }
 
 /// Every string below `v` with its dotted path.
@@ -476,23 +480,6 @@ fn segments(raw: &str) -> Vec<String> {
 
 const DNS_LABEL_HINT: &str =
     "use at most 63 lowercase letters, digits and `-`, starting and ending with a letter or digit";
-
-/// Why `s` is not an RFC 1123 label (Kubernetes names and label values).
-fn dns_label_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
-        return Some("is empty");
-    }
-    if s.len() > 63 {
-        return Some("is longer than 63 characters");
-    }
-    if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Some("is not a valid name (RFC 1123 label)");
-    }
-    if s.starts_with('-') || s.ends_with('-') {
-        return Some("must start and end with a letter or digit");
-    }
-    None
-}
 
 /// What is wrong with a model source, if anything.
 fn source_problem(source: &str) -> Option<String> {
@@ -587,7 +574,7 @@ spec:
     /// `file:line:col: [stage `x`: ]message` of each problem.
     fn problems(text: &str) -> Vec<String> {
         let loaded = super::super::load_str(Path::new("p.yaml"), text).expect("parses");
-        match validate(&loaded, &Catalog::embedded()) {
+        match validate(&loaded, &Catalog::embedded(), &crate::stages::Registry) {
             Ok(()) => Vec::new(),
             Err(e) => e.diagnostics.iter().map(|d| d.to_string().lines().next().unwrap().to_string()).collect(),
         }
@@ -595,7 +582,7 @@ spec:
 
     fn hints(text: &str) -> Vec<Option<String>> {
         let loaded = super::super::load_str(Path::new("p.yaml"), text).expect("parses");
-        validate(&loaded, &Catalog::embedded()).unwrap_err().diagnostics.into_iter().map(|d| d.hint).collect()
+        validate(&loaded, &Catalog::embedded(), &crate::stages::Registry).unwrap_err().diagnostics.into_iter().map(|d| d.hint).collect()
     }
 
     #[test]
@@ -840,8 +827,8 @@ spec:
 
     #[test]
     fn did_you_mean_picks_the_closest_within_reach() {
-        assert_eq!(did_you_mean("rendr", Kind::names()), Some("did you mean `render`?".into()));
-        assert_eq!(did_you_mean("kubernetes", Kind::names()), None);
+        assert_eq!(did_you_mean("rendr", crate::stages::Kind::names()), Some("did you mean `render`?".into()));
+        assert_eq!(did_you_mean("kubernetes", crate::stages::Kind::names()), None);
     }
 
     #[test]

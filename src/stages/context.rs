@@ -4,17 +4,74 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::{Kind, Stage};
 use crate::catalog::Catalog;
 use crate::cluster::Clusters;
 use crate::error::{ExitClass, HasExitClass};
-use crate::spec::{Pipeline, StageSpec};
+use crate::spec::{Pipeline, Problem, StageSpec};
 use crate::state::{RunKey, StageRecord, StateStore};
 
 /// A stage's outputs: name -> JSON value.
 pub type Outputs = BTreeMap<String, Value>;
+
+/// Serialize a kind's typed output into the map templates and the run record see.
+pub fn to_outputs<T: serde::Serialize>(output: &T) -> Result<Outputs, StageError> {
+    match serde_json::to_value(output) {
+        Ok(Value::Object(map)) => Ok(map.into_iter().collect()),
+        Ok(other) => Err(StageError::msg(format!("stage output is not an object: {other} (this is a bug)"))),
+        Err(e) => Err(StageError::msg(format!("cannot serialise the stage's outputs: {e} (this is a bug)"))),
+    }
+}
+
+/// One resolved default link: the earlier stage, its rendered `with:` and its outputs.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    pub stage: String,
+    pub with: Map<String, Value>,
+    pub outputs: Outputs,
+}
+
+/// The default links of one stage, by the kind they come from.
+#[derive(Debug, Clone, Default)]
+pub struct Links(BTreeMap<Kind, Link>);
+
+impl Links {
+    /// For stage `index` of `pipeline`: for each kind it reads by default
+    /// ([`Kind::inputs`]), the latest earlier stage of that kind, if that
+    /// stage has outputs in `done` (a stage skipped by its `if:` has none).
+    /// `done` maps stage names to their rendered `with:` and outputs.
+    pub fn resolve(pipeline: &Pipeline, index: usize, done: &BTreeMap<String, (Map<String, Value>, Outputs)>) -> Links {
+        let stages = &pipeline.spec.stages;
+        let Some(kind) = stages.get(index).and_then(|s| Kind::from_name(&s.uses)) else { return Links::default() };
+        let mut links = BTreeMap::new();
+        for input in kind.inputs() {
+            let Some(spec) = stages[..index].iter().rev().find(|s| s.uses == input.name()) else { continue };
+            if let Some((with, outputs)) = done.get(&spec.name) {
+                links.insert(*input, Link { stage: spec.name.clone(), with: with.clone(), outputs: outputs.clone() });
+            }
+        }
+        Links(links)
+    }
+
+    /// For a stage run outside the engine (tests, benchmarks): as
+    /// [`Links::resolve`], taking each earlier stage's `with:` as written.
+    pub fn from_outputs(pipeline: &Pipeline, stage: &str, outputs: &BTreeMap<String, Outputs>) -> Links {
+        let stages = &pipeline.spec.stages;
+        let Some(index) = stages.iter().position(|s| s.name == stage) else { return Links::default() };
+        let done = stages[..index]
+            .iter()
+            .filter_map(|s| outputs.get(&s.name).map(|o| (s.name.clone(), (s.with.clone(), o.clone()))))
+            .collect();
+        Links::resolve(pipeline, index, &done)
+    }
+
+    pub fn get(&self, kind: Kind) -> Option<&Link> {
+        self.0.get(&kind)
+    }
+}
 
 /// Inputs to a kind's pure `validate`/`plan`.
 pub struct ValidateCx<'a> {
@@ -31,44 +88,29 @@ impl ValidateCx<'_> {
         &self.pipeline.spec.stages[..self.index]
     }
 
-    /// Whether a stage of kind `uses` may run before this one. An earlier
-    /// stage of unknown kind counts: it is reported on its own, and a
-    /// misspelt `openshift-build` must not also make every later stage
-    /// complain that no build comes first.
-    pub fn may_follow(&self, uses: &str) -> bool {
-        self.earlier().iter().any(|s| s.uses == uses || super::Kind::from_name(&s.uses).is_none())
+    /// The stage a stage of this kind reads `S`'s outputs from by default
+    /// (the latest earlier one; see the registry's default wiring).
+    pub fn linked<S: Stage>(&self) -> Option<&StageSpec> {
+        let kind = Kind::of::<S>();
+        debug_assert!(self.reads(kind), "`{}` does not read `{kind}` by default (kind.rs)", self.stage.uses);
+        self.earlier().iter().rev().find(|s| s.uses == kind.name())
     }
 
-    /// A problem at `path` if `name` is not a declared environment (templated
-    /// values are checked after rendering, at run time).
+    /// Whether a run may find `S`'s outputs: a linked stage exists, or an
+    /// earlier stage of unknown kind might be one. That unknown kind is
+    /// reported on its own, and a misspelt `openshift-build` must not also
+    /// make every later stage complain that no build comes first.
+    pub fn may_link<S: Stage>(&self) -> bool {
+        self.linked::<S>().is_some() || self.earlier().iter().any(|s| Kind::from_name(&s.uses).is_none())
+    }
+
+    fn reads(&self, kind: Kind) -> bool {
+        Kind::from_name(&self.stage.uses).is_none_or(|k| k.inputs().contains(&kind))
+    }
+
+    /// A problem at `path` if `name` is not a declared environment.
     pub fn environment_problem(&self, path: &str, name: &str) -> Option<Problem> {
-        if crate::template::is_template(name) || self.pipeline.spec.environments.contains_key(name) {
-            return None;
-        }
-        let declared: Vec<&str> = self.pipeline.spec.environments.keys().map(String::as_str).collect();
-        let mut p = Problem::new(path, format!("environment `{name}` is not declared in spec.environments"));
-        p.hint = Some(format!("declared: {}", declared.join(", ")));
-        Some(p)
-    }
-}
-
-/// One problem in a stage's `with:`; the spec validator turns `path` into a
-/// file position.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted path below `with`, e.g. `cases[0].expect`; empty for `with` itself.
-    pub path: String,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-impl Problem {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem { path: path.into(), message: message.into(), hint: None }
-    }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
+        crate::spec::environment_problem(self.pipeline, path, name)
     }
 }
 
@@ -83,8 +125,12 @@ pub struct StageContext {
     pub attempt: u32,
     /// The run's workspace; a stage keeps its files under `workspace/<stage>`.
     pub workspace: PathBuf,
-    /// Outputs of the stages that ran (or were skipped on resume) before this one.
+    /// Outputs of the stages that ran (or were skipped on resume) before
+    /// this one, by stage name: what `{{stages.X.outputs.Y}}` saw.
     pub outputs: BTreeMap<String, Outputs>,
+    /// The earlier stages this one reads by default, resolved by the engine
+    /// from the registry's wiring ([`Links::resolve`]).
+    pub links: Links,
     /// Pipeline params after `--set`.
     pub params: BTreeMap<String, String>,
     /// Extra run labels (e.g. `commit` from a trigger).
@@ -109,12 +155,26 @@ impl StageContext {
         Ok(dir)
     }
 
-    /// Outputs of the most recent earlier stage of `kind` (e.g. render reads
-    /// fetch-model's model directory without the author wiring it).
-    pub fn outputs_of_kind(&self, kind: &str) -> Option<&Outputs> {
-        let stages = &self.pipeline.spec.stages;
-        let idx = stages.iter().position(|s| s.name == self.stage.name)?;
-        stages[..idx].iter().rev().find(|s| s.uses == kind).and_then(|s| self.outputs.get(&s.name))
+    /// The typed outputs of the stage this one reads `S`'s outputs from by
+    /// default (see the registry's default wiring), if it ran.
+    pub fn input<S: Stage>(&self) -> Result<Option<S::Output>, StageError> {
+        let Some(link) = self.links.get(Kind::of::<S>()) else { return Ok(None) };
+        serde_json::from_value(Value::Object(link.outputs.clone().into_iter().collect())).map(Some).map_err(|e| {
+            StageError::msg(format!("outputs of stage `{}` ({}): {e}", link.stage, S::KIND))
+        })
+    }
+
+    /// The rendered `with:` of that stage, typed.
+    pub fn input_params<S: Stage>(&self) -> Result<Option<S::Params>, StageError> {
+        let Some(link) = self.links.get(Kind::of::<S>()) else { return Ok(None) };
+        super::kind::parse_params::<S>(&link.with)
+            .map(Some)
+            .map_err(|p| StageError::bad_input(format!("stage `{}` with.{}: {}", link.stage, p.path, p.message)))
+    }
+
+    /// The name of that stage.
+    pub fn input_stage<S: Stage>(&self) -> Option<&str> {
+        self.links.get(Kind::of::<S>()).map(|l| l.stage.as_str())
     }
 
     /// A checkpoint value recorded by an earlier attempt of this stage.

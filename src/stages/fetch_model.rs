@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
-use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use super::{Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::Clusters;
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::Secret;
@@ -334,15 +333,28 @@ pub async fn secret_credentials(
     })
 }
 
-/// Outputs as the engine stores them.
-pub fn outputs(fetched: &Fetched) -> Outputs {
-    let mut out = Outputs::new();
-    out.insert("modelDir".into(), Value::String(fetched.model_dir.display().to_string()));
-    out.insert("manifest".into(), serde_json::to_value(&fetched.manifest).expect("serialisable"));
-    out.insert("totalBytes".into(), json!(fetched.total_bytes));
-    out.insert("contentDigest".into(), Value::String(fetched.content_digest.clone()));
-    out.insert("objects".into(), serde_json::to_value(&fetched.objects).expect("serialisable"));
-    out
+/// What fetch-model hands later stages (render reads `modelDir` and
+/// `contentDigest`, sign the lineage).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Output {
+    pub model_dir: String,
+    pub manifest: Vec<storage::ManifestEntry>,
+    pub total_bytes: u64,
+    pub content_digest: String,
+    pub objects: Vec<storage::ObjectSource>,
+}
+
+impl From<&Fetched> for Output {
+    fn from(fetched: &Fetched) -> Output {
+        Output {
+            model_dir: fetched.model_dir.display().to_string(),
+            manifest: fetched.manifest.clone(),
+            total_bytes: fetched.total_bytes,
+            content_digest: fetched.content_digest.clone(),
+            objects: fetched.objects.clone(),
+        }
+    }
 }
 
 pub struct FetchModel;
@@ -351,6 +363,7 @@ impl Stage for FetchModel {
     const KIND: &'static str = "fetch-model";
     const OUTPUTS: &'static [&'static str] = &["modelDir", "manifest", "totalBytes", "contentDigest", "objects"];
     type Params = Params;
+    type Output = Output;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let r = params.resolve(&cx.pipeline.spec.model);
@@ -443,7 +456,7 @@ impl Stage for FetchModel {
         if let Some(name) = &r.credentials_secret
             && !is_template(name)
         {
-            if !is_dns_subdomain(name) {
+            if !crate::names::is_dns_subdomain(name) {
                 problems.push(Problem::new(
                     at("credentialsSecret", params.credentials_secret.is_some()),
                     format!("`{name}` is not a valid Secret name (lowercase letters, digits, `-` and `.`)"),
@@ -507,7 +520,7 @@ impl Stage for FetchModel {
         lines
     }
 
-    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+    async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let dest = cx.stage_dir().map_err(|e| StageError::failed(StorageError::io("create", &cx.workspace, e)))?;
         let work = async {
             let credentials = match params.resolve(&cx.pipeline.spec.model).credentials_secret {
@@ -525,23 +538,14 @@ impl Stage for FetchModel {
         tokio::fs::write(&manifest_path, json)
             .await
             .map_err(|e| StageError::failed(StorageError::io("write", &manifest_path, e)))?;
-        Ok(outputs(&fetched))
+        Ok(Output::from(&fetched))
     }
-}
-
-fn is_dns_subdomain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::catalog::Catalog;
     use crate::spec::Pipeline;
@@ -706,7 +710,7 @@ mod tests {
                 etag: Some("e".into()),
             }],
         };
-        let out = outputs(&fetched);
+        let out = crate::stages::to_outputs(&Output::from(&fetched)).unwrap();
         let keys: Vec<&str> = out.keys().map(String::as_str).collect();
         let mut want = FetchModel::OUTPUTS.to_vec();
         want.sort_unstable();

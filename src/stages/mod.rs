@@ -14,8 +14,9 @@ pub mod sign;
 mod context;
 mod kind;
 
-pub use context::{Outputs, Problem, StageContext, StageError, StageErrorKind, ValidateCx};
-pub use kind::Kind;
+pub use context::{Link, Links, Outputs, StageContext, StageError, StageErrorKind, ValidateCx, to_outputs};
+pub use crate::spec::Problem;
+pub use kind::{Kind, Registry};
 
 use std::future::Future;
 
@@ -26,10 +27,15 @@ use serde::de::DeserializeOwned;
 pub trait Stage {
     /// The name used in `uses:`.
     const KIND: &'static str;
-    /// Output names later stages may reference as `{{stages.NAME.outputs.X}}`.
+    /// Output names later stages may reference as `{{stages.NAME.outputs.X}}`:
+    /// exactly the fields of [`Stage::Output`] (a test checks it).
     const OUTPUTS: &'static [&'static str];
     /// The `with:` block; `#[serde(deny_unknown_fields)]`.
     type Params: DeserializeOwned + Serialize + Send + Sync + 'static;
+    /// What a run hands later stages. Later kinds read it typed through
+    /// [`StageContext::input`]; fields default so a record written by an
+    /// older modelship still reads.
+    type Output: DeserializeOwned + Serialize + Default + Send + 'static;
 
     /// Pure checks beyond the types: no network, no credentials, no files
     /// outside the spec. Paths in [`Problem`] are relative to `with`.
@@ -44,5 +50,5 @@ pub trait Stage {
     /// Do the work. Long work races `cx.cancel`; every await leaves state
     /// consistent. Side effects are keyed by `cx.run_id` so a retry or resume
     /// finds what an earlier attempt made.
-    fn run(params: Self::Params, cx: &StageContext) -> impl Future<Output = Result<Outputs, StageError>> + Send;
+    fn run(params: Self::Params, cx: &StageContext) -> impl Future<Output = Result<Self::Output, StageError>> + Send;
 }

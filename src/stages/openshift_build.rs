@@ -19,22 +19,21 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::render::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
-use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
+use super::render::Render;
+use super::{Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::openshift::{Build, BuildConfig, ImageStream};
+use crate::cluster;
+use crate::retry::Backoff;
 
-mod context;
-pub use context::context_stream;
 
 /// Annotations modelship puts on the Builds it starts.
 pub const RUN_ANNOTATION: &str = "modelship.io/run";
@@ -45,9 +44,6 @@ const IMAGES_KEPT: usize = 20;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_MAX_CONTEXT: u64 = 8 * 1024 * 1024 * 1024;
 const FIELD_MANAGER: &str = "modelship";
-/// Lists of the followed Build that may fail in a row (each after the
-/// client's own retries, so about a minute with the default budget).
-const FOLLOW_FAILED_LISTS: u32 = 10;
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -126,6 +122,12 @@ impl BuildError {
     }
 }
 
+impl From<crate::archive::ArchiveError> for BuildError {
+    fn from(e: crate::archive::ArchiveError) -> Self {
+        BuildError::Context { dir: e.dir, message: e.message }
+    }
+}
+
 fn api_err(action: &'static str, resource: String, namespace: &str) -> impl FnOnce(kube::Error) -> BuildError {
     let namespace = namespace.to_string();
     move |source| BuildError::Api { action, resource, namespace, source: Box::new(source) }
@@ -133,10 +135,22 @@ fn api_err(action: &'static str, resource: String, namespace: &str) -> impl FnOn
 
 pub struct OpenshiftBuild;
 
+/// What openshift-build hands seldon-deploy, sign and promote.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Output {
+    pub build_name: String,
+    /// `REPOSITORY@sha256:...`
+    pub image: String,
+    pub image_digest: String,
+    pub image_stream_tag: String,
+}
+
 impl Stage for OpenshiftBuild {
     const KIND: &'static str = "openshift-build";
     const OUTPUTS: &'static [&'static str] = &["buildName", "image", "imageDigest", "imageStreamTag"];
     type Params = Params;
+    type Output = Output;
 
     fn validate(p: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -151,7 +165,7 @@ impl Stage for OpenshiftBuild {
             problems.push(Problem::new("timeout", format!("`{t}` is not a duration")).with_hint("e.g. 20m or 1h30m"));
         }
         if let Some(s) = p.image_stream.as_deref().filter(|s| !crate::template::is_template(s))
-            && !is_dns_label(s)
+            && !crate::names::is_dns_label(s)
         {
             problems.push(Problem::new(
                 "imageStream",
@@ -166,7 +180,7 @@ impl Stage for OpenshiftBuild {
         if p.max_context_bytes == Some(0) {
             problems.push(Problem::new("maxContextBytes", "must be above 0"));
         }
-        if p.context_dir.is_none() && !cx.may_follow("render") {
+        if p.context_dir.is_none() && !cx.may_link::<Render>() {
             problems.push(Problem::new(
                 "contextDir",
                 "no build context: set contextDir or run a `render` stage before this one",
@@ -190,7 +204,7 @@ impl Stage for OpenshiftBuild {
         ]
     }
 
-    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+    async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         run_build(params, cx).await.map_err(|e| {
             if cx.cancel.is_cancelled() {
                 tracing::warn!(error = %e, "openshift-build cancelled");
@@ -200,14 +214,6 @@ impl Stage for OpenshiftBuild {
             }
         })
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 fn is_tag(t: &str) -> bool {
@@ -238,8 +244,11 @@ fn resolve(p: &Params, cx: &StageContext) -> Result<Target, BuildError> {
         .environment(&env)
         .map(|e| e.namespace.clone())
         .map_err(|e| BuildError::Context { dir: PathBuf::new(), message: e.to_string() })?;
-    let render = cx.outputs_of_kind("render");
-    let context_dir = match (&p.context_dir, render.and_then(|o| o.get("contextDir")).and_then(Value::as_str)) {
+    let render = cx
+        .input::<Render>()
+        .map_err(|e| BuildError::Context { dir: PathBuf::new(), message: e.to_string() })?
+        .unwrap_or_default();
+    let context_dir = match (&p.context_dir, Some(render.context_dir.as_str()).filter(|d| !d.is_empty())) {
         (Some(d), _) => cx.pipeline_dir.join(d),
         (None, Some(d)) => PathBuf::from(d),
         (None, None) => {
@@ -252,12 +261,12 @@ fn resolve(p: &Params, cx: &StageContext) -> Result<Target, BuildError> {
     let digest = p.context_digest.clone().or_else(|| {
         p.context_dir
             .is_none()
-            .then(|| render.and_then(|o| o.get("contextDigest")).and_then(Value::as_str).map(str::to_string))
+            .then(|| Some(render.context_digest.clone()).filter(|d| !d.is_empty()))
             .flatten()
     });
     let context_digest = match digest {
         Some(d) => d,
-        None => digest_dir(&context_dir)?,
+        None => crate::archive::digest_dir(&context_dir).map_err(BuildError::from)?,
     };
     let timeout = match &p.timeout {
         Some(t) => humantime::parse_duration(t)
@@ -276,59 +285,8 @@ fn resolve(p: &Params, cx: &StageContext) -> Result<Target, BuildError> {
     })
 }
 
-/// Files of `dir` (relative paths, sorted) with sizes; symlinks are refused
-/// (a build context must be self-contained).
-fn context_files(dir: &Path) -> Result<Vec<(String, u64)>, BuildError> {
-    let cerr = |message: String| BuildError::Context { dir: dir.to_path_buf(), message };
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|e| cerr(format!("cannot read {}: {e}", d.display())))?;
-        for entry in rd {
-            let entry = entry.map_err(|e| cerr(e.to_string()))?;
-            let ft = entry.file_type().map_err(|e| cerr(e.to_string()))?;
-            let path = entry.path();
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_file() {
-                let size = entry.metadata().map_err(|e| cerr(e.to_string()))?.len();
-                let rel = path.strip_prefix(dir).expect("below dir").to_string_lossy().replace('\\', "/");
-                out.push((rel, size));
-            } else {
-                return Err(cerr(format!("{} is not a regular file or directory", path.display())));
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
 
-/// `sha256:` over sorted paths and contents, for a context given without
-/// its digest.
-fn digest_dir(dir: &Path) -> Result<String, BuildError> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for (rel, _) in context_files(dir)? {
-        let mut f = std::fs::File::open(dir.join(&rel))
-            .map_err(|e| BuildError::Context { dir: dir.to_path_buf(), message: format!("{rel}: {e}") })?;
-        let mut fh = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = std::io::Read::read(&mut f, &mut buf)
-                .map_err(|e| BuildError::Context { dir: dir.to_path_buf(), message: e.to_string() })?;
-            if n == 0 {
-                break;
-            }
-            fh.update(&buf[..n]);
-        }
-        h.update(rel.as_bytes());
-        h.update([0]);
-        h.update(fh.finalize());
-    }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
-}
-
-async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildError> {
+async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildError> {
     let t = resolve(&params, cx)?;
     let ns = t.namespace.clone();
     let client = cx
@@ -344,7 +302,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildEr
     drop(_enter);
 
     // A context over the limit is refused before anything is written.
-    let size: u64 = context_files(&t.context_dir)?.iter().map(|(_, s)| s).sum();
+    let size: u64 = crate::archive::files(&t.context_dir)?.iter().map(|(_, s)| s).sum();
     if size > t.max_context {
         return Err(BuildError::TooLarge { dir: t.context_dir.clone(), size, max: t.max_context });
     }
@@ -418,10 +376,15 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildEr
         }
     };
     let name = build.metadata.name.clone().unwrap_or_default();
-    let log_task = (!build.is_finished()).then(|| tokio::spawn(stream_log(client.clone(), ns.clone(), name.clone())));
+    let log_task = (!build.is_finished())
+        .then(|| tokio::spawn(cluster::build::stream_log(client.clone(), ns.clone(), name.clone())));
+    let follow = cluster::build::follow(&builds, &name, Backoff::WATCH);
     let followed = tokio::select! {
-        r = tokio::time::timeout(t.timeout, follow(&builds, &name, &ns)) => match r {
-            Ok(r) => r,
+        r = tokio::time::timeout(t.timeout, follow) => match r {
+            Ok(r) => r.map_err(|e| match e {
+                cluster::build::FollowError::Vanished => BuildError::Vanished { name: name.clone(), namespace: ns.clone() },
+                cluster::build::FollowError::Api(e) => api_err("list", format!("builds.build.openshift.io/{name}"), &ns)(e),
+            }),
             Err(_) => {
                 let phase = builds.get(&name).await.map(|b| b.phase().to_string()).unwrap_or_default();
                 Err(BuildError::Timeout { name: name.clone(), namespace: ns.clone(), after: t.timeout, phase })
@@ -445,7 +408,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Outputs, BuildEr
     }
     let done = followed?;
     if done.phase() != "Complete" {
-        let log_tail = log_tail(&client, &ns, &name).await;
+        let log_tail = cluster::build::log_tail(&client, &ns, &name).await;
         return Err(BuildError::Failed {
             name,
             namespace: ns,
@@ -483,18 +446,18 @@ fn images_of(is: &ImageStream) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn outputs(t: &Target, is: &ImageStream, build: &str, digest: &str) -> Outputs {
+fn outputs(t: &Target, is: &ImageStream, build: &str, digest: &str) -> Output {
     let repo = if is.status.docker_image_repository.is_empty() {
         format!("image-registry.openshift-image-registry.svc:5000/{}/{}", t.namespace, t.stream)
     } else {
         is.status.docker_image_repository.clone()
     };
-    Outputs::from([
-        ("buildName".to_string(), json!(build)),
-        ("image".to_string(), json!(format!("{repo}@{digest}"))),
-        ("imageDigest".to_string(), json!(digest)),
-        ("imageStreamTag".to_string(), json!(format!("{}:{}", t.stream, t.tag))),
-    ])
+    Output {
+        build_name: build.to_string(),
+        image: format!("{repo}@{digest}"),
+        image_digest: digest.to_string(),
+        image_stream_tag: format!("{}:{}", t.stream, t.tag),
+    }
 }
 
 /// Create `obj`, or bring the stored one's labels and spec to it.
@@ -649,7 +612,9 @@ async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Bui
     loop {
         attempt += 1;
         tracing::info!(bc = %t.stream, namespace = %t.namespace, attempt, "starting a binary build");
-        let err = match instantiate_binary(&client, &t.namespace, &t.stream, &t.context_dir, &query).await {
+        let body = crate::archive::context_stream(t.context_dir.clone());
+        let started = cluster::build::instantiate_binary(&client, &t.namespace, &t.stream, body, &query).await;
+        let err = match started.map_err(|e| start_err(t, e)) {
             Ok(text) => {
                 return serde_json::from_str(&text).map_err(|e| BuildError::Start {
                     name: t.stream.clone(),
@@ -708,6 +673,16 @@ async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Bui
     }
 }
 
+fn start_err(t: &Target, e: cluster::build::StartError) -> BuildError {
+    BuildError::Start {
+        name: t.stream.clone(),
+        namespace: t.namespace.clone(),
+        message: e.message,
+        status: e.status,
+        retry_after: e.retry_after,
+    }
+}
+
 /// Builds of the BuildConfig whose revision message is `message`.
 async fn builds_with_message(builds: &Api<Build>, t: &Target, message: &str) -> Result<Vec<Build>, BuildError> {
     let lp = ListParams::default().labels(&format!("openshift.io/build-config.name={}", t.stream));
@@ -717,175 +692,6 @@ async fn builds_with_message(builds: &Api<Build>, t: &Target, message: &str) -> 
         .into_iter()
         .filter(|b| b.spec.pointer("/revision/git/message").and_then(Value::as_str) == Some(message))
         .collect())
-}
-
-/// `POST .../buildconfigs/NAME/instantiatebinary` with `dir` as a gzip tar
-/// streamed chunked, as `oc start-build --from-dir`; the answer's body.
-/// Sent through the environment's own kube `client`, so its credentials
-/// (client certificates, tokens, exec plugins), TLS settings and
-/// `proxy-url` apply as to every other call; the retry layer sends a
-/// streamed body once ([`start`] decides about repeats). Public for the
-/// upload benchmark.
-pub async fn instantiate_binary(
-    client: &kube::Client,
-    namespace: &str,
-    bc: &str,
-    dir: &Path,
-    query: &[(String, String)],
-) -> Result<String, BuildError> {
-    let serr = |status: Option<u16>, message: String| BuildError::Start {
-        name: bc.to_string(),
-        namespace: namespace.to_string(),
-        message,
-        status,
-        retry_after: None,
-    };
-    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
-    let path =
-        format!("/apis/build.openshift.io/v1/namespaces/{namespace}/buildconfigs/{bc}/instantiatebinary?{query}");
-    let body = streaming_body(context_stream(dir.to_path_buf()))
-        .await
-        .map_err(|e| serr(None, format!("cannot stream the build context: {e}")))?;
-    let req = http::Request::post(path)
-        .header(http::header::CONTENT_TYPE, "application/octet-stream")
-        .body(body)
-        .map_err(|e| serr(None, e.to_string()))?;
-    let resp = client.send(req).await.map_err(|e| serr(None, crate::secret::mask(&crate::error::chain(&e))))?;
-    let status = resp.status();
-    let retry_after = crate::cluster::retry::retry_after(resp.headers());
-    let bytes = resp.into_body().collect_bytes().await.map_err(|e| serr(Some(status.as_u16()), e.to_string()))?;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    if !status.is_success() {
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or(text);
-        let mut e = serr(Some(status.as_u16()), format!("{message} ({status})"));
-        if let BuildError::Start { retry_after: r, .. } = &mut e {
-            *r = retry_after;
-        }
-        return Err(e);
-    }
-    Ok(text)
-}
-
-/// `stream` as a request body for a [`kube::Client`]. kube 5 keeps its
-/// body-wrapping constructor to itself (`Body::wrap_body` in kube-client's
-/// `src/client/body.rs` is `pub(crate)`; the public ones take whole bytes),
-/// but a `Client` hands every response body back wrapped: a client over a
-/// service that answers with the stream yields it as a `Body`, still
-/// streamed (nothing is collected, so at most a few chunks are in memory).
-async fn streaming_body<S>(stream: S) -> Result<kube::client::Body, kube::Error>
-where
-    S: futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-{
-    let body = http_body_util::StreamBody::new(stream.map_ok(hyper::body::Frame::data));
-    let slot = std::sync::Mutex::new(Some(body));
-    let service = tower::service_fn(move |_: http::Request<kube::client::Body>| {
-        let body = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        async move { body.map(http::Response::new).ok_or_else(|| tower::BoxError::from("the body was taken")) }
-    });
-    let wrapper = kube::Client::new(service, "default");
-    Ok(wrapper.send(http::Request::new(kube::client::Body::empty())).await?.into_body())
-}
-
-/// Follow the Build to a final phase: list by name, watch from its
-/// resourceVersion, re-list when the watch ends or expires.
-async fn follow(builds: &Api<Build>, name: &str, ns: &str) -> Result<Build, BuildError> {
-    let what = format!("builds.build.openshift.io/{name}");
-    let mut failed_lists = 0;
-    loop {
-        let lp = ListParams::default().fields(&format!("metadata.name={name}"));
-        let list = match builds.list(&lp).await {
-            Ok(l) => l,
-            // The API server restarting or unreachable for a moment: the
-            // build goes on without us; keep trying, each list already
-            // retried by the client, up to a budget (a resumed run attaches
-            // to the same Build).
-            Err(e) if !matches!(&e, kube::Error::Api(s) if s.code < 500 && s.code != 429) => {
-                failed_lists += 1;
-                if failed_lists >= FOLLOW_FAILED_LISTS {
-                    tracing::warn!(build = name, "the build cannot be followed; giving up (it goes on without us)");
-                    return Err(api_err("list", what.clone(), ns)(e));
-                }
-                tracing::warn!(build = name, error = %e, "cannot list the build; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-            Err(e) => return Err(api_err("list", what.clone(), ns)(e)),
-        };
-        failed_lists = 0;
-        let Some(b) = list.items.into_iter().next() else {
-            return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
-        };
-        tracing::debug!(build = name, phase = b.phase(), "build phase");
-        if b.is_finished() {
-            return Ok(b);
-        }
-        let rv = list.metadata.resource_version.unwrap_or_default();
-        let wp = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(290);
-        let stream = match builds.watch(&wp, &rv).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching the build failed; re-listing");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            match stream.try_next().await {
-                Ok(Some(WatchEvent::Added(b) | WatchEvent::Modified(b))) => {
-                    tracing::info!(build = name, phase = b.phase(), "build phase");
-                    if b.is_finished() {
-                        return Ok(b);
-                    }
-                }
-                Ok(Some(WatchEvent::Deleted(_))) => {
-                    return Err(BuildError::Vanished { name: name.into(), namespace: ns.into() });
-                }
-                Ok(Some(WatchEvent::Bookmark(_))) => {}
-                // 410 Gone and friends: re-list.
-                Ok(Some(WatchEvent::Error(e))) => {
-                    tracing::debug!(error = %e.message, "watch error; re-listing");
-                    break;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the build watch dropped; re-listing");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// `builds/NAME/log?follow=true` line by line into tracing.
-async fn stream_log(client: kube::Client, ns: String, name: String) {
-    let path = format!("/apis/build.openshift.io/v1/namespaces/{ns}/builds/{name}/log?follow=true");
-    let Ok(req) = http::Request::get(&path).body(Vec::new()) else { return };
-    match client.request_stream(req).await {
-        Ok(reader) => {
-            let mut lines = reader.lines();
-            while let Some(Ok(line)) = lines.next().await {
-                tracing::info!(target: "modelship::build_log", build = %name, "{}", crate::secret::mask(&line));
-            }
-        }
-        // The build goes on without its log; say why in one line.
-        Err(e) => tracing::warn!(build = %name, "cannot stream the build log: {}", crate::error::chain(&e)),
-    }
-}
-
-async fn log_tail(client: &kube::Client, ns: &str, name: &str) -> String {
-    let path = format!("/apis/build.openshift.io/v1/namespaces/{ns}/builds/{name}/log");
-    let Ok(req) = http::Request::get(&path).body(Vec::new()) else { return String::new() };
-    match client.request_text(req).await {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            crate::secret::mask(&lines[lines.len().saturating_sub(20)..].join("\n"))
-        }
-        Err(e) => format!("(log unavailable: {e})"),
-    }
 }
 
 #[cfg(test)]
@@ -939,14 +745,5 @@ mod tests {
         let mut lost = stored.clone();
         lost.as_object_mut().unwrap().remove("runPolicy");
         assert!(!covers(&lost, &wanted));
-    }
-
-    #[test]
-    fn digest_depends_on_paths_and_contents() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a"), "1").unwrap();
-        let d1 = digest_dir(dir.path()).unwrap();
-        std::fs::write(dir.path().join("a"), "2").unwrap();
-        assert_ne!(d1, digest_dir(dir.path()).unwrap());
     }
 }

@@ -7,8 +7,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::prediction_check::{self, DurationStr};
-use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::checks::{self, DurationStr};
+use super::openshift_build::OpenshiftBuild;
+use super::prediction_check::PredictionCheck;
+use super::seldon_deploy::SeldonDeploy;
+use super::{Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::error::HasExitClass;
 use crate::promotion::{self, PromoteOutcome, PromoteRequest, PromotionError, RollbackRequest};
 use crate::registry::AuthStore;
@@ -70,6 +73,19 @@ pub struct Params {
 
 pub struct Promote;
 
+/// What promote hands later stages.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Output {
+    pub image: String,
+    pub digest: String,
+    pub environment: String,
+    pub previous_digest: Option<String>,
+    pub signature_digest: Option<String>,
+    pub attestation_digest: Option<String>,
+    pub signature_verified: bool,
+}
+
 fn stage_error(e: PromotionError) -> StageError {
     let bad = e.exit_class() == crate::ExitClass::BadInput;
     let transient = matches!(&e, PromotionError::Copy { source, .. } if source.is_transient());
@@ -95,6 +111,7 @@ impl Stage for Promote {
         "signatureVerified",
     ];
     type Params = Params;
+    type Output = Output;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -115,7 +132,7 @@ impl Stage for Promote {
                     .with_hint("without verify nothing can fail after the promotion"),
             );
         }
-        if params.verify && !cx.pipeline.spec.stages.iter().any(|s| s.uses == "prediction-check") {
+        if params.verify && !cx.may_link::<PredictionCheck>() {
             out.push(Problem::new(
                 "verify",
                 "verify re-runs the pipeline's prediction cases, but it has no `prediction-check` stage",
@@ -176,18 +193,17 @@ impl Stage for Promote {
         lines
     }
 
-    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+    async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let model = cx.pipeline.spec.model.name.clone();
         let by = promotion::principal();
-        let build = cx.outputs_of_kind("openshift-build");
-        let deploy = cx.outputs_of_kind("seldon-deploy");
-        let str_of =
-            |o: Option<&Outputs>, k: &str| o.and_then(|o| o.get(k)).and_then(Value::as_str).map(str::to_string);
+        let build = cx.input::<OpenshiftBuild>()?.unwrap_or_default();
+        let deploy = cx.input::<SeldonDeploy>()?.unwrap_or_default();
+        let nonempty = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
         let digest = params
             .digest
             .clone()
-            .or_else(|| str_of(build, "imageDigest"))
-            .or_else(|| str_of(deploy, "deployedDigest"))
+            .or_else(|| nonempty(&build.image_digest))
+            .or_else(|| nonempty(&deploy.deployed_digest))
             .ok_or_else(|| {
                 StageError::bad_input(
                     "no digest to promote: set `with.digest` or run an `openshift-build` or `seldon-deploy` stage first",
@@ -197,7 +213,7 @@ impl Stage for Promote {
             .map_err(|m| StageError::bad_input(format!("digest `{digest}`: {m}")))?;
 
         let from = promotion::resolve_env(&cx.clusters, &params.from, &model).await.map_err(stage_error)?;
-        let image = str_of(build, "image")
+        let image = nonempty(&build.image)
             .map(|i| match i.split_once('@') {
                 Some((repo, _)) => format!("{repo}@{digest}"),
                 None => format!("{}@{digest}", strip_tag(&i)),
@@ -205,10 +221,10 @@ impl Stage for Promote {
             .unwrap_or_else(|| format!("{}@{digest}", from.repository(&model)));
 
         // The check's verdict travels with the digest in the ledger.
-        let check = cx.outputs_of_kind("prediction-check");
-        let passed = check.and_then(|o| o.get("passed")).and_then(Value::as_bool).unwrap_or(false);
-        let checks = match check.and_then(|o| o.get("report")) {
-            Some(report) => Some(report.clone()),
+        let check = cx.input::<PredictionCheck>()?.unwrap_or_default();
+        let passed = check.passed;
+        let checks = match check.report {
+            Some(report) => Some(report),
             None => Some(json!({ "passed": false, "reason": "no prediction-check stage ran before this promotion" })),
         };
         if !passed && !params.force {
@@ -269,19 +285,16 @@ impl Stage for Promote {
         if params.verify {
             verify(&params, cx, &req, &outcome).await?;
         }
-        let mut out = Outputs::new();
-        out.insert("image".into(), Value::String(outcome.image.clone()));
-        out.insert("digest".into(), Value::String(outcome.digest.clone()));
-        out.insert("environment".into(), Value::String(params.to.clone()));
-        out.insert(
-            "previousDigest".into(),
-            outcome.previous.as_ref().map_or(Value::Null, |p| Value::String(p.digest.clone())),
-        );
         let prov = outcome.provenance.clone().unwrap_or_default();
-        out.insert("signatureDigest".into(), prov.signature.map_or(Value::Null, Value::String));
-        out.insert("attestationDigest".into(), prov.attestation.map_or(Value::Null, Value::String));
-        out.insert("signatureVerified".into(), Value::Bool(prov.verified));
-        Ok(out)
+        Ok(Output {
+            image: outcome.image.clone(),
+            digest: outcome.digest.clone(),
+            environment: params.to.clone(),
+            previous_digest: outcome.previous.as_ref().map(|p| p.digest.clone()),
+            signature_digest: prov.signature,
+            attestation_digest: prov.attestation,
+            signature_verified: prov.verified,
+        })
     }
 }
 
@@ -404,24 +417,16 @@ async fn verify(
     req: &PromoteRequest,
     outcome: &PromoteOutcome,
 ) -> Result<(), StageError> {
-    let spec = cx
-        .pipeline
-        .spec
-        .stages
-        .iter()
-        .find(|s| s.uses == "prediction-check")
-        .ok_or_else(|| StageError::bad_input("verify: the pipeline has no prediction-check stage"))?;
-    let mut check: prediction_check::Params =
-        super::kind::parse_params::<prediction_check::PredictionCheck>(&spec.with).map_err(|p| {
-            StageError::bad_input(format!("verify: stage `{}` with.{}: {}", spec.name, p.path, p.message))
-        })?;
+    let mut check = cx
+        .input_params::<PredictionCheck>()?
+        .ok_or_else(|| StageError::bad_input("verify: no prediction-check stage ran before this one"))?;
     check.environment = Some(params.to.clone());
     let endpoint = match &params.verify_endpoint {
         Some(e) => e.clone(),
         None => seldon_address(cx, &params.to, &req.model).await?,
     };
     let report = tokio::select! {
-        r = prediction_check::check(&check, &endpoint, Some(&req.model)) => r.map_err(StageError::failed)?,
+        r = checks::check(&check, &endpoint, Some(&req.model)) => r.map_err(StageError::failed)?,
         _ = cx.cancel.cancelled() => return Err(StageError::cancelled()),
     };
     let json = serde_json::to_value(&report).map_err(StageError::failed)?;

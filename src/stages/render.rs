@@ -8,8 +8,6 @@
 //! renders the BuildConfig, ImageStream, SeldonDeployment and Route that the
 //! `openshift-build` and `seldon-deploy` stages apply.
 
-pub mod manifests;
-mod safe;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -21,20 +19,18 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Outputs, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::fetch_model::FetchModel;
+use super::{Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{ExitClass, HasExitClass};
 use crate::template::{TemplateError, is_template};
-use safe::Slot;
+use crate::template::safe::{self, Slot, display_value};
 
 pub const DEFAULT_MODEL_CLASS: &str = "MyModel";
 pub const DEFAULT_BASE_IMAGE: &str = "registry.access.redhat.com/ubi9/python-311";
 /// The last Apache-2.0 release (1.18 is under the Business Source License).
 pub const DEFAULT_SELDON_CORE_VERSION: &str = "1.17.1";
-/// seldon-core-microservice's default ports (REST, gRPC, metrics).
-pub const HTTP_PORT: u16 = 9000;
-pub const GRPC_PORT: u16 = 5000;
-pub const METRICS_PORT: u16 = 6000;
+use crate::manifests::{GRPC_PORT, HTTP_PORT, METRICS_PORT};
 
 /// Pins added for a generated wrapper unless the model's requirements.txt or
 /// `requirements:` name the package. Versions with wheels for Python 3.11
@@ -342,16 +338,6 @@ pub fn param_problems(p: &Params, skip_templated: bool) -> Vec<Problem> {
     out
 }
 
-/// A value shortened for messages: one line, at most 60 characters.
-fn display_value(v: &str) -> String {
-    let one_line: String = v.chars().map(|c| if c.is_control() { '⏎' } else { c }).collect();
-    if one_line.chars().count() > 60 {
-        format!("{}…", one_line.chars().take(60).collect::<String>())
-    } else {
-        one_line
-    }
-}
-
 /// The PEP 503 normalised project name of a requirements.txt line.
 fn requirement_name(line: &str) -> Option<String> {
     static RE: OnceLock<Regex> = OnceLock::new();
@@ -648,14 +634,24 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), RenderError> {
 
 pub struct Render;
 
+/// What render hands openshift-build.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Output {
+    pub context_dir: String,
+    pub files: Vec<String>,
+    pub context_digest: String,
+}
+
 impl Stage for Render {
     const KIND: &'static str = "render";
     const OUTPUTS: &'static [&'static str] = &["contextDir", "files", "contextDigest"];
     type Params = Params;
+    type Output = Output;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let mut out = param_problems(params, true);
-        if params.model_dir.is_none() && !cx.may_follow("fetch-model") {
+        if params.model_dir.is_none() && !cx.may_link::<FetchModel>() {
             out.push(
                 Problem::new(
                     "",
@@ -674,10 +670,7 @@ impl Stage for Render {
         let model_dir = match &params.model_dir {
             Some(d) => d.clone(),
             None => cx
-                .earlier()
-                .iter()
-                .rev()
-                .find(|s| s.uses == "fetch-model")
+                .linked::<FetchModel>()
                 .map(|s| format!("the model fetched by stage `{}`", s.name))
                 .unwrap_or_else(|| "(no model directory)".into()),
         };
@@ -696,17 +689,16 @@ impl Stage for Render {
         lines
     }
 
-    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
-        let fetched = cx.outputs_of_kind("fetch-model");
+    async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let (model_dir, model_digest, owned) = match &params.model_dir {
             Some(d) => (cx.pipeline_dir.join(d), None, false),
             None => {
-                let dir = fetched
-                    .and_then(|o| o.get("modelDir"))
-                    .and_then(Value::as_str)
+                let fetched = cx
+                    .input::<FetchModel>()?
+                    .filter(|f| !f.model_dir.is_empty())
                     .ok_or_else(|| StageError::from(RenderError::NoModelDir))?;
-                let digest = fetched.and_then(|o| o.get("contentDigest")).and_then(Value::as_str).map(str::to_string);
-                (PathBuf::from(dir), digest, true)
+                let digest = Some(fetched.content_digest).filter(|d| !d.is_empty());
+                (PathBuf::from(fetched.model_dir), digest, true)
             }
         };
         let mut params = params;
@@ -745,11 +737,11 @@ impl Stage for Render {
             class = ?rendered.class,
             "rendered build context"
         );
-        let mut outputs = Outputs::new();
-        outputs.insert("contextDir".into(), json!(rendered.dir.display().to_string()));
-        outputs.insert("files".into(), json!(rendered.files));
-        outputs.insert("contextDigest".into(), json!(rendered.digest));
-        Ok(outputs)
+        Ok(Output {
+            context_dir: rendered.dir.display().to_string(),
+            files: rendered.files,
+            context_digest: rendered.digest,
+        })
     }
 }
 

@@ -18,10 +18,11 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::render::manifests::{self, DeployVars, ManifestError, RouteVars};
-use super::{Outputs, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::manifests::{self, DeployVars, ManifestError, RouteVars};
+use super::openshift_build::OpenshiftBuild;
+use super::{Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::ClusterError;
 use crate::cluster::seldon::{
     SeldonStatus, predictor_deployment_name, route_host, route_resource, route_tls, seldon_deployment_resource,
@@ -195,10 +196,20 @@ fn deploy_vars(p: &Params, name: &str, namespace: &str, image: &str) -> DeployVa
 
 pub struct SeldonDeploy;
 
+/// What seldon-deploy hands prediction-check and promote.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Output {
+    pub endpoint: String,
+    pub deployed_digest: String,
+    pub deployment_name: String,
+}
+
 impl Stage for SeldonDeploy {
     const KIND: &'static str = "seldon-deploy";
     const OUTPUTS: &'static [&'static str] = &["endpoint", "deployedDigest", "deploymentName"];
     type Params = Params;
+    type Output = Output;
 
     fn validate(p: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let mut problems = Vec::new();
@@ -211,7 +222,7 @@ impl Stage for SeldonDeploy {
             }
             Some(_) => {}
             None => {
-                if !cx.may_follow("openshift-build") {
+                if !cx.may_link::<OpenshiftBuild>() {
                     problems.push(Problem::new("", DeployError::NoImage.to_string()));
                 }
             }
@@ -232,7 +243,7 @@ impl Stage for SeldonDeploy {
         let ns = cx.pipeline.spec.environments.get(&p.environment).map(|e| e.namespace.as_str()).unwrap_or("?");
         let image = match &p.image {
             Some(i) => crate::secret::mask(i),
-            None => match cx.earlier().iter().rev().find(|s| s.uses == "openshift-build") {
+            None => match cx.linked::<OpenshiftBuild>() {
                 Some(s) => format!("the `image` output of stage `{}`", s.name),
                 None => "(no image)".into(),
             },
@@ -256,20 +267,23 @@ impl Stage for SeldonDeploy {
         lines
     }
 
-    async fn run(p: Params, cx: &StageContext) -> Result<Outputs, StageError> {
-        Ok(deploy(&p, cx).await?)
+    async fn run(p: Params, cx: &StageContext) -> Result<Output, StageError> {
+        let built = cx.input::<OpenshiftBuild>()?;
+        Ok(deploy(&p, built, cx).await?)
     }
 }
 
-async fn deploy(p: &Params, cx: &StageContext) -> Result<Outputs, DeployError> {
+async fn deploy(
+    p: &Params,
+    built: Option<super::openshift_build::Output>,
+    cx: &StageContext,
+) -> Result<Output, DeployError> {
     let timeout = parse_timeout(p)?;
     let image = match &p.image {
         Some(i) => i.clone(),
-        None => cx
-            .outputs_of_kind("openshift-build")
-            .and_then(|o| o.get("image"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
+        None => built
+            .map(|b| b.image)
+            .filter(|i| !i.is_empty())
             .ok_or(DeployError::NoImage)?,
     };
     let image_ref = check_image(&image)?;
@@ -366,11 +380,7 @@ async fn deploy(p: &Params, cx: &StageContext) -> Result<Outputs, DeployError> {
         format!("http://{}.{namespace}.svc.cluster.local:8000", manifests::seldon_service_name(&name, &vars.predictor))
     });
     tracing::info!(namespace = %namespace, sdep = %name, %endpoint, digest = %digest, "SeldonDeployment serving");
-    Ok(BTreeMap::from([
-        ("endpoint".to_string(), json!(endpoint)),
-        ("deployedDigest".to_string(), json!(digest)),
-        ("deploymentName".to_string(), json!(name)),
-    ]))
+    Ok(Output { endpoint, deployed_digest: digest, deployment_name: name })
 }
 
 /// One look at the SeldonDeployment and its predictor Deployment: `Some`
@@ -428,6 +438,8 @@ async fn rollout_step(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

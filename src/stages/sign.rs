@@ -7,7 +7,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Outputs, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::fetch_model::FetchModel;
+use super::openshift_build::OpenshiftBuild;
+use super::prediction_check::PredictionCheck;
+use super::render::Render;
+use super::{Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::error::HasExitClass;
 use crate::registry::{AuthStore, ImageRef};
 use crate::signing::SigningError;
@@ -52,28 +56,27 @@ fn stage_error(e: SigningError) -> StageError {
     err
 }
 
-/// The environment the image was built in.
-fn environment(params: &Params, cx_pipeline: &crate::spec::Pipeline) -> Option<String> {
-    params
-        .environment
-        .clone()
-        .or_else(|| {
-            cx_pipeline
-                .spec
-                .stages
-                .iter()
-                .find(|s| s.uses == "openshift-build")
-                .and_then(|s| s.with.get("environment"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .or_else(|| cx_pipeline.spec.environments.keys().next().cloned())
+/// The environment the image was built in: `with.environment`, else the
+/// linked build's, else the pipeline's first.
+fn environment(params: &Params, build_env: Option<String>, pipeline: &crate::spec::Pipeline) -> Option<String> {
+    params.environment.clone().or(build_env).or_else(|| pipeline.spec.environments.keys().next().cloned())
+}
+
+/// What sign hands later stages.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Output {
+    pub image: String,
+    pub digest: String,
+    pub signature_digest: String,
+    pub attestation_digest: String,
 }
 
 impl Stage for Sign {
     const KIND: &'static str = "sign";
     const OUTPUTS: &'static [&'static str] = &["image", "digest", "signatureDigest", "attestationDigest"];
     type Params = Params;
+    type Output = Output;
 
     fn validate(params: &Params, cx: &ValidateCx<'_>) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -82,7 +85,7 @@ impl Stage for Sign {
                 "e.g. `signing: { key: { secret: cosign } }`; `modelship keys generate --out DIR` makes a pair",
             ));
         }
-        if !cx.may_follow("prediction-check") {
+        if !cx.may_link::<PredictionCheck>() {
             out.push(Problem::new(
                 "",
                 "stage `sign` signs the digest a `prediction-check` passed: put it after a `prediction-check` stage",
@@ -101,7 +104,12 @@ impl Stage for Sign {
     }
 
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
-        let env = environment(params, cx.pipeline).unwrap_or_default();
+        let build_env = cx
+            .linked::<OpenshiftBuild>()
+            .and_then(|s| s.with.get("environment"))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let env = environment(params, build_env, cx.pipeline).unwrap_or_default();
         let ns = cx.pipeline.spec.environments.get(&env).map(|e| e.namespace.clone()).unwrap_or_default();
         let key = cx.pipeline.spec.signing.as_ref().map_or("(no key)".to_string(), |s| key_text(&s.key, &ns));
         let model = &cx.pipeline.spec.model.name;
@@ -111,7 +119,7 @@ impl Stage for Sign {
         ]
     }
 
-    async fn run(params: Params, cx: &StageContext) -> Result<Outputs, StageError> {
+    async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let model = cx.pipeline.spec.model.name.clone();
         let signing = cx
             .pipeline
@@ -119,25 +127,24 @@ impl Stage for Sign {
             .signing
             .clone()
             .ok_or_else(|| StageError::bad_input("stage `sign` needs `spec.signing.key`"))?;
-        let build = cx.outputs_of_kind("openshift-build");
-        let str_of =
-            |o: Option<&Outputs>, k: &str| o.and_then(|o| o.get(k)).and_then(Value::as_str).map(str::to_string);
-        let digest = params.digest.clone().or_else(|| str_of(build, "imageDigest")).ok_or_else(|| {
+        let build = cx.input::<OpenshiftBuild>()?.unwrap_or_default();
+        let nonempty = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        let digest = params.digest.clone().or_else(|| nonempty(&build.image_digest)).ok_or_else(|| {
             StageError::bad_input("no digest to sign: set `with.digest` or run an `openshift-build` stage first")
         })?;
         crate::registry::validate_digest(&digest)
             .map_err(|m| StageError::bad_input(format!("digest `{digest}`: {m}")))?;
 
         // Only what passed its checks is signed.
-        let check = cx.outputs_of_kind("prediction-check");
-        let passed = check.and_then(|o| o.get("passed")).and_then(Value::as_bool).unwrap_or(false);
-        if !passed {
+        let check = cx.input::<PredictionCheck>()?.unwrap_or_default();
+        if !check.passed {
             return Err(StageError::msg(format!(
                 "refused to sign {digest}: no passed prediction check ran before this stage"
             )));
         }
 
-        let env_name = environment(&params, &cx.pipeline)
+        let build_env = cx.input_params::<OpenshiftBuild>()?.and_then(|p| p.environment);
+        let env_name = environment(&params, build_env, &cx.pipeline)
             .ok_or_else(|| StageError::bad_input("no environment to sign in: set `with.environment`"))?;
         let env = crate::promotion::resolve_env(&cx.clusters, &env_name, &model).await.map_err(|e| {
             let bad = e.exit_class() == crate::ExitClass::BadInput;
@@ -147,7 +154,7 @@ impl Stage for Sign {
             }
             err
         })?;
-        let image = params.image.clone().or_else(|| str_of(build, "image")).unwrap_or_else(|| env.repository(&model));
+        let image = params.image.clone().or_else(|| nonempty(&build.image)).unwrap_or_else(|| env.repository(&model));
         let image = ImageRef::parse(&image).map_err(|e| StageError::bad_input(e.to_string()))?.with_digest(&digest);
 
         let scope = SecretScope { client: &env.client, namespace: &env.namespace, env: &env_name };
@@ -157,7 +164,7 @@ impl Stage for Sign {
         let client = crate::promotion::registry_client(&auth, &env, &image)
             .await
             .map_err(|e| StageError::failed(e).retryable())?;
-        let predicate = predicate(cx, &digest).await?;
+        let predicate = predicate(cx, &digest, &build, &check).await?;
         let docker_reference = format!("{}/{}", image.registry, image.repository);
         let signed = tokio::select! {
             r = crate::signing::sign_image(&client, &image.repository, &docker_reference, &digest, &key, predicate) => r.map_err(stage_error)?,
@@ -167,12 +174,12 @@ impl Stage for Sign {
             image = %image, signature = %signed.signature, attestation = %signed.attestation,
             "signed and attested"
         );
-        let mut out = Outputs::new();
-        out.insert("image".into(), Value::String(image.to_string()));
-        out.insert("digest".into(), Value::String(digest));
-        out.insert("signatureDigest".into(), Value::String(signed.signature));
-        out.insert("attestationDigest".into(), Value::String(signed.attestation));
-        Ok(out)
+        Ok(Output {
+            image: image.to_string(),
+            digest,
+            signature_digest: signed.signature,
+            attestation_digest: signed.attestation,
+        })
     }
 }
 
@@ -199,31 +206,38 @@ fn objects(manifest: Value, sources: Value) -> Value {
 }
 
 /// modelship's provenance predicate, from what earlier stages output.
-async fn predicate(cx: &StageContext, digest: &str) -> Result<Value, StageError> {
+async fn predicate(
+    cx: &StageContext,
+    digest: &str,
+    build: &super::openshift_build::Output,
+    check: &super::prediction_check::Output,
+) -> Result<Value, StageError> {
     let spec = &cx.pipeline.spec;
-    let get = |kind: &str, key: &str| cx.outputs_of_kind(kind).and_then(|o| o.get(key)).cloned().unwrap_or(Value::Null);
+    let fetched = cx.input::<FetchModel>()?;
     let run = cx.state.get_run(&cx.run_key).await.map_err(|e| StageError::failed(e).retryable())?;
-    let context_digest = match get("render", "contextDigest") {
-        Value::Null => spec
-            .stages
-            .iter()
-            .find(|s| s.uses == "openshift-build")
-            .and_then(|s| s.with.get("contextDigest"))
-            .cloned()
-            .unwrap_or(Value::Null),
-        d => d,
+    let text = |s: &str| if s.is_empty() { Value::Null } else { json!(s) };
+    let context_digest = match cx.input::<Render>()? {
+        Some(r) if !r.context_digest.is_empty() => json!(r.context_digest),
+        _ => cx.input_params::<OpenshiftBuild>()?.and_then(|p| p.context_digest).map_or(Value::Null, Value::String),
+    };
+    let (content_digest, objects) = match &fetched {
+        Some(f) => (
+            text(&f.content_digest),
+            objects(serde_json::to_value(&f.manifest).unwrap_or_default(), serde_json::to_value(&f.objects).unwrap_or_default()),
+        ),
+        None => (Value::Null, Value::Null),
     };
     Ok(json!({
         "model": {
             "name": spec.model.name,
             "source": crate::secret::mask(&spec.model.source),
             "versionId": spec.model.version_id,
-            "contentDigest": get("fetch-model", "contentDigest"),
-            "objects": objects(get("fetch-model", "manifest"), get("fetch-model", "objects")),
+            "contentDigest": content_digest,
+            "objects": objects,
         },
         "image": { "digest": digest },
         "build": {
-            "name": get("openshift-build", "buildName"),
+            "name": text(&build.build_name),
             "contextDigest": context_digest,
         },
         "pipeline": {
@@ -231,7 +245,7 @@ async fn predicate(cx: &StageContext, digest: &str) -> Result<Value, StageError>
             "digest": run.map(|r| r.pipeline_digest),
         },
         "runId": cx.run_id,
-        "checks": get("prediction-check", "report"),
+        "checks": check.report.clone().unwrap_or(Value::Null),
     }))
 }
 

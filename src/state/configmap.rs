@@ -34,9 +34,9 @@ pub const LABEL_RUN: &str = "modelship.io/run";
 pub const LABEL_RECORD: &str = "modelship.io/record";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
-/// Conflicting writes tolerated before giving up; enough for 100 writers
-/// racing on one ledger.
-const MAX_ATTEMPTS: u32 = 200;
+/// Conflicting writes tolerated before giving up ([`Backoff::CONFLICT`]):
+/// enough for 100 writers racing on one ledger.
+const MAX_ATTEMPTS: u32 = crate::retry::Backoff::CONFLICT.attempts;
 
 pub struct ConfigMapStore {
     client: kube::Client,
@@ -184,15 +184,9 @@ fn is_conflict(e: &kube::Error) -> bool {
     is_status(e, 409)
 }
 
-/// Jittered exponential backoff after a conflict: 10 ms doubling up to 2 s,
-/// each wait a random 50-100% of that. The cap is high on purpose: with N
-/// writers racing on one object, retries must spread over about N write
-/// round-trips or they keep colliding.
+/// The wait after conflict number `attempt` (0-based): [`Backoff::CONFLICT`].
 async fn backoff(attempt: u32) {
-    use rand::RngExt;
-    let base = (Duration::from_millis(10) * 2u32.pow(attempt.min(8))).min(Duration::from_secs(2));
-    let factor: f64 = rand::rng().random_range(0.5..1.0);
-    tokio::time::sleep(base.mul_f64(factor)).await;
+    tokio::time::sleep(crate::retry::Backoff::CONFLICT.delay(attempt + 1)).await;
 }
 
 enum FitError {
@@ -557,7 +551,7 @@ mod tests {
         let long = run_configmap_name(&"p".repeat(300), "r");
         assert!(long.len() <= 253);
         for n in [odd, long, ledger_configmap_name("..."), lock_lease_name("A/B")] {
-            assert!(crate::sim::store::is_dns_subdomain(&n), "{n}");
+            assert!(crate::names::is_dns_subdomain(&n), "{n}");
         }
     }
 

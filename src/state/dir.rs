@@ -25,7 +25,7 @@ use crate::spec::yaml;
 
 /// Give up after this many lost races on one record; 20+ concurrent writers
 /// on one record still finish well inside it.
-const MAX_CONFLICTS: u32 = 200;
+const MAX_CONFLICTS: u32 = crate::retry::Backoff::LOCAL_CONFLICT.attempts;
 
 pub struct DirStore {
     root: PathBuf,
@@ -123,8 +123,7 @@ impl DirStore {
                 Outcome::Written(()) => return Ok(record),
                 Outcome::Conflict => {
                     // Spread the losers out so they do not collide again in step.
-                    let jitter = rand::random_range(0..=(1 + attempt.min(20) as u64));
-                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                    tokio::time::sleep(crate::retry::Backoff::LOCAL_CONFLICT.delay(attempt + 1)).await;
                 }
             }
         }

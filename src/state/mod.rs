@@ -94,7 +94,9 @@ pub async fn lock_with_wait(
     wait: Duration,
 ) -> Result<LockInfo, StateError> {
     let deadline = tokio::time::Instant::now() + wait;
-    let mut delay = Duration::from_millis(100);
+    let policy = crate::retry::Backoff::POLL.with_cap(Duration::from_secs(5));
+    let mut retry = 1;
+    let mut delay = policy.delay(retry);
     let mut told = false;
     loop {
         match store.try_lock(model, holder, ttl).await {
@@ -107,7 +109,8 @@ pub async fn lock_with_wait(
                     tracing::info!(model, holder = %other, expires = %expires, wait = %humantime::format_duration(wait), "waiting for the promotion lock");
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                retry += 1;
+                delay = policy.delay(retry);
             }
             other => return other,
         }

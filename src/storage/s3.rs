@@ -18,7 +18,7 @@ use super::verify::{self, Checks, CompositeEtag, RangeState};
 use super::{Entry, Job, Origin, S3Options, StorageError, UnsafePath, safe_relative};
 
 /// Attempts per range before a dropped connection becomes an error.
-const MAX_ATTEMPTS: u32 = 5;
+const MAX_ATTEMPTS: u32 = crate::retry::Backoff::DOWNLOAD.attempts;
 /// Bytes gathered from the body before one positioned write.
 const WRITE_CHUNK: usize = 1 << 20;
 /// Bytes the hasher reads back at a time.
@@ -463,7 +463,7 @@ impl Remote {
         let mut last_err: Option<Box<dyn std::error::Error + Send + Sync>> = None;
         for attempt in 1..=MAX_ATTEMPTS {
             if attempt > 1 {
-                let backoff = Duration::from_millis(100 << (attempt - 2).min(5));
+                let backoff = crate::retry::Backoff::DOWNLOAD.delay(attempt - 1);
                 tracing::warn!(
                     url = %entry.url(), offset = pos, attempt, error = %last_err.as_ref().map(|e| e.to_string()).unwrap_or_default(),
                     "download interrupted; resuming with a ranged GET"

@@ -1,6 +1,6 @@
 use std::path::{Path, PathBuf};
 
-use super::manifests::{self, BuildVars, DeployVars, PortRef, RouteVars};
+use crate::manifests::{self, BuildVars, DeployVars, PortRef, RouteVars};
 use super::*;
 
 const MODEL_DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
@@ -519,7 +519,7 @@ async fn run_reads_fetch_model_outputs_and_run_labels() {
     use std::sync::Arc;
     let work = tempfile::tempdir().unwrap();
     let p = Arc::new(pipeline(PIPELINE));
-    let fetched = Outputs::from([
+    let fetched = crate::stages::Outputs::from([
         ("modelDir".to_string(), json!(fixture("weather-model").display().to_string())),
         ("contentDigest".to_string(), json!(MODEL_DIGEST)),
     ]);
@@ -530,6 +530,11 @@ async fn run_reads_fetch_model_outputs_and_run_labels() {
         stage: p.spec.stages[1].clone(),
         attempt: 1,
         workspace: work.path().join("ws"),
+        links: crate::stages::Links::resolve(
+            &p,
+            1,
+            &BTreeMap::from([("fetch".to_string(), (Default::default(), fetched.clone()))]),
+        ),
         outputs: BTreeMap::from([("fetch".to_string(), fetched)]),
         params: BTreeMap::new(),
         labels: BTreeMap::from([("commit".to_string(), "0123abc".to_string())]),
@@ -541,7 +546,7 @@ async fn run_reads_fetch_model_outputs_and_run_labels() {
         cancel: tokio_util::sync::CancellationToken::new(),
         interactive: false,
     };
-    let out = Render::run(Params::default(), &cx).await.unwrap();
+    let out = crate::stages::to_outputs(&Render::run(Params::default(), &cx).await.unwrap()).unwrap();
     let dir = work.path().join("ws/render/context");
     assert_eq!(out["contextDir"], json!(dir.display().to_string()));
     assert_eq!(out["files"], json!(["Dockerfile", "MyModel.py", "README.md", "requirements.txt", "weather.json"]));
@@ -551,7 +556,7 @@ async fn run_reads_fetch_model_outputs_and_run_labels() {
     assert!(!dockerfile.contains("org.opencontainers.image.source"), "{dockerfile}");
 
     // Same input, same digest: openshift-build may skip the rebuild.
-    let again = Render::run(Params::default(), &cx).await.unwrap();
+    let again = crate::stages::to_outputs(&Render::run(Params::default(), &cx).await.unwrap()).unwrap();
     assert_eq!(out["contextDigest"], again["contextDigest"]);
 
     // A missing model directory is the user's input, not a failed stage.

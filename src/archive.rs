@@ -1,5 +1,6 @@
-//! The build context as a gzip tar stream, made on a blocking thread while
-//! it is sent: at most a few megabyte-sized chunks are in memory at once.
+//! A build context directory: its files, its digest, and the directory as
+//! a gzip tar stream, made on a blocking thread while it is sent: at most a
+//! few megabyte-sized chunks are in memory at once.
 //!
 //! Model weights are mostly incompressible, and for them deflate only burns
 //! CPU. Such a context is sent as deflate *stored* blocks (RFC 1951 §3.2.4),
@@ -16,7 +17,6 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::context_files;
 
 /// Bytes per chunk handed to the HTTP body.
 const CHUNK: usize = 1 << 20;
@@ -25,13 +25,74 @@ const MAX_STORED: usize = 65_535;
 
 type Tx = mpsc::Sender<std::io::Result<Bytes>>;
 
+/// A context directory that cannot be archived.
+#[derive(Debug, thiserror::Error)]
+#[error("build context {dir}: {message}")]
+pub struct ArchiveError {
+    pub dir: PathBuf,
+    pub message: String,
+}
+
+/// Files of `dir` (relative paths, sorted) with sizes; symlinks are refused
+/// (a build context must be self-contained).
+pub fn files(dir: &Path) -> Result<Vec<(String, u64)>, ArchiveError> {
+    let cerr = |message: String| ArchiveError { dir: dir.to_path_buf(), message };
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| cerr(format!("cannot read {}: {e}", d.display())))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| cerr(e.to_string()))?;
+            let ft = entry.file_type().map_err(|e| cerr(e.to_string()))?;
+            let path = entry.path();
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let size = entry.metadata().map_err(|e| cerr(e.to_string()))?.len();
+                let rel = path.strip_prefix(dir).expect("below dir").to_string_lossy().replace('\\', "/");
+                out.push((rel, size));
+            } else {
+                return Err(cerr(format!("{} is not a regular file or directory", path.display())));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `sha256:` over sorted paths and contents, for a context given without
+/// its digest.
+pub fn digest_dir(dir: &Path) -> Result<String, ArchiveError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (rel, _) in files(dir)? {
+        let mut f = std::fs::File::open(dir.join(&rel))
+            .map_err(|e| ArchiveError { dir: dir.to_path_buf(), message: format!("{rel}: {e}") })?;
+        let mut fh = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)
+                .map_err(|e| ArchiveError { dir: dir.to_path_buf(), message: e.to_string() })?;
+            if n == 0 {
+                break;
+            }
+            fh.update(&buf[..n]);
+        }
+        h.update(rel.as_bytes());
+        h.update([0]);
+        h.update(fh.finalize());
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+
 /// The context of `dir` as a gzip tar, chunk by chunk.
 pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let err_tx = tx.clone();
         let result = (|| -> std::io::Result<()> {
-            let files = context_files(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let files = files(&dir).map_err(|e| std::io::Error::other(e.to_string()))?;
             if compression_for(&dir, &files) == flate2::Compression::none() {
                 stored(&dir, &files, tx)
             } else {
@@ -283,11 +344,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("weights.bin"), noise(300_000, 0x2545_f491_4f6c_dd1d)).unwrap();
         std::fs::write(dir.path().join("Dockerfile"), "FROM python:3.11\n".repeat(10)).unwrap();
-        let files = context_files(dir.path()).unwrap();
-        assert_eq!(compression_for(dir.path(), &files), flate2::Compression::none());
+        let listed = files(dir.path()).unwrap();
+        assert_eq!(compression_for(dir.path(), &listed), flate2::Compression::none());
         std::fs::write(dir.path().join("weights.bin"), "0.125, ".repeat(50_000)).unwrap();
-        let files = context_files(dir.path()).unwrap();
-        assert_eq!(compression_for(dir.path(), &files), flate2::Compression::fast());
+        let listed = files(dir.path()).unwrap();
+        assert_eq!(compression_for(dir.path(), &listed), flate2::Compression::fast());
     }
 
     #[tokio::test]
@@ -308,8 +369,8 @@ mod tests {
                 want.push((rel, data));
             }
             want.sort();
-            let files = context_files(dir.path()).unwrap();
-            let level = compression_for(dir.path(), &files);
+            let listed = files(dir.path()).unwrap();
+            let level = compression_for(dir.path(), &listed);
             assert_eq!(level == flate2::Compression::none(), !compressible);
             assert_eq!(unpack(dir.path()).await, want, "compressible: {compressible}");
         }
@@ -319,5 +380,14 @@ mod tests {
     async fn an_empty_context_is_an_empty_tar() {
         let dir = tempfile::tempdir().unwrap();
         assert!(unpack(dir.path()).await.is_empty());
+    }
+
+    #[test]
+    fn digest_depends_on_paths_and_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "1").unwrap();
+        let d1 = digest_dir(dir.path()).unwrap();
+        std::fs::write(dir.path().join("a"), "2").unwrap();
+        assert_ne!(d1, digest_dir(dir.path()).unwrap());
     }
 }

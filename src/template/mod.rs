@@ -2,6 +2,8 @@
 //! (`with:` values) and the stages (Dockerfiles, manifests). A reference to
 //! something that does not exist is an error, never a blank.
 
+pub mod safe;
+
 use handlebars::Handlebars;
 use serde::Serialize;
 

@@ -101,7 +101,7 @@ fn split_v2_infer(url: &str) -> Option<(&str, &str)> {
 pub async fn wait_ready(client: &reqwest::Client, target: &Target, timeout: Duration) -> Result<(), CheckError> {
     let started = Instant::now();
     let deadline = started + timeout;
-    let mut delay = Duration::from_millis(100);
+    let mut retry = 0;
     let mut last_error = "no probe finished yet".to_string();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -123,8 +123,8 @@ pub async fn wait_ready(client: &reqwest::Client, target: &Target, timeout: Dura
         if remaining.is_zero() {
             break;
         }
-        tokio::time::sleep(delay.min(remaining)).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        retry += 1;
+        tokio::time::sleep(crate::retry::Backoff::POLL.delay(retry).min(remaining)).await;
     }
     Err(CheckError::NotReady {
         url: mask(&target.ready.join(" and ")),

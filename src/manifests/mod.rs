@@ -13,10 +13,16 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::safe::{self, Slot};
+use crate::template::safe::{self, Slot};
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{ExitClass, HasExitClass};
 use crate::template::TemplateError;
+
+/// seldon-core-microservice's default ports (REST, gRPC, metrics): the
+/// Dockerfile exposes them and the manifests point at them.
+pub const HTTP_PORT: u16 = 9000;
+pub const GRPC_PORT: u16 = 5000;
+pub const METRICS_PORT: u16 = 6000;
 
 pub const BUILD_KIND: &str = "openshift-build";
 pub const DEPLOY_KIND: &str = "seldon-deploy";
@@ -169,7 +175,7 @@ impl Checker {
             self.first = Some(ManifestError::InvalidVar {
                 manifest: self.manifest,
                 var: var.into(),
-                value: super::display_value(value),
+                value: safe::display_value(value),
                 reason,
             });
         }
@@ -302,7 +308,7 @@ pub fn seldon_deployment_yaml(catalog: &Catalog, vars: &DeployVars) -> Result<St
         "limits": limits,
         "labels": labels,
         "annotations": annotations,
-        "httpPort": super::HTTP_PORT,
+        "httpPort": HTTP_PORT,
     });
     render_manifest(catalog, DEPLOY_KIND, "seldondeployment.yaml.hbs", &data, "SeldonDeployment")
 }

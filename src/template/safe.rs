@@ -202,6 +202,16 @@ pub(crate) fn yaml_quote(value: &str) -> String {
     serde_json::to_string(value).expect("a string always serializes")
 }
 
+/// A value shortened for messages: one line, at most 60 characters.
+pub fn display_value(v: &str) -> String {
+    let one_line: String = v.chars().map(|c| if c.is_control() { '⏎' } else { c }).collect();
+    if one_line.chars().count() > 60 {
+        format!("{}…", one_line.chars().take(60).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

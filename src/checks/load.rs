@@ -134,7 +134,7 @@ fn round4(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::prediction_check::DurationStr;
+    use crate::checks::DurationStr;
 
     fn d(ms: u64) -> Duration {
         Duration::from_millis(ms)
