@@ -274,9 +274,9 @@ const RBAC: &[(&str, &str, &[&str])] = &[
     ("image.openshift.io", "imagestreams", &["get", "create", "patch"]),
     ("image.openshift.io", "imagestreams/layers", &["get", "update"]),
     ("image.openshift.io", "imagestreamtags", &["create", "update"]),
-    ("machinelearning.seldon.io", "seldondeployments", &["get", "patch"]),
-    ("route.openshift.io", "routes", &["get", "patch"]),
-    ("apps", "deployments", &["get"]),
+    ("machinelearning.seldon.io", "seldondeployments", &["get", "list", "watch", "patch"]),
+    ("route.openshift.io", "routes", &["list", "watch", "patch"]),
+    ("apps", "deployments", &["list", "watch"]),
 ];
 
 #[test]

@@ -2,9 +2,15 @@
 //! `seldon-deploy` stage applies and watches (dynamic objects with typed
 //! status, so no CRD types need generating).
 
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::WatchStreamExt;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::retry::Backoff;
 
 /// `machinelearning.seldon.io/v1` SeldonDeployment.
 pub fn seldon_deployment_resource() -> ApiResource {
@@ -97,6 +103,188 @@ pub fn route_tls(obj: &DynamicObject) -> bool {
     obj.data.pointer("/spec/tls").is_some_and(|t| !t.is_null() && t != &Value::Object(Default::default()))
 }
 
+/// Why waiting for a rollout or a Route ended without them ready.
+#[derive(Debug, thiserror::Error)]
+pub enum WaitError {
+    /// The operator reports `Failed` for the new image.
+    #[error("Failed: {description}")]
+    Failed { description: String },
+    /// The watch of `resource` `name` failed: refused, or still failing when
+    /// the backoff gave up.
+    #[error("cannot watch {resource} {name}: {source}")]
+    Watch { resource: &'static str, name: String, source: kube::Error },
+}
+
+/// What a rollout waits for: SeldonDeployment `sdep` Available with its
+/// predictor Deployment (named `deployment` unless the operator reports
+/// another) running `image` with every replica updated and available for
+/// its current generation.
+pub struct Rollout<'a> {
+    pub sdep: &'a str,
+    pub deployment: &'a str,
+    pub image: &'a str,
+}
+
+/// Wait for `rollout` by watching the SeldonDeployment and its Deployment
+/// (`kube::runtime`'s watcher: list, watch, re-list; failures back off by
+/// [`Backoff::WATCH`]). `last` says where the rollout stands, for a timeout.
+pub async fn await_rollout(
+    client: &kube::Client,
+    namespace: &str,
+    rollout: Rollout<'_>,
+    last: &mut String,
+) -> Result<SeldonStatus, WaitError> {
+    let sdeps: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &seldon_deployment_resource());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let mut sdep_events = watch(sdeps, rollout.sdep);
+    let mut dname = rollout.deployment.to_string();
+    let mut dep_events = watch(deployments.clone(), &dname);
+    let (mut status, mut dep) = (SeldonStatus::default(), None::<Deployment>);
+    *last = "no status yet".into();
+    loop {
+        tokio::select! {
+            ev = sdep_events.next() => {
+                let Some(obj) = event(ev, "SeldonDeployment", rollout.sdep)? else { continue };
+                status = obj.as_ref().map(SeldonStatus::of).unwrap_or_default();
+                let reported = status.deployment_name(rollout.deployment);
+                if reported != dname {
+                    dname = reported;
+                    dep = None;
+                    dep_events = watch(deployments.clone(), &dname);
+                }
+            }
+            ev = dep_events.next() => match event(ev, "Deployment", &dname)? {
+                Some(obj) => dep = obj,
+                None => continue,
+            },
+        }
+        if let Some(done) = rolled_out(&status, dep.as_ref(), &dname, rollout.image, last)? {
+            return Ok(done);
+        }
+    }
+}
+
+type Events<K> = futures::stream::BoxStream<'static, Result<Option<K>, kube::runtime::watcher::Error>>;
+
+fn watch<K>(api: Api<K>, name: &str) -> Events<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    kube::runtime::watcher::watch_object(api, name).backoff(Backoff::WATCH.waits()).boxed()
+}
+
+/// What a watch event says: `Some(object or None when gone)`, or `None`
+/// after a transient failure (logged; the watcher backs off and resumes).
+/// An error when the watch is refused, or ended because its backoff gave up.
+fn event<K>(
+    ev: Option<Result<Option<K>, kube::runtime::watcher::Error>>,
+    resource: &'static str,
+    name: &str,
+) -> Result<Option<Option<K>>, WaitError> {
+    let fail = |source| WaitError::Watch { resource, name: name.to_string(), source };
+    match ev {
+        Some(Ok(obj)) => Ok(Some(obj)),
+        None => Err(fail(kube::Error::Service("the watch ended after repeated failures".into()))),
+        Some(Err(e)) => {
+            let e = watch_error(e);
+            if is_refusal(&e) {
+                return Err(fail(e));
+            }
+            tracing::warn!(resource, name, error = %e, "watch failed; retrying");
+            Ok(None)
+        }
+    }
+}
+
+/// A watcher failure as the request error inside it.
+pub fn watch_error(e: kube::runtime::watcher::Error) -> kube::Error {
+    use kube::runtime::watcher::Error as W;
+    match e {
+        W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => e,
+        W::WatchError(s) => kube::Error::Api(s),
+        other => kube::Error::Service(Box::new(other)),
+    }
+}
+
+/// 4xx but 409, 410 and 429: asking again does not help.
+pub fn is_refusal(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code < 500 && !matches!(s.code, 409 | 410 | 429))
+}
+
+/// `Some` when rolled out, an error when Failed on the new image, `None`
+/// to wait; `last` describes the state.
+fn rolled_out(
+    status: &SeldonStatus,
+    dep: Option<&Deployment>,
+    dname: &str,
+    image: &str,
+    last: &mut String,
+) -> Result<Option<SeldonStatus>, WaitError> {
+    let runs_image = dep.is_some_and(|d| {
+        d.spec.template.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.image.as_deref() == Some(image)))
+    });
+    let state = status.state.clone().unwrap_or_else(|| "Unknown".into());
+    // A Failed left over from the previous image is not this rollout's.
+    if state == "Failed" && runs_image {
+        return Err(WaitError::Failed {
+            description: status.description.clone().unwrap_or_else(|| "(no description)".into()),
+        });
+    }
+    let rolled_out = dep.is_some_and(|d| {
+        let want = d.spec.replicas.unwrap_or(1);
+        let st = d.status.clone().unwrap_or_default();
+        st.observed_generation >= d.metadata.generation
+            && st.updated_replicas.unwrap_or(0) >= want
+            && st.available_replicas.unwrap_or(0) >= want
+    });
+    *last = match (dep, runs_image, rolled_out) {
+        (None, _, _) => format!("state {state}; Deployment {dname} does not exist yet"),
+        (Some(_), false, _) => format!("state {state}; Deployment {dname} does not run {image} yet"),
+        (Some(_), true, false) => format!("state {state}; Deployment {dname} runs the new image but is not available yet"),
+        (Some(_), true, true) => format!("state {state}; Deployment {dname} rolled out"),
+    };
+    if let Some(d) = status.description.as_deref().filter(|d| !d.is_empty()) {
+        last.push_str(&format!(" ({d})"));
+    }
+    Ok((state == "Available" && runs_image && rolled_out).then(|| status.clone()))
+}
+
+/// Wait, watching, until Route `name` is admitted; its `http(s)://host`.
+pub async fn await_route(client: &kube::Client, namespace: &str, name: &str) -> Result<String, WaitError> {
+    let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &route_resource());
+    let mut events = watch(routes, name);
+    loop {
+        if let Some(Some(r)) = event(events.next().await, "Route", name)?
+            && let Some(host) = route_host(&r)
+        {
+            let scheme = if route_tls(&r) { "https" } else { "http" };
+            return Ok(format!("{scheme}://{host}"));
+        }
+    }
+}
+
+/// Server-side apply of `obj` (a SeldonDeployment or Route rendered from
+/// the catalog) as `field_manager`, taking over fields another manager set.
+pub async fn apply(
+    client: &kube::Client,
+    namespace: &str,
+    resource: &ApiResource,
+    name: &str,
+    obj: &Value,
+    field_manager: &str,
+) -> Result<DynamicObject, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    let params = kube::api::PatchParams::apply(field_manager).force();
+    api.patch(name, &params, &kube::api::Patch::Apply(obj)).await
+}
+
+/// `status.address.url` of SeldonDeployment `name`, if it exists and has one.
+pub async fn address(client: &kube::Client, namespace: &str, name: &str) -> Result<Option<String>, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &seldon_deployment_resource());
+    let obj = api.get_opt(name).await?;
+    Ok(obj.and_then(|o| o.data.pointer("/status/address/url").and_then(Value::as_str).map(str::to_string)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,3 +310,4 @@ mod tests {
         assert_eq!(s.deployment_name("weather-default-0-model"), "weather-default-0-model");
     }
 }
+

@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::stages::{Stage, StageContext, StageError, ValidateCx};
+use crate::stages::{Contract, Stage, StageContext, StageError, ValidateCx};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -55,7 +55,7 @@ pub fn call_count(run_id: &str, stage: &str) -> u32 {
     calls().lock().unwrap().get(&format!("{run_id}/{stage}")).copied().unwrap_or(0)
 }
 
-impl Stage for TestStep {
+impl Contract for TestStep {
     const KIND: &'static str = "test-step";
     const OUTPUTS: &'static [&'static str] = &["value", "calls", "file", "previousCheckpoint"];
     type Params = Params;
@@ -65,6 +65,10 @@ impl Stage for TestStep {
         vec![format!("test step {} echoing {:?}", cx.stage.name, params.value)]
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for TestStep {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let n = {
             let mut map = calls().lock().unwrap();

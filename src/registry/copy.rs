@@ -28,6 +28,27 @@ use sha2::{Digest, Sha256};
 use super::client::{RegistryClient, body_excerpt, describe};
 use super::{AuthStore, ImageRef, RegistryError, media};
 
+
+/// Why one attempt at a blob failed. Only a failure of the streamed part
+/// (the source body, the PUT) is `resumable` by restarting the blob: a
+/// request [`super::RegistryClient::send`] already retried is not repeated
+/// on top of its retries.
+struct BlobFailure {
+    error: RegistryError,
+    resumable: bool,
+}
+
+impl BlobFailure {
+    fn retried(error: RegistryError) -> Self {
+        BlobFailure { error, resumable: false }
+    }
+}
+
+impl From<RegistryError> for BlobFailure {
+    fn from(error: RegistryError) -> Self {
+        BlobFailure { error, resumable: true }
+    }
+}
 /// Largest manifest accepted (distribution's own limit is 4 MiB).
 const MAX_MANIFEST: usize = 4 << 20;
 
@@ -311,7 +332,7 @@ impl Copier<'_> {
         for attempt in 1..=attempts {
             match self.upload(blob, session.take()).await {
                 Ok(()) => return Ok(Outcome::Uploaded),
-                Err(e) if e.is_transient() && attempt < attempts => {
+                Err(BlobFailure { error: e, resumable: true }) if e.is_transient() && attempt < attempts => {
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         digest = %blob.digest, attempt, error = %crate::secret::mask(&crate::error::chain(&e)),
@@ -319,7 +340,7 @@ impl Copier<'_> {
                     );
                     tokio::time::sleep(policy.delay(attempt)).await;
                 }
-                Err(e) => {
+                Err(BlobFailure { error: e, .. }) => {
                     return Err(RegistryError::BlobCopy {
                         digest: blob.digest.clone(),
                         target: format!("{}/{}", self.dst.registry, self.dst.repository),
@@ -390,17 +411,18 @@ impl Copier<'_> {
     /// pipe its body into one PUT with the digest. The piped stream holds back
     /// its last chunk until the digest checks out, so a registry never
     /// receives a complete wrong blob.
-    async fn upload(&self, blob: &Blob, session: Option<url::Url>) -> Result<(), RegistryError> {
+    async fn upload(&self, blob: &Blob, session: Option<url::Url>) -> Result<(), BlobFailure> {
         let location = match session {
             Some(s) => s,
-            None => self.start_upload().await?,
+            None => self.start_upload().await.map_err(BlobFailure::retried)?,
         };
         let src_url = self.from.url(&self.src.repository, &format!("blobs/{}", blob.digest));
-        let resp = self.from.send(&self.src_scope(), "blob GET", |c| c.get(src_url.clone())).await?;
+        let resp = self.from.send(&self.src_scope(), "blob GET", |c| c.get(src_url.clone())).await.map_err(BlobFailure::retried)?;
         if !resp.status().is_success() {
+            // `send` already asked again on a transient status.
             let e = http_error(&self.from, format!("GET blob {}", blob.digest), resp).await;
             self.cancel(&location).await;
-            return Err(e);
+            return Err(BlobFailure::retried(e));
         }
         if let Some(len) = resp.content_length()
             && len != blob.size
@@ -411,7 +433,8 @@ impl Copier<'_> {
                 digest: blob.digest.clone(),
                 expected: blob.size,
                 actual: len,
-            });
+            }
+            .into());
         }
         let verdict: Arc<std::sync::Mutex<Option<RegistryError>>> = Arc::default();
         let body = Verified {
@@ -429,8 +452,8 @@ impl Copier<'_> {
         put.query_pairs_mut().append_pair("digest", &blob.digest);
         // A streamed body cannot be replayed after a 401, so the token must be
         // in place first (another blob may just have dropped an expired one).
-        self.to.authorize(&self.dst_scope()).await?;
-        let header = self.to.auth_header(&self.dst_scope()).await?;
+        self.to.authorize(&self.dst_scope()).await.map_err(BlobFailure::retried)?;
+        let header = self.to.auth_header(&self.dst_scope()).await.map_err(BlobFailure::retried)?;
         let mut req = self
             .to
             .http()
@@ -445,7 +468,7 @@ impl Copier<'_> {
         let verdict = verdict.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(e) = verdict {
             self.cancel(&location).await;
-            return Err(e);
+            return Err(e.into());
         }
         let resp = match result {
             Ok(r) => r,
@@ -455,7 +478,8 @@ impl Copier<'_> {
                     registry: self.to.registry.clone(),
                     what: format!("uploading blob {} to {}", blob.digest, self.dst.repository),
                     source,
-                });
+                }
+                .into());
             }
         };
         if resp.status() == StatusCode::UNAUTHORIZED {
@@ -468,12 +492,13 @@ impl Copier<'_> {
                 what: format!("PUT blob {} (credentials expired or rejected mid-upload)", blob.digest),
                 status: 401,
                 body: body_excerpt(resp).await,
-            });
+            }
+            .into());
         }
         if resp.status() != StatusCode::CREATED {
             let e = http_error(&self.to, format!("PUT blob {}", blob.digest), resp).await;
             self.cancel(&location).await;
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }

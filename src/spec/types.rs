@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+/// Run records kept per pipeline when `spec.state.keepRuns` is not set.
+pub const DEFAULT_KEEP_RUNS: usize = 50;
 pub const API_VERSION: &str = "modelship.io/v1alpha1";
 pub const KIND: &str = "Pipeline";
 
@@ -213,7 +215,7 @@ pub struct StateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<usize>,
     /// How many run records to keep per pipeline (default
-    /// [`crate::state::DEFAULT_KEEP_RUNS`]); older finished ones are deleted
+    /// [`DEFAULT_KEEP_RUNS`]); older finished ones are deleted
     /// when a run ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_runs: Option<usize>,
@@ -222,7 +224,7 @@ pub struct StateSpec {
 impl Pipeline {
     /// `spec.state.keepRuns`, or the default.
     pub fn keep_runs(&self) -> usize {
-        self.spec.state.as_ref().and_then(|s| s.keep_runs).unwrap_or(crate::state::DEFAULT_KEEP_RUNS)
+        self.spec.state.as_ref().and_then(|s| s.keep_runs).unwrap_or(DEFAULT_KEEP_RUNS)
     }
 
     /// The environment that holds run state.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{Kind, Stage};
+use super::{Contract, Kind};
 use crate::catalog::Catalog;
 use crate::cluster::Clusters;
 use crate::error::{ExitClass, HasExitClass};
@@ -90,7 +90,7 @@ impl ValidateCx<'_> {
 
     /// The stage a stage of this kind reads `S`'s outputs from by default
     /// (the latest earlier one; see the registry's default wiring).
-    pub fn linked<S: Stage>(&self) -> Option<&StageSpec> {
+    pub fn linked<S: Contract>(&self) -> Option<&StageSpec> {
         let kind = Kind::of::<S>();
         debug_assert!(self.reads(kind), "`{}` does not read `{kind}` by default (kind.rs)", self.stage.uses);
         self.earlier().iter().rev().find(|s| s.uses == kind.name())
@@ -100,7 +100,7 @@ impl ValidateCx<'_> {
     /// earlier stage of unknown kind might be one. That unknown kind is
     /// reported on its own, and a misspelt `openshift-build` must not also
     /// make every later stage complain that no build comes first.
-    pub fn may_link<S: Stage>(&self) -> bool {
+    pub fn may_link<S: Contract>(&self) -> bool {
         self.linked::<S>().is_some() || self.earlier().iter().any(|s| Kind::from_name(&s.uses).is_none())
     }
 
@@ -157,7 +157,7 @@ impl StageContext {
 
     /// The typed outputs of the stage this one reads `S`'s outputs from by
     /// default (see the registry's default wiring), if it ran.
-    pub fn input<S: Stage>(&self) -> Result<Option<S::Output>, StageError> {
+    pub fn input<S: Contract>(&self) -> Result<Option<S::Output>, StageError> {
         let Some(link) = self.links.get(Kind::of::<S>()) else { return Ok(None) };
         serde_json::from_value(Value::Object(link.outputs.clone().into_iter().collect())).map(Some).map_err(|e| {
             StageError::msg(format!("outputs of stage `{}` ({}): {e}", link.stage, S::KIND))
@@ -165,7 +165,7 @@ impl StageContext {
     }
 
     /// The rendered `with:` of that stage, typed.
-    pub fn input_params<S: Stage>(&self) -> Result<Option<S::Params>, StageError> {
+    pub fn input_params<S: Contract>(&self) -> Result<Option<S::Params>, StageError> {
         let Some(link) = self.links.get(Kind::of::<S>()) else { return Ok(None) };
         super::kind::parse_params::<S>(&link.with)
             .map(Some)
@@ -173,7 +173,7 @@ impl StageContext {
     }
 
     /// The name of that stage.
-    pub fn input_stage<S: Stage>(&self) -> Option<&str> {
+    pub fn input_stage<S: Contract>(&self) -> Option<&str> {
         self.links.get(Kind::of::<S>()).map(|l| l.stage.as_str())
     }
 

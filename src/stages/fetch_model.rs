@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use serde::{Deserialize, Serialize};
 
-use super::{Problem, Stage, StageContext, StageError, ValidateCx};
+use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::Clusters;
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::Secret;
@@ -359,7 +359,7 @@ impl From<&Fetched> for Output {
 
 pub struct FetchModel;
 
-impl Stage for FetchModel {
+impl Contract for FetchModel {
     const KIND: &'static str = "fetch-model";
     const OUTPUTS: &'static [&'static str] = &["modelDir", "manifest", "totalBytes", "contentDigest", "objects"];
     type Params = Params;
@@ -520,6 +520,10 @@ impl Stage for FetchModel {
         lines
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for FetchModel {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let dest = cx.stage_dir().map_err(|e| StageError::failed(StorageError::io("create", &cx.workspace, e)))?;
         let work = async {

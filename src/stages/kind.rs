@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::context::{Outputs, StageContext, StageError, ValidateCx};
 use crate::spec::Problem;
-use super::{Stage, fetch_model, openshift_build, prediction_check, promote, render, seldon_deploy, sign};
+use super::{Contract, Stage, fetch_model, openshift_build, prediction_check, promote, render, seldon_deploy, sign};
 #[cfg(test)]
 use crate::engine::testkind::TestStep;
 
@@ -45,11 +45,11 @@ macro_rules! define_kind {
             pub const ALL: &'static [Kind] = &[$(Kind::$variant,)*];
 
             pub fn name(self) -> &'static str {
-                match self { $(Kind::$variant => <$ty as Stage>::KIND,)* #[cfg(test)] Kind::TestStep => <TestStep as Stage>::KIND, }
+                match self { $(Kind::$variant => <$ty as Contract>::KIND,)* #[cfg(test)] Kind::TestStep => <TestStep as Contract>::KIND, }
             }
 
             pub fn outputs(self) -> &'static [&'static str] {
-                match self { $(Kind::$variant => <$ty as Stage>::OUTPUTS,)* #[cfg(test)] Kind::TestStep => <TestStep as Stage>::OUTPUTS, }
+                match self { $(Kind::$variant => <$ty as Contract>::OUTPUTS,)* #[cfg(test)] Kind::TestStep => <TestStep as Contract>::OUTPUTS, }
             }
 
             /// The kinds whose outputs a stage of this kind reads by default.
@@ -73,7 +73,7 @@ macro_rules! define_kind {
 
             #[cfg(test)]
             fn default_output(self) -> Value {
-                match self { $(Kind::$variant => serde_json::to_value(<$ty as Stage>::Output::default()).unwrap(),)* Kind::TestStep => serde_json::to_value(<TestStep as Stage>::Output::default()).unwrap(), }
+                match self { $(Kind::$variant => serde_json::to_value(<$ty as Contract>::Output::default()).unwrap(),)* Kind::TestStep => serde_json::to_value(<TestStep as Contract>::Output::default()).unwrap(), }
             }
         }
     };
@@ -84,14 +84,14 @@ for_each_kind!(define_kind);
 impl Kind {
     pub fn from_name(name: &str) -> Option<Kind> {
         #[cfg(test)]
-        if name == <TestStep as Stage>::KIND {
+        if name == <TestStep as Contract>::KIND {
             return Some(Kind::TestStep);
         }
         Kind::ALL.iter().copied().find(|k| k.name() == name)
     }
 
     /// The kind of a stage type.
-    pub fn of<S: Stage>() -> Kind {
+    pub fn of<S: Contract>() -> Kind {
         Kind::from_name(S::KIND).expect("every Stage type is registered in for_each_kind!")
     }
 
@@ -127,7 +127,7 @@ impl std::fmt::Display for Kind {
 }
 
 /// Deserialize `with:` into the kind's params; serde's error names the field.
-pub fn parse_params<S: Stage>(with: &Map<String, Value>) -> Result<S::Params, Problem> {
+pub fn parse_params<S: Contract>(with: &Map<String, Value>) -> Result<S::Params, Problem> {
     serde_path_to_error::deserialize(Value::Object(with.clone())).map_err(|e| {
         let path = e.path().to_string();
         Problem {
@@ -138,14 +138,14 @@ pub fn parse_params<S: Stage>(with: &Map<String, Value>) -> Result<S::Params, Pr
     })
 }
 
-fn validate_as<S: Stage>(with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Vec<Problem> {
+fn validate_as<S: Contract>(with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Vec<Problem> {
     match parse_params::<S>(with) {
         Ok(p) => S::validate(&p, cx),
         Err(problem) => vec![problem],
     }
 }
 
-fn plan_as<S: Stage>(with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Result<Vec<String>, Problem> {
+fn plan_as<S: Contract>(with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Result<Vec<String>, Problem> {
     parse_params::<S>(with).map(|p| S::plan(&p, cx))
 }
 

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
 use super::render::Render;
-use super::{Problem, Stage, StageContext, StageError, ValidateCx};
+use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::openshift::{Build, BuildConfig, ImageStream};
 use crate::cluster;
 use crate::retry::Backoff;
@@ -146,7 +146,7 @@ pub struct Output {
     pub image_stream_tag: String,
 }
 
-impl Stage for OpenshiftBuild {
+impl Contract for OpenshiftBuild {
     const KIND: &'static str = "openshift-build";
     const OUTPUTS: &'static [&'static str] = &["buildName", "image", "imageDigest", "imageStreamTag"];
     type Params = Params;
@@ -204,6 +204,10 @@ impl Stage for OpenshiftBuild {
         ]
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for OpenshiftBuild {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         run_build(params, cx).await.map_err(|e| {
             if cx.cancel.is_cancelled() {

@@ -9,7 +9,7 @@ use serde_json::Value;
 pub use crate::checks::Params;
 use crate::checks::{CheckError, Protocol, case_name, check, problems};
 use super::seldon_deploy::SeldonDeploy;
-use super::{Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::{Problem, Contract, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::mask;
 
@@ -47,7 +47,7 @@ fn stage_error(e: CheckError) -> StageError {
     StageError { kind, retryable, ..StageError::failed(e) }
 }
 
-impl Stage for PredictionCheck {
+impl Contract for PredictionCheck {
     const KIND: &'static str = "prediction-check";
     const OUTPUTS: &'static [&'static str] = &["passed", "report"];
     type Params = Params;
@@ -114,6 +114,10 @@ impl Stage for PredictionCheck {
         lines
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for PredictionCheck {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let endpoint = Self::endpoint(&params, cx)?;
         let model = cx.pipeline.spec.model.name.clone();

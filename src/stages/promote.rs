@@ -11,7 +11,7 @@ use crate::checks::{self, DurationStr};
 use super::openshift_build::OpenshiftBuild;
 use super::prediction_check::PredictionCheck;
 use super::seldon_deploy::SeldonDeploy;
-use super::{Problem, Stage, StageContext, StageError, ValidateCx};
+use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
 use crate::error::HasExitClass;
 use crate::promotion::{self, PromoteOutcome, PromoteRequest, PromotionError, RollbackRequest};
 use crate::registry::AuthStore;
@@ -99,7 +99,7 @@ fn stage_error(e: PromotionError) -> StageError {
     err
 }
 
-impl Stage for Promote {
+impl Contract for Promote {
     const KIND: &'static str = "promote";
     const OUTPUTS: &'static [&'static str] = &[
         "image",
@@ -193,6 +193,10 @@ impl Stage for Promote {
         lines
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for Promote {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let model = cx.pipeline.spec.model.name.clone();
         let by = promotion::principal();
@@ -477,22 +481,14 @@ async fn verify(
 
 /// `status.address.url` of the target's SeldonDeployment named after the model.
 async fn seldon_address(cx: &StageContext, env: &str, model: &str) -> Result<String, StageError> {
-    use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
     let ns = cx.clusters.environment(env).map_err(StageError::failed)?.namespace.clone();
     let client = cx.clusters.client(env).await.map_err(StageError::failed)?;
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("machinelearning.seldon.io", "v1", "SeldonDeployment"),
-        "seldondeployments",
-    );
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
-    let obj = api.get_opt(model).await.map_err(|e| StageError::failed(e).retryable())?;
-    obj.and_then(|o| o.data.pointer("/status/address/url").and_then(Value::as_str).map(str::to_string)).ok_or_else(
-        || {
-            StageError::bad_input(format!(
-                "verify: SeldonDeployment {ns}/{model} in `{env}` has no status.address.url; set `with.verifyEndpoint`"
-            ))
-        },
-    )
+    let url = crate::cluster::seldon::address(&client, &ns, model).await.map_err(|e| StageError::failed(e).retryable())?;
+    url.ok_or_else(|| {
+        StageError::bad_input(format!(
+            "verify: SeldonDeployment {ns}/{model} in `{env}` has no status.address.url; set `with.verifyEndpoint`"
+        ))
+    })
 }
 
 #[cfg(test)]

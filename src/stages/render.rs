@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::fetch_model::FetchModel;
-use super::{Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::{Problem, Contract, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{ExitClass, HasExitClass};
 use crate::template::{TemplateError, is_template};
@@ -643,7 +643,7 @@ pub struct Output {
     pub context_digest: String,
 }
 
-impl Stage for Render {
+impl Contract for Render {
     const KIND: &'static str = "render";
     const OUTPUTS: &'static [&'static str] = &["contextDir", "files", "contextDigest"];
     type Params = Params;
@@ -689,6 +689,10 @@ impl Stage for Render {
         lines
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for Render {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let (model_dir, model_digest, owned) = match &params.model_dir {
             Some(d) => (cx.pipeline_dir.join(d), None, false),

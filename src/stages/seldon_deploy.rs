@@ -14,25 +14,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kube::api::{DynamicObject, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::manifests::{self, DeployVars, ManifestError, RouteVars};
 use super::openshift_build::OpenshiftBuild;
-use super::{Problem, Stage, StageContext, StageError, ValidateCx};
+use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::ClusterError;
-use crate::cluster::seldon::{
-    SeldonStatus, predictor_deployment_name, route_host, route_resource, route_tls, seldon_deployment_resource,
-};
+use crate::cluster::seldon::{self, predictor_deployment_name, route_resource, seldon_deployment_resource};
 use crate::error::{ExitClass, HasExitClass};
 use crate::registry::ImageRef;
 
 const FIELD_MANAGER: &str = "modelship";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
-const POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -205,7 +199,7 @@ pub struct Output {
     pub deployment_name: String,
 }
 
-impl Stage for SeldonDeploy {
+impl Contract for SeldonDeploy {
     const KIND: &'static str = "seldon-deploy";
     const OUTPUTS: &'static [&'static str] = &["endpoint", "deployedDigest", "deploymentName"];
     type Params = Params;
@@ -267,6 +261,10 @@ impl Stage for SeldonDeploy {
         lines
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for SeldonDeploy {
     async fn run(p: Params, cx: &StageContext) -> Result<Output, StageError> {
         let built = cx.input::<OpenshiftBuild>()?;
         Ok(deploy(&p, built, cx).await?)
@@ -296,17 +294,13 @@ async fn deploy(
     let sdep_obj: Value = crate::spec::yaml::from_str(&sdep_yaml)
         .map_err(|e| DeployError::Rendered { what: "SeldonDeployment", message: e.to_string() })?;
     let client = cx.clusters.client(&p.environment).await?;
-    let sdeps: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &seldon_deployment_resource());
     let api_err = |verb, resource, n: &str| {
         let (namespace, name) = (namespace.clone(), n.to_string());
         move |source| DeployError::Api { verb, resource, namespace, name, source: Box::new(source) }
     };
-    let apply = PatchParams::apply(FIELD_MANAGER).force();
-    let applied = sdeps.patch(&name, &apply, &Patch::Apply(&sdep_obj)).await.map_err(api_err(
-        "apply",
-        "SeldonDeployment",
-        &name,
-    ))?;
+    let applied = seldon::apply(&client, &namespace, &seldon_deployment_resource(), &name, &sdep_obj, FIELD_MANAGER)
+        .await
+        .map_err(api_err("apply", "SeldonDeployment", &name))?;
     tracing::info!(
         namespace = %namespace,
         sdep = %name,
@@ -316,24 +310,14 @@ async fn deploy(
         "SeldonDeployment applied"
     );
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     let dname = predictor_deployment_name(&name, &vars.predictor, &vars.container);
     let started = tokio::time::Instant::now();
     let mut last = String::from("no status yet");
-    let rollout = async {
-        loop {
-            if let Some(status) =
-                rollout_step(&sdeps, &deployments, &namespace, &name, &dname, &image, &mut last).await?
-            {
-                return Ok::<SeldonStatus, DeployError>(status);
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    };
+    let rollout = seldon::Rollout { sdep: &name, deployment: &dname, image: &image };
     let status = tokio::select! {
         _ = cx.cancel.cancelled() => return Err(DeployError::Cancelled { namespace, name }),
-        r = tokio::time::timeout(timeout, rollout) => match r {
-            Ok(r) => r?,
+        r = tokio::time::timeout(timeout, seldon::await_rollout(&client, &namespace, rollout, &mut last)) => match r {
+            Ok(r) => r.map_err(|e| wait_error(e, &namespace, &name))?,
             Err(_) => return Err(DeployError::Timeout {
                 namespace,
                 name,
@@ -350,24 +334,15 @@ async fn deploy(
         let route_yaml = manifests::route_yaml(&cx.catalog, &rv)?;
         let route_obj: Value = crate::spec::yaml::from_str(&route_yaml)
             .map_err(|e| DeployError::Rendered { what: "Route", message: e.to_string() })?;
-        let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &route_resource());
-        routes.patch(&name, &apply, &Patch::Apply(&route_obj)).await.map_err(api_err("apply", "Route", &name))?;
+        seldon::apply(&client, &namespace, &route_resource(), &name, &route_obj, FIELD_MANAGER)
+            .await
+            .map_err(api_err("apply", "Route", &name))?;
         if p.use_route {
             let remaining = timeout.saturating_sub(started.elapsed());
-            let wait_host = async {
-                loop {
-                    let r = routes.get(&name).await.map_err(api_err("get", "Route", &name))?;
-                    if let Some(host) = route_host(&r) {
-                        let scheme = if route_tls(&r) { "https" } else { "http" };
-                        return Ok::<String, DeployError>(format!("{scheme}://{host}"));
-                    }
-                    tokio::time::sleep(POLL).await;
-                }
-            };
             endpoint = Some(tokio::select! {
                 _ = cx.cancel.cancelled() => return Err(DeployError::Cancelled { namespace, name }),
-                r = tokio::time::timeout(remaining, wait_host) => match r {
-                    Ok(r) => r?,
+                r = tokio::time::timeout(remaining, seldon::await_route(&client, &namespace, &name)) => match r {
+                    Ok(r) => r.map_err(|e| wait_error(e, &namespace, &name))?,
                     Err(_) => return Err(DeployError::RouteTimeout {
                         namespace, name, waited: humantime::format_duration(timeout).to_string(),
                     }),
@@ -383,57 +358,15 @@ async fn deploy(
     Ok(Output { endpoint, deployed_digest: digest, deployment_name: name })
 }
 
-/// One look at the SeldonDeployment and its predictor Deployment: `Some`
-/// when rolled out, an error when Failed on the new image, `None` to wait.
-async fn rollout_step(
-    sdeps: &Api<DynamicObject>,
-    deployments: &Api<Deployment>,
-    ns: &str,
-    name: &str,
-    dname: &str,
-    image: &str,
-    last: &mut String,
-) -> Result<Option<SeldonStatus>, DeployError> {
-    let ns = ns.to_string();
-    let err = |verb, resource, n: &str| {
-        let (namespace, name) = (ns.clone(), n.to_string());
-        move |source| DeployError::Api { verb, resource, namespace, name, source: Box::new(source) }
-    };
-    let sdep = sdeps.get(name).await.map_err(err("get", "SeldonDeployment", name))?;
-    let status = SeldonStatus::of(&sdep);
-    let dname = &status.deployment_name(dname);
-    let dep = deployments.get_opt(dname).await.map_err(err("get", "Deployment", dname))?;
-    let runs_image = dep.as_ref().is_some_and(|d| {
-        d.spec.template.spec.as_ref().is_some_and(|s| s.containers.iter().any(|c| c.image.as_deref() == Some(image)))
-    });
-    let state = status.state.clone().unwrap_or_else(|| "Unknown".into());
-    // A Failed left over from the previous image is not this rollout's.
-    if state == "Failed" && runs_image {
-        return Err(DeployError::Failed {
-            namespace: ns,
-            name: name.to_string(),
-            description: status.description.clone().unwrap_or_else(|| "(no description)".into()),
-        });
-    }
-    let rolled_out = dep.as_ref().is_some_and(|d| {
-        let want = d.spec.replicas.unwrap_or(1);
-        let st = d.status.clone().unwrap_or_default();
-        st.observed_generation >= d.metadata.generation
-            && st.updated_replicas.unwrap_or(0) >= want
-            && st.available_replicas.unwrap_or(0) >= want
-    });
-    *last = match (&dep, runs_image, rolled_out) {
-        (None, _, _) => format!("state {state}; Deployment {dname} does not exist yet"),
-        (Some(_), false, _) => format!("state {state}; Deployment {dname} does not run {image} yet"),
-        (Some(_), true, false) => {
-            format!("state {state}; Deployment {dname} runs the new image but is not available yet")
+fn wait_error(e: seldon::WaitError, namespace: &str, name: &str) -> DeployError {
+    match e {
+        seldon::WaitError::Failed { description } => {
+            DeployError::Failed { namespace: namespace.to_string(), name: name.to_string(), description }
         }
-        (Some(_), true, true) => format!("state {state}; Deployment {dname} rolled out"),
-    };
-    if let Some(d) = status.description.as_deref().filter(|d| !d.is_empty()) {
-        last.push_str(&format!(" ({d})"));
+        seldon::WaitError::Watch { resource, name, source } => {
+            DeployError::Api { verb: "watch", resource, namespace: namespace.to_string(), name, source: Box::new(source) }
+        }
     }
-    Ok((state == "Available" && runs_image && rolled_out).then_some(status))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use super::fetch_model::FetchModel;
 use super::openshift_build::OpenshiftBuild;
 use super::prediction_check::PredictionCheck;
 use super::render::Render;
-use super::{Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::{Problem, Contract, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::error::HasExitClass;
 use crate::registry::{AuthStore, ImageRef};
 use crate::signing::SigningError;
@@ -72,7 +72,7 @@ pub struct Output {
     pub attestation_digest: String,
 }
 
-impl Stage for Sign {
+impl Contract for Sign {
     const KIND: &'static str = "sign";
     const OUTPUTS: &'static [&'static str] = &["image", "digest", "signatureDigest", "attestationDigest"];
     type Params = Params;
@@ -119,6 +119,10 @@ impl Stage for Sign {
         ]
     }
 
+}
+
+/// The effectful half, beside the contract above.
+impl Stage for Sign {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let model = cx.pipeline.spec.model.name.clone();
         let signing = cx

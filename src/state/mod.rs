@@ -63,8 +63,7 @@ pub trait StateStore: Send + Sync {
     async fn release_lock(&self, model: &str, holder: &str) -> Result<(), StateError>;
 }
 
-/// Run records kept per pipeline when `spec.state.keepRuns` is not set.
-pub const DEFAULT_KEEP_RUNS: usize = 50;
+pub use crate::spec::DEFAULT_KEEP_RUNS;
 
 /// Keep the newest `keep` run records of `pipeline` and delete the older
 /// finished ones (a running or waiting run is never deleted, and counts

@@ -484,7 +484,11 @@ impl Remote {
             } else {
                 req = req.checksum_mode(ChecksumMode::Enabled);
             }
-            let out = match req.send().await {
+            // This loop resumes from the byte the connection dropped at; the
+            // SDK's own retries would restart the range and stack on ours.
+            let no_sdk_retries =
+                aws_sdk_s3::config::Builder::default().retry_config(aws_smithy_types::retry::RetryConfig::disabled());
+            let out = match req.customize().config_override(no_sdk_retries).send().await {
                 Ok(out) => out,
                 Err(e) => {
                     let err = self.error("GET", bucket, key, e);
