@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-
 /// Bytes per chunk handed to the HTTP body.
 const CHUNK: usize = 1 << 20;
 /// The largest stored block deflate allows.
@@ -84,7 +83,6 @@ pub fn digest_dir(dir: &Path) -> Result<String, ArchiveError> {
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
-
 
 /// The context of `dir` as a gzip tar, chunk by chunk.
 pub fn context_stream(dir: PathBuf) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {

@@ -90,8 +90,19 @@ fn the_sim_never_imports_the_engine_or_the_stages() {
 #[test]
 fn spec_validation_imports_nothing_that_does_io() {
     let io = [
-        "cluster", "storage", "registry", "engine", "stages", "state", "sim", "commands", "promotion", "signing",
-        "triggers", "checks", "report",
+        "cluster",
+        "storage",
+        "registry",
+        "engine",
+        "stages",
+        "state",
+        "sim",
+        "commands",
+        "promotion",
+        "signing",
+        "triggers",
+        "checks",
+        "report",
     ];
     let found = violations("spec", &io);
     assert!(found.is_empty(), "{found:#?}");
@@ -101,8 +112,21 @@ fn spec_validation_imports_nothing_that_does_io() {
 fn nothing_imports_the_cli() {
     let mut found = Vec::new();
     for part in [
-        "engine", "stages", "state", "cluster", "storage", "registry", "promotion", "checks", "spec", "sim",
-        "signing", "report", "triggers", "manifests", "template",
+        "engine",
+        "stages",
+        "state",
+        "cluster",
+        "storage",
+        "registry",
+        "promotion",
+        "checks",
+        "spec",
+        "sim",
+        "signing",
+        "report",
+        "triggers",
+        "manifests",
+        "template",
     ] {
         found.extend(violations(part, &["commands"]));
     }

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use http_body_util::BodyExt;
 use indexmap::IndexMap;
 use modelship::cluster::Clusters;
-use modelship::spec::Environment;
 use modelship::cluster::build::{StartError, instantiate_binary};
+use modelship::spec::Environment;
 use tokio_rustls::rustls;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -181,7 +181,8 @@ fn context(dir: &Path) -> PathBuf {
 async fn upload(clusters: &Clusters, ctx: &Path) -> Result<String, StartError> {
     let client = clusters.client("dev").await.unwrap();
     let query = [("name".to_string(), "weather".to_string()), ("revision.message".to_string(), "run r1".to_string())];
-    instantiate_binary(&client, "models-dev", "weather", modelship::archive::context_stream(ctx.to_path_buf()), &query).await
+    instantiate_binary(&client, "models-dev", "weather", modelship::archive::context_stream(ctx.to_path_buf()), &query)
+        .await
 }
 
 /// The tar the server received holds the context's files.

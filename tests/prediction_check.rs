@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use modelship::catalog::Catalog;
+use modelship::checks::{CheckError, Params, Report, check};
 use modelship::cluster::Clusters;
 use modelship::error::{ExitClass, HasExitClass};
 use modelship::spec::Pipeline;
-use modelship::checks::{CheckError, Params, Report, check};
 use modelship::stages::{Kind, StageContext};
 use modelship::state::{
     Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StageRecord, StateError, StateStore,

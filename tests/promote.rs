@@ -460,7 +460,7 @@ async fn tagging_uses_imagestreamtags_and_a_failed_import_is_readable() {
     let digest = reg.put_manifest(&repo, "v1", "application/vnd.oci.image.manifest.v1+json", &manifest).await.unwrap();
     let image = format!("{}/{repo}@{digest}", sim.registry_host());
 
-    promotion::tag::point_tag(&client, "models-prod", MODEL, "prod", &image).await.unwrap();
+    modelship::cluster::tag::point_tag(&client, "models-prod", MODEL, "prod", &image).await.unwrap();
     let istags: kube::Api<ImageStreamTag> = kube::Api::namespaced(client.clone(), "models-prod");
     let mut imported = None;
     for _ in 0..100 {
@@ -474,10 +474,10 @@ async fn tagging_uses_imagestreamtags_and_a_failed_import_is_readable() {
     assert_eq!(istag.image["metadata"]["name"], digest.as_str());
     assert_eq!(istag.tag["from"]["name"], image.as_str());
     // Again: the same spec tag, no error (oc tag repeated).
-    promotion::tag::point_tag(&client, "models-prod", MODEL, "prod", &image).await.unwrap();
+    modelship::cluster::tag::point_tag(&client, "models-prod", MODEL, "prod", &image).await.unwrap();
 
     let missing = format!("{}/{repo}@sha256:{}", sim.registry_host(), "0".repeat(64));
-    promotion::tag::point_tag(&client, "models-prod", MODEL, "broken", &missing).await.unwrap();
+    modelship::cluster::tag::point_tag(&client, "models-prod", MODEL, "broken", &missing).await.unwrap();
     let streams: kube::Api<ImageStream> = kube::Api::namespaced(client.clone(), "models-prod");
     let mut failed = None;
     for _ in 0..100 {

@@ -27,9 +27,9 @@ use serde_json::Value;
 pub use self::expect::{JsonPath, Matcher, Missing};
 pub use self::http::Target;
 pub use self::report::{CaseReport, CheckReport, ErrorCount, LoadReport, Report, SloVerdict, format_ms};
-use crate::spec::Problem;
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::mask;
+use crate::spec::Problem;
 
 const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -57,7 +57,11 @@ where
             .ok()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
             .unwrap_or(text);
-        return Err(StartError { message: format!("{message} ({status})"), status: Some(status.as_u16()), retry_after });
+        return Err(StartError {
+            message: format!("{message} ({status})"),
+            status: Some(status.as_u16()),
+            retry_after,
+        });
     }
     Ok(text)
 }

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod openshift;
 pub mod retry;
+pub mod tag;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -235,6 +236,31 @@ impl Clusters {
             .build();
         clients.insert(name.to_string(), client.clone());
         Ok(client)
+    }
+}
+
+/// Create `doc` in `namespace`, or replace what is there (so a changed Role
+/// takes effect), as `kubectl apply` would.
+pub async fn apply_manifest(client: &kube::Client, namespace: &str, doc: &serde_json::Value) -> Result<(), String> {
+    use kube::api::{Api, DynamicObject, PostParams};
+    let mut obj: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| format!("manifest: {e}"))?;
+    let types = obj.types.clone().ok_or("a manifest without apiVersion/kind")?;
+    let gvk = kube::api::GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|e| format!("{}: {e}", types.kind))?;
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    let name = obj.metadata.name.clone().ok_or("a manifest without a name")?;
+    let what = format!("{} {namespace}/{name}", types.kind);
+    obj.metadata.namespace = Some(namespace.to_string());
+    match api.get_opt(&name).await.map_err(|e| format!("{what}: {e}"))? {
+        None => api.create(&PostParams::default(), &obj).await.map(|_| ()).map_err(|e| format!("{what}: {e}")),
+        Some(existing) => {
+            // A ServiceAccount keeps its uid (tokens are bound to it).
+            if types.kind == "ServiceAccount" {
+                return Ok(());
+            }
+            obj.metadata.resource_version = existing.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &obj).await.map(|_| ()).map_err(|e| format!("{what}: {e}"))
+        }
     }
 }
 

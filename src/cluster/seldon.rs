@@ -240,7 +240,9 @@ fn rolled_out(
     *last = match (dep, runs_image, rolled_out) {
         (None, _, _) => format!("state {state}; Deployment {dname} does not exist yet"),
         (Some(_), false, _) => format!("state {state}; Deployment {dname} does not run {image} yet"),
-        (Some(_), true, false) => format!("state {state}; Deployment {dname} runs the new image but is not available yet"),
+        (Some(_), true, false) => {
+            format!("state {state}; Deployment {dname} runs the new image but is not available yet")
+        }
         (Some(_), true, true) => format!("state {state}; Deployment {dname} rolled out"),
     };
     if let Some(d) = status.description.as_deref().filter(|d| !d.is_empty()) {
@@ -310,4 +312,3 @@ mod tests {
         assert_eq!(s.deployment_name("weather-default-0-model"), "weather-default-0-model");
     }
 }
-

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 
@@ -128,7 +128,9 @@ impl SimClusters {
             let client = client_for(kc, name).await?;
             ensure_namespace(&client, name, &env.namespace).await?;
             for doc in rbac {
-                apply(&client, &env.namespace, doc).await.map_err(|e| failed(format!("environment `{name}`: {e}")))?;
+                crate::cluster::apply_manifest(&client, &env.namespace, doc)
+                    .await
+                    .map_err(|e| failed(format!("environment `{name}`: {e}")))?;
             }
             let token = mint_token(&client, &env.namespace).await.map_err(|e| {
                 failed(format!(
@@ -258,30 +260,6 @@ async fn ensure_namespace(client: &kube::Client, env: &str, namespace: &str) -> 
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(failed(format!("environment `{env}`: namespace {namespace}: {e}"))),
-    }
-}
-
-/// Create `doc` in `namespace`, or replace what is there (so a changed Role
-/// takes effect), as `kubectl apply` would.
-async fn apply(client: &kube::Client, namespace: &str, doc: &Value) -> Result<(), String> {
-    let mut obj: DynamicObject = serde_json::from_value(doc.clone()).map_err(|e| format!("RBAC manifest: {e}"))?;
-    let types = obj.types.clone().ok_or("an RBAC manifest without apiVersion/kind")?;
-    let gvk = kube::api::GroupVersionKind::try_from(&types).map_err(|e| e.to_string())?;
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await.map_err(|e| format!("{}: {e}", types.kind))?;
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let name = obj.metadata.name.clone().ok_or("an RBAC manifest without a name")?;
-    let what = format!("{} {namespace}/{name}", types.kind);
-    obj.metadata.namespace = Some(namespace.to_string());
-    match api.get_opt(&name).await.map_err(|e| format!("{what}: {e}"))? {
-        None => api.create(&PostParams::default(), &obj).await.map(|_| ()).map_err(|e| format!("{what}: {e}")),
-        Some(existing) => {
-            // A ServiceAccount keeps its uid (tokens are bound to it).
-            if types.kind == "ServiceAccount" {
-                return Ok(());
-            }
-            obj.metadata.resource_version = existing.metadata.resource_version;
-            api.replace(&name, &PostParams::default(), &obj).await.map(|_| ()).map_err(|e| format!("{what}: {e}"))
-        }
     }
 }
 

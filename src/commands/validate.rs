@@ -29,7 +29,9 @@ pub async fn run(args: ValidateArgs, g: &GlobalArgs) -> Result<(), CommandError>
     let mut err = std::io::stderr().lock();
     let mut invalid = 0usize;
     for file in &args.files {
-        match crate::spec::load(file).and_then(|loaded| crate::spec::validate(&loaded, &catalog, &crate::stages::Registry)) {
+        match crate::spec::load(file)
+            .and_then(|loaded| crate::spec::validate(&loaded, &catalog, &crate::stages::Registry))
+        {
             Ok(()) => {
                 let _ = writeln!(out, "{}: ok", file.display());
             }

@@ -445,7 +445,11 @@ impl Runner {
             };
             let message = error_chain(&err);
             if err.retryable && attempt < plan.max_attempts {
-                let policy = Backoff { base: self.tuning.backoff_base, cap: self.tuning.backoff_cap, attempts: plan.max_attempts };
+                let policy = Backoff {
+                    base: self.tuning.backoff_base,
+                    cap: self.tuning.backoff_cap,
+                    attempts: plan.max_attempts,
+                };
                 let delay = policy.delay(attempt);
                 let m = message.clone();
                 self.update_stage(name, move |r| r.error = Some(m.clone())).await?;

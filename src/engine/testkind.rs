@@ -64,7 +64,6 @@ impl Contract for TestStep {
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         vec![format!("test step {} echoing {:?}", cx.stage.name, params.value)]
     }
-
 }
 
 /// The effectful half, beside the contract above.

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::template::safe::{self, Slot};
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{ExitClass, HasExitClass};
 use crate::template::TemplateError;
+use crate::template::safe::{self, Slot};
 
 /// seldon-core-microservice's default ports (REST, gRPC, metrics): the
 /// Dockerfile exposes them and the manifests point at them.

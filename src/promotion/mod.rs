@@ -14,8 +14,6 @@
 //! Where each environment's ledger lives: a ConfigMap in that environment's
 //! namespace on its own cluster, or one directory (`--state-dir`).
 
-pub mod tag;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +101,15 @@ fn kube_message(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} ({}, HTTP {})", s.message, s.reason, s.code),
         other => other.to_string(),
+    }
+}
+
+impl From<crate::cluster::tag::TagError> for PromotionError {
+    fn from(e: crate::cluster::tag::TagError) -> Self {
+        match e {
+            crate::cluster::tag::TagError::Api { what, source } => PromotionError::Tag { what, source },
+            crate::cluster::tag::TagError::Contended { what, attempts } => PromotionError::Contended { what, attempts },
+        }
     }
 }
 
@@ -224,7 +231,7 @@ impl EnvTarget {
 pub async fn resolve_env(clusters: &Clusters, name: &str, model: &str) -> Result<EnvTarget, PromotionError> {
     let env = clusters.environment(name)?.clone();
     let client = clusters.client(name).await?;
-    let reported = tag::public_repository(&client, &env.namespace, model)
+    let reported = crate::cluster::tag::public_repository(&client, &env.namespace, model)
         .await?
         .map(|repo| repo.split('/').next().unwrap_or_default().to_string());
     let (registry, integrated) = match (env.registry.clone(), reported) {
@@ -663,7 +670,7 @@ async fn locked_promote(
     // and the lock is still ours.
     keeper.check().map_err(&lock_err)?;
     if req.image_stream {
-        tag::point_tag(&to.client, &to.namespace, &req.model, &req.tag, &outcome.image).await?;
+        crate::cluster::tag::point_tag(&to.client, &to.namespace, &req.model, &req.tag, &outcome.image).await?;
     }
     let signed = provenance.signature.is_some() || provenance.attestation.is_some();
     let checks = if signed {
@@ -815,7 +822,7 @@ async fn locked_rollback(
     let pinned = src.to_string();
     keeper.check().map_err(&lock_err)?;
     if req.image_stream {
-        tag::point_tag(&target.client, &target.namespace, &req.model, &req.tag, &pinned).await?;
+        crate::cluster::tag::point_tag(&target.client, &target.namespace, &req.model, &req.tag, &pinned).await?;
     }
     let entry = LedgerEntry {
         action: ROLLED_BACK.into(),

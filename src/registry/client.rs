@@ -157,7 +157,9 @@ impl RegistryClient {
         for attempt in 1..SEND_ATTEMPTS {
             let delay = policy.delay(attempt);
             let wait = match self.send_authorized(scope, what, &build).await {
-                Ok(resp) if is_transient_status(resp.status()) => policy.delay_after(attempt, retry_after(&resp), MAX_RETRY_AFTER),
+                Ok(resp) if is_transient_status(resp.status()) => {
+                    policy.delay_after(attempt, retry_after(&resp), MAX_RETRY_AFTER)
+                }
                 Err(e @ RegistryError::Transport { .. }) => {
                     tracing::debug!(registry = %self.registry, what, attempt, error = %crate::error::chain(&e), "no answer; asking again");
                     delay

@@ -28,7 +28,6 @@ use sha2::{Digest, Sha256};
 use super::client::{RegistryClient, body_excerpt, describe};
 use super::{AuthStore, ImageRef, RegistryError, media};
 
-
 /// Why one attempt at a blob failed. Only a failure of the streamed part
 /// (the source body, the PUT) is `resumable` by restarting the blob: a
 /// request [`super::RegistryClient::send`] already retried is not repeated
@@ -417,7 +416,11 @@ impl Copier<'_> {
             None => self.start_upload().await.map_err(BlobFailure::retried)?,
         };
         let src_url = self.from.url(&self.src.repository, &format!("blobs/{}", blob.digest));
-        let resp = self.from.send(&self.src_scope(), "blob GET", |c| c.get(src_url.clone())).await.map_err(BlobFailure::retried)?;
+        let resp = self
+            .from
+            .send(&self.src_scope(), "blob GET", |c| c.get(src_url.clone()))
+            .await
+            .map_err(BlobFailure::retried)?;
         if !resp.status().is_success() {
             // `send` already asked again on a transient status.
             let e = http_error(&self.from, format!("GET blob {}", blob.digest), resp).await;

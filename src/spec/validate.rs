@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::diagnostic::Diagnostic;
-use super::{API_VERSION, KIND, LoadedPipeline, SpecError};
 use super::kinds::{Problem, StageKinds, environment_problem};
+use super::{API_VERSION, KIND, LoadedPipeline, SpecError};
 use crate::catalog::Catalog;
 
 /// Fields under `run.` that the engine provides to templates.
@@ -582,7 +582,12 @@ spec:
 
     fn hints(text: &str) -> Vec<Option<String>> {
         let loaded = super::super::load_str(Path::new("p.yaml"), text).expect("parses");
-        validate(&loaded, &Catalog::embedded(), &crate::stages::Registry).unwrap_err().diagnostics.into_iter().map(|d| d.hint).collect()
+        validate(&loaded, &Catalog::embedded(), &crate::stages::Registry)
+            .unwrap_err()
+            .diagnostics
+            .into_iter()
+            .map(|d| d.hint)
+            .collect()
     }
 
     #[test]

@@ -159,9 +159,9 @@ impl StageContext {
     /// default (see the registry's default wiring), if it ran.
     pub fn input<S: Contract>(&self) -> Result<Option<S::Output>, StageError> {
         let Some(link) = self.links.get(Kind::of::<S>()) else { return Ok(None) };
-        serde_json::from_value(Value::Object(link.outputs.clone().into_iter().collect())).map(Some).map_err(|e| {
-            StageError::msg(format!("outputs of stage `{}` ({}): {e}", link.stage, S::KIND))
-        })
+        serde_json::from_value(Value::Object(link.outputs.clone().into_iter().collect()))
+            .map(Some)
+            .map_err(|e| StageError::msg(format!("outputs of stage `{}` ({}): {e}", link.stage, S::KIND)))
     }
 
     /// The rendered `with:` of that stage, typed.

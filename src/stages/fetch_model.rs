@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use serde::{Deserialize, Serialize};
 
-use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
+use super::{Contract, Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::Clusters;
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::Secret;
@@ -519,7 +519,6 @@ impl Contract for FetchModel {
         }
         lines
     }
-
 }
 
 /// The effectful half, beside the contract above.

@@ -4,10 +4,10 @@
 use serde_json::{Map, Value};
 
 use super::context::{Outputs, StageContext, StageError, ValidateCx};
-use crate::spec::Problem;
 use super::{Contract, Stage, fetch_model, openshift_build, prediction_check, promote, render, seldon_deploy, sign};
 #[cfg(test)]
 use crate::engine::testkind::TestStep;
+use crate::spec::Problem;
 
 /// The one list of stage kinds: `Kind` variant => module type, and its
 /// default wiring: when a stage's `with:` leaves an input out, it reads the
@@ -112,7 +112,12 @@ impl crate::spec::StageKinds for Registry {
         Kind::from_name(uses).map(Kind::outputs)
     }
 
-    fn validate(&self, pipeline: &crate::spec::Pipeline, index: usize, catalog: &crate::catalog::Catalog) -> Option<Vec<Problem>> {
+    fn validate(
+        &self,
+        pipeline: &crate::spec::Pipeline,
+        index: usize,
+        catalog: &crate::catalog::Catalog,
+    ) -> Option<Vec<Problem>> {
         let stage = pipeline.spec.stages.get(index)?;
         let kind = Kind::from_name(&stage.uses)?;
         let cx = ValidateCx { pipeline, stage, index, catalog };

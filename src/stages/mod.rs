@@ -16,8 +16,8 @@ pub mod sign;
 mod context;
 mod kind;
 
-pub use context::{Link, Links, Outputs, StageContext, StageError, StageErrorKind, ValidateCx, to_outputs};
 pub use crate::spec::Problem;
+pub use context::{Link, Links, Outputs, StageContext, StageError, StageErrorKind, ValidateCx, to_outputs};
 pub use kind::{Kind, Registry};
 
 use std::future::Future;

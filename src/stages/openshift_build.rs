@@ -27,13 +27,12 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
 use super::render::Render;
-use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
-use crate::cluster::openshift::{Build, BuildConfig, ImageStream};
+use super::{Contract, Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster;
+use crate::cluster::openshift::{Build, BuildConfig, ImageStream};
+use crate::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
 use crate::retry::Backoff;
-
 
 /// Annotations modelship puts on the Builds it starts.
 pub const RUN_ANNOTATION: &str = "modelship.io/run";
@@ -203,7 +202,6 @@ impl Contract for OpenshiftBuild {
             ),
         ]
     }
-
 }
 
 /// The effectful half, beside the contract above.
@@ -263,10 +261,7 @@ fn resolve(p: &Params, cx: &StageContext) -> Result<Target, BuildError> {
         }
     };
     let digest = p.context_digest.clone().or_else(|| {
-        p.context_dir
-            .is_none()
-            .then(|| Some(render.context_digest.clone()).filter(|d| !d.is_empty()))
-            .flatten()
+        p.context_dir.is_none().then(|| Some(render.context_digest.clone()).filter(|d| !d.is_empty())).flatten()
     });
     let context_digest = match digest {
         Some(d) => d,
@@ -288,7 +283,6 @@ fn resolve(p: &Params, cx: &StageContext) -> Result<Target, BuildError> {
         max_context: p.max_context_bytes.unwrap_or(DEFAULT_MAX_CONTEXT),
     })
 }
-
 
 async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildError> {
     let t = resolve(&params, cx)?;

@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::seldon_deploy::SeldonDeploy;
+use super::{Contract, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 pub use crate::checks::Params;
 use crate::checks::{CheckError, Protocol, case_name, check, problems};
-use super::seldon_deploy::SeldonDeploy;
-use super::{Problem, Contract, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::mask;
 
@@ -113,7 +113,6 @@ impl Contract for PredictionCheck {
         }
         lines
     }
-
 }
 
 /// The effectful half, beside the contract above.
@@ -141,7 +140,6 @@ impl Stage for PredictionCheck {
         Ok(Output { passed: true, report: Some(json) })
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -233,5 +231,4 @@ spec:
         assert_eq!(problems, vec![]);
         assert_eq!(plan[0], "check http://10.0.0.5:8080 (Open Inference Protocol v2, POST /v2/models/weather/infer)");
     }
-
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::checks::{self, DurationStr};
 use super::openshift_build::OpenshiftBuild;
 use super::prediction_check::PredictionCheck;
 use super::seldon_deploy::SeldonDeploy;
-use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
+use super::{Contract, Problem, Stage, StageContext, StageError, ValidateCx};
+use crate::checks::{self, DurationStr};
 use crate::error::HasExitClass;
 use crate::promotion::{self, PromoteOutcome, PromoteRequest, PromotionError, RollbackRequest};
 use crate::registry::AuthStore;
@@ -192,7 +192,6 @@ impl Contract for Promote {
         }
         lines
     }
-
 }
 
 /// The effectful half, beside the contract above.
@@ -483,7 +482,8 @@ async fn verify(
 async fn seldon_address(cx: &StageContext, env: &str, model: &str) -> Result<String, StageError> {
     let ns = cx.clusters.environment(env).map_err(StageError::failed)?.namespace.clone();
     let client = cx.clusters.client(env).await.map_err(StageError::failed)?;
-    let url = crate::cluster::seldon::address(&client, &ns, model).await.map_err(|e| StageError::failed(e).retryable())?;
+    let url =
+        crate::cluster::seldon::address(&client, &ns, model).await.map_err(|e| StageError::failed(e).retryable())?;
     url.ok_or_else(|| {
         StageError::bad_input(format!(
             "verify: SeldonDeployment {ns}/{model} in `{env}` has no status.address.url; set `with.verifyEndpoint`"

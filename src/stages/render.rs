@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::fetch_model::FetchModel;
-use super::{Problem, Contract, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::{Contract, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{ExitClass, HasExitClass};
-use crate::template::{TemplateError, is_template};
 use crate::template::safe::{self, Slot, display_value};
+use crate::template::{TemplateError, is_template};
 
 pub const DEFAULT_MODEL_CLASS: &str = "MyModel";
 pub const DEFAULT_BASE_IMAGE: &str = "registry.access.redhat.com/ubi9/python-311";
@@ -688,7 +688,6 @@ impl Contract for Render {
         }
         lines
     }
-
 }
 
 /// The effectful half, beside the contract above.

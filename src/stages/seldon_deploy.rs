@@ -17,12 +17,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::manifests::{self, DeployVars, ManifestError, RouteVars};
 use super::openshift_build::OpenshiftBuild;
-use super::{Problem, Contract, Stage, StageContext, StageError, ValidateCx};
+use super::{Contract, Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster::ClusterError;
 use crate::cluster::seldon::{self, predictor_deployment_name, route_resource, seldon_deployment_resource};
 use crate::error::{ExitClass, HasExitClass};
+use crate::manifests::{self, DeployVars, ManifestError, RouteVars};
 use crate::registry::ImageRef;
 
 const FIELD_MANAGER: &str = "modelship";
@@ -260,7 +260,6 @@ impl Contract for SeldonDeploy {
         ));
         lines
     }
-
 }
 
 /// The effectful half, beside the contract above.
@@ -279,10 +278,7 @@ async fn deploy(
     let timeout = parse_timeout(p)?;
     let image = match &p.image {
         Some(i) => i.clone(),
-        None => built
-            .map(|b| b.image)
-            .filter(|i| !i.is_empty())
-            .ok_or(DeployError::NoImage)?,
+        None => built.map(|b| b.image).filter(|i| !i.is_empty()).ok_or(DeployError::NoImage)?,
     };
     let image_ref = check_image(&image)?;
     let digest = image_ref.digest.clone().unwrap_or_default();
@@ -363,9 +359,13 @@ fn wait_error(e: seldon::WaitError, namespace: &str, name: &str) -> DeployError 
         seldon::WaitError::Failed { description } => {
             DeployError::Failed { namespace: namespace.to_string(), name: name.to_string(), description }
         }
-        seldon::WaitError::Watch { resource, name, source } => {
-            DeployError::Api { verb: "watch", resource, namespace: namespace.to_string(), name, source: Box::new(source) }
-        }
+        seldon::WaitError::Watch { resource, name, source } => DeployError::Api {
+            verb: "watch",
+            resource,
+            namespace: namespace.to_string(),
+            name,
+            source: Box::new(source),
+        },
     }
 }
 

@@ -11,7 +11,7 @@ use super::fetch_model::FetchModel;
 use super::openshift_build::OpenshiftBuild;
 use super::prediction_check::PredictionCheck;
 use super::render::Render;
-use super::{Problem, Contract, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::{Contract, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 use crate::error::HasExitClass;
 use crate::registry::{AuthStore, ImageRef};
 use crate::signing::SigningError;
@@ -118,7 +118,6 @@ impl Contract for Sign {
             "attach sha256-<hex>.att: in-toto Statement v1 (model source and digest, build, pipeline, run, checks) in a DSSE envelope".into(),
         ]
     }
-
 }
 
 /// The effectful half, beside the contract above.
@@ -227,7 +226,10 @@ async fn predicate(
     let (content_digest, objects) = match &fetched {
         Some(f) => (
             text(&f.content_digest),
-            objects(serde_json::to_value(&f.manifest).unwrap_or_default(), serde_json::to_value(&f.objects).unwrap_or_default()),
+            objects(
+                serde_json::to_value(&f.manifest).unwrap_or_default(),
+                serde_json::to_value(&f.objects).unwrap_or_default(),
+            ),
         ),
         None => (Value::Null, Value::Null),
     };

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
-use crate::manifests::{self, BuildVars, DeployVars, PortRef, RouteVars};
 use super::*;
+use crate::manifests::{self, BuildVars, DeployVars, PortRef, RouteVars};
 
 const MODEL_DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 

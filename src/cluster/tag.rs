@@ -11,7 +11,18 @@
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use serde_json::{Value, json};
 
-use super::PromotionError;
+/// A tag or stream could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum TagError {
+    #[error("{what}: {source}")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{what}: gave up after {attempts} conflicting writes")]
+    Contended { what: String, attempts: u32 },
+}
 
 /// Optimistic-update attempts before giving up on a contended tag.
 const ATTEMPTS: u32 = 10;
@@ -51,10 +62,10 @@ pub async fn point_tag(
     stream: &str,
     tag: &str,
     image: &str,
-) -> Result<(), PromotionError> {
+) -> Result<(), TagError> {
     let istags = api(client, namespace, "ImageStreamTag", "imagestreamtags");
     let name = format!("{stream}:{tag}");
-    let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStreamTag {namespace}/{name}"), source };
+    let err = |source: kube::Error| TagError::Api { what: format!("ImageStreamTag {namespace}/{name}"), source };
     let mut obj = DynamicObject::new(&name, &resource("ImageStreamTag", "imagestreamtags")).within(namespace);
     obj.data = json!({ "tag": tag_reference(tag, image) });
     for _ in 0..ATTEMPTS {
@@ -82,9 +93,7 @@ pub async fn point_tag(
                 return match edit_stream(client, namespace, stream, tag, image).await {
                     // Refused both ways: the ImageStreamTag refusal is the one
                     // to act on (the fallback is for servers without them).
-                    Err(PromotionError::Tag { source, .. })
-                        if code(&source) == Some(403) && code(&refused) == Some(403) =>
-                    {
+                    Err(TagError::Api { source, .. }) if code(&source) == Some(403) && code(&refused) == Some(403) => {
                         Err(err(refused))
                     }
                     other => other,
@@ -93,7 +102,7 @@ pub async fn point_tag(
             Err(e) => return Err(err(e)),
         }
     }
-    Err(PromotionError::Contended { what: format!("ImageStreamTag {namespace}/{name}"), attempts: ATTEMPTS })
+    Err(TagError::Contended { what: format!("ImageStreamTag {namespace}/{name}"), attempts: ATTEMPTS })
 }
 
 /// The fallback: set (or add) `spec.tags[name == tag]` on the ImageStream,
@@ -104,9 +113,9 @@ async fn edit_stream(
     stream: &str,
     tag: &str,
     image: &str,
-) -> Result<(), PromotionError> {
+) -> Result<(), TagError> {
     let streams = api(client, namespace, "ImageStream", "imagestreams");
-    let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStream {namespace}/{stream}"), source };
+    let err = |source: kube::Error| TagError::Api { what: format!("ImageStream {namespace}/{stream}"), source };
     for _ in 0..ATTEMPTS {
         let result = match streams.get_opt(stream).await.map_err(err)? {
             Some(mut obj) => {
@@ -139,7 +148,7 @@ async fn edit_stream(
             Err(e) => return Err(err(e)),
         }
     }
-    Err(PromotionError::Contended { what: format!("ImageStream {namespace}/{stream}"), attempts: ATTEMPTS })
+    Err(TagError::Contended { what: format!("ImageStream {namespace}/{stream}"), attempts: ATTEMPTS })
 }
 
 /// `status.publicDockerImageRepository` of the stream: where clients outside
@@ -152,9 +161,9 @@ pub async fn public_repository(
     client: &kube::Client,
     namespace: &str,
     stream: &str,
-) -> Result<Option<String>, PromotionError> {
+) -> Result<Option<String>, TagError> {
     let streams = api(client, namespace, "ImageStream", "imagestreams");
-    let err = |source: kube::Error| PromotionError::Tag { what: format!("ImageStream {namespace}/{stream}"), source };
+    let err = |source: kube::Error| TagError::Api { what: format!("ImageStream {namespace}/{stream}"), source };
     let obj = match streams.get_opt(stream).await {
         Ok(Some(obj)) => obj,
         Ok(None) => {
