@@ -4,13 +4,13 @@
 //! here, and every result is checked with `skopeo inspect --raw` and by
 //! reading every blob back.
 
-mod registry_support;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
 
 use modelship::registry::{AuthStore, CopyOptions, CopyStats, ImageRef, RegistryError, copy_image};
-use registry_support::*;
+use support::registry::*;
 
 fn opts() -> CopyOptions {
     CopyOptions {

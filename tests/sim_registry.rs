@@ -3,11 +3,11 @@
 //! it, and the in-process push the build controller uses is readable by
 //! skopeo.
 
-mod registry_support;
+mod support;
 
 use modelship::registry::{CopyOptions, ImageRef, copy_image};
 use modelship::sim::registry::{RegistryStore, router};
-use registry_support::*;
+use support::registry::*;
 
 struct Sim {
     addr: String,

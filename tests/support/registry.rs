@@ -1,11 +1,8 @@
-//! Shared by `tests/registry_copy.rs` and `tests/sim_registry.rs`: OCI image
-//! layouts written to disk (streamed, for large layers), real
-//! `docker-registry` processes on loopback (killed on drop), skopeo, and a
-//! TCP proxy that cuts connections.
-#![allow(dead_code)]
+//! OCI image layouts written to disk (streamed, for large layers), real
+//! `docker-registry` processes on loopback (killed on drop), skopeo, and
+//! TCP proxies that cut or hold connections.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,6 +10,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+use super::free_port;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -28,10 +27,6 @@ pub fn require_tool(path: &str) -> String {
     };
     assert!(found, "`{path}` is missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
     path.to_string()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_for_port(addr: &str, child: &mut Child, what: &str) {
