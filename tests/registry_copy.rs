@@ -25,12 +25,6 @@ fn image(s: &str) -> ImageRef {
     ImageRef::parse(s).unwrap()
 }
 
-/// Push `tag` of a layout into a plain-http registry with skopeo.
-fn push(layout: &Layout, tag: &str, dest: &str) {
-    let src = format!("oci:{}:{tag}", layout.dir.display());
-    skopeo(&["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", &src, &format!("docker://{dest}")]);
-}
-
 fn tag_absent(registry: &str, repo: &str, tag: &str) -> bool {
     let out = skopeo_output(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{registry}/{repo}:{tag}")]);
     !out.status.success()

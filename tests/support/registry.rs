@@ -198,6 +198,18 @@ pub fn skopeo_output(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Push `tag` of a layout into a plain-http registry as `dest`
+/// (`HOST/REPO:TAG`) with skopeo, digests preserved.
+pub fn push(layout: &Layout, tag: &str, dest: &str) {
+    push_dir(&layout.dir, tag, dest)
+}
+
+/// As [`push`], for the layout in `dir`.
+pub fn push_dir(dir: &Path, tag: &str, dest: &str) {
+    let src = format!("oci:{}:{tag}", dir.display());
+    skopeo(&["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", &src, &format!("docker://{dest}")]);
+}
+
 /// `skopeo inspect --raw` of a plain-http registry image: the manifest bytes.
 pub fn raw_manifest(image: &str) -> Vec<u8> {
     skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{image}")])
