@@ -13,7 +13,6 @@ mod support;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use modelship::error::{ExitClass, HasExitClass};
 use modelship::spec::Pipeline;
