@@ -21,18 +21,13 @@ use modelship::state::StateStore;
 use serde_json::{Value, json};
 use support::context;
 use support::memory_state::MemoryState;
-use support::{free_port, repo, tools};
+use support::{free_port, repo};
 
 // ---------------------------------------------------------------- processes
 
+/// A model server's file (`scripts/setup.d/45-check-runtimes.sh` installs them).
 fn tool(rel: &str) -> PathBuf {
-    let path = tools().join(rel);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh (its scripts/setup.d/45-check-runtimes.sh installs the model servers)",
-        path.display()
-    );
-    path
+    support::tool(rel, "45-check-runtimes.sh")
 }
 
 fn fixtures() -> PathBuf {

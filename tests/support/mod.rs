@@ -50,6 +50,18 @@ pub fn tools() -> PathBuf {
     }
 }
 
+/// `rel` under [`tools`], which must be there: else a failure naming the
+/// setup script (`scripts/setup.d/SETUP`) that installs it.
+pub fn tool(rel: &str, setup: &str) -> PathBuf {
+    let path = tools().join(rel);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh (its scripts/setup.d/{setup} installs it)",
+        path.display()
+    );
+    path
+}
+
 /// `name` in a directory of `PATH`, if there is one.
 pub fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|k| k.exists()))
