@@ -23,7 +23,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderMap, Method, header};
 use modelship::promotion;
-use modelship::registry::{CopyOptions, ImageRef, RegistryError, copy_image};
+use modelship::registry::{ImageRef, RegistryError, copy_image};
 use modelship::secret::Secret;
 use modelship::spec::ModelSpec;
 use modelship::stages::fetch_model::{self, FetchModelError, Params};
@@ -32,7 +32,7 @@ use modelship::state::configmap::ConfigMapStore;
 use modelship::storage::{StaticCredentials, StorageError};
 use serde_json::{Value, json};
 use support::env::{DevProd, promote_pipeline, promote_request};
-use support::registry::{DockerRegistry, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256_digest};
+use support::registry::{DockerRegistry, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, copy_opts, sha256_digest};
 
 // ------------------------------------------------------------ the proxy
 
@@ -180,15 +180,6 @@ async fn push_image(reg: &Reg, repo: &str, seed: &str) -> (String, String) {
         .unwrap();
     assert_eq!(put.status(), 201);
     (sha256_digest(&manifest), layer)
-}
-
-fn copy_opts() -> CopyOptions {
-    CopyOptions {
-        src_insecure: true,
-        dest_insecure: true,
-        backoff: Duration::from_millis(20),
-        ..CopyOptions::default()
-    }
 }
 
 async fn manifest_status(reg: &Reg, repo: &str, reference: &str) -> u16 {

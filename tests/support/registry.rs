@@ -18,6 +18,17 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
+/// Copy options for loopback registries over plain HTTP, with a short
+/// backoff so a test that meets retries takes milliseconds.
+pub fn copy_opts() -> modelship::registry::CopyOptions {
+    modelship::registry::CopyOptions {
+        src_insecure: true,
+        dest_insecure: true,
+        backoff: Duration::from_millis(20),
+        ..Default::default()
+    }
+}
+
 /// A tool the tests need, or a failure that says how to get it.
 pub fn require_tool(path: &str) -> String {
     let found = if path.contains('/') {
