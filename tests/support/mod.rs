@@ -9,8 +9,8 @@
 //! - [`env`]: two in-process sims, `dev` and `prod`, with their namespaces.
 //! - [`context`]: the one `StageContext` builder, for running a stage
 //!   without the engine.
-//! - [`memory_state`]: the one in-memory `StateStore`; [`records`]: what
-//!   the state-store tests write into one.
+//! - [`memory_state`]: the one in-memory `StateStore`; [`records`]: the
+//!   ledger entry the state-store tests write.
 //! - [`build`]: the pipeline and rendered context the build stage runs on.
 //! - [`cli`]: the real binary on `--sim` (fixtures, venv cache, processes).
 //! - [`registry`]: OCI layouts, `docker-registry`, skopeo, fault proxies.
