@@ -16,15 +16,17 @@
 //! cancelled, the promotion lock is released, the exit code is non-zero, and
 //! a resume completes.
 
-mod cli_support;
+mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use cli_support::{Served, cm_yaml, modelship, signal, wait_no_processes_under, weather_fixture};
 use serde_json::Value;
+use support::cli::{cm_yaml, modelship, wait_no_processes_under, weather_fixture};
+use support::signal;
+use support::sim::ServedSim;
 
 const RUN: &str = "crash-1";
 
@@ -119,7 +121,7 @@ impl Case {
     /// crash must not break; returns the normalised run record.
     fn inspect(&self) -> Final {
         let (dev, prod) =
-            (Served::start(&self.sim().join("dev"), "dev"), Served::start(&self.sim().join("prod"), "prod"));
+            (ServedSim::start(&self.sim().join("dev"), "dev"), ServedSim::start(&self.sim().join("prod"), "prod"));
         let builds = dev.items(&["get", "builds", "-n", "models-dev"]);
         let cancelled_builds = builds.iter().filter(|b| b["status"]["phase"] == "Cancelled").count();
         let builds: Vec<Value> = builds.into_iter().filter(|b| b["status"]["phase"] != "Cancelled").collect();
@@ -338,7 +340,7 @@ fn terminate_and_resume(case: &Case, run: &[&str], point: Point, stage: &str) {
     let (status, log) = case.interrupt_run(run, point, "TERM");
     assert!(!status.success(), "SIGTERMed run exited 0; log:\n{}", log.join("\n"));
     {
-        let dev = Served::start(&case.sim().join("dev"), "dev");
+        let dev = ServedSim::start(&case.sim().join("dev"), "dev");
         let run_cm = dev.get_json(&["get", "configmap", "-n", "models-dev", &format!("modelship-run-weather-{RUN}")]);
         let record = cm_yaml(&run_cm, "run.yaml");
         assert_eq!(record["status"], "cancelled", "run after SIGTERM: {record}");
@@ -380,15 +382,15 @@ fn sigterm_while_waiting_for_the_promotion_lock() {
         }
     });
     {
-        let prod = Served::start(&case.sim().join("prod"), "prod");
+        let prod = ServedSim::start(&case.sim().join("prod"), "prod");
         prod.apply(&lease.to_string());
     }
     let point = at("waiting for the promotion lock");
     let (status, log) = case.interrupt_run(&["--resume", RUN], point, "TERM");
     assert!(!status.success(), "SIGTERMed run exited 0; log:\n{}", log.join("\n"));
     {
-        let dev = Served::start(&case.sim().join("dev"), "dev");
-        let prod = Served::start(&case.sim().join("prod"), "prod");
+        let dev = ServedSim::start(&case.sim().join("dev"), "dev");
+        let prod = ServedSim::start(&case.sim().join("prod"), "prod");
         let record = cm_yaml(
             &dev.get_json(&["get", "configmap", "-n", "models-dev", &format!("modelship-run-weather-{RUN}")]),
             "run.yaml",

@@ -6,46 +6,20 @@
 //! same sims. Slow the first time on a machine: the sim's Seldon controller
 //! needs a seldon-core venv (`scripts/setup.d/60-sim-venv.sh` prepares it).
 
-mod chromium_support;
-mod sim_support;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use support::sim::ServedSim;
+use support::{copy_tree, repo, tools};
 
 /// The README's first command; `the_readme_commands_are_the_tested_ones`
 /// holds the README to it.
 const FIRST_COMMAND: &str = "cargo run --release -- run pipelines/weather.yaml --sim /tmp/modelship-sim";
 /// The README's second command, the one `.ci/run` calls.
 const SECOND_COMMAND: &str = "scripts/test.sh";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tools() -> PathBuf {
-    std::env::var_os("MODELSHIP_TEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".cache/modelship-test-tools"))
-}
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|k| k.exists()))
-}
-
-fn kubectl() -> PathBuf {
-    let local = tools().join("kubectl/venv/bin/kubectl");
-    if local.exists() {
-        return local;
-    }
-    on_path("kubectl").expect("kubectl not found: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)")
-}
-
-fn skopeo() -> PathBuf {
-    on_path("skopeo").expect("skopeo not found: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)")
-}
 
 /// A fresh user's directory: the repository's pipelines and fixtures, an
 /// empty XDG cache (run workspaces), the prepared venv cache when there is one.
@@ -71,7 +45,7 @@ impl User {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_modelship"));
+        let mut c = Command::new(support::BIN);
         c.current_dir(self.checkout()).env("XDG_CACHE_HOME", self.dir.path().join("cache")).stdin(Stdio::null());
         let venvs = tools().join("sim-venvs");
         if venvs.is_dir() {
@@ -95,76 +69,7 @@ impl User {
     /// `modelship sim serve` on one environment's persisted data.
     fn serve(&self, env: &str) -> ServedSim {
         let kubeconfig = self.dir.path().join(format!("{env}.kubeconfig"));
-        let mut child = self
-            .command()
-            .args(["sim", "serve", "--data"])
-            .arg(self.sim().join(env))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let url = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("sim serve printed {first:?}"));
-        let address = url.strip_prefix("https://").unwrap().to_string();
-        ServedSim { child, address, kubeconfig, data: self.sim().join(env) }
-    }
-}
-
-struct ServedSim {
-    child: Child,
-    /// `127.0.0.1:PORT`: the API and, under `/v2/`, the registry.
-    address: String,
-    kubeconfig: PathBuf,
-    /// Its data directory (the CA is in `pki/ca.crt`).
-    data: PathBuf,
-}
-
-impl ServedSim {
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new(kubectl()).arg("--kubeconfig").arg(&self.kubeconfig).args(args).output().unwrap();
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// The digest the registry serves for `repository:tag` (or `@digest`), as skopeo sees it.
-    fn skopeo_digest(&self, repository: &str) -> String {
-        self.skopeo_reference(&format!("{}/{repository}", self.address))
-    }
-
-    /// The digest this sim's registry serves for a full image reference, as
-    /// skopeo sees it: as a ServiceAccount that may pull, TLS verified.
-    fn skopeo_reference(&self, reference: &str) -> String {
-        let login = sim_support::SkopeoLogin::with_kubectl(&kubectl(), &self.kubeconfig, &self.data);
-        let image = format!("docker://{reference}");
-        let out =
-            Command::new(skopeo()).args(["inspect", "--no-tags"]).args(login.args("")).arg(&image).output().unwrap();
-        assert!(out.status.success(), "skopeo inspect {image}: {}", String::from_utf8_lossy(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["Digest"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for ServedSim {
-    fn drop(&mut self) {
-        // SIGTERM, not kill(): the sim stops the model processes it started.
-        let _ = Command::new("sh").args(["-c", &format!("kill -TERM {}", self.child.id())]).status();
-        let _ = self.child.wait();
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
+        ServedSim::serve(&self.sim().join(env)).command(self.command()).kubeconfig(kubeconfig).start()
     }
 }
 
@@ -279,9 +184,9 @@ fn the_first_command_takes_the_weather_model_from_s3_to_prod() {
         "--out",
         page.to_str().unwrap(),
     ]);
-    let dom = chromium_support::rendered_dom(&page);
+    let dom = support::chromium::rendered_dom(&page);
     let text =
-        |marker: &str| chromium_support::text_of(&dom, marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
+        |marker: &str| support::chromium::text_of(&dom, marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
     assert_eq!(text("id=\"run-id\""), run_id);
     assert_eq!(text("id=\"run-status\""), "succeeded");
     let p95 = modelship::checks::format_ms(report["load"]["p95Ms"].as_f64().unwrap());

@@ -8,25 +8,23 @@
 //! Each test prints a `faults:` line with what the sim injected (its
 //! `/sim/faults` counts), for the reliability note.
 
-use std::collections::{BTreeMap, BTreeSet};
+mod support;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelship::catalog::Catalog;
 use modelship::cluster::Clusters;
 use modelship::cluster::retry::RetryConfig;
 use modelship::sim::{self, FaultRule, Faults, SimConfig, SimServer};
-use modelship::spec::Pipeline;
-use modelship::stages::render::{self, Params as RenderParams, RenderInput};
-use modelship::stages::{Kind, Outputs, StageContext, StageError};
+use modelship::stages::{Outputs, StageError};
 use modelship::state::configmap::ConfigMapStore;
-use modelship::state::{LedgerEntry, RunKey, RunRecord, StageRecord, StateStore, Status, dir::DirStore};
+use modelship::state::{RunKey, RunRecord, StageRecord, StateStore, Status, dir::DirStore};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-const NS: &str = "models-dev";
+use support::build::{NS, pipeline, render_outputs, weather_context};
+use support::context;
+use support::records::entry;
 
 struct Env {
     _tmp: tempfile::TempDir,
@@ -64,18 +62,9 @@ async fn setup_with(rules: &[&str], build_duration: Duration) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
     let sim = sim::start(sim_config(&root, rules, build_duration)).await.unwrap();
-    let kubeconfig = root.join("kubeconfig");
-    std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
+    let kubeconfig = support::sim::kubeconfig_file(&sim, &root);
     kubectl(&kubeconfig, &["create", "namespace", NS]);
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/weather-model");
-    let input = RenderInput {
-        params: RenderParams { model_class: "MyModel".into(), ..RenderParams::default() },
-        model_name: "weather".into(),
-        model_dir: fixture,
-        model_digest: None,
-        link_model_files: false,
-    };
-    let rendered = render::render_context(&Catalog::embedded(), &input, &root.join("context")).unwrap();
+    let (context, digest) = weather_context(&root);
     let state = Arc::new(DirStore::new(root.join("state")));
     // Short waits so a test takes seconds; the attempts are the defaults.
     let retry = RetryConfig {
@@ -84,52 +73,13 @@ async fn setup_with(rules: &[&str], build_duration: Duration) -> Env {
         max_retry_after: Duration::from_secs(1),
         ..RetryConfig::default()
     };
-    Env {
-        root,
-        sim: std::sync::Mutex::new(Some(sim)),
-        kubeconfig,
-        context: rendered.dir,
-        digest: rendered.digest,
-        state,
-        retry,
-        _tmp: tmp,
-    }
+    Env { root, sim: std::sync::Mutex::new(Some(sim)), kubeconfig, context, digest, state, retry, _tmp: tmp }
 }
 
 /// kubectl against the sim; the faults apply to it too, so a failed call is
 /// repeated (kubectl itself does not retry 5xx).
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let mut last = String::new();
-    for _ in 0..30 {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .output()
-            .expect("kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)");
-        if out.status.success() {
-            return String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("kubectl {args:?}: {last}");
-}
-
-fn pipeline() -> Pipeline {
-    modelship::spec::yaml::from_str(&format!(
-        "apiVersion: modelship.io/v1alpha1
-kind: Pipeline
-metadata: {{name: weather}}
-spec:
-  model: {{name: weather, source: 'file://model'}}
-  environments: {{dev: {{namespace: {NS}}}}}
-  stages:
-    - {{name: render, uses: render, with: {{modelClass: MyModel}}}}
-    - {{name: build, uses: openshift-build, with: {{environment: dev}}}}
-"
-    ))
-    .unwrap()
+    support::kubectl::at(kubeconfig).retrying(args)
 }
 
 impl Env {
@@ -140,43 +90,17 @@ impl Env {
     }
 
     async fn build(&self, run_id: &str) -> Result<Outputs, StageError> {
-        let pipeline = pipeline();
-        let record: RunRecord = serde_json::from_value(json!({
-            "runId": run_id, "pipeline": "weather", "model": "weather", "pipelineDigest": "sha256:0",
-            "status": "running", "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
-            "stages": [serde_json::to_value(StageRecord { name: "build".into(), uses: "openshift-build".into(), ..Default::default() }).unwrap()],
-        }))
-        .unwrap();
-        let key = RunKey { pipeline: "weather".into(), run_id: run_id.into() };
-        if self.state.get_run(&key).await.unwrap().is_none() {
-            self.state.create_run(&record).await.unwrap();
+        let cx = context::stage(&pipeline(), "build", &self.root)
+            .run_id(run_id)
+            .workspace(self.root.join("ws"))
+            .outputs("render", render_outputs(&self.context, &self.digest))
+            .clusters(self.clusters())
+            .state(self.state.clone());
+        if self.state.get_run(&cx.run_key()).await.unwrap().is_none() {
+            self.state.create_run(&cx.record()).await.unwrap();
         }
-        let render_out: Outputs = BTreeMap::from([
-            ("contextDir".to_string(), json!(self.context.display().to_string())),
-            ("contextDigest".to_string(), json!(self.digest)),
-        ]);
-        let mut cx = StageContext {
-            run_id: run_id.into(),
-            pipeline: Arc::new(pipeline.clone()),
-            pipeline_dir: self.root.clone(),
-            stage: pipeline.spec.stages[1].clone(),
-            attempt: 1,
-            workspace: self.root.join("ws"),
-            outputs: BTreeMap::from([("render".to_string(), render_out)]),
-            links: Default::default(),
-            params: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            previous: None,
-            clusters: self.clusters(),
-            state: self.state.clone(),
-            run_key: RunKey { pipeline: "weather".into(), run_id: run_id.into() },
-            catalog: Arc::new(Catalog::embedded()),
-            cancel: CancellationToken::new(),
-            interactive: false,
-        };
-        cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
         let with = json!({ "environment": "dev" }).as_object().cloned().unwrap();
-        Kind::from_name("openshift-build").unwrap().run(with, &cx).await
+        context::run_with(&cx.build(), with).await
     }
 
     fn builds(&self) -> Vec<String> {
@@ -263,19 +187,6 @@ async fn a_lost_instantiatebinary_answer_does_not_start_a_second_build() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_survives_every_fault_kind_at_once() {
     build_survives(&["cut-watch", "conflict/3", "lose/5", "503/7", "500/11", "429/9", "drop/13", "delay+50ms/6"]).await;
-}
-
-fn entry(run_id: &str) -> LedgerEntry {
-    LedgerEntry {
-        action: "promoted".into(),
-        environment: "prod".into(),
-        digest: format!("sha256:{:0>64}", run_id.len()),
-        image: "registry.example.com/models/weather@sha256:0".into(),
-        at: "2026-01-01T00:00:00Z".into(),
-        run_id: run_id.into(),
-        by: "tester".into(),
-        ..Default::default()
-    }
 }
 
 /// Run records and the promotion ledger in ConfigMaps, 20 writers at once,

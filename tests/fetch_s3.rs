@@ -3,6 +3,8 @@
 //! in-process embedded endpoint. A small TCP proxy in front of a server cuts
 //! connections mid-body to exercise ranged resume.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +22,7 @@ use modelship::stages::fetch_model::{self, FetchModelError, Params};
 use modelship::storage::{self, Fetched, ManifestEntry, StaticCredentials, StorageError};
 use serde_json::json;
 use sha2::Digest;
+use support::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,20 +34,9 @@ const PART: u64 = 64 * 1024;
 
 // ---------- processes ----------
 
-fn tools() -> PathBuf {
-    std::env::var_os("MODELSHIP_TEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::home_dir().expect("home dir").join(".cache/modelship-test-tools"))
-}
-
+/// An S3 server's file (`scripts/setup.d/20-s3.sh` installs them).
 fn tool(rel: &str) -> PathBuf {
-    let path = tools().join(rel);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh (it runs scripts/setup.d/20-s3.sh) first",
-        path.display()
-    );
-    path
+    support::tool(rel, "20-s3.sh")
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -55,10 +47,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn wait_ready(port: u16, child: &mut Child) {

@@ -6,9 +6,7 @@
 //! detected with an error naming what was wrong, and nothing is tagged,
 //! promoted, recorded or left under its final name.
 
-mod sim_support;
-
-mod registry_support;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,17 +22,17 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderMap, Method, header};
-use modelship::cluster::Clusters;
-use modelship::promotion::{self, PromoteRequest};
-use modelship::registry::{AuthStore, CopyOptions, ImageRef, RegistryError, copy_image};
+use modelship::promotion;
+use modelship::registry::{ImageRef, RegistryError, copy_image};
 use modelship::secret::Secret;
 use modelship::spec::ModelSpec;
 use modelship::stages::fetch_model::{self, FetchModelError, Params};
 use modelship::state::StateStore;
 use modelship::state::configmap::ConfigMapStore;
 use modelship::storage::{StaticCredentials, StorageError};
-use registry_support::{DockerRegistry, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256_digest};
 use serde_json::{Value, json};
+use support::env::{DevProd, promote_pipeline, promote_request};
+use support::registry::{DockerRegistry, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, copy_opts, sha256_digest};
 
 // ------------------------------------------------------------ the proxy
 
@@ -125,7 +123,7 @@ impl Reg {
         Reg { base: format!("http://{addr}"), http: reqwest::Client::new(), token: None }
     }
 
-    /// As `default/modelship` (which `sim_support::dev_and_prod` binds to cluster-admin).
+    /// As `default/modelship` (which `support::env::dev_and_prod` binds to cluster-admin).
     fn sim(sim: &modelship::sim::SimServer) -> Reg {
         let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
         let http = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
@@ -182,15 +180,6 @@ async fn push_image(reg: &Reg, repo: &str, seed: &str) -> (String, String) {
         .unwrap();
     assert_eq!(put.status(), 201);
     (sha256_digest(&manifest), layer)
-}
-
-fn copy_opts() -> CopyOptions {
-    CopyOptions {
-        src_insecure: true,
-        dest_insecure: true,
-        backoff: Duration::from_millis(20),
-        ..CopyOptions::default()
-    }
 }
 
 async fn manifest_status(reg: &Reg, repo: &str, reference: &str) -> u16 {
@@ -294,30 +283,7 @@ async fn a_registry_returning_wrong_bytes_is_detected_and_nothing_is_tagged() {
 /// and the lock is released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_source_image_is_not_promoted_or_recorded() {
-    let dir = tempfile::tempdir().unwrap();
-    let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
-    let pipeline: modelship::spec::Pipeline = modelship::spec::yaml::from_str(
-        r#"
-apiVersion: modelship.io/v1alpha1
-kind: Pipeline
-metadata: { name: weather }
-spec:
-  model: { name: weather, source: "file://model" }
-  environments:
-    dev: { context: dev, namespace: models-dev }
-    prod: { context: prod, namespace: models-prod }
-  stages:
-    - { name: promote, uses: promote, with: { from: dev, to: prod } }
-"#,
-    )
-    .unwrap();
-    let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig.clone()));
-    for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
-        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(clusters.client(env).await.unwrap());
-        api.create(&Default::default(), &serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap())
-            .await
-            .unwrap();
-    }
+    let DevProd { dir, dev, prod, clusters, .. } = DevProd::new(&promote_pipeline()).await;
     let (digest, layer) = push_image(&Reg::sim(&dev), "models-dev/weather", "v1").await;
     let dev_store = ConfigMapStore::new(clusters.client("dev").await.unwrap(), "models-dev", "dev");
     let image = format!("{}/models-dev/weather@{digest}", dev.registry_host());
@@ -329,23 +295,7 @@ spec:
     flip(&mut bytes);
     std::fs::write(&blob, bytes).unwrap();
 
-    let request = PromoteRequest {
-        model: "weather".into(),
-        from: "dev".into(),
-        to: "prod".into(),
-        digest: None,
-        tag: "latest".into(),
-        run_id: "run-2".into(),
-        by: "alice".into(),
-        comment: None,
-        force: false,
-        lock_wait: Duration::ZERO,
-        lock_ttl: promotion::LOCK_TTL,
-        image_stream: false,
-        state_dir: None,
-        auth: AuthStore::anonymous(),
-        pipeline_dir: None,
-    };
+    let request = promote_request("run-2");
     let err = promotion::promote(&clusters, &request, false).await.unwrap_err();
     let text = format!("{:#}", anyhow::Error::from(err));
     println!("integrity: {text}");
@@ -382,7 +332,7 @@ async fn moto() -> Moto {
         .unwrap_or_else(|| dirs::home_dir().unwrap().join(".cache/modelship-test-tools"));
     let bin = tools.join("moto/bin/moto_server");
     assert!(bin.exists(), "{} is missing: run scripts/test.sh (scripts/setup.d/20-s3.sh)", bin.display());
-    let port = registry_support::free_port();
+    let port = support::free_port();
     let mut child = Command::new(bin)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())

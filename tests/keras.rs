@@ -13,14 +13,16 @@
 //! `__init__`, a request without the feature): each fails its stage with the
 //! model server's own words, exits 1 and promotes nothing.
 
-mod cli_support;
+mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
-use cli_support::{Served, cm_yaml, copy_tree, repo, tools, wait_no_processes_under};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::cli::{cm_yaml, wait_no_processes_under};
+use support::sim::ServedSim;
+use support::{copy_tree, repo, tools};
 
 const PIPELINE: &str = "pipelines/weather-keras.yaml";
 const FIXTURE: &str = "fixtures/weather-keras-model";
@@ -111,7 +113,7 @@ impl Checkout {
 
     /// The prod sim's promotion ledger for the model, if any.
     fn prod_ledger(&self) -> Option<Value> {
-        let prod = Served::start(&self.sim().join("prod"), "prod");
+        let prod = ServedSim::start(&self.sim().join("prod"), "prod");
         prod.items(&["get", "configmaps", "-n", "models-prod"])
             .into_iter()
             .find(|cm| cm["metadata"]["name"] == LEDGER)

@@ -2,25 +2,19 @@
 //! context is built into a real OCI image that skopeo reads back; reuse,
 //! resume after a killed runner, a failing Dockerfile, and the faults.
 
-mod sim_support;
+mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelship::catalog::Catalog;
-use modelship::cluster::Clusters;
 use modelship::sim::{self, Faults, SimConfig, SimServer};
-use modelship::spec::Pipeline;
-use modelship::stages::render::{self, Params as RenderParams, RenderInput};
 use modelship::stages::{Kind, Outputs, StageContext, StageError};
-use modelship::state::{RunKey, RunRecord, StageRecord, StateStore, dir::DirStore};
+use modelship::state::{StateStore, dir::DirStore};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-const NS: &str = "models-dev";
+use support::build::{NS, pipeline, render_outputs, weather_context};
+use support::context;
 
 /// One sim (stopped with the test's runtime, which ends its tasks), a
 /// rendered weather context and a directory state store.
@@ -46,94 +40,35 @@ async fn setup_with(faults: Faults, make_ns: bool, configure: impl FnOnce(&mut S
     config.build_duration = Duration::from_millis(1500);
     configure(&mut config);
     let sim = sim::start(config).await.unwrap();
-    let kubeconfig = root.join("kubeconfig");
-    std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
+    let kubeconfig = support::sim::kubeconfig_file(&sim, &root);
     if make_ns {
         kubectl(&kubeconfig, &["create", "namespace", NS]);
     }
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/weather-model");
-    let input = RenderInput {
-        params: RenderParams { model_class: "MyModel".into(), ..RenderParams::default() },
-        model_name: "weather".into(),
-        model_dir: fixture,
-        model_digest: None,
-        link_model_files: false,
-    };
-    let rendered = render::render_context(&Catalog::embedded(), &input, &root.join("context")).unwrap();
+    let (context, digest) = weather_context(&root);
     let state = Arc::new(DirStore::new(root.join("state")));
-    Env { root, sim: Some(sim), kubeconfig, context: rendered.dir, digest: rendered.digest, state, _tmp: tmp }
+    Env { root, sim: Some(sim), kubeconfig, context, digest, state, _tmp: tmp }
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)");
-    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pipeline() -> Pipeline {
-    modelship::spec::yaml::from_str(&format!(
-        "apiVersion: modelship.io/v1alpha1
-kind: Pipeline
-metadata: {{name: weather}}
-spec:
-  model: {{name: weather, source: 'file://model'}}
-  environments: {{dev: {{namespace: {NS}}}}}
-  stages:
-    - {{name: render, uses: render, with: {{modelClass: MyModel}}}}
-    - {{name: build, uses: openshift-build, with: {{environment: dev}}}}
-"
-    ))
-    .unwrap()
+    support::kubectl::at(kubeconfig).ok(args)
 }
 
 impl Env {
     async fn context(&self, run_id: &str, with: Value) -> (StageContext, serde_json::Map<String, Value>) {
-        let pipeline = pipeline();
-        let stage = pipeline.spec.stages[1].clone();
-        let run_key = RunKey { pipeline: "weather".into(), run_id: run_id.into() };
-        let previous = match self.state.get_run(&run_key).await.unwrap() {
+        let cx = context::stage(&pipeline(), "build", &self.root)
+            .run_id(run_id)
+            .workspace(self.root.join("ws"))
+            .outputs("render", render_outputs(&self.context, &self.digest))
+            .kubeconfig(&self.kubeconfig)
+            .state(self.state.clone());
+        let previous = match self.state.get_run(&cx.run_key()).await.unwrap() {
             Some(r) => r.stages.into_iter().find(|s| s.name == "build"),
             None => {
-                let record: RunRecord = serde_json::from_value(json!({
-                    "runId": run_id, "pipeline": "weather", "model": "weather", "pipelineDigest": "sha256:0",
-                    "status": "running", "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
-                    "stages": [serde_json::to_value(StageRecord { name: "build".into(), uses: "openshift-build".into(), ..Default::default() }).unwrap()],
-                }))
-                .unwrap();
-                self.state.create_run(&record).await.unwrap();
+                self.state.create_run(&cx.record()).await.unwrap();
                 None
             }
         };
-        let render_out: Outputs = BTreeMap::from([
-            ("contextDir".to_string(), json!(self.context.display().to_string())),
-            ("contextDigest".to_string(), json!(self.digest)),
-        ]);
-        let mut cx = StageContext {
-            run_id: run_id.into(),
-            pipeline: Arc::new(pipeline.clone()),
-            pipeline_dir: self.root.clone(),
-            stage,
-            attempt: 1,
-            workspace: self.root.join("ws"),
-            outputs: BTreeMap::from([("render".to_string(), render_out)]),
-            links: Default::default(),
-            params: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            previous,
-            clusters: Arc::new(Clusters::new(pipeline.spec.environments.clone(), Some(self.kubeconfig.clone()))),
-            state: self.state.clone(),
-            run_key,
-            catalog: Arc::new(Catalog::embedded()),
-            cancel: CancellationToken::new(),
-            interactive: false,
-        };
-        cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
-        (cx, with.as_object().cloned().unwrap_or_default())
+        (cx.previous(previous).build(), with.as_object().cloned().unwrap_or_default())
     }
 
     async fn run(&self, run_id: &str, with: Value) -> Result<Outputs, StageError> {
@@ -167,7 +102,7 @@ async fn phase_when(env: &Env, build: &str, want: &str) -> String {
 /// The image config skopeo reads from `sim`'s registry as a ServiceAccount
 /// that may pull (TLS verified with the sim's CA).
 fn skopeo_config(sim: &SimServer, image: &str) -> Value {
-    let login = sim_support::SkopeoLogin::in_process(sim, "system:image-puller");
+    let login = support::sim::SkopeoLogin::in_process(sim, "system:image-puller");
     let out = Command::new("skopeo")
         .args(["inspect", "--config"])
         .args(login.args(""))

@@ -5,32 +5,25 @@
 //! a deliberately wrong expectation that fails the stage with exit 1 and a
 //! readable diff.
 
-mod sim_support;
+mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
+use support::sim::ServedSim;
+use support::{repo, text};
 
 const NS: &str = "models-dev";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn modelship(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_modelship"))
+    Command::new(support::BIN)
         .args(args)
         .current_dir(cwd)
         .env_remove("MODELSHIP_STAGES_DIR")
         .stdin(Stdio::null())
         .output()
         .expect("run modelship")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// `--output json`'s last line: the run summary.
@@ -51,69 +44,31 @@ fn stage<'a>(summary: &'a Value, name: &str) -> &'a Value {
 /// The persisted dev cluster of a `--sim` directory, served again by
 /// `modelship sim serve` on the address the run used, so kubectl and skopeo
 /// can read what the run left behind.
-struct Cluster {
-    child: Child,
-    kubeconfig: PathBuf,
-    addr: String,
-    data: PathBuf,
+struct Cluster(ServedSim);
+
+impl std::ops::Deref for Cluster {
+    type Target = ServedSim;
+    fn deref(&self) -> &ServedSim {
+        &self.0
+    }
 }
 
 impl Cluster {
     fn serve(sim: &Path, env: &str) -> Cluster {
         let data = sim.join(env);
         let addr = std::fs::read_to_string(data.join("address")).expect("the run records the sim's address");
-        let kubeconfig = sim.join(format!("{env}.kubeconfig"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_modelship"))
-            .args(["sim", "serve", "--data", data.to_str().unwrap(), "--listen", addr.trim()])
-            .args(["--kubeconfig", kubeconfig.to_str().unwrap(), "--name", env])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().expect("sim serve prints its address").unwrap();
-        assert!(first.starts_with("listening on https://"), "{first}");
-        Cluster { child, kubeconfig, addr: addr.trim().to_string(), data }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("kubectl is missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)");
-        assert!(out.status.success(), "kubectl {args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
+        Cluster(
+            ServedSim::serve(&data)
+                .command(Command::new(support::BIN))
+                .listen(addr.trim())
+                .kubeconfig(sim.join(format!("{env}.kubeconfig")))
+                .name(env)
+                .start(),
+        )
     }
 
     fn builds(&self) -> Vec<String> {
         self.kubectl(&["get", "builds", "-n", NS, "-o", "name"]).lines().map(str::to_string).collect()
-    }
-
-    /// The manifest digest skopeo reads for `repo@digest` in this registry.
-    /// As a ServiceAccount that may pull, TLS verified with the sim's CA.
-    fn skopeo_digest(&self, image: &str) -> String {
-        let login = sim_support::SkopeoLogin::with_kubectl(Path::new("kubectl"), &self.kubeconfig, &self.data);
-        let out = Command::new("skopeo")
-            .args(["inspect", "--no-tags"])
-            .args(login.args(""))
-            .arg(format!("docker://{}/{image}", self.addr))
-            .output()
-            .expect("skopeo is missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
-        assert!(out.status.success(), "skopeo: {}", text(&out.stderr));
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["Digest"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SIGTERM lets the sim stop its controllers; then reap it.
-        // SAFETY: the pid is our child's, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 

@@ -8,50 +8,30 @@
 //! The model servers live in venvs made by
 //! `scripts/setup.d/45-check-runtimes.sh` (run by `scripts/test.sh`).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod support;
 
-use async_trait::async_trait;
-use modelship::catalog::Catalog;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
 use modelship::checks::{CheckError, Params, Report, check};
-use modelship::cluster::Clusters;
 use modelship::error::{ExitClass, HasExitClass};
 use modelship::spec::Pipeline;
-use modelship::stages::{Kind, StageContext};
-use modelship::state::{
-    Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StageRecord, StateError, StateStore,
-};
+use modelship::state::StateStore;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use support::context;
+use support::memory_state::MemoryState;
+use support::{free_port, repo};
 
 // ---------------------------------------------------------------- processes
 
-fn tools() -> PathBuf {
-    match std::env::var_os("MODELSHIP_TEST_TOOLS") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/modelship-test-tools"),
-    }
-}
-
+/// A model server's file (`scripts/setup.d/45-check-runtimes.sh` installs them).
 fn tool(rel: &str) -> PathBuf {
-    let path = tools().join(rel);
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/test.sh (its scripts/setup.d/45-check-runtimes.sh installs the model servers)",
-        path.display()
-    );
-    path
+    support::tool(rel, "45-check-runtimes.sh")
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/check-models")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    repo().join("fixtures/check-models")
 }
 
 /// A model server process group, killed (with its workers) on drop.
@@ -166,53 +146,6 @@ fn port_filter() -> insta::Settings {
 
 // ------------------------------------------------------- a stage, no engine
 
-/// Run records in memory: the stage saves its failed report as a checkpoint.
-#[derive(Default)]
-struct MemoryState {
-    run: Mutex<Option<RunRecord>>,
-}
-
-#[async_trait]
-impl StateStore for MemoryState {
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-    async fn create_run(&self, run: &RunRecord) -> Result<(), StateError> {
-        *self.run.lock().unwrap() = Some(run.clone());
-        Ok(())
-    }
-    async fn get_run(&self, _key: &RunKey) -> Result<Option<RunRecord>, StateError> {
-        Ok(self.run.lock().unwrap().clone())
-    }
-    async fn update_run(&self, _key: &RunKey, f: &mut RunMutation<'_>) -> Result<RunRecord, StateError> {
-        let mut guard = self.run.lock().unwrap();
-        let run = guard.as_mut().expect("run created");
-        f(run)?;
-        Ok(run.clone())
-    }
-    async fn list_runs(&self, _model: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
-        Ok(self.run.lock().unwrap().iter().cloned().collect())
-    }
-    async fn delete_run(&self, _key: &RunKey) -> Result<bool, StateError> {
-        unimplemented!("stages do not delete runs")
-    }
-    async fn get_ledger(&self, _model: &str) -> Result<Ledger, StateError> {
-        unimplemented!("prediction-check does not touch the ledger")
-    }
-    async fn update_ledger(&self, _model: &str, _f: &mut LedgerMutation<'_>) -> Result<Ledger, StateError> {
-        unimplemented!("prediction-check does not touch the ledger")
-    }
-    async fn try_lock(&self, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
-        unimplemented!("prediction-check does not lock")
-    }
-    async fn renew_lock(&self, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
-        unimplemented!("prediction-check does not lock")
-    }
-    async fn release_lock(&self, _model: &str, _holder: &str) -> Result<(), StateError> {
-        unimplemented!("prediction-check does not lock")
-    }
-}
-
 /// Run the pipeline's `check` stage the way the engine does, with the
 /// `deploy` stage's `endpoint` output set to `endpoint`.
 async fn run_stage(
@@ -220,39 +153,13 @@ async fn run_stage(
     endpoint: &str,
 ) -> (Result<modelship::stages::Outputs, modelship::stages::StageError>, Arc<MemoryState>) {
     let pipeline: Pipeline = modelship::spec::yaml::from_str(pipeline_yaml).unwrap();
-    let stage = pipeline.spec.stages.iter().find(|s| s.name == "check").unwrap().clone();
     let state = Arc::new(MemoryState::default());
-    let run_key = RunKey { pipeline: pipeline.metadata.name.clone(), run_id: "run-1".into() };
-    let record: RunRecord = serde_json::from_value(json!({
-        "runId": "run-1", "pipeline": "weather", "model": "weather", "pipelineDigest": "sha256:0",
-        "status": "running", "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
-        "stages": [serde_json::to_value(StageRecord { name: "check".into(), uses: stage.uses.clone(), ..Default::default() }).unwrap()],
-    }))
-    .unwrap();
-    state.create_run(&record).await.unwrap();
     let workspace = tempfile::tempdir().unwrap();
-    let mut cx = StageContext {
-        run_id: "run-1".into(),
-        pipeline: Arc::new(pipeline.clone()),
-        pipeline_dir: workspace.path().to_path_buf(),
-        stage: stage.clone(),
-        attempt: 1,
-        workspace: workspace.path().to_path_buf(),
-        outputs: BTreeMap::from([("deploy".to_string(), BTreeMap::from([("endpoint".to_string(), json!(endpoint))]))]),
-        links: Default::default(),
-        params: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        previous: None,
-        clusters: Arc::new(Clusters::new(pipeline.spec.environments.clone(), None)),
-        state: state.clone(),
-        run_key,
-        catalog: Arc::new(Catalog::embedded()),
-        cancel: CancellationToken::new(),
-        interactive: false,
-    };
-    cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
-    let kind = Kind::from_name(&stage.uses).unwrap();
-    (kind.run(stage.with.clone(), &cx).await, state)
+    let cx = context::stage(&pipeline, "check", workspace.path())
+        .output("deploy", "endpoint", json!(endpoint))
+        .state(state.clone());
+    state.create_run(&cx.record()).await.unwrap();
+    (context::run(&cx.build()).await, state)
 }
 
 fn pipeline_with_check(check_with: &str) -> String {

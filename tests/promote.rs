@@ -4,8 +4,7 @@
 //! back with `skopeo inspect --raw` and `kubectl` (both installed by
 //! `scripts/setup.d/10-kubectl.sh` and `30-registry.sh`; run `scripts/test.sh`).
 
-mod registry_support;
-mod sim_support;
+mod support;
 
 use std::process::Command;
 use std::time::Duration;
@@ -20,8 +19,7 @@ use modelship::state::{StateError, StateStore};
 use modelship::{ExitClass, HasExitClass};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-
-const MODEL: &str = "weather";
+use support::env::{DevProd, DevProd as Env, MODEL, promote_request, push_image};
 
 fn test_pipeline() -> Pipeline {
     modelship::spec::yaml::from_str(&format!(
@@ -48,63 +46,21 @@ spec:
     .unwrap()
 }
 
-struct Env {
-    _dir: tempfile::TempDir,
-    dev: Option<SimServer>,
-    prod: Option<SimServer>,
-    kubeconfig: std::path::PathBuf,
-    clusters: Clusters,
-}
-
+// `Env`: the two sims (`support::env::DevProd`) with this file's helpers.
 impl Env {
     async fn start() -> Env {
         Env::start_with(test_pipeline()).await
     }
 
     async fn start_with(pipeline: Pipeline) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
-        let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig.clone()));
-        for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
-            let client = clusters.client(env).await.unwrap();
-            let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client);
-            let obj = serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap();
-            api.create(&Default::default(), &obj).await.unwrap();
-        }
-        Env { _dir: dir, dev: Some(dev), prod: Some(prod), kubeconfig, clusters }
-    }
-
-    fn dev(&self) -> &SimServer {
-        self.dev.as_ref().unwrap()
-    }
-    fn prod(&self) -> &SimServer {
-        self.prod.as_ref().unwrap()
+        DevProd::new(&pipeline).await
     }
 
     /// Push a small two-layer OCI image into dev's registry; returns its digest.
     async fn push(&self, seed: &str) -> String {
-        let reg = &self.dev().api().registry;
-        let repo = format!("models-dev/{MODEL}");
-        let mut layers = Vec::new();
-        for i in 0..2 {
-            let bytes = format!("layer {i} of {seed}").repeat(1000).into_bytes();
-            let digest = reg.put_blob(&repo, &bytes).await.unwrap();
-            layers.push(
-                json!({ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": bytes.len() }),
-            );
-        }
+        let layers: Vec<Vec<u8>> = (0..2).map(|i| format!("layer {i} of {seed}").repeat(1000).into_bytes()).collect();
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#).into_bytes();
-        let config_digest = reg.put_blob(&repo, &config).await.unwrap();
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
-            "layers": layers,
-        }))
-        .unwrap();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-        reg.put_manifest(&repo, "latest", "application/vnd.oci.image.manifest.v1+json", &manifest).await.unwrap();
-        digest
+        push_image(self.dev(), &format!("models-dev/{MODEL}"), "latest", &layers, &config).await
     }
 
     fn store(&self, env: &str) -> ConfigMapStore {
@@ -136,48 +92,21 @@ impl Env {
         .unwrap();
     }
 
+    /// The sim's image.openshift.io group is tested in
+    /// `promotion_moves_the_imagestream_tag`, so without the ImageStream.
     fn request(&self, run: &str) -> PromoteRequest {
-        PromoteRequest {
-            model: MODEL.into(),
-            from: "dev".into(),
-            to: "prod".into(),
-            digest: None,
-            tag: "latest".into(),
-            run_id: run.into(),
-            by: "alice".into(),
-            comment: None,
-            force: false,
-            lock_wait: Duration::ZERO,
-            lock_ttl: promotion::LOCK_TTL,
-            // The sim's image.openshift.io group is tested in `promotion_moves_the_imagestream_tag`.
-            image_stream: false,
-            state_dir: None,
-            auth: AuthStore::anonymous(),
-            pipeline_dir: None,
-        }
+        promote_request(run)
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .output()
-            .expect("kubectl missing: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)");
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    async fn stop(mut self) {
-        self.dev.take().unwrap().shutdown().await;
-        self.prod.take().unwrap().shutdown().await;
+        support::kubectl::at(&self.kubeconfig).ok(args)
     }
 }
 
 /// `skopeo inspect --raw` of `REPO@REF` in `sim`'s registry, as a
 /// ServiceAccount that may pull (TLS verified with the sim's CA).
 fn skopeo_raw(sim: &SimServer, image: &str) -> Vec<u8> {
-    let login = sim_support::SkopeoLogin::in_process(sim, "system:image-puller");
+    let login = support::sim::SkopeoLogin::in_process(sim, "system:image-puller");
     let image = format!("{}/{image}", sim.registry_host());
     let out = Command::new("skopeo")
         .args(["inspect", "--raw"])
@@ -374,7 +303,7 @@ fn prod_json_until(env: &Env, args: &[&str], ready: impl Fn(&serde_json::Value) 
         let mut all = vec!["--context", "prod", "get"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["-n", "models-prod", "-o", "json"]);
-        let out = Command::new("kubectl").arg("--kubeconfig").arg(&env.kubeconfig).args(&all).output().unwrap();
+        let out = support::kubectl::at(&env.kubeconfig).output(&all);
         if out.status.success() {
             last = serde_json::from_slice(&out.stdout).unwrap();
             if ready(&last) {
@@ -508,48 +437,16 @@ async fn run_stage(
     run: &str,
     with: serde_json::Value,
 ) -> Result<modelship::stages::Outputs, modelship::stages::StageError> {
-    use modelship::stages::{Kind, StageContext};
-    use modelship::state::{RunKey, RunRecord, StageRecord};
-    use std::sync::Arc;
-    let pipeline = Arc::new(test_pipeline());
-    let store: Arc<dyn StateStore> = Arc::new(modelship::state::dir::DirStore::new(state));
-    let key = RunKey { pipeline: "weather".into(), run_id: run.into() };
-    let record = RunRecord {
-        run_id: run.into(),
-        pipeline: "weather".into(),
-        model: MODEL.into(),
-        stages: vec![StageRecord { name: "promote".into(), uses: "promote".into(), ..StageRecord::default() }],
-        ..RunRecord::default()
-    };
-    store.create_run(&record).await.unwrap();
-    let mut outputs = std::collections::BTreeMap::new();
-    outputs.insert(
-        "check".to_string(),
-        [("passed".to_string(), json!(true)), ("report".to_string(), json!({ "passed": true, "cases": [] }))]
-            .into_iter()
-            .collect(),
-    );
-    let mut cx = StageContext {
-        run_id: run.into(),
-        pipeline: pipeline.clone(),
-        pipeline_dir: state.to_path_buf(),
-        stage: pipeline.spec.stages[1].clone(),
-        attempt: 1,
-        workspace: state.join("ws"),
-        outputs,
-        links: Default::default(),
-        params: Default::default(),
-        labels: Default::default(),
-        previous: None,
-        clusters: Arc::new(Clusters::new(pipeline.spec.environments.clone(), Some(env.kubeconfig.clone()))),
-        state: store,
-        run_key: key,
-        catalog: Arc::new(modelship::catalog::Catalog::embedded()),
-        cancel: Default::default(),
-        interactive: false,
-    };
-    cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
-    Kind::Promote.run(with.as_object().unwrap().clone(), &cx).await
+    let store = std::sync::Arc::new(modelship::state::dir::DirStore::new(state));
+    let cx = support::context::stage(&test_pipeline(), "promote", state)
+        .run_id(run)
+        .workspace(state.join("ws"))
+        .output("check", "passed", json!(true))
+        .output("check", "report", json!({ "passed": true, "cases": [] }))
+        .kubeconfig(&env.kubeconfig)
+        .state(store.clone());
+    store.create_run(&cx.record()).await.unwrap();
+    support::context::run_with(&cx.build(), with.as_object().unwrap().clone()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,7 +607,7 @@ async fn put_registry_secret(env: &Env, kind: &str, registry: &str, user: &str, 
 /// `modelship promote weather --from dev --to prod` on `pipeline` through
 /// the env's kubeconfig, with no local registry credentials.
 async fn promote_cli(env: &Env, pipeline: &Pipeline) -> std::process::Output {
-    let dir = env._dir.path();
+    let dir = env.dir.path();
     let file = dir.join("pipeline.yaml");
     std::fs::write(&file, modelship::spec::yaml::to_string(pipeline).unwrap()).unwrap();
     tokio::process::Command::new(env!("CARGO_BIN_EXE_modelship"))
@@ -733,7 +630,7 @@ async fn promote_cli(env: &Env, pipeline: &Pipeline) -> std::process::Output {
 /// cluster and pushes with it to a registry that demands them (htpasswd).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promotion_pushes_with_the_credentials_of_the_registry_secret() {
-    let registry = registry_support::DockerRegistry::start_with_auth("robot", "pw-in-the-secret-1");
+    let registry = support::registry::DockerRegistry::start_with_auth("robot", "pw-in-the-secret-1");
     let env = Env::start_with(pipeline_with_registry_secret(&registry.addr)).await;
     let digest = env.push("v1").await;
     env.verify(&digest, "run-1", true).await;
@@ -778,7 +675,7 @@ async fn a_promotion_pushes_with_the_credentials_of_the_registry_secret() {
     let out = promotion::promote(&env.clusters, &env.request("run-2"), false).await.unwrap();
     assert!(out.recorded);
     let src = skopeo_raw(env.dev(), &format!("models-dev/{MODEL}@{digest}"));
-    let dst = registry_support::skopeo(&[
+    let dst = support::registry::skopeo(&[
         "inspect",
         "--raw",
         "--tls-verify=false",
@@ -788,7 +685,7 @@ async fn a_promotion_pushes_with_the_credentials_of_the_registry_secret() {
     ]);
     assert_eq!(src, dst);
     // Anonymous, the registry refuses (the push above needed the Secret).
-    let anon = registry_support::skopeo_output(&[
+    let anon = support::registry::skopeo_output(&[
         "inspect",
         "--raw",
         "--tls-verify=false",
@@ -818,10 +715,12 @@ async fn wait_for_lease(env: &Env) -> k8s_openapi::api::coordination::v1::Lease 
 /// front of dev's registry: its copy waits until the gate opens.
 async fn promote_through_a_closed_gate(
     env: &Env,
-) -> (registry_support::GatedProxy, tokio::task::JoinHandle<Result<promotion::PromoteOutcome, promotion::PromotionError>>)
-{
+) -> (
+    support::registry::GatedProxy,
+    tokio::task::JoinHandle<Result<promotion::PromoteOutcome, promotion::PromotionError>>,
+) {
     let digest = env.push("v1").await;
-    let slow = registry_support::GatedProxy::start(&env.dev().registry_host()).await;
+    let slow = support::registry::GatedProxy::start(&env.dev().registry_host()).await;
     env.verify_at(&slow.addr, &digest, "run-1", true).await;
     let mut req = env.request("run-2");
     req.lock_ttl = Duration::from_secs(3);

@@ -5,7 +5,7 @@
 //! promotions race, so "one at a time" is read from the cluster's own
 //! record of who held the lock, not inferred from results.
 
-mod sim_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,83 +13,32 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, WatchEvent, WatchParams};
-use modelship::cluster::Clusters;
 use modelship::promotion::{self, PromoteRequest, PromotionError};
-use modelship::registry::AuthStore;
-use modelship::sim::SimServer;
 use modelship::state::configmap::{ConfigMapStore, lock_lease_name};
 use modelship::state::dir::DirStore;
 use modelship::state::{StateError, StateStore};
-use serde_json::json;
 use sha2::{Digest, Sha256};
+use support::env::{DevProd, DevProd as Env, MODEL, promote_pipeline, promote_request, push_image};
 
-const MODEL: &str = "weather";
 const RUNNERS: usize = 20;
 const WRITERS: usize = 100;
 
-struct Env {
-    _dir: tempfile::TempDir,
-    dev: SimServer,
-    prod: SimServer,
-    clusters: Clusters,
-    kubeconfig: std::path::PathBuf,
-}
-
+// `Env`: the two sims (`support::env::DevProd`) with this file's helpers.
 impl Env {
     async fn start() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
-        let pipeline: modelship::spec::Pipeline = modelship::spec::yaml::from_str(&format!(
-            r#"
-apiVersion: modelship.io/v1alpha1
-kind: Pipeline
-metadata: {{ name: weather }}
-spec:
-  model: {{ name: {MODEL}, source: "file://model" }}
-  environments:
-    dev: {{ context: dev, namespace: models-dev }}
-    prod: {{ context: prod, namespace: models-prod }}
-  stages:
-    - {{ name: promote, uses: promote, with: {{ from: dev, to: prod }} }}
-"#
-        ))
-        .unwrap();
-        let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig.clone()));
-        for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
-            let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(clusters.client(env).await.unwrap());
-            api.create(&Default::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
-                .await
-                .unwrap();
-        }
-        Env { _dir: dir, dev, prod, clusters, kubeconfig }
+        DevProd::new(&promote_pipeline()).await
     }
 
     async fn store(&self, env: &str) -> ConfigMapStore {
         ConfigMapStore::new(self.clusters.client(env).await.unwrap(), format!("models-{env}"), env)
     }
 
-    /// A fresh `Clusters` (own clients), as a separate runner would have.
-    fn runner_clusters(&self) -> Clusters {
-        Clusters::new(self.clusters.environments().clone(), Some(self.kubeconfig.clone()))
-    }
-
     /// Push a small image into dev's registry and record it as verified.
     async fn verified_image(&self) -> String {
-        let reg = &self.dev.api().registry;
         let repo = format!("models-dev/{MODEL}");
         let layer = b"the one layer".repeat(100);
-        let layer_digest = reg.put_blob(&repo, &layer).await.unwrap();
-        let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
-        let config_digest = reg.put_blob(&repo, &config).await.unwrap();
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
-            "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len() }],
-        }))
-        .unwrap();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-        reg.put_manifest(&repo, "latest", "application/vnd.oci.image.manifest.v1+json", &manifest).await.unwrap();
+        let config = br#"{"architecture":"amd64","os":"linux"}"#;
+        let digest = push_image(&self.dev, &repo, "latest", &[layer], config).await;
         let image = format!("{}/models-dev/{MODEL}@{digest}", self.dev.registry_host());
         let store = self.store("dev").await;
         promotion::record_check(&store, MODEL, "dev", &digest, &image, "build-1", "ci", None, true).await.unwrap();
@@ -97,28 +46,7 @@ spec:
     }
 
     fn request(&self, i: usize, lock_wait: Duration) -> PromoteRequest {
-        PromoteRequest {
-            model: MODEL.into(),
-            from: "dev".into(),
-            to: "prod".into(),
-            digest: None,
-            tag: "latest".into(),
-            run_id: format!("run-{i}"),
-            by: "ci".into(),
-            comment: None,
-            force: false,
-            lock_wait,
-            lock_ttl: promotion::LOCK_TTL,
-            image_stream: false,
-            state_dir: None,
-            auth: AuthStore::anonymous(),
-            pipeline_dir: None,
-        }
-    }
-
-    async fn stop(self) {
-        self.dev.shutdown().await;
-        self.prod.shutdown().await;
+        PromoteRequest { by: "ci".into(), lock_wait, ..promote_request(&format!("run-{i}")) }
     }
 }
 

@@ -3,12 +3,13 @@
 //! stage, and the Role file to fix it with; no `Debug` dump of the Status,
 //! no cause twice. Run through the real binary against `sim serve --forbid`.
 
-mod cli_support;
+mod support;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use cli_support::{Served, copy_tree, kubectl, modelship, repo};
+use support::cli::modelship;
+use support::sim::ServedSim;
+use support::{copy_tree, repo, text};
 
 const PIPELINE: &str = r#"apiVersion: modelship.io/v1alpha1
 kind: Pipeline
@@ -23,10 +24,6 @@ spec:
     - { name: build, uses: openshift-build, with: { environment: dev } }
 "#;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Regression: one 403 printed 7.5 KB (kube's `Display` of an API error
 /// embeds a `Debug` dump of the Status, and the cause chain printed the
 /// server's message three times).
@@ -36,8 +33,8 @@ fn a_refused_cluster_call_prints_one_line_naming_who_what_where_and_the_role() {
     copy_tree(&repo().join("fixtures/weather-model"), &dir.path().join("model"));
     std::fs::write(dir.path().join("pipeline.yaml"), PIPELINE).unwrap();
     let served =
-        Served::start_with(&dir.path().join("sim"), "dev", &["--forbid", "buildconfigs.build.openshift.io:create"]);
-    create_namespace(&served.kubeconfig, "models-dev");
+        ServedSim::start_with(&dir.path().join("sim"), "dev", &["--forbid", "buildconfigs.build.openshift.io:create"]);
+    served.kubectl(&["create", "namespace", "models-dev"]);
 
     let out = modelship()
         .args(["run", "pipeline.yaml", "--workspace", "ws", "--kubeconfig"])
@@ -68,10 +65,4 @@ fn a_refused_cluster_call_prints_one_line_naming_who_what_where_and_the_role() {
     insta::with_settings!({ filters => vec![(r#"User "[^"]*""#, r#"User "[USER]""#)] }, {
         insta::assert_snapshot!(line);
     });
-}
-
-fn create_namespace(kubeconfig: &Path, ns: &str) {
-    let out =
-        Command::new(kubectl()).arg("--kubeconfig").arg(kubeconfig).args(["create", "namespace", ns]).output().unwrap();
-    assert!(out.status.success(), "kubectl create namespace: {}", text(&out.stderr));
 }

@@ -4,31 +4,15 @@
 //! here, and every result is checked with `skopeo inspect --raw` and by
 //! reading every blob back.
 
-mod registry_support;
+mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
 use modelship::registry::{AuthStore, CopyOptions, CopyStats, ImageRef, RegistryError, copy_image};
-use registry_support::*;
-
-fn opts() -> CopyOptions {
-    CopyOptions {
-        src_insecure: true,
-        dest_insecure: true,
-        backoff: Duration::from_millis(20),
-        ..CopyOptions::default()
-    }
-}
+use support::registry::*;
 
 fn image(s: &str) -> ImageRef {
     ImageRef::parse(s).unwrap()
-}
-
-/// Push `tag` of a layout into a plain-http registry with skopeo.
-fn push(layout: &Layout, tag: &str, dest: &str) {
-    let src = format!("oci:{}:{tag}", layout.dir.display());
-    skopeo(&["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", &src, &format!("docker://{dest}")]);
 }
 
 fn tag_absent(registry: &str, repo: &str, tag: &str) -> bool {
@@ -67,7 +51,7 @@ async fn copies_images_and_indexes_by_digest_between_registries() {
     // Cold copy by digest to another cluster's registry, tagged there.
     let src = image(&format!("docker://{}/models/weather@{}", a.addr, app.digest));
     let dst = image(&format!("docker://{}/prod/weather:prod", b.addr));
-    let stats = copy_image(&src, &dst, &opts()).await.unwrap();
+    let stats = copy_image(&src, &dst, &copy_opts()).await.unwrap();
     assert_eq!(stats.digest, app.digest);
     assert_eq!((stats.blobs, stats.blobs_uploaded, stats.blobs_skipped, stats.blobs_mounted), (4, 4, 0, 0));
     assert_eq!(stats.bytes_uploaded, (105 << 20) + (3 << 20) + 17 + config_size(&src_raw));
@@ -76,18 +60,18 @@ async fn copies_images_and_indexes_by_digest_between_registries() {
     assert_eq!(verify_all_blobs(&b.addr, "prod/weather", &dst_raw).await.len(), 4);
 
     // Again: everything is there, nothing is uploaded.
-    let again = copy_image(&src, &dst, &opts()).await.unwrap();
+    let again = copy_image(&src, &dst, &copy_opts()).await.unwrap();
     assert_eq!((again.blobs_skipped, again.blobs_uploaded, again.bytes_uploaded), (4, 0, 0));
     assert_eq!(again.digest, app.digest);
 
     // By tag works too and lands on the same digest.
     let by_tag = image(&format!("{}/models/weather:v1", a.addr));
-    let stats = copy_image(&by_tag, &image(&format!("{}/prod/weather:by-tag", b.addr)), &opts()).await.unwrap();
+    let stats = copy_image(&by_tag, &image(&format!("{}/prod/weather:by-tag", b.addr)), &copy_opts()).await.unwrap();
     assert_eq!(stats.digest, app.digest);
 
     // A multi-arch index: every child manifest and its blobs come along.
     let src = image(&format!("{}/models/multi@{}", a.addr, index.digest));
-    let stats = copy_image(&src, &image(&format!("{}/prod/multi:prod", b.addr)), &opts()).await.unwrap();
+    let stats = copy_image(&src, &image(&format!("{}/prod/multi:prod", b.addr)), &copy_opts()).await.unwrap();
     assert_eq!(stats.digest, index.digest);
     assert_eq!(stats.manifests, 3);
     // mid (shared), small, arm-only, and two configs.
@@ -117,7 +101,7 @@ async fn same_registry_promotion_mounts_every_blob() {
     let stats = copy_image(
         &image(&format!("{}/dev/app@{}", a.addr, app.digest)),
         &image(&format!("{}/prod/app:v1", a.addr)),
-        &opts(),
+        &copy_opts(),
     )
     .await
     .unwrap();
@@ -135,7 +119,7 @@ async fn a_digest_not_in_the_source_is_a_clear_error() {
     let err = copy_image(
         &image(&format!("{}/models/weather@{missing}", a.addr)),
         &image(&format!("{}/prod/weather:prod", b.addr)),
-        &opts(),
+        &copy_opts(),
     )
     .await
     .unwrap_err();
@@ -150,7 +134,7 @@ async fn a_digest_not_in_the_source_is_a_clear_error() {
     let err = copy_image(
         &image(&format!("{}/models/weather@{missing}", a.addr)),
         &image(&format!("{}/prod/weather:prod", b.addr)),
-        &CopyOptions { src_insecure: false, ..opts() },
+        &CopyOptions { src_insecure: false, ..copy_opts() },
     )
     .await
     .unwrap_err();
@@ -181,7 +165,7 @@ async fn a_target_that_rejects_auth_gives_a_clear_401_without_credentials() {
     let dst = image(&format!("{}/prod/app:v1", b.addr));
 
     // No credentials at all.
-    let err = copy_image(&src, &dst, &CopyOptions { auth: AuthStore::anonymous(), ..opts() }).await.unwrap_err();
+    let err = copy_image(&src, &dst, &CopyOptions { auth: AuthStore::anonymous(), ..copy_opts() }).await.unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
     assert!(text.contains(&format!("registry {} answered 401 Unauthorized", b.addr)), "{text}");
@@ -197,7 +181,7 @@ async fn a_target_that_rejects_auth_gives_a_clear_401_without_credentials() {
     };
     write_auth("wrong-password-123");
     let auth = AuthStore::from_file(&authfile).unwrap();
-    let err = copy_image(&src, &dst, &CopyOptions { auth, ..opts() }).await.unwrap_err();
+    let err = copy_image(&src, &dst, &CopyOptions { auth, ..copy_opts() }).await.unwrap_err();
     let text = format!("{:#}", anyhow::Error::from(err));
     assert!(text.contains("the credentials of user `promoter` were rejected"), "{text}");
     assert!(!text.contains("wrong-password-123"), "{text}");
@@ -238,7 +222,7 @@ async fn a_connection_dropped_mid_blob_is_retried_and_then_fails_without_moving_
     // One cut: the blob is restarted and the copy succeeds.
     let proxy = CuttingProxy::start(&a.addr, 2 << 20, 1).await;
     let src = image(&format!("{}/dev/app@{}", proxy.addr, app.digest));
-    let stats: CopyStats = copy_image(&src, &image(&format!("{}/prod/app:v1", b.addr)), &opts()).await.unwrap();
+    let stats: CopyStats = copy_image(&src, &image(&format!("{}/prod/app:v1", b.addr)), &copy_opts()).await.unwrap();
     assert_eq!(stats.digest, app.digest);
     assert_eq!(stats.retries, 1);
     let raw = raw_manifest(&format!("{}/prod/app:v1", b.addr));
@@ -247,9 +231,10 @@ async fn a_connection_dropped_mid_blob_is_retried_and_then_fails_without_moving_
     // Every attempt cut: a clear error after the retries, and no tag.
     let proxy = CuttingProxy::start(&a.addr, 2 << 20, -1).await;
     let src = image(&format!("{}/dev/app@{}", proxy.addr, app.digest));
-    let err = copy_image(&src, &image(&format!("{}/prod/other:v1", b.addr)), &CopyOptions { retries: 2, ..opts() })
-        .await
-        .unwrap_err();
+    let err =
+        copy_image(&src, &image(&format!("{}/prod/other:v1", b.addr)), &CopyOptions { retries: 2, ..copy_opts() })
+            .await
+            .unwrap_err();
     let text = format!("{:#}", anyhow::Error::from(err));
     assert!(text.contains("failed after 3 attempt(s); no tag was moved"), "{text}");
     assert!(text.contains("broke off after"), "{text}");
@@ -273,7 +258,7 @@ async fn source_bytes_that_do_not_match_their_digest_are_detected_and_nothing_is
     let err = copy_image(
         &image(&format!("{}/dev/app@{}", a.addr, app.digest)),
         &image(&format!("{}/prod/app:v1", b.addr)),
-        &opts(),
+        &copy_opts(),
     )
     .await
     .unwrap_err();

@@ -9,17 +9,17 @@
 //! Each test prints a `faults:` line with what the sims injected (their
 //! `faults.json`, written when `run --sim` stops them).
 
-mod cli_support;
+mod support;
 
 use std::path::Path;
 
-use cli_support::{modelship, weather_fixture};
 use modelship::sim::registry::RegistryStore;
 use modelship::sim::{self, SimConfig};
 use modelship::state::StateStore;
 use modelship::state::configmap::ConfigMapStore;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::cli::{modelship, weather_fixture};
 use tokio::io::AsyncReadExt;
 
 fn injected(sim: &Path, env: &str) -> Value {

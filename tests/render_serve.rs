@@ -9,9 +9,11 @@
 //! variables (as the Seldon operator sets them in a pod) — waits for
 //! readiness and POSTs the seed's request to `/api/v1.0/predictions`.
 
+mod support;
+
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use modelship::catalog::Catalog;
 use modelship::stages::render::{self, ModelClassSource, Params, RenderInput, RenderedContext};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::{free_port, tools};
 
 const SEED_REQUEST: &str = r#"{"meta": {"tags": {}}, "data": {"names": ["temperature"], "ndarray": ["55"]}}"#;
 
@@ -27,18 +30,11 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
 }
 
-fn tools_dir() -> PathBuf {
-    match std::env::var_os("MODELSHIP_TEST_TOOLS") {
-        Some(d) => PathBuf::from(d),
-        None => dirs::home_dir().expect("a home directory").join(".cache/modelship-test-tools"),
-    }
-}
-
 /// The venv built for exactly this requirements.txt.
 fn venv_for(ctx: &RenderedContext) -> PathBuf {
     let reqs = fs::read(ctx.dir.join("requirements.txt")).unwrap();
     let hash = hex::encode(Sha256::digest(&reqs));
-    let venv = tools_dir().join(format!("seldon-core-{}", &hash[..16]));
+    let venv = tools().join(format!("seldon-core-{}", &hash[..16]));
     assert!(
         venv.join(".complete").is_file() && venv.join("bin/seldon-core-microservice").is_file(),
         "no seldon-core venv for this requirements.txt at {}: run scripts/test.sh (or scripts/setup.d/40-seldon.sh)",
@@ -136,10 +132,6 @@ fn parse_dockerfile(text: &str) -> Image {
         }
     }
     image
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The model server, stopped (with its gunicorn and gRPC children) on drop.
@@ -388,7 +380,7 @@ fn keras_wrapper_compiles() {
 /// practitioner pins it), so DL3006 is checked with a pinned `baseImage`.
 #[test]
 fn rendered_dockerfiles_pass_hadolint() {
-    let hadolint = tools_dir().join("render-hadolint/bin/hadolint");
+    let hadolint = tools().join("render-hadolint/bin/hadolint");
     assert!(
         hadolint.is_file(),
         "no hadolint at {}: run scripts/test.sh (or scripts/setup.d/40-seldon.sh)",

@@ -1,7 +1,7 @@
 //! `modelship report` from a directory state store, and its HTML page as
 //! headless Chromium renders it.
 
-mod chromium_support;
+mod support;
 
 use std::process::Command;
 
@@ -131,9 +131,9 @@ async fn html_report_renders_the_runs_numbers_in_chromium() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    let dom = chromium_support::rendered_dom(&page);
+    let dom = support::chromium::rendered_dom(&page);
     let text =
-        |marker: &str| chromium_support::text_of(&dom, marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
+        |marker: &str| support::chromium::text_of(&dom, marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
     assert_eq!(text("id=\"run-id\""), RUN);
     assert_eq!(text("id=\"run-status\""), "succeeded");
     assert_eq!(text("class=\"num p50\""), "12.5ms");

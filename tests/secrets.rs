@@ -19,18 +19,18 @@
 //!
 //! A planted secret is one entry of [`PLANTED`] (plus where it is used).
 
-mod cli_support;
-#[path = "registry_support/mod.rs"]
-mod registry_support;
+mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine;
-use cli_support::{Served, copy_tree, repo, weather_fixture};
-use registry_support::{DockerRegistry, free_port};
 use serde_json::Value;
+use support::cli::weather_fixture;
+use support::registry::DockerRegistry;
+use support::sim::ServedSim;
+use support::{copy_tree, free_port, repo};
 
 const AWS_KEY_ID: &str = "AKIAPLANTEDKEYID4242";
 const AWS_SECRET: &str = "planted-aws-secret-Zq9x1Lw8";
@@ -78,7 +78,7 @@ impl Search {
 }
 
 fn modelship(args: &[&str], dir: &Path) -> Output {
-    cli_support::modelship()
+    support::cli::modelship()
         .args(args)
         .current_dir(dir)
         // Keys come from the Secrets only; no local registry credentials.
@@ -107,7 +107,7 @@ fn b64(s: &str) -> String {
 }
 
 /// The S3 credentials Secret `fetch-model` reads, in dev.
-fn s3_secret(dev: &Served, secret_key: &str) {
+fn s3_secret(dev: &ServedSim, secret_key: &str) {
     dev.apply(
         &serde_json::json!({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "planted-s3", "namespace": "models-dev"},
@@ -118,7 +118,7 @@ fn s3_secret(dev: &Served, secret_key: &str) {
 }
 
 /// prod's `registrySecret` for the htpasswd registry.
-fn registry_secret(prod: &Served, registry: &str, password: &str) {
+fn registry_secret(prod: &ServedSim, registry: &str, password: &str) {
     let config = serde_json::json!({"auths": {registry: {"auth": b64(&format!("{REGISTRY_USER}:{password}"))}}});
     prod.apply(
         &serde_json::json!({
@@ -204,7 +204,7 @@ fn planted_secrets_are_used_and_never_appear_in_output_state_or_errors() {
     let s3_root = dir.join("s3");
     copy_tree(&repo().join("fixtures/weather-model"), &s3_root.join("models/weather"));
     let s3_port = free_port();
-    let s3s = Command::new(cli_support::tools().join("s3s-fs/bin/s3s-fs"))
+    let s3s = Command::new(support::tools().join("s3s-fs/bin/s3s-fs"))
         .args(["--host", "127.0.0.1", "--port", &s3_port.to_string(), "--access-key", AWS_KEY_ID])
         .args(["--secret-key", AWS_SECRET])
         .arg(&s3_root)
@@ -215,8 +215,8 @@ fn planted_secrets_are_used_and_never_appear_in_output_state_or_errors() {
     let _s3s = Killed(s3s);
     let s3 = format!("http://127.0.0.1:{s3_port}");
     let registry = DockerRegistry::start_with_auth(REGISTRY_USER, REGISTRY_PASSWORD);
-    let dev = Served::start(&sim.join("dev"), "dev");
-    let prod = Served::start(&sim.join("prod"), "prod");
+    let dev = ServedSim::start(&sim.join("dev"), "dev");
+    let prod = ServedSim::start(&sim.join("prod"), "prod");
     s3_secret(&dev, AWS_SECRET);
     registry_secret(&prod, &registry.addr, REGISTRY_PASSWORD);
     let pipeline = planted_pipeline(dir, &s3, &registry.addr);
@@ -343,7 +343,7 @@ fn planted_secrets_are_used_and_never_appear_in_output_state_or_errors() {
     let secret_file = dir.join("webhook-secret");
     std::fs::write(&secret_file, WEBHOOK_SECRET).unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(cli_support::BIN)
+    let child = Command::new(support::BIN)
         .args(["-v", "--log-format", "json", "serve", "--listen", &listen])
         .args(["--secret-file", secret_file.to_str().unwrap(), "--repo", git.to_str().unwrap()])
         .args(["--pipelines", empty.to_str().unwrap(), "--state-dir", dir.join("state").to_str().unwrap()])
@@ -363,7 +363,7 @@ fn planted_secrets_are_used_and_never_appear_in_output_state_or_errors() {
     let metrics = http(&listen, "GET", b"", "");
     assert!(metrics.contains("reason=\"bad_signature\"} 1"), "{metrics}");
     search.text("serve /metrics", &metrics);
-    cli_support::signal(child.id(), "TERM");
+    support::signal(child.id(), "TERM");
     let out = child.wait_with_output().unwrap();
     assert!(!out.stderr.is_empty(), "the server logged nothing");
     search.output("serve -v --log-format json", &out);

@@ -10,48 +10,30 @@
 //! Dockerfile's ENV, CMD and WORKDIR, and pushes it through the sim's
 //! `RegistryStore` — the same shape the build controller produces.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod support;
 
-use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use modelship::catalog::Catalog;
-use modelship::cluster::Clusters;
 use modelship::error::{ExitClass, HasExitClass};
 use modelship::sim::{self, Faults, SimConfig, SimServer};
 use modelship::spec::Pipeline;
 use modelship::stages::render::{self, RenderInput};
-use modelship::stages::{Kind, Outputs, StageContext, StageError};
-use modelship::state::{
-    Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StageRecord, StateError, StateStore,
-};
+use modelship::stages::{Outputs, StageError};
+use modelship::state::StateStore;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
+use support::cli::processes_under;
+use support::memory_state::MemoryState;
+use support::{context, kubectl};
 
 const NS: &str = "models-dev";
 const SEED_REQUEST: &str = r#"{"meta": {"tags": {}}, "data": {"names": ["temperature"], "ndarray": ["55"]}}"#;
 
-fn tools() -> PathBuf {
-    match std::env::var_os("MODELSHIP_TEST_TOOLS") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/modelship-test-tools"),
-    }
-}
-
 /// Point the sim's venv cache at the pre-warmed one (same value from every
 /// test, set before any sim starts a model).
 fn use_prewarmed_venvs() {
-    let cache = tools().join("sim-venvs");
-    let lock =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/requirements-lock/weather.txt")).unwrap();
-    let hash = &hex::encode(Sha256::digest(&lock))[..16];
-    assert!(
-        cache.join(hash).join(".complete").is_file(),
-        "{} is missing: run scripts/test.sh (scripts/setup.d/60-sim-venv.sh pre-warms the sim's venv cache)",
-        cache.join(hash).display()
-    );
+    let cache = support::cli::venv_cache();
     // SAFETY: every test sets the same value; nothing reads it concurrently
     // with a different one.
     unsafe { std::env::set_var("MODELSHIP_SIM_VENV_CACHE", &cache) };
@@ -77,22 +59,6 @@ fn digests_running(dir: &Path) -> std::collections::BTreeSet<String> {
             Some(rest.split('/').take(3).collect::<Vec<_>>().join("/"))
         })
         .collect()
-}
-
-/// Processes whose working directory is under `dir` (the sim's unpacked
-/// rootfs dirs): what must be gone after a rollout or shutdown.
-fn processes_under(dir: &Path) -> Vec<(u32, PathBuf)> {
-    let dir = dir.canonicalize().unwrap();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd"))
-            && cwd.starts_with(&dir)
-        {
-            out.push((pid, cwd));
-        }
-    }
-    out
 }
 
 /// An image config as the build controller writes it.
@@ -173,52 +139,6 @@ const WEATHER_CMD: &[&str] =
 
 // ------------------------------------------------------------ a stage, no engine
 
-#[derive(Default)]
-struct MemoryState {
-    run: Mutex<Option<RunRecord>>,
-}
-
-#[async_trait]
-impl StateStore for MemoryState {
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-    async fn create_run(&self, run: &RunRecord) -> Result<(), StateError> {
-        *self.run.lock().unwrap() = Some(run.clone());
-        Ok(())
-    }
-    async fn get_run(&self, _key: &RunKey) -> Result<Option<RunRecord>, StateError> {
-        Ok(self.run.lock().unwrap().clone())
-    }
-    async fn update_run(&self, _key: &RunKey, f: &mut RunMutation<'_>) -> Result<RunRecord, StateError> {
-        let mut guard = self.run.lock().unwrap();
-        let run = guard.as_mut().expect("run created");
-        f(run)?;
-        Ok(run.clone())
-    }
-    async fn list_runs(&self, _model: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
-        Ok(self.run.lock().unwrap().iter().cloned().collect())
-    }
-    async fn delete_run(&self, _key: &RunKey) -> Result<bool, StateError> {
-        unimplemented!("stages do not delete runs")
-    }
-    async fn get_ledger(&self, _model: &str) -> Result<Ledger, StateError> {
-        unimplemented!("seldon-deploy does not touch the ledger")
-    }
-    async fn update_ledger(&self, _model: &str, _f: &mut LedgerMutation<'_>) -> Result<Ledger, StateError> {
-        unimplemented!("seldon-deploy does not touch the ledger")
-    }
-    async fn try_lock(&self, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
-        unimplemented!("seldon-deploy does not lock")
-    }
-    async fn renew_lock(&self, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
-        unimplemented!("seldon-deploy does not lock")
-    }
-    async fn release_lock(&self, _model: &str, _holder: &str) -> Result<(), StateError> {
-        unimplemented!("seldon-deploy does not lock")
-    }
-}
-
 /// Run a `deploy` stage with `with` (a YAML flow map) against `sim`, the way
 /// the engine does.
 async fn run_deploy(sim: &SimServer, with: &str) -> Result<Outputs, StageError> {
@@ -234,39 +154,12 @@ spec:
 "
     );
     let pipeline: Pipeline = modelship::spec::yaml::from_str(&yaml).unwrap();
-    let stage = pipeline.spec.stages[0].clone();
     let workspace = tempfile::tempdir().unwrap();
-    let kubeconfig = workspace.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
+    let kubeconfig = support::sim::kubeconfig_file(sim, workspace.path());
     let state = Arc::new(MemoryState::default());
-    let record: RunRecord = serde_json::from_value(json!({
-        "runId": "run-1", "pipeline": "weather", "model": "weather", "pipelineDigest": "sha256:0",
-        "status": "running", "created": "2026-01-01T00:00:00Z", "updated": "2026-01-01T00:00:00Z",
-        "stages": [serde_json::to_value(StageRecord { name: "deploy".into(), uses: stage.uses.clone(), ..Default::default() }).unwrap()],
-    }))
-    .unwrap();
-    state.create_run(&record).await.unwrap();
-    let mut cx = StageContext {
-        run_id: "run-1".into(),
-        pipeline: Arc::new(pipeline.clone()),
-        pipeline_dir: workspace.path().to_path_buf(),
-        stage: stage.clone(),
-        attempt: 1,
-        workspace: workspace.path().to_path_buf(),
-        outputs: BTreeMap::new(),
-        links: Default::default(),
-        params: BTreeMap::new(),
-        labels: BTreeMap::new(),
-        previous: None,
-        clusters: Arc::new(Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig))),
-        state,
-        run_key: RunKey { pipeline: "weather".into(), run_id: "run-1".into() },
-        catalog: Arc::new(Catalog::embedded()),
-        cancel: CancellationToken::new(),
-        interactive: false,
-    };
-    cx.links = modelship::stages::Links::from_outputs(&cx.pipeline, &cx.stage.name, &cx.outputs);
-    Kind::from_name(&stage.uses).unwrap().run(stage.with.clone(), &cx).await
+    let cx = context::stage(&pipeline, "deploy", workspace.path()).kubeconfig(kubeconfig).state(state.clone());
+    state.create_run(&cx.record()).await.unwrap();
+    context::run(&cx.build()).await
 }
 
 fn sdep(sim: &SimServer, name: &str) -> Value {
@@ -302,20 +195,8 @@ fn kubectl_get(sim: &SimServer, resource: &str) -> String {
 }
 
 fn kubectl(sim: &SimServer, args: &[&str]) -> std::process::Output {
-    let local = tools().join("kubectl/venv/bin/kubectl");
-    let kubectl = if local.exists() { local } else { PathBuf::from("kubectl") };
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, sim.kubeconfig()).unwrap();
-    std::process::Command::new(&kubectl)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .args(args)
-        .env("HOME", dir.path())
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}: run scripts/test.sh (10-kubectl.sh installs kubectl)", kubectl.display()))
+    kubectl::at(support::sim::kubeconfig_file(sim, dir.path())).home(dir.path()).output(args)
 }
 
 // ------------------------------------------------------------------- tests

@@ -6,29 +6,24 @@
 //! `scripts/setup.d/30-registry.sh` (docker-registry, skopeo) and
 //! `10-kubectl.sh`; run `scripts/test.sh`.
 
-mod cli_support;
-mod registry_support;
-mod sim_support;
+mod support;
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use modelship::cluster::Clusters;
 use modelship::promotion::{self, PromoteRequest, PromotionError, Provenance};
 use modelship::registry::{AuthStore, ImageRef, RegistryClient};
 use modelship::secret::Secret;
 use modelship::signing::{self, keys, source};
-use modelship::sim::SimServer;
 use modelship::spec::KeyRef;
 use modelship::state::StateStore;
 use modelship::state::configmap::ConfigMapStore;
 use modelship::{ExitClass, HasExitClass};
-use registry_support::{DockerRegistry, Layout, OCI_LAYER, skopeo};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-
-const MODEL: &str = "weather";
+use support::env::{DevProd, MODEL, promote_request};
+use support::registry::{DockerRegistry, Layout, OCI_LAYER, skopeo};
 const PASSWORD: &str = "s3cret-signing-pw";
 /// An Ed25519 PKCS#8 private key and its SPKI public key (RFC 8410 §10.3).
 const ED25519_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n";
@@ -36,7 +31,7 @@ const ED25519_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECW
 
 /// `modelship keys generate --out DIR` with `password`: (cosign.key, cosign.pub).
 fn generate(dir: &Path, password: &str) -> (PathBuf, PathBuf) {
-    let out = Command::new(cli_support::BIN)
+    let out = Command::new(support::BIN)
         .args(["keys", "generate", "--out"])
         .arg(dir)
         .env("COSIGN_PASSWORD", password)
@@ -64,13 +59,17 @@ fn predicate(passed: bool) -> Value {
 // ------------------------------------------------------------------ sims
 
 struct Env {
-    dir: tempfile::TempDir,
-    dev: Option<SimServer>,
-    prod: Option<SimServer>,
-    clusters: Clusters,
+    sims: DevProd,
     /// The key the pipeline signs with, and prod's `verify` public key file.
     key: keys::PrivateKey,
     verify_pub: PathBuf,
+}
+
+impl Deref for Env {
+    type Target = DevProd;
+    fn deref(&self) -> &DevProd {
+        &self.sims
+    }
 }
 
 impl Env {
@@ -94,43 +93,18 @@ spec:
             verify_pub.display()
         ))
         .unwrap();
-        let (dev, prod, kubeconfig) = sim_support::dev_and_prod(dir.path()).await;
-        let clusters = Clusters::new(pipeline.spec.environments.clone(), Some(kubeconfig));
-        for (env, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
-            let api: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-                kube::Api::all(clusters.client(env).await.unwrap());
-            let obj = serde_json::from_value(json!({ "metadata": { "name": ns } })).unwrap();
-            api.create(&Default::default(), &obj).await.unwrap();
-        }
+        let sims = DevProd::new_in(dir, &pipeline).await;
         let key = load_key(&signer, PASSWORD);
-        Env { dir, dev: Some(dev), prod: Some(prod), clusters, key, verify_pub }
-    }
-
-    fn dev(&self) -> &SimServer {
-        self.dev.as_ref().unwrap()
-    }
-    fn prod(&self) -> &SimServer {
-        self.prod.as_ref().unwrap()
+        Env { sims, key, verify_pub }
     }
 
     /// Push a small OCI image into dev's registry and record its check as
     /// passed in dev's ledger; returns its digest.
     async fn push(&self, seed: &str) -> String {
-        let reg = &self.dev().api().registry;
         let repo = format!("models-dev/{MODEL}");
         let layer = format!("layer of {seed}").repeat(100).into_bytes();
-        let layer_digest = reg.put_blob(&repo, &layer).await.unwrap();
         let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#).into_bytes();
-        let config_digest = reg.put_blob(&repo, &config).await.unwrap();
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
-            "layers": [{ "mediaType": OCI_LAYER, "digest": layer_digest, "size": layer.len() }],
-        }))
-        .unwrap();
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
-        reg.put_manifest(&repo, seed, "application/vnd.oci.image.manifest.v1+json", &manifest).await.unwrap();
+        let digest = support::env::push_image(self.dev(), &repo, seed, &[layer], &config).await;
         let image = format!("{}/{repo}@{digest}", self.dev().registry_host());
         promotion::record_check(
             &self.store("dev").await,
@@ -174,23 +148,7 @@ spec:
     }
 
     fn request(&self, run: &str, digest: &str) -> PromoteRequest {
-        PromoteRequest {
-            model: MODEL.into(),
-            from: "dev".into(),
-            to: "prod".into(),
-            digest: Some(digest.into()),
-            tag: "latest".into(),
-            run_id: run.into(),
-            by: "alice".into(),
-            comment: None,
-            force: false,
-            lock_wait: Duration::ZERO,
-            lock_ttl: promotion::LOCK_TTL,
-            image_stream: false,
-            state_dir: None,
-            auth: AuthStore::anonymous(),
-            pipeline_dir: None,
-        }
+        PromoteRequest { digest: Some(digest.into()), ..promote_request(run) }
     }
 
     /// Prod has nothing of `digest`: no tag, no attachment, no ledger entry.
@@ -206,9 +164,8 @@ spec:
         assert!(ledger.history.iter().all(|e| e.action != "promoted"), "{:?}", ledger.history);
     }
 
-    async fn stop(mut self) {
-        self.dev.take().unwrap().shutdown().await;
-        self.prod.take().unwrap().shutdown().await;
+    async fn stop(self) {
+        self.sims.stop().await
     }
 }
 
@@ -416,7 +373,7 @@ fn push_image(dir: &Path, reg: &DockerRegistry, repo: &str, extra: &[&str]) -> S
     skopeo(&args);
     // skopeo compresses the layer on the way, so the pushed manifest is not the layout's.
     let _ = image;
-    registry_support::sha256_digest(&registry_support::raw_manifest(&format!("{}/{repo}:v1", reg.addr)))
+    support::registry::sha256_digest(&support::registry::raw_manifest(&format!("{}/{repo}:v1", reg.addr)))
 }
 
 /// The skopeo for the sigstore cross-checks: `$MODELSHIP_SIGSTORE_SKOPEO`,
@@ -426,7 +383,7 @@ fn push_image(dir: &Path, reg: &DockerRegistry, repo: &str, extra: &[&str]) -> S
 /// disabled"), so these tests are ignored by default; run them with
 /// `--run-ignored all` and an upstream skopeo >= 1.9.
 fn sigstore_skopeo() -> String {
-    std::env::var("MODELSHIP_SIGSTORE_SKOPEO").unwrap_or_else(|_| registry_support::require_tool("skopeo"))
+    std::env::var("MODELSHIP_SIGSTORE_SKOPEO").unwrap_or_else(|_| support::registry::require_tool("skopeo"))
 }
 
 /// skopeo with a policy that requires a sigstore signature by `pubkey`
@@ -503,7 +460,7 @@ async fn skopeo_accepts_what_modelship_signed_and_refuses_another_key() {
 async fn modelship_verify_prints_the_provenance_and_refuses_another_key() {
     let (dir, _reg, image, digest, public, other_pub) = signed_in_docker_registry().await;
     let verify = |key: &Path, extra: &[&str]| {
-        Command::new(cli_support::BIN)
+        Command::new(support::BIN)
             .args(["verify", &format!("docker://{image}"), "--insecure", "--key"])
             .arg(key)
             .args(extra)
@@ -528,7 +485,7 @@ async fn modelship_verify_prints_the_provenance_and_refuses_another_key() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is an Ed25519 key"));
     // A tag instead of a digest: usage error.
-    let out = Command::new(cli_support::BIN)
+    let out = Command::new(support::BIN)
         .args(["verify", &format!("docker://{}", image.split('@').next().unwrap()), "--key"])
         .arg(&public)
         .output()
@@ -572,8 +529,8 @@ async fn modelship_verifies_what_skopeo_signed() {
         &format!("docker://{}/ns/skopeo:v1", reg.addr),
     ]);
     assert!(out.status.success(), "skopeo sign: {}", String::from_utf8_lossy(&out.stderr));
-    let raw = registry_support::raw_manifest(&format!("{}/ns/skopeo:v1", reg.addr));
-    let digest = registry_support::sha256_digest(&raw);
+    let raw = support::registry::raw_manifest(&format!("{}/ns/skopeo:v1", reg.addr));
+    let digest = support::registry::sha256_digest(&raw);
 
     let client = RegistryClient::connect(&reg.addr, true, &[], None, vec![]).await.unwrap();
     let (_, signed_as) = signing::verify_signature(&client, "ns/skopeo", &digest, &load_pub(&public)).await.unwrap();
@@ -581,7 +538,7 @@ async fn modelship_verifies_what_skopeo_signed() {
     let err = signing::verify_signature(&client, "ns/skopeo", &digest, &load_pub(&other_pub)).await.unwrap_err();
     assert!(err.to_string().contains("does not verify with this public key"), "{err}");
     // skopeo attaches no attestation: `modelship verify` says so, exit 1.
-    let out = Command::new(cli_support::BIN)
+    let out = Command::new(support::BIN)
         .args(["verify", &format!("docker://{}/ns/skopeo@{digest}", reg.addr), "--insecure", "--key"])
         .arg(&public)
         .output()
@@ -598,7 +555,7 @@ async fn modelship_verifies_what_skopeo_signed() {
 fn keys_generate_needs_a_password_and_keeps_an_existing_pair() {
     let dir = tempfile::tempdir().unwrap();
     let run = |pw: Option<&str>, extra: &[&str]| {
-        let mut cmd = Command::new(cli_support::BIN);
+        let mut cmd = Command::new(support::BIN);
         cmd.args(["keys", "generate", "--out"]).arg(dir.path()).args(extra).env_remove("COSIGN_PASSWORD");
         if let Some(pw) = pw {
             cmd.env("COSIGN_PASSWORD", pw);
@@ -630,7 +587,7 @@ fn keys_generate_needs_a_password_and_keeps_an_existing_pair() {
 #[test]
 fn the_weather_pipeline_signs_and_prod_verifies() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = cli_support::weather_fixture(dir.path(), |y| {
+    let pipeline = support::cli::weather_fixture(dir.path(), |y| {
         let y = y.replacen("spec:\n", "spec:\n  signing:\n    key: { file: keys/cosign.key }\n", 1);
         let y = y.replacen(
             "      registry: registry.prod.example.com\n",
@@ -642,7 +599,7 @@ fn the_weather_pipeline_signs_and_prod_verifies() {
     generate(&pipeline.parent().unwrap().join("keys"), PASSWORD);
     let sim = dir.path().join("sim");
     let run = |password: &str, extra: &[&str]| {
-        cli_support::modelship()
+        support::cli::modelship()
             .arg("run")
             .arg(&pipeline)
             .arg("--sim")
@@ -669,7 +626,7 @@ fn the_weather_pipeline_signs_and_prod_verifies() {
     assert!(stdout.contains("\n  provenance: signed+verified"), "{stdout}");
 
     let cli = |args: &[&str]| {
-        let out = cli_support::modelship().args(args).output().unwrap();
+        let out = support::cli::modelship().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
@@ -754,13 +711,13 @@ fn grep_tree(dir: &Path, needles: &[&[u8]]) -> Vec<PathBuf> {
 /// `fixtures/signing/crosscheck.py` in the venv of
 /// `scripts/setup.d/35-signing-crosscheck.sh` (securesystemslib, PyNaCl).
 fn crosscheck(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    let python = cli_support::tools().join("signing-py/venv/bin/python");
+    let python = support::tools().join("signing-py/venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run scripts/test.sh (scripts/setup.d/35-signing-crosscheck.sh)",
         python.display()
     );
-    Command::new(python).arg(cli_support::repo().join("fixtures/signing/crosscheck.py")).args(args).output().unwrap()
+    Command::new(python).arg(support::repo().join("fixtures/signing/crosscheck.py")).args(args).output().unwrap()
 }
 
 fn crosscheck_ok(args: &[&std::ffi::OsStr]) -> String {
@@ -847,14 +804,14 @@ async fn independent_implementations_read_and_write_the_same_formats() {
     .await
     .unwrap();
     std::fs::write(d.join("py.pub"), &py_pub).unwrap();
-    let out = Command::new(cli_support::BIN)
+    let out = Command::new(support::BIN)
         .args(["verify", &format!("docker://{reference}@{d2}"), "--insecure", "--key"])
         .arg(d.join("py.pub"))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("signature and attestation verified"));
-    let out = Command::new(cli_support::BIN)
+    let out = Command::new(support::BIN)
         .args(["verify", &format!("docker://{reference}@{d2}"), "--insecure", "--key"])
         .arg(&public)
         .output()

@@ -8,76 +8,39 @@
 //! that may `get imagestreams/layers`) and refuses anonymous users and
 //! pushes without `update`.
 
-mod registry_support;
-mod sim_support;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use modelship::sim::{SimConfig, SimServer};
-use registry_support::{Layout, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, skopeo_output};
 use serde_json::{Value, json};
-
-/// kubectl from the test tools dir, else from PATH.
-fn kubectl() -> PathBuf {
-    let tools = std::env::var_os("MODELSHIP_TEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".cache/modelship-test-tools"));
-    let local = tools.join("kubectl/venv/bin/kubectl");
-    if local.exists() { local } else { PathBuf::from("kubectl") }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use support::registry::{Layout, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, skopeo_output};
+use support::sim::ServedSim;
+use support::{kubectl, text};
 
 /// `modelship sim serve` in a temp dir, with the kubeconfig it writes.
 struct Served {
-    child: Child,
+    /// Stopped before `dir` goes.
+    sim: ServedSim,
     dir: tempfile::TempDir,
     data: PathBuf,
     admin: PathBuf,
     url: String,
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        // SAFETY: the pid is our child's, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
 impl Served {
     fn start() -> Served {
         let dir = tempfile::tempdir().unwrap();
         let (data, admin) = (dir.path().join("data"), dir.path().join("admin.kubeconfig"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_modelship"))
-            .args(["sim", "serve", "--data", data.to_str().unwrap(), "--kubeconfig", admin.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-        let url = first.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{first:?}")).to_string();
+        let sim = ServedSim::serve(&data).command(Command::new(support::BIN)).kubeconfig(&admin).start();
+        let url = sim.url.clone();
         assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-        Served { child, dir, data, admin, url }
+        Served { sim, dir, data, admin, url }
     }
 
     fn kubectl(&self, kubeconfig: &Path, args: &[&str]) -> Output {
-        Command::new(kubectl())
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
-            .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        kubectl::at(kubeconfig).home(self.dir.path()).output(args)
     }
 
     fn admin(&self, args: &[&str]) -> String {
@@ -87,7 +50,7 @@ impl Served {
     }
 
     fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.data.join("pki/ca.crt")).unwrap()
+        self.sim.ca_pem()
     }
 
     /// A kubeconfig for this sim with `user` (YAML lines under `user:`), the CA when `with_ca`.
@@ -359,7 +322,7 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
     let dir = tempfile::tempdir().unwrap();
     let (sim, digest) = sim_with_image(dir.path()).await;
     let host = sim.registry_host();
-    let puller = sim_support::SkopeoLogin::in_process(&sim, "system:image-puller");
+    let puller = support::sim::SkopeoLogin::in_process(&sim, "system:image-puller");
 
     // GET /v2/ without credentials: the challenge at the token endpoint.
     let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
@@ -403,7 +366,7 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
     let app = layout.image(&[l], "amd64");
     layout.tag("app", &app);
     let src = format!("oci:{}:app", layout.dir.display());
-    let push = |login: &sim_support::SkopeoLogin, repo: &str| {
+    let push = |login: &support::sim::SkopeoLogin, repo: &str| {
         let mut args = vec!["copy".to_string()];
         args.extend(login.args("dest-"));
         args.extend([src.clone(), format!("docker://{host}/{repo}")]);
@@ -414,7 +377,7 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
     assert!(!out.status.success(), "push with get only must be refused");
     sim.ensure_service_account("default", "pusher", Some("system:image-pusher")).unwrap();
     let pusher =
-        sim_support::SkopeoLogin::new(sim.ca_pem(), sim.service_account_token("default", "pusher", 600).unwrap());
+        support::sim::SkopeoLogin::new(sim.ca_pem(), sim.service_account_token("default", "pusher", 600).unwrap());
     let out = push(&pusher, "models-dev/fresh:v1");
     assert!(!out.status.success(), "creating an image stream needs `create imagestreams`");
     assert!(text(&out.stderr).to_lowercase().contains("denied"), "{}", text(&out.stderr));

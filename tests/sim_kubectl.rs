@@ -2,6 +2,8 @@
 //! `scripts/setup.d/10-kubectl.sh` leaves it) and the kube client, over
 //! HTTP on 127.0.0.1.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,8 +30,7 @@ impl Sim {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         config.data_dir = dir.path().join("data");
         let server = sim::start(config).await.expect("sim starts");
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, server.kubeconfig()).unwrap();
+        let kubeconfig = support::sim::kubeconfig_file(&server, dir.path());
         Sim { server: Some(server), dir, kubeconfig }
     }
 
@@ -45,15 +46,9 @@ impl Sim {
     }
 
     fn kubectl_cmd(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(kubectl());
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("kube-cache"))
-            .args(args)
-            .env("HOME", self.dir.path())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let cmd = support::kubectl::at(&self.kubeconfig).home(self.dir.path()).command(args);
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
         cmd
     }
 
@@ -96,23 +91,6 @@ impl Sim {
         std::fs::write(&p, text).unwrap();
         p.to_string_lossy().into_owned()
     }
-}
-
-/// kubectl from the test tools dir (if the setup script put one there),
-/// else from PATH.
-fn kubectl() -> PathBuf {
-    let tools = std::env::var_os("MODELSHIP_TEST_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dirs::home_dir().unwrap_or_default().join(".cache/modelship-test-tools"));
-    let local = tools.join("kubectl/venv/bin/kubectl");
-    if local.exists() {
-        return local;
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.exists()))
-        .unwrap_or_default();
-    on_path
-        .unwrap_or_else(|| panic!("kubectl not found: run scripts/test.sh (scripts/setup.d/10-kubectl.sh installs it)"))
 }
 
 fn names(table: &str) -> Vec<String> {

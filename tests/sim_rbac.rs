@@ -5,12 +5,12 @@
 //! what keeps `.tekton/rbac/modelship.yaml` true to what the code calls on a
 //! real cluster.
 
-mod cli_support;
+mod support;
 
 use std::path::Path;
 
-use cli_support::{modelship, weather_fixture};
 use serde_json::Value;
+use support::cli::{modelship, weather_fixture};
 
 const ROLE: &str = include_str!("../.tekton/rbac/modelship.yaml");
 
@@ -212,8 +212,8 @@ fn the_sims_work_through_kubeconfig_with_a_certificate_and_with_a_token() {
     let out =
         modelship().arg("run").arg(&pipeline).arg("--sim").arg(&sim).arg("--until").arg("render").output().unwrap();
     assert!(out.status.success(), "run --sim --until render: {}", String::from_utf8_lossy(&out.stderr));
-    let _dev = cli_support::Served::start(&sim.join("dev"), "dev");
-    let _prod = cli_support::Served::start(&sim.join("prod"), "prod");
+    let _dev = support::sim::ServedSim::start(&sim.join("dev"), "dev");
+    let _prod = support::sim::ServedSim::start(&sim.join("prod"), "prod");
     // The model from files, so no S3 endpoint is needed.
     let model = dir.path().join("fixtures/weather-model");
     let local = dir.path().join("pipelines/weather-local.yaml");

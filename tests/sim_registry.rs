@@ -3,11 +3,11 @@
 //! it, and the in-process push the build controller uses is readable by
 //! skopeo.
 
-mod registry_support;
+mod support;
 
 use modelship::registry::{CopyOptions, ImageRef, copy_image};
 use modelship::sim::registry::{RegistryStore, router};
-use registry_support::*;
+use support::registry::*;
 
 struct Sim {
     addr: String,
@@ -60,15 +60,7 @@ async fn skopeo_pushes_to_and_reads_back_from_the_sim_registry() {
     let out = dir.path().join("back");
     let (raw_app, raw_index) = blocking(move || {
         for (tag, repo) in [("app", "ns/app:v1"), ("multi", "ns/multi:v1")] {
-            let src = format!("oci:{}:{tag}", ldir.display());
-            skopeo(&[
-                "copy",
-                "--all",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
-                &src,
-                &format!("docker://{addr}/{repo}"),
-            ]);
+            push_dir(&ldir, tag, &format!("{addr}/{repo}"));
         }
         // And back out into a fresh layout: every blob is read and checked by skopeo.
         skopeo(&[
@@ -100,16 +92,7 @@ async fn modelship_copies_into_and_within_the_sim_registry() {
     let app = layout.image(&[layout.big_layer(3 << 20, 5), layout.blob(OCI_LAYER, b"x")], "amd64");
     layout.tag("app", &app);
     let (addr, ldir) = (a.addr.clone(), layout.dir.clone());
-    blocking(move || {
-        skopeo(&[
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:app", ldir.display()),
-            &format!("docker://{addr}/dev/app:v1"),
-        ])
-    })
-    .await;
+    blocking(move || push_dir(&ldir, "app", &format!("{addr}/dev/app:v1"))).await;
 
     let src = ImageRef::parse(&format!("{}/dev/app@{}", a.addr, app.digest)).unwrap();
     // Another sim: every blob streamed across.
@@ -321,16 +304,7 @@ async fn bearer_token_challenge_with_credentials_from_an_auth_file_or_a_pull_sec
     let app = layout.image(&[layout.big_layer(1 << 20, 9)], "amd64");
     layout.tag("app", &app);
     let (addr, ldir) = (a.addr.clone(), layout.dir.clone());
-    blocking(move || {
-        skopeo(&[
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:app", ldir.display()),
-            &format!("docker://{addr}/dev/app:v1"),
-        ])
-    })
-    .await;
+    blocking(move || push_dir(&ldir, "app", &format!("{addr}/dev/app:v1"))).await;
     let src = ImageRef::parse(&format!("{}/dev/app@{}", a.addr, app.digest)).unwrap();
     let dst = ImageRef::parse(&format!("{}/prod/app:v1", b.addr)).unwrap();
 

@@ -2,6 +2,8 @@
 //! simulated API server on 127.0.0.1: records, optimistic concurrency under
 //! many writers, the ledger's bound, and the per-model lock.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,9 @@ use modelship::sim::{self, SimConfig, SimServer};
 use modelship::state::configmap::{
     ConfigMapStore, LEDGER_KEY, LEDGER_MAX_BYTES, RUN_KEY, ledger_configmap_name, lock_lease_name, run_configmap_name,
 };
-use modelship::state::{LedgerEntry, RunKey, RunRecord, StageRecord, StateError, StateStore, Status};
+use modelship::state::{RunKey, RunRecord, StageRecord, StateError, StateStore, Status};
+
+use support::records::entry;
 
 const NS: &str = "models-dev";
 
@@ -58,19 +62,6 @@ fn run(pipeline: &str, model: &str, id: &str, created: &str) -> RunRecord {
 
 fn key(pipeline: &str, id: &str) -> RunKey {
     RunKey { pipeline: pipeline.into(), run_id: id.into() }
-}
-
-fn entry(run_id: &str) -> LedgerEntry {
-    LedgerEntry {
-        action: "promoted".into(),
-        environment: "prod".into(),
-        digest: format!("sha256:{:0>64}", run_id.len()),
-        image: "registry.example.com/models/weather@sha256:0".into(),
-        at: "2026-01-01T00:00:00Z".into(),
-        run_id: run_id.into(),
-        by: "tester".into(),
-        ..Default::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,12 @@
 //! Pipeline selection from real push payloads against a real Git repository
-//! (see `triggers/fixture.rs`).
+//! (see `support/triggers.rs`).
 
-#[path = "triggers/fixture.rs"]
-mod fixture;
+mod support;
 
-use fixture::{Fixture, GITHUB_REMOTE, ZERO, build, github_push, gitlab_push};
 use modelship::error::{ExitClass, HasExitClass};
 use modelship::triggers::select::render_plan;
 use modelship::triggers::{ChangeKind, TriggerError, TriggerPlan, TriggerRequest, plan};
+use support::triggers::{self as fixture, Fixture, GITHUB_REMOTE, ZERO, build, github_push, gitlab_push};
 
 fn request(f: &Fixture, event_type: &str) -> TriggerRequest {
     TriggerRequest {
@@ -254,17 +253,7 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
 fn pushed_commits_missing_from_the_checkout_are_fetched_from_the_remote() {
     let f = build();
     // The checkout is a clone; the fixture repository plays the Git host.
-    let checkout = f.dir.path().join("checkout");
-    git2::Repository::clone(f.repo().to_str().unwrap(), &checkout).unwrap();
-    let upstream = git2::Repository::open(f.repo()).unwrap();
-    let head = upstream.find_commit(git2::Oid::from_str(&f.c[3]).unwrap()).unwrap();
-    let pushed = fixture::commit(
-        &upstream,
-        Some(&head),
-        &[("models/iris/model.pkl", "iris v2")],
-        "retrain iris",
-        Some("refs/heads/main"),
-    );
+    let (checkout, pushed) = f.checkout_behind(("models/iris/model.pkl", "iris v2"), "retrain iris");
     let body = github_push("refs/heads/main", &f.c[3], &pushed.to_string());
     let mut req = request(&f, "push");
     req.repo = checkout.clone();

@@ -3,8 +3,7 @@
 //! through a test [`PipelineRunner`] that records what it was asked to run
 //! (the seam where production calls the engine).
 
-#[path = "triggers/fixture.rs"]
-mod fixture;
+mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,13 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
-use fixture::{Fixture, build, github_push, gitlab_push};
 use http::{Request, StatusCode};
 use modelship::secret::Secret;
 use modelship::state::Status;
 use modelship::triggers::signature::github_signature;
 use modelship::triggers::{PipelineRunner, RunOutcome, RunRequest, ServerConfig, serve};
 use serde_json::Value;
+use support::triggers::{self as fixture, Fixture, build, github_push, gitlab_push};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -507,17 +506,7 @@ fn serve_refuses_to_start_without_a_secret() {
 #[tokio::test]
 async fn pushed_commits_are_fetched_before_selection() {
     let f = build();
-    let checkout = f.dir.path().join("checkout");
-    git2::Repository::clone(f.repo().to_str().unwrap(), &checkout).unwrap();
-    let upstream = git2::Repository::open(f.repo()).unwrap();
-    let head = upstream.find_commit(git2::Oid::from_str(&f.c[3]).unwrap()).unwrap();
-    let pushed = fixture::commit(
-        &upstream,
-        Some(&head),
-        &[("models/weather/model.joblib", "v3")],
-        "retrain",
-        Some("refs/heads/main"),
-    );
+    let (checkout, pushed) = f.checkout_behind(("models/weather/model.joblib", "v3"), "retrain");
     let s = Server::start(&f, TestRunner::default(), |c| {
         c.repo = checkout.clone();
         c.pipelines = checkout.join("pipelines");

@@ -4,8 +4,6 @@
 //! Payloads are the real upstream ones (fixtures/webhooks/), rewritten to
 //! point at these commits.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 use git2::{Commit, Oid, Repository, Signature};
@@ -32,6 +30,19 @@ impl Fixture {
     }
     pub fn pipelines(&self) -> PathBuf {
         self.repo().join("pipelines")
+    }
+
+    /// A clone of the repository at `DIR/checkout`, then a commit on `main`
+    /// after c3 writing `file` (path, content) in the repository, which
+    /// plays the Git host: the checkout lacks it. The checkout and the
+    /// pushed commit.
+    pub fn checkout_behind(&self, file: (&str, &str), message: &str) -> (PathBuf, Oid) {
+        let checkout = self.dir.path().join("checkout");
+        Repository::clone(self.repo().to_str().unwrap(), &checkout).unwrap();
+        let upstream = Repository::open(self.repo()).unwrap();
+        let head = upstream.find_commit(Oid::from_str(&self.c[3]).unwrap()).unwrap();
+        let pushed = commit(&upstream, Some(&head), &[file], message, Some("refs/heads/main"));
+        (checkout, pushed)
     }
 }
 

@@ -1,11 +1,8 @@
-//! Shared by `tests/registry_copy.rs` and `tests/sim_registry.rs`: OCI image
-//! layouts written to disk (streamed, for large layers), real
-//! `docker-registry` processes on loopback (killed on drop), skopeo, and a
-//! TCP proxy that cuts connections.
-#![allow(dead_code)]
+//! OCI image layouts written to disk (streamed, for large layers), real
+//! `docker-registry` processes on loopback (killed on drop), skopeo, and
+//! TCP proxies that cut or hold connections.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -14,10 +11,23 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::free_port;
+
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// Copy options for loopback registries over plain HTTP, with a short
+/// backoff so a test that meets retries takes milliseconds.
+pub fn copy_opts() -> modelship::registry::CopyOptions {
+    modelship::registry::CopyOptions {
+        src_insecure: true,
+        dest_insecure: true,
+        backoff: Duration::from_millis(20),
+        ..Default::default()
+    }
+}
 
 /// A tool the tests need, or a failure that says how to get it.
 pub fn require_tool(path: &str) -> String {
@@ -28,10 +38,6 @@ pub fn require_tool(path: &str) -> String {
     };
     assert!(found, "`{path}` is missing: run scripts/test.sh (scripts/setup.d/30-registry.sh installs it)");
     path.to_string()
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn wait_for_port(addr: &str, child: &mut Child, what: &str) {
@@ -201,6 +207,18 @@ pub fn skopeo_output(args: &[&str]) -> std::process::Output {
         .env("REGISTRY_AUTH_FILE", std::env::temp_dir().join("modelship-test-no-auth.json"))
         .output()
         .unwrap()
+}
+
+/// Push `tag` of a layout into a plain-http registry as `dest`
+/// (`HOST/REPO:TAG`) with skopeo, digests preserved.
+pub fn push(layout: &Layout, tag: &str, dest: &str) {
+    push_dir(&layout.dir, tag, dest)
+}
+
+/// As [`push`], for the layout in `dir`.
+pub fn push_dir(dir: &Path, tag: &str, dest: &str) {
+    let src = format!("oci:{}:{tag}", dir.display());
+    skopeo(&["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", &src, &format!("docker://{dest}")]);
 }
 
 /// `skopeo inspect --raw` of a plain-http registry image: the manifest bytes.
