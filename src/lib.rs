@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! docs/ARCHITECTURE.md draws the parts and the rules between them.
+//!
 //! - [`spec`]: the pipeline file — serde types, the YAML loader (the only
 //!   place that parses YAML), span-carrying diagnostics and validation.
 //! - [`archive`]: a build context directory as a streamed tar.gz (and its digest).
@@ -16,13 +18,15 @@
 //!   the stages apply, rendered from the catalog's templates (pure).
 //! - [`engine`]: ordering, outputs, retries, timeouts, cancellation, resume,
 //!   and the one place stage lifecycle events are logged.
-//! - [`stages`]: the closed set of stage kinds behind the [`stages::Stage`]
-//!   trait, one module per kind.
+//! - [`stages`]: the closed set of stage kinds, one module per kind: its
+//!   pure [`stages::Contract`] (params, typed output, validate, plan) and its
+//!   [`stages::Stage`] run; the registry with each kind's default inputs.
 //! - [`state`]: run records, the promotion ledger and the per-model lock
 //!   behind [`state::StateStore`], with ConfigMap and directory backends.
-//! - [`cluster`]: kube clients per environment, with the retry layer that
-//!   repeats only what is safe to repeat; typed OpenShift and Seldon
-//!   resources.
+//! - [`cluster`]: all Kubernetes and OpenShift I/O: kube clients per
+//!   environment, with the retry layer that repeats only what is safe to
+//!   repeat; typed OpenShift and Seldon resources; the build upload, watches
+//!   through `kube::runtime`, ImageStream tags.
 //! - [`storage`]: model sources (S3, file).
 //! - [`registry`]: OCI image copy by digest.
 //! - [`promotion`]: promote, roll back and list a model's digests across
