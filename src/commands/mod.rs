@@ -10,12 +10,19 @@ pub mod report;
 pub mod rollback;
 pub mod run;
 pub mod serve;
+#[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
 pub mod simulated;
 pub mod status;
 pub mod trigger;
 pub mod validate;
 pub mod verify;
+#[cfg(not(feature = "sim"))]
+mod without_sim;
+
+#[cfg(not(feature = "sim"))]
+pub use without_sim::{sim, simulated};
 
 use std::path::PathBuf;
 
@@ -49,8 +56,8 @@ pub struct GlobalArgs {
     /// Less output: warnings and errors only.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Override the embedded stage catalog with this directory.
-    #[arg(long, global = true, value_name = "DIR", env = "MODELSHIP_STAGES_DIR")]
+    /// Override the embedded stage catalog (`catalog/<kind>/<file>`) with this directory.
+    #[arg(long, visible_alias = "catalog-dir", global = true, value_name = "DIR", env = "MODELSHIP_STAGES_DIR")]
     pub stages_dir: Option<PathBuf>,
 }
 
@@ -65,7 +72,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     Run(run::RunArgs),
     Status(status::StatusArgs),
-    #[command(subcommand)]
+    #[cfg_attr(feature = "sim", command(subcommand))]
+    #[cfg_attr(not(feature = "sim"), command(hide = true))]
     Sim(sim::SimCommand),
     #[command(subcommand)]
     Image(image::ImageCommand),

@@ -39,6 +39,7 @@ pub struct ReportArgs {
     pub file: Option<PathBuf>,
     /// Simulated clusters kept in DIR (as `modelship run --sim DIR`).
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig", requires = "file")]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,

@@ -27,6 +27,7 @@ pub struct StatusArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
