@@ -35,8 +35,19 @@ use crate::logging::LogFormat;
 #[command(
     name = "modelship",
     version,
-    about = "Take a trained ML model from S3 to a verified, promoted image on OpenShift",
-    after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+    about = "Take a trained ML model from S3 to a verified, promoted image on OpenShift"
+)]
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship status -f pipelines/weather.yaml\n  modelship report RUN_ID -f pipelines/weather.yaml --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+    )
 )]
 pub struct Cli {
     #[command(flatten)]

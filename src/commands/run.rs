@@ -23,8 +23,17 @@ pub enum OutputFormat {
 
 /// Run a pipeline.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Examples:\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+    )
 )]
 pub struct RunArgs {
     /// The pipeline file.

@@ -13,8 +13,17 @@ use crate::state::{RunRecord, StateStore, Status};
 
 /// Show runs and their stages from the state store.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+    )
 )]
 pub struct StatusArgs {
     /// One run in detail; without it, recent runs.
