@@ -8,7 +8,7 @@
 //! - [`spec`]: the pipeline file — serde types, the YAML loader (the only
 //!   place that parses YAML), span-carrying diagnostics and validation.
 //! - [`archive`]: a build context directory as a streamed tar.gz (and its digest).
-//! - [`catalog`]: the stage catalog (`stages/<kind>/`: README + templates),
+//! - [`catalog`]: the stage catalog (`catalog/<kind>/`: README + templates),
 //!   embedded in the binary and overridable with `--stages-dir`.
 //! - [`checks`]: prediction checks (cases, expectations, load, SLO) and
 //!   their report; run by the `prediction-check` stage and `promote --verify`.
@@ -37,7 +37,9 @@
 //! - [`report`]: what a run found, for people — the end-of-run summary's
 //!   checks and promotions, and `modelship report` (Markdown, static HTML).
 //! - [`triggers`]: Git push selection and the webhook server.
-//! - [`sim`]: the simulated OpenShift, reached by the runner only over HTTP.
+//! - `sim` (cargo feature `sim`, on by default): the simulated OpenShift,
+//!   reached by the runner only over HTTP; nothing outside it and the CLI
+//!   imports it, so `--no-default-features` builds without it.
 //! - [`commands`]: one function per CLI subcommand; `main.rs` only parses.
 //! - [`retry`]: the one backoff policy, in named profiles.
 //! - [`logging`], [`secret`]: tracing setup and credential masking.
@@ -62,6 +64,7 @@ pub mod report;
 pub mod retry;
 pub mod secret;
 pub mod signing;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod spec;
 pub mod stages;

@@ -114,7 +114,7 @@ async fn push_image(sim: &SimServer, repo: &str, context: &Path, env: &[(&str, &
 }
 
 /// The rendered weather build context (the Dockerfile's ENV and CMD below
-/// mirror `stages/render/Dockerfile.hbs`).
+/// mirror `catalog/render/Dockerfile.hbs`).
 fn weather_context(out: &Path) -> PathBuf {
     let input = RenderInput {
         params: Default::default(),

@@ -10,12 +10,19 @@ pub mod report;
 pub mod rollback;
 pub mod run;
 pub mod serve;
+#[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "sim")]
 pub mod simulated;
 pub mod status;
 pub mod trigger;
 pub mod validate;
 pub mod verify;
+#[cfg(not(feature = "sim"))]
+mod without_sim;
+
+#[cfg(not(feature = "sim"))]
+pub use without_sim::{sim, simulated};
 
 use std::path::PathBuf;
 
@@ -28,8 +35,19 @@ use crate::logging::LogFormat;
 #[command(
     name = "modelship",
     version,
-    about = "Take a trained ML model from S3 to a verified, promoted image on OpenShift",
-    after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+    about = "Take a trained ML model from S3 to a verified, promoted image on OpenShift"
+)]
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship status -f pipelines/weather.yaml\n  modelship report RUN_ID -f pipelines/weather.yaml --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+    )
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -49,8 +67,8 @@ pub struct GlobalArgs {
     /// Less output: warnings and errors only.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Override the embedded stage catalog with this directory.
-    #[arg(long, global = true, value_name = "DIR", env = "MODELSHIP_STAGES_DIR")]
+    /// Override the embedded stage catalog (`catalog/<kind>/<file>`) with this directory.
+    #[arg(long, visible_alias = "catalog-dir", global = true, value_name = "DIR", env = "MODELSHIP_STAGES_DIR")]
     pub stages_dir: Option<PathBuf>,
 }
 
@@ -65,7 +83,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     Run(run::RunArgs),
     Status(status::StatusArgs),
-    #[command(subcommand)]
+    #[cfg_attr(feature = "sim", command(subcommand))]
+    #[cfg_attr(not(feature = "sim"), command(hide = true))]
     Sim(sim::SimCommand),
     #[command(subcommand)]
     Image(image::ImageCommand),

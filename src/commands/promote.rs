@@ -28,6 +28,7 @@ pub struct Where {
     /// Simulated clusters kept in DIR (as `modelship run --sim DIR`), reached
     /// as the `modelship` service account.
     #[arg(long, value_name = "DIR")]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
     /// Ledger (and run records) in this directory instead of ConfigMaps.
     #[arg(long, value_name = "DIR")]

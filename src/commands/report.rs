@@ -22,8 +22,17 @@ pub enum ReportFormat {
 /// Write a run's report: stage timeline, check results, latency percentiles
 /// against the SLO, digests per environment.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --sim /tmp/modelship-sim --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --sim /tmp/modelship-sim --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+    )
 )]
 pub struct ReportArgs {
     #[arg(value_name = "RUN_ID")]
@@ -39,6 +48,7 @@ pub struct ReportArgs {
     pub file: Option<PathBuf>,
     /// Simulated clusters kept in DIR (as `modelship run --sim DIR`).
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig", requires = "file")]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,

@@ -23,8 +23,17 @@ pub enum OutputFormat {
 
 /// Run a pipeline.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Examples:\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+    )
 )]
 pub struct RunArgs {
     /// The pipeline file.
@@ -48,16 +57,19 @@ pub struct RunArgs {
     /// Run against simulated clusters (one per environment) kept in DIR, as
     /// the `modelship` service account with the shipped RBAC.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "contexts", "registries", "model_endpoint", "model_secret"])]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
     /// With --sim: apply these RBAC manifests instead of .tekton/rbac/modelship.yaml.
     #[arg(long, value_name = "FILE", requires = "sim")]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim_rbac: Option<PathBuf>,
     /// With --sim: the sims inject this failure (repeatable; the rules of
     /// `modelship sim serve --fault`, e.g. `503/3`, `cut-body/2=registry/blobs`)
     /// from the run's first request on (their setup is not faulted). Counts:
     /// `DIR/ENV/faults.json` after the run.
     #[arg(long, value_name = "RULE", requires = "sim")]
-    pub fault: Vec<crate::sim::FaultRule>,
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
+    pub fault: Vec<simulated::FaultRule>,
     /// Use kubeconfig context CTX for environment ENV (repeatable).
     #[arg(long = "context", value_name = "ENV=CTX")]
     pub contexts: Vec<String>,
@@ -94,6 +106,10 @@ pub struct RunArgs {
 }
 
 pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
+    #[cfg(not(feature = "sim"))]
+    if args.sim.is_some() {
+        return Err(super::without_sim::unavailable("--sim"));
+    }
     let sets = parse_pairs("--set", &args.sets)?;
     let labels: BTreeMap<String, String> = parse_pairs("--label", &args.labels)?.into_iter().collect();
     let cancel = CancellationToken::new();

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::CommandError;
 use crate::error::ExitClass;
+pub use crate::sim::FaultRule;
 use crate::sim::{KubeUser, KubeconfigEntry, SimConfig, SimServer};
 use crate::spec::{Overrides, Pipeline, RegistryOverride};
 
@@ -42,7 +43,7 @@ pub struct SimOptions {
     /// RBAC to apply instead of the shipped file (to test a changed Role).
     pub rbac: Option<PathBuf>,
     /// Failures every sim injects once it is set up (`run --sim --fault`).
-    pub faults: Vec<crate::sim::FaultRule>,
+    pub faults: Vec<FaultRule>,
 }
 
 /// The running sims of one pipeline and how to reach them.

@@ -13,8 +13,17 @@ use crate::state::{RunRecord, StateStore, Status};
 
 /// Show runs and their stages from the state store.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+    )
 )]
 pub struct StatusArgs {
     /// One run in detail; without it, recent runs.
@@ -27,6 +36,7 @@ pub struct StatusArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,

@@ -12,6 +12,7 @@
 //!
 //! [`embedded`] serves a directory as an S3 endpoint in-process (for `--sim`).
 
+#[cfg(feature = "sim")]
 pub mod embedded;
 mod local;
 mod paths;
