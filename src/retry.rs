@@ -7,8 +7,8 @@
 //! operation that streams (an S3 range, a registry blob, a watch) resumes
 //! itself with the SDK's or client's own retries off for that request.
 //!
-//! [`Backoff::waits`] is an iterator of waits, so a profile also drives
-//! `backon`'s `Retryable` and `kube::runtime`'s watcher backoff.
+//! [`Backoff::waits`] is an iterator of waits, the form `kube::runtime`'s
+//! watcher backoff takes, so watches back off by the same profiles.
 
 use std::time::Duration;
 
