@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use kube::Api;
-use kube::runtime::WatchStreamExt;
 use serde_json::Value;
 
 use super::openshift::Build;
@@ -97,17 +96,13 @@ pub enum FollowError {
     Api(kube::Error),
 }
 
-/// Follow Build `name` to a final phase with `kube::runtime`'s watcher
-/// (list, watch from that resourceVersion, re-list on expiry: all inside
-/// the watcher), backing off between failures by `backoff`
-/// ([`crate::retry::Backoff::WATCH`]). The API server restarting for a
-/// moment is survived; the build goes on without us meanwhile.
-pub async fn follow(builds: &Api<Build>, name: &str, backoff: crate::retry::Backoff) -> Result<Build, FollowError> {
-    let stream = kube::runtime::watcher::watch_object(builds.clone(), name).backoff(backoff.waits());
-    let mut stream = std::pin::pin!(stream);
-    let mut last = None;
-    while let Some(event) = stream.next().await {
-        match event {
+/// Follow Build `name` to a final phase, watching it ([`super::watch`]).
+/// The API server restarting for a moment is survived; the build goes on
+/// without us meanwhile.
+pub async fn follow(builds: &Api<Build>, name: &str) -> Result<Build, FollowError> {
+    let mut events = super::watch::object(builds.clone(), "builds.build.openshift.io", name);
+    loop {
+        match events.next().await {
             Ok(Some(b)) => {
                 tracing::info!(build = name, phase = b.phase(), "build phase");
                 if b.is_finished() {
@@ -115,25 +110,12 @@ pub async fn follow(builds: &Api<Build>, name: &str, backoff: crate::retry::Back
                 }
             }
             Ok(None) => return Err(FollowError::Vanished),
-            Err(e) => {
-                let e = match e {
-                    kube::runtime::watcher::Error::InitialListFailed(e)
-                    | kube::runtime::watcher::Error::WatchStartFailed(e)
-                    | kube::runtime::watcher::Error::WatchFailed(e) => e,
-                    kube::runtime::watcher::Error::WatchError(s) => kube::Error::Api(s),
-                    other => kube::Error::Service(Box::new(other)),
-                };
-                // Refused (403, 404, 400): no retry helps.
-                if matches!(&e, kube::Error::Api(s) if s.code < 500 && s.code != 429 && s.code != 410) {
-                    return Err(FollowError::Api(e));
-                }
-                tracing::warn!(build = name, error = %e, "cannot follow the build; retrying");
-                last = Some(e);
+            Err(failed) => {
+                tracing::warn!(build = name, "the build cannot be followed; giving up (it goes on without us)");
+                return Err(FollowError::Api(failed.source));
             }
         }
     }
-    tracing::warn!(build = name, "the build cannot be followed; giving up (it goes on without us)");
-    Err(FollowError::Api(last.unwrap_or_else(|| kube::Error::Service("the build watch ended".into()))))
 }
 
 /// `builds/NAME/log?follow=true` line by line into tracing, until it ends.

@@ -6,6 +6,7 @@ pub mod build;
 pub mod openshift;
 pub mod retry;
 pub mod tag;
+pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

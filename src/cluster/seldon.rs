@@ -2,15 +2,13 @@
 //! `seldon-deploy` stage applies and watches (dynamic objects with typed
 //! status, so no CRD types need generating).
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::WatchStreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::retry::Backoff;
+use super::watch::{self, WatchFailed};
 
 /// `machinelearning.seldon.io/v1` SeldonDeployment.
 pub fn seldon_deployment_resource() -> ApiResource {
@@ -109,10 +107,8 @@ pub enum WaitError {
     /// The operator reports `Failed` for the new image.
     #[error("Failed: {description}")]
     Failed { description: String },
-    /// The watch of `resource` `name` failed: refused, or still failing when
-    /// the backoff gave up.
-    #[error("cannot watch {resource} {name}: {source}")]
-    Watch { resource: &'static str, name: String, source: kube::Error },
+    #[error(transparent)]
+    Watch(#[from] WatchFailed),
 }
 
 /// What a rollout waits for: SeldonDeployment `sdep` Available with its
@@ -136,79 +132,29 @@ pub async fn await_rollout(
 ) -> Result<SeldonStatus, WaitError> {
     let sdeps: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &seldon_deployment_resource());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let mut sdep_events = watch(sdeps, rollout.sdep);
+    let mut sdep_events = watch::object(sdeps, "SeldonDeployment", rollout.sdep);
     let mut dname = rollout.deployment.to_string();
-    let mut dep_events = watch(deployments.clone(), &dname);
+    let mut dep_events = watch::object(deployments.clone(), "Deployment", &dname);
     let (mut status, mut dep) = (SeldonStatus::default(), None::<Deployment>);
     *last = "no status yet".into();
     loop {
         tokio::select! {
-            ev = sdep_events.next() => {
-                let Some(obj) = event(ev, "SeldonDeployment", rollout.sdep)? else { continue };
+            obj = sdep_events.next() => {
+                let obj = obj?;
                 status = obj.as_ref().map(SeldonStatus::of).unwrap_or_default();
                 let reported = status.deployment_name(rollout.deployment);
                 if reported != dname {
                     dname = reported;
                     dep = None;
-                    dep_events = watch(deployments.clone(), &dname);
+                    dep_events = watch::object(deployments.clone(), "Deployment", &dname);
                 }
             }
-            ev = dep_events.next() => match event(ev, "Deployment", &dname)? {
-                Some(obj) => dep = obj,
-                None => continue,
-            },
+            obj = dep_events.next() => dep = obj?,
         }
         if let Some(done) = rolled_out(&status, dep.as_ref(), &dname, rollout.image, last)? {
             return Ok(done);
         }
     }
-}
-
-type Events<K> = futures::stream::BoxStream<'static, Result<Option<K>, kube::runtime::watcher::Error>>;
-
-fn watch<K>(api: Api<K>, name: &str) -> Events<K>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    kube::runtime::watcher::watch_object(api, name).backoff(Backoff::WATCH.waits()).boxed()
-}
-
-/// What a watch event says: `Some(object or None when gone)`, or `None`
-/// after a transient failure (logged; the watcher backs off and resumes).
-/// An error when the watch is refused, or ended because its backoff gave up.
-fn event<K>(
-    ev: Option<Result<Option<K>, kube::runtime::watcher::Error>>,
-    resource: &'static str,
-    name: &str,
-) -> Result<Option<Option<K>>, WaitError> {
-    let fail = |source| WaitError::Watch { resource, name: name.to_string(), source };
-    match ev {
-        Some(Ok(obj)) => Ok(Some(obj)),
-        None => Err(fail(kube::Error::Service("the watch ended after repeated failures".into()))),
-        Some(Err(e)) => {
-            let e = watch_error(e);
-            if is_refusal(&e) {
-                return Err(fail(e));
-            }
-            tracing::warn!(resource, name, error = %e, "watch failed; retrying");
-            Ok(None)
-        }
-    }
-}
-
-/// A watcher failure as the request error inside it.
-pub fn watch_error(e: kube::runtime::watcher::Error) -> kube::Error {
-    use kube::runtime::watcher::Error as W;
-    match e {
-        W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e) => e,
-        W::WatchError(s) => kube::Error::Api(s),
-        other => kube::Error::Service(Box::new(other)),
-    }
-}
-
-/// 4xx but 409, 410 and 429: asking again does not help.
-pub fn is_refusal(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code < 500 && !matches!(s.code, 409 | 410 | 429))
 }
 
 /// `Some` when rolled out, an error when Failed on the new image, `None`
@@ -254,9 +200,9 @@ fn rolled_out(
 /// Wait, watching, until Route `name` is admitted; its `http(s)://host`.
 pub async fn await_route(client: &kube::Client, namespace: &str, name: &str) -> Result<String, WaitError> {
     let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &route_resource());
-    let mut events = watch(routes, name);
+    let mut events = watch::object(routes, "Route", name);
     loop {
-        if let Some(Some(r)) = event(events.next().await, "Route", name)?
+        if let Some(r) = events.next().await?
             && let Some(host) = route_host(&r)
         {
             let scheme = if route_tls(&r) { "https" } else { "http" };

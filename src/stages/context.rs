@@ -158,7 +158,7 @@ impl StageContext {
     /// The typed outputs of the stage this one reads `S`'s outputs from by
     /// default (see the registry's default wiring), if it ran.
     pub fn input<S: Contract>(&self) -> Result<Option<S::Output>, StageError> {
-        let Some(link) = self.links.get(Kind::of::<S>()) else { return Ok(None) };
+        let Some(link) = self.link::<S>() else { return Ok(None) };
         serde_json::from_value(Value::Object(link.outputs.clone().into_iter().collect()))
             .map(Some)
             .map_err(|e| StageError::msg(format!("outputs of stage `{}` ({}): {e}", link.stage, S::KIND)))
@@ -166,15 +166,20 @@ impl StageContext {
 
     /// The rendered `with:` of that stage, typed.
     pub fn input_params<S: Contract>(&self) -> Result<Option<S::Params>, StageError> {
-        let Some(link) = self.links.get(Kind::of::<S>()) else { return Ok(None) };
+        let Some(link) = self.link::<S>() else { return Ok(None) };
         super::kind::parse_params::<S>(&link.with)
             .map(Some)
             .map_err(|p| StageError::bad_input(format!("stage `{}` with.{}: {}", link.stage, p.path, p.message)))
     }
 
-    /// The name of that stage.
-    pub fn input_stage<S: Contract>(&self) -> Option<&str> {
-        self.links.get(Kind::of::<S>()).map(|l| l.stage.as_str())
+    fn link<S: Contract>(&self) -> Option<&Link> {
+        let kind = Kind::of::<S>();
+        debug_assert!(
+            Kind::from_name(&self.stage.uses).is_none_or(|k| k.inputs().contains(&kind)),
+            "`{}` does not read `{kind}` by default (add it to its line in kind.rs)",
+            self.stage.uses
+        );
+        self.links.get(kind)
     }
 
     /// A checkpoint value recorded by an earlier attempt of this stage.

@@ -32,7 +32,6 @@ use super::{Contract, Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::cluster;
 use crate::cluster::openshift::{Build, BuildConfig, ImageStream};
 use crate::manifests::{BuildVars, build_config_yaml, image_stream_yaml};
-use crate::retry::Backoff;
 
 /// Annotations modelship puts on the Builds it starts.
 pub const RUN_ANNOTATION: &str = "modelship.io/run";
@@ -376,7 +375,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildErr
     let name = build.metadata.name.clone().unwrap_or_default();
     let log_task = (!build.is_finished())
         .then(|| tokio::spawn(cluster::build::stream_log(client.clone(), ns.clone(), name.clone())));
-    let follow = cluster::build::follow(&builds, &name, Backoff::WATCH);
+    let follow = cluster::build::follow(&builds, &name);
     let followed = tokio::select! {
         r = tokio::time::timeout(t.timeout, follow) => match r {
             Ok(r) => r.map_err(|e| match e {

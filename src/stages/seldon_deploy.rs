@@ -359,12 +359,12 @@ fn wait_error(e: seldon::WaitError, namespace: &str, name: &str) -> DeployError 
         seldon::WaitError::Failed { description } => {
             DeployError::Failed { namespace: namespace.to_string(), name: name.to_string(), description }
         }
-        seldon::WaitError::Watch { resource, name, source } => DeployError::Api {
+        seldon::WaitError::Watch(w) => DeployError::Api {
             verb: "watch",
-            resource,
+            resource: w.resource,
             namespace: namespace.to_string(),
-            name,
-            source: Box::new(source),
+            name: w.name,
+            source: Box::new(w.source),
         },
     }
 }
