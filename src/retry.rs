@@ -33,8 +33,8 @@ impl Backoff {
     /// 6 attempts over about 3 to 6 seconds.
     pub const API: Backoff = Backoff { base: ms(200), cap: ms(5000), attempts: 6 };
     /// Re-establishing a watch after the API server went away (the requests
-    /// inside are retried by the layer already): about a minute in all.
-    pub const WATCH: Backoff = Backoff { base: ms(500), cap: ms(10_000), attempts: 10 };
+    /// inside are retried by the layer already): 16 to 33 s of waits in all.
+    pub const WATCH: Backoff = Backoff { base: ms(500), cap: ms(5000), attempts: 10 };
     /// Registry requests (before any body streams) and blob transfers.
     pub const REGISTRY: Backoff = Backoff { base: ms(100), cap: ms(5000), attempts: 6 };
     /// Resuming an interrupted S3 download with a ranged GET.

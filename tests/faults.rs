@@ -364,7 +364,10 @@ async fn a_build_that_cannot_be_followed_gives_up_naming_it() {
     let old = env.sim.lock().unwrap().take().unwrap();
     let addr = old.addr;
     old.shutdown().await;
-    let mut config = sim_config(&env.root, &["503=builds.build.openshift.io:list"], Duration::from_secs(20));
+    // Lists and watches both: a watch resumed from its resourceVersion
+    // follows the Build without a list.
+    let rules = ["503=builds.build.openshift.io:list", "503=builds.build.openshift.io:watch"];
+    let mut config = sim_config(&env.root, &rules, Duration::from_secs(20));
     config.listen = addr;
     *env.sim.lock().unwrap() = Some(sim::start(config).await.unwrap());
     let msg = run.await.unwrap_err().to_string();
@@ -372,7 +375,7 @@ async fn a_build_that_cannot_be_followed_gives_up_naming_it() {
     assert!(msg.contains("cannot list builds.build.openshift.io/weather-1 in namespace models-dev"), "{msg}");
     assert!(msg.contains("gave up after 6 attempts") && msg.contains("503"), "{msg}");
     let injected = env.injected()["injected"]["503"].as_u64().unwrap();
-    // 10 lists of 6 attempts; the first may have met the restart instead.
+    // 10 watch attempts of 6 requests each; the first may have met the restart instead.
     assert!((54..=60).contains(&injected), "{injected}");
     let builds = env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&modelship::sim::build::BUILDS, Some(NS)).0;
     assert_eq!(builds.len(), 1);
