@@ -16,7 +16,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    modelship::logging::init(cli.global.log_format, cli.global.verbosity());
+    modelship::logging::init(cli.global.log_format, cli.global.verbosity(), cli.global.color);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

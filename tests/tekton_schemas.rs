@@ -155,6 +155,27 @@ fn tekton_pipeline_objects_validate() {
     );
 }
 
+/// The README's `tkn pipeline start ... volumeClaimTemplateFile=` names this
+/// file; Tekton puts it in the PipelineRun's workspace binding, so it is
+/// checked there, against the PipelineRun schema.
+#[test]
+fn the_workspace_claim_template_validates_inside_a_pipelinerun() {
+    let claim = docs(".tekton/workspace-pvc.yaml").remove(0);
+    assert_eq!((claim["apiVersion"].as_str(), claim["kind"].as_str()), (Some("v1"), Some("PersistentVolumeClaim")));
+    let run = serde_json::json!({
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {"generateName": "modelship-"},
+        "spec": {
+            "pipelineRef": {"name": "modelship"},
+            "workspaces": [{"name": "source", "volumeClaimTemplate": claim}]
+        }
+    });
+    assert_valid(".tekton/workspace-pvc.yaml", "PipelineRun", tekton().check(tekton_def("PipelineRun"), &run));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("volumeClaimTemplateFile=.tekton/workspace-pvc.yaml"));
+}
+
 #[test]
 fn task_declares_the_results_chains_and_users_read() {
     let task = &docs(".tekton/task.yaml")[0];

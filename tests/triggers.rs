@@ -226,6 +226,7 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
     };
     let g = modelship::commands::GlobalArgs {
         log_format: modelship::logging::LogFormat::Json,
+        color: modelship::logging::ColorChoice::Never,
         verbose: 0,
         quiet: false,
         stages_dir: None,

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::{ExitClass, HasExitClass};
-use crate::logging::LogFormat;
+use crate::logging::{ColorChoice, LogFormat};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -61,6 +61,9 @@ pub struct GlobalArgs {
     /// Log format: text on a TTY and JSON otherwise (auto), or forced.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
+    /// Colour in text output: auto (a terminal, and `NO_COLOR` unset), always, never.
+    #[arg(long, global = true, value_enum, value_name = "WHEN", default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
     /// More output (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

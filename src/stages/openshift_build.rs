@@ -344,12 +344,12 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildErr
         let mut candidates = find_builds(&builds, &t).await?;
         candidates.sort_by_key(|b| std::cmp::Reverse(build_number(b)));
         if let Some(b) = candidates.iter().find(|b| b.phase() == "Complete" && b.image_digest().is_some()) {
-            tracing::info!(build = ?b.metadata.name, "a build of this context is complete; reusing its image");
+            tracing::info!(build = b.metadata.name.as_deref().unwrap_or_default(), "a build of this context is complete; reusing its image");
             started = Some(b.clone());
         } else if let Some(b) =
             candidates.iter().find(|b| !b.is_finished() && run_of(b, &t.context_digest) == Some(cx.run_id.as_str()))
         {
-            tracing::info!(build = ?b.metadata.name, "attaching to a running build of this run");
+            tracing::info!(build = b.metadata.name.as_deref().unwrap_or_default(), "attaching to a running build of this run");
             started = Some(b.clone());
         }
     }
@@ -649,7 +649,7 @@ async fn start(cx: &StageContext, t: &Target, builds: &Api<Build>) -> Result<Bui
             let created = builds_with_message(builds, t, &message).await?;
             if let Some(b) = created.into_iter().find(|b| b.metadata.name.as_ref().is_some_and(|n| !before.contains(n)))
             {
-                tracing::info!(build = ?b.metadata.name, error = %err, "the build was started although its answer was lost");
+                tracing::info!(build = b.metadata.name.as_deref().unwrap_or_default(), error = %err, "the build was started although its answer was lost");
                 return Ok(b);
             }
         }

@@ -197,6 +197,17 @@ pub enum ModelClassSource {
     Generated { format: &'static str, file: String, model_file: String },
 }
 
+impl std::fmt::Display for ModelClassSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelClassSource::User { file } => write!(f, "{file} (yours)"),
+            ModelClassSource::Generated { format, file, model_file } => {
+                write!(f, "{file} (generated {format} wrapper for {model_file})")
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedContext {
     pub dir: PathBuf,
@@ -737,7 +748,7 @@ impl Stage for Render {
             context = %rendered.dir.display(),
             digest = %rendered.digest,
             files = rendered.files.len(),
-            class = ?rendered.class,
+            class = %rendered.class,
             "rendered build context"
         );
         Ok(Output {

@@ -225,7 +225,7 @@ pub async fn serve(
     let mut tasks = std::mem::take(&mut *lock(&app.tasks));
     let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        warn!(grace = ?grace, left = tasks.len(), "runs did not finish within the shutdown grace period; abandoning them");
+        warn!(grace = %humantime::format_duration(grace), left = tasks.len(), "runs did not finish within the shutdown grace period; abandoning them");
         tasks.abort_all();
     }
     served.map_err(TriggerError::Server)
