@@ -21,6 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::cli::{cm_yaml, wait_no_processes_under};
+use support::s3::Moto;
 use support::sim::ServedSim;
 use support::{copy_tree, repo, tools};
 
@@ -231,13 +232,7 @@ fn the_shipped_pipeline_takes_the_keras_model_to_prod() {
 #[test]
 fn a_multipart_upload_through_boto3_to_moto_is_fetched_and_served() {
     let moto = Moto::start();
-    let upload = Command::new(tools().join("moto/bin/python"))
-        .args(["-c", UPLOAD, &moto.endpoint, "keras-models", "weather/"])
-        .arg(repo().join(FIXTURE))
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&upload.stdout).into_owned();
-    assert!(upload.status.success(), "boto3 upload failed:\n{printed}{}", String::from_utf8_lossy(&upload.stderr));
+    let printed = moto.boto3(UPLOAD, &[&moto.endpoint, "keras-models", "weather/", &repo().join(FIXTURE).display().to_string()]);
     let etag = printed
         .lines()
         .find_map(|l| l.strip_prefix("weather.keras "))
@@ -284,39 +279,6 @@ for name in sorted(os.listdir(src)):
     print(name, s3.head_object(Bucket=bucket, Key=prefix + name)["ETag"])
 "#;
 
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut child = Command::new(tools().join("moto/bin/moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("moto_server (scripts/setup.d/20-s3.sh installs it): {e}"));
-        for _ in 0..300 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("moto_server exited early with {status}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("moto_server did not listen on port {port} within 30s");
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `framework: keras` without a class of one's own: the render stage
 /// generates the wrapper for the bare `.keras` file, with its default

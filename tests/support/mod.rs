@@ -15,6 +15,7 @@
 //! - [`cli`]: the real binary on `--sim` (fixtures, venv cache, processes).
 //! - [`registry`]: OCI layouts, `docker-registry`, skopeo, fault proxies.
 //! - [`chromium`]: headless Chromium for the HTML report.
+//! - [`s3`]: a real moto_server and boto3 to fill it.
 //! - [`triggers`]: a Git repository and webhook payloads for the triggers.
 #![allow(dead_code)]
 
@@ -27,6 +28,7 @@ pub mod kubectl;
 pub mod memory_state;
 pub mod records;
 pub mod registry;
+pub mod s3;
 pub mod sim;
 pub mod triggers;
 
