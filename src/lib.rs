@@ -71,6 +71,7 @@ pub mod stages;
 pub mod state;
 pub mod storage;
 pub mod template;
+pub mod timestamp;
 pub mod triggers;
 
 pub use error::{ExitClass, HasExitClass};

@@ -65,22 +65,6 @@ impl ColorChoice {
     }
 }
 
-/// The one timestamp format of every output: RFC 3339 in UTC, to the second
-/// (`2026-12-02T15:30:51Z`). Logs add milliseconds ([`log_time`]).
-pub fn timestamp(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// [`timestamp`] of a stored RFC 3339 text; text that does not parse is shown as is.
-pub fn timestamp_text(rfc3339: &str) -> String {
-    rfc3339.parse::<jiff::Timestamp>().map_or_else(|_| rfc3339.to_string(), timestamp)
-}
-
-/// A log line's time: RFC 3339, UTC, milliseconds.
-fn log_time(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
-}
-
 /// The environment variable whose filter (tracing `EnvFilter` syntax, e.g.
 /// `modelship=debug,kube=info`) overrides `-v`/`-q`.
 pub const FILTER_ENV: &str = "MODELSHIP_LOG";
@@ -203,7 +187,7 @@ where
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
         let level = *event.metadata().level();
         let ansi = w.has_ansi_escapes();
-        write!(w, "{} ", log_time(jiff::Timestamp::now()))?;
+        write!(w, "{} ", crate::timestamp::log_line(jiff::Timestamp::now()))?;
         let color = match level {
             tracing::Level::ERROR => "31",
             tracing::Level::WARN => "33",
@@ -346,13 +330,6 @@ mod tests {
         let coloured = text_lines(true, || tracing::error!("boom"));
         assert!(coloured.contains("\x1b[31mERROR\x1b[0m"), "{coloured:?}");
         assert!(!ColorChoice::Never.enabled() && ColorChoice::Always.enabled());
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_to_the_second() {
-        assert_eq!(timestamp_text("2026-12-02T15:30:51.123456789Z"), "2026-12-02T15:30:51Z");
-        assert_eq!(timestamp_text("2026-12-02T16:30:51+01:00"), "2026-12-02T15:30:51Z");
-        assert_eq!(timestamp_text("yesterday"), "yesterday");
     }
 
     #[test]
