@@ -200,9 +200,9 @@ where
         } else {
             write!(w, "{level:>5} ")?;
         }
-        let label = ctx
-            .event_scope()
-            .and_then(|scope| scope.into_iter().find_map(|span| span.extensions().get::<SpanLabel>().map(|l| l.0.clone())));
+        let label = ctx.event_scope().and_then(|scope| {
+            scope.into_iter().find_map(|span| span.extensions().get::<SpanLabel>().map(|l| l.0.clone()))
+        });
         if let Some(label) = label {
             if ansi {
                 write!(w, "\x1b[1m[{label}]\x1b[0m ")?;
@@ -290,10 +290,8 @@ mod tests {
     fn text_lines(ansi: bool, f: impl FnOnce()) -> String {
         let out = Capture::default();
         let sink = out.clone();
-        let fmt = tracing_subscriber::fmt::layer()
-            .with_writer(move || sink.clone())
-            .with_ansi(ansi)
-            .event_format(TextLine);
+        let fmt =
+            tracing_subscriber::fmt::layer().with_writer(move || sink.clone()).with_ansi(ansi).event_format(TextLine);
         let subscriber = tracing_subscriber::registry().with(SpanLabels).with(fmt);
         tracing::subscriber::with_default(subscriber, f);
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()

@@ -16,7 +16,7 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -232,7 +232,8 @@ fn the_shipped_pipeline_takes_the_keras_model_to_prod() {
 #[test]
 fn a_multipart_upload_through_boto3_to_moto_is_fetched_and_served() {
     let moto = Moto::start();
-    let printed = moto.boto3(UPLOAD, &[&moto.endpoint, "keras-models", "weather/", &repo().join(FIXTURE).display().to_string()]);
+    let printed =
+        moto.boto3(UPLOAD, &[&moto.endpoint, "keras-models", "weather/", &repo().join(FIXTURE).display().to_string()]);
     let etag = printed
         .lines()
         .find_map(|l| l.strip_prefix("weather.keras "))
@@ -278,7 +279,6 @@ for name in sorted(os.listdir(src)):
     s3.upload_file(os.path.join(src, name), bucket, prefix + name, Config=config)
     print(name, s3.head_object(Bucket=bucket, Key=prefix + name)["ETag"])
 "#;
-
 
 /// `framework: keras` without a class of one's own: the render stage
 /// generates the wrapper for the bare `.keras` file, with its default

@@ -50,14 +50,27 @@ fn walkthrough_script() -> String {
 fn login(sim: &ServedSim, context: &str, into: &Path) {
     let admin = kubectl::at(&sim.kubeconfig);
     admin.ok(&["create", "serviceaccount", "me", "-n", "default"]);
-    admin.ok(&["create", "clusterrolebinding", "me-admin", "--clusterrole=cluster-admin", "--serviceaccount=default:me"]);
+    admin.ok(&[
+        "create",
+        "clusterrolebinding",
+        "me-admin",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=default:me",
+    ]);
     let token = admin.ok(&["create", "token", "me", "-n", "default", "--duration=2h"]).trim().to_string();
     let ca = sim.data.join("pki/ca.crt");
     let config = |args: &[&str]| {
-        let out = Command::new(kubectl::path()).arg("--kubeconfig").arg(into).arg("config").args(args).output().unwrap();
+        let out =
+            Command::new(kubectl::path()).arg("--kubeconfig").arg(into).arg("config").args(args).output().unwrap();
         assert!(out.status.success(), "kubectl config {args:?}: {}", text(&out.stderr));
     };
-    config(&["set-cluster", context, &format!("--server={}", sim.url), &format!("--certificate-authority={}", ca.display()), "--embed-certs"]);
+    config(&[
+        "set-cluster",
+        context,
+        &format!("--server={}", sim.url),
+        &format!("--certificate-authority={}", ca.display()),
+        "--embed-certs",
+    ]);
     config(&["set-credentials", &format!("me@{context}"), &format!("--token={token}")]);
     config(&["set-context", context, &format!("--cluster={context}"), &format!("--user=me@{context}")]);
 }
@@ -102,7 +115,10 @@ fn the_readme_walkthrough_promotes_a_model_from_dev_to_prod() {
         .output()
         .unwrap();
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert!(out.status.success(), "the walkthrough failed:\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the walkthrough failed:\n--- script\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
 
     // The run succeeded and promoted; the manual promotion found it done.
     assert!(stdout.contains(" of weather: succeeded"), "{stdout}");

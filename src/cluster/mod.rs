@@ -206,7 +206,11 @@ impl Clusters {
             Source::Kubeconfig(files) => from_kubeconfigs(name, env, &files).await,
             Source::InCluster => {
                 if self.told_in_cluster.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string()) {
-                    tracing::info!(environment = name, context = env.context.as_deref().unwrap_or("(current)"), "environment {name}: no kubeconfig; using the in-cluster service account");
+                    tracing::info!(
+                        environment = name,
+                        context = env.context.as_deref().unwrap_or("(current)"),
+                        "environment {name}: no kubeconfig; using the in-cluster service account"
+                    );
                 }
                 kube::Config::incluster_env()
                     .map_err(|source| ClusterError::InCluster { env: name.to_string(), source })

@@ -344,12 +344,18 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildErr
         let mut candidates = find_builds(&builds, &t).await?;
         candidates.sort_by_key(|b| std::cmp::Reverse(build_number(b)));
         if let Some(b) = candidates.iter().find(|b| b.phase() == "Complete" && b.image_digest().is_some()) {
-            tracing::info!(build = b.metadata.name.as_deref().unwrap_or_default(), "a build of this context is complete; reusing its image");
+            tracing::info!(
+                build = b.metadata.name.as_deref().unwrap_or_default(),
+                "a build of this context is complete; reusing its image"
+            );
             started = Some(b.clone());
         } else if let Some(b) =
             candidates.iter().find(|b| !b.is_finished() && run_of(b, &t.context_digest) == Some(cx.run_id.as_str()))
         {
-            tracing::info!(build = b.metadata.name.as_deref().unwrap_or_default(), "attaching to a running build of this run");
+            tracing::info!(
+                build = b.metadata.name.as_deref().unwrap_or_default(),
+                "attaching to a running build of this run"
+            );
             started = Some(b.clone());
         }
     }
