@@ -176,7 +176,8 @@ impl Visit for FieldPick {
 }
 
 /// `2026-12-02T15:30:51.123Z  INFO [render] message key=value`: one
-/// timestamp format, the innermost labelled span once.
+/// timestamp format, then what the line is about once: the event's own
+/// `stage` field, else the innermost labelled span (the stage, or the run).
 struct TextLine;
 
 impl<S, N> FormatEvent<S, N> for TextLine
@@ -200,8 +201,12 @@ where
         } else {
             write!(w, "{level:>5} ")?;
         }
-        let label = ctx.event_scope().and_then(|scope| {
-            scope.into_iter().find_map(|span| span.extensions().get::<SpanLabel>().map(|l| l.0.clone()))
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        let label = fields.stage.clone().or_else(|| {
+            ctx.event_scope().and_then(|scope| {
+                scope.into_iter().find_map(|span| span.extensions().get::<SpanLabel>().map(|l| l.0.clone()))
+            })
         });
         if let Some(label) = label {
             if ansi {
@@ -210,8 +215,54 @@ where
                 write!(w, "[{label}] ")?;
             }
         }
-        ctx.field_format().format_fields(w.by_ref(), event)?;
+        w.write_str(&fields.message)?;
+        for (key, value) in &fields.rest {
+            if ansi {
+                write!(w, " \x1b[2m{key}=\x1b[0m{value}")?;
+            } else {
+                write!(w, " {key}={value}")?;
+            }
+        }
         writeln!(w)
+    }
+}
+
+/// An event's fields for a text line. `stage` becomes the label; `event`
+/// (the machine-readable transition name) is for JSON only.
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    stage: Option<String>,
+    rest: Vec<(&'static str, String)>,
+}
+
+impl EventFields {
+    fn add(&mut self, field: &Field, value: String) {
+        match field.name() {
+            "message" => self.message = value,
+            "stage" => self.stage = Some(value),
+            "event" => {}
+            key => self.rest.push((key, quoted(value))),
+        }
+    }
+}
+
+/// Bare unless the value would not read back as one word.
+fn quoted(value: String) -> String {
+    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '"' || c == '=') {
+        format!("{value:?}")
+    } else {
+        value
+    }
+}
+
+impl Visit for EventFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.add(field, value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        // `message` and `%value` fields arrive here, formatted with Display.
+        self.add(field, format!("{value:?}"));
     }
 }
 
@@ -319,6 +370,19 @@ mod tests {
         assert!(lines[0].ends_with(" INFO [20261202-1530-ab12] run started"), "{}", lines[0]);
         assert!(lines[1].ends_with(" WARN [render #2] context rendered files=3"), "{}", lines[1]);
         assert_eq!(lines[1].matches("render").count(), 2, "{}", lines[1]);
+    }
+
+    #[test]
+    fn an_event_about_a_stage_is_labelled_with_it_and_values_are_bare_words() {
+        let text = text_lines(false, || {
+            let run = tracing::info_span!("run", run_id = %"r1", pipeline = %"weather");
+            let _r = run.enter();
+            tracing::info!(stage = "fetch", uses = "fetch-model", event = "started", "stage fetch started");
+            tracing::info!(path = "My Model.py", seconds = "0.13", empty = "", "fetched");
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with(" INFO [fetch] stage fetch started uses=fetch-model"), "{}", lines[0]);
+        assert!(lines[1].ends_with(r#" INFO [r1] fetched path="My Model.py" seconds=0.13 empty="""#), "{}", lines[1]);
     }
 
     #[test]

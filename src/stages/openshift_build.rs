@@ -379,8 +379,13 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildErr
         }
     };
     let name = build.metadata.name.clone().unwrap_or_default();
-    let log_task = (!build.is_finished())
-        .then(|| tokio::spawn(cluster::build::stream_log(client.clone(), ns.clone(), name.clone())));
+    let log_task = (!build.is_finished()).then(|| {
+        tokio::spawn(tracing::Instrument::in_current_span(cluster::build::stream_log(
+            client.clone(),
+            ns.clone(),
+            name.clone(),
+        )))
+    });
     let follow = cluster::build::follow(&builds, &name);
     let followed = tokio::select! {
         r = tokio::time::timeout(t.timeout, follow) => match r {
