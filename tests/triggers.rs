@@ -223,6 +223,8 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
         output: modelship::commands::run::OutputFormat::Json,
         kubeconfig: None,
         state_dir: None,
+        sim: None,
+        delivery: None,
     };
     let g = modelship::commands::GlobalArgs {
         log_format: modelship::logging::LogFormat::Json,
@@ -245,6 +247,8 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
         output: modelship::commands::run::OutputFormat::Text,
         kubeconfig: None,
         state_dir: None,
+        sim: None,
+        delivery: None,
     };
     let err = modelship::commands::trigger::run(args, &g).await.unwrap_err();
     assert_eq!(err.class, ExitClass::BadInput);

@@ -12,6 +12,7 @@ pub mod run;
 pub mod serve;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod sim_runner;
 #[cfg(feature = "sim")]
 pub mod simulated;
 pub mod status;

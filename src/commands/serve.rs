@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::sim_runner::SimRunner;
 use super::{CommandError, GlobalArgs, fail};
 use crate::triggers::TriggerError;
-use crate::triggers::runner::EngineRunner;
+use crate::triggers::runner::{EngineRunner, PipelineRunner};
 use crate::triggers::server::{ServerConfig, serve};
 use crate::triggers::signature::load_secret;
 
@@ -74,6 +75,11 @@ pub struct ServeArgs {
     /// Keep run state in this directory instead of ConfigMaps.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Run the selected pipelines on simulated clusters kept in DIR, as
+    /// `modelship run --sim DIR` does (one run at a time).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "state_dir"])]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
+    pub sim: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -101,6 +107,10 @@ impl ServeArgs {
 }
 
 pub async fn run(a: ServeArgs, g: &GlobalArgs) -> Result<(), CommandError> {
+    #[cfg(not(feature = "sim"))]
+    if a.sim.is_some() {
+        return Err(super::without_sim::unavailable("--sim"));
+    }
     let config = a.config(std::env::var("MODELSHIP_WEBHOOK_SECRET").ok()).map_err(fail)?;
     if config.secret.is_none() {
         tracing::warn!("--insecure-no-signature: accepting unsigned deliveries; never do this in production");
@@ -110,6 +120,10 @@ pub async fn run(a: ServeArgs, g: &GlobalArgs) -> Result<(), CommandError> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|source| fail(TriggerError::Bind { addr: a.listen.to_string(), source }))?;
-    let runner = EngineRunner { kubeconfig: a.kubeconfig, state_dir: a.state_dir, stages_dir: g.stages_dir.clone() };
-    serve(listener, config, Arc::new(runner), super::trigger::shutdown_signal()).await.map_err(fail)
+    let engine = EngineRunner { kubeconfig: a.kubeconfig, state_dir: a.state_dir, stages_dir: g.stages_dir.clone() };
+    let runner: Arc<dyn PipelineRunner> = match a.sim {
+        Some(dir) => Arc::new(SimRunner::new(engine, dir)),
+        None => Arc::new(engine),
+    };
+    serve(listener, config, runner, super::trigger::shutdown_signal()).await.map_err(fail)
 }

@@ -6,6 +6,7 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use super::run::OutputFormat;
+use super::sim_runner::SimRunner;
 use super::{CommandError, GlobalArgs, fail};
 use crate::error::ExitClass;
 use crate::state::Status;
@@ -48,9 +49,22 @@ pub struct TriggerArgs {
     /// Keep run state in this directory instead of ConfigMaps.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Run the selected pipelines on simulated clusters kept in DIR, as
+    /// `modelship run --sim DIR` does (one run at a time).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "state_dir"])]
+    #[cfg_attr(not(feature = "sim"), arg(hide = true))]
+    pub sim: Option<PathBuf>,
+    /// The host's delivery id (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`),
+    /// recorded with each run as the label `delivery`.
+    #[arg(long, value_name = "ID")]
+    pub delivery: Option<String>,
 }
 
 pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
+    #[cfg(not(feature = "sim"))]
+    if a.sim.is_some() {
+        return Err(super::without_sim::unavailable("--sim"));
+    }
     let payload = std::fs::read(&a.event)
         .map_err(|source| fail(crate::triggers::TriggerError::Io { path: a.event.clone(), source }))?;
     let req = TriggerRequest {
@@ -74,7 +88,11 @@ pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         return Ok(());
     }
     let Some(event) = plan.event.as_ref() else { return Ok(()) };
-    let runner = EngineRunner { kubeconfig: a.kubeconfig, state_dir: a.state_dir, stages_dir: g.stages_dir.clone() };
+    let engine = EngineRunner { kubeconfig: a.kubeconfig, state_dir: a.state_dir, stages_dir: g.stages_dir.clone() };
+    let runner: Box<dyn PipelineRunner> = match a.sim {
+        Some(dir) => Box::new(SimRunner::new(engine, dir)),
+        None => Box::new(engine),
+    };
     let cancel = CancellationToken::new();
     spawn_signal_canceller(cancel.clone());
     let mut worst = None;
@@ -91,6 +109,7 @@ pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
             branch: event.branch().unwrap_or_default().to_string(),
             source: event.provider.to_string(),
             set_commit: d.declares_commit,
+            delivery: a.delivery.clone(),
         };
         let outcome = runner.run(&req, cancel.clone()).await;
         let id = outcome.run_id.as_deref().unwrap_or("-");

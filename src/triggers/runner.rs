@@ -26,6 +26,9 @@ pub struct RunRequest {
     pub source: String,
     /// Pass the commit as `--set commit=SHA` (the pipeline declares the param).
     pub set_commit: bool,
+    /// The host's delivery id (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`),
+    /// kept as the run label `delivery`.
+    pub delivery: Option<String>,
 }
 
 /// How a run ended.
@@ -64,6 +67,9 @@ impl EngineRunner {
         let mut labels = BTreeMap::new();
         labels.insert("commit".to_string(), req.commit.clone());
         labels.insert("trigger".to_string(), req.source.clone());
+        if let Some(delivery) = &req.delivery {
+            labels.insert("delivery".to_string(), delivery.clone());
+        }
         RunOptions {
             pipeline: req.file.clone(),
             sets: if req.set_commit { vec![("commit".to_string(), req.commit.clone())] } else { Vec::new() },
@@ -84,34 +90,39 @@ fn durations(stages: &[StageRecord]) -> Vec<(String, f64)> {
 #[async_trait]
 impl PipelineRunner for EngineRunner {
     async fn run(&self, req: &RunRequest, cancel: CancellationToken) -> RunOutcome {
-        match engine::run(self.options(req, cancel)).await {
-            Ok(summary) => RunOutcome {
-                run_id: Some(summary.run_id),
-                status: summary.status,
-                stages: durations(&summary.stages),
-                error: None,
-                bad_input: false,
-            },
-            Err(err) => {
-                let bad_input = err.exit_class() == crate::ExitClass::BadInput;
-                let error = Some(crate::secret::mask(&ErrorChain(&err).to_string()));
-                match &err {
-                    EngineError::StageFailed { summary, .. } => RunOutcome {
-                        run_id: Some(summary.run_id.clone()),
-                        status: Status::Failed,
-                        stages: durations(&summary.stages),
-                        error,
-                        bad_input,
-                    },
-                    EngineError::Cancelled { summary, .. } => RunOutcome {
-                        run_id: Some(summary.run_id.clone()),
-                        status: Status::Cancelled,
-                        stages: durations(&summary.stages),
-                        error,
-                        bad_input,
-                    },
-                    _ => RunOutcome { run_id: None, status: Status::Failed, stages: Vec::new(), error, bad_input },
-                }
+        outcome(engine::run(self.options(req, cancel)).await)
+    }
+}
+
+/// How an engine run ended, for the server and the CLI.
+pub fn outcome(result: Result<engine::RunSummary, EngineError>) -> RunOutcome {
+    match result {
+        Ok(summary) => RunOutcome {
+            run_id: Some(summary.run_id),
+            status: summary.status,
+            stages: durations(&summary.stages),
+            error: None,
+            bad_input: false,
+        },
+        Err(err) => {
+            let bad_input = err.exit_class() == crate::ExitClass::BadInput;
+            let error = Some(crate::secret::mask(&ErrorChain(&err).to_string()));
+            match &err {
+                EngineError::StageFailed { summary, .. } => RunOutcome {
+                    run_id: Some(summary.run_id.clone()),
+                    status: Status::Failed,
+                    stages: durations(&summary.stages),
+                    error,
+                    bad_input,
+                },
+                EngineError::Cancelled { summary, .. } => RunOutcome {
+                    run_id: Some(summary.run_id.clone()),
+                    status: Status::Cancelled,
+                    stages: durations(&summary.stages),
+                    error,
+                    bad_input,
+                },
+                _ => RunOutcome { run_id: None, status: Status::Failed, stages: Vec::new(), error, bad_input },
             }
         }
     }
@@ -144,6 +155,7 @@ mod tests {
             branch: "main".into(),
             source: "github".into(),
             set_commit,
+            delivery: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
         }
     }
 
@@ -155,6 +167,7 @@ mod tests {
         assert_eq!(opts.pipeline, PathBuf::from("pipelines/weather.yaml"));
         assert_eq!(opts.labels.get("commit").map(String::as_str), Some("ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4"));
         assert_eq!(opts.labels.get("trigger").map(String::as_str), Some("github"));
+        assert_eq!(opts.labels.get("delivery").map(String::as_str), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
         assert_eq!(opts.sets, [("commit".to_string(), "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4".to_string())]);
         assert_eq!(opts.state_dir, Some(PathBuf::from("/state")));
         assert!(!opts.dry_run);

@@ -467,6 +467,7 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                 branch: branch.clone(),
                 source: p.to_string(),
                 set_commit: d.declares_commit,
+                delivery: Some(delivery.clone()),
             };
             app.add_run(RunEntry {
                 id: id.clone(),
