@@ -118,9 +118,10 @@ fn a_local_only_pipeline_runs_without_environments_or_a_cluster() {
     assert_eq!(code(&o), 0, "{}", transcript(&o));
     let state = s.path(".modelship/state");
     let err = text(&o.stderr);
-    let said: Vec<&str> = err.lines().filter(|l| l.contains(".modelship/state")).collect();
-    assert_eq!(said.len(), 1, "one line names the state directory:\n{err}");
-    assert!(said[0].contains("no stage of this run needs a cluster"), "{}", said[0]);
+    // One line says why and where (the run's own start line names the store too).
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("needs a cluster")).collect();
+    assert_eq!(said.len(), 1, "one line explains the local state:\n{err}");
+    assert!(said[0].contains("no stage of this run needs a cluster: run state kept in ./.modelship/state"), "{}", said[0]);
     assert!(state.join("runs").is_dir(), "{}", transcript(&o));
     assert!(text(&o.stdout).contains("run first of weather: succeeded"), "{}", transcript(&o));
     // Kept out of Git beside the user's pipeline.

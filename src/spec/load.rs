@@ -252,6 +252,38 @@ spec:
     }
 
     #[test]
+    fn every_type_problem_is_reported_not_just_the_first() {
+        let t = GOOD
+            .replace("      namespace: models-dev\n", "      namespace: 123\n      registry: [x]\n")
+            .replace("      uses: fetch-model\n", "      retries: many\n    - uses: render\n      nam: r\n");
+        let e = load_str(Path::new("p.yaml"), &t).unwrap_err();
+        let got: Vec<String> = e.diagnostics.iter().map(|d| format!("{}:{} {}", d.line, d.col, d.message)).collect();
+        assert_eq!(
+            got,
+            vec![
+                "12:17 spec.environments.dev.registry: invalid type: sequence, expected a string",
+                "14:7 spec.stages[0]: missing field `uses`",
+                "15:16 spec.stages[0].retries: invalid type: string \"many\", expected u32",
+                "17:7 spec.stages[1]: unknown field `nam`, expected one of `name`, `uses`, `with`, `timeout`, `retries`, `if`",
+            ],
+            "{e}"
+        );
+        // A number where a string is expected reads as the string, as the typed parse does.
+        let ok = GOOD.replace("namespace: models-dev", "namespace: 123");
+        assert_eq!(load_str(Path::new("p.yaml"), &ok).unwrap().pipeline.spec.environments["dev"].namespace, "123");
+    }
+
+    #[test]
+    fn a_lenient_load_keeps_what_parsed_and_marks_the_placeholders() {
+        let t = GOOD.replace("      uses: fetch-model\n", "");
+        let l = load_str_lenient(Path::new("p.yaml"), &t).unwrap();
+        assert_eq!(l.type_problems.len(), 1);
+        assert_eq!(l.pipeline.spec.stages[0].name, "fetch");
+        assert_eq!(l.synthetic, vec!["spec.stages[0].uses".to_string()]);
+        assert!(load_str(Path::new("p.yaml"), &t).is_err());
+    }
+
+    #[test]
     fn malformed_yaml_has_a_position() {
         let d = first("apiVersion: [\nkind: Pipeline\n");
         assert!(d.line > 0, "{d}");

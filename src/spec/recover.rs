@@ -33,9 +33,11 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
     let mut problems = Vec::new();
     let mut synthetic: Vec<String> = Vec::new();
     let mut seen = HashSet::new();
+    // Keys a misspelt key was taken for ("did you mean `x`?").
+    let mut meant_for: HashSet<String> = HashSet::new();
     for _ in 0..MAX_REPAIRS {
         let error = match serde_path_to_error::deserialize::<_, Pipeline>(tree.clone()) {
-            Ok(pipeline) => return Recovered { pipeline: Some(pipeline), problems, synthetic },
+            Ok(pipeline) => return Recovered { pipeline: Some(pipeline), problems: in_order(problems), synthetic },
             Err(e) => e,
         };
         let at = error.path().to_string();
@@ -51,10 +53,14 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
             // The path may or may not end with the key itself.
             let parent = at.strip_suffix(field).map(|p| p.trim_end_matches('.')).unwrap_or(&at).to_string();
             let key = super::spans::join(&parent, field);
+            let shown = if parent.is_empty() { message.clone() } else { format!("{parent}: {message}") };
             if !quiet {
                 let pos = if spans.contains(&key) { spans.locate(&key) } else { spans.locate(&parent) };
                 let mut d = Diagnostic::at(path, text, pos.or(root_pos(&parent)), shown);
                 if let Some(h) = super::validate::unknown_field_hint(&message) {
+                    if let Some(meant) = backticked(&h, "did you mean `") {
+                        meant_for.insert(super::spans::join(&parent, meant));
+                    }
                     d = d.with_hint(h);
                 }
                 problems.push(d);
@@ -63,7 +69,9 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
                 break;
             }
         } else if let Some(field) = backticked(&message, "missing field `") {
-            if !quiet {
+            // `stges:` is reported with "did you mean `stages`?"; the
+            // missing `stages` is the same mistake.
+            if !quiet && !meant_for.contains(&super::spans::join(&at, field)) {
                 let pos = spans.locate(&at).or(root_pos(&at));
                 problems.push(Diagnostic::at(path, text, pos, shown));
             }
@@ -71,7 +79,9 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
             if !set(&mut tree, &at, field, Value::Null) {
                 break;
             }
-            synthetic.push(key);
+            if !is_within(&synthetic, &key) {
+                synthetic.push(key);
+            }
         } else {
             let current = get(&tree, &at).cloned();
             let expected = message.rsplit_once("expected ").map(|(_, e)| e).unwrap_or_default();
@@ -94,10 +104,18 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
             if !replace(&mut tree, &at, placeholder) {
                 break;
             }
-            synthetic.push(at);
+            if !is_within(&synthetic, &at) {
+                synthetic.push(at);
+            }
         }
     }
-    Recovered { pipeline: None, problems, synthetic }
+    Recovered { pipeline: None, problems: in_order(problems), synthetic }
+}
+
+/// Top to bottom, as the file reads.
+fn in_order(mut problems: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    problems.sort_by_key(|d| (d.line, d.col));
+    problems
 }
 
 /// True if `path` is one of `paths` or below one.
