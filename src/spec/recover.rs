@@ -35,6 +35,12 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
     let mut seen = HashSet::new();
     // Keys a misspelt key was taken for ("did you mean `x`?").
     let mut meant_for: HashSet<String> = HashSet::new();
+    // Mapping path -> (its "missing field" problem, the fields named in it).
+    let mut missing: std::collections::HashMap<String, (usize, Vec<String>)> = Default::default();
+    if !tree.is_object() {
+        // Not a mapping at all: the typed parse's one error says it best.
+        return Recovered { pipeline: None, problems, synthetic };
+    }
     for _ in 0..MAX_REPAIRS {
         let error = match serde_path_to_error::deserialize::<_, Pipeline>(tree.clone()) {
             Ok(pipeline) => return Recovered { pipeline: Some(pipeline), problems: in_order(problems), synthetic },
@@ -72,8 +78,20 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
             // `stges:` is reported with "did you mean `stages`?"; the
             // missing `stages` is the same mistake.
             if !quiet && !meant_for.contains(&super::spans::join(&at, field)) {
-                let pos = spans.locate(&at).or(root_pos(&at));
-                problems.push(Diagnostic::at(path, text, pos, shown));
+                // Several keys missing from one mapping are one problem.
+                match missing.get_mut(&at) {
+                    Some((i, fields)) => {
+                        fields.push(format!("`{field}`"));
+                        let d: &mut Diagnostic = &mut problems[*i];
+                        let prefix = if at.is_empty() { String::new() } else { format!("{at}: ") };
+                        d.message = format!("{prefix}missing fields {}", fields.join(", "));
+                    }
+                    None => {
+                        let pos = spans.locate(&at).or(root_pos(&at));
+                        problems.push(Diagnostic::at(path, text, pos, shown));
+                        missing.insert(at.clone(), (problems.len() - 1, vec![format!("`{field}`")]));
+                    }
+                }
             }
             let key = super::spans::join(&at, field);
             if !set(&mut tree, &at, field, Value::Null) {
