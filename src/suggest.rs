@@ -32,7 +32,12 @@ pub fn hint<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str> + Clon
 
 /// "no WHAT `name` in PLACE; did you mean `x`?" (or "; WHATs: a, b"):
 /// the one wording for a name that is not there.
-pub fn not_found<'a>(what: &str, name: &str, place: &str, candidates: impl IntoIterator<Item = &'a str> + Clone) -> String {
+pub fn not_found<'a>(
+    what: &str,
+    name: &str,
+    place: &str,
+    candidates: impl IntoIterator<Item = &'a str> + Clone,
+) -> String {
     let tail = did_you_mean(name, candidates.clone()).unwrap_or_else(|| {
         let all: Vec<&str> = candidates.into_iter().collect();
         if all.is_empty() { format!("it has no {what}s") } else { format!("{what}s: {}", all.join(", ")) }

@@ -121,7 +121,11 @@ fn a_local_only_pipeline_runs_without_environments_or_a_cluster() {
     // One line says why and where (the run's own start line names the store too).
     let said: Vec<&str> = err.lines().filter(|l| l.contains("needs a cluster")).collect();
     assert_eq!(said.len(), 1, "one line explains the local state:\n{err}");
-    assert!(said[0].contains("no stage of this run needs a cluster: run state kept in ./.modelship/state"), "{}", said[0]);
+    assert!(
+        said[0].contains("no stage of this run needs a cluster: run state kept in ./.modelship/state"),
+        "{}",
+        said[0]
+    );
     assert!(state.join("runs").is_dir(), "{}", transcript(&o));
     assert!(text(&o.stdout).contains("run first of weather: succeeded"), "{}", transcript(&o));
     // Kept out of Git beside the user's pipeline.
@@ -251,10 +255,7 @@ fn a_namespace_may_take_params_and_a_bad_one_is_reported() {
     let o = s.run(&["validate", "p.yaml"]);
     assert_eq!(code(&o), 2, "{}", transcript(&o));
     let err = text(&o.stderr);
-    assert!(
-        err.contains("p.yaml:15:27: `params.nz`: parameter `nz` is not declared in spec.params"),
-        "{err}"
-    );
+    assert!(err.contains("p.yaml:15:27: `params.nz`: parameter `nz` is not declared in spec.params"), "{err}");
     assert!(err.contains("did you mean `ns`?"), "{err}");
     assert!(
         err.contains(

@@ -362,7 +362,8 @@ mod tests {
         kc.push_str("users:\n- name: a\n  user:\n    token: t\n- name: b\n  user:\n    token: t\n");
         std::fs::write(&file, kc).unwrap();
         let origin = Some("spec.environments.dev.context in p.yaml");
-        let e = from_kubeconfigs("dev", &env(Some("dev-cluster")), origin, std::slice::from_ref(&file)).await.unwrap_err();
+        let e =
+            from_kubeconfigs("dev", &env(Some("dev-cluster")), origin, std::slice::from_ref(&file)).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(

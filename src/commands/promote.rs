@@ -74,13 +74,15 @@ impl Session {
         let declared = &self.pipeline.spec.model.name;
         if model != declared {
             let guess = crate::suggest::did_you_mean(model, [declared.as_str()]).unwrap_or_default();
-            return Err(CommandError::usage(format!(
-                "model `{model}` is not the model of pipeline `{}` (`{declared}`) in {}; {guess}",
-                self.pipeline.metadata.name,
-                self.file.display()
-            )
-            .trim_end_matches("; ")
-            .to_string()));
+            return Err(CommandError::usage(
+                format!(
+                    "model `{model}` is not the model of pipeline `{}` (`{declared}`) in {}; {guess}",
+                    self.pipeline.metadata.name,
+                    self.file.display()
+                )
+                .trim_end_matches("; ")
+                .to_string(),
+            ));
         }
         Ok(())
     }
@@ -94,7 +96,10 @@ impl Session {
         }
         let place = self.file.display().to_string();
         let candidates = envs.keys().map(String::as_str);
-        Err(CommandError::usage(format!("{flag} {name}: {}", crate::suggest::not_found("environment", name, &place, candidates))))
+        Err(CommandError::usage(format!(
+            "{flag} {name}: {}",
+            crate::suggest::not_found("environment", name, &place, candidates)
+        )))
     }
 }
 

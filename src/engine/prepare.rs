@@ -207,8 +207,7 @@ pub fn generate_run_id() -> String {
 /// Where state would live, without connecting anywhere.
 pub(crate) fn describe_state(p: &Prepared, opts: &RunOptions) -> String {
     let pipeline = &p.pipeline;
-    let local =
-        || local_state_dir(pipeline, &p.path, &p.catalog, opts.kubeconfig.as_deref(), opts.until.as_deref());
+    let local = || local_state_dir(pipeline, &p.path, &p.catalog, opts.kubeconfig.as_deref(), opts.until.as_deref());
     match opts.state_dir.clone().or_else(local) {
         Some(d) => format!("dir {}", d.display()),
         None => match pipeline.state_environment() {

@@ -65,7 +65,11 @@ pub fn environment_problem(pipeline: &Pipeline, path: &str, name: &str) -> Optio
     let declared: Vec<&str> = pipeline.spec.environments.keys().map(String::as_str).collect();
     let mut p = Problem::new(path, format!("environment `{name}` is not declared in spec.environments"));
     p.hint = Some(crate::suggest::did_you_mean(name, declared.iter().copied()).unwrap_or_else(|| {
-        if declared.is_empty() { "no environments are declared".to_string() } else { format!("declared: {}", declared.join(", ")) }
+        if declared.is_empty() {
+            "no environments are declared".to_string()
+        } else {
+            format!("declared: {}", declared.join(", "))
+        }
     }));
     Some(p)
 }

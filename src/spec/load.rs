@@ -45,11 +45,7 @@ pub fn load_lenient(path: &Path) -> Result<LoadedPipeline, SpecError> {
 }
 
 fn strict(loaded: LoadedPipeline) -> Result<LoadedPipeline, SpecError> {
-    if loaded.type_problems.is_empty() {
-        Ok(loaded)
-    } else {
-        Err(SpecError { diagnostics: loaded.type_problems })
-    }
+    if loaded.type_problems.is_empty() { Ok(loaded) } else { Err(SpecError { diagnostics: loaded.type_problems }) }
 }
 
 /// The file's text, or why it cannot be read as a pipeline file.

@@ -25,7 +25,8 @@ const MAX_STAGES: usize = 200;
 const MAX_PROBLEMS: usize = 100;
 
 pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog, kinds: &dyn StageKinds) -> Result<(), SpecError> {
-    let mut c = Checker { loaded, kinds, diags: loaded.type_problems.clone(), discarded: Vec::new(), model_reported: false };
+    let mut c =
+        Checker { loaded, kinds, diags: loaded.type_problems.clone(), discarded: Vec::new(), model_reported: false };
     c.duplicate_keys();
     c.header();
     c.model();
@@ -221,8 +222,11 @@ impl Checker<'_> {
         match super::environments::render_value(text, &params, path) {
             Ok(rendered) => {
                 if let Some(why) = crate::names::label_problem(&rendered) {
-                    self.at_value(path, format!("namespace `{text}` renders to `{rendered}` with the defaults, which {why}"))
-                        .hint = Some(DNS_LABEL_HINT.into());
+                    self.at_value(
+                        path,
+                        format!("namespace `{text}` renders to `{rendered}` with the defaults, which {why}"),
+                    )
+                    .hint = Some(DNS_LABEL_HINT.into());
                 }
             }
             Err(e) => {
@@ -239,13 +243,17 @@ impl Checker<'_> {
             return;
         }
         // Unknown kinds are reported as such, not as needing a cluster.
-        let needs = (0..pipeline.spec.stages.len()).find(|&i| self.kinds.needs_cluster(pipeline, i, catalog) == Some(true));
+        let needs =
+            (0..pipeline.spec.stages.len()).find(|&i| self.kinds.needs_cluster(pipeline, i, catalog) == Some(true));
         let Some(i) = needs else { return };
         let (name, uses) = (&pipeline.spec.stages[i].name, &pipeline.spec.stages[i].uses);
         let path = if l.spans.contains("spec.environments") { "spec.environments" } else { "spec" };
         let d = self.at_key(
             path,
-            format!("spec.environments declares no environment, but stage `{name}` (`{uses}`, stage {}) needs a cluster", i + 1),
+            format!(
+                "spec.environments declares no environment, but stage `{name}` (`{uses}`, stage {}) needs a cluster",
+                i + 1
+            ),
         );
         d.hint = Some(
             "declare one, e.g. `environments: { dev: { namespace: models-dev } }`; without environments only \
