@@ -933,6 +933,47 @@ spec:
     }
 
     #[test]
+    fn environments_may_be_left_out_only_when_no_stage_needs_a_cluster() {
+        let local = "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {name: w}\nspec:\n  model: {name: w, source: 'file://m'}\n  stages:\n    - {name: fetch, uses: fetch-model}\n    - {name: render, uses: render}\n";
+        assert_eq!(problems(local), Vec::<String>::new());
+        let secret = local.replace("source: 'file://m'", "source: 's3://b/m/', credentialsSecret: s3");
+        let p = problems(&secret);
+        assert!(
+            p.iter().any(|l| l.starts_with(
+                "p.yaml:4:1: spec.environments declares no environment, but stage `fetch` (`fetch-model`, stage 1) needs a cluster"
+            )),
+            "{p:#?}"
+        );
+        let build = format!("{local}    - {{name: build, uses: openshift-build}}\n");
+        assert_eq!(
+            problems(&build),
+            vec![
+                "p.yaml:4:1: spec.environments declares no environment, but stage `build` (`openshift-build`, stage 3) needs a cluster"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_templated_namespace_takes_declared_params_only() {
+        let t = GOOD.replace("namespace: models-dev", "namespace: \"models-{{params.tag}}\"");
+        assert_eq!(problems(&t), Vec::<String>::new());
+        let t = GOOD.replace("namespace: models-dev", "namespace: \"models-{{run.id}}\"");
+        assert_eq!(
+            problems(&t),
+            vec!["p.yaml:14:28: `run.id`: only `{{params.NAME}}` may be used in spec.environments.dev.namespace"]
+        );
+        let t = GOOD
+            .replace("default: latest", "default: Latest")
+            .replace("namespace: models-dev", "namespace: \"models-{{params.tag}}\"");
+        assert_eq!(
+            problems(&t),
+            vec![
+                "p.yaml:14:18: namespace `models-{{params.tag}}` renders to `models-Latest` with the defaults, which is not a valid name (RFC 1123 label)"
+            ]
+        );
+    }
+
+    #[test]
     fn did_you_mean_picks_the_closest_within_reach() {
         assert_eq!(did_you_mean("rendr", crate::stages::Kind::names()), Some("did you mean `render`?".into()));
         assert_eq!(did_you_mean("kubernetes", crate::stages::Kind::names()), None);
