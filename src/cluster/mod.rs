@@ -22,8 +22,12 @@ pub mod seldon;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("environment `{0}` is not declared in the pipeline")]
-    UnknownEnvironment(String),
+    #[error("environment `{name}` is not declared in the pipeline; {hint}")]
+    UnknownEnvironment {
+        name: String,
+        /// "did you mean" or the declared environments.
+        hint: String,
+    },
     #[error("environment `{env}`: cannot load kubeconfig{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Kubeconfig {
         env: String,
@@ -81,7 +85,7 @@ impl HasExitClass for ClusterError {
     /// input: no stage failed.
     fn exit_class(&self) -> ExitClass {
         match self {
-            ClusterError::UnknownEnvironment(_)
+            ClusterError::UnknownEnvironment { .. }
             | ClusterError::Kubeconfig { .. }
             | ClusterError::NoContext { .. }
             | ClusterError::NoConfig { .. } => ExitClass::BadInput,
@@ -234,7 +238,10 @@ impl Clusters {
     }
 
     pub fn environment(&self, name: &str) -> Result<&Environment, ClusterError> {
-        self.environments.get(name).ok_or_else(|| ClusterError::UnknownEnvironment(name.to_string()))
+        self.environments.get(name).ok_or_else(|| ClusterError::UnknownEnvironment {
+            name: name.to_string(),
+            hint: crate::suggest::hint(name, self.environments.keys().map(String::as_str)),
+        })
     }
 
     pub fn environments(&self) -> &IndexMap<String, Environment> {
@@ -380,6 +387,15 @@ mod tests {
         // No context: the current one.
         let ok = from_kubeconfigs("dev", &env(None), None, &[file]).await.unwrap();
         assert_eq!(ok.cluster_url.port_u16(), Some(1));
+    }
+
+    #[test]
+    fn an_undeclared_environment_gets_a_suggestion() {
+        let envs = [("dev".to_string(), env(None)), ("prod".to_string(), env(None))].into_iter().collect();
+        let clusters = Clusters::new(envs, None);
+        let e = clusters.environment("prdo").unwrap_err();
+        assert_eq!(e.to_string(), "environment `prdo` is not declared in the pipeline; did you mean `prod`?");
+        assert_eq!(e.exit_class(), ExitClass::BadInput);
     }
 
     #[tokio::test]
