@@ -42,7 +42,7 @@ pub(super) fn recover(path: &Path, text: &str, spans: &SpanIndex, mut tree: Valu
         return Recovered { pipeline: None, problems, synthetic };
     }
     for _ in 0..MAX_REPAIRS {
-        let error = match serde_path_to_error::deserialize::<_, Pipeline>(tree.clone()) {
+        let error = match serde_path_to_error::deserialize::<_, Pipeline>(&tree) {
             Ok(pipeline) => return Recovered { pipeline: Some(pipeline), problems: in_order(problems), synthetic },
             Err(e) => e,
         };
