@@ -284,6 +284,14 @@ fn typos_in_environment_and_stage_names_get_a_suggestion() {
         transcript(&o)
     );
 
+    let o = s.run(&["run", "p.yaml", "--dry-run", "--set", "nz=x"]);
+    assert_eq!(code(&o), 2, "{}", transcript(&o));
+    assert!(
+        text(&o.stderr).contains("declares no parameter `nz` (declared: ns); did you mean `ns`?"),
+        "{}",
+        transcript(&o)
+    );
+
     let o = s.run(&["history", "wether", "-f", "p.yaml", "--state-dir", "state"]);
     assert_eq!(code(&o), 2, "{}", transcript(&o));
     assert!(text(&o.stderr).contains("did you mean `weather`?"), "{}", transcript(&o));

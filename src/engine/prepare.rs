@@ -135,10 +135,12 @@ pub(crate) fn resolve_params(
     for (k, v) in sets {
         if !declared.contains_key(k) {
             let known: Vec<&str> = declared.keys().map(String::as_str).collect();
+            let guess = crate::suggest::did_you_mean(k, known.iter().copied()).map(|h| format!("; {h}"));
             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
             return Err(EngineError::BadInput(format!(
-                "--set {k}: the pipeline `{}` declares no parameter `{k}` (declared: {known})",
-                pipeline.metadata.name
+                "--set {k}: the pipeline `{}` declares no parameter `{k}` (declared: {known}){}",
+                pipeline.metadata.name,
+                guess.unwrap_or_default()
             )));
         }
         params.insert(k.clone(), v.clone());
