@@ -44,6 +44,7 @@
 //! - [`retry`]: the one backoff policy, in named profiles.
 //! - [`logging`], [`secret`]: tracing setup and credential masking.
 //! - [`names`]: Kubernetes name rules (RFC 1123), shared by all of the above.
+//! - [`suggest`]: "did you mean" for names a user typed, used everywhere one is named.
 
 // Stage futures nest deeply (engine -> kind dispatch -> stage -> SDK calls).
 #![recursion_limit = "256"]
@@ -70,6 +71,7 @@ pub mod spec;
 pub mod stages;
 pub mod state;
 pub mod storage;
+pub mod suggest;
 pub mod template;
 pub mod timestamp;
 pub mod triggers;

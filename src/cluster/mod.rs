@@ -22,8 +22,12 @@ pub mod seldon;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("environment `{0}` is not declared in the pipeline")]
-    UnknownEnvironment(String),
+    #[error("environment `{name}` is not declared in the pipeline; {hint}")]
+    UnknownEnvironment {
+        name: String,
+        /// "did you mean" or the declared environments.
+        hint: String,
+    },
     #[error("environment `{env}`: cannot load kubeconfig{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Kubeconfig {
         env: String,
@@ -32,13 +36,23 @@ pub enum ClusterError {
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "environment `{env}`: context `{context}` is not in kubeconfig {} (it has: {})",
+        "environment `{env}`: context `{context}`{} is not in kubeconfig {} (it has: {}); {}",
+        origin.as_ref().map(|o| format!(" (from {o})")).unwrap_or_default(),
         files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
-        if available.is_empty() { "no contexts".to_string() } else { available.join(", ") }
+        if available.is_empty() { "no contexts".to_string() } else { available.join(", ") },
+        context_hint(env, context, available)
     )]
-    NoContext { env: String, context: String, files: Vec<PathBuf>, available: Vec<String> },
+    NoContext {
+        env: String,
+        context: String,
+        /// Where the context name came from (`spec.environments.dev.context
+        /// in FILE`, `--context dev=CTX`).
+        origin: Option<String>,
+        files: Vec<PathBuf>,
+        available: Vec<String>,
+    },
     #[error(
-        "environment `{env}`: no cluster configuration: no --kubeconfig, no file named by $KUBECONFIG, no ~/.kube/config, and not in a pod (KUBERNETES_SERVICE_HOST/PORT unset or {SERVICE_ACCOUNT_TOKEN} unreadable)"
+        "environment `{env}`: no cluster configuration: no --kubeconfig, no file named by $KUBECONFIG, no ~/.kube/config, and not in a pod (KUBERNETES_SERVICE_HOST/PORT unset or {SERVICE_ACCOUNT_TOKEN} unreadable); {NO_CLUSTER_HINT}"
     )]
     NoConfig { env: String },
     #[error("environment `{env}`: cannot use the in-cluster service account: {source}")]
@@ -55,11 +69,27 @@ pub enum ClusterError {
     },
 }
 
+/// The three ways out when there is no cluster to talk to.
+pub const NO_CLUSTER_HINT: &str = "hint: pass --kubeconfig PATH, run against simulated clusters with --sim DIR, or keep run state in --state-dir DIR and run only stages that need no cluster (e.g. --until render)";
+
+/// "did you mean" a context the kubeconfig has, or how to pick another.
+fn context_hint(env: &str, context: &str, available: &[String]) -> String {
+    match crate::suggest::did_you_mean(context, available.iter().map(String::as_str)) {
+        Some(h) => format!("hint: {h} (--context {env}=CTX picks another)"),
+        None => format!("hint: pass --kubeconfig PATH to one that has it, or --context {env}=CTX to use another"),
+    }
+}
+
 impl HasExitClass for ClusterError {
+    /// What the user configured (kubeconfig, context, environment) is bad
+    /// input: no stage failed.
     fn exit_class(&self) -> ExitClass {
         match self {
-            ClusterError::UnknownEnvironment(_) => ExitClass::BadInput,
-            _ => ExitClass::Failed,
+            ClusterError::UnknownEnvironment { .. }
+            | ClusterError::Kubeconfig { .. }
+            | ClusterError::NoContext { .. }
+            | ClusterError::NoConfig { .. } => ExitClass::BadInput,
+            ClusterError::InCluster { .. } | ClusterError::Client { .. } => ExitClass::Failed,
         }
     }
 }
@@ -133,7 +163,12 @@ impl Source {
 }
 
 /// Read and merge `files`; the environment's context must be in them.
-async fn from_kubeconfigs(name: &str, env: &Environment, files: &[PathBuf]) -> Result<kube::Config, ClusterError> {
+async fn from_kubeconfigs(
+    name: &str,
+    env: &Environment,
+    origin: Option<&str>,
+    files: &[PathBuf],
+) -> Result<kube::Config, ClusterError> {
     let load_err = |path: &Path| {
         let (env, path) = (name.to_string(), path.to_path_buf());
         move |source| ClusterError::Kubeconfig { env, path: Some(path), source }
@@ -149,6 +184,7 @@ async fn from_kubeconfigs(name: &str, env: &Environment, files: &[PathBuf]) -> R
         return Err(ClusterError::NoContext {
             env: name.to_string(),
             context: context.clone(),
+            origin: origin.map(str::to_string),
             files: files.to_vec(),
             available: merged.contexts.iter().map(|c| c.name.clone()).collect(),
         });
@@ -167,6 +203,8 @@ pub struct Clusters {
     retry: retry::RetryConfig,
     /// Environments whose in-cluster fallback was logged (once each).
     told_in_cluster: std::sync::Mutex<HashSet<String>>,
+    /// Environment -> where its `context` came from, for errors.
+    context_origins: HashMap<String, String>,
 }
 
 impl Clusters {
@@ -177,7 +215,16 @@ impl Clusters {
             clients: Mutex::new(HashMap::new()),
             retry: Default::default(),
             told_in_cluster: Default::default(),
+            context_origins: HashMap::new(),
         }
+    }
+
+    /// Say where each environment's `context` came from (see
+    /// [`crate::spec::Overrides::context_origins`]), so a context the
+    /// kubeconfig lacks is reported with its source.
+    pub fn with_context_origins(mut self, origins: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.context_origins = origins.into_iter().collect();
+        self
     }
 
     /// How API requests are retried (default [`retry::RetryConfig::default`]).
@@ -191,7 +238,10 @@ impl Clusters {
     }
 
     pub fn environment(&self, name: &str) -> Result<&Environment, ClusterError> {
-        self.environments.get(name).ok_or_else(|| ClusterError::UnknownEnvironment(name.to_string()))
+        self.environments.get(name).ok_or_else(|| ClusterError::UnknownEnvironment {
+            name: name.to_string(),
+            hint: crate::suggest::hint(name, self.environments.keys().map(String::as_str)),
+        })
     }
 
     pub fn environments(&self) -> &IndexMap<String, Environment> {
@@ -203,7 +253,9 @@ impl Clusters {
     pub async fn config(&self, name: &str) -> Result<kube::Config, ClusterError> {
         let env = self.environment(name)?;
         match Source::decide(&Surroundings::detect(self.kubeconfig.as_deref())) {
-            Source::Kubeconfig(files) => from_kubeconfigs(name, env, &files).await,
+            Source::Kubeconfig(files) => {
+                from_kubeconfigs(name, env, self.context_origins.get(name).map(String::as_str), &files).await
+            }
             Source::InCluster => {
                 if self.told_in_cluster.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string()) {
                     tracing::info!(
@@ -320,17 +372,34 @@ mod tests {
         }
         kc.push_str("users:\n- name: a\n  user:\n    token: t\n- name: b\n  user:\n    token: t\n");
         std::fs::write(&file, kc).unwrap();
-        let e = from_kubeconfigs("dev", &env(Some("dev-cluster")), std::slice::from_ref(&file)).await.unwrap_err();
+        let origin = Some("spec.environments.dev.context in p.yaml");
+        let e =
+            from_kubeconfigs("dev", &env(Some("dev-cluster")), origin, std::slice::from_ref(&file)).await.unwrap_err();
         assert_eq!(
             e.to_string(),
-            format!("environment `dev`: context `dev-cluster` is not in kubeconfig {} (it has: a, b)", file.display())
+            format!(
+                "environment `dev`: context `dev-cluster` (from spec.environments.dev.context in p.yaml) is not in kubeconfig {} (it has: a, b); hint: pass --kubeconfig PATH to one that has it, or --context dev=CTX to use another",
+                file.display()
+            )
         );
-        assert_eq!(e.exit_class(), ExitClass::Failed);
-        let ok = from_kubeconfigs("dev", &env(Some("b")), std::slice::from_ref(&file)).await.unwrap();
+        assert!(!e.to_string().contains("failed to load"), "{e}");
+        assert_eq!(e.exit_class(), ExitClass::BadInput);
+        let e = from_kubeconfigs("dev", &env(Some("bb")), None, std::slice::from_ref(&file)).await.unwrap_err();
+        assert!(e.to_string().ends_with("hint: did you mean `b`? (--context dev=CTX picks another)"), "{e}");
+        let ok = from_kubeconfigs("dev", &env(Some("b")), None, std::slice::from_ref(&file)).await.unwrap();
         assert_eq!(ok.cluster_url.port_u16(), Some(2));
         // No context: the current one.
-        let ok = from_kubeconfigs("dev", &env(None), &[file]).await.unwrap();
+        let ok = from_kubeconfigs("dev", &env(None), None, &[file]).await.unwrap();
         assert_eq!(ok.cluster_url.port_u16(), Some(1));
+    }
+
+    #[test]
+    fn an_undeclared_environment_gets_a_suggestion() {
+        let envs = [("dev".to_string(), env(None)), ("prod".to_string(), env(None))].into_iter().collect();
+        let clusters = Clusters::new(envs, None);
+        let e = clusters.environment("prdo").unwrap_err();
+        assert_eq!(e.to_string(), "environment `prdo` is not declared in the pipeline; did you mean `prod`?");
+        assert_eq!(e.exit_class(), ExitClass::BadInput);
     }
 
     #[tokio::test]
@@ -338,7 +407,8 @@ mod tests {
         let e = ClusterError::NoConfig { env: "dev".into() };
         assert_eq!(
             e.to_string(),
-            "environment `dev`: no cluster configuration: no --kubeconfig, no file named by $KUBECONFIG, no ~/.kube/config, and not in a pod (KUBERNETES_SERVICE_HOST/PORT unset or /var/run/secrets/kubernetes.io/serviceaccount/token unreadable)"
+            "environment `dev`: no cluster configuration: no --kubeconfig, no file named by $KUBECONFIG, no ~/.kube/config, and not in a pod (KUBERNETES_SERVICE_HOST/PORT unset or /var/run/secrets/kubernetes.io/serviceaccount/token unreadable); hint: pass --kubeconfig PATH, run against simulated clusters with --sim DIR, or keep run state in --state-dir DIR and run only stages that need no cluster (e.g. --until render)"
         );
+        assert_eq!(e.exit_class(), ExitClass::BadInput);
     }
 }

@@ -27,6 +27,9 @@ pub async fn run(a: HistoryArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
     let session = Session::open(&a.place).await?;
     let result = async {
         session.check_model(&a.model)?;
+        if let Some(e) = &a.env {
+            session.check_environment("--env", e)?;
+        }
         let envs: Vec<String> = match &a.env {
             Some(e) => vec![e.clone()],
             None => session.pipeline.spec.environments.keys().cloned().collect(),

@@ -38,6 +38,8 @@ pub struct Where {
 /// The pipeline and its clusters; sims (with `--sim`) stop on [`Session::close`].
 pub struct Session {
     pub pipeline: Pipeline,
+    /// The pipeline file, named in errors.
+    pub file: PathBuf,
     pub clusters: Clusters,
     pub state_dir: Option<PathBuf>,
     sims: Option<SimClusters>,
@@ -46,6 +48,8 @@ pub struct Session {
 impl Session {
     pub async fn open(w: &Where) -> Result<Session, CommandError> {
         let mut pipeline = crate::spec::load(&w.file).map_err(fail)?.pipeline;
+        let params = crate::spec::environment_params(&pipeline, &[]);
+        crate::spec::render_environments(&mut pipeline, &params).map_err(CommandError::usage)?;
         let mut kubeconfig = w.kubeconfig.clone();
         let mut sims = None;
         if let Some(dir) = &w.sim {
@@ -54,8 +58,9 @@ impl Session {
             s.overrides.apply(&mut pipeline).map_err(CommandError::usage)?;
             sims = Some(s);
         }
-        let clusters = Clusters::new(pipeline.spec.environments.clone(), kubeconfig);
-        Ok(Session { pipeline, clusters, state_dir: w.state_dir.clone(), sims })
+        let clusters = Clusters::new(pipeline.spec.environments.clone(), kubeconfig)
+            .with_context_origins(crate::spec::Overrides::default().context_origins(&pipeline, &w.file));
+        Ok(Session { pipeline, file: w.file.clone(), clusters, state_dir: w.state_dir.clone(), sims })
     }
 
     pub async fn close(self) {
@@ -68,12 +73,33 @@ impl Session {
     pub fn check_model(&self, model: &str) -> Result<(), CommandError> {
         let declared = &self.pipeline.spec.model.name;
         if model != declared {
-            return Err(CommandError::usage(format!(
-                "model `{model}` is not the model of pipeline `{}` (`{declared}`)",
-                self.pipeline.metadata.name
-            )));
+            let guess = crate::suggest::did_you_mean(model, [declared.as_str()]).unwrap_or_default();
+            return Err(CommandError::usage(
+                format!(
+                    "model `{model}` is not the model of pipeline `{}` (`{declared}`) in {}; {guess}",
+                    self.pipeline.metadata.name,
+                    self.file.display()
+                )
+                .trim_end_matches("; ")
+                .to_string(),
+            ));
         }
         Ok(())
+    }
+
+    /// Fail with exit 2 unless `name` (given as `flag`) is an environment
+    /// of this pipeline, suggesting the closest one.
+    pub fn check_environment(&self, flag: &str, name: &str) -> Result<(), CommandError> {
+        let envs = &self.pipeline.spec.environments;
+        if envs.contains_key(name) {
+            return Ok(());
+        }
+        let place = self.file.display().to_string();
+        let candidates = envs.keys().map(String::as_str);
+        Err(CommandError::usage(format!(
+            "{flag} {name}: {}",
+            crate::suggest::not_found("environment", name, &place, candidates)
+        )))
     }
 }
 
@@ -129,6 +155,8 @@ pub async fn run(a: PromoteArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
     let session = Session::open(&a.place).await?;
     let result = async {
         session.check_model(&a.model)?;
+        session.check_environment("--from", &a.from)?;
+        session.check_environment("--to", &a.to)?;
         let req = PromoteRequest {
             model: a.model.clone(),
             from: a.from.clone(),

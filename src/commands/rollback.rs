@@ -41,6 +41,7 @@ pub async fn run(a: RollbackArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
     let session = Session::open(&a.place).await?;
     let result = async {
         session.check_model(&a.model)?;
+        session.check_environment("--env", &a.env)?;
         let req = RollbackRequest {
             model: a.model.clone(),
             env: a.env.clone(),

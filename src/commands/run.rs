@@ -146,7 +146,12 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
 
     let sims = match &args.sim {
         Some(dir) => {
-            let sim_opts = SimOptions { serve_s3: true, rbac: args.sim_rbac.clone(), faults: args.fault.clone() };
+            let sim_opts = SimOptions {
+                serve_s3: true,
+                rbac: args.sim_rbac.clone(),
+                faults: args.fault.clone(),
+                params: opts.sets.clone(),
+            };
             let sims = SimClusters::start(&args.file, dir, &sim_opts).await?;
             opts.kubeconfig = Some(sims.kubeconfig.clone());
             opts.overrides = sims.overrides.clone();

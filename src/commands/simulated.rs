@@ -44,6 +44,8 @@ pub struct SimOptions {
     pub rbac: Option<PathBuf>,
     /// Failures every sim injects once it is set up (`run --sim --fault`).
     pub faults: Vec<FaultRule>,
+    /// `run --set`: templated namespaces render with them.
+    pub params: Vec<(String, String)>,
 }
 
 /// The running sims of one pipeline and how to reach them.
@@ -79,7 +81,10 @@ impl SimClusters {
     /// Start (or restart, on the data they kept) one sim per environment of
     /// the pipeline at `pipeline_path`, under `dir/<env>`, and set them up.
     pub async fn start(pipeline_path: &Path, dir: &Path, opts: &SimOptions) -> Result<SimClusters, CommandError> {
-        let pipeline = crate::spec::load(pipeline_path).map_err(super::fail)?.pipeline;
+        let mut pipeline = crate::spec::load(pipeline_path).map_err(super::fail)?.pipeline;
+        // The namespaces the run will use, rendered as the run renders them.
+        let params = crate::spec::environment_params(&pipeline, &opts.params);
+        crate::spec::render_environments(&mut pipeline, &params).map_err(CommandError::usage)?;
         let rbac = match &opts.rbac {
             None => SHIPPED_RBAC.to_string(),
             Some(p) => std::fs::read_to_string(p).map_err(|e| CommandError::usage(format!("{}: {e}", p.display())))?,

@@ -59,8 +59,14 @@ pub async fn run(args: StatusArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
             };
             let session = Session::open(&w).await?;
             let result = async {
-                let store =
-                    crate::engine::open_state(&session.pipeline, None, &session.clusters).await.map_err(fail)?;
+                // Where `run` kept the state of a pipeline that needs no cluster.
+                let local = args.sim.is_none().then(|| {
+                    let catalog = crate::catalog::Catalog::embedded();
+                    crate::engine::local_state_dir(&session.pipeline, file, &catalog, args.kubeconfig.as_deref(), None)
+                });
+                let store = crate::engine::open_state(&session.pipeline, local.flatten().as_deref(), &session.clusters)
+                    .await
+                    .map_err(fail)?;
                 show(&args, store.as_ref()).await
             }
             .await;
@@ -79,6 +85,19 @@ pub async fn run(args: StatusArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
 
 async fn show(args: &StatusArgs, store: &dyn StateStore) -> Result<String, CommandError> {
     let runs = store.list_runs(args.model.as_deref()).await.map_err(fail)?;
+    if let Some(model) = &args.model
+        && runs.is_empty()
+    {
+        // A typo in --model reads as "no runs"; say which models there are.
+        let all = store.list_runs(None).await.map_err(fail)?;
+        let mut models: Vec<&str> = all.iter().map(|r| r.model.as_str()).collect();
+        models.sort();
+        models.dedup();
+        if !models.is_empty() {
+            let place = store.describe();
+            return Err(CommandError::usage(crate::suggest::not_found("model", model, &place, models)));
+        }
+    }
     match &args.run_id {
         Some(id) => {
             let run = runs.into_iter().find(|r| &r.run_id == id).ok_or_else(|| {

@@ -29,7 +29,7 @@ pub async fn run(args: ValidateArgs, g: &GlobalArgs) -> Result<(), CommandError>
     let mut err = std::io::stderr().lock();
     let mut invalid = 0usize;
     for file in &args.files {
-        match crate::spec::load(file)
+        match crate::spec::load_lenient(file)
             .and_then(|loaded| crate::spec::validate(&loaded, &catalog, &crate::stages::Registry))
         {
             Ok(()) => {

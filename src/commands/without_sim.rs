@@ -46,6 +46,7 @@ pub mod simulated {
         pub serve_s3: bool,
         pub rbac: Option<PathBuf>,
         pub faults: Vec<FaultRule>,
+        pub params: Vec<(String, String)>,
     }
 
     /// Never constructed: [`SimClusters::start`] always refuses.

@@ -12,7 +12,9 @@ use tracing::Instrument;
 
 use super::digest::inputs_digest;
 use super::events::{Event, Events};
-use super::prepare::{Prepared, StagePlan, check_run_id, check_until, generate_run_id, resolve_params, stage_plans};
+use super::prepare::{
+    Prepared, StagePlan, check_run_id, check_until, generate_run_id, local_state_dir, resolve_params, stage_plans,
+};
 use super::render::{self, RenderData};
 use super::{EngineError, RunOptions, RunSummary};
 use crate::cluster::Clusters;
@@ -80,6 +82,34 @@ pub async fn open_state(
     Ok(Arc::new(ConfigMapStore::new(client, env.namespace.clone(), name)))
 }
 
+/// A run whose stages need a cluster, with none configured, stops before
+/// anything is written (a resume may skip those stages, so it goes on).
+fn no_cluster_needed_or_configured(p: &Prepared, opts: &RunOptions) -> Result<(), EngineError> {
+    use crate::cluster::{NO_CLUSTER_HINT, Source, Surroundings};
+    if Source::decide(&Surroundings::detect(opts.kubeconfig.as_deref())) != Source::Nothing {
+        return Ok(());
+    }
+    let until = opts.until.as_deref();
+    match crate::spec::first_cluster_stage(&crate::stages::Registry, &p.pipeline, &p.catalog, until) {
+        None => Ok(()),
+        Some((_, name, uses)) => Err(EngineError::BadInput(format!(
+            "stage `{name}` ({uses}) needs a cluster, and there is no cluster configuration: no --kubeconfig, no file named by $KUBECONFIG, no ~/.kube/config, and not in a pod; {NO_CLUSTER_HINT}"
+        ))),
+    }
+}
+
+/// The local state directory sits beside the user's pipeline, usually in a
+/// Git checkout: `.modelship/.gitignore` keeps it out of commits. Best
+/// effort: the state store reports a directory it cannot write.
+fn ignore_in_git(state_dir: &Path) {
+    if let Some(top) = state_dir.parent() {
+        let ignore = top.join(".gitignore");
+        if !ignore.exists() && std::fs::create_dir_all(top).is_ok() {
+            let _ = std::fs::write(ignore, "# modelship's local run state\n*\n");
+        }
+    }
+}
+
 pub(crate) async fn run_prepared(p: Prepared, opts: RunOptions) -> Result<RunSummary, EngineError> {
     run_tuned(p, opts, Tuning::default()).await
 }
@@ -87,7 +117,7 @@ pub(crate) async fn run_prepared(p: Prepared, opts: RunOptions) -> Result<RunSum
 pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> Result<RunSummary, EngineError> {
     let pipeline = p.pipeline.clone();
     let plans = stage_plans(&pipeline)?;
-    check_until(&pipeline, opts.until.as_deref())?;
+    check_until(&pipeline, &p.path, opts.until.as_deref())?;
     let run_id = opts.resume.clone().or_else(|| opts.run_id.clone()).unwrap_or_else(generate_run_id);
     check_run_id(&run_id)?;
     if opts.resume.is_none() {
@@ -95,8 +125,26 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
         // them once the recorded values are read.
         resolve_params(&pipeline, None, &opts.sets)?;
     }
-    let clusters = Arc::new(Clusters::new(pipeline.spec.environments.clone(), opts.kubeconfig.clone()));
-    let state = open_state(&pipeline, opts.state_dir.as_deref(), &clusters).await?;
+    let clusters = Arc::new(
+        Clusters::new(pipeline.spec.environments.clone(), opts.kubeconfig.clone())
+            .with_context_origins(opts.overrides.context_origins(&pipeline, &p.path)),
+    );
+    if opts.resume.is_none() {
+        no_cluster_needed_or_configured(&p, &opts)?;
+    }
+    let local = match &opts.state_dir {
+        Some(_) => None,
+        None => local_state_dir(&pipeline, &p.path, &p.catalog, opts.kubeconfig.as_deref(), opts.until.as_deref()),
+    };
+    if let Some(dir) = &local {
+        tracing::info!(
+            state_dir = %dir.display(),
+            "no stage of this run needs a cluster: run state kept in {} (--state-dir DIR puts it elsewhere)",
+            dir.display()
+        );
+        ignore_in_git(dir);
+    }
+    let state = open_state(&pipeline, opts.state_dir.as_deref().or(local.as_deref()), &clusters).await?;
     let key = RunKey { pipeline: pipeline.metadata.name.clone(), run_id: run_id.clone() };
 
     let resumed = match &opts.resume {

@@ -145,7 +145,7 @@ impl HasExitClass for EngineError {
 }
 
 pub use exec::{backoff_delay, default_workspace, open_state};
-pub use prepare::generate_run_id;
+pub use prepare::{LOCAL_STATE_DIR, generate_run_id, local_state_dir};
 
 /// Run a pipeline to the end (or `--until`): load and validate the file,
 /// then [`exec::run_prepared`].

@@ -30,11 +30,39 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     pub fn pipeline_dir(&self) -> PathBuf {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        }
+        pipeline_dir(&self.path)
     }
+}
+
+/// The directory of the pipeline file `path` (`.` for a bare file name).
+fn pipeline_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Where a run that needs no cluster keeps its state, below the pipeline
+/// file's directory.
+pub const LOCAL_STATE_DIR: &str = ".modelship/state";
+
+/// The directory state goes to when none is named (`--state-dir`) and no
+/// cluster can hold it: the pipeline declares no environments, or no
+/// cluster is configured (no kubeconfig, not in a pod) and no stage of this
+/// run (up to `until`) needs one. `None`: ConfigMaps in the state
+/// environment, as always.
+pub fn local_state_dir(
+    pipeline: &Pipeline,
+    file: &Path,
+    catalog: &Catalog,
+    kubeconfig: Option<&Path>,
+    until: Option<&str>,
+) -> Option<PathBuf> {
+    use crate::cluster::{Source, Surroundings};
+    let local = pipeline.spec.environments.is_empty()
+        || (Source::decide(&Surroundings::detect(kubeconfig)) == Source::Nothing
+            && spec::first_cluster_stage(&crate::stages::Registry, pipeline, catalog, until).is_none());
+    local.then(|| pipeline_dir(file).join(LOCAL_STATE_DIR))
 }
 
 /// Per-stage facts resolved up front, so a bad value stops the run before
@@ -46,7 +74,8 @@ pub(crate) struct StagePlan {
 }
 
 pub(crate) fn prepare(opts: &RunOptions) -> Result<Prepared, EngineError> {
-    let loaded = spec::load(&opts.pipeline)?;
+    // Read past type problems so the run reports them with every other one.
+    let loaded = spec::load_lenient(&opts.pipeline)?;
     let catalog = catalog_for(opts, &loaded.path, &loaded.pipeline);
     spec::validate(&loaded, &catalog, &crate::stages::Registry)?;
     from_pipeline(loaded.pipeline, loaded.path, loaded.digest, catalog, opts)
@@ -61,6 +90,11 @@ pub(crate) fn from_pipeline(
     opts: &RunOptions,
 ) -> Result<Prepared, EngineError> {
     opts.overrides.apply(&mut pipeline).map_err(EngineError::BadInput)?;
+    if spec::has_templated_environments(&pipeline) {
+        // Before any client or state store exists: they use the namespaces.
+        let params = resolve_params(&pipeline, None, &opts.sets)?;
+        spec::render_environments(&mut pipeline, &params).map_err(EngineError::BadInput)?;
+    }
     Ok(Prepared { pipeline: Arc::new(pipeline), path, digest, catalog: Arc::new(catalog) })
 }
 
@@ -101,10 +135,12 @@ pub(crate) fn resolve_params(
     for (k, v) in sets {
         if !declared.contains_key(k) {
             let known: Vec<&str> = declared.keys().map(String::as_str).collect();
+            let guess = crate::suggest::did_you_mean(k, known.iter().copied()).map(|h| format!("; {h}"));
             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
             return Err(EngineError::BadInput(format!(
-                "--set {k}: the pipeline `{}` declares no parameter `{k}` (declared: {known})",
-                pipeline.metadata.name
+                "--set {k}: the pipeline `{}` declares no parameter `{k}` (declared: {known}){}",
+                pipeline.metadata.name,
+                guess.unwrap_or_default()
             )));
         }
         params.insert(k.clone(), v.clone());
@@ -115,23 +151,14 @@ pub(crate) fn resolve_params(
     Ok(params)
 }
 
-pub(crate) fn check_until(pipeline: &Pipeline, until: Option<&str>) -> Result<(), EngineError> {
+pub(crate) fn check_until(pipeline: &Pipeline, file: &Path, until: Option<&str>) -> Result<(), EngineError> {
     let Some(until) = until else { return Ok(()) };
     if pipeline.spec.stages.iter().any(|s| s.name == until) {
         return Ok(());
     }
-    let names: Vec<&str> = pipeline.spec.stages.iter().map(|s| s.name.as_str()).collect();
-    let hint = strsim_closest(until, &names).map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default();
-    Err(EngineError::BadInput(format!("--until {until}: no such stage{hint}; stages: {}", names.join(", "))))
-}
-
-fn strsim_closest<'a>(name: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(name, c), *c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+    let names = pipeline.spec.stages.iter().map(|s| s.name.as_str());
+    let place = file.display().to_string();
+    Err(EngineError::BadInput(format!("--until {until}: {}", crate::suggest::not_found("stage", until, &place, names))))
 }
 
 pub(crate) fn stage_plans(pipeline: &Pipeline) -> Result<Vec<StagePlan>, EngineError> {
@@ -180,8 +207,10 @@ pub fn generate_run_id() -> String {
 }
 
 /// Where state would live, without connecting anywhere.
-pub(crate) fn describe_state(pipeline: &Pipeline, opts: &RunOptions) -> String {
-    match &opts.state_dir {
+pub(crate) fn describe_state(p: &Prepared, opts: &RunOptions) -> String {
+    let pipeline = &p.pipeline;
+    let local = || local_state_dir(pipeline, &p.path, &p.catalog, opts.kubeconfig.as_deref(), opts.until.as_deref());
+    match opts.state_dir.clone().or_else(local) {
         Some(d) => format!("dir {}", d.display()),
         None => match pipeline.state_environment() {
             Some((name, env)) => format!("configmaps in {name}/{}", env.namespace),
@@ -197,7 +226,7 @@ pub(crate) fn describe_state(pipeline: &Pipeline, opts: &RunOptions) -> String {
 pub(crate) fn plan_prepared(p: &Prepared, opts: &RunOptions) -> Result<Plan, EngineError> {
     let pipeline = &p.pipeline;
     let params = resolve_params(pipeline, None, &opts.sets)?;
-    check_until(pipeline, opts.until.as_deref())?;
+    check_until(pipeline, &p.path, opts.until.as_deref())?;
     let kinds = stage_plans(pipeline)?;
     if let Some(id) = opts.run_id.as_deref().or(opts.resume.as_deref()) {
         check_run_id(id)?;
@@ -235,7 +264,7 @@ pub(crate) fn plan_prepared(p: &Prepared, opts: &RunOptions) -> Result<Plan, Eng
             break;
         }
     }
-    Ok(Plan { pipeline: pipeline.metadata.name.clone(), run_id, state: describe_state(pipeline, opts), stages })
+    Ok(Plan { pipeline: pipeline.metadata.name.clone(), run_id, state: describe_state(p, opts), stages })
 }
 
 #[cfg(test)]

@@ -61,6 +61,10 @@ impl Contract for TestStep {
     type Params = Params;
     type Output = Output;
 
+    fn needs_cluster(_params: &Params, _cx: &ValidateCx<'_>) -> bool {
+        false
+    }
+
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         vec![format!("test step {} echoing {:?}", cx.stage.name, params.value)]
     }

@@ -13,6 +13,27 @@ pub trait StageKinds {
     /// The problems in the `with:` of stage `index` (typed parse plus the
     /// kind's pure checks); `None` for an unknown kind.
     fn validate(&self, pipeline: &Pipeline, index: usize, catalog: &Catalog) -> Option<Vec<Problem>>;
+    /// Whether stage `index` talks to a cluster; `None` for an unknown kind.
+    fn needs_cluster(&self, pipeline: &Pipeline, index: usize, catalog: &Catalog) -> Option<bool>;
+}
+
+/// The first stage (up to and including `until`, when given) that needs a
+/// cluster, as `(index, name, uses)`; unknown kinds count as needing one.
+pub fn first_cluster_stage<'p>(
+    kinds: &dyn StageKinds,
+    pipeline: &'p Pipeline,
+    catalog: &Catalog,
+    until: Option<&str>,
+) -> Option<(usize, &'p str, &'p str)> {
+    for (i, stage) in pipeline.spec.stages.iter().enumerate() {
+        if kinds.needs_cluster(pipeline, i, catalog).unwrap_or(true) {
+            return Some((i, &stage.name, &stage.uses));
+        }
+        if until == Some(stage.name.as_str()) {
+            break;
+        }
+    }
+    None
 }
 
 /// One problem in a stage's `with:`; the spec validator turns `path` into a
@@ -43,6 +64,12 @@ pub fn environment_problem(pipeline: &Pipeline, path: &str, name: &str) -> Optio
     }
     let declared: Vec<&str> = pipeline.spec.environments.keys().map(String::as_str).collect();
     let mut p = Problem::new(path, format!("environment `{name}` is not declared in spec.environments"));
-    p.hint = Some(format!("declared: {}", declared.join(", ")));
+    p.hint = Some(crate::suggest::did_you_mean(name, declared.iter().copied()).unwrap_or_else(|| {
+        if declared.is_empty() {
+            "no environments are declared".to_string()
+        } else {
+            format!("declared: {}", declared.join(", "))
+        }
+    }));
     Some(p)
 }

@@ -21,11 +21,35 @@ pub struct LoadedPipeline {
     /// `sha256:<hex>` of the file's bytes.
     pub digest: String,
     pub spans: SpanIndex,
+    /// Type problems (missing keys, wrong types, unknown keys) found while
+    /// reading on past them ([`load_lenient`]); [`load`] refuses a file
+    /// with any, and [`super::validate`] reports them with its own.
+    pub type_problems: Vec<Diagnostic>,
+    /// Dotted paths where `pipeline` holds placeholders for what the file
+    /// got wrong; validation says nothing about them.
+    pub synthetic: Vec<String>,
 }
 
 /// Read and parse `path`. Type errors (unknown keys, wrong types, malformed
-/// YAML) come back with file, line and column.
+/// YAML) come back with file, line and column, every one of them.
 pub fn load(path: &Path) -> Result<LoadedPipeline, SpecError> {
+    strict(load_lenient(path)?)
+}
+
+/// As [`load`], but a file with type problems still loads when they can be
+/// read past, with placeholders, so [`super::validate`] can report them
+/// together with every other problem. Only for validation: never run what
+/// this returns unless validation passed.
+pub fn load_lenient(path: &Path) -> Result<LoadedPipeline, SpecError> {
+    load_str_lenient(path, &read(path)?)
+}
+
+fn strict(loaded: LoadedPipeline) -> Result<LoadedPipeline, SpecError> {
+    if loaded.type_problems.is_empty() { Ok(loaded) } else { Err(SpecError { diagnostics: loaded.type_problems }) }
+}
+
+/// The file's text, or why it cannot be read as a pipeline file.
+fn read(path: &Path) -> Result<String, SpecError> {
     let fail = |msg: String| SpecError::one(Diagnostic::file(path, msg));
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read pipeline file: {}", io_reason(&e))))?;
     if meta.is_dir() {
@@ -55,7 +79,7 @@ pub fn load(path: &Path) -> Result<LoadedPipeline, SpecError> {
             return Err(SpecError::one(d));
         }
     };
-    load_str(path, &text)
+    Ok(text)
 }
 
 fn io_reason(e: &std::io::Error) -> String {
@@ -68,6 +92,11 @@ fn io_reason(e: &std::io::Error) -> String {
 
 /// Parse `text` as if read from `path`.
 pub fn load_str(path: &Path, text: &str) -> Result<LoadedPipeline, SpecError> {
+    strict(load_str_lenient(path, text)?)
+}
+
+/// As [`load_str`], reading on past type problems ([`load_lenient`]).
+pub fn load_str_lenient(path: &Path, text: &str) -> Result<LoadedPipeline, SpecError> {
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())));
     if text.trim().is_empty() {
         return Err(SpecError::one(
@@ -81,13 +110,31 @@ pub fn load_str(path: &Path, text: &str) -> Result<LoadedPipeline, SpecError> {
             .with_hint("a pipeline needs only a few levels of nesting");
         return Err(SpecError::one(d));
     }
-    let parsed = super::yaml::from_str::<Pipeline>(text);
-    match parsed {
-        Ok(pipeline) => {
-            Ok(LoadedPipeline { path: path.to_path_buf(), source: text.to_string(), pipeline, digest, spans })
+    let loaded = |pipeline, type_problems, synthetic| LoadedPipeline {
+        path: path.to_path_buf(),
+        source: text.to_string(),
+        pipeline,
+        digest: digest.clone(),
+        spans: spans.clone(),
+        type_problems,
+        synthetic,
+    };
+    let e = match super::yaml::from_str::<Pipeline>(text) {
+        Ok(pipeline) => return Ok(loaded(pipeline, Vec::new(), Vec::new())),
+        Err(e) => e,
+    };
+    // Well-formed YAML of the wrong shape: find every problem, not just this one.
+    if let Ok(tree) = super::yaml::from_str::<serde_json::Value>(text) {
+        let r = super::recover::recover(path, text, &spans, tree);
+        match r.pipeline {
+            Some(pipeline) if !r.problems.is_empty() => return Ok(loaded(pipeline, r.problems, r.synthetic)),
+            None if !r.problems.is_empty() => return Err(SpecError { diagnostics: r.problems }),
+            // The untyped tree parses where the text did not (or the other
+            // way round): serde_yaml's own error is the one to show.
+            _ => {}
         }
-        Err(e) => Err(SpecError::one(type_error(path, text, &spans, &e))),
     }
+    Err(SpecError::one(type_error(path, text, &spans, &e)))
 }
 
 /// Turn serde_yaml's error into a diagnostic. Its message reads
@@ -198,6 +245,38 @@ spec:
         let d = first(&GOOD.replace("      uses: fetch-model\n", ""));
         assert!(d.message.contains("missing field `uses`"), "{d}");
         assert_eq!(d.line, 13, "{d}");
+    }
+
+    #[test]
+    fn every_type_problem_is_reported_not_just_the_first() {
+        let t = GOOD
+            .replace("      namespace: models-dev\n", "      namespace: 123\n      registry: [x]\n")
+            .replace("      uses: fetch-model\n", "      retries: many\n    - uses: render\n      nam: r\n");
+        let e = load_str(Path::new("p.yaml"), &t).unwrap_err();
+        let got: Vec<String> = e.diagnostics.iter().map(|d| format!("{}:{} {}", d.line, d.col, d.message)).collect();
+        assert_eq!(
+            got,
+            vec![
+                "12:17 spec.environments.dev.registry: invalid type: sequence, expected a string",
+                "14:7 spec.stages[0]: missing field `uses`",
+                "15:16 spec.stages[0].retries: invalid type: string \"many\", expected u32",
+                "17:7 spec.stages[1]: unknown field `nam`, expected one of `name`, `uses`, `with`, `timeout`, `retries`, `if`",
+            ],
+            "{e}"
+        );
+        // A number where a string is expected reads as the string, as the typed parse does.
+        let ok = GOOD.replace("namespace: models-dev", "namespace: 123");
+        assert_eq!(load_str(Path::new("p.yaml"), &ok).unwrap().pipeline.spec.environments["dev"].namespace, "123");
+    }
+
+    #[test]
+    fn a_lenient_load_keeps_what_parsed_and_marks_the_placeholders() {
+        let t = GOOD.replace("      uses: fetch-model\n", "");
+        let l = load_str_lenient(Path::new("p.yaml"), &t).unwrap();
+        assert_eq!(l.type_problems.len(), 1);
+        assert_eq!(l.pipeline.spec.stages[0].name, "fetch");
+        assert_eq!(l.synthetic, vec!["spec.stages[0].uses".to_string()]);
+        assert!(load_str(Path::new("p.yaml"), &t).is_err());
     }
 
     #[test]

@@ -4,17 +4,20 @@
 //! (serde_yaml today, archived upstream) can be swapped in one place.
 
 mod diagnostic;
+mod environments;
 mod kinds;
 mod load;
 mod overrides;
+mod recover;
 mod spans;
 mod types;
 mod validate;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, SpecError};
-pub use kinds::{Problem, StageKinds, environment_problem};
-pub use load::{LoadedPipeline, load, load_str};
+pub use environments::{environment_params, has_templated_environments, render_environments};
+pub use kinds::{Problem, StageKinds, environment_problem, first_cluster_stage};
+pub use load::{LoadedPipeline, load, load_lenient, load_str, load_str_lenient};
 pub use overrides::{Overrides, RegistryOverride};
 pub use spans::SpanIndex;
 pub use types::*;

@@ -83,6 +83,28 @@ impl Overrides {
         }
         Ok(())
     }
+
+    /// Environment -> where its `context` came from, for an error about a
+    /// context the kubeconfig lacks: `--context ENV=CTX` when overridden,
+    /// else the key in `file`.
+    pub fn context_origins(&self, pipeline: &Pipeline, file: &std::path::Path) -> Vec<(String, String)> {
+        pipeline
+            .spec
+            .environments
+            .iter()
+            .filter_map(|(name, env)| {
+                let ctx = env.context.as_ref()?;
+                Some((
+                    name.clone(),
+                    if self.contexts.contains_key(name) {
+                        format!("--context {name}={ctx}")
+                    } else {
+                        format!("spec.environments.{name}.context in {}", file.display())
+                    },
+                ))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -119,5 +141,17 @@ mod tests {
         let o = Overrides { contexts: [("prdo".into(), "x".into())].into(), ..Default::default() };
         let err = o.apply(&mut p).unwrap_err();
         assert!(err.contains("--context prdo") && err.contains("did you mean `prod`"), "{err}");
+    }
+
+    #[test]
+    fn context_origins_name_the_flag_or_the_file() {
+        let p = pipeline();
+        let file = std::path::Path::new("p.yaml");
+        assert_eq!(
+            Overrides::default().context_origins(&p, file),
+            vec![("dev".to_string(), "spec.environments.dev.context in p.yaml".to_string())]
+        );
+        let o = Overrides { contexts: [("dev".into(), "dev-cluster".into())].into(), ..Default::default() };
+        assert_eq!(o.context_origins(&p, file)[0].1, "--context dev=dev-cluster");
     }
 }

@@ -38,7 +38,9 @@ pub struct PipelineSpec {
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub params: IndexMap<String, ParamSpec>,
     /// Declared order matters: the first environment holds run state unless
-    /// `state.environment` names another.
+    /// `state.environment` names another. May be left out when no stage
+    /// needs a cluster (state then lives in a local directory).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub environments: IndexMap<String, Environment>,
     pub stages: Vec<StageSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

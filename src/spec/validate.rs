@@ -25,11 +25,13 @@ const MAX_STAGES: usize = 200;
 const MAX_PROBLEMS: usize = 100;
 
 pub fn validate(loaded: &LoadedPipeline, catalog: &Catalog, kinds: &dyn StageKinds) -> Result<(), SpecError> {
-    let mut c = Checker { loaded, kinds, diags: Vec::new(), model_reported: false };
+    let mut c =
+        Checker { loaded, kinds, diags: loaded.type_problems.clone(), discarded: Vec::new(), model_reported: false };
     c.duplicate_keys();
     c.header();
     c.model();
     c.environments();
+    c.cluster_needed(catalog);
     c.params();
     c.stages(catalog);
     let mut diagnostics = c.diags;
@@ -48,6 +50,9 @@ struct Checker<'a> {
     loaded: &'a LoadedPipeline,
     kinds: &'a dyn StageKinds,
     diags: Vec<Diagnostic>,
+    /// Problems with placeholders the loader put where the file was wrong
+    /// (already reported as type problems): found, never shown.
+    discarded: Vec<Diagnostic>,
     /// `spec.model` already has a problem: a kind's complaint about the
     /// defaults it inherits from there would only repeat it.
     model_reported: bool,
@@ -57,12 +62,22 @@ impl Checker<'_> {
     /// A problem with the value at `path`.
     fn at_value(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
         let pos = self.loaded.spans.locate_value(path);
-        self.push(pos, message)
+        self.push_at(path, pos, message)
     }
 
     /// A problem with the key at `path` (its presence or name).
     fn at_key(&mut self, path: &str, message: impl Into<String>) -> &mut Diagnostic {
         let pos = self.loaded.spans.locate(path);
+        self.push_at(path, pos, message)
+    }
+
+    /// A problem about the value at `path`, unless a placeholder stands there.
+    fn push_at(&mut self, path: &str, pos: Option<(usize, usize)>, message: impl Into<String>) -> &mut Diagnostic {
+        if super::recover::is_within(&self.loaded.synthetic, path) {
+            let l = self.loaded;
+            self.discarded.push(Diagnostic::at(&l.path, &l.source, pos, message));
+            return self.discarded.last_mut().expect("just pushed");
+        }
         self.push(pos, message)
     }
 
@@ -96,9 +111,11 @@ impl Checker<'_> {
     }
 
     fn model(&mut self) {
-        let before = self.diags.len();
+        // Placeholders count: their problem was reported by the loader.
+        let before = self.diags.len() + self.discarded.len();
         self.model_checks();
-        self.model_reported = self.diags.len() > before;
+        self.model_reported = self.diags.len() + self.discarded.len() > before
+            || super::recover::is_within(&self.loaded.synthetic, "spec.model");
     }
 
     fn model_checks(&mut self) {
@@ -127,7 +144,12 @@ impl Checker<'_> {
         let l = self.loaded;
         let spec = &l.pipeline.spec;
         for (name, env) in &spec.environments {
-            if let Some(why) = crate::names::label_problem(&env.namespace) {
+            if let Some(context) = env.context.as_deref().filter(|c| crate::template::is_template(c)) {
+                self.environment_template(&format!("spec.environments.{name}.context"), context, false);
+            }
+            if crate::template::is_template(&env.namespace) {
+                self.environment_template(&format!("spec.environments.{name}.namespace"), &env.namespace, true);
+            } else if let Some(why) = crate::names::label_problem(&env.namespace) {
                 self.at_value(
                     &format!("spec.environments.{name}.namespace"),
                     format!("namespace `{}` {why}", env.namespace),
@@ -152,6 +174,92 @@ impl Checker<'_> {
             self.at_value("spec.state.keepRuns", "keepRuns must be at least 1".to_string()).hint =
                 Some("the newest N run records of the pipeline are kept; the default is 50".into());
         }
+    }
+
+    /// A templated `namespace` or `context` at `path`: only declared params,
+    /// and a namespace rendered with the defaults must be a DNS label.
+    fn environment_template(&mut self, path: &str, text: &str, namespace: bool) {
+        let l = self.loaded;
+        let spec = &l.pipeline.spec;
+        let refs = match crate::template::references(text) {
+            Ok(r) => r,
+            Err(e) => {
+                self.at_value(path, format!("invalid template: {}", e.message)).hint =
+                    Some("e.g. `models-{{params.team}}`".into());
+                return;
+            }
+        };
+        let (mut ok, mut defaults) = (true, true);
+        let mut seen = std::collections::HashSet::new();
+        for raw in refs {
+            if !seen.insert(raw.clone()) {
+                continue;
+            }
+            let segs = segments(&raw);
+            let pos = self.reference_pos(path, &raw);
+            match (segs.first().map(String::as_str), segs.get(1), segs.len()) {
+                (Some("params"), Some(name), 2) if spec.params.contains_key(name) => {
+                    defaults &= spec.params[name].default.is_some();
+                }
+                (Some("params"), Some(name), 2) => {
+                    ok = false;
+                    let declared: Vec<String> = spec.params.keys().cloned().collect();
+                    self.push(pos, format!("`{raw}`: parameter `{name}` is not declared in spec.params")).hint =
+                        did_you_mean(name, declared.iter().map(String::as_str))
+                            .or_else(|| Some(format!("declared: {}", list_or_none(&declared))));
+                }
+                _ => {
+                    ok = false;
+                    self.push(pos, format!("`{raw}`: only `{{{{params.NAME}}}}` may be used in {path}")).hint =
+                        Some("environments are resolved before any stage runs, from the params and --set".into());
+                }
+            }
+        }
+        if !(ok && defaults && namespace) {
+            return;
+        }
+        let params = super::environment_params(&l.pipeline, &[]);
+        match super::environments::render_value(text, &params, path) {
+            Ok(rendered) => {
+                if let Some(why) = crate::names::label_problem(&rendered) {
+                    self.at_value(
+                        path,
+                        format!("namespace `{text}` renders to `{rendered}` with the defaults, which {why}"),
+                    )
+                    .hint = Some(DNS_LABEL_HINT.into());
+                }
+            }
+            Err(e) => {
+                self.at_value(path, format!("cannot render: {e}"));
+            }
+        }
+    }
+
+    /// Without environments, every stage must run without a cluster.
+    fn cluster_needed(&mut self, catalog: &Catalog) {
+        let l = self.loaded;
+        let pipeline = &l.pipeline;
+        if !pipeline.spec.environments.is_empty() {
+            return;
+        }
+        // Unknown kinds are reported as such, not as needing a cluster.
+        let needs =
+            (0..pipeline.spec.stages.len()).find(|&i| self.kinds.needs_cluster(pipeline, i, catalog) == Some(true));
+        let Some(i) = needs else { return };
+        let (name, uses) = (&pipeline.spec.stages[i].name, &pipeline.spec.stages[i].uses);
+        let path = if l.spans.contains("spec.environments") { "spec.environments" } else { "spec" };
+        let d = self.at_key(
+            path,
+            format!(
+                "spec.environments declares no environment, but stage `{name}` (`{uses}`, stage {}) needs a cluster",
+                i + 1
+            ),
+        );
+        d.hint = Some(
+            "declare one, e.g. `environments: { dev: { namespace: models-dev } }`; without environments only \
+             local stages run (fetch-model from file:// or without credentialsSecret, render)"
+                .into(),
+        );
     }
 
     fn params(&mut self) {
@@ -283,7 +391,7 @@ impl Checker<'_> {
         } else {
             format!("with.{}: {}", problem.path, problem.message)
         };
-        let d = self.push(pos, message).in_stage_mut(stage);
+        let d = self.push_at(&full, pos, message).in_stage_mut(stage);
         d.hint = hint;
     }
 
@@ -523,13 +631,7 @@ pub(super) fn unknown_field_hint(message: &str) -> Option<String> {
 
 /// "did you mean `x`?" for the closest candidate, if one is close enough.
 pub(super) fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
-    let lower = word.to_ascii_lowercase();
-    let limit = (word.chars().count() / 3).max(2);
-    candidates
-        .map(|c| (strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()), c))
-        .filter(|(d, _)| *d <= limit)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+    crate::suggest::did_you_mean(word, candidates)
 }
 
 #[cfg(test)]
@@ -828,6 +930,47 @@ spec:
             "    source: s3://models/weather/\n    endpoint: s3.local\n",
         );
         assert_eq!(problems(&t), vec!["p.yaml:9:15: endpoint `s3.local` is not an http(s) URL"]);
+    }
+
+    #[test]
+    fn environments_may_be_left_out_only_when_no_stage_needs_a_cluster() {
+        let local = "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {name: w}\nspec:\n  model: {name: w, source: 'file://m'}\n  stages:\n    - {name: fetch, uses: fetch-model}\n    - {name: render, uses: render}\n";
+        assert_eq!(problems(local), Vec::<String>::new());
+        let secret = local.replace("source: 'file://m'", "source: 's3://b/m/', credentialsSecret: s3");
+        let p = problems(&secret);
+        assert!(
+            p.iter().any(|l| l.starts_with(
+                "p.yaml:4:1: spec.environments declares no environment, but stage `fetch` (`fetch-model`, stage 1) needs a cluster"
+            )),
+            "{p:#?}"
+        );
+        let build = format!("{local}    - {{name: build, uses: openshift-build}}\n");
+        assert_eq!(
+            problems(&build),
+            vec![
+                "p.yaml:4:1: spec.environments declares no environment, but stage `build` (`openshift-build`, stage 3) needs a cluster"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_templated_namespace_takes_declared_params_only() {
+        let t = GOOD.replace("namespace: models-dev", "namespace: \"models-{{params.tag}}\"");
+        assert_eq!(problems(&t), Vec::<String>::new());
+        let t = GOOD.replace("namespace: models-dev", "namespace: \"models-{{run.id}}\"");
+        assert_eq!(
+            problems(&t),
+            vec!["p.yaml:14:28: `run.id`: only `{{params.NAME}}` may be used in spec.environments.dev.namespace"]
+        );
+        let t = GOOD
+            .replace("default: latest", "default: Latest")
+            .replace("namespace: models-dev", "namespace: \"models-{{params.tag}}\"");
+        assert_eq!(
+            problems(&t),
+            vec![
+                "p.yaml:14:18: namespace `models-{{params.tag}}` renders to `models-Latest` with the defaults, which is not a valid name (RFC 1123 label)"
+            ]
+        );
     }
 
     #[test]

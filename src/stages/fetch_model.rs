@@ -472,6 +472,12 @@ impl Contract for FetchModel {
         problems
     }
 
+    /// Only to read a credentials Secret; `file://` and the AWS default
+    /// chain need none.
+    fn needs_cluster(params: &Params, cx: &ValidateCx<'_>) -> bool {
+        params.resolve(&cx.pipeline.spec.model).credentials_secret.is_some()
+    }
+
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let r = params.resolve(&cx.pipeline.spec.model);
         let kind = match Source::parse(&r.source) {

@@ -66,6 +66,12 @@ macro_rules! define_kind {
                 match self { $(Kind::$variant => plan_as::<$ty>(with, cx),)* #[cfg(test)] Kind::TestStep => plan_as::<TestStep>(with, cx), }
             }
 
+            /// Whether a stage of this kind with this `with:` talks to a
+            /// cluster; a `with:` that does not parse counts as yes.
+            pub fn needs_cluster(self, with: &Map<String, Value>, cx: &ValidateCx<'_>) -> bool {
+                match self { $(Kind::$variant => needs_cluster_as::<$ty>(with, cx),)* #[cfg(test)] Kind::TestStep => needs_cluster_as::<TestStep>(with, cx), }
+            }
+
             /// Run with `with:` already rendered.
             pub async fn run(self, with: Map<String, Value>, cx: &StageContext) -> Result<Outputs, StageError> {
                 match self { $(Kind::$variant => run_as::<$ty>(with, cx).await,)* #[cfg(test)] Kind::TestStep => run_as::<TestStep>(with, cx).await, }
@@ -123,6 +129,18 @@ impl crate::spec::StageKinds for Registry {
         let cx = ValidateCx { pipeline, stage, index, catalog };
         Some(kind.validate(&stage.with, &cx))
     }
+
+    fn needs_cluster(
+        &self,
+        pipeline: &crate::spec::Pipeline,
+        index: usize,
+        catalog: &crate::catalog::Catalog,
+    ) -> Option<bool> {
+        let stage = pipeline.spec.stages.get(index)?;
+        let kind = Kind::from_name(&stage.uses)?;
+        let cx = ValidateCx { pipeline, stage, index, catalog };
+        Some(kind.needs_cluster(&stage.with, &cx))
+    }
 }
 
 impl std::fmt::Display for Kind {
@@ -148,6 +166,10 @@ fn validate_as<S: Contract>(with: &Map<String, Value>, cx: &ValidateCx<'_>) -> V
         Ok(p) => S::validate(&p, cx),
         Err(problem) => vec![problem],
     }
+}
+
+fn needs_cluster_as<S: Contract>(with: &Map<String, Value>, cx: &ValidateCx<'_>) -> bool {
+    parse_params::<S>(with).map_or(true, |p| S::needs_cluster(&p, cx))
 }
 
 fn plan_as<S: Contract>(with: &Map<String, Value>, cx: &ValidateCx<'_>) -> Result<Vec<String>, Problem> {

@@ -49,6 +49,12 @@ pub trait Contract {
     /// What a run would touch, for `--dry-run`: target cluster, namespace,
     /// resources, in a few human-readable lines. Pure, like `validate`.
     fn plan(params: &Self::Params, cx: &ValidateCx<'_>) -> Vec<String>;
+
+    /// Whether a stage with these params talks to a cluster. A pipeline
+    /// whose stages all answer no runs without one (state in a local
+    /// directory) and needs no `spec.environments`. Every kind says so
+    /// itself: there is no default to forget.
+    fn needs_cluster(params: &Self::Params, cx: &ValidateCx<'_>) -> bool;
 }
 
 /// Running a stage kind: the effectful half of its module.

@@ -187,6 +187,10 @@ impl Contract for OpenshiftBuild {
         problems
     }
 
+    fn needs_cluster(_params: &Params, _cx: &ValidateCx<'_>) -> bool {
+        true
+    }
+
     fn plan(p: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let env =
             p.environment.clone().or_else(|| cx.pipeline.spec.environments.keys().next().cloned()).unwrap_or_default();

@@ -69,6 +69,12 @@ impl Contract for PredictionCheck {
         out
     }
 
+    /// It sends requests to an endpoint (`with.endpoint` or seldon-deploy's
+    /// output) and reads nothing from the cluster itself.
+    fn needs_cluster(_params: &Params, _cx: &ValidateCx<'_>) -> bool {
+        false
+    }
+
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let mut lines = Vec::new();
         let endpoint = match &params.endpoint {

@@ -144,6 +144,10 @@ impl Contract for Promote {
         out
     }
 
+    fn needs_cluster(_params: &Params, _cx: &ValidateCx<'_>) -> bool {
+        true
+    }
+
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let model = &cx.pipeline.spec.model.name;
         let tag = params.tag.as_deref().unwrap_or("latest");

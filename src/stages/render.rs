@@ -677,6 +677,11 @@ impl Contract for Render {
         out
     }
 
+    /// Renders files into the workspace.
+    fn needs_cluster(_params: &Params, _cx: &ValidateCx<'_>) -> bool {
+        false
+    }
+
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let model_dir = match &params.model_dir {
             Some(d) => d.clone(),

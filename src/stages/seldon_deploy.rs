@@ -232,6 +232,10 @@ impl Contract for SeldonDeploy {
         problems
     }
 
+    fn needs_cluster(_params: &Params, _cx: &ValidateCx<'_>) -> bool {
+        true
+    }
+
     fn plan(p: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let name = p.name.clone().unwrap_or_else(|| cx.pipeline.spec.model.name.clone());
         let ns = cx.pipeline.spec.environments.get(&p.environment).map(|e| e.namespace.as_str()).unwrap_or("?");

@@ -103,6 +103,10 @@ impl Contract for Sign {
         out
     }
 
+    fn needs_cluster(_params: &Params, _cx: &ValidateCx<'_>) -> bool {
+        true
+    }
+
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let build_env = cx
             .linked::<OpenshiftBuild>()
