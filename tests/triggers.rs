@@ -220,7 +220,7 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
         expect_repo: Vec::new(),
         fetch: false,
         dry_run: true,
-        output: modelship::commands::run::OutputFormat::Json,
+        output: modelship::commands::output::OutputFormat::Json,
         kubeconfig: None,
         state_dir: None,
     };
@@ -241,7 +241,7 @@ async fn trigger_command_dry_run_runs_nothing_and_exits_zero() {
         expect_repo: Vec::new(),
         fetch: false,
         dry_run: true,
-        output: modelship::commands::run::OutputFormat::Text,
+        output: modelship::commands::output::OutputFormat::Text,
         kubeconfig: None,
         state_dir: None,
     };

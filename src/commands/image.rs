@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use super::{CommandError, GlobalArgs, fail};
 use crate::registry::{AuthStore, CopyOptions, ImageRef, copy_image};
 
+/// Container images in registries.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Copy an image by digest between registries, preserving the digest.

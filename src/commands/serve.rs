@@ -23,10 +23,13 @@ Answers: 202 accepted (or ignored with a reason: ping, tag, deleted branch), 400
 unknown commits, 502 fetching the pushed commits failed, 503 run queue full."
 )]
 pub struct ServeArgs {
+    /// Address to listen on (HTTP; put TLS in front, e.g. an OpenShift Route).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Directory of pipeline files, in the checkout.
     #[arg(long, value_name = "DIR", default_value = "pipelines")]
     pub pipelines: PathBuf,
+    /// The Git checkout deliveries refer to.
     #[arg(long, value_name = "PATH", default_value = ".")]
     pub repo: PathBuf,
     /// File holding the webhook secret (else MODELSHIP_WEBHOOK_SECRET).

@@ -46,6 +46,8 @@ pub mod simulated {
         pub serve_s3: bool,
         pub rbac: Option<PathBuf>,
         pub faults: Vec<FaultRule>,
+        pub overrides: Overrides,
+        pub read_only: bool,
     }
 
     /// Never constructed: [`SimClusters::start`] always refuses.
@@ -63,7 +65,7 @@ pub mod simulated {
     }
 
     /// Not reached: `run` refuses `--sim` before its dry run.
-    pub fn overrides_for(_pipeline: &Pipeline) -> Overrides {
-        Overrides::default()
+    pub fn overrides_for(_pipeline: &Pipeline, base: &Overrides) -> Overrides {
+        base.clone()
     }
 }
