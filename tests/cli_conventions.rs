@@ -242,10 +242,7 @@ fn examples_of(cmd: &clap::Command) -> Vec<String> {
 const NOT_RUN: &[(&str, &str)] = &[
     ("modelship approve RUN_ID", "a run parked at an `approval:` stage (the weather pipeline has none)"),
     ("modelship reject RUN_ID", "a run parked at an `approval:` stage (the weather pipeline has none)"),
-    ("modelship image copy ", "a registry holding the source image"),
     ("modelship verify ", "a signed image in a registry"),
-    ("modelship trigger ", "a Git checkout holding the payload's commits"),
-    ("MODELSHIP_WEBHOOK_SECRET=", "a Git checkout; a server that runs until stopped"),
 ];
 
 /// The SeldonDeployment process records (`DATA/seldon/NS/NAME/DIGEST/pgid`)
@@ -267,12 +264,44 @@ fn model_process_records(sim: &Path) -> Vec<(PathBuf, String)> {
     out
 }
 
+/// What the examples that are not about the sim need: a Git checkout with a
+/// push payload for `trigger` and `serve`, two registries for `image copy`.
+struct Services {
+    git: support::triggers::Fixture,
+    registries: [support::registry::DockerRegistry; 2],
+}
+
+impl Services {
+    fn start(work: &Path) -> Services {
+        let git = support::triggers::build();
+        let payload = support::triggers::github_push("refs/heads/main", &git.c[0], &git.c[1]);
+        std::fs::write(git.repo().join("push.json"), payload).unwrap();
+        let registries = [support::registry::DockerRegistry::start(), support::registry::DockerRegistry::start()];
+        let mut layout = support::registry::Layout::new(&work.join("oci"));
+        let layer = layout.blob(support::registry::OCI_LAYER, b"not really a tar, but a registry does not look");
+        let image = layout.image(&[layer], "amd64");
+        layout.tag("v1", &image);
+        support::registry::push(&layout, "v1", &format!("{}/ns/app:v1", registries[0].addr));
+        Services { git, registries }
+    }
+
+    /// The example's placeholders, replaced by what stands for them here.
+    fn substitute(&self, line: &str, sim: &Path, webhook: &str) -> String {
+        line.replace("/tmp/sim", &sim.display().to_string())
+            .replace("127.0.0.1:5000", &self.registries[0].addr)
+            .replace("127.0.0.1:5001", &self.registries[1].addr)
+            .replace("127.0.0.1:8080", webhook)
+    }
+}
+
 /// Every `Examples:` line of every `--help` (the `sim` build's), run as
-/// printed by bash in a directory holding the weather pipeline: `/tmp/sim`
-/// is a temp dir, `RUN_ID` the run the first `run` example makes, `DIGEST`
-/// the digest it promoted. `sim serve` is started, the lines after it run
-/// against it, and it is stopped with SIGTERM (exit 0). The run also shows
-/// that `status`/`history`/`report --sim` start no model process.
+/// printed by bash in a directory holding the weather pipeline (`trigger`
+/// and `serve` in a Git checkout): `/tmp/sim` is a temp dir, `RUN_ID` the
+/// run the first `run` example makes, `DIGEST` the digest it promoted,
+/// loopback registries and ports free ones. `sim serve` and `serve` run
+/// until stopped: each is started, the lines after it run against it, and
+/// SIGTERM must end it with exit 0. The run also shows that
+/// `status`/`history`/`report --sim` start no model process.
 #[test]
 fn every_example_in_help_runs() {
     let (dir, _) = workdir();
@@ -299,11 +328,15 @@ fn every_example_in_help_runs() {
     }
     assert!(lines.iter().any(|l| l.starts_with("modelship run ") && l.contains("--sim /tmp/sim")), "{lines:?}");
 
+    let services = Services::start(work);
+    let webhook = format!("127.0.0.1:{}", support::free_port());
     let shell = |line: &str| {
+        // `trigger` and `serve` read a Git checkout: `--repo .`.
+        let git = line.contains("modelship trigger ") || line.contains("modelship serve ");
         let mut cmd = Command::new("bash");
         cmd.arg("-c")
             .arg(line)
-            .current_dir(work)
+            .current_dir(if git { services.git.repo() } else { work.to_path_buf() })
             .env_clear()
             .env("PATH", &path)
             .env("HOME", &home)
@@ -312,6 +345,8 @@ fn every_example_in_help_runs() {
     };
     let (mut run_id, mut digest) = (None::<String>, None::<String>);
     let mut records_after_run = None;
+    let run_re = regex::Regex::new(r"(?m)^run (\S+) of weather: succeeded").unwrap();
+    let promoted_re = regex::Regex::new(r"(?m)^promoted (sha256:[0-9a-f]{64}) to prod").unwrap();
     let mut i = 0;
     while i < lines.len() {
         let original = &lines[i];
@@ -320,7 +355,7 @@ fn every_example_in_help_runs() {
             eprintln!("not run (needs {why}): {original}");
             continue;
         }
-        let mut line = original.replace("/tmp/sim", &sim.display().to_string());
+        let mut line = services.substitute(original, &sim, &webhook);
         for (placeholder, value) in [("RUN_ID", &run_id), ("DIGEST", &digest)] {
             if line.contains(placeholder) {
                 let value = value.as_ref().unwrap_or_else(|| panic!("`{original}` comes before the first run"));
@@ -339,11 +374,20 @@ fn every_example_in_help_runs() {
                 seen.push_str(&l);
             }
             while i < lines.len() && !lines[i].starts_with("modelship ") {
-                let client = lines[i].replace("/tmp/sim", &sim.display().to_string());
+                let client = services.substitute(&lines[i], &sim, &webhook);
                 eprintln!("$ {client}");
                 ok(&shell(&client).output().unwrap());
                 i += 1;
             }
+            support::signal(server.id(), "TERM");
+            let status = server.wait().unwrap();
+            assert!(status.success(), "`{line}` on SIGTERM: {status}");
+            continue;
+        }
+        if original.contains("modelship serve ") {
+            // bash execs a lone command: the signal reaches modelship.
+            let mut server = shell(&line).spawn().unwrap();
+            support::registry::wait_for_port(&webhook, &mut server, "modelship serve");
             support::signal(server.id(), "TERM");
             let status = server.wait().unwrap();
             assert!(status.success(), "`{line}` on SIGTERM: {status}");
@@ -355,10 +399,8 @@ fn every_example_in_help_runs() {
             && !original.contains("--until")
             && !original.contains("--dry-run");
         if is_sim_run && run_id.is_none() {
-            let re = regex::Regex::new(r"(?m)^run (\S+) of weather: succeeded").unwrap();
-            run_id = Some(re.captures(&stdout).unwrap_or_else(|| panic!("no run id in:\n{stdout}"))[1].to_string());
-            let re = regex::Regex::new(r"(?m)^promoted (sha256:[0-9a-f]{64}) to prod").unwrap();
-            digest = Some(re.captures(&stdout).unwrap_or_else(|| panic!("no promotion in:\n{stdout}"))[1].to_string());
+            run_id = Some(run_re.captures(&stdout).unwrap_or_else(|| panic!("no run id in:\n{stdout}"))[1].to_string());
+            digest = Some(promoted_re.captures(&stdout).unwrap_or_else(|| panic!("no promotion in:\n{stdout}"))[1].to_string());
             let records = model_process_records(&sim);
             assert!(!records.is_empty(), "the run deployed a model, so the sim recorded its process group");
             assert!(wait_no_processes_under(&sim).is_empty(), "the run stopped its model processes");
@@ -380,5 +422,7 @@ fn every_example_in_help_runs() {
     }
     assert!(run_id.is_some(), "no example made a run");
     assert!(work.join("report.html").is_file() && work.join("report.md").is_file());
+    let copied = support::registry::raw_manifest(&format!("{}/ns/app:prod", services.registries[1].addr));
+    assert_eq!(copied, support::registry::raw_manifest(&format!("{}/ns/app:v1", services.registries[0].addr)));
     assert!(repo().join("pipelines/weather.yaml").is_file());
 }
