@@ -400,7 +400,9 @@ fn every_example_in_help_runs() {
             && !original.contains("--dry-run");
         if is_sim_run && run_id.is_none() {
             run_id = Some(run_re.captures(&stdout).unwrap_or_else(|| panic!("no run id in:\n{stdout}"))[1].to_string());
-            digest = Some(promoted_re.captures(&stdout).unwrap_or_else(|| panic!("no promotion in:\n{stdout}"))[1].to_string());
+            digest = Some(
+                promoted_re.captures(&stdout).unwrap_or_else(|| panic!("no promotion in:\n{stdout}"))[1].to_string(),
+            );
             let records = model_process_records(&sim);
             assert!(!records.is_empty(), "the run deployed a model, so the sim recorded its process group");
             assert!(wait_no_processes_under(&sim).is_empty(), "the run stopped its model processes");

@@ -242,7 +242,17 @@ mod tests {
     #[test]
     fn list_and_detail_snapshots() {
         insta::assert_snapshot!("status_list", list(&[record()], false));
-        insta::assert_snapshot!("status_list_wide", list(&[record()], true));
+        // A triggered run whose build succeeded: the wide columns filled.
+        let mut built = record();
+        built.labels =
+            [("trigger".to_string(), "github".to_string()), ("commit".to_string(), "abc123".to_string())].into();
+        built.stages[1].status = Status::Succeeded;
+        built.stages[1].outputs = [
+            ("image".to_string(), serde_json::json!("reg.dev/m/weather@sha256:aa")),
+            ("imageDigest".to_string(), serde_json::json!("sha256:aa")),
+        ]
+        .into();
+        insta::assert_snapshot!("status_list_wide", list(&[built, record()], true));
         insta::assert_snapshot!("status_detail", detail(&record()));
     }
 
