@@ -239,11 +239,33 @@ fn examples_of(cmd: &clap::Command) -> Vec<String> {
 
 /// Lines that need more than a pipeline and the sim: each says what. Every
 /// one must still be printed somewhere (a stale entry fails the test).
-const NOT_RUN: &[(&str, &str)] = &[
-    ("modelship approve RUN_ID", "a run parked at an `approval:` stage (the weather pipeline has none)"),
-    ("modelship reject RUN_ID", "a run parked at an `approval:` stage (the weather pipeline has none)"),
-    ("modelship verify ", "a signed image in a registry"),
-];
+const NOT_RUN: &[(&str, &str)] = &[("modelship verify ", "a signed image in a registry")];
+
+/// `modelship run` of the gated pipeline in the background (its own sims,
+/// state in `./state`), once its record says it waits for approval.
+fn park(shell: &dyn Fn(&str) -> Command, gated: &Path, run_id: &str) -> std::process::Child {
+    let mut run = shell(&format!("modelship run pipelines/weather.yaml --sim sim --state-dir state --run-id {run_id}"))
+        .current_dir(gated)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded by the run itself: it ends (and fails the test) if it never parks.
+    loop {
+        let out =
+            shell(&format!("modelship status {run_id} --state-dir state -o json")).current_dir(gated).output().unwrap();
+        if out.status.success() {
+            let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+            if record["status"] == "waiting-approval" {
+                return run;
+            }
+        }
+        if let Some(status) = run.try_wait().unwrap() {
+            panic!("run {run_id} ended ({status}) without waiting for approval");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
 
 /// The SeldonDeployment process records (`DATA/seldon/NS/NAME/DIGEST/pgid`)
 /// under a `--sim` directory, with what they hold.
@@ -330,13 +352,31 @@ fn every_example_in_help_runs() {
 
     let services = Services::start(work);
     let webhook = format!("127.0.0.1:{}", support::free_port());
+    // `approve`/`reject` decide on a run waiting at an approval gate: the
+    // weather pipeline with `approval: required` on its promote stage.
+    let gated_dir = tempfile::tempdir().unwrap();
+    let gated = gated_dir.path();
+    weather_fixture(gated, |y| {
+        let edited = y.replace("with: { from: dev, to: prod }", "with: { from: dev, to: prod, approval: required }");
+        assert_ne!(edited, y, "pipelines/weather.yaml's promote stage changed");
+        edited
+    });
+    let mut parked = 0;
     let shell = |line: &str| {
         // `trigger` and `serve` read a Git checkout: `--repo .`.
         let git = line.contains("modelship trigger ") || line.contains("modelship serve ");
+        let decision = line.starts_with("modelship approve ") || line.starts_with("modelship reject ");
+        let dir = if git {
+            services.git.repo()
+        } else if decision {
+            gated.to_path_buf()
+        } else {
+            work.to_path_buf()
+        };
         let mut cmd = Command::new("bash");
         cmd.arg("-c")
             .arg(line)
-            .current_dir(if git { services.git.repo() } else { work.to_path_buf() })
+            .current_dir(dir)
             .env_clear()
             .env("PATH", &path)
             .env("HOME", &home)
@@ -353,6 +393,20 @@ fn every_example_in_help_runs() {
         i += 1;
         if let Some((_, why)) = NOT_RUN.iter().find(|(p, _)| original.starts_with(p)) {
             eprintln!("not run (needs {why}): {original}");
+            continue;
+        }
+        let decision = ["modelship approve ", "modelship reject "].iter().any(|p| original.starts_with(p));
+        if decision {
+            parked += 1;
+            let id = format!("gated-{parked}");
+            let line = services.substitute(original, &sim, &webhook).replace("RUN_ID", &id);
+            let mut run = park(&shell, gated, &id);
+            eprintln!("$ {line}");
+            ok(&shell(&line).output().unwrap());
+            // The run goes on: approved, it promotes; rejected, its stage fails.
+            let status = run.wait().unwrap();
+            let expected = if original.starts_with("modelship approve ") { 0 } else { 1 };
+            assert_eq!(status.code(), Some(expected), "the run decided on by `{line}`");
             continue;
         }
         let mut line = services.substitute(original, &sim, &webhook);
