@@ -210,6 +210,14 @@ fn every_flag_has_help_and_every_subcommand_a_description_and_examples() {
         if leaf && examples_of(&cmd).is_empty() {
             missing.push(format!("{name}: no `Examples:` in its --help"));
         }
+        // As printed (clap wraps at 100 columns off a terminal): an example
+        // wrapped by clap cannot be pasted; a long one continues with `\`.
+        let rendered = cmd.clone().render_long_help().to_string();
+        for line in example_lines(&cmd) {
+            if !rendered.lines().any(|l| l.trim() == line) {
+                missing.push(format!("{name}: example wrapped in --help: {line}"));
+            }
+        }
         for arg in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
             if arg.get_help().is_none() && arg.get_long_help().is_none() {
                 missing.push(format!("{name}: {} has no help", arg.get_id()));
@@ -219,13 +227,13 @@ fn every_flag_has_help_and_every_subcommand_a_description_and_examples() {
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
 
-/// The lines of a command's `Examples:` paragraph (up to the blank line).
-fn examples_of(cmd: &clap::Command) -> Vec<String> {
+/// The lines of a command's `Examples:` paragraph (up to the blank line),
+/// as written: a long command continues after a trailing `\`.
+fn example_lines(cmd: &clap::Command) -> Vec<String> {
     let Some(after) = cmd.get_after_help() else { return Vec::new() };
-    let after = after.to_string();
     let mut lines = Vec::new();
     let mut inside = false;
-    for line in after.lines() {
+    for line in after.to_string().lines() {
         if line.starts_with("Example") && line.trim_end().ends_with(':') {
             inside = true;
         } else if inside && line.trim().is_empty() {
@@ -235,6 +243,27 @@ fn examples_of(cmd: &clap::Command) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The commands of a command's `Examples:`, continuation lines joined.
+fn examples_of(cmd: &clap::Command) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut continued = false;
+    for line in example_lines(cmd) {
+        let (text, more) = match line.strip_suffix('\\') {
+            Some(t) => (t.trim_end().to_string(), true),
+            None => (line, false),
+        };
+        match out.last_mut() {
+            Some(last) if continued => {
+                last.push(' ');
+                last.push_str(&text);
+            }
+            _ => out.push(text),
+        }
+        continued = more;
+    }
+    out
 }
 
 /// Lines that need more than a pipeline and the sim: each says what. Every

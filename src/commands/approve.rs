@@ -11,13 +11,13 @@ use crate::state::{RunKey, StateError, Status, now_rfc3339};
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples (while `modelship run pipelines/weather.yaml --sim /tmp/sim --state-dir ./state` waits at a promote stage with `approval: required`):\n  modelship approve RUN_ID --by alice -f pipelines/weather.yaml --state-dir ./state --comment 'checked the report'\n  modelship reject RUN_ID --by alice -f pipelines/weather.yaml --state-dir ./state"
+        after_help = "For a run waiting at a promote stage with `approval: required`, e.g. one started with\n`modelship run pipelines/weather.yaml --sim /tmp/sim --state-dir ./state`.\n\nExamples:\n  modelship approve RUN_ID --by alice -f pipelines/weather.yaml --state-dir ./state \\\n    --comment 'checked the report'\n  modelship reject RUN_ID --by alice -f pipelines/weather.yaml --state-dir ./state"
     )
 )]
 #[cfg_attr(
     not(feature = "sim"),
     command(
-        after_help = "Examples (a run waiting at a promote stage with `approval: required`):\n  modelship approve RUN_ID --by alice -f pipelines/weather.yaml --comment 'checked the report'\n  modelship reject RUN_ID --by alice -f pipelines/weather.yaml -n dev=models-dev-2"
+        after_help = "For a run waiting at a promote stage with `approval: required`.\n\nExamples:\n  modelship approve RUN_ID --by alice -f pipelines/weather.yaml --comment 'checked the report'\n  modelship reject RUN_ID --by alice -f pipelines/weather.yaml -n dev=models-dev-2"
     )
 )]
 pub struct DecisionArgs {

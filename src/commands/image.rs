@@ -12,7 +12,7 @@ use crate::registry::{AuthStore, CopyOptions, ImageRef, copy_image};
 pub enum ImageCommand {
     /// Copy an image by digest between registries, preserving the digest.
     #[command(
-        after_help = "Examples (plain-HTTP registries on loopback):\n  modelship image copy docker://127.0.0.1:5000/ns/app:v1 docker://127.0.0.1:5001/ns/app:prod --src-insecure --dest-insecure\n  modelship image copy docker://127.0.0.1:5000/ns/app:v1 docker://127.0.0.1:5000/ns/app:v1-backup --src-insecure --dest-insecure"
+        after_help = "Examples (plain-HTTP registries on loopback):\n  modelship image copy docker://127.0.0.1:5000/ns/app:v1 docker://127.0.0.1:5001/ns/app:prod \\\n    --src-insecure --dest-insecure\n  modelship image copy docker://127.0.0.1:5000/ns/app:v1 docker://127.0.0.1:5000/ns/app:v1-old \\\n    --src-insecure --dest-insecure"
     )]
     Copy(CopyArgs),
 }

@@ -22,7 +22,7 @@ pub fn parse_wait(text: &str) -> Result<Duration, CommandError> {
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship promote weather --from dev --to prod -f pipelines/weather.yaml --sim /tmp/sim --dry-run\n  modelship promote weather --from dev --to prod -f pipelines/weather.yaml --sim /tmp/sim --comment 'release 3' -o json\n\nExit codes: 0 promoted, 1 failed, 2 bad input or refused."
+        after_help = "Examples:\n  modelship promote weather --from dev --to prod -f pipelines/weather.yaml --sim /tmp/sim --dry-run\n  modelship promote weather --from dev --to prod -f pipelines/weather.yaml --sim /tmp/sim \\\n    --comment 'release 3' -o json\n\nExit codes: 0 promoted, 1 failed, 2 bad input or refused."
     )
 )]
 #[cfg_attr(

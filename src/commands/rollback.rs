@@ -14,7 +14,7 @@ use crate::registry::AuthStore;
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship rollback weather --env prod -f pipelines/weather.yaml --sim /tmp/sim --to DIGEST --comment 'back to the checked digest'\n  modelship rollback weather --env prod -f pipelines/weather.yaml --sim /tmp/sim -o yaml --to DIGEST"
+        after_help = "Examples:\n  modelship rollback weather --env prod -f pipelines/weather.yaml --sim /tmp/sim --to DIGEST \\\n    --comment 'back to the checked digest'\n  modelship rollback weather --env prod -f pipelines/weather.yaml --sim /tmp/sim -o yaml --to DIGEST"
     )
 )]
 #[cfg_attr(

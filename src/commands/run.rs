@@ -21,7 +21,7 @@ use crate::state::Status;
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --sim /tmp/sim --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --sim /tmp/sim --dry-run -o yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim -n dev=models-dev-2 --dry-run\n  modelship run pipelines/weather.yaml --sim /tmp/sim --state-dir ./state --until render --label commit=abc123"
+        after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --sim /tmp/sim --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --sim /tmp/sim --dry-run -o yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim -n dev=models-dev-2 --dry-run\n  modelship run pipelines/weather.yaml --sim /tmp/sim --state-dir ./state --until render"
     )
 )]
 #[cfg_attr(
