@@ -246,6 +246,11 @@ fn status_needs_to_know_where_runs_are_kept() {
     let o = cli.run(&["status"]);
     assert_exit(&o, 2);
     assert!(stderr(&o).contains("--state-dir"), "{}", stderr(&o));
+    // A mistyped directory is not an empty store.
+    let o = cli.run(&["status", "--state-dir", "state"]);
+    assert_exit(&o, 2);
+    assert!(stderr(&o).contains("--state-dir state: no such directory"), "{}", stderr(&o));
+    std::fs::create_dir(cli.path("state")).unwrap();
     let o = cli.run(&["status", "--state-dir", "state"]);
     assert_exit(&o, 0);
     assert!(stdout(&o).starts_with("no runs in dir state"), "{}", stdout(&o));

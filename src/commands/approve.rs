@@ -3,27 +3,38 @@
 
 use clap::Args;
 
-use super::promote::{Session, Where};
+use super::session::{Access, Session, Where};
 use super::{CommandError, GlobalArgs, fail};
 use crate::state::{RunKey, StateError, Status, now_rfc3339};
 
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Example:\n  modelship approve 20261125-0230-ab12 --by alice -f pipelines/weather.yaml --comment 'checked the report'"
+#[cfg_attr(
+    feature = "sim",
+    command(
+        after_help = "For a run waiting at a promote stage with `approval: required`, e.g. one started with\n`modelship run pipelines/weather.yaml --sim /tmp/sim --state-dir ./state`.\n\nExamples:\n  modelship approve RUN_ID --by alice -f pipelines/weather.yaml --state-dir ./state \\\n    --comment 'checked the report'\n  modelship reject RUN_ID --by alice -f pipelines/weather.yaml --state-dir ./state"
+    )
+)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(
+        after_help = "For a run waiting at a promote stage with `approval: required`.\n\nExamples:\n  modelship approve RUN_ID --by alice -f pipelines/weather.yaml --comment 'checked the report'\n  modelship reject RUN_ID --by alice -f pipelines/weather.yaml -n dev=models-dev-2"
+    )
 )]
 pub struct DecisionArgs {
+    /// The run waiting for approval (`modelship status` lists it as waiting-approval).
     pub run_id: String,
     /// Who decides (kept in the run record and the ledger).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub by: String,
-    #[arg(long)]
+    /// Why, kept with the decision.
+    #[arg(long, value_name = "TEXT")]
     pub comment: Option<String>,
     #[command(flatten)]
     pub place: Where,
 }
 
 pub async fn run(a: DecisionArgs, approve: bool, _g: &GlobalArgs) -> Result<(), CommandError> {
-    let session = Session::open(&a.place).await?;
+    let session = Session::open(&a.place, Access::Write).await?;
     let result = async {
         let state = crate::engine::open_state(&session.pipeline, session.state_dir.as_deref(), &session.clusters)
             .await

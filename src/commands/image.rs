@@ -7,11 +7,12 @@ use clap::{Args, Subcommand};
 use super::{CommandError, GlobalArgs, fail};
 use crate::registry::{AuthStore, CopyOptions, ImageRef, copy_image};
 
+/// Container images in registries.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Copy an image by digest between registries, preserving the digest.
     #[command(
-        after_help = "Example:\n  modelship image copy docker://127.0.0.1:5000/ns/app@sha256:... docker://127.0.0.1:5001/ns/app:prod --src-insecure --dest-insecure"
+        after_help = "Examples (plain-HTTP registries on loopback):\n  modelship image copy docker://127.0.0.1:5000/ns/app:v1 docker://127.0.0.1:5001/ns/app:prod \\\n    --src-insecure --dest-insecure\n  modelship image copy docker://127.0.0.1:5000/ns/app:v1 docker://127.0.0.1:5000/ns/app:v1-old \\\n    --src-insecure --dest-insecure"
     )]
     Copy(CopyArgs),
 }

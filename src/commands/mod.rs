@@ -3,13 +3,16 @@
 //! lives in its own file and returns a [`CommandError`] carrying its exit class.
 
 pub mod approve;
+pub mod completion;
 pub mod history;
 pub mod image;
+pub mod output;
 pub mod promote;
 pub mod report;
 pub mod rollback;
 pub mod run;
 pub mod serve;
+pub mod session;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod sim_runner;
@@ -35,19 +38,20 @@ use crate::logging::{ColorChoice, LogFormat};
 #[derive(Debug, Parser)]
 #[command(
     name = "modelship",
-    version,
+    // The version and the Git revision it was built from (build.rs).
+    version = env!("MODELSHIP_LONG_VERSION"),
     about = "Take a trained ML model from S3 to a verified, promoted image on OpenShift"
 )]
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim -o wide\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
     )
 )]
 #[cfg_attr(
     not(feature = "sim"),
     command(
-        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship status -f pipelines/weather.yaml\n  modelship report RUN_ID -f pipelines/weather.yaml --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
+        after_help = "Examples:\n  modelship validate pipelines/weather.yaml\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship status -f pipelines/weather.yaml -o wide\n  modelship report RUN_ID -f pipelines/weather.yaml --format html --out report.html\n\nExit codes: 0 success, 1 a stage failed, 2 bad input or usage."
     )
 )]
 pub struct Cli {
@@ -87,9 +91,11 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     Run(run::RunArgs),
     Status(status::StatusArgs),
+    /// The simulated OpenShift behind `--sim`: serve one cluster on its own.
     #[cfg_attr(feature = "sim", command(subcommand))]
     #[cfg_attr(not(feature = "sim"), command(hide = true))]
     Sim(sim::SimCommand),
+    /// Container images: copy between registries by digest.
     #[command(subcommand)]
     Image(image::ImageCommand),
     Trigger(trigger::TriggerArgs),
@@ -110,6 +116,7 @@ pub enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(verify::KeysCommand),
+    Completion(completion::CompletionArgs),
 }
 
 /// Run the parsed command.
@@ -131,6 +138,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Reject(a) => approve::run(a, false, &g).await,
         Command::Verify(a) => verify::run(a, &g).await,
         Command::Keys(c) => verify::keys(c, &g).await,
+        Command::Completion(a) => completion::run(a),
     }
 }
 

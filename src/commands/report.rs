@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use super::promote::{Session, Where};
+use super::output::{OutputFormat, structured};
+use super::session::{Access, Session, TargetArgs, Where, existing_state_dir};
 use super::{CommandError, GlobalArgs, fail};
 use crate::error::ExitClass;
 use crate::report::Format;
@@ -25,18 +26,20 @@ pub enum ReportFormat {
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --sim /tmp/modelship-sim --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+        after_help = "Examples:\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format html --out report.html\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim -o json\n  modelship report RUN_ID -f pipelines/weather.yaml --sim /tmp/sim --format md --out report.md"
     )
 )]
 #[cfg_attr(
     not(feature = "sim"),
     command(
-        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+        after_help = "Examples:\n  modelship report RUN_ID -f pipelines/weather.yaml --format html --out report.html\n  modelship report RUN_ID -f pipelines/weather.yaml -n prod=models-prod-2 -o yaml\n  modelship report RUN_ID --state-dir ./state --format md"
     )
 )]
 pub struct ReportArgs {
+    /// The run to report on (`modelship status` lists them).
     #[arg(value_name = "RUN_ID")]
     pub run_id: String,
+    /// The document to write (with `-o text`, the default).
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,
     /// Write here instead of stdout.
@@ -46,20 +49,42 @@ pub struct ReportArgs {
     /// environments whose ledgers hold the digests).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    /// Simulated clusters kept in DIR (as `modelship run --sim DIR`).
+    /// Simulated clusters kept in DIR (as `modelship run --sim DIR`); only
+    /// their API servers start: nothing is built or deployed.
     #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig", requires = "file")]
     #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
+    /// kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// Run records and the ledger in this directory instead of ConfigMaps.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// `json` or `yaml`: the report's data (the run record, its checks and
+    /// promotions, each environment's current digest) instead of --format.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// What the report is made of, for `-o json|yaml`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportData {
+    pub run: RunRecord,
+    pub promotions: Vec<crate::report::Promotion>,
+    /// Each environment's current ledger entry.
+    pub environments: Vec<LedgerEntry>,
 }
 
 pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
+    if args.output == OutputFormat::Wide {
+        return Err(CommandError::usage("report has no wide output: -o json|yaml for its data, --format md|html"));
+    }
     let (run, current) = match (&args.state_dir, &args.file) {
         (Some(dir), _) => {
+            existing_state_dir(dir)?;
             let store = crate::state::dir::DirStore::new(dir);
             let run = find_run(&store, &args.run_id).await?;
             let ledger = store.get_ledger(&run.model).await.map_err(fail)?;
@@ -76,7 +101,12 @@ pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
         ReportFormat::Md => Format::Markdown,
         ReportFormat::Html => Format::Html,
     };
-    let text = mask(&crate::report::render(&run, &current, format).map_err(fail)?);
+    let promotions = crate::report::promotions(&run.stages);
+    let data = ReportData { run, promotions, environments: current };
+    let text = match structured(args.output, &data)? {
+        Some(text) => format!("{}\n", mask(&text)),
+        None => mask(&crate::report::render(&data.run, &data.environments, format).map_err(fail)?),
+    };
     match &args.out {
         Some(path) => std::fs::write(path, text).map_err(|e| {
             CommandError::new(ExitClass::Failed, std::io::Error::other(format!("{}: {e}", path.display())))
@@ -92,9 +122,14 @@ async fn from_clusters(
     args: &ReportArgs,
     file: &std::path::Path,
 ) -> Result<(RunRecord, Vec<LedgerEntry>), CommandError> {
-    let w =
-        Where { file: file.to_path_buf(), kubeconfig: args.kubeconfig.clone(), sim: args.sim.clone(), state_dir: None };
-    let session = Session::open(&w).await?;
+    let w = Where {
+        file: file.to_path_buf(),
+        kubeconfig: args.kubeconfig.clone(),
+        sim: args.sim.clone(),
+        state_dir: None,
+        targets: args.targets.clone(),
+    };
+    let session = Session::open(&w, Access::Read).await?;
     let result = async {
         let (pipeline, clusters) = (&session.pipeline, &session.clusters);
         let store = crate::engine::open_state(pipeline, None, clusters).await.map_err(fail)?;

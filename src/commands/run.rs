@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 
+use super::output::{OutputFormat, structured};
+use super::session::TargetArgs;
 use super::simulated::{self, SimClusters, SimOptions};
 use super::{CommandError, GlobalArgs, fail};
 use crate::engine::{self, EngineError, Plan, RunOptions, RunSummary};
@@ -14,25 +16,18 @@ use crate::error::{ExitClass, HasExitClass};
 use crate::secret::mask;
 use crate::state::Status;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum OutputFormat {
-    #[default]
-    Text,
-    Json,
-}
-
 /// Run a pipeline.
 #[derive(Debug, Args)]
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+        after_help = "Examples:\n  modelship run pipelines/weather.yaml --sim /tmp/sim\n  modelship run pipelines/weather.yaml --sim /tmp/sim --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --sim /tmp/sim --dry-run -o yaml\n  modelship run pipelines/weather.yaml --sim /tmp/sim -n dev=models-dev-2 --dry-run\n  modelship run pipelines/weather.yaml --sim /tmp/sim --state-dir ./state --until render"
     )
 )]
 #[cfg_attr(
     not(feature = "sim"),
     command(
-        after_help = "Examples:\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --dry-run --set tag=v2"
+        after_help = "Examples:\n  modelship run pipelines/weather.yaml --kubeconfig ~/.kube/config\n  modelship run pipelines/weather.yaml --until render --workspace ./ws\n  modelship run pipelines/weather.yaml --context dev=dev-cluster -n dev=models-dev-2 --dry-run -o yaml"
     )
 )]
 pub struct RunArgs {
@@ -70,9 +65,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "RULE", requires = "sim")]
     #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub fault: Vec<simulated::FaultRule>,
-    /// Use kubeconfig context CTX for environment ENV (repeatable).
-    #[arg(long = "context", value_name = "ENV=CTX")]
-    pub contexts: Vec<String>,
+    #[command(flatten)]
+    pub targets: TargetArgs,
     /// Use registry HOST for environment ENV (`cluster`: its integrated registry).
     #[arg(long = "registry", value_name = "ENV=HOST")]
     pub registries: Vec<String>,
@@ -94,8 +88,9 @@ pub struct RunArgs {
     /// Print the resolved plan and touch nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// `json` ends with one JSON object describing the run.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: `json`/`yaml` end with one object describing the run
+    /// (with --dry-run: the plan); `wide` is text.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// Write Tekton results (run-id, status, IMAGE_URL, IMAGE_DIGEST) here.
     #[arg(long, value_name = "DIR", env = "MODELSHIP_RESULTS_DIR")]
@@ -133,13 +128,10 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
     if args.dry_run {
         if args.sim.is_some() {
             let pipeline = crate::spec::load(&args.file).map_err(fail)?.pipeline;
-            opts.overrides = simulated::overrides_for(&pipeline);
+            opts.overrides = simulated::overrides_for(&pipeline, &opts.overrides);
         }
         let plan = engine::plan(&opts).map_err(fail)?;
-        let text = match args.output {
-            OutputFormat::Json => json_text(&plan),
-            OutputFormat::Text => plan_text(&plan),
-        };
+        let text = structured(args.output, &plan)?.unwrap_or_else(|| plan_text(&plan));
         println!("{}", mask(&text));
         return Ok(());
     }
@@ -151,6 +143,8 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
                 rbac: args.sim_rbac.clone(),
                 faults: args.fault.clone(),
                 params: opts.sets.clone(),
+                overrides: opts.overrides.clone(),
+                read_only: false,
             };
             let sims = SimClusters::start(&args.file, dir, &sim_opts).await?;
             opts.kubeconfig = Some(sims.kubeconfig.clone());
@@ -179,16 +173,16 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
     if let (Some(dir), Some(summary)) = (&results_dir, summary) {
         write_results(dir, summary).map_err(|e| CommandError::new(ExitClass::Failed, e))?;
     }
-    match (args.output, summary) {
-        (OutputFormat::Json, Some(s)) => println!("{}", mask(&json_text(s))),
-        (OutputFormat::Json, None) => {
+    match (args.output.is_structured(), summary) {
+        (true, Some(s)) => println!("{}", mask(&structured(args.output, s)?.unwrap_or_default())),
+        (true, None) => {
             let err = result.as_ref().err().map(|e| crate::error::chain(e)).unwrap_or_default();
             let class = result.as_ref().err().map_or(ExitClass::Failed, |e| e.exit_class());
             let obj = serde_json::json!({ "status": "error", "error": err, "exitCode": class.code() });
-            println!("{}", mask(&json_text(&obj)));
+            println!("{}", mask(&structured(args.output, &obj)?.unwrap_or_default()));
         }
-        (OutputFormat::Text, Some(s)) => println!("{}", mask(&summary_table(s, &rerun_args(&args)))),
-        (OutputFormat::Text, None) => {}
+        (false, Some(s)) => println!("{}", mask(&summary_table(s, &rerun_args(&args)))),
+        (false, None) => {}
     }
     result.map(|_| ()).map_err(fail)
 }
@@ -203,10 +197,9 @@ pub fn parse_pairs(flag: &str, raw: &[String]) -> Result<Vec<(String, String)>, 
         .collect()
 }
 
-/// The `--context`, `--registry` and `--model-*` flags.
+/// The `--context`, `-n/--namespace`, `--registry` and `--model-*` flags.
 fn overrides(args: &RunArgs) -> Result<crate::spec::Overrides, CommandError> {
     Ok(crate::spec::Overrides {
-        contexts: parse_pairs("--context", &args.contexts)?.into_iter().collect(),
         registries: parse_pairs("--registry", &args.registries)?
             .into_iter()
             .map(|(env, host)| (env, crate::spec::RegistryOverride::parse(&host)))
@@ -214,6 +207,7 @@ fn overrides(args: &RunArgs) -> Result<crate::spec::Overrides, CommandError> {
         model_endpoint: args.model_endpoint.clone(),
         model_insecure: args.model_insecure,
         model_secret: args.model_secret.clone(),
+        ..args.targets.overrides()?
     })
 }
 
@@ -249,10 +243,6 @@ async fn wait_for_signal() -> &'static str {
 async fn wait_for_signal() -> &'static str {
     let _ = tokio::signal::ctrl_c().await;
     "Ctrl-C"
-}
-
-fn json_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"cannot serialize: {e}\"}}"))
 }
 
 fn plan_text(plan: &Plan) -> String {
@@ -401,8 +391,23 @@ pub enum ResultsError {
 /// `IMAGE_URL`/`IMAGE_DIGEST` for Tekton Chains, from the last promote stage
 /// or else the last build stage.
 pub fn results(s: &RunSummary) -> Vec<(&'static str, String)> {
+    let (image, digest) = image_and_digest(&s.stages);
+    // Chains wants the repository in IMAGE_URL and the digest apart.
+    let url = image.split_once('@').map_or(image.as_str(), |(repo, _)| repo).to_string();
+    vec![
+        ("run-id", s.run_id.clone()),
+        ("status", s.status.to_string()),
+        ("image-digest", digest.clone()),
+        ("IMAGE_URL", url),
+        ("IMAGE_DIGEST", digest),
+    ]
+}
+
+/// The image a run made and its digest (empty when none): the last
+/// succeeded promote stage's, else the last build's.
+pub fn image_and_digest(stages: &[crate::state::StageRecord]) -> (String, String) {
     let image_stage = ["promote", "openshift-build"].iter().find_map(|kind| {
-        s.stages
+        stages
             .iter()
             .rev()
             .find(|st| st.uses == *kind && st.status == Status::Succeeded && st.outputs.contains_key("image"))
@@ -415,15 +420,7 @@ pub fn results(s: &RunSummary) -> Vec<(&'static str, String)> {
         .or_else(|| out("digest"))
         .or_else(|| image.split_once('@').map(|(_, d)| d.to_string()))
         .unwrap_or_default();
-    // Chains wants the repository in IMAGE_URL and the digest apart.
-    let url = image.split_once('@').map_or(image.as_str(), |(repo, _)| repo).to_string();
-    vec![
-        ("run-id", s.run_id.clone()),
-        ("status", s.status.to_string()),
-        ("image-digest", digest.clone()),
-        ("IMAGE_URL", url),
-        ("IMAGE_DIGEST", digest),
-    ]
+    (image, digest)
 }
 
 pub fn write_results(dir: &Path, s: &RunSummary) -> Result<(), ResultsError> {

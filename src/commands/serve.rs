@@ -16,18 +16,19 @@ use crate::triggers::signature::load_secret;
 
 /// Receive GitHub/GitLab push webhooks and run the pipelines they select.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Example:\n  MODELSHIP_WEBHOOK_SECRET=... modelship serve --listen 127.0.0.1:8080 --repo . --pipelines pipelines\n\n\
+#[command(after_help = "Example:\n  MODELSHIP_WEBHOOK_SECRET=... modelship serve --listen 127.0.0.1:8080\n\n\
 Endpoints: POST /hooks/github, POST /hooks/gitlab, GET /healthz, GET /runs, GET /metrics.\n\
 Answers: 202 accepted (or ignored with a reason: ping, tag, deleted branch), 400 malformed,\n\
 401 bad signature, 408 body too slow, 409 replayed delivery id, 413 body too large, 422 another repository or\n\
-unknown commits, 502 fetching the pushed commits failed, 503 run queue full."
-)]
+unknown commits, 502 fetching the pushed commits failed, 503 run queue full.")]
 pub struct ServeArgs {
+    /// Address to listen on (HTTP; put TLS in front, e.g. an OpenShift Route).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Directory of pipeline files, in the checkout.
     #[arg(long, value_name = "DIR", default_value = "pipelines")]
     pub pipelines: PathBuf,
+    /// The Git checkout deliveries refer to.
     #[arg(long, value_name = "PATH", default_value = ".")]
     pub repo: PathBuf,
     /// File holding the webhook secret (else MODELSHIP_WEBHOOK_SECRET).

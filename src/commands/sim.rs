@@ -10,11 +10,12 @@ use super::{CommandError, GlobalArgs, fail};
 use crate::error::ExitClass;
 use crate::sim::{Faults, SimConfig};
 
+/// The simulated OpenShift (the cargo feature `sim`).
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
     /// Run the simulated OpenShift API; print its address; write a kubeconfig.
     #[command(
-        after_help = "Example:\n  modelship sim serve --data /tmp/sim --kubeconfig /tmp/sim/kubeconfig\n  kubectl --kubeconfig /tmp/sim/kubeconfig get configmaps -n default"
+        after_help = "Examples (the dev cluster of `modelship run --sim /tmp/sim`):\n  modelship sim serve --data /tmp/sim/dev\n  kubectl --kubeconfig /tmp/sim/dev/kubeconfig get configmaps -n models-dev"
     )]
     Serve(SimServeArgs),
 }
@@ -32,7 +33,7 @@ pub struct SimServeArgs {
     #[arg(long, value_name = "OUT")]
     pub kubeconfig: Option<PathBuf>,
     /// Cluster/context name in the kubeconfig.
-    #[arg(long, default_value = "sim")]
+    #[arg(long, value_name = "NAME", default_value = "sim")]
     pub name: String,
     /// Answer 403 Forbidden for a resource: RESOURCE[.GROUP][:VERB,...][@NAMESPACE]
     /// (repeatable), e.g. `builds.build.openshift.io:create@models-dev`.
@@ -58,6 +59,7 @@ pub async fn run(c: SimCommand, _g: &GlobalArgs) -> Result<(), CommandError> {
 }
 
 async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
+    refuse_a_sim_root(&a.data)?;
     let config = SimConfig {
         data_dir: a.data.clone(),
         listen: a.listen,
@@ -81,6 +83,33 @@ async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
     tracing::info!("sim stopping");
     server.shutdown().await;
     Ok(())
+}
+
+/// `--data` names one cluster's data. The directory of `run --sim DIR` holds
+/// one per environment (`DIR/dev`, `DIR/prod`): serving DIR itself would
+/// start an empty cluster beside them, so say which to pass instead.
+fn refuse_a_sim_root(data: &Path) -> Result<(), CommandError> {
+    if data.join(crate::sim::ADDRESS_FILE).is_file() {
+        return Ok(());
+    }
+    let mut clusters: Vec<String> = std::fs::read_dir(data)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join(crate::sim::ADDRESS_FILE).is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    if clusters.is_empty() {
+        return Ok(());
+    }
+    clusters.sort();
+    Err(CommandError::usage(format!(
+        "--data {}: holds the simulated clusters of `--sim {0}` ({}), not one cluster's data; \
+         pass one of them, e.g. --data {}",
+        data.display(),
+        clusters.join(", "),
+        data.join(&clusters[0]).display()
+    )))
 }
 
 fn write_kubeconfig(path: &Path, text: &str) -> Result<(), std::io::Error> {

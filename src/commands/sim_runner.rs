@@ -36,7 +36,8 @@ impl PipelineRunner for SimRunner {
             turn = self.one_at_a_time.lock() => turn,
             _ = cancel.cancelled() => return not_started(Status::Cancelled, "cancelled before the simulated clusters were free"),
         };
-        let opts = SimOptions { serve_s3: true, ..SimOptions::default() };
+        let mut options = self.engine.options(req, cancel);
+        let opts = SimOptions { serve_s3: true, params: options.sets.clone(), ..SimOptions::default() };
         let sims = match SimClusters::start(&req.file, &self.dir, &opts).await {
             Ok(sims) => sims,
             Err(e) => {
@@ -47,7 +48,6 @@ impl PipelineRunner for SimRunner {
                 return out;
             }
         };
-        let mut options = self.engine.options(req, cancel);
         options.kubeconfig = Some(sims.kubeconfig.clone());
         options.overrides = sims.overrides.clone();
         let result = crate::engine::run(options).await;

@@ -46,6 +46,12 @@ pub struct SimOptions {
     pub faults: Vec<FaultRule>,
     /// `run --set`: templated namespaces render with them.
     pub params: Vec<(String, String)>,
+    /// The user's overrides (`-n ENV=NS`), applied before the clusters are
+    /// set up so the namespaces made and bound are the ones the run uses.
+    pub overrides: Overrides,
+    /// API servers only, no controllers: no build runs and no model process
+    /// starts (`status`, `history`, `report` only read).
+    pub read_only: bool,
 }
 
 /// The running sims of one pipeline and how to reach them.
@@ -66,10 +72,10 @@ fn failed(message: String) -> CommandError {
 }
 
 /// The overrides `--sim` implies before anything is started (for
-/// `--dry-run`): each environment is the kubeconfig context of its name, its
-/// registry the cluster's own.
-pub fn overrides_for(pipeline: &Pipeline) -> Overrides {
-    let mut o = Overrides::default();
+/// `--dry-run`), on top of the user's `base`: each environment is the
+/// kubeconfig context of its name, its registry the cluster's own.
+pub fn overrides_for(pipeline: &Pipeline, base: &Overrides) -> Overrides {
+    let mut o = base.clone();
     for name in pipeline.spec.environments.keys() {
         o.contexts.insert(name.clone(), name.clone());
         o.registries.insert(name.clone(), RegistryOverride::Cluster);
@@ -85,6 +91,7 @@ impl SimClusters {
         // The namespaces the run will use, rendered as the run renders them.
         let params = crate::spec::environment_params(&pipeline, &opts.params);
         crate::spec::render_environments(&mut pipeline, &params).map_err(CommandError::usage)?;
+        opts.overrides.apply(&mut pipeline).map_err(CommandError::usage)?;
         let rbac = match &opts.rbac {
             None => SHIPPED_RBAC.to_string(),
             Some(p) => std::fs::read_to_string(p).map_err(|e| CommandError::usage(format!("{}: {e}", p.display())))?,
@@ -95,7 +102,7 @@ impl SimClusters {
             sims: Vec::new(),
             kubeconfig: dir.join("kubeconfig"),
             admin_kubeconfig: dir.join("admin.kubeconfig"),
-            overrides: overrides_for(&pipeline),
+            overrides: overrides_for(&pipeline, &opts.overrides),
             s3: None,
         };
         match me.set_up(&pipeline, pipeline_path, dir, &rbac, opts).await {
@@ -119,6 +126,7 @@ impl SimClusters {
             // Each comes back on the address its data directory had before.
             let mut config = SimConfig::new(dir.join(name), name.clone());
             config.faults.inject = opts.faults.clone();
+            config.controllers = !opts.read_only;
             let sim = crate::sim::start(config).await.map_err(|e| CommandError::new(ExitClass::Failed, e))?;
             // Setup is the administrator's, not under test: faults from the run on.
             sim.api().fault_counters.arm(false);

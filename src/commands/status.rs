@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::promote::{Session, Where};
-use super::run::{OutputFormat, stage_duration, table};
+use super::output::{OutputFormat, structured};
+use super::run::{image_and_digest, stage_duration, table};
+use super::session::{Access, Session, TargetArgs, Where, existing_state_dir};
 use super::{CommandError, GlobalArgs, fail};
 use crate::error::ExitClass;
 use crate::secret::mask;
@@ -16,13 +17,13 @@ use crate::state::{RunRecord, StateStore, Status};
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim\n  modelship status -f pipelines/weather.yaml --sim /tmp/sim -o wide\n  modelship status RUN_ID -f pipelines/weather.yaml --sim /tmp/sim -o yaml\n  modelship status --state-dir ./state"
     )
 )]
 #[cfg_attr(
     not(feature = "sim"),
     command(
-        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml\n  modelship status 20261125-0102-ab12 --state-dir ./state"
+        after_help = "Examples:\n  modelship status -f pipelines/weather.yaml\n  modelship status -f pipelines/weather.yaml -n dev=models-dev-2 -o wide\n  modelship status RUN_ID --state-dir ./state -o json"
     )
 )]
 pub struct StatusArgs {
@@ -35,29 +36,39 @@ pub struct StatusArgs {
     /// The pipeline file (names the environment that holds state).
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
-    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig")]
+    /// Simulated clusters kept in DIR (as `modelship run --sim DIR`); only
+    /// their API servers start: nothing is built or deployed.
+    #[arg(long, value_name = "DIR", conflicts_with = "kubeconfig", requires = "file")]
     #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
+    /// kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+    /// Read run records from this directory (as `modelship run --state-dir DIR`) instead of ConfigMaps.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// `json` prints the records.
-    #[arg(long, value_enum, default_value_t = super::run::OutputFormat::Text)]
-    pub output: super::run::OutputFormat,
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// Output format: a table (wide: image digest and trigger too), json or yaml.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 pub async fn run(args: StatusArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
     let text = match (&args.state_dir, &args.file) {
-        (Some(dir), _) => show(&args, &crate::state::dir::DirStore::new(dir)).await?,
+        (Some(dir), _) => {
+            existing_state_dir(dir)?;
+            show(&args, &crate::state::dir::DirStore::new(dir)).await?
+        }
         (None, Some(file)) => {
             let w = Where {
                 file: file.clone(),
                 kubeconfig: args.kubeconfig.clone(),
                 sim: args.sim.clone(),
                 state_dir: None,
+                targets: args.targets.clone(),
             };
-            let session = Session::open(&w).await?;
+            let session = Session::open(&w, Access::Read).await?;
             let result = async {
                 // Where `run` kept the state of a pipeline that needs no cluster.
                 let local = args.sim.is_none().then(|| {
@@ -106,15 +117,12 @@ async fn show(args: &StatusArgs, store: &dyn StateStore) -> Result<String, Comma
                     std::io::Error::other(format!("no run `{id}` in {}", store.describe())),
                 )
             })?;
-            Ok(match args.output {
-                OutputFormat::Json => serde_json::to_string_pretty(&run).unwrap_or_default(),
-                OutputFormat::Text => detail(&run),
-            })
+            Ok(structured(args.output, &run)?.unwrap_or_else(|| detail(&run)))
         }
-        None => Ok(match args.output {
-            OutputFormat::Json => serde_json::to_string_pretty(&runs).unwrap_or_default(),
-            OutputFormat::Text if runs.is_empty() => format!("no runs in {}", store.describe()),
-            OutputFormat::Text => list(&runs),
+        None => Ok(match structured(args.output, &runs)? {
+            Some(text) => text,
+            None if runs.is_empty() => format!("no runs in {}", store.describe()),
+            None => list(&runs, args.output == OutputFormat::Wide),
         }),
     }
 }
@@ -138,25 +146,34 @@ fn short_time(rfc3339: &str) -> String {
         .map_or_else(|_| rfc3339.to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
 }
 
-fn list(runs: &[RunRecord]) -> String {
-    let mut rows = vec![vec![
-        "RUN ID".into(),
-        "PIPELINE".into(),
-        "STATUS".into(),
-        "STARTED".into(),
-        "DURATION".into(),
-        "STAGES".into(),
-    ]];
+/// `wide` adds the image digest the run made and what triggered it.
+fn list(runs: &[RunRecord], wide: bool) -> String {
+    let mut head: Vec<String> =
+        ["RUN ID", "PIPELINE", "STATUS", "STARTED", "DURATION", "STAGES"].into_iter().map(String::from).collect();
+    if wide {
+        head.extend(["DIGEST", "TRIGGER", "LABELS"].map(String::from));
+    }
+    let mut rows = vec![head];
     for r in runs {
         let done = r.stages.iter().filter(|s| s.status.is_terminal()).count();
-        rows.push(vec![
+        let mut row = vec![
             r.run_id.clone(),
             r.pipeline.clone(),
             r.status.to_string(),
             short_time(&r.created),
             run_duration(r),
             format!("{done}/{}", r.stages.len()),
-        ]);
+        ];
+        if wide {
+            let (_, digest) = image_and_digest(&r.stages);
+            // `modelship trigger`/`serve` label their runs with the Git host.
+            let trigger = r.labels.get("trigger").map_or("-", String::as_str);
+            let labels: Vec<String> =
+                r.labels.iter().filter(|(k, _)| *k != "trigger").map(|(k, v)| format!("{k}={v}")).collect();
+            let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+            row.extend([or_dash(digest), trigger.to_string(), or_dash(labels.join(","))]);
+        }
+        rows.push(row);
     }
     table(&rows).trim_end().to_string()
 }
@@ -243,7 +260,18 @@ mod tests {
 
     #[test]
     fn list_and_detail_snapshots() {
-        insta::assert_snapshot!("status_list", list(&[record()]));
+        insta::assert_snapshot!("status_list", list(&[record()], false));
+        // A triggered run whose build succeeded: the wide columns filled.
+        let mut built = record();
+        built.labels =
+            [("trigger".to_string(), "github".to_string()), ("commit".to_string(), "abc123".to_string())].into();
+        built.stages[1].status = Status::Succeeded;
+        built.stages[1].outputs = [
+            ("image".to_string(), serde_json::json!("reg.dev/m/weather@sha256:aa")),
+            ("imageDigest".to_string(), serde_json::json!("sha256:aa")),
+        ]
+        .into();
+        insta::assert_snapshot!("status_list_wide", list(&[built, record()], true));
         insta::assert_snapshot!("status_detail", detail(&record()));
     }
 
@@ -259,6 +287,7 @@ mod tests {
             sim: None,
             kubeconfig: None,
             state_dir: Some(dir.path().into()),
+            targets: TargetArgs::default(),
             output: OutputFormat::Text,
         };
         assert!(show(&args, &store).await.unwrap().contains("build (openshift-build): failed, 3 attempts"));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::run::OutputFormat;
+use super::output::{OutputFormat, structured};
 use super::sim_runner::SimRunner;
 use super::{CommandError, GlobalArgs, fail};
 use crate::error::ExitClass;
@@ -40,8 +40,8 @@ pub struct TriggerArgs {
     /// List what would run and why; run nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// `json` prints the plan as JSON.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: the plan as text, json or yaml.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// kubeconfig for the runs (default: $KUBECONFIG, ~/.kube/config, in-cluster).
     #[arg(long, value_name = "PATH")]
@@ -77,12 +77,9 @@ pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         fetch: a.fetch,
     };
     let plan = plan(&payload, &req).map_err(fail)?;
-    match a.output {
-        OutputFormat::Text => print!("{}", render_plan(&plan, a.dry_run)),
-        OutputFormat::Json => {
-            let text = serde_json::to_string_pretty(&plan).map_err(|e| CommandError::new(ExitClass::Internal, e))?;
-            println!("{text}");
-        }
+    match structured(a.output, &plan)? {
+        Some(text) => println!("{text}"),
+        None => print!("{}", render_plan(&plan, a.dry_run)),
     }
     if a.dry_run {
         return Ok(());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::run::OutputFormat;
+use super::output::{OutputFormat, structured};
 use super::{CommandError, GlobalArgs, fail};
 use crate::registry::{AuthStore, ImageRef, RegistryClient};
 use crate::secret::{Secret, mask};
@@ -28,7 +28,8 @@ pub struct VerifyArgs {
     /// docker config.json / containers auth.json with credentials.
     #[arg(long, value_name = "PATH")]
     pub authfile: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    /// Output format: the provenance as text, json or yaml.
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -56,10 +57,8 @@ pub async fn run(a: VerifyArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
     .await
     .map_err(fail)?;
     let verified = signing::verify_image(&client, &image.repository, &digest, &key).await.map_err(fail)?;
-    match a.output {
-        OutputFormat::Json => println!("{}", mask(&serde_json::to_string_pretty(&verified).unwrap_or_default())),
-        OutputFormat::Text => println!("{}", mask(&signing::describe(&verified))),
-    }
+    let text = structured(a.output, &verified)?.unwrap_or_else(|| signing::describe(&verified));
+    println!("{}", mask(&text));
     Ok(())
 }
 
@@ -68,7 +67,7 @@ pub enum KeysCommand {
     /// Write a cosign-compatible key pair: DIR/cosign.key (encrypted with
     /// $COSIGN_PASSWORD) and DIR/cosign.pub.
     #[command(
-        after_help = "Example:\n  COSIGN_PASSWORD=... modelship keys generate --out keys/\n  oc create secret generic cosign -n models-dev --from-file=keys/cosign.key --from-file=keys/cosign.pub --from-literal=cosign.password=\"$COSIGN_PASSWORD\""
+        after_help = "Examples:\n  COSIGN_PASSWORD=... modelship keys generate --out keys/\n\nThen give the pair to the pipeline's signing stage:\n  oc create secret generic cosign -n models-dev --from-file=keys/cosign.key --from-file=keys/cosign.pub --from-literal=cosign.password=\"$COSIGN_PASSWORD\""
     )]
     Generate(GenerateArgs),
 }

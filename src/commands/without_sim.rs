@@ -47,6 +47,8 @@ pub mod simulated {
         pub rbac: Option<PathBuf>,
         pub faults: Vec<FaultRule>,
         pub params: Vec<(String, String)>,
+        pub overrides: Overrides,
+        pub read_only: bool,
     }
 
     /// Never constructed: [`SimClusters::start`] always refuses.
@@ -64,7 +66,7 @@ pub mod simulated {
     }
 
     /// Not reached: `run` refuses `--sim` before its dry run.
-    pub fn overrides_for(_pipeline: &Pipeline) -> Overrides {
-        Overrides::default()
+    pub fn overrides_for(_pipeline: &Pipeline, base: &Overrides) -> Overrides {
+        base.clone()
     }
 }

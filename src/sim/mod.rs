@@ -122,6 +122,10 @@ pub struct SimConfig {
     /// How long `instantiatebinary` waits for its Build to run before it
     /// answers 504 and cancels the Build (openshift-apiserver: 5 minutes).
     pub build_start_timeout: Duration,
+    /// Run the controllers (builds, Seldon model processes, image imports).
+    /// Off: the API server alone, as strict as ever, for a client that only
+    /// reads, like a cluster whose controller manager is down.
+    pub controllers: bool,
 }
 
 impl SimConfig {
@@ -134,6 +138,7 @@ impl SimConfig {
             faults: Faults::default(),
             build_duration: Duration::from_secs(1),
             build_start_timeout: build::BUILD_START_TIMEOUT,
+            controllers: true,
         }
     }
 }
@@ -396,11 +401,15 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         .layer(axum::middleware::from_fn_with_state(audit_log, audit::layer));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let task = tokio::spawn(serve(listener, app, acceptor, api.shutdown.clone()));
-    let controllers = vec![
-        tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration)),
-        tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone())),
-        tokio::spawn(image::import_controller(api.clone(), addr.to_string())),
-    ];
+    let controllers = if config.controllers {
+        vec![
+            tokio::spawn(build::controller(api.clone(), addr.to_string(), config.build_duration)),
+            tokio::spawn(seldon::controller(api.clone(), config.data_dir.clone())),
+            tokio::spawn(image::import_controller(api.clone(), addr.to_string())),
+        ]
+    } else {
+        Vec::new()
+    };
     tracing::info!(url = %format!("https://{addr}"), data = %config.data_dir.display(), "sim started");
     Ok(SimServer { addr, name: config.name, api, admin, task, controllers })
 }
@@ -486,7 +495,7 @@ async fn serve(
 }
 
 /// Where a sim records the address it listens on.
-const ADDRESS_FILE: &str = "address";
+pub const ADDRESS_FILE: &str = "address";
 
 /// Bind `config.listen`; for port 0, first the address this data directory
 /// had last time. A restarted sim must come back where it was: its address

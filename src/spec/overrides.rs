@@ -1,6 +1,8 @@
 //! Where a run's clusters, registries and model source are when not where
 //! the pipeline file says: `--context ENV=CTX`, `--registry ENV=HOST`,
-//! `--model-endpoint URL`, `--model-secret NAME`. `--sim` sets the same
+//! `-n/--namespace ENV=NS`, `--model-endpoint URL`, `--model-secret NAME`.
+//! Applied to the loaded pipeline, the one place every later use of an
+//! environment's context or namespace reads it from. `--sim` sets the same
 //! overrides for the clusters it starts, so a simulated run takes no path a
 //! real one cannot.
 
@@ -34,6 +36,8 @@ impl RegistryOverride {
 pub struct Overrides {
     /// Environment name -> kubeconfig context.
     pub contexts: BTreeMap<String, String>,
+    /// Environment name -> namespace.
+    pub namespaces: BTreeMap<String, String>,
     /// Environment name -> registry.
     pub registries: BTreeMap<String, RegistryOverride>,
     /// `spec.model.endpoint`.
@@ -65,6 +69,12 @@ impl Overrides {
         };
         for (name, context) in &self.contexts {
             envs.get_mut(name).ok_or_else(|| unknown("--context", name))?.context = Some(context.clone());
+        }
+        for (name, namespace) in &self.namespaces {
+            if let Some(problem) = crate::names::label_problem(namespace) {
+                return Err(format!("--namespace {name}={namespace}: not a namespace name: {problem}"));
+            }
+            envs.get_mut(name).ok_or_else(|| unknown("--namespace", name))?.namespace = namespace.clone();
         }
         for (name, registry) in &self.registries {
             let env = envs.get_mut(name).ok_or_else(|| unknown("--registry", name))?;
@@ -121,6 +131,7 @@ mod tests {
         let mut p = pipeline();
         let o = Overrides {
             contexts: [("dev".into(), "dev".into()), ("prod".into(), "prod".into())].into(),
+            namespaces: [("prod".into(), "models-prod-2".into())].into(),
             registries: [("dev".into(), RegistryOverride::Cluster)].into(),
             model_endpoint: Some("http://127.0.0.1:9".into()),
             model_insecure: true,
@@ -130,6 +141,7 @@ mod tests {
         let dev = &p.spec.environments["dev"];
         assert_eq!((dev.context.as_deref(), dev.registry.as_deref()), (Some("dev"), None));
         assert_eq!(p.spec.environments["prod"].context.as_deref(), Some("prod"));
+        assert_eq!((dev.namespace.as_str(), p.spec.environments["prod"].namespace.as_str()), ("d", "models-prod-2"));
         assert_eq!(p.spec.model.endpoint.as_deref(), Some("http://127.0.0.1:9"));
         assert!(p.spec.model.insecure);
         assert_eq!(p.spec.model.credentials_secret.as_deref(), Some("s3"));
@@ -141,6 +153,9 @@ mod tests {
         let o = Overrides { contexts: [("prdo".into(), "x".into())].into(), ..Default::default() };
         let err = o.apply(&mut p).unwrap_err();
         assert!(err.contains("--context prdo") && err.contains("did you mean `prod`"), "{err}");
+        let o = Overrides { namespaces: [("prod".into(), "Not_A_Label".into())].into(), ..Default::default() };
+        let err = o.apply(&mut pipeline()).unwrap_err();
+        assert!(err.contains("--namespace prod=Not_A_Label"), "{err}");
     }
 
     #[test]

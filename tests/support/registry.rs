@@ -40,7 +40,7 @@ pub fn require_tool(path: &str) -> String {
     path.to_string()
 }
 
-fn wait_for_port(addr: &str, child: &mut Child, what: &str) {
+pub fn wait_for_port(addr: &str, child: &mut Child, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(addr).is_ok() {
