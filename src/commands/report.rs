@@ -1,4 +1,4 @@
-//! `modelship report RUN_ID --format md|html [--out FILE]`
+//! `modelship report RUN_ID --format md|html [--out FILE] [--compare RUN_ID | --since ENV]`
 
 use std::path::PathBuf;
 
@@ -19,19 +19,21 @@ pub enum ReportFormat {
     Html,
 }
 
-/// Write a run's report: stage timeline, check results, latency percentiles
-/// against the SLO, digests per environment.
+/// Write a run's report: lineage (source, model and context digests, Build,
+/// image, environments), stage timeline, check results, latency percentiles
+/// against the SLO, digests per environment; with `--compare`/`--since`,
+/// what changed against another run.
 #[derive(Debug, Args)]
 #[cfg_attr(
     feature = "sim",
     command(
-        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --sim /tmp/modelship-sim --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --sim /tmp/modelship-sim --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --sim /tmp/modelship-sim --since prod"
     )
 )]
 #[cfg_attr(
     not(feature = "sim"),
     command(
-        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md"
+        after_help = "Examples:\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --format html --out report.html\n  modelship report 20261125-061500-ab12 --state-dir ./state --format md\n  modelship report 20261125-061500-ab12 -f pipelines/weather.yaml --since prod"
     )
 )]
 pub struct ReportArgs {
@@ -55,15 +57,31 @@ pub struct ReportArgs {
     /// Run records and the ledger in this directory instead of ConfigMaps.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Show what changed against this run: digests, check results, latency.
+    #[arg(long, value_name = "RUN_ID", conflicts_with = "since")]
+    pub compare: Option<String>,
+    /// Show what changed against the run last promoted to ENV (other than
+    /// this one), from ENV's promotion ledger.
+    #[arg(long, value_name = "ENV")]
+    pub since: Option<String>,
+}
+
+/// The run, the ledgers' current entries and history, and the run compared with.
+struct Loaded {
+    run: RunRecord,
+    current: Vec<LedgerEntry>,
+    history: Vec<LedgerEntry>,
+    other: Option<RunRecord>,
 }
 
 pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
-    let (run, current) = match (&args.state_dir, &args.file) {
+    let loaded = match (&args.state_dir, &args.file) {
         (Some(dir), _) => {
             let store = crate::state::dir::DirStore::new(dir);
             let run = find_run(&store, &args.run_id).await?;
             let ledger = store.get_ledger(&run.model).await.map_err(fail)?;
-            (run, ledger.current.into_values().collect())
+            let other = other_run(&store, &args, &run, &ledger.history).await?;
+            Loaded { run, current: ledger.current.into_values().collect(), history: ledger.history, other }
         }
         (None, Some(file)) => from_clusters(&args, file).await?,
         (None, None) => {
@@ -76,7 +94,11 @@ pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
         ReportFormat::Md => Format::Markdown,
         ReportFormat::Html => Format::Html,
     };
-    let text = mask(&crate::report::render(&run, &current, format).map_err(fail)?);
+    let extras = crate::report::Extras {
+        history: &loaded.history,
+        compare: loaded.other.as_ref().map(|run| crate::report::Baseline { run, since: args.since.as_deref() }),
+    };
+    let text = mask(&crate::report::render_with(&loaded.run, &loaded.current, &extras, format).map_err(fail)?);
     match &args.out {
         Some(path) => std::fs::write(path, text).map_err(|e| {
             CommandError::new(ExitClass::Failed, std::io::Error::other(format!("{}: {e}", path.display())))
@@ -86,27 +108,53 @@ pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
     Ok(())
 }
 
-/// The run from its state environment, and each environment's current
-/// ledger entry from that environment's namespace.
-async fn from_clusters(
+/// The run `--compare` names, or the one `--since ENV` finds in the ledger history.
+async fn other_run(
+    store: &dyn StateStore,
     args: &ReportArgs,
-    file: &std::path::Path,
-) -> Result<(RunRecord, Vec<LedgerEntry>), CommandError> {
+    run: &RunRecord,
+    history: &[LedgerEntry],
+) -> Result<Option<RunRecord>, CommandError> {
+    let id = match (&args.compare, &args.since) {
+        (Some(id), _) => id.clone(),
+        (None, Some(env)) => {
+            crate::report::last_promoted(history, env, &run.run_id).map(|e| e.run_id.clone()).ok_or_else(|| {
+                CommandError::usage(format!(
+                    "--since {env}: the promotion ledger of `{}` records no run other than {} promoted to `{env}`",
+                    run.model, run.run_id
+                ))
+            })?
+        }
+        (None, None) => return Ok(None),
+    };
+    find_run(store, &id).await.map(Some)
+}
+
+/// The run from its state environment, and each environment's current
+/// ledger entry and history from that environment's namespace.
+async fn from_clusters(args: &ReportArgs, file: &std::path::Path) -> Result<Loaded, CommandError> {
     let w =
         Where { file: file.to_path_buf(), kubeconfig: args.kubeconfig.clone(), sim: args.sim.clone(), state_dir: None };
     let session = Session::open(&w).await?;
     let result = async {
         let (pipeline, clusters) = (&session.pipeline, &session.clusters);
+        if let Some(env) = args.since.as_deref().filter(|e| !pipeline.spec.environments.contains_key(*e)) {
+            return Err(CommandError::usage(format!("--since {env}: the pipeline has no environment `{env}`")));
+        }
         let store = crate::engine::open_state(pipeline, None, clusters).await.map_err(fail)?;
         let run = find_run(store.as_ref(), &args.run_id).await?;
-        let mut current = Vec::new();
+        let (mut current, mut history) = (Vec::new(), Vec::new());
         for (name, env) in &pipeline.spec.environments {
             let client = clusters.client(name).await.map_err(fail)?;
             let ledger = crate::state::configmap::ConfigMapStore::new(client, env.namespace.clone(), name.clone());
             let l = ledger.get_ledger(&run.model).await.map_err(fail)?;
             current.extend(l.current.get(name).cloned());
+            history.extend(l.history.into_iter().filter(|e| &e.environment == name));
         }
-        Ok((run, current))
+        // One history across the environments' ledgers, oldest first.
+        history.sort_by_key(|e| e.at.parse::<jiff::Timestamp>().ok());
+        let other = other_run(store.as_ref(), args, &run, &history).await?;
+        Ok(Loaded { run, current, history, other })
     }
     .await;
     session.close().await;
