@@ -263,9 +263,20 @@ async fn fetch_reuse_and_prune(endpoint: &str) {
     assert_eq!((first.fetched_files, first.reused_files), (5, 0));
     assert_eq!(first.bytes_transferred, first.total_bytes);
 
+    // The lineage of each object: its key, size and digest, and an ETag
+    // (listed by moto; s3s-fs lists none, so the one its GET answered).
+    assert_eq!(first.objects.len(), first.manifest.len());
+    for (o, m) in first.objects.iter().zip(&first.manifest) {
+        assert_eq!((&o.path, o.size, &o.sha256), (&m.path, m.size, &m.sha256), "{o:?}");
+        assert_eq!(o.key, format!("weather/v1/{}", o.path), "{o:?}");
+        assert!(o.etag.as_deref().is_some_and(|e| !e.is_empty() && !e.contains('"')), "{o:?}");
+    }
+
     let again = fetch(src, endpoint, json!({}), &dest, SK).await.expect("second fetch");
     assert_eq!(again.content_digest, first.content_digest);
     assert_eq!((again.fetched_files, again.reused_files, again.bytes_transferred), (0, 5, 0));
+    // Reused files keep what their download recorded.
+    assert_eq!(again.objects, first.objects);
 
     // A file touched locally is not trusted: it is fetched again.
     std::fs::write(dest.join("model/small.bin"), b"tampered").unwrap();

@@ -357,7 +357,7 @@ fn bc_json(env: &Env) -> Value {
 /// second context reuses the image and writes nothing (PATCH and PUT
 /// counted by a no-op fault rule on those verbs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consecutive_builds_do_not_patch_the_buildconfig() {
+async fn consecutive_builds_write_the_buildconfig_only_for_their_created_label() {
     let faults = Faults {
         inject: vec!["delay+1ms=buildconfigs.build.openshift.io:patch,update".parse().unwrap()],
         ..Faults::default()

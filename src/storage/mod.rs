@@ -719,6 +719,16 @@ mod tests {
     }
 
     #[test]
+    fn a_served_identity_drops_quotes_and_the_null_version() {
+        assert_eq!(
+            Served::of(Some("\"abc-2\""), Some("3HL4kqtJ")),
+            Served { etag: Some("abc-2".into()), version_id: Some("3HL4kqtJ".into()) }
+        );
+        // `null`: stored before the bucket was versioned, nothing to pin.
+        assert_eq!(Served::of(Some(""), Some("null")), Served::default());
+    }
+
+    #[test]
     fn sources_parse() {
         assert_eq!(
             Source::parse("s3://models/weather/").unwrap(),
