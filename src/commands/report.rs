@@ -60,8 +60,8 @@ pub struct ReportArgs {
     /// Show what changed against this run: digests, check results, latency.
     #[arg(long, value_name = "RUN_ID", conflicts_with = "since")]
     pub compare: Option<String>,
-    /// Show what changed against the run last promoted to ENV (other than
-    /// this one), from ENV's promotion ledger.
+    /// Show what changed against the run last promoted to ENV, or verified
+    /// there by its checks (other than this one), from ENV's promotion ledger.
     #[arg(long, value_name = "ENV")]
     pub since: Option<String>,
 }
