@@ -3,7 +3,7 @@
 //! the source URI and each object's key, size, sha256 and ETag; the image
 //! in the sim's registry carries the OCI labels and the model digest (read
 //! back from its config blob with skopeo); `report --compare` and `--since`
-//! name the changed digests.
+//! name the changed digests, in Markdown and in the page Chromium renders.
 
 mod support;
 
@@ -189,6 +189,18 @@ fn two_runs_keep_their_lineage_label_their_images_and_report_what_changed() {
     assert!(md.contains(&format!("| image digest | `{image}` | `{old_image}` | **changed** |")), "{md}");
     assert!(md.contains("| check | seed request | pass | pass |  |"), "{md}");
     assert!(md.contains("| check | p95 |"), "{md}");
+
+    // The same as a page, as Chromium renders it.
+    let page = c.dir.path().join("report.html");
+    let out = c.report(&["--compare", FIRST, "--format", "html", "--out", page.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", support::text(&out.stderr));
+    let dom = support::chromium::rendered_dom(&page);
+    let cell =
+        |marker: &str| support::chromium::text_of(&dom, marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
+    assert_eq!(cell("class=\"lineage-model-digest\""), model);
+    assert_eq!(cell("class=\"lineage-build\""), "weather-2");
+    assert_eq!(cell("data-what=\"model digest\""), format!("model digest{model}{old_model}changed"));
+    assert!(dom.contains("<tr data-what=\"model digest\" class=\"changed\">"), "{dom}");
 
     // `--since prod`: the run promoted there before this one.
     let out = c.report(&["--since", "prod"]);
