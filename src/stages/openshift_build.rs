@@ -366,7 +366,9 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildErr
             // there just before the start; the builder appends
             // `spec.output.imageLabels` after the Dockerfile's own labels
             // (openshift/builder pkg/build/builder/common.go, buildLabels).
-            // Reused images keep the time they were built.
+            // Reused images keep the time they were built; two runs starting
+            // builds of one BuildConfig at the same moment may swap their
+            // (near-equal) times, which is why only the time goes there.
             vars.image_labels
                 .insert(CREATED_LABEL.into(), jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
             let bc_obj = manifest(&build_config_yaml(&cx.catalog, &vars).map_err(|e| ctx_err(&t, e))?)?;
