@@ -263,9 +263,20 @@ async fn fetch_reuse_and_prune(endpoint: &str) {
     assert_eq!((first.fetched_files, first.reused_files), (5, 0));
     assert_eq!(first.bytes_transferred, first.total_bytes);
 
+    // The lineage of each object: its key, size and digest, and an ETag
+    // (listed by moto; s3s-fs lists none, so the one its GET answered).
+    assert_eq!(first.objects.len(), first.manifest.len());
+    for (o, m) in first.objects.iter().zip(&first.manifest) {
+        assert_eq!((&o.path, o.size, &o.sha256), (&m.path, m.size, &m.sha256), "{o:?}");
+        assert_eq!(o.key, format!("weather/v1/{}", o.path), "{o:?}");
+        assert!(o.etag.as_deref().is_some_and(|e| !e.is_empty() && !e.contains('"')), "{o:?}");
+    }
+
     let again = fetch(src, endpoint, json!({}), &dest, SK).await.expect("second fetch");
     assert_eq!(again.content_digest, first.content_digest);
     assert_eq!((again.fetched_files, again.reused_files, again.bytes_transferred), (0, 5, 0));
+    // Reused files keep what their download recorded.
+    assert_eq!(again.objects, first.objects);
 
     // A file touched locally is not trusted: it is fetched again.
     std::fs::write(dest.join("model/small.bin"), b"tampered").unwrap();
@@ -594,4 +605,42 @@ async fn embedded_endpoint_and_file_source_give_the_same_digest() {
     assert_model(&via_file);
     assert_eq!(via_file.content_digest, via_s3.content_digest);
     server.shutdown().await;
+}
+
+/// A versioned bucket: a prefix listing names no versions, so each object's
+/// version id is the one its GET answered, the latest; pinning an older
+/// version of one object fetches that version and names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_versioned_bucket_names_each_objects_version() {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    const VERSIONED: &str = "versioned-models";
+    let server = moto().await;
+    let c = client(&server.endpoint);
+    c.create_bucket().bucket(VERSIONED).send().await.expect("create bucket");
+    let on = VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+    c.put_bucket_versioning().bucket(VERSIONED).versioning_configuration(on).send().await.expect("versioning");
+    let put = |key: &'static str, body: &'static [u8]| {
+        let c = c.clone();
+        async move {
+            let out = c.put_object().bucket(VERSIONED).key(key).body(ByteStream::from_static(body)).send().await;
+            out.expect("put_object").version_id().expect("a versioned bucket names the version").to_string()
+        }
+    };
+    let old = put("weather/model.joblib", b"old weights").await;
+    let new = put("weather/model.joblib", b"new weights").await;
+    let meta = put("weather/meta.json", b"{}").await;
+    assert_ne!(old, new);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let got = fetch(&format!("s3://{VERSIONED}/weather/"), &server.endpoint, json!({}), tmp.path(), SK).await.unwrap();
+    let versions: Vec<(&str, Option<&str>)> =
+        got.objects.iter().map(|o| (o.path.as_str(), o.version_id.as_deref())).collect();
+    assert_eq!(versions, [("meta.json", Some(meta.as_str())), ("model.joblib", Some(new.as_str()))]);
+    assert_eq!(std::fs::read(got.model_dir.join("model.joblib")).unwrap(), b"new weights");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let key = format!("s3://{VERSIONED}/weather/model.joblib");
+    let pinned = fetch(&key, &server.endpoint, json!({ "versionId": old }), tmp.path(), SK).await.unwrap();
+    assert_eq!(pinned.objects[0].version_id.as_deref(), Some(old.as_str()));
+    assert_eq!(std::fs::read(pinned.model_dir.join("model.joblib")).unwrap(), b"old weights");
 }

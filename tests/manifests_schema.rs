@@ -52,6 +52,7 @@ fn full_build_vars() -> BuildVars {
     v.labels.insert("modelship.io/model".into(), "weather".into());
     v.annotations.insert("modelship.io/context-digest".into(), format!("sha256:{}", "1".repeat(64)));
     v.annotations.insert("modelship.io/run".into(), "run-20260101-abc".into());
+    v.image_labels.insert("org.opencontainers.image.created".into(), "2026-01-01T00:00:00Z".into());
     v
 }
 
@@ -66,6 +67,10 @@ fn buildconfig_matches_the_strict_openshift_schema() {
     assert_eq!(obj["spec"]["source"]["type"], "Binary");
     assert_eq!(obj["spec"]["strategy"]["type"], "Docker");
     assert_eq!(obj["spec"]["output"]["to"], json!({"kind": "ImageStreamTag", "name": "weather:v1.2"}));
+    assert_eq!(
+        obj["spec"]["output"]["imageLabels"],
+        json!([{"name": "org.opencontainers.image.created", "value": "2026-01-01T00:00:00Z"}])
+    );
 }
 
 #[test]

@@ -351,10 +351,13 @@ fn bc_json(env: &Env) -> Value {
 /// fills defaults (`runPolicy`, `resources: {}`, `postCommit: {}`,
 /// `nodeSelector: null`) and drops the empty `triggers`, so comparing the
 /// rendered spec with the stored one must look only at the rendered fields.
-/// Two builds of the same BuildConfig (two contexts) send no PATCH or PUT to
-/// it (counted by a no-op fault rule on those verbs).
+/// Two builds of the same BuildConfig (two contexts) write it once each:
+/// the build's `org.opencontainers.image.created` in
+/// `spec.output.imageLabels`, set just before it starts; a third run of the
+/// second context reuses the image and writes nothing (PATCH and PUT
+/// counted by a no-op fault rule on those verbs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consecutive_builds_do_not_patch_the_buildconfig() {
+async fn consecutive_builds_write_the_buildconfig_only_for_their_created_label() {
     let faults = Faults {
         inject: vec!["delay+1ms=buildconfigs.build.openshift.io:patch,update".parse().unwrap()],
         ..Faults::default()
@@ -374,13 +377,25 @@ async fn consecutive_builds_do_not_patch_the_buildconfig() {
     assert_eq!(out["buildName"], json!("weather-2"));
     assert_eq!(bc_json(&env)["status"]["lastVersion"], 2);
     let report = env.sim().api().fault_counters.report(&env.sim().api().faults);
-    assert_eq!(report["rules"][0]["matched"], 0, "the BuildConfig was written: {report}");
+    assert_eq!(report["rules"][0]["matched"], 2, "the BuildConfig was written other than for the labels: {report}");
+    let labels = &bc_json(&env)["spec"]["output"]["imageLabels"];
+    assert_eq!(labels[0]["name"], "org.opencontainers.image.created", "{labels}");
+    let created = labels[0]["value"].as_str().unwrap();
+    assert!(created.parse::<jiff::Timestamp>().is_ok(), "created is RFC 3339: {created}");
+    let out = env.run("run-3", json!({ "environment": "dev", "contextDir": second })).await.unwrap();
+    assert_eq!(out["buildName"], json!("weather-2"), "the image of this context is reused");
+    let report = env.sim().api().fault_counters.report(&env.sim().api().faults);
+    assert_eq!(report["rules"][0]["matched"], 2, "a run without a build wrote the BuildConfig: {report}");
     // The Builds carry the same defaults, and the revision (commit sent).
     let b: Value =
         serde_json::from_str(&kubectl(&env.kubeconfig, &["get", "build", "weather-2", "-n", NS, "-o", "json"]))
             .unwrap();
     assert_eq!(b["spec"]["nodeSelector"], Value::Null);
     assert_eq!(b["spec"]["postCommit"], json!({}));
+    assert_eq!(
+        b["spec"]["output"]["imageLabels"][0]["value"], created,
+        "the Build took its labels from the BuildConfig"
+    );
     let commit = b["spec"]["revision"]["git"]["commit"].as_str().expect("spec.revision.git.commit");
     assert_eq!(commit.len(), 40, "{b:#}");
 }

@@ -170,3 +170,127 @@ async fn markdown_report_goes_to_stdout_and_an_unknown_run_is_bad_input() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no run `no-such-run`"));
 }
+
+const OLD_RUN: &str = "20261124-180000-aa01";
+const NEW_RUN: &str = "20261125-090000-bb02";
+
+/// Two runs of the weather model with their lineage: the older one promoted
+/// to prod first, the newer one with another model (so other digests), a
+/// case that now fails and slower percentiles.
+async fn seed_lineage(dir: &std::path::Path) -> [String; 3] {
+    let store = DirStore::new(dir);
+    let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let stage = |name: &str, uses: &str, outputs: serde_json::Value| StageRecord {
+        name: name.into(),
+        uses: uses.into(),
+        status: Status::Succeeded,
+        attempts: 1,
+        duration_ms: Some(100),
+        outputs: serde_json::from_value(outputs).unwrap(),
+        ..Default::default()
+    };
+    let run = |id: &str, model: &str, context: &str, image: &str, build: &str, report: Report| RunRecord {
+        run_id: id.into(),
+        pipeline: "weather".into(),
+        model: "weather".into(),
+        pipeline_digest: "sha256:00".into(),
+        status: Status::Succeeded,
+        created: "2026-11-25T09:00:00Z".into(),
+        updated: "2026-11-25T09:00:04Z".into(),
+        stages: vec![
+            stage(
+                "fetch",
+                "fetch-model",
+                json!({"source": "s3://models/weather/", "contentDigest": model, "objects": [
+                    {"path": "weather.json", "url": "s3://models/weather/weather.json", "key": "weather/weather.json",
+                     "size": 263, "sha256": "c".repeat(64), "versionId": format!("v-{id}"), "etag": format!("etag-{id}")}]}),
+            ),
+            stage("render", "render", json!({"contextDigest": context, "modelDigest": model})),
+            stage(
+                "build",
+                "openshift-build",
+                json!({"buildName": build, "namespace": "models-dev", "imageDigest": image,
+                    "image": format!("127.0.0.1:40001/models-dev/weather@{image}")}),
+            ),
+            stage("check", "prediction-check", json!({"passed": report.passed, "report": report})),
+        ],
+        ..Default::default()
+    };
+    let old = run(OLD_RUN, &digest('1'), &digest('2'), &digest('3'), "weather-1", report());
+    let mut newer = report();
+    newer.cases[0].passed = false;
+    newer.passed = false;
+    newer.load.as_mut().unwrap().p95_ms = Some(48.0);
+    let (model, image) = (digest('4'), digest('6'));
+    let new = run(NEW_RUN, &model, &digest('5'), &image, "weather-2", newer);
+    store.create_run(&old).await.unwrap();
+    store.create_run(&new).await.unwrap();
+    for (run, env, action, image) in
+        [(OLD_RUN, "prod", "promoted", digest('3')), (NEW_RUN, "dev", "verified", image.clone())]
+    {
+        let entry = LedgerEntry {
+            action: action.into(),
+            environment: env.into(),
+            digest: image.clone(),
+            image: format!("127.0.0.1:40001/models-{env}/weather@{image}"),
+            at: "2026-11-25T09:00:04Z".into(),
+            run_id: run.into(),
+            by: "ci".into(),
+            ..Default::default()
+        };
+        store
+            .update_ledger("weather", &mut |l| {
+                l.record(entry.clone());
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    [model, digest('1'), image]
+}
+
+/// The lineage chain and `--since prod` (the run promoted there before) as
+/// headless Chromium renders them.
+#[tokio::test]
+async fn html_report_shows_the_lineage_and_what_changed_since_prod_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let [model, old_model, image] = seed_lineage(&state).await;
+    let page = dir.path().join("report.html");
+    let out = modelship(&[
+        "report",
+        NEW_RUN,
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--format",
+        "html",
+        "--since",
+        "prod",
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let dom = support::chromium::rendered_dom(&page);
+    let text =
+        |marker: &str| support::chromium::text_of(&dom, marker).unwrap_or_else(|| panic!("no {marker} in\n{dom}"));
+    assert_eq!(text("class=\"lineage-source\""), "s3://models/weather/");
+    assert_eq!(text("class=\"lineage-model-digest\""), model);
+    assert_eq!(text("class=\"lineage-context-digest\""), format!("sha256:{}", "5".repeat(64)));
+    assert_eq!(text("class=\"lineage-build\""), "weather-2");
+    assert_eq!(text("class=\"lineage-build-namespace\""), "models-dev");
+    assert_eq!(text("class=\"lineage-image\""), format!("127.0.0.1:40001/models-dev/weather@{image}"));
+    assert!(text("class=\"lineage-environments\"").starts_with("dev (verified "), "{dom}");
+    assert_eq!(text("class=\"version-id\""), format!("v-{NEW_RUN}"));
+    assert_eq!(text("class=\"etag\""), format!("etag-{NEW_RUN}"));
+
+    assert_eq!(text("id=\"compare\""), format!("Compared with run {OLD_RUN}, last promoted to prod"));
+    assert_eq!(text("data-what=\"model digest\""), format!("model digest{model}{old_model}changed"));
+    assert!(dom.contains("<tr data-what=\"model digest\" class=\"changed\">"), "{dom}");
+    assert!(dom.contains("<tr data-what=\"source\">"), "an unchanged source is not marked: {dom}");
+    assert_eq!(text("data-case=\"check/seed request\""), "checkseed requestFAILpasschanged21.4ms21.4ms");
+    assert!(dom.contains("<tr data-case=\"check/seed request\" class=\"changed\">"), "{dom}");
+    assert_eq!(text("data-latency=\"check p95\""), "checkp9548.0ms37.8ms+10.2ms");
+    // Four digests (model, context, Build aside, image) and one case.
+    assert_eq!(text("id=\"compare-changed\""), "4");
+}

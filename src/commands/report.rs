@@ -1,4 +1,4 @@
-//! `modelship report RUN_ID --format md|html [--out FILE]`
+//! `modelship report RUN_ID --format md|html [--out FILE] [--compare RUN_ID | --since ENV]`
 
 use std::path::PathBuf;
 
@@ -20,8 +20,10 @@ pub enum ReportFormat {
     Html,
 }
 
-/// Write a run's report: stage timeline, check results, latency percentiles
-/// against the SLO, digests per environment.
+/// Write a run's report: lineage (source, model and context digests, Build,
+/// image, environments), stage timeline, check results, latency percentiles
+/// against the SLO, digests per environment; with `--compare`/`--since`,
+/// what changed against another run.
 #[derive(Debug, Args)]
 #[cfg_attr(
     feature = "sim",
@@ -32,7 +34,7 @@ pub enum ReportFormat {
 #[cfg_attr(
     not(feature = "sim"),
     command(
-        after_help = "Examples:\n  modelship report RUN_ID -f pipelines/weather.yaml --format html --out report.html\n  modelship report RUN_ID -f pipelines/weather.yaml -n prod=models-prod-2 -o yaml\n  modelship report RUN_ID --state-dir ./state --format md"
+        after_help = "Examples:\n  modelship report RUN_ID -f pipelines/weather.yaml --format html --out report.html\n  modelship report RUN_ID -f pipelines/weather.yaml -n prod=models-prod-2 -o yaml\n  modelship report RUN_ID -f pipelines/weather.yaml --since prod"
     )
 )]
 pub struct ReportArgs {
@@ -66,6 +68,13 @@ pub struct ReportArgs {
     /// promotions, each environment's current digest) instead of --format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Show what changed against this run: digests, check results, latency.
+    #[arg(long, value_name = "RUN_ID", conflicts_with = "since")]
+    pub compare: Option<String>,
+    /// Show what changed against the run last promoted to ENV, or verified
+    /// there by its checks (other than this one), from ENV's promotion ledger.
+    #[arg(long, value_name = "ENV")]
+    pub since: Option<String>,
 }
 
 /// What the report is made of, for `-o json|yaml`.
@@ -76,19 +85,31 @@ pub struct ReportData {
     pub promotions: Vec<crate::report::Promotion>,
     /// Each environment's current ledger entry.
     pub environments: Vec<LedgerEntry>,
+    /// The run compared with (`--compare`, `--since`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<RunRecord>,
+}
+
+/// The run, the ledgers' current entries and history, and the run compared with.
+struct Loaded {
+    run: RunRecord,
+    current: Vec<LedgerEntry>,
+    history: Vec<LedgerEntry>,
+    other: Option<RunRecord>,
 }
 
 pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
     if args.output == OutputFormat::Wide {
         return Err(CommandError::usage("report has no wide output: -o json|yaml for its data, --format md|html"));
     }
-    let (run, current) = match (&args.state_dir, &args.file) {
+    let loaded = match (&args.state_dir, &args.file) {
         (Some(dir), _) => {
             existing_state_dir(dir)?;
             let store = crate::state::dir::DirStore::new(dir);
             let run = find_run(&store, &args.run_id).await?;
             let ledger = store.get_ledger(&run.model).await.map_err(fail)?;
-            (run, ledger.current.into_values().collect())
+            let other = other_run(&store, &args, &run, &ledger.history).await?;
+            Loaded { run, current: ledger.current.into_values().collect(), history: ledger.history, other }
         }
         (None, Some(file)) => from_clusters(&args, file).await?,
         (None, None) => {
@@ -101,11 +122,18 @@ pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
         ReportFormat::Md => Format::Markdown,
         ReportFormat::Html => Format::Html,
     };
-    let promotions = crate::report::promotions(&run.stages);
-    let data = ReportData { run, promotions, environments: current };
-    let text = match structured(args.output, &data)? {
-        Some(text) => format!("{}\n", mask(&text)),
-        None => mask(&crate::report::render(&data.run, &data.environments, format).map_err(fail)?),
+    let promotions = crate::report::promotions(&loaded.run.stages);
+    let text = if args.output == OutputFormat::Text {
+        let extras = crate::report::Extras {
+            history: &loaded.history,
+            compare: loaded.other.as_ref().map(|run| crate::report::Baseline { run, since: args.since.as_deref() }),
+        };
+        mask(&crate::report::render_with(&loaded.run, &loaded.current, &extras, format).map_err(fail)?)
+    } else {
+        let data =
+            ReportData { run: loaded.run, promotions, environments: loaded.current, compared_with: loaded.other };
+        let text = structured(args.output, &data)?.unwrap_or_default();
+        format!("{}\n", mask(&text))
     };
     match &args.out {
         Some(path) => std::fs::write(path, text).map_err(|e| {
@@ -116,12 +144,35 @@ pub async fn run(args: ReportArgs, _g: &GlobalArgs) -> Result<(), CommandError> 
     Ok(())
 }
 
-/// The run from its state environment, and each environment's current
-/// ledger entry from that environment's namespace.
-async fn from_clusters(
+/// The run `--compare` names, or the one `--since ENV` finds in the ledger history.
+async fn other_run(
+    store: &dyn StateStore,
     args: &ReportArgs,
-    file: &std::path::Path,
-) -> Result<(RunRecord, Vec<LedgerEntry>), CommandError> {
+    run: &RunRecord,
+    history: &[LedgerEntry],
+) -> Result<Option<RunRecord>, CommandError> {
+    match (&args.compare, &args.since) {
+        (Some(id), _) => find_run(store, id).await.map(Some),
+        (None, Some(env)) => {
+            let runs = store.list_runs(None).await.map_err(fail)?;
+            let candidates = crate::report::since_candidates(history, env, &run.run_id);
+            let found = candidates.iter().find_map(|id| runs.iter().find(|r| r.run_id == *id));
+            found.cloned().map(Some).ok_or_else(|| {
+                CommandError::usage(format!(
+                    "--since {env}: the promotion ledger of `{}` names no run other than {} that put a digest into `{env}` and is still recorded in {}",
+                    run.model,
+                    run.run_id,
+                    store.describe()
+                ))
+            })
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The run from its state environment, and each environment's current
+/// ledger entry and history from that environment's namespace.
+async fn from_clusters(args: &ReportArgs, file: &std::path::Path) -> Result<Loaded, CommandError> {
     let w = Where {
         file: file.to_path_buf(),
         kubeconfig: args.kubeconfig.clone(),
@@ -132,16 +183,23 @@ async fn from_clusters(
     let session = Session::open(&w, Access::Read).await?;
     let result = async {
         let (pipeline, clusters) = (&session.pipeline, &session.clusters);
+        if let Some(env) = args.since.as_deref().filter(|e| !pipeline.spec.environments.contains_key(*e)) {
+            return Err(CommandError::usage(format!("--since {env}: the pipeline has no environment `{env}`")));
+        }
         let store = crate::engine::open_state(pipeline, None, clusters).await.map_err(fail)?;
         let run = find_run(store.as_ref(), &args.run_id).await?;
-        let mut current = Vec::new();
+        let (mut current, mut history) = (Vec::new(), Vec::new());
         for (name, env) in &pipeline.spec.environments {
             let client = clusters.client(name).await.map_err(fail)?;
             let ledger = crate::state::configmap::ConfigMapStore::new(client, env.namespace.clone(), name.clone());
             let l = ledger.get_ledger(&run.model).await.map_err(fail)?;
             current.extend(l.current.get(name).cloned());
+            history.extend(l.history.into_iter().filter(|e| &e.environment == name));
         }
-        Ok((run, current))
+        // One history across the environments' ledgers, oldest first.
+        history.sort_by_key(|e| e.at.parse::<jiff::Timestamp>().ok());
+        let other = other_run(store.as_ref(), args, &run, &history).await?;
+        Ok(Loaded { run, current, history, other })
     }
     .await;
     session.close().await;

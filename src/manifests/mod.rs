@@ -58,6 +58,9 @@ pub struct BuildVars {
     /// Merged over `app: <name>` and `app.kubernetes.io/managed-by: modelship`.
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// `spec.output.imageLabels`: labels the builder adds to the image it
+    /// pushes, after the Dockerfile's own (same key wins).
+    pub image_labels: BTreeMap<String, String>,
 }
 
 impl BuildVars {
@@ -68,6 +71,7 @@ impl BuildVars {
             tag: "latest".into(),
             labels: BTreeMap::new(),
             annotations: BTreeMap::new(),
+            image_labels: BTreeMap::new(),
         }
     }
 }
@@ -233,6 +237,7 @@ fn build_data(manifest: &'static str, vars: &BuildVars) -> Result<Value, Manifes
     c.check("tag", &vars.tag, Slot::Tag);
     let labels = c.pairs("labels", &default_labels(&vars.name, &vars.labels), Slot::LabelValue);
     let annotations = c.pairs("annotations", &vars.annotations, Slot::QuotedText);
+    let image_labels = c.pairs("imageLabels", &vars.image_labels, Slot::QuotedText);
     c.done()?;
     Ok(json!({
         "name": vars.name,
@@ -240,6 +245,7 @@ fn build_data(manifest: &'static str, vars: &BuildVars) -> Result<Value, Manifes
         "tag": vars.tag,
         "labels": labels,
         "annotations": annotations,
+        "imageLabels": image_labels,
     }))
 }
 

@@ -4,8 +4,16 @@
 //! charts: no script, no network).
 //!
 //! Everything is read from the run record's stage outputs (`prediction-check`
-//! writes its `report`, `promote` its `image`/`digest`/`environment`) and from
-//! the promotion ledger; nothing here talks to a cluster.
+//! writes its `report`, `promote` its `image`/`digest`/`environment`,
+//! fetch-model, render and openshift-build the [`Lineage`]) and from the
+//! promotion ledger; nothing here talks to a cluster. A report may compare
+//! the run with another ([`Comparison`]).
+
+mod compare;
+mod lineage;
+
+pub use compare::{Baseline, CaseChange, Change, Comparison, LatencyChange};
+pub use lineage::{BuildRef, Lineage, Placement, since_candidates};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -119,10 +127,33 @@ impl crate::error::HasExitClass for ReportError {
     }
 }
 
+/// What a report may show beside the run and the current digests.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// Ledger entries of the model in any environment, oldest first: where
+    /// the run's image went.
+    pub history: &'a [LedgerEntry],
+    /// The run to compare with.
+    pub compare: Option<Baseline<'a>>,
+}
+
 /// Render the report of `run`; `current` is the promotion ledger's current
 /// entry of each environment.
 pub fn render(run: &RunRecord, current: &[LedgerEntry], format: Format) -> Result<String, ReportError> {
-    let view = View::new(run, current);
+    render_with(run, current, &Extras::default(), format)
+}
+
+/// [`render`] with the run's placements from the ledger history and,
+/// optionally, a comparison with another run.
+pub fn render_with(
+    run: &RunRecord,
+    current: &[LedgerEntry],
+    extras: &Extras<'_>,
+    format: Format,
+) -> Result<String, ReportError> {
+    let mut view = View::new(run, current);
+    view.lineage = lineage_view(&Lineage::of(run, extras.history));
+    view.compare = extras.compare.as_ref().map(|b| Comparison::of(run, b));
     match format {
         Format::Markdown => {
             let mut data = serde_json::to_value(&view).unwrap_or(Value::Null);
@@ -164,6 +195,79 @@ struct View {
     checks: Vec<CheckView>,
     promotions: Vec<Promotion>,
     environments: Vec<EnvRow>,
+    lineage: Option<LineageView>,
+    compare: Option<Comparison>,
+}
+
+/// [`Lineage`] as table text; `None` when the run produced none of it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LineageView {
+    source: String,
+    objects: Vec<ObjectRow>,
+    model_digest: String,
+    context_digest: String,
+    build_name: String,
+    build_namespace: String,
+    image: String,
+    image_digest: String,
+    environments: Vec<PlacementRow>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectRow {
+    path: String,
+    key: String,
+    size: u64,
+    sha256: String,
+    version_id: String,
+    etag: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlacementRow {
+    environment: String,
+    action: String,
+    at: String,
+}
+
+fn lineage_view(l: &Lineage) -> Option<LineageView> {
+    if *l == Lineage::default() {
+        return None;
+    }
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    Some(LineageView {
+        source: text(&l.source),
+        objects: l
+            .objects
+            .iter()
+            .map(|o| ObjectRow {
+                path: o.path.clone(),
+                key: o.key.clone(),
+                size: o.size,
+                sha256: if o.sha256.is_empty() { "-".into() } else { o.sha256.clone() },
+                version_id: o.version_id.clone().unwrap_or_else(|| "-".into()),
+                etag: o.etag.clone().unwrap_or_else(|| "-".into()),
+            })
+            .collect(),
+        model_digest: text(&l.model_digest),
+        context_digest: text(&l.context_digest),
+        build_name: l.build.as_ref().map_or_else(|| "-".into(), |b| b.name.clone()),
+        build_namespace: l.build.as_ref().map_or_else(|| "-".into(), |b| b.namespace.clone()),
+        image: text(&l.image),
+        image_digest: text(&l.image_digest),
+        environments: l
+            .environments
+            .iter()
+            .map(|p| PlacementRow {
+                environment: p.environment.clone(),
+                action: p.action.clone(),
+                at: when(&p.at, "%Y-%m-%d %H:%M:%S UTC"),
+            })
+            .collect(),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -371,6 +475,8 @@ impl View {
                     by: e.by.clone(),
                 })
                 .collect(),
+            lineage: None,
+            compare: None,
         }
     }
 }

@@ -4,6 +4,8 @@ use super::*;
 use crate::checks::{CaseReport, CheckReport, LoadReport, SloVerdict};
 
 const DIGEST: &str = "sha256:4f0c5b2e8a1d3c7b9e6f0a2d4c8b1e3f5a7c9d0b2e4f6a8c0d1e3f5a7b9c2d4e";
+const MODEL: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const CONTEXT: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 fn check_report() -> Report {
     let case = |name: &str, tag: &str, value: &str, latency: f64| CaseReport {
@@ -79,13 +81,28 @@ pub(crate) fn record() -> RunRecord {
         updated: "2026-11-25T06:16:00.500Z".into(),
         labels: [("commit".to_string(), "abc123".to_string())].into(),
         stages: vec![
-            stage("fetch", "fetch-model", "2026-11-25T06:15:00.100Z", 127, json!({"modelDir": "/ws/fetch/model"})),
+            stage(
+                "fetch",
+                "fetch-model",
+                "2026-11-25T06:15:00.100Z",
+                127,
+                json!({"source": "s3://models/weather/", "modelDir": "/ws/fetch/model", "contentDigest": MODEL,
+                    "objects": [{"path": "MyModel.py", "url": "s3://models/weather/MyModel.py", "key": "weather/MyModel.py",
+                        "size": 2031, "sha256": "ab".repeat(32), "versionId": "3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY", "etag": "9b2cf535f27731c974343645a3985328"}]}),
+            ),
+            stage(
+                "render",
+                "render",
+                "2026-11-25T06:15:00.250Z",
+                40,
+                json!({"contextDir": "/ws/render/context", "contextDigest": CONTEXT, "modelDigest": MODEL}),
+            ),
             stage(
                 "build",
                 "openshift-build",
                 "2026-11-25T06:15:00.300Z",
                 1200,
-                json!({"image": dev, "imageDigest": DIGEST}),
+                json!({"buildName": "weather-2", "namespace": "models-dev", "image": dev, "imageDigest": DIGEST}),
             ),
             stage("deploy", "seldon-deploy", "2026-11-25T06:15:01.600Z", 55_100, json!({"deployedDigest": DIGEST})),
             stage(
@@ -137,14 +154,116 @@ fn facts_come_from_the_stage_outputs() {
     assert_eq!(p[0].previous_digest, None);
 }
 
+/// The run a comparison looks back at: another model (so other context and
+/// image digests), one case failing, slower under load.
+fn earlier() -> RunRecord {
+    let mut run = record();
+    run.run_id = "20261124-220000-zz01".into();
+    let old = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
+    run.stages[0].outputs.insert("contentDigest".into(), json!(old));
+    run.stages[1].outputs.insert("modelDigest".into(), json!(old));
+    run.stages[1].outputs.insert("contextDigest".into(), json!(old.replace('3', "4")));
+    run.stages[2].outputs.insert("buildName".into(), json!("weather-1"));
+    run.stages[2].outputs.insert("imageDigest".into(), json!(old.replace('3', "5")));
+    let mut r = check_report();
+    r.cases[1].passed = false;
+    r.passed = false;
+    r.load.as_mut().unwrap().p95_ms = Some(40.0);
+    run.stages[4].outputs.insert("report".into(), serde_json::to_value(r).unwrap());
+    run
+}
+
 #[test]
 fn markdown_report() {
-    insta::assert_snapshot!(render(&record(), &current(), Format::Markdown).unwrap());
+    let history = current();
+    let extras = Extras { history: &history, compare: None };
+    insta::assert_snapshot!(render_with(&record(), &current(), &extras, Format::Markdown).unwrap());
 }
 
 #[test]
 fn html_report() {
-    insta::assert_snapshot!(render(&record(), &current(), Format::Html).unwrap());
+    let (history, other) = (current(), earlier());
+    let extras = Extras { history: &history, compare: Some(Baseline { run: &other, since: Some("prod") }) };
+    insta::assert_snapshot!(render_with(&record(), &current(), &extras, Format::Html).unwrap());
+}
+
+#[test]
+fn the_lineage_links_source_to_environments() {
+    let l = Lineage::of(&record(), &current());
+    assert_eq!(l.source.as_deref(), Some("s3://models/weather/"));
+    assert_eq!(l.objects[0].version_id.as_deref(), Some("3HL4kqtJlcpXroDTDmJ+rmSpXd3dIbrHY"));
+    assert_eq!((l.model_digest.as_deref(), l.context_digest.as_deref()), (Some(MODEL), Some(CONTEXT)));
+    assert_eq!(l.build, Some(BuildRef { name: "weather-2".into(), namespace: "models-dev".into() }));
+    assert_eq!(l.image_digest.as_deref(), Some(DIGEST));
+    let envs: Vec<(&str, &str)> = l.environments.iter().map(|p| (p.environment.as_str(), p.action.as_str())).collect();
+    assert_eq!(envs, [("dev", "verified"), ("prod", "promoted")]);
+    // Another run's entries are not this run's placements.
+    assert!(Lineage::of(&earlier(), &current()).environments.is_empty());
+    // A run that never fetched or built shows no lineage section at all.
+    let mut bare = record();
+    bare.stages.retain(|s| s.uses == "prediction-check");
+    let md = render(&bare, &[], Format::Markdown).unwrap();
+    assert!(!md.contains("## Lineage"), "{md}");
+}
+
+#[test]
+fn markdown_comparison_names_what_changed() {
+    let other = earlier();
+    let extras = Extras { history: &[], compare: Some(Baseline { run: &other, since: None }) };
+    let md = render_with(&record(), &current(), &extras, Format::Markdown).unwrap();
+    insta::assert_snapshot!(&md[md.find("## Compared with").unwrap()..]);
+    let c = Comparison::of(&record(), &Baseline { run: &other, since: None });
+    let changed: Vec<&str> = c.digests.iter().filter(|d| d.changed).map(|d| d.what.as_str()).collect();
+    assert_eq!(changed, ["model digest", "context digest", "Build", "image digest"]);
+    let flipped: Vec<&str> = c.cases.iter().filter(|k| k.changed).map(|k| k.case.as_str()).collect();
+    assert_eq!(flipped, ["not an integer"]);
+    assert_eq!((c.cases[1].now.as_str(), c.cases[1].before.as_str()), ("pass", "FAIL"));
+    assert_eq!(c.changed, 4);
+    let p95 = c.latency.iter().find(|l| l.percentile == "p95").unwrap();
+    assert_eq!((p95.now.as_str(), p95.before.as_str(), p95.delta.as_str()), ("34.8ms", "40.0ms", "-5.2ms"));
+    // The same run against itself: nothing changed.
+    let same = record();
+    let c = Comparison::of(&record(), &Baseline { run: &same, since: None });
+    assert_eq!(c.changed, 0);
+    assert!(c.digests.iter().all(|d| !d.changed) && c.cases.iter().all(|k| !k.changed));
+}
+
+#[test]
+fn since_picks_the_newest_other_run_put_into_the_environment() {
+    let entry = |action: &str, env: &str, run: &str| LedgerEntry {
+        action: action.into(),
+        environment: env.into(),
+        run_id: run.into(),
+        digest: format!("sha256:{run}"),
+        ..Default::default()
+    };
+    let history = [
+        entry("promoted", "prod", "r1"),
+        entry("verified", "dev", "r2"),
+        entry("rolled-back", "prod", "r0"),
+        entry("promoted", "prod", "r3"),
+    ];
+    assert_eq!(since_candidates(&history, "prod", "r4").first(), Some(&"r3"));
+    assert_eq!(since_candidates(&history, "prod", "r3").first(), Some(&"r1"));
+    assert_eq!(since_candidates(&history, "dev", "r4").first(), Some(&"r2"));
+    assert!(since_candidates(&history, "qa", "r4").is_empty());
+}
+
+#[test]
+fn since_a_promotion_by_hand_stands_for_the_run_that_verified_its_digest() {
+    let entry = |action: &str, env: &str, run: &str, digest: &str| LedgerEntry {
+        action: action.into(),
+        environment: env.into(),
+        run_id: run.into(),
+        digest: digest.into(),
+        ..Default::default()
+    };
+    let history = [
+        entry("verified", "dev", "r1", "sha256:a"),
+        entry("verified", "dev", "r2", "sha256:b"),
+        entry("promoted", "prod", "promote-20261202-1", "sha256:a"),
+    ];
+    assert_eq!(since_candidates(&history, "prod", "r2"), ["promote-20261202-1", "r1"]);
 }
 
 /// A case name is user input: it must not become markup in the page or
@@ -154,7 +273,7 @@ fn user_text_is_escaped() {
     let mut run = record();
     let mut r = check_report();
     r.cases[0].name = "<script>x</script> | y".into();
-    run.stages[3].outputs.insert("report".into(), serde_json::to_value(r).unwrap());
+    run.stages[4].outputs.insert("report".into(), serde_json::to_value(r).unwrap());
     let html = render(&run, &[], Format::Html).unwrap();
     assert!(!html.contains("<script>"), "{html}");
     assert!(html.contains("&lt;script&gt;x&lt;/script&gt; | y"));
@@ -185,7 +304,7 @@ fn the_slo_line_sits_at_the_limit_and_a_bar_over_it_is_marked() {
 #[test]
 fn a_failed_check_shows_its_checkpointed_report() {
     let mut run = record();
-    let check = &mut run.stages[3];
+    let check = &mut run.stages[4];
     check.status = Status::Failed;
     let report = check.outputs.remove("report").unwrap();
     check.outputs.clear();
@@ -197,7 +316,7 @@ fn a_failed_check_shows_its_checkpointed_report() {
 fn a_failed_run_names_the_stage_and_its_error_and_promotes_nothing() {
     let mut run = record();
     run.status = Status::Failed;
-    let promote = &mut run.stages[4];
+    let promote = &mut run.stages[5];
     promote.status = Status::Failed;
     promote.outputs.clear();
     promote.error = Some("cannot reach registry 127.0.0.1:1".into());

@@ -334,10 +334,13 @@ pub async fn secret_credentials(
 }
 
 /// What fetch-model hands later stages (render reads `modelDir` and
-/// `contentDigest`, sign the lineage).
+/// `contentDigest`, sign and the report the lineage: `source` and each
+/// object's key, size, sha256, version id and ETag).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Output {
+    /// The source URI fetched (`s3://...` or `file://...`), masked.
+    pub source: String,
     pub model_dir: String,
     pub manifest: Vec<storage::ManifestEntry>,
     pub total_bytes: u64,
@@ -345,14 +348,23 @@ pub struct Output {
     pub objects: Vec<storage::ObjectSource>,
 }
 
-impl From<&Fetched> for Output {
-    fn from(fetched: &Fetched) -> Output {
+impl Output {
+    /// The outputs of `fetched` from `source`. URIs are masked: a source
+    /// may carry a value registered as secret, and outputs land in the run
+    /// record.
+    pub fn new(source: &str, fetched: &Fetched) -> Output {
+        let mut objects = fetched.objects.clone();
+        for o in &mut objects {
+            o.url = crate::secret::mask(&o.url);
+            o.key = crate::secret::mask(&o.key);
+        }
         Output {
+            source: crate::secret::mask(source),
             model_dir: fetched.model_dir.display().to_string(),
             manifest: fetched.manifest.clone(),
             total_bytes: fetched.total_bytes,
             content_digest: fetched.content_digest.clone(),
-            objects: fetched.objects.clone(),
+            objects,
         }
     }
 }
@@ -361,7 +373,8 @@ pub struct FetchModel;
 
 impl Contract for FetchModel {
     const KIND: &'static str = "fetch-model";
-    const OUTPUTS: &'static [&'static str] = &["modelDir", "manifest", "totalBytes", "contentDigest", "objects"];
+    const OUTPUTS: &'static [&'static str] =
+        &["source", "modelDir", "manifest", "totalBytes", "contentDigest", "objects"];
     type Params = Params;
     type Output = Output;
 
@@ -547,7 +560,8 @@ impl Stage for FetchModel {
         tokio::fs::write(&manifest_path, json)
             .await
             .map_err(|e| StageError::failed(StorageError::io("write", &manifest_path, e)))?;
-        Ok(Output::from(&fetched))
+        let source = params.resolve(&cx.pipeline.spec.model).source;
+        Ok(Output::new(&source, &fetched))
     }
 }
 
@@ -715,15 +729,23 @@ mod tests {
             objects: vec![storage::ObjectSource {
                 path: "a".into(),
                 url: "s3://b/m/a".into(),
+                key: "m/a".into(),
+                size: 1,
+                sha256: "00".into(),
                 version_id: Some("v1".into()),
                 etag: Some("e".into()),
             }],
         };
-        let out = crate::stages::to_outputs(&Output::from(&fetched)).unwrap();
+        let out = crate::stages::to_outputs(&Output::new("s3://b/m/", &fetched)).unwrap();
         let keys: Vec<&str> = out.keys().map(String::as_str).collect();
         let mut want = FetchModel::OUTPUTS.to_vec();
         want.sort_unstable();
         assert_eq!(keys, want);
         assert_eq!(out["manifest"], json!([{"path": "a", "size": 1, "sha256": "00"}]));
+        assert_eq!(out["source"], json!("s3://b/m/"));
+        assert_eq!(
+            out["objects"],
+            json!([{"path": "a", "url": "s3://b/m/a", "key": "m/a", "size": 1, "sha256": "00", "versionId": "v1", "etag": "e"}])
+        );
     }
 }

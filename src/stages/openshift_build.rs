@@ -39,6 +39,8 @@ pub const DIGEST_ANNOTATION: &str = "modelship.io/context-digest";
 /// On the ImageStream: JSON map context digest -> image digest, newest first.
 pub const IMAGES_ANNOTATION: &str = "modelship.io/context-images";
 const IMAGES_KEPT: usize = 20;
+/// OCI annotation key of the time the image was built (RFC 3339).
+pub const CREATED_LABEL: &str = "org.opencontainers.image.created";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_MAX_CONTEXT: u64 = 8 * 1024 * 1024 * 1024;
 const FIELD_MANAGER: &str = "modelship";
@@ -138,6 +140,8 @@ pub struct OpenshiftBuild;
 #[serde(default, rename_all = "camelCase")]
 pub struct Output {
     pub build_name: String,
+    /// Where the Build ran.
+    pub namespace: String,
     /// `REPOSITORY@sha256:...`
     pub image: String,
     pub image_digest: String,
@@ -146,7 +150,7 @@ pub struct Output {
 
 impl Contract for OpenshiftBuild {
     const KIND: &'static str = "openshift-build";
-    const OUTPUTS: &'static [&'static str] = &["buildName", "image", "imageDigest", "imageStreamTag"];
+    const OUTPUTS: &'static [&'static str] = &["buildName", "namespace", "image", "imageDigest", "imageStreamTag"];
     type Params = Params;
     type Output = Output;
 
@@ -366,6 +370,19 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildErr
     let build = match started {
         Some(b) => b,
         None => {
+            // The image's `created` label is per build, and a binary build
+            // takes its spec from the BuildConfig at instantiate
+            // (openshift-apiserver's buildconfiginstantiate), so it goes
+            // there just before the start; the builder appends
+            // `spec.output.imageLabels` after the Dockerfile's own labels
+            // (openshift/builder pkg/build/builder/common.go, buildLabels).
+            // Reused images keep the time they were built; two runs starting
+            // builds of one BuildConfig at the same moment may swap their
+            // (near-equal) times, which is why only the time goes there.
+            vars.image_labels
+                .insert(CREATED_LABEL.into(), jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            let bc_obj = manifest(&build_config_yaml(&cx.catalog, &vars).map_err(|e| ctx_err(&t, e))?)?;
+            ensure(&configs, &t.stream, bc_obj, "buildconfigs.build.openshift.io", &ns).await?;
             let b = start(cx, &t, &builds).await?;
             let name = b.metadata.name.clone().unwrap_or_default();
             cx.save_checkpoint("buildName", json!(name)).await.map_err(|e| BuildError::Context {
@@ -466,6 +483,7 @@ fn outputs(t: &Target, is: &ImageStream, build: &str, digest: &str) -> Output {
     };
     Output {
         build_name: build.to_string(),
+        namespace: t.namespace.clone(),
         image: format!("{repo}@{digest}"),
         image_digest: digest.to_string(),
         image_stream_tag: format!("{}:{}", t.stream, t.tag),

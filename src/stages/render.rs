@@ -135,7 +135,7 @@ pub struct Params {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// OCI `org.opencontainers.image.source`; default: the run label
-    /// `repository` (or `source`).
+    /// `repository` (or `source`), else the pipeline's `spec.model.source`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// OCI `org.opencontainers.image.revision`; default: the run label `commit`.
@@ -652,11 +652,13 @@ pub struct Output {
     pub context_dir: String,
     pub files: Vec<String>,
     pub context_digest: String,
+    /// The model digest the image's `io.modelship.model.digest` label holds.
+    pub model_digest: String,
 }
 
 impl Contract for Render {
     const KIND: &'static str = "render";
-    const OUTPUTS: &'static [&'static str] = &["contextDir", "files", "contextDigest"];
+    const OUTPUTS: &'static [&'static str] = &["contextDir", "files", "contextDigest", "modelDigest"];
     type Params = Params;
     type Output = Output;
 
@@ -722,7 +724,16 @@ impl Stage for Render {
         };
         let mut params = params;
         if params.source.is_none() {
-            params.source = cx.labels.get("repository").or_else(|| cx.labels.get("source")).cloned();
+            // Without a Git remote the model's own source is where the
+            // image comes from (masked; left out when it is no URL a label
+            // may hold, e.g. a path with spaces).
+            let model_source = crate::secret::mask(&cx.pipeline.spec.model.source);
+            params.source = cx
+                .labels
+                .get("repository")
+                .or_else(|| cx.labels.get("source"))
+                .cloned()
+                .or_else(|| safe::refusal(&model_source, Slot::Url).is_none().then_some(model_source));
         }
         if params.revision.is_none() {
             params.revision = cx.labels.get("commit").cloned();
@@ -760,6 +771,7 @@ impl Stage for Render {
             context_dir: rendered.dir.display().to_string(),
             files: rendered.files,
             context_digest: rendered.digest,
+            model_digest: rendered.model_digest,
         })
     }
 }

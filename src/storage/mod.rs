@@ -283,10 +283,37 @@ pub struct ObjectSource {
     pub path: String,
     /// `s3://bucket/key` or `file://path`.
     pub url: String,
+    /// The S3 object key, or the local file's path.
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub size: u64,
+    /// Hex sha256 of the bytes fetched (as in the manifest).
+    #[serde(default)]
+    pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
+}
+
+/// What the server's answer named an object by, when its listing did not
+/// (a prefix listing carries no version ids; some servers list no ETags).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Served {
+    pub etag: Option<String>,
+    pub version_id: Option<String>,
+}
+
+impl Served {
+    /// `null` is the version id S3 answers for an object stored before
+    /// versioning was enabled on its bucket: no version to pin.
+    pub fn of(etag: Option<&str>, version_id: Option<&str>) -> Served {
+        Served {
+            etag: etag.map(|e| e.trim_matches('"').to_string()).filter(|e| !e.is_empty()),
+            version_id: version_id.filter(|v| !v.is_empty() && *v != "null").map(str::to_string),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -447,6 +474,12 @@ pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
         .map(|e| ObjectSource {
             path: e.rel.clone(),
             url: e.url(),
+            key: match &e.origin {
+                Origin::S3 { key, .. } => key.clone(),
+                Origin::File { path } => path.display().to_string(),
+            },
+            size: e.size,
+            sha256: String::new(),
             version_id: match &e.origin {
                 Origin::S3 { version_id, .. } => version_id.clone(),
                 Origin::File { .. } => None,
@@ -469,6 +502,7 @@ pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
     // file can be checked against it before it gets its final name.
     let mut expect = BTreeMap::new();
     let mut manifest: Vec<ManifestEntry> = Vec::with_capacity(entries.len());
+    let mut served: BTreeMap<String, Served> = BTreeMap::new();
     let mut fetched_files = 0;
     let mut rest = entries;
     match &job.req.expect {
@@ -482,8 +516,9 @@ pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
             })?;
             let path = if let Some(i) = rest.iter().position(|e| e.rel == rel) {
                 let entry = rest.remove(i);
-                let (m, fetched) = ensure(&job, &entry, None).await?;
+                let (m, fetched, s) = ensure(&job, &entry, None).await?;
                 fetched_files += usize::from(fetched);
+                served.insert(m.path.clone(), s);
                 manifest.push(m);
                 job.final_path(&rel)
             } else {
@@ -505,7 +540,7 @@ pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
         expect.into_iter().map(|(k, v)| (safe_relative(&k).unwrap_or(k), v.to_ascii_lowercase())).collect();
 
     let expect = Arc::new(expect);
-    let results: Vec<(ManifestEntry, bool)> = futures::stream::iter(rest)
+    let results: Vec<(ManifestEntry, bool, Served)> = futures::stream::iter(rest)
         .map(|entry| {
             let (job, expect) = (job.clone(), expect.clone());
             async move { ensure(&job, &entry, expect.get(&entry.rel).map(String::as_str)).await }
@@ -513,11 +548,22 @@ pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
         .buffer_unordered(concurrency)
         .try_collect()
         .await?;
-    for (m, fetched) in results {
+    for (m, fetched, s) in results {
         fetched_files += usize::from(fetched);
+        served.insert(m.path.clone(), s);
         manifest.push(m);
     }
     manifest.sort_by(|a, b| a.path.cmp(&b.path));
+    // The lineage of each object: its digest, and the ETag and version id
+    // the server answered with where the listing named none.
+    let sha: BTreeMap<&str, &str> = manifest.iter().map(|m| (m.path.as_str(), m.sha256.as_str())).collect();
+    for o in &mut objects {
+        o.sha256 = sha.get(o.path.as_str()).copied().unwrap_or_default().to_string();
+        if let Some(s) = served.remove(&o.path) {
+            o.etag = o.etag.take().or(s.etag);
+            o.version_id = o.version_id.take().or(s.version_id);
+        }
+    }
     remove_stale(&model_dir, &manifest).await?;
     if let Some(bar) = &job.progress.bar {
         bar.finish_and_clear();
@@ -573,9 +619,9 @@ fn check_conflicts(entries: &[Entry]) -> Result<(), StorageError> {
 
 /// Make sure `entry` sits complete and verified under its final name;
 /// returns its manifest line and whether it had to be transferred.
-async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(ManifestEntry, bool), StorageError> {
+async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(ManifestEntry, bool, Served), StorageError> {
     let final_path = job.final_path(&entry.rel);
-    if let Some(sha256) = verify::reusable(job, entry).await? {
+    if let Some((sha256, served)) = verify::reusable(job, entry).await? {
         if let Some(want) = expect
             && want != sha256
         {
@@ -590,20 +636,20 @@ async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(Manif
         }
         job.progress.skip(entry.size);
         tracing::info!(path = %entry.rel, size = entry.size, sha256 = %sha256, "kept (already complete and verified)");
-        return Ok((ManifestEntry { path: entry.rel.clone(), size: entry.size, sha256 }, false));
+        return Ok((ManifestEntry { path: entry.rel.clone(), size: entry.size, sha256 }, false, served));
     }
     let partial = job.partial_path(&entry.rel);
     for p in [&partial, &final_path] {
         let dir = p.parent().expect("joined path has a parent");
         tokio::fs::create_dir_all(dir).await.map_err(|e| StorageError::io("create directory", dir, e))?;
     }
-    let (checks, digests) = match &entry.origin {
+    let (checks, digests, served) = match &entry.origin {
         Origin::S3 { .. } => {
             let remote = job.s3.as_ref().expect("S3 entries come with a client");
             let got = remote.download(job, entry, &partial).await?;
-            (got.checks, got.digests)
+            (got.checks, got.digests, got.served)
         }
-        Origin::File { path } => (local::copy(job, path, &partial, entry.size).await?, None),
+        Origin::File { path } => (local::copy(job, path, &partial, entry.size).await?, None, Served::default()),
     };
     let verified = match &digests {
         Some(d) => verify::check_digests(&partial, entry, &checks, d, expect).await,
@@ -617,9 +663,9 @@ async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(Manif
             return Err(e);
         }
     };
-    verify::commit(job, entry, &partial, &final_path, &sha256).await?;
+    verify::commit(job, entry, &partial, &final_path, &sha256, &served).await?;
     tracing::info!(path = %entry.rel, size = entry.size, sha256 = %sha256, "fetched");
-    Ok((ManifestEntry { path: entry.rel.clone(), size: entry.size, sha256 }, true))
+    Ok((ManifestEntry { path: entry.rel.clone(), size: entry.size, sha256 }, true, served))
 }
 
 /// Remove files under the model directory that the manifest does not list
@@ -670,6 +716,16 @@ mod tests {
         assert!(content_digest(&a).starts_with("sha256:"));
         assert_ne!(content_digest(&a), content_digest(&[e("a", 1, "aa"), e("b/c", 2, "bc")]));
         assert_ne!(content_digest(&a), content_digest(&[e("a", 1, "aa"), e("b/d", 2, "bb")]));
+    }
+
+    #[test]
+    fn a_served_identity_drops_quotes_and_the_null_version() {
+        assert_eq!(
+            Served::of(Some("\"abc-2\""), Some("3HL4kqtJ")),
+            Served { etag: Some("abc-2".into()), version_id: Some("3HL4kqtJ".into()) }
+        );
+        // `null`: stored before the bucket was versioned, nothing to pin.
+        assert_eq!(Served::of(Some(""), Some("null")), Served::default());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
 
 use super::verify::{self, Checks, CompositeEtag, RangeState};
-use super::{Entry, Job, Origin, S3Options, StorageError, UnsafePath, safe_relative};
+use super::{Entry, Job, Origin, S3Options, Served, StorageError, UnsafePath, safe_relative};
 
 /// Attempts per range before a dropped connection becomes an error.
 const MAX_ATTEMPTS: u32 = crate::retry::Backoff::DOWNLOAD.attempts;
@@ -251,6 +251,7 @@ impl Remote {
         let size = entry.size;
         let whole = size <= job.req.part_size.max(1);
         let mut checks = Checks::default();
+        let mut served = Served::default();
         if !whole {
             // Ranged responses carry no whole-object checksum: ask for it once.
             let mut head = self.client.head_object().bucket(bucket).key(key).checksum_mode(ChecksumMode::Enabled);
@@ -258,6 +259,7 @@ impl Remote {
                 head = head.version_id(v);
             }
             let out = head.send().await.map_err(|e| self.error("HEAD", bucket, key, e))?;
+            served = Served::of(out.e_tag(), out.version_id());
             let etag = out.e_tag().map(|e| e.trim_matches('"'));
             if let (Some(listed), Some(now)) = (entry.etag.as_deref(), etag)
                 && listed != now
@@ -357,7 +359,7 @@ impl Remote {
         let todo: Vec<(usize, (u64, u64))> =
             ranges.iter().copied().enumerate().filter(|(_, (s, _))| !state.done.contains(s)).collect();
         let state = Mutex::new(state);
-        let first_checks: Mutex<Option<Checks>> = Mutex::new(None);
+        let first_checks: Mutex<Option<(Checks, Served)>> = Mutex::new(None);
         let result = futures::stream::iter(todo)
             .map(|(index, (start, end))| {
                 let (file, state, first_checks) = (file.clone(), &state, &first_checks);
@@ -386,14 +388,14 @@ impl Remote {
             .await;
         result?;
         if whole {
-            checks = first_checks.into_inner().unwrap_or_default();
+            (checks, served) = first_checks.into_inner().unwrap_or_default();
             if size == 0 {
                 checks.etag_md5 = Checks::md5_etag(entry.etag.as_deref());
             }
             if let Some(c) = checks.composite_etag.as_mut() {
                 c.part_sizes = self.part_sizes(job, entry, c.parts).await;
             }
-            return Ok(Downloaded { checks, digests: None });
+            return Ok(Downloaded { checks, served, digests: None });
         }
         let hashed = match follower {
             Some(h) => h.await.expect("hashing does not panic").map_err(|e| StorageError::io("read", partial, e))?,
@@ -408,7 +410,7 @@ impl Remote {
             }
             Some(d)
         });
-        Ok(Downloaded { checks, digests })
+        Ok(Downloaded { checks, served, digests })
     }
 
     /// The sizes of a multipart object's parts, so its composite ETag can be
@@ -456,7 +458,7 @@ impl Remote {
         (start, end): (u64, u64),
         whole: bool,
         sink: &mut Sink,
-    ) -> Result<Option<Checks>, StorageError> {
+    ) -> Result<Option<(Checks, Served)>, StorageError> {
         let Origin::S3 { bucket, key, version_id } = &entry.origin else { unreachable!("S3 entry") };
         let mut pos = start;
         let mut checks = None;
@@ -516,18 +518,22 @@ impl Remote {
                 {
                     return Err(StorageError::Changed { url: entry.url() });
                 }
-                checks = Some(checks_of(
-                    out.e_tag(),
-                    out.server_side_encryption(),
-                    out.sse_customer_algorithm(),
-                    out.checksum_type(),
-                    [
-                        (ChecksumAlgorithm::Sha256, out.checksum_sha256()),
-                        (ChecksumAlgorithm::Sha1, out.checksum_sha1()),
-                        (ChecksumAlgorithm::Crc32, out.checksum_crc32()),
-                        (ChecksumAlgorithm::Crc32c, out.checksum_crc32_c()),
-                        (ChecksumAlgorithm::Crc64Nvme, out.checksum_crc64_nvme()),
-                    ],
+                let served = Served::of(out.e_tag(), out.version_id());
+                checks = Some((
+                    checks_of(
+                        out.e_tag(),
+                        out.server_side_encryption(),
+                        out.sse_customer_algorithm(),
+                        out.checksum_type(),
+                        [
+                            (ChecksumAlgorithm::Sha256, out.checksum_sha256()),
+                            (ChecksumAlgorithm::Sha1, out.checksum_sha1()),
+                            (ChecksumAlgorithm::Crc32, out.checksum_crc32()),
+                            (ChecksumAlgorithm::Crc32c, out.checksum_crc32_c()),
+                            (ChecksumAlgorithm::Crc64Nvme, out.checksum_crc64_nvme()),
+                        ],
+                    ),
+                    served,
                 ));
             }
             let mut body = out.body;
@@ -601,6 +607,8 @@ pub(crate) struct Sink {
 /// What a download verified or computed on the way.
 pub(crate) struct Downloaded {
     pub checks: Checks,
+    /// The object's ETag and version id as the GET (or HEAD) answered.
+    pub served: Served,
     /// Hashes of the file computed while it arrived; `None` when they must
     /// be computed from the file.
     pub digests: Option<verify::Digests>,

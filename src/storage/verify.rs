@@ -125,6 +125,10 @@ struct DoneRecord {
     /// The final file's mtime when it was verified: a file touched since is
     /// fetched again instead of trusted.
     mtime_ns: i128,
+    /// The ETag and version id the download's response named, for the
+    /// lineage of a reused file.
+    #[serde(default)]
+    served: super::Served,
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
@@ -161,7 +165,7 @@ pub(crate) async fn save_ranges(job: &Job, rel: &str, state: &RangeState) -> Res
 
 /// The sha256 of `entry`'s final file if an earlier call finished and
 /// verified it against the same remote object and nobody touched it since.
-pub(crate) async fn reusable(job: &Job, entry: &Entry) -> Result<Option<String>, StorageError> {
+pub(crate) async fn reusable(job: &Job, entry: &Entry) -> Result<Option<(String, super::Served)>, StorageError> {
     let Ok(bytes) = tokio::fs::read(job.done_path(&entry.rel)).await else {
         return Ok(None);
     };
@@ -172,7 +176,9 @@ pub(crate) async fn reusable(job: &Job, entry: &Entry) -> Result<Option<String>,
         return Ok(None);
     }
     match tokio::fs::symlink_metadata(job.final_path(&entry.rel)).await {
-        Ok(meta) if meta.is_file() && meta.len() == rec.size && mtime_ns(&meta) == rec.mtime_ns => Ok(Some(rec.sha256)),
+        Ok(meta) if meta.is_file() && meta.len() == rec.size && mtime_ns(&meta) == rec.mtime_ns => {
+            Ok(Some((rec.sha256, rec.served)))
+        }
         _ => Ok(None),
     }
 }
@@ -332,6 +338,7 @@ pub(crate) async fn commit(
     partial: &Path,
     final_path: &Path,
     sha256: &str,
+    served: &super::Served,
 ) -> Result<(), StorageError> {
     // Names were normalised already; this guards against a symlink planted
     // inside the model directory pointing elsewhere.
@@ -351,6 +358,7 @@ pub(crate) async fn commit(
         size: entry.size,
         sha256: sha256.to_string(),
         mtime_ns: mtime_ns(&meta),
+        served: served.clone(),
     };
     write_atomic(job, &job.done_path(&entry.rel), serde_json::to_vec(&rec).expect("serialisable")).await?;
     let _ = tokio::fs::remove_file(job.ranges_path(&entry.rel)).await;

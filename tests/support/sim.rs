@@ -185,6 +185,21 @@ impl ServedSim {
     pub fn skopeo_digest(&self, image: &str) -> String {
         self.skopeo_reference(&format!("{}/{image}", self.address))
     }
+
+    /// The image config blob of `image` (`REPO:TAG` or `REPO@DIGEST`) in
+    /// this sim's registry, as skopeo reads it (`inspect --config`).
+    pub fn skopeo_config(&self, image: &str) -> Value {
+        let login = self.skopeo_login();
+        let image = format!("docker://{}/{image}", self.address);
+        let out = Command::new(super::registry::require_tool("skopeo"))
+            .args(["inspect", "--config"])
+            .args(login.args(""))
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo inspect --config {image}: {}", super::text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
 }
 
 impl Drop for ServedSim {

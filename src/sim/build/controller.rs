@@ -206,6 +206,25 @@ fn cancelled(api: &SimApi, ns: &str, name: &str) -> bool {
     })
 }
 
+/// The LABEL the builder appends to the Dockerfile (openshift/builder
+/// pkg/build/builder/common.go, `addBuildParameters` and `buildLabels`):
+/// `io.openshift.build.name` and `.namespace` (`addBuildLabels`, util.go),
+/// then the Build's `spec.output.imageLabels` in order, which override both
+/// them and the Dockerfile's own. The source-info labels come from a Git
+/// clone, which a binary build does not have.
+fn build_labels(build: &Value) -> Vec<(String, String)> {
+    let (ns, name) = ns_name(build);
+    let mut labels =
+        vec![("io.openshift.build.name".to_string(), name), ("io.openshift.build.namespace".to_string(), ns)];
+    for l in build.pointer("/spec/output/imageLabels").and_then(Value::as_array).into_iter().flatten() {
+        if let Some(key) = l.get("name").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+            let value = l.get("value").and_then(Value::as_str).unwrap_or_default();
+            labels.push((key.to_string(), value.to_string()));
+        }
+    }
+    labels
+}
+
 async fn build_steps(api: &SimApi, ns: &str, name: &str, host: &str, duration: Duration, dir: &Path) -> Outcome {
     let Some(build) = api.store.get(&BUILDS, ns, name) else {
         return Outcome::Cancelled;
@@ -279,6 +298,7 @@ async fn build_steps(api: &SimApi, ns: &str, name: &str, host: &str, duration: D
         }
         tokio::time::sleep(per_step).await;
     }
+    image.apply(&Instruction::Label(build_labels(&build)));
     let Some(to) = build.pointer("/spec/output/to/name").and_then(Value::as_str) else {
         log("error: the build has no output");
         return Outcome::Failed {

@@ -553,7 +553,9 @@ async fn run_reads_fetch_model_outputs_and_run_labels() {
     let dockerfile = fs::read_to_string(dir.join("Dockerfile")).unwrap();
     assert!(dockerfile.contains(&format!("io.modelship.model.digest=\"{MODEL_DIGEST}\"")), "{dockerfile}");
     assert!(dockerfile.contains("org.opencontainers.image.revision=\"0123abc\""), "{dockerfile}");
-    assert!(!dockerfile.contains("org.opencontainers.image.source"), "{dockerfile}");
+    // No Git remote among the labels: the image's source is the model's.
+    assert!(dockerfile.contains("org.opencontainers.image.source=\"s3://models/weather/\""), "{dockerfile}");
+    assert_eq!(out["modelDigest"], json!(MODEL_DIGEST));
 
     // Same input, same digest: openshift-build may skip the rebuild.
     let again = crate::stages::to_outputs(&Render::run(Params::default(), &cx).await.unwrap()).unwrap();
