@@ -26,7 +26,9 @@ pub enum LogFormat {
     /// Text on a TTY, JSON otherwise (what a Tekton step wants).
     #[default]
     Auto,
+    /// One line per event for a person: time, level, stage, message, fields.
     Text,
+    /// One JSON object per line with every field of the run and stage.
     Json,
 }
 
@@ -47,7 +49,9 @@ pub enum ColorChoice {
     /// Colour when stderr is a terminal and `NO_COLOR` is unset or empty.
     #[default]
     Auto,
+    /// Colour even when not on a terminal (e.g. `less -R`).
     Always,
+    /// No colour.
     Never,
 }
 

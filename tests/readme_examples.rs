@@ -17,6 +17,14 @@ use support::{repo, text};
 /// README commands not run here, and where they are exercised instead.
 const ELSEWHERE: &[(&str, &str)] = &[
     (
+        "modelship trigger --event push.json --event-type 'Push Hook' --repo . --pipelines pipelines --sim /tmp/modelship-sim --delivery 8a3c0f3e-1d2b-4c5e-9f00-0123456789ab",
+        "tests/triggers_sim.rs (needs a Git checkout and a push payload for it)",
+    ),
+    (
+        "modelship serve --listen 127.0.0.1:8080 --repo . --pipelines pipelines --sim /tmp/modelship-sim",
+        "tests/triggers_sim.rs (a server that runs until stopped)",
+    ),
+    (
         "modelship trigger --event push.json --repo . --pipelines pipelines --dry-run",
         "tests/triggers.rs (needs a Git checkout and a push payload for it)",
     ),

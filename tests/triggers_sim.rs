@@ -198,6 +198,7 @@ async fn a_signed_github_push_to_serve_runs_the_pipeline_on_the_sim() {
     assert_eq!(run["status"], "succeeded", "{run}");
     let run_id = run["runId"].as_str().unwrap_or_else(|| panic!("{run}")).to_string();
     let metrics = served.get("/metrics").await.unwrap();
+    eprintln!("/metrics after the run:\n{metrics}");
     assert!(metrics.lines().any(|l| l == r#"modelship_runs_succeeded_total{pipeline="weather"} 1"#), "{metrics}");
     assert!(
         metrics
