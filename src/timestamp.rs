@@ -18,6 +18,12 @@ pub fn log_line(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// [`log_line`] of a stored RFC 3339 text (a stage's start in a timeline,
+/// where seconds are too coarse); text that does not parse is shown as is.
+pub fn log_line_text(rfc3339: &str) -> String {
+    rfc3339.parse::<jiff::Timestamp>().map_or_else(|_| rfc3339.to_string(), log_line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

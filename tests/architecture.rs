@@ -154,6 +154,24 @@ fn kubernetes_clients_are_made_only_in_cluster() {
 }
 
 #[test]
+fn times_are_formatted_only_by_the_timestamp_module() {
+    // One format in every output: src/timestamp.rs. Run ids (a name, not a
+    // time anyone reads as one) are made in engine/prepare.rs.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let allowed = [root.join("timestamp.rs"), root.join("engine/prepare.rs")];
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| !allowed.contains(f) && !f.starts_with(root.join("sim"))) {
+        let code = production_code(&std::fs::read_to_string(f).unwrap());
+        if code.contains(".strftime(") {
+            found.push(f.strip_prefix(&root).unwrap().display().to_string());
+        }
+    }
+    assert!(found.is_empty(), "format times with modelship::timestamp: {found:#?}");
+}
+
+#[test]
 fn the_scanner_sees_imports() {
     let m = crate_modules("use crate::{sim, engine::x};\nlet a = crate::stages::Kind::ALL;");
     assert_eq!(m.into_iter().collect::<Vec<_>>(), ["engine", "sim", "stages"]);

@@ -141,9 +141,7 @@ fn run_duration(run: &RunRecord) -> String {
 
 /// Whole seconds are enough in a table.
 fn short_time(rfc3339: &str) -> String {
-    rfc3339
-        .parse::<jiff::Timestamp>()
-        .map_or_else(|_| rfc3339.to_string(), |t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
+    crate::timestamp::display_text(rfc3339)
 }
 
 /// `wide` adds the image digest the run made and what triggered it.

@@ -264,7 +264,7 @@ fn lineage_view(l: &Lineage) -> Option<LineageView> {
             .map(|p| PlacementRow {
                 environment: p.environment.clone(),
                 action: p.action.clone(),
-                at: when(&p.at, "%Y-%m-%d %H:%M:%S UTC"),
+                at: crate::timestamp::display_text(&p.at),
             })
             .collect(),
     })
@@ -415,12 +415,6 @@ fn px(v: f64) -> String {
     format!("{v:.1}")
 }
 
-/// Records keep RFC 3339 with nanoseconds; people read less. Unparsable
-/// text is shown as it is.
-fn when(rfc3339: &str, format: &str) -> String {
-    rfc3339.parse::<jiff::Timestamp>().map_or_else(|_| rfc3339.to_string(), |t| t.strftime(format).to_string())
-}
-
 fn ms_since(from: &str, to: &str) -> Option<f64> {
     let (a, b) = (from.parse::<jiff::Timestamp>().ok()?, to.parse::<jiff::Timestamp>().ok()?);
     Some(b.duration_since(a).as_secs_f64() * 1000.0)
@@ -437,7 +431,7 @@ impl View {
                 status: s.status.to_string(),
                 ok: matches!(s.status, Status::Succeeded | Status::Skipped),
                 attempts: s.attempts,
-                started: s.started.as_deref().map_or_else(|| "-".into(), |t| when(t, "%H:%M:%S%.3f")),
+                started: s.started.as_deref().map_or_else(|| "-".into(), |t| crate::timestamp::log_line_text(t)),
                 duration: duration_text(s.duration_ms),
                 error: s.error.clone(),
             })
@@ -453,8 +447,8 @@ impl View {
             model: run.model.clone(),
             status: run.status.to_string(),
             succeeded: run.status == Status::Succeeded,
-            created: when(&run.created, "%Y-%m-%d %H:%M:%S UTC"),
-            updated: when(&run.updated, "%Y-%m-%d %H:%M:%S UTC"),
+            created: crate::timestamp::display_text(&run.created),
+            updated: crate::timestamp::display_text(&run.updated),
             duration,
             labels: pairs(&run.labels),
             params: pairs(&run.params),
@@ -471,7 +465,7 @@ impl View {
                     image: e.image.clone(),
                     run_id: e.run_id.clone(),
                     this_run: e.run_id == run.run_id,
-                    at: when(&e.at, "%Y-%m-%d %H:%M:%S UTC"),
+                    at: crate::timestamp::display_text(&e.at),
                     by: e.by.clone(),
                 })
                 .collect(),

@@ -379,8 +379,7 @@ async fn run_build(params: Params, cx: &StageContext) -> Result<Output, BuildErr
             // Reused images keep the time they were built; two runs starting
             // builds of one BuildConfig at the same moment may swap their
             // (near-equal) times, which is why only the time goes there.
-            vars.image_labels
-                .insert(CREATED_LABEL.into(), jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            vars.image_labels.insert(CREATED_LABEL.into(), crate::timestamp::display(jiff::Timestamp::now()));
             let bc_obj = manifest(&build_config_yaml(&cx.catalog, &vars).map_err(|e| ctx_err(&t, e))?)?;
             ensure(&configs, &t.stream, bc_obj, "buildconfigs.build.openshift.io", &ns).await?;
             let b = start(cx, &t, &builds).await?;
