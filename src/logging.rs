@@ -251,13 +251,11 @@ impl EventFields {
     }
 }
 
-/// Bare unless the value would not read back as one word.
+/// Bare unless the value is not one word; then in quotes, its own text
+/// unescaped (a line for a person: a refusal quoting `resource "builds"`
+/// reads as the server wrote it; JSON lines are for machines).
 fn quoted(value: String) -> String {
-    if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c == '"' || c == '=') {
-        format!("{value:?}")
-    } else {
-        value
-    }
+    if value.is_empty() || value.chars().any(char::is_whitespace) { format!("\"{value}\"") } else { value }
 }
 
 impl Visit for EventFields {
