@@ -431,7 +431,7 @@ impl View {
                 status: s.status.to_string(),
                 ok: matches!(s.status, Status::Succeeded | Status::Skipped),
                 attempts: s.attempts,
-                started: s.started.as_deref().map_or_else(|| "-".into(), |t| crate::timestamp::log_line_text(t)),
+                started: s.started.as_deref().map_or_else(|| "-".into(), crate::timestamp::log_line_text),
                 duration: duration_text(s.duration_ms),
                 error: s.error.clone(),
             })
