@@ -300,3 +300,50 @@ fn typos_in_environment_and_stage_names_get_a_suggestion() {
     assert!(text(&o.stderr).contains("did you mean `weather`?"), "{}", transcript(&o));
     assert_eq!(std::fs::read_dir(s.path("state")).unwrap().count(), 0);
 }
+
+/// What a person reads on a terminal (`--log-format text`, as on a TTY):
+/// each line an RFC 3339 time, a level, what it is about once (`[fetch]`,
+/// not the span chain with the run id on every line), and no Rust `Debug`
+/// text; `--color never` and `NO_COLOR` keep escape codes out.
+#[test]
+fn text_logs_name_the_stage_once_in_one_time_format_without_debug_text() {
+    let s = Sandbox::new(LOCAL);
+    for colour in [&["--color", "never"][..], &[][..]] {
+        let mut args = vec!["--log-format", "text"];
+        args.extend_from_slice(colour);
+        args.extend(["run", "p.yaml"]);
+        let o = Command::new(support::BIN)
+            .args(&args)
+            .current_dir(s.dir.path())
+            .env("HOME", s.path("home"))
+            .env("KUBECONFIG", s.path("home/.kube/config"))
+            .env("XDG_CACHE_HOME", s.path("cache"))
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 0, "{}", transcript(&o));
+        let err = text(&o.stderr);
+        assert!(!err.contains('\x1b'), "colour codes with {colour:?} and NO_COLOR:\n{err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert!(lines.len() >= 4, "{err}");
+        for line in &lines {
+            let mut words = line.split_whitespace();
+            let time = words.next().unwrap();
+            assert!(time.contains('T') && time.ends_with('Z') && time.parse::<jiff::Timestamp>().is_ok(), "{line}");
+            assert!(matches!(words.next(), Some("INFO" | "WARN" | "ERROR" | "DEBUG")), "{line}");
+            for debug in ["run{", "stage{", " {", "Some(", "User {", "Generated {"] {
+                assert!(!line.contains(debug), "`{debug}` in {line}");
+            }
+        }
+        let fetch: Vec<&&str> = lines.iter().filter(|l| l.contains(" [fetch] ")).collect();
+        assert!(!fetch.is_empty(), "{err}");
+        // The run id and the stage are the label, not fields repeated on every line.
+        for line in &lines {
+            assert!(!line.contains("run_id=") && !line.contains(" stage="), "{line}");
+        }
+        let render = lines.iter().find(|l| l.contains("rendered build context")).expect("render's line");
+        assert!(render.contains(" [render] ") && render.contains("class=\"MyModel.py (yours)\""), "{render}");
+    }
+}
