@@ -17,6 +17,7 @@ use http::{Request, StatusCode};
 use modelship::secret::Secret;
 use modelship::state::Status;
 use modelship::triggers::signature::github_signature;
+use modelship::triggers::server::RunEntry;
 use modelship::triggers::{PipelineRunner, RunOutcome, RunRequest, ServerConfig, serve};
 use serde_json::Value;
 use support::triggers::{self as fixture, Fixture, build, github_push, gitlab_push};
@@ -34,13 +35,32 @@ struct TestRunner {
     gate: Option<Arc<Semaphore>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// model -> (runs of it in flight now, most at once)
+    per_model: Mutex<HashMap<String, (usize, usize)>>,
     cancelled: AtomicUsize,
+}
+
+impl TestRunner {
+    fn gated(gate: &Arc<Semaphore>) -> TestRunner {
+        TestRunner { gate: Some(gate.clone()), ..TestRunner::default() }
+    }
+
+    /// The most runs of `model` that were in flight at once.
+    fn most_at_once(&self, model: &str) -> usize {
+        self.per_model.lock().unwrap().get(model).map_or(0, |m| m.1)
+    }
 }
 
 #[async_trait]
 impl PipelineRunner for TestRunner {
     async fn run(&self, req: &RunRequest, cancel: CancellationToken) -> RunOutcome {
         self.calls.lock().unwrap().push(req.clone());
+        {
+            let mut per_model = self.per_model.lock().unwrap();
+            let m = per_model.entry(req.model.clone()).or_default();
+            m.0 += 1;
+            m.1 = m.1.max(m.0);
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let status = match &self.gate {
@@ -50,6 +70,7 @@ impl PipelineRunner for TestRunner {
             },
             None => Status::Succeeded,
         };
+        self.per_model.lock().unwrap().get_mut(&req.model).unwrap().0 -= 1;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         RunOutcome {
             run_id: Some(format!("run-{}-{}", req.pipeline, &req.commit[..7])),
@@ -64,7 +85,7 @@ impl PipelineRunner for TestRunner {
 struct Server {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<Result<(), modelship::triggers::TriggerError>>,
+    done: tokio::task::JoinHandle<Result<Vec<RunEntry>, modelship::triggers::TriggerError>>,
     runner: Arc<TestRunner>,
 }
 
@@ -90,9 +111,10 @@ impl Server {
         Server { addr, stop: Some(stop), done, runner }
     }
 
-    async fn shutdown(mut self) {
+    /// Stop the server; every run as it last recorded it.
+    async fn shutdown(mut self) -> Vec<RunEntry> {
         self.stop.take().unwrap().send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(20), &mut self.done).await.expect("server stops").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), &mut self.done).await.expect("server stops").unwrap().unwrap()
     }
 
     fn calls(&self) -> Vec<RunRequest> {
@@ -139,6 +161,27 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    async fn runs(&self) -> Vec<Value> {
+        let (_, text) = self.get("/runs").await;
+        serde_json::from_str::<Value>(&text).unwrap()["runs"].as_array().unwrap().clone()
+    }
+
+    /// One run of `GET /runs`, by the id the delivery's answer gave it.
+    async fn run(&self, id: &str) -> Value {
+        self.runs().await.into_iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("no run {id}"))
+    }
+
+    /// A sample of `GET /metrics`, read with the reference parser.
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        parse_prometheus(&text)
+            .iter()
+            .find(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in\n{text}"))["value"]
+            .as_f64()
+            .unwrap()
+    }
+
     /// Poll `GET /runs` until every run is finished.
     async fn settled_runs(&self) -> Vec<Value> {
         // Generous: the machine is shared; this bounds a hang, it times nothing.
@@ -156,13 +199,23 @@ impl Server {
 }
 
 async fn wait_for_a_running_pipeline(s: &Server) {
+    wait_for(s, "a run to start", |r| r.in_flight.load(Ordering::SeqCst) > 0).await;
+}
+
+/// Poll the runner until `cond` holds (bounds a hang, times nothing).
+async fn wait_for(s: &Server, what: &str, cond: impl Fn(&TestRunner) -> bool) {
     for _ in 0..6000 {
-        if s.runner.in_flight.load(Ordering::SeqCst) > 0 {
+        if cond(&s.runner) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("no run started");
+    panic!("waited in vain for {what}");
+}
+
+/// The ids of a delivery's runs, in the answer's order.
+fn ids_of(v: &Value) -> Vec<String> {
+    v["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
 }
 
 /// One HTTP/1.1 request on a fresh connection (hyper's client).
@@ -350,12 +403,15 @@ async fn runs_are_bounded_by_the_concurrency_limit() {
         m
     });
     assert_eq!(statuses.values().sum::<usize>(), 4);
-    assert!(statuses.get("running").copied().unwrap_or(0) <= 1, "{statuses:?}");
-    gate.add_permits(4);
+    // iris (c-1) holds the one slot; c-1's queued weather run is superseded by c-2's.
+    assert_eq!(statuses.get("running"), Some(&1), "{statuses:?}");
+    assert_eq!(statuses.get("queued"), Some(&2), "{statuses:?}");
+    assert_eq!(statuses.get("superseded"), Some(&1), "{statuses:?}");
+    gate.add_permits(3);
     let runs = s.settled_runs().await;
-    assert!(runs.iter().all(|r| r["status"] == "succeeded"));
+    assert_eq!(runs.iter().filter(|r| r["status"] == "succeeded").count(), 3, "{runs:?}");
     assert_eq!(s.runner.max_in_flight.load(Ordering::SeqCst), 1);
-    assert_eq!(s.calls().len(), 4);
+    assert_eq!(s.calls().len(), 3);
     s.shutdown().await;
 }
 
@@ -398,9 +454,11 @@ async fn shutdown_cancels_running_pipelines_and_waits_for_them() {
     assert_eq!(status, StatusCode::ACCEPTED);
     wait_for_a_running_pipeline(&s).await;
     let runner = s.runner.clone();
-    s.shutdown().await;
+    let runs = s.shutdown().await;
     // The running pipeline saw the cancellation and returned (recording its
     // state); the queued one never started.
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r.status == "cancelled" && r.finished_at.is_some()), "{runs:?}");
     assert_eq!(runner.cancelled.load(Ordering::SeqCst), 1);
     assert_eq!(runner.in_flight.load(Ordering::SeqCst), 0);
     assert_eq!(runner.calls.lock().unwrap().len(), 1);
@@ -588,19 +646,154 @@ async fn a_burst_of_duplicated_deliveries_ends_in_one_run_per_accepted_delivery(
     let runs = s.settled_runs().await;
     let deliveries: std::collections::BTreeSet<&str> = runs.iter().map(|r| r["delivery"].as_str().unwrap()).collect();
     assert_eq!(runs.len(), valid, "one run per accepted delivery");
-    assert_eq!(deliveries.len(), valid, "no delivery ran twice");
-    assert!(runs.iter().all(|r| r["status"] == "succeeded" && r["pipeline"] == "weather"), "{runs:?}");
-    assert_eq!(s.calls().len(), valid);
-    assert!(s.runner.max_in_flight.load(Ordering::SeqCst) <= 2);
+    assert_eq!(deliveries.len(), valid, "no delivery queued twice");
+    assert!(runs.iter().all(|r| r["pipeline"] == "weather"), "{runs:?}");
+    // One model: one run at a time, and a queued run is replaced by the next delivery's.
+    let number = |id: &Value| id.as_str().unwrap().trim_start_matches('t').parse::<u64>().unwrap();
+    let succeeded = runs.iter().filter(|r| r["status"] == "succeeded").count();
+    let superseded: Vec<&Value> = runs.iter().filter(|r| r["status"] == "superseded").collect();
+    assert_eq!(succeeded + superseded.len(), valid, "{runs:?}");
+    for r in &superseded {
+        assert!(number(&r["supersededBy"]) > number(&r["id"]), "superseded by a newer run: {r}");
+        assert!(runs.iter().any(|n| n["id"] == r["supersededBy"]), "{r}");
+    }
+    let calls = s.calls();
+    assert_eq!(calls.len(), succeeded);
+    let ran: std::collections::BTreeSet<_> = calls.iter().map(|c| c.delivery.clone()).collect();
+    assert_eq!(ran.len(), succeeded, "no delivery ran twice");
+    assert_eq!(s.runner.most_at_once("weather"), 1);
     println!(
-        "burst: {} deliveries sent ({unique} ids, each twice), {valid} accepted, {} refused as replays, {} bad signatures, {} foreign; {} runs, 0 duplicated",
+        "burst: {} deliveries sent ({unique} ids, each twice), {valid} accepted, {} refused as replays, {} bad signatures, {} foreign; {succeeded} runs, {} superseded, 0 duplicated",
         2 * unique,
         answers[&StatusCode::CONFLICT],
         answers[&StatusCode::UNAUTHORIZED],
         answers[&StatusCode::UNPROCESSABLE_ENTITY],
-        runs.len()
+        superseded.len()
     );
     Arc::into_inner(s).expect("no sender left").shutdown().await;
+}
+
+/// A second pipeline of the weather model (`spec.model.name: weather`),
+/// selected only by changes to its requirements.
+const WEATHER_CANARY: &str = "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata:\n  name: weather-canary\nspec:\n  model:\n    name: weather\n    source: s3://models/weather/\n  environments:\n    dev:\n      namespace: models-canary\n  stages:\n    - name: fetch\n      uses: fetch-model\n  triggers:\n    push: { branches: [main], paths: [\"models/weather/requirements.txt\"] }\n";
+
+#[tokio::test]
+async fn runs_of_one_model_wait_for_each_other_even_with_free_slots() {
+    let f = build();
+    std::fs::write(f.pipelines().join("weather-canary.yaml"), WEATHER_CANARY).unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let s = Server::start(&f, TestRunner::gated(&gate), |c| c.max_concurrent_runs = 2).await;
+    let (status, first) = s.github_signed("w-1", github_push("refs/heads/main", &f.c[0], &f.c[1])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert_eq!(pipelines_of(&first), ["weather"]);
+    wait_for_a_running_pipeline(&s).await;
+    // Both pipelines of the model: queued behind the running run, a slot free or not.
+    let (status, second) = s.github_signed("w-2", github_push("refs/heads/main", &f.c[2], &f.c[3])).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{second}");
+    assert_eq!(pipelines_of(&second), ["weather", "weather-canary"]);
+    assert!(second["runs"].as_array().unwrap().iter().all(|r| r["model"] == "weather"), "{second}");
+    // Queued in the order of the pipeline files: weather-canary.yaml, weather.yaml.
+    let [canary, weather] = <[String; 2]>::try_from(ids_of(&second)).unwrap();
+    assert_eq!(second["runs"][0]["pipeline"], "weather-canary");
+    assert_eq!(s.run(&weather).await["status"], "queued");
+    assert_eq!(s.run(&canary).await["status"], "queued");
+    assert_eq!(s.calls().len(), 1);
+
+    // The first finishes: the next run of the model starts, the other still waits.
+    gate.add_permits(1);
+    wait_for(&s, "the second run", |r| r.calls.lock().unwrap().len() == 2).await;
+    assert_eq!(s.run(&ids_of(&first)[0]).await["status"], "succeeded");
+    assert_eq!(s.run(&canary).await["status"], "running");
+    assert_eq!(s.run(&weather).await["status"], "queued");
+    gate.add_permits(2);
+    let runs = s.settled_runs().await;
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:?}");
+    let order: Vec<(String, String)> = s.calls().into_iter().map(|c| (c.pipeline, c.commit)).collect();
+    assert_eq!(
+        order,
+        [("weather".into(), f.c[1].clone()), ("weather-canary".into(), f.c[3].clone()), ("weather".into(), f.c[3].clone())]
+    );
+    assert_eq!(s.runner.most_at_once("weather"), 1);
+    assert_eq!(s.runner.max_in_flight.load(Ordering::SeqCst), 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn runs_of_different_models_run_at_once() {
+    let f = build();
+    let gate = Arc::new(Semaphore::new(0));
+    let s = Server::start(&f, TestRunner::gated(&gate), |c| c.max_concurrent_runs = 2).await;
+    let (st1, v1) = s.github_signed("m-1", github_push("refs/heads/main", &f.c[0], &f.c[1])).await;
+    let (st2, v2) = s.github_signed("m-2", github_push("refs/heads/main", &f.c[1], &f.c[2])).await;
+    assert_eq!([st1, st2], [StatusCode::ACCEPTED; 2]);
+    assert_eq!((pipelines_of(&v1), pipelines_of(&v2)), (vec!["weather".to_string()], vec!["iris".to_string()]));
+    // Both are in the runner together: neither waits for the other.
+    wait_for(&s, "two runs at once", |r| r.in_flight.load(Ordering::SeqCst) == 2).await;
+    gate.add_permits(2);
+    let runs = s.settled_runs().await;
+    assert!(runs.iter().all(|r| r["status"] == "succeeded"), "{runs:?}");
+    assert_eq!(s.runner.max_in_flight.load(Ordering::SeqCst), 2);
+    assert_eq!((s.runner.most_at_once("weather"), s.runner.most_at_once("iris")), (1, 1));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_newer_push_supersedes_the_queued_run_of_its_model() {
+    let f = build();
+    let gate = Arc::new(Semaphore::new(0));
+    let s = Server::start(&f, TestRunner::gated(&gate), |c| c.max_concurrent_runs = 2).await;
+    let (_, a1) = s.github_signed("a-1", github_push("refs/heads/main", &f.c[0], &f.c[1])).await;
+    wait_for_a_running_pipeline(&s).await;
+    let (_, a2) = s.github_signed("a-2", github_push("refs/heads/main", &f.c[2], &f.c[3])).await;
+    let (status, a3) = s.github_signed("a-3", github_push("refs/heads/main", &f.c[1], &f.rewritten)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{a3}");
+    let [a1, a2, a3] = [&a1, &a2, &a3].map(|v| {
+        assert_eq!(pipelines_of(v), ["weather"], "{v}");
+        ids_of(v).remove(0)
+    });
+    let replaced = s.run(&a2).await;
+    assert_eq!(replaced["status"], "superseded", "{replaced}");
+    assert_eq!(replaced["supersededBy"], a3.as_str());
+    assert!(replaced["finishedAt"].is_string() && replaced["startedAt"].is_null(), "{replaced}");
+    assert_eq!(s.run(&a1).await["status"], "running", "a running run is never superseded");
+    assert_eq!(s.run(&a3).await["status"], "queued");
+    assert_eq!(s.metric("modelship_runs_queued", &[]).await, 1.0);
+
+    gate.add_permits(2);
+    let runs = s.settled_runs().await;
+    assert_eq!(runs.iter().filter(|r| r["status"] == "succeeded").count(), 2, "{runs:?}");
+    // A1 then A3; A2's commit never reached the runner.
+    let commits: Vec<String> = s.calls().into_iter().map(|c| c.commit).collect();
+    assert_eq!(commits, [f.c[1].clone(), f.rewritten.clone()]);
+    assert_eq!(s.runner.most_at_once("weather"), 1);
+    assert_eq!(s.metric("modelship_runs_superseded_total", &[("pipeline", "weather")]).await, 1.0);
+    assert_eq!(s.metric("modelship_runs_started_total", &[("pipeline", "weather")]).await, 2.0);
+    // The replay protection still holds for a superseded delivery.
+    let (status, _) = s.github_signed("a-2", github_push("refs/heads/main", &f.c[2], &f.c[3])).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_records_the_running_and_the_queued_run_of_a_model() {
+    let f = build();
+    let gate = Arc::new(Semaphore::new(0));
+    let s = Server::start(&f, TestRunner::gated(&gate), |c| c.max_concurrent_runs = 2).await;
+    let (_, first) = s.github_signed("z-1", github_push("refs/heads/main", &f.c[0], &f.c[1])).await;
+    wait_for_a_running_pipeline(&s).await;
+    let (_, second) = s.github_signed("z-2", github_push("refs/heads/main", &f.c[2], &f.c[3])).await;
+    let (running, queued) = (ids_of(&first).remove(0), ids_of(&second).remove(0));
+    assert_eq!(s.run(&queued).await["status"], "queued");
+    let runner = s.runner.clone();
+    let runs = s.shutdown().await;
+    let by_id = |id: &str| runs.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("{id} not recorded: {runs:?}"));
+    let (r, q) = (by_id(&running), by_id(&queued));
+    assert_eq!((r.status.as_str(), r.run_id.as_deref()), ("cancelled", Some(&*format!("run-weather-{}", &f.c[1][..7]))));
+    assert_eq!(q.status, "cancelled");
+    assert_eq!(q.error.as_deref(), Some("server shut down before the run started"));
+    assert!(q.started_at.is_none() && q.finished_at.is_some(), "{q:?}");
+    assert_eq!(runner.cancelled.load(Ordering::SeqCst), 1);
+    assert_eq!(runner.calls.lock().unwrap().len(), 1, "the queued run never started");
 }
 
 /// Read until the server closes the connection; what it sent, if anything.

@@ -126,5 +126,5 @@ pub async fn run(a: ServeArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         Some(dir) => Arc::new(SimRunner::new(engine, dir)),
         None => Arc::new(engine),
     };
-    serve(listener, config, runner, super::trigger::shutdown_signal()).await.map_err(fail)
+    serve(listener, config, runner, super::trigger::shutdown_signal()).await.map(drop).map_err(fail)
 }

@@ -101,6 +101,7 @@ pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         }
         let req = RunRequest {
             pipeline: d.pipeline.clone(),
+            model: d.model.clone(),
             file: d.file.clone(),
             commit: event.after.clone(),
             branch: event.branch().unwrap_or_default().to_string(),

@@ -19,7 +19,7 @@ struct Histogram {
 struct Inner {
     /// (provider, result, reason) -> count
     deliveries: BTreeMap<(String, String, String), u64>,
-    /// (pipeline, outcome) -> count; outcome: started | succeeded | failed | cancelled
+    /// (pipeline, outcome) -> count; outcome: started | succeeded | failed | cancelled | superseded
     runs: BTreeMap<(String, &'static str), u64>,
     /// (pipeline, stage) -> histogram
     stages: BTreeMap<(String, String), Histogram>,
@@ -99,6 +99,7 @@ impl Metrics {
             ("succeeded", "Pipeline runs that succeeded."),
             ("failed", "Pipeline runs that failed."),
             ("cancelled", "Pipeline runs cancelled (shutdown)."),
+            ("superseded", "Queued runs replaced by a newer push's run of the same pipeline before they started."),
         ] {
             let name = format!("modelship_runs_{outcome}_total");
             header(&mut out, &name, "counter", help);
@@ -123,7 +124,7 @@ impl Metrics {
             let _ = writeln!(out, "modelship_stage_duration_seconds_sum{{{labels}}} {}", h.sum);
             let _ = writeln!(out, "modelship_stage_duration_seconds_count{{{labels}}} {}", h.count);
         }
-        header(&mut out, "modelship_runs_queued", "gauge", "Selected runs waiting for a concurrency slot.");
+        header(&mut out, "modelship_runs_queued", "gauge", "Selected runs waiting for a concurrency slot or for their model's running run.");
         let _ = writeln!(out, "modelship_runs_queued {queued}");
         header(&mut out, "modelship_runs_running", "gauge", "Runs in progress.");
         let _ = writeln!(out, "modelship_runs_running {running}");

@@ -18,6 +18,8 @@ use crate::state::{StageRecord, Status};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRequest {
     pub pipeline: String,
+    /// The pipeline's `spec.model.name`.
+    pub model: String,
     pub file: PathBuf,
     /// The pushed commit (`after`).
     pub commit: String,
@@ -150,6 +152,7 @@ mod tests {
     fn req(set_commit: bool) -> RunRequest {
         RunRequest {
             pipeline: "weather".into(),
+            model: "weather".into(),
             file: "pipelines/weather.yaml".into(),
             commit: "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4".into(),
             branch: "main".into(),

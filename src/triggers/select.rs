@@ -35,6 +35,9 @@ pub struct TriggerRequest {
 pub struct Decision {
     pub pipeline: String,
     pub file: PathBuf,
+    /// `spec.model.name`: the server runs one pipeline of a model at a time.
+    #[serde(skip)]
+    pub model: String,
     pub run: bool,
     pub reason: String,
     /// Changed files that matched the pipeline's `paths`.
@@ -133,6 +136,7 @@ fn decide(path: &Path, p: &Pipeline, branch: &str, changes: &ChangeSet) -> Resul
     let mut d = Decision {
         pipeline: p.metadata.name.clone(),
         file: path.to_path_buf(),
+        model: p.spec.model.name.clone(),
         run: false,
         reason: String::new(),
         matched: Vec::new(),

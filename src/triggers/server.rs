@@ -10,7 +10,7 @@
 //! | delivery id seen within the replay window | 409 |
 //! | another repository's push, commits the checkout lacks, a bad pipeline file | 422 |
 //! | the pushed commits could not be fetched from the repository's remote | 502 |
-//! | more selected runs than the queue holds | 503 (the delivery may be redelivered) |
+//! | more selected runs than the queue holds, or the server is shutting down | 503 (the delivery may be redelivered) |
 //! | event type other than push (`ping`, ...), tag push, deleted branch | 202 with `ignored` and the reason |
 //!
 //! A wrong event type is answered 202 rather than 400 because GitHub sends
@@ -23,8 +23,15 @@
 //! `max_connections` connections are served at once (more wait in the
 //! listen backlog) — so slow or idle clients hold a connection for a
 //! bounded time and cannot starve the others.
+//!
+//! Runs are queued per model (`spec.model.name`): at most one run of a
+//! model at a time, since two would race on the same deployment, and runs
+//! of different models in parallel up to `max_concurrent_runs`. A run still
+//! queued when a newer delivery selects the same pipeline is `superseded`
+//! (the newer commit contains its changes) and never starts; a running run
+//! always finishes.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -116,10 +123,14 @@ pub struct RunEntry {
     pub delivery: String,
     pub provider: String,
     pub pipeline: String,
+    pub model: String,
     pub commit: String,
     pub branch: String,
-    /// queued, running, succeeded, failed, cancelled
+    /// queued, running, succeeded, failed, cancelled, superseded
     pub status: String,
+    /// The id of the newer run that replaced this queued one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,10 +142,24 @@ pub struct RunEntry {
     pub finished_at: Option<String>,
 }
 
+/// A selected run that has not started.
+struct Waiting {
+    id: String,
+    req: RunRequest,
+}
+
+/// The models with a run in progress and the runs waiting, oldest first.
+/// Lock order: `queue`, then `runs`, then `tasks`.
+#[derive(Default)]
+struct Queue {
+    busy: HashSet<String>,
+    waiting: VecDeque<Waiting>,
+}
+
 struct App {
     config: ServerConfig,
     runner: Arc<dyn PipelineRunner>,
-    slots: Arc<Semaphore>,
+    queue: Mutex<Queue>,
     /// Bounds concurrent selections (git work on blocking threads).
     selecting: Semaphore,
     replay: Mutex<ReplayGuard>,
@@ -180,19 +205,83 @@ impl App {
             f(r);
         }
     }
+
+    /// Queue `w`, replacing a waiting run of the same pipeline from an
+    /// earlier delivery.
+    fn enqueue(&self, q: &mut Queue, w: Waiting) {
+        let (older, kept) = std::mem::take(&mut q.waiting)
+            .into_iter()
+            .partition::<VecDeque<_>, _>(|o| o.req.model == w.req.model && o.req.pipeline == w.req.pipeline);
+        q.waiting = kept;
+        for old in older {
+            self.metrics.run(&old.req.pipeline, "superseded");
+            info!(
+                id = %old.id,
+                pipeline = %old.req.pipeline,
+                commit = %old.req.commit,
+                by = %w.id,
+                "queued run superseded by a newer push; it will not start"
+            );
+            self.update_run(&old.id, |r| {
+                r.status = "superseded".into();
+                r.superseded_by = Some(w.id.clone());
+                r.finished_at = Some(now());
+            });
+        }
+        q.waiting.push_back(w);
+    }
+
+    /// Start the oldest waiting runs whose model is idle, while slots are
+    /// free. Nothing starts once shutdown has begun.
+    fn dispatch(self: &Arc<Self>, q: &mut Queue) {
+        let limit = self.config.max_concurrent_runs.max(1);
+        while !self.cancel.is_cancelled() && q.busy.len() < limit {
+            let Some(i) = q.waiting.iter().position(|w| !q.busy.contains(&w.req.model)) else {
+                break;
+            };
+            let w = q.waiting.remove(i).expect("the position is in the queue");
+            q.busy.insert(w.req.model.clone());
+            self.update_run(&w.id, |r| {
+                r.status = "running".into();
+                r.started_at = Some(now());
+            });
+            // No parent: a run dispatched when another finishes is not part of that one.
+            let span = info_span!(parent: None, "trigger_run", id = %w.id, pipeline = %w.req.pipeline, model = %w.req.model, commit = %w.req.commit);
+            let mut tasks = lock(&self.tasks);
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(run_one(self.clone(), w).instrument(span));
+        }
+    }
+
+    /// On shutdown: every run that has not started ends `cancelled`.
+    fn cancel_waiting(&self) {
+        let left = std::mem::take(&mut lock(&self.queue).waiting);
+        if !left.is_empty() {
+            info!(runs = left.len(), "cancelling queued runs that never started");
+        }
+        for w in left {
+            self.metrics.run(&w.req.pipeline, "cancelled");
+            self.update_run(&w.id, |r| {
+                r.status = "cancelled".into();
+                r.error = Some("server shut down before the run started".into());
+                r.finished_at = Some(now());
+            });
+        }
+    }
 }
 
-/// Serve until `shutdown` resolves; then stop accepting, cancel running
-/// pipelines, and wait up to `shutdown_grace` for them to record their state.
+/// Serve until `shutdown` resolves; then stop accepting, cancel queued runs
+/// and running pipelines, and wait up to `shutdown_grace` for them to
+/// record their state. Returns every run as `GET /runs` last showed it.
 pub async fn serve(
     listener: TcpListener,
     config: ServerConfig,
     runner: Arc<dyn PipelineRunner>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), TriggerError> {
+) -> Result<Vec<RunEntry>, TriggerError> {
     let grace = config.shutdown_grace;
     let app = Arc::new(App {
-        slots: Arc::new(Semaphore::new(config.max_concurrent_runs.max(1))),
+        queue: Mutex::new(Queue::default()),
         selecting: Semaphore::new(4),
         replay: Mutex::new(ReplayGuard::new(config.replay_capacity, config.replay_ttl)),
         runs: Mutex::new(VecDeque::new()),
@@ -214,21 +303,27 @@ pub async fn serve(
         info!(%addr, "webhook server listening");
     }
     let limits = (app.config.header_read_timeout, app.config.max_connections);
-    let cancel = app.cancel.clone();
+    let stopping = app.clone();
     let served = accept_loop(listener, router, limits, async move {
         shutdown.await;
-        info!("shutting down: no new deliveries; cancelling running pipelines");
-        cancel.cancel();
+        info!("shutting down: no new deliveries; cancelling queued runs and running pipelines");
+        // Cancelled first: a delivery still being answered queues nothing after this.
+        stopping.cancel.cancel();
+        stopping.cancel_waiting();
     })
     .await;
     app.cancel.cancel();
+    app.cancel_waiting();
     let mut tasks = std::mem::take(&mut *lock(&app.tasks));
     let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         warn!(grace = %humantime::format_duration(grace), left = tasks.len(), "runs did not finish within the shutdown grace period; abandoning them");
         tasks.abort_all();
+        // Aborted tasks record themselves (`Release`) as they are dropped.
+        while tasks.join_next().await.is_some() {}
     }
-    served.map_err(TriggerError::Server)
+    served.map_err(TriggerError::Server)?;
+    Ok(lock(&app.runs).iter().cloned().collect())
 }
 
 /// Serve connections until `shutdown`, then let open ones finish their
@@ -446,8 +541,20 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                 .into_response();
         }
         let selected: Vec<_> = plan.selected().cloned().collect();
-        let (queued, _) = app.counts();
+        // Checked and queued under one lock, so racing deliveries cannot overfill it.
+        let mut q = lock(&app.queue);
+        if app.cancel.is_cancelled() {
+            drop(q);
+            lock(&app.replay).forget(&delivery);
+            return reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down; redeliver later".into(),
+            );
+        }
+        let queued = q.waiting.len();
         if queued + selected.len() > app.config.max_queued_runs {
+            drop(q);
             lock(&app.replay).forget(&delivery);
             return reject(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -462,6 +569,7 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
             let id = format!("t{}", app.next_id.fetch_add(1, Ordering::Relaxed));
             let req = RunRequest {
                 pipeline: d.pipeline.clone(),
+                model: d.model.clone(),
                 file: d.file.clone(),
                 commit: event.after.clone(),
                 branch: branch.clone(),
@@ -474,21 +582,22 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                 delivery: delivery.clone(),
                 provider: p.to_string(),
                 pipeline: d.pipeline.clone(),
+                model: d.model.clone(),
                 commit: event.after.clone(),
                 branch: branch.clone(),
                 status: "queued".into(),
+                superseded_by: None,
                 run_id: None,
                 error: None,
                 queued_at: now(),
                 started_at: None,
                 finished_at: None,
             });
-            let span = info_span!("trigger_run", id = %id, pipeline = %d.pipeline, commit = %event.after);
-            let mut tasks = lock(&app.tasks);
-            while tasks.try_join_next().is_some() {}
-            tasks.spawn(run_one(app.clone(), id.clone(), req).instrument(span));
-            ids.push(json!({ "id": id, "pipeline": d.pipeline, "status": "queued" }));
+            ids.push(json!({ "id": id, "pipeline": d.pipeline, "model": d.model, "status": "queued" }));
+            app.enqueue(&mut q, Waiting { id, req });
         }
+        app.dispatch(&mut q);
+        drop(q);
         app.metrics.delivery(p, Delivery::Accepted);
         info!(runs = ids.len(), "delivery accepted");
         let changed = plan.changes.as_ref().map(|c| c.files.len()).unwrap_or(0);
@@ -506,27 +615,34 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
     .await
 }
 
-async fn run_one(app: Arc<App>, id: String, req: RunRequest) {
-    let permit = tokio::select! {
-        biased;
-        _ = app.cancel.cancelled() => {
-            app.metrics.run(&req.pipeline, "cancelled");
-            app.update_run(&id, |r| {
-                r.status = "cancelled".into();
-                r.error = Some("server shut down before the run started".into());
+/// Frees the model when its run ends, however it ends: a runner that
+/// panics, or a run abandoned after the shutdown grace, must not hold the
+/// model or stay `running` in `GET /runs`.
+struct Release {
+    app: Arc<App>,
+    id: String,
+    model: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.app.update_run(&self.id, |r| {
+            if r.status == "running" {
+                r.status = "failed".into();
+                r.error = Some("the run ended without a result (it panicked or was abandoned at shutdown)".into());
                 r.finished_at = Some(now());
-            });
-            return;
-        }
-        p = app.slots.clone().acquire_owned() => match p {
-            Ok(p) => p,
-            Err(_) => return,
-        },
-    };
-    app.update_run(&id, |r| {
-        r.status = "running".into();
-        r.started_at = Some(now());
-    });
+            }
+        });
+        let mut q = lock(&self.app.queue);
+        q.busy.remove(&self.model);
+        // The model is free: its next queued run (or another model's) may start.
+        self.app.dispatch(&mut q);
+    }
+}
+
+async fn run_one(app: Arc<App>, w: Waiting) {
+    let Waiting { id, req } = w;
+    let _release = Release { app: app.clone(), id: id.clone(), model: req.model.clone() };
     app.metrics.run(&req.pipeline, "started");
     info!("run started");
     let outcome = app.runner.run(&req, app.cancel.child_token()).await;
@@ -546,5 +662,4 @@ async fn run_one(app: Arc<App>, id: String, req: RunRequest) {
         r.error = outcome.error.clone();
         r.finished_at = Some(now());
     });
-    drop(permit);
 }
