@@ -16,8 +16,8 @@ use axum::body::Body;
 use http::{Request, StatusCode};
 use modelship::secret::Secret;
 use modelship::state::Status;
-use modelship::triggers::signature::github_signature;
 use modelship::triggers::server::RunEntry;
+use modelship::triggers::signature::github_signature;
 use modelship::triggers::{PipelineRunner, RunOutcome, RunRequest, ServerConfig, serve};
 use serde_json::Value;
 use support::triggers::{self as fixture, Fixture, build, github_push, gitlab_push};
@@ -711,7 +711,11 @@ async fn runs_of_one_model_wait_for_each_other_even_with_free_slots() {
     let order: Vec<(String, String)> = s.calls().into_iter().map(|c| (c.pipeline, c.commit)).collect();
     assert_eq!(
         order,
-        [("weather".into(), f.c[1].clone()), ("weather-canary".into(), f.c[3].clone()), ("weather".into(), f.c[3].clone())]
+        [
+            ("weather".into(), f.c[1].clone()),
+            ("weather-canary".into(), f.c[3].clone()),
+            ("weather".into(), f.c[3].clone())
+        ]
     );
     assert_eq!(s.runner.most_at_once("weather"), 1);
     assert_eq!(s.runner.max_in_flight.load(Ordering::SeqCst), 1);
@@ -788,7 +792,10 @@ async fn shutdown_records_the_running_and_the_queued_run_of_a_model() {
     let runs = s.shutdown().await;
     let by_id = |id: &str| runs.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("{id} not recorded: {runs:?}"));
     let (r, q) = (by_id(&running), by_id(&queued));
-    assert_eq!((r.status.as_str(), r.run_id.as_deref()), ("cancelled", Some(&*format!("run-weather-{}", &f.c[1][..7]))));
+    assert_eq!(
+        (r.status.as_str(), r.run_id.as_deref()),
+        ("cancelled", Some(&*format!("run-weather-{}", &f.c[1][..7])))
+    );
     assert_eq!(q.status, "cancelled");
     assert_eq!(q.error.as_deref(), Some("server shut down before the run started"));
     assert!(q.started_at.is_none() && q.finished_at.is_some(), "{q:?}");

@@ -124,7 +124,12 @@ impl Metrics {
             let _ = writeln!(out, "modelship_stage_duration_seconds_sum{{{labels}}} {}", h.sum);
             let _ = writeln!(out, "modelship_stage_duration_seconds_count{{{labels}}} {}", h.count);
         }
-        header(&mut out, "modelship_runs_queued", "gauge", "Selected runs waiting for a concurrency slot or for their model's running run.");
+        header(
+            &mut out,
+            "modelship_runs_queued",
+            "gauge",
+            "Selected runs waiting for a concurrency slot or for their model's running run.",
+        );
         let _ = writeln!(out, "modelship_runs_queued {queued}");
         header(&mut out, "modelship_runs_running", "gauge", "Runs in progress.");
         let _ = writeln!(out, "modelship_runs_running {running}");
