@@ -245,8 +245,9 @@ impl App {
                 r.status = "running".into();
                 r.started_at = Some(now());
             });
-            // No parent: a run dispatched when another finishes is not part of that one.
-            let span = info_span!(parent: None, "trigger_run", id = %w.id, pipeline = %w.req.pipeline, model = %w.req.model, commit = %w.req.commit);
+            // No parent: a run dispatched when another finishes is not part of that
+            // one, so the span names its own delivery.
+            let span = info_span!(parent: None, "trigger_run", id = %w.id, delivery = w.req.delivery.as_deref().unwrap_or(""), pipeline = %w.req.pipeline, model = %w.req.model, commit = %w.req.commit);
             let mut tasks = lock(&self.tasks);
             while tasks.try_join_next().is_some() {}
             tasks.spawn(run_one(self.clone(), w).instrument(span));
