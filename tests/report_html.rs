@@ -89,24 +89,29 @@ async fn seed(dir: &std::path::Path) {
     };
     store.create_run(&run).await.unwrap();
     for (env, action) in [("dev", "verified"), ("prod", "promoted")] {
-        let entry = LedgerEntry {
-            action: action.into(),
-            environment: env.into(),
-            digest: DIGEST.into(),
-            image: format!("127.0.0.1:40001/models-{env}/weather@{DIGEST}"),
-            at: "2026-11-25T07:00:04Z".into(),
-            run_id: RUN.into(),
-            by: "ci".into(),
-            ..Default::default()
-        };
-        store
-            .update_ledger("weather", &mut |l| {
-                l.record(entry.clone());
-                Ok(())
-            })
-            .await
-            .unwrap();
+        record(&store, RUN, env, action, DIGEST, "2026-11-25T07:00:04Z").await;
     }
+}
+
+/// One ledger entry of the weather model.
+async fn record(store: &DirStore, run: &str, env: &str, action: &str, digest: &str, at: &str) {
+    let entry = LedgerEntry {
+        action: action.into(),
+        environment: env.into(),
+        digest: digest.into(),
+        image: format!("127.0.0.1:40001/models-{env}/weather@{digest}"),
+        at: at.into(),
+        run_id: run.into(),
+        by: "ci".into(),
+        ..Default::default()
+    };
+    store
+        .update_ledger("weather", &mut |l| {
+            l.record(entry.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
 }
 
 fn modelship(args: &[&str]) -> std::process::Output {
@@ -228,23 +233,7 @@ async fn seed_lineage(dir: &std::path::Path) -> [String; 3] {
     for (run, env, action, image) in
         [(OLD_RUN, "prod", "promoted", digest('3')), (NEW_RUN, "dev", "verified", image.clone())]
     {
-        let entry = LedgerEntry {
-            action: action.into(),
-            environment: env.into(),
-            digest: image.clone(),
-            image: format!("127.0.0.1:40001/models-{env}/weather@{image}"),
-            at: "2026-11-25T09:00:04Z".into(),
-            run_id: run.into(),
-            by: "ci".into(),
-            ..Default::default()
-        };
-        store
-            .update_ledger("weather", &mut |l| {
-                l.record(entry.clone());
-                Ok(())
-            })
-            .await
-            .unwrap();
+        record(&store, run, env, action, &image, "2026-11-25T09:00:04Z").await;
     }
     [model, digest('1'), image]
 }

@@ -17,6 +17,26 @@ use tokio::sync::Mutex;
 use super::verify::{self, Checks, CompositeEtag, RangeState};
 use super::{Entry, Job, Origin, S3Options, Served, StorageError, UnsafePath, safe_relative};
 
+/// [`checks_of`] for a GET or HEAD answer: the SDK gives both output types
+/// the same accessors but no shared trait.
+macro_rules! checks_of_answer {
+    ($out:expr, $etag:expr) => {
+        checks_of(
+            $etag,
+            $out.server_side_encryption(),
+            $out.sse_customer_algorithm(),
+            $out.checksum_type(),
+            [
+                (ChecksumAlgorithm::Sha256, $out.checksum_sha256()),
+                (ChecksumAlgorithm::Sha1, $out.checksum_sha1()),
+                (ChecksumAlgorithm::Crc32, $out.checksum_crc32()),
+                (ChecksumAlgorithm::Crc32c, $out.checksum_crc32_c()),
+                (ChecksumAlgorithm::Crc64Nvme, $out.checksum_crc64_nvme()),
+            ],
+        )
+    };
+}
+
 /// Attempts per range before a dropped connection becomes an error.
 const MAX_ATTEMPTS: u32 = crate::retry::Backoff::DOWNLOAD.attempts;
 /// Bytes gathered from the body before one positioned write.
@@ -266,19 +286,7 @@ impl Remote {
             {
                 return Err(StorageError::Changed { url: entry.url() });
             }
-            checks = checks_of(
-                etag,
-                out.server_side_encryption(),
-                out.sse_customer_algorithm(),
-                out.checksum_type(),
-                [
-                    (ChecksumAlgorithm::Sha256, out.checksum_sha256()),
-                    (ChecksumAlgorithm::Sha1, out.checksum_sha1()),
-                    (ChecksumAlgorithm::Crc32, out.checksum_crc32()),
-                    (ChecksumAlgorithm::Crc32c, out.checksum_crc32_c()),
-                    (ChecksumAlgorithm::Crc64Nvme, out.checksum_crc64_nvme()),
-                ],
-            );
+            checks = checks_of_answer!(out, etag);
             if let Some(c) = checks.composite_etag.as_mut() {
                 c.part_sizes = self.part_sizes(job, entry, c.parts).await;
             }
@@ -519,22 +527,7 @@ impl Remote {
                     return Err(StorageError::Changed { url: entry.url() });
                 }
                 let served = Served::of(out.e_tag(), out.version_id());
-                checks = Some((
-                    checks_of(
-                        out.e_tag(),
-                        out.server_side_encryption(),
-                        out.sse_customer_algorithm(),
-                        out.checksum_type(),
-                        [
-                            (ChecksumAlgorithm::Sha256, out.checksum_sha256()),
-                            (ChecksumAlgorithm::Sha1, out.checksum_sha1()),
-                            (ChecksumAlgorithm::Crc32, out.checksum_crc32()),
-                            (ChecksumAlgorithm::Crc32c, out.checksum_crc32_c()),
-                            (ChecksumAlgorithm::Crc64Nvme, out.checksum_crc64_nvme()),
-                        ],
-                    ),
-                    served,
-                ));
+                checks = Some((checks_of_answer!(out, out.e_tag()), served));
             }
             let mut body = out.body;
             // The SDK's chunks are written as they are, gathered into one
