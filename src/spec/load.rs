@@ -177,8 +177,9 @@ fn split_path(message: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// The text between `prefix` and the next backtick.
-fn backticked<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+/// The text between `prefix` and the next backtick (serde's messages quote
+/// field names so; the recovery pass reads them too).
+pub(super) fn backticked<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let start = s.find(prefix)? + prefix.len();
     let len = s[start..].find('`')?;
     Some(&s[start..start + len])

@@ -13,6 +13,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::diagnostic::Diagnostic;
+use super::load::backticked;
 use super::{Pipeline, SpanIndex};
 
 /// More patches than this and the file is too broken to be worth reading on.
@@ -227,13 +228,6 @@ fn set(tree: &mut Value, parent: &str, key: &str, value: Value) -> bool {
 
 fn remove(tree: &mut Value, parent: &str, key: &str) -> bool {
     get_mut(tree, parent).and_then(Value::as_object_mut).and_then(|m| m.remove(key)).is_some()
-}
-
-/// The text between `prefix` and the next backtick.
-fn backticked<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    let start = s.find(prefix)? + prefix.len();
-    let len = s[start..].find('`')?;
-    Some(&s[start..start + len])
 }
 
 #[cfg(test)]
