@@ -550,6 +550,8 @@ async fn failed_verification_rolls_the_target_back() {
     let err = run_stage(&env, state.path(), "run-2", with).await.unwrap_err();
     assert!(err.message.contains("verification in `prod` failed"), "{}", err.message);
     assert!(err.message.contains(&format!("rolled `prod` back to {v1}")), "{}", err.message);
+    // What the engine records for the stage, and `/metrics` counts.
+    assert_eq!((err.gate, err.rolled_back), (Some(modelship::stages::Gate::Checks), true));
     server.abort();
 
     let ledger = store.get_ledger(MODEL).await.unwrap();

@@ -3,7 +3,8 @@
 //! Git repository through selection to the production runner, which runs
 //! the weather pipeline on simulated clusters as `run --sim` does; the run
 //! records carry the commit and the delivery id, `status` reads them back and
-//! `/metrics` counts the run.
+//! `/metrics` counts the runs, their promotion and the gate that stopped
+//! the run of a second pipeline whose check the model fails.
 
 mod support;
 
@@ -30,7 +31,9 @@ struct ModelRepo {
 }
 
 impl ModelRepo {
-    fn new() -> ModelRepo {
+    /// `strict`: a second pipeline of the same model with a check the model
+    /// fails, so its run stops at the checks gate.
+    fn new(strict: bool) -> ModelRepo {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("repo");
         let git = Repository::init_opts(&path, git2::RepositoryInitOptions::new().initial_head("main")).unwrap();
@@ -39,7 +42,14 @@ impl ModelRepo {
         let pipeline = std::fs::read_to_string(repo().join("pipelines/weather.yaml"))
             .unwrap()
             .replace("load: { requests: 200, concurrency: 8 }", "load: { requests: 20, concurrency: 2 }");
+        let strict_pipeline = pipeline
+            .replace("metadata:\n  name: weather\n", "metadata:\n  name: weather-strict\n")
+            .replace("expect: { meta.tags.weather_state: hot }", "expect: { meta.tags.weather_state: tepid }");
+        assert_ne!(strict_pipeline, pipeline);
         let mut files = vec![("pipelines/weather.yaml".to_string(), pipeline)];
+        if strict {
+            files.push(("pipelines/weather-strict.yaml".to_string(), strict_pipeline));
+        }
         for e in std::fs::read_dir(repo().join("fixtures/weather-model")).unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             files.push((format!("fixtures/weather-model/{name}"), std::fs::read_to_string(e.path()).unwrap()));
@@ -142,18 +152,17 @@ impl Served {
         }
     }
 
-    /// The run the server reports for `delivery`, once it has finished.
-    async fn finished_run(&self, delivery: &str) -> Value {
+    /// The `n` runs the server reports for `delivery`, once all have finished.
+    async fn finished_runs(&self, delivery: &str, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(600);
         loop {
             let runs: Value = serde_json::from_str(&self.get("/runs").await.unwrap()).unwrap();
-            let list = runs["runs"].as_array().cloned().unwrap_or_default();
-            if let Some(r) = list.iter().find(|r| r["delivery"] == delivery)
-                && !matches!(r["status"].as_str(), Some("queued" | "running"))
-            {
-                return r.clone();
+            let mine: Vec<Value> =
+                runs["runs"].as_array().into_iter().flatten().filter(|r| r["delivery"] == delivery).cloned().collect();
+            if mine.len() == n && mine.iter().all(|r| !matches!(r["status"].as_str(), Some("queued" | "running"))) {
+                return mine;
             }
-            assert!(Instant::now() < deadline, "the run of delivery {delivery} did not finish: {runs}");
+            assert!(Instant::now() < deadline, "the runs of delivery {delivery} did not finish: {runs}");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
@@ -174,7 +183,7 @@ fn github_signature(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_github_push_to_serve_runs_the_pipeline_on_the_sim() {
-    let model = ModelRepo::new();
+    let model = ModelRepo::new(true);
     let sim = model.dir.path().join("sim");
     let served = Served::start(&model, &sim);
     served.ready().await;
@@ -192,14 +201,31 @@ async fn a_signed_github_push_to_serve_runs_the_pipeline_on_the_sim() {
         .unwrap();
     assert_eq!(answer.status().as_u16(), 202);
     let accepted: Value = answer.json().await.unwrap();
-    assert_eq!(accepted["runs"].as_array().map(Vec::len), Some(1), "{accepted}");
+    assert_eq!(accepted["runs"].as_array().map(Vec::len), Some(2), "{accepted}");
 
-    let run = served.finished_run(delivery).await;
+    let runs = served.finished_runs(delivery, 2).await;
+    let of = |pipeline: &str| runs.iter().find(|r| r["pipeline"] == pipeline).unwrap_or_else(|| panic!("{runs:?}"));
+    let run = of("weather");
     assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["promotions"][0]["environment"], "prod", "{run}");
+    assert_eq!(run["promotions"][0]["result"], "promoted", "{run}");
+    let strict = of("weather-strict");
+    assert_eq!(strict["status"], "failed", "{strict}");
+    assert_eq!(strict["gateFailures"], serde_json::json!(["checks"]), "{strict}");
+    assert!(strict.get("promotions").is_none(), "a run stopped at its checks promotes nothing: {strict}");
     let run_id = run["runId"].as_str().unwrap_or_else(|| panic!("{run}")).to_string();
     let metrics = served.get("/metrics").await.unwrap();
-    eprintln!("/metrics after the run:\n{metrics}");
-    assert!(metrics.lines().any(|l| l == r#"modelship_runs_succeeded_total{pipeline="weather"} 1"#), "{metrics}");
+    eprintln!("/metrics after the runs:\n{metrics}");
+    for line in [
+        r#"modelship_runs_succeeded_total{pipeline="weather"} 1"#,
+        r#"modelship_runs_failed_total{pipeline="weather-strict"} 1"#,
+        r#"modelship_promotions_total{model="weather",environment="prod",result="promoted"} 1"#,
+        r#"modelship_gate_failures_total{model="weather",gate="checks"} 1"#,
+        r#"modelship_push_to_promotion_seconds_count{model="weather",environment="prod"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+    assert!(!metrics.contains("modelship_rollbacks_total{"), "{metrics}");
     assert!(
         metrics
             .lines()
@@ -214,11 +240,14 @@ async fn a_signed_github_push_to_serve_runs_the_pipeline_on_the_sim() {
     assert_eq!(r["labels"]["commit"], model.pushed.to_string(), "{r}");
     assert_eq!(r["labels"]["delivery"], delivery, "{r}");
     assert_eq!(r["labels"]["trigger"], "github", "{r}");
+    let strict = records.iter().find(|r| r["pipeline"] == "weather-strict").unwrap_or_else(|| panic!("{records:#?}"));
+    let check = strict["stages"].as_array().unwrap().iter().find(|s| s["status"] == "failed").unwrap();
+    assert_eq!(check["gate"], "checks", "{strict}");
 }
 
 #[test]
 fn a_gitlab_push_through_trigger_runs_the_pipeline_on_the_sim() {
-    let model = ModelRepo::new();
+    let model = ModelRepo::new(false);
     let sim = model.dir.path().join("sim");
     let event = model.dir.path().join("push.json");
     let delivery = "a4a3c5d2-77e1-4c3b-9f0e-8f5a2d7b1c90";

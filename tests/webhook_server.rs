@@ -76,8 +76,7 @@ impl PipelineRunner for TestRunner {
             run_id: Some(format!("run-{}-{}", req.pipeline, &req.commit[..7])),
             status,
             stages: vec![("fetch".into(), 0.25), ("build".into(), 42.0)],
-            error: None,
-            bad_input: false,
+            ..RunOutcome::without_run(status, None, false)
         }
     }
 }

@@ -57,5 +57,5 @@ impl PipelineRunner for SimRunner {
 }
 
 fn not_started(status: Status, error: &str) -> RunOutcome {
-    RunOutcome { run_id: None, status, stages: Vec::new(), error: Some(crate::secret::mask(error)), bad_input: false }
+    RunOutcome::without_run(status, Some(crate::secret::mask(error)), false)
 }

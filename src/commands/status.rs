@@ -117,7 +117,12 @@ async fn show(args: &StatusArgs, store: &dyn StateStore) -> Result<String, Comma
                     std::io::Error::other(format!("no run `{id}` in {}", store.describe())),
                 )
             })?;
-            Ok(structured(args.output, &run)?.unwrap_or_else(|| detail(&run)))
+            let view = RunView {
+                promotions: crate::stages::promote::results(&run.stages),
+                gate_failures: crate::state::gate_failures(&run.stages),
+                run: &run,
+            };
+            Ok(structured(args.output, &view)?.unwrap_or_else(|| detail(&run)))
         }
         None => Ok(match structured(args.output, &runs)? {
             Some(text) => text,
@@ -125,6 +130,16 @@ async fn show(args: &StatusArgs, store: &dyn StateStore) -> Result<String, Comma
             None => list(&runs, args.output == OutputFormat::Wide),
         }),
     }
+}
+
+/// One run's record with what its promote stages did, for `-o json|yaml`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunView<'a> {
+    #[serde(flatten)]
+    run: &'a RunRecord,
+    promotions: Vec<crate::state::PromotionResult>,
+    gate_failures: Vec<String>,
 }
 
 fn run_duration(run: &RunRecord) -> String {
@@ -212,6 +227,10 @@ fn detail(run: &RunRecord) -> String {
         }
         if let Some(e) = &s.error {
             out.push_str(&format!("  error: {e}\n"));
+        }
+        if let Some(g) = &s.gate {
+            let back = if s.rolled_back { " (target rolled back)" } else { "" };
+            out.push_str(&format!("  stopped by gate: {g}{back}\n"));
         }
     }
     out.trim_end().to_string()

@@ -423,6 +423,8 @@ impl Runner {
                         r.finished = None;
                         r.duration_ms = None;
                         r.error = None;
+                        r.gate = None;
+                        r.rolled_back = false;
                         r.outputs.clear();
                     }
                 })
@@ -511,11 +513,14 @@ impl Runner {
             }
             let (finished, duration) = (now_rfc3339(), clock.elapsed());
             let m = message.clone();
+            let (gate, rolled_back) = (err.gate.map(|g| g.as_str().to_string()), err.rolled_back);
             self.update_stage(name, move |r| {
                 r.status = Status::Failed;
                 r.finished = Some(finished.clone());
                 r.duration_ms = Some(duration.as_millis() as u64);
                 r.error = Some(m.clone());
+                r.gate = gate.clone();
+                r.rolled_back = rolled_back;
             })
             .await?;
             events.emit(name, uses, Event::Failed { attempts: attempt, duration, error: &message });

@@ -225,6 +225,35 @@ pub struct StageError {
     pub message: String,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// The promotion gate that stopped the stage, recorded in its
+    /// [`crate::state::StageRecord::gate`] for metrics and reports.
+    pub gate: Option<Gate>,
+    /// The stage pointed its target back at the earlier digest before failing.
+    pub rolled_back: bool,
+}
+
+/// The gates a digest passes on its way to an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Prediction cases (status, body checks).
+    Checks,
+    /// Latency and error-rate objectives under load.
+    Slo,
+    /// Signature and attestation the target requires.
+    Signature,
+    /// A person's approval (rejected or timed out).
+    Approval,
+}
+
+impl Gate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gate::Checks => "checks",
+            Gate::Slo => "slo",
+            Gate::Signature => "signature",
+            Gate::Approval => "approval",
+        }
+    }
 }
 
 impl StageError {
@@ -234,6 +263,8 @@ impl StageError {
             retryable: false,
             message: crate::secret::mask(&err.to_string()),
             source: Some(Box::new(err)),
+            gate: None,
+            rolled_back: false,
         }
     }
     pub fn msg(message: impl Into<String>) -> Self {
@@ -242,6 +273,8 @@ impl StageError {
             retryable: false,
             message: crate::secret::mask(&message.into()),
             source: None,
+            gate: None,
+            rolled_back: false,
         }
     }
     pub fn bad_input(message: impl Into<String>) -> Self {
@@ -252,6 +285,10 @@ impl StageError {
     }
     pub fn retryable(mut self) -> Self {
         self.retryable = true;
+        self
+    }
+    pub fn at_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
         self
     }
 }

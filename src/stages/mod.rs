@@ -17,7 +17,7 @@ mod context;
 mod kind;
 
 pub use crate::spec::Problem;
-pub use context::{Link, Links, Outputs, StageContext, StageError, StageErrorKind, ValidateCx, to_outputs};
+pub use context::{Gate, Link, Links, Outputs, StageContext, StageError, StageErrorKind, ValidateCx, to_outputs};
 pub use kind::{Kind, Registry};
 
 use std::future::Future;

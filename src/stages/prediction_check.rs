@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::seldon_deploy::SeldonDeploy;
-use super::{Contract, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
+use super::{Contract, Gate, Problem, Stage, StageContext, StageError, StageErrorKind, ValidateCx};
 pub use crate::checks::Params;
 use crate::checks::{CheckError, Protocol, case_name, check, problems};
 use crate::error::{ExitClass, HasExitClass};
@@ -141,10 +141,17 @@ impl Stage for PredictionCheck {
                 tracing::warn!(error = %e, "could not record the failed check's report");
             }
             let env = params.environment.as_deref().map(|e| format!(" in `{e}`")).unwrap_or_default();
-            return Err(StageError::msg(format!("prediction check failed{env}:\n{}", report.failure_summary())));
+            return Err(StageError::msg(format!("prediction check failed{env}:\n{}", report.failure_summary()))
+                .at_gate(gate_of(&report)));
         }
         Ok(Output { passed: true, report: Some(json) })
     }
+}
+
+/// The gate a failed report stopped at: its cases, or (all cases passing)
+/// its objectives under load.
+pub(super) fn gate_of(report: &crate::checks::Report) -> Gate {
+    if report.failed_cases().next().is_some() { Gate::Checks } else { Gate::Slo }
 }
 
 #[cfg(test)]

@@ -10,12 +10,12 @@ use serde_json::{Value, json};
 use super::openshift_build::OpenshiftBuild;
 use super::prediction_check::PredictionCheck;
 use super::seldon_deploy::SeldonDeploy;
-use super::{Contract, Problem, Stage, StageContext, StageError, ValidateCx};
+use super::{Contract, Gate, Problem, Stage, StageContext, StageError, ValidateCx};
 use crate::checks::{self, DurationStr};
 use crate::error::HasExitClass;
 use crate::promotion::{self, PromoteOutcome, PromoteRequest, PromotionError, RollbackRequest};
 use crate::registry::AuthStore;
-use crate::state::{Approval, Status, now_rfc3339};
+use crate::state::{Approval, PromotionResult, StageRecord, Status, now_rfc3339};
 
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
@@ -89,7 +89,11 @@ pub struct Output {
 fn stage_error(e: PromotionError) -> StageError {
     let bad = e.exit_class() == crate::ExitClass::BadInput;
     let transient = matches!(&e, PromotionError::Copy { source, .. } if source.is_transient());
+    let unverified = matches!(&e, PromotionError::Unverified { .. });
     let mut err = StageError::failed(e);
+    if unverified {
+        err = err.at_gate(Gate::Signature);
+    }
     if bad {
         err.kind = super::StageErrorKind::BadInput;
     }
@@ -201,6 +205,9 @@ impl Contract for Promote {
 /// The effectful half, beside the contract above.
 impl Stage for Promote {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
+        // The target, for the record of a promotion that fails (a succeeded
+        // one names it in its outputs): see [`results`].
+        cx.save_checkpoint("to", json!(params.to)).await?;
         let model = cx.pipeline.spec.model.name.clone();
         let by = promotion::principal();
         let build = cx.input::<OpenshiftBuild>()?.unwrap_or_default();
@@ -238,7 +245,8 @@ impl Stage for Promote {
             return Err(StageError::bad_input(format!(
                 "refused: {digest} has no passed prediction check in `{}`; set `force: true` to promote it anyway (recorded)",
                 params.from
-            )));
+            ))
+            .at_gate(Gate::Checks));
         }
         let state_dir = state_dir_of(cx);
         let from_store = promotion::ledger_store(&from, state_dir.as_deref());
@@ -330,6 +338,33 @@ async fn release_after_cancel(cx: &StageContext, req: &PromoteRequest) {
     }
 }
 
+/// The promote stages of a run that ended (succeeded or failed), in run
+/// order: the numbers behind `/metrics` and the `promotions` of `-o json`
+/// answers. The target is the stage's `environment` output, or the `to`
+/// checkpoint it saves before anything can fail.
+pub fn results(stages: &[StageRecord]) -> Vec<PromotionResult> {
+    stages
+        .iter()
+        .filter(|s| s.uses == Promote::KIND && matches!(s.status, Status::Succeeded | Status::Failed))
+        .map(|s| {
+            let environment = [s.outputs.get("environment"), s.checkpoints.get("to")]
+                .into_iter()
+                .flatten()
+                .find_map(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            PromotionResult {
+                stage: s.name.clone(),
+                environment,
+                result: if s.status == Status::Succeeded { "promoted" } else { "failed" },
+                gate: s.gate.clone(),
+                rolled_back: s.rolled_back,
+                finished: s.finished.clone(),
+            }
+        })
+        .collect()
+}
+
 /// Park the run in `waiting-approval` and poll its record until
 /// `modelship approve|reject` decides or the timeout passes. A resumed run
 /// whose approval for this digest was already granted goes on at once.
@@ -407,12 +442,14 @@ async fn wait_for_approval(
             a.decision,
             a.by.as_deref().unwrap_or("someone"),
             a.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default()
-        ))),
+        ))
+        .at_gate(Gate::Approval)),
         None => Err(StageError::msg(format!(
             "no approval for promoting {digest} to `{}` within {}",
             params.to,
             params.approval_timeout.as_ref().map_or("1h", |d| d.text())
-        ))),
+        ))
+        .at_gate(Gate::Approval)),
     }
 }
 
@@ -456,6 +493,7 @@ async fn verify(
         return Ok(());
     }
     let mut message = format!("verification in `{}` failed:\n{}", params.to, report.failure_summary());
+    let mut rolled_back = false;
     if params.rollback_on_failure {
         match &outcome.previous {
             Some(prev) => {
@@ -475,11 +513,14 @@ async fn verify(
                 };
                 let done = promotion::rollback(&cx.clusters, &rb).await.map_err(stage_error)?;
                 message.push_str(&format!("\nrolled `{}` back to {}", params.to, done.digest));
+                rolled_back = true;
             }
             None => message.push_str(&format!("\nno earlier digest in `{}` to roll back to", params.to)),
         }
     }
-    Err(StageError::msg(message))
+    let mut err = StageError::msg(message).at_gate(super::prediction_check::gate_of(&report));
+    err.rolled_back = rolled_back;
+    Err(err)
 }
 
 /// `status.address.url` of the target's SeldonDeployment named after the model.
@@ -547,5 +588,32 @@ spec:
     fn strip_tag_keeps_registry_ports() {
         assert_eq!(strip_tag("127.0.0.1:5000/ns/m:v1"), "127.0.0.1:5000/ns/m");
         assert_eq!(strip_tag("127.0.0.1:5000/ns/m"), "127.0.0.1:5000/ns/m");
+    }
+
+    #[test]
+    fn results_read_promote_stages_that_ended() {
+        let stage = |name: &str, uses: &str, status, outputs: Value, checkpoints: Value| StageRecord {
+            name: name.into(),
+            uses: uses.into(),
+            status,
+            outputs: serde_json::from_value(outputs).unwrap(),
+            checkpoints: serde_json::from_value(checkpoints).unwrap(),
+            finished: Some("2026-12-02T10:00:00Z".into()),
+            ..StageRecord::default()
+        };
+        let mut failed = stage("to-prod", "promote", Status::Failed, json!({}), json!({ "to": "prod" }));
+        failed.gate = Some("approval".into());
+        let stages = [
+            stage("check", "prediction-check", Status::Succeeded, json!({ "passed": true }), json!({})),
+            stage("to-staging", "promote", Status::Succeeded, json!({ "environment": "staging" }), json!({})),
+            failed,
+            stage("later", "promote", Status::Pending, json!({}), json!({ "to": "eu" })),
+        ];
+        let got: Vec<(String, &str, Option<String>)> =
+            results(&stages).into_iter().map(|p| (p.environment, p.result, p.gate)).collect();
+        assert_eq!(
+            got,
+            [("staging".into(), "promoted", None), ("prod".into(), "failed", Some("approval".to_string()))]
+        );
     }
 }

@@ -90,6 +90,37 @@ pub struct StageRecord {
     pub checkpoints: BTreeMap<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The promotion gate that stopped the stage: `checks`, `slo`,
+    /// `signature` or `approval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
+    /// A promote stage that pointed its target back at the earlier digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
+}
+
+/// What one promote stage of a run did, read from its record: the numbers
+/// behind `/metrics` and the `promotions` of `-o json` answers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionResult {
+    pub stage: String,
+    pub environment: String,
+    /// `promoted` or `failed`.
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
+    /// When the stage ended (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
+}
+
+/// The gates that stopped stages of a run (any kind: a prediction check
+/// stops a run before its promotion does).
+pub fn gate_failures(stages: &[StageRecord]) -> Vec<String> {
+    stages.iter().filter(|s| s.status == Status::Failed).filter_map(|s| s.gate.clone()).collect()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
+use super::runner::RunOutcome;
+
 /// Stage duration buckets, in seconds: builds and rollouts take minutes.
 const BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
@@ -23,6 +25,38 @@ struct Inner {
     runs: BTreeMap<(String, &'static str), u64>,
     /// (pipeline, stage) -> histogram
     stages: BTreeMap<(String, String), Histogram>,
+    /// (model, environment, result) -> count; result: promoted | failed
+    promotions: BTreeMap<(String, String, &'static str), u64>,
+    /// (model, gate) -> count
+    gate_failures: BTreeMap<(String, String), u64>,
+    /// (model, environment) -> count
+    rollbacks: BTreeMap<(String, String), u64>,
+    /// (model, environment) -> seconds from the push's arrival to the promotion
+    push_to_promotion: BTreeMap<(String, String), Histogram>,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        for (le, n) in BUCKETS.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
 }
 
 /// The server's metrics. Gauges (queued, running) are passed in when
@@ -61,18 +95,29 @@ impl Metrics {
     }
 
     pub fn stage_duration(&self, pipeline: &str, stage: &str, seconds: f64) {
+        self.lock().stages.entry((pipeline.into(), stage.into())).or_default().observe(seconds);
+    }
+
+    /// A run's promotions and gate failures; `received` is when its push
+    /// arrived, the start of the push-to-promotion time.
+    pub fn promotions(&self, model: &str, outcome: &RunOutcome, received: jiff::Timestamp) {
         let mut inner = self.lock();
-        let h = inner.stages.entry((pipeline.into(), stage.into())).or_default();
-        if h.counts.is_empty() {
-            h.counts = vec![0; BUCKETS.len()];
-        }
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                h.counts[i] += 1;
+        for p in &outcome.promotions {
+            let key = (model.to_string(), p.environment.clone());
+            *inner.promotions.entry((key.0.clone(), key.1.clone(), p.result)).or_default() += 1;
+            if p.rolled_back {
+                *inner.rollbacks.entry(key.clone()).or_default() += 1;
+            }
+            if p.result == "promoted"
+                && let Some(done) = p.finished.as_deref().and_then(|f| f.parse::<jiff::Timestamp>().ok())
+            {
+                let seconds = done.duration_since(received).as_secs_f64().max(0.0);
+                inner.push_to_promotion.entry(key).or_default().observe(seconds);
             }
         }
-        h.sum += seconds;
-        h.count += 1;
+        for gate in &outcome.gate_failures {
+            *inner.gate_failures.entry((model.to_string(), gate.clone())).or_default() += 1;
+        }
     }
 
     /// The exposition text for `GET /metrics`.
@@ -117,12 +162,51 @@ impl Metrics {
         );
         for ((pipeline, stage), h) in &inner.stages {
             let labels = format!("pipeline=\"{}\",stage=\"{}\"", esc(pipeline), esc(stage));
-            for (le, n) in BUCKETS.iter().zip(&h.counts) {
-                let _ = writeln!(out, "modelship_stage_duration_seconds_bucket{{{labels},le=\"{le}\"}} {n}");
-            }
-            let _ = writeln!(out, "modelship_stage_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "modelship_stage_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "modelship_stage_duration_seconds_count{{{labels}}} {}", h.count);
+            h.write(&mut out, "modelship_stage_duration_seconds", &labels);
+        }
+        header(
+            &mut out,
+            "modelship_promotions_total",
+            "counter",
+            "Promote stages of runs started by triggers, by model, target environment and result (promoted, failed).",
+        );
+        for ((model, env, result), n) in &inner.promotions {
+            let _ = writeln!(
+                out,
+                "modelship_promotions_total{{model=\"{}\",environment=\"{}\",result=\"{result}\"}} {n}",
+                esc(model),
+                esc(env)
+            );
+        }
+        header(
+            &mut out,
+            "modelship_gate_failures_total",
+            "counter",
+            "Stages stopped by a promotion gate (checks, slo, signature, approval), by model and gate.",
+        );
+        for ((model, gate), n) in &inner.gate_failures {
+            let _ =
+                writeln!(out, "modelship_gate_failures_total{{model=\"{}\",gate=\"{}\"}} {n}", esc(model), esc(gate));
+        }
+        header(
+            &mut out,
+            "modelship_rollbacks_total",
+            "counter",
+            "Targets pointed back at their earlier digest after a failed verification, by model and environment.",
+        );
+        for ((model, env), n) in &inner.rollbacks {
+            let _ =
+                writeln!(out, "modelship_rollbacks_total{{model=\"{}\",environment=\"{}\"}} {n}", esc(model), esc(env));
+        }
+        header(
+            &mut out,
+            "modelship_push_to_promotion_seconds",
+            "histogram",
+            "Time from a push's arrival to its run's promotion, by model and target environment.",
+        );
+        for ((model, env), h) in &inner.push_to_promotion {
+            let labels = format!("model=\"{}\",environment=\"{}\"", esc(model), esc(env));
+            h.write(&mut out, "modelship_push_to_promotion_seconds", &labels);
         }
         header(
             &mut out,
@@ -177,5 +261,45 @@ mod tests {
         assert!(text.contains("modelship_stage_duration_seconds_sum{pipeline=\"weather\",stage=\"build\"} 42\n"));
         assert!(text.contains("pipeline=\"we\\\"ird\\\\\",stage=\"x\\ny\""), "{text}");
         assert!(text.contains("modelship_runs_running 2\n"));
+    }
+
+    #[test]
+    fn counts_promotions_gates_rollbacks_and_the_time_from_push() {
+        use crate::state::{PromotionResult, Status};
+        let m = Metrics::default();
+        let pushed: jiff::Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let promotion = |env: &str, result, gate: Option<&str>, rolled_back, finished: &str| PromotionResult {
+            stage: "promote".into(),
+            environment: env.into(),
+            result,
+            gate: gate.map(str::to_string),
+            rolled_back,
+            finished: Some(finished.into()),
+        };
+        let mut ok = RunOutcome::without_run(Status::Succeeded, None, false);
+        ok.promotions = vec![promotion("prod", "promoted", None, false, "2026-12-02T10:02:00Z")];
+        m.promotions("weather", &ok, pushed);
+        let mut bad = RunOutcome::without_run(Status::Failed, None, false);
+        bad.promotions = vec![promotion("prod", "failed", Some("checks"), true, "2026-12-02T10:05:00Z")];
+        bad.gate_failures = vec!["checks".into()];
+        m.promotions("weather", &bad, pushed);
+        let mut refused = RunOutcome::without_run(Status::Failed, None, false);
+        refused.gate_failures = vec!["approval".into()];
+        m.promotions("weather", &refused, pushed);
+        let text = m.render(0, 0);
+        for line in [
+            r#"modelship_promotions_total{model="weather",environment="prod",result="promoted"} 1"#,
+            r#"modelship_promotions_total{model="weather",environment="prod",result="failed"} 1"#,
+            r#"modelship_gate_failures_total{model="weather",gate="checks"} 1"#,
+            r#"modelship_gate_failures_total{model="weather",gate="approval"} 1"#,
+            r#"modelship_rollbacks_total{model="weather",environment="prod"} 1"#,
+            // Only the promotion that happened is timed: 120 s after the push.
+            r#"modelship_push_to_promotion_seconds_bucket{model="weather",environment="prod",le="60"} 0"#,
+            r#"modelship_push_to_promotion_seconds_bucket{model="weather",environment="prod",le="120"} 1"#,
+            r#"modelship_push_to_promotion_seconds_sum{model="weather",environment="prod"} 120"#,
+            r#"modelship_push_to_promotion_seconds_count{model="weather",environment="prod"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+        }
     }
 }

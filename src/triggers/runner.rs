@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{self, EngineError, RunOptions};
 use crate::error::HasExitClass;
-use crate::state::{StageRecord, Status};
+use crate::state::{PromotionResult, StageRecord, Status, gate_failures};
 
 /// One selected pipeline at one commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,37 @@ pub struct RunOutcome {
     pub error: Option<String>,
     /// Exit class of the failure (bad input vs failed), for the CLI.
     pub bad_input: bool,
+    /// What the run's promote stages did.
+    pub promotions: Vec<PromotionResult>,
+    /// The gates that stopped its stages (`checks`, `slo`, `signature`, `approval`).
+    pub gate_failures: Vec<String>,
+}
+
+impl RunOutcome {
+    /// An outcome with no run behind it (it never started, or not here).
+    pub fn without_run(status: Status, error: Option<String>, bad_input: bool) -> RunOutcome {
+        RunOutcome {
+            run_id: None,
+            status,
+            stages: Vec::new(),
+            error,
+            bad_input,
+            promotions: Vec::new(),
+            gate_failures: Vec::new(),
+        }
+    }
+
+    fn of(summary: &engine::RunSummary, status: Status, error: Option<String>, bad_input: bool) -> RunOutcome {
+        RunOutcome {
+            run_id: Some(summary.run_id.clone()),
+            status,
+            stages: durations(&summary.stages),
+            error,
+            bad_input,
+            promotions: crate::stages::promote::results(&summary.stages),
+            gate_failures: gate_failures(&summary.stages),
+        }
+    }
 }
 
 #[async_trait]
@@ -99,32 +130,14 @@ impl PipelineRunner for EngineRunner {
 /// How an engine run ended, for the server and the CLI.
 pub fn outcome(result: Result<engine::RunSummary, EngineError>) -> RunOutcome {
     match result {
-        Ok(summary) => RunOutcome {
-            run_id: Some(summary.run_id),
-            status: summary.status,
-            stages: durations(&summary.stages),
-            error: None,
-            bad_input: false,
-        },
+        Ok(summary) => RunOutcome::of(&summary, summary.status, None, false),
         Err(err) => {
             let bad_input = err.exit_class() == crate::ExitClass::BadInput;
             let error = Some(crate::secret::mask(&ErrorChain(&err).to_string()));
             match &err {
-                EngineError::StageFailed { summary, .. } => RunOutcome {
-                    run_id: Some(summary.run_id.clone()),
-                    status: Status::Failed,
-                    stages: durations(&summary.stages),
-                    error,
-                    bad_input,
-                },
-                EngineError::Cancelled { summary, .. } => RunOutcome {
-                    run_id: Some(summary.run_id.clone()),
-                    status: Status::Cancelled,
-                    stages: durations(&summary.stages),
-                    error,
-                    bad_input,
-                },
-                _ => RunOutcome { run_id: None, status: Status::Failed, stages: Vec::new(), error, bad_input },
+                EngineError::StageFailed { summary, .. } => RunOutcome::of(summary, Status::Failed, error, bad_input),
+                EngineError::Cancelled { summary, .. } => RunOutcome::of(summary, Status::Cancelled, error, bad_input),
+                _ => RunOutcome::without_run(Status::Failed, error, bad_input),
             }
         }
     }

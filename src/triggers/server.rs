@@ -61,7 +61,7 @@ use super::select::{TriggerRequest, plan};
 use super::signature::{self, GITHUB_HEADER, GITLAB_HEADER};
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::Secret;
-use crate::state::Status;
+use crate::state::{PromotionResult, Status};
 
 /// How the server behaves; see `modelship serve --help` for the flags.
 #[derive(Debug, Clone)]
@@ -140,12 +140,20 @@ pub struct RunEntry {
     pub started_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
+    /// What the run's promote stages did, once it finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub promotions: Vec<PromotionResult>,
+    /// The gates that stopped its stages.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gate_failures: Vec<String>,
 }
 
 /// A selected run that has not started.
 struct Waiting {
     id: String,
     req: RunRequest,
+    /// When its push arrived: the start of `modelship_push_to_promotion_seconds`.
+    received: jiff::Timestamp,
 }
 
 /// The models with a run in progress and the runs waiting, oldest first.
@@ -434,6 +442,7 @@ async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<V
 }
 
 async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body) -> Response {
+    let received = jiff::Timestamp::now();
     let p = provider.as_str();
     let metrics_app = app.clone();
     let reject = move |status: StatusCode, reason: &'static str, message: String| {
@@ -593,9 +602,11 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                 queued_at: now(),
                 started_at: None,
                 finished_at: None,
+                promotions: Vec::new(),
+                gate_failures: Vec::new(),
             });
             ids.push(json!({ "id": id, "pipeline": d.pipeline, "model": d.model, "status": "queued" }));
-            app.enqueue(&mut q, Waiting { id, req });
+            app.enqueue(&mut q, Waiting { id, req, received });
         }
         app.dispatch(&mut q);
         drop(q);
@@ -642,7 +653,7 @@ impl Drop for Release {
 }
 
 async fn run_one(app: Arc<App>, w: Waiting) {
-    let Waiting { id, req } = w;
+    let Waiting { id, req, received } = w;
     let _release = Release { app: app.clone(), id: id.clone(), model: req.model.clone() };
     app.metrics.run(&req.pipeline, "started");
     info!("run started");
@@ -656,11 +667,14 @@ async fn run_one(app: Arc<App>, w: Waiting) {
         _ => "failed",
     };
     app.metrics.run(&req.pipeline, status);
+    app.metrics.promotions(&req.model, &outcome, received);
     info!(status, run_id = outcome.run_id.as_deref().unwrap_or(""), "run finished");
     app.update_run(&id, |r| {
         r.status = status.into();
         r.run_id = outcome.run_id.clone();
         r.error = outcome.error.clone();
         r.finished_at = Some(now());
+        r.promotions = outcome.promotions.clone();
+        r.gate_failures = outcome.gate_failures.clone();
     });
 }
