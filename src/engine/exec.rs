@@ -23,7 +23,25 @@ use crate::spec::{Pipeline, StageSpec};
 use crate::stages::{Links, Outputs, StageContext, StageError, StageErrorKind};
 use crate::state::configmap::ConfigMapStore;
 use crate::state::dir::DirStore;
-use crate::state::{RunKey, RunRecord, StageRecord, StateError, StateStore, Status, now_rfc3339};
+use crate::state::{
+    LockKeeper, LockScope, RunKey, RunRecord, StageRecord, StateError, StateStore, Status, lock_with_wait, now_rfc3339,
+};
+
+/// How long a run's lock lives without renewal (default of
+/// `RunOptions::lock_ttl`); renewed every third of it while the run lives,
+/// so a crashed runner's lock is taken over after at most this.
+pub const RUN_LOCK_TTL: Duration = Duration::from_secs(2 * 60);
+/// How long a run waits for another run of its model (default of
+/// `RunOptions::lock_wait`).
+pub const RUN_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// The run lock's holder identity: the run id first, so a waiting run's
+/// log names the run in its way.
+pub fn run_lock_holder(key: &RunKey) -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty());
+    let at = host.map(|h| format!(" on {h}")).unwrap_or_default();
+    format!("run {} of {} (pid {}{at})", key.run_id, key.pipeline, std::process::id())
+}
 
 /// The wait before a stage's retry number `attempt` (1-based: after the
 /// first failed attempt), by [`Backoff::STAGE`].
@@ -147,6 +165,22 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
     let state = open_state(&pipeline, opts.state_dir.as_deref().or(local.as_deref()), &clusters).await?;
     let key = RunKey { pipeline: pipeline.metadata.name.clone(), run_id: run_id.clone() };
 
+    // One run of a model at a time, across runners: the run lock, held from
+    // before the record is written until the run ends.
+    let model = pipeline.spec.model.name.clone();
+    let holder = run_lock_holder(&key);
+    let ttl = opts.lock_ttl.unwrap_or(RUN_LOCK_TTL);
+    let wait = opts.lock_wait.unwrap_or(RUN_LOCK_WAIT);
+    tokio::select! {
+        r = lock_with_wait(&*state, LockScope::Run, &model, &holder, ttl, wait) => { r?; }
+        _ = opts.cancel.cancelled() => {
+            return Err(EngineError::CancelledWaiting { run_id, model });
+        }
+    }
+    let keeper = LockKeeper::start(state.clone(), LockScope::Run, &model, &holder, ttl);
+    let cancel = opts.cancel.clone();
+    let (store, lock_model) = (state.clone(), model.clone());
+    let result: Result<RunSummary, EngineError> = async move {
     let resumed = match &opts.resume {
         None => None,
         Some(id) => Some(state.get_run(&key).await?.ok_or_else(|| {
@@ -175,6 +209,7 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
         pipeline.spec.stages.iter().map(|s| (s.name.clone(), s.uses.clone())).collect();
     let previous: BTreeMap<String, StageRecord> = match resumed {
         None => {
+            let started_by = started_by(&*state, &opts).await;
             let now = now_rfc3339();
             let record = RunRecord {
                 run_id: run_id.clone(),
@@ -191,6 +226,7 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
                     .map(|(name, uses)| StageRecord { name: name.clone(), uses: uses.clone(), ..Default::default() })
                     .collect(),
                 approval: None,
+                started_by,
             };
             state.create_run(&record).await.map_err(|e| match e {
                 StateError::AlreadyExists { .. } => EngineError::BadInput(format!(
@@ -249,7 +285,41 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
         tuning,
     };
     let span = tracing::info_span!("run", run_id = %runner.key.run_id, pipeline = %runner.key.pipeline);
-    runner.run().instrument(span).await
+    let run = runner.run().instrument(span);
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r,
+        lost = keeper.lost() => {
+            // Another runner has the model now: stop as on a signal, recorded.
+            tracing::error!(error = %lost, "stopping the run: its run lock was lost");
+            cancel.cancel();
+            run.await
+        }
+    }
+    }
+    .await;
+    if let Err(e) = store.release_scoped_lock(LockScope::Run, &lock_model, &holder).await {
+        tracing::warn!(model = %lock_model, error = %e, "could not release the run lock; it expires on its own");
+    }
+    result
+}
+
+/// Who starts the run: `RunOptions::started_by`, else the state store's
+/// cluster identity (SelfSubjectReview), else the local user for a
+/// directory store. Unknown (the review failed) is recorded as absent: a
+/// `forbidSelfApproval` gate then refuses every approval rather than guess.
+async fn started_by(state: &dyn StateStore, opts: &RunOptions) -> Option<String> {
+    if let Some(who) = &opts.started_by {
+        return Some(who.clone());
+    }
+    match state.whoami().await {
+        Ok(Some(id)) => Some(id.user),
+        Ok(None) => Some(crate::promotion::principal()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell who starts this run; it is recorded without a starter");
+            None
+        }
+    }
 }
 
 struct Runner {
@@ -272,6 +342,8 @@ struct Runner {
 /// How a stage ended when it did not succeed.
 enum StageEnd {
     Failed(StageError),
+    /// Ended at an approval gate by `--park`.
+    Parked(String),
     Cancelled,
     State(StateError),
 }
@@ -315,6 +387,10 @@ impl Runner {
                         source,
                         summary: Box::new(summary),
                     });
+                }
+                Err(StageEnd::Parked(message)) => {
+                    tracing::info!(stage = %stage.name, "{message}");
+                    return self.finish(Status::WaitingApproval, true).await;
                 }
                 Err(StageEnd::Cancelled) => {
                     let summary = self.finish(Status::Cancelled, true).await?;
@@ -449,6 +525,7 @@ impl Runner {
                 catalog: self.catalog.clone(),
                 cancel: cancel.child_token(),
                 interactive: self.opts.interactive,
+                park: self.opts.park,
             };
             let span = tracing::info_span!("stage", run_id = %self.key.run_id, stage = name, uses, attempt);
             let work = tokio::time::timeout(plan.timeout, plan.kind.run(with.clone(), &cx)).instrument(span);
@@ -481,6 +558,10 @@ impl Runner {
                 }
                 Some(Ok(Err(e))) if e.kind == StageErrorKind::Cancelled && cancel.is_cancelled() => {
                     return Err(self.cancelled(name, uses, clock, events).await);
+                }
+                Some(Ok(Err(e))) if e.kind == StageErrorKind::Parked => {
+                    self.update_stage(name, |r| r.status = Status::WaitingApproval).await?;
+                    return Err(StageEnd::Parked(e.message));
                 }
                 Some(Ok(Err(e))) => e,
                 // A stage that outran its budget is not retried: another
