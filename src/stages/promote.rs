@@ -166,7 +166,11 @@ fn policy_problems(p: &ApprovalSpec, legacy_timeout: bool) -> Vec<Problem> {
             ));
         }
     }
-    let users = p.approvers.iter().filter(|a| !a.starts_with("group:")).collect::<std::collections::BTreeSet<_>>();
+    let users = p
+        .approvers
+        .iter()
+        .filter(|a| !a.starts_with("group:") && !a.trim().is_empty())
+        .collect::<std::collections::BTreeSet<_>>();
     let groups = p.approvers.iter().any(|a| a.starts_with("group:"));
     if !p.approvers.is_empty() && !groups && (users.len() as u32) < p.required {
         out.push(
@@ -696,6 +700,44 @@ spec:
     fn unknown_keys_are_rejected() {
         let err = serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "aproval": "required" }));
         assert!(err.unwrap_err().to_string().contains("unknown field `aproval`"));
+    }
+
+    #[test]
+    fn approval_takes_the_shorthand_or_a_policy() {
+        let p: Params = serde_json::from_value(json!({ "from": "dev", "to": "prod", "approval": "required" })).unwrap();
+        assert_eq!(p.approval.policy(), Some(ApprovalPolicy::default()));
+        let p: Params = serde_json::from_value(json!({ "from": "dev", "to": "prod", "approval": {
+            "required": 2, "approvers": ["alice", "group:ml-leads"], "forbidSelfApproval": true, "timeout": "4h" } }))
+        .unwrap();
+        let policy = p.approval.policy().unwrap();
+        assert_eq!((policy.required, policy.forbid_self_approval), (2, true));
+        assert_eq!(p.approval_timeout(), (Duration::from_secs(4 * 3600), "4h".to_string()));
+        assert!(serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod" })).unwrap().approval.policy().is_none());
+        // The older spelling of the timeout still applies to the shorthand.
+        let p: Params = serde_json::from_value(
+            json!({ "from": "dev", "to": "prod", "approval": "required", "approvalTimeout": "10m" }),
+        )
+        .unwrap();
+        assert_eq!(p.approval_timeout().1, "10m");
+        let bad = |v: Value| {
+            serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "approval": v })).unwrap_err().to_string()
+        };
+        assert!(bad(json!("yes")).contains("expected `required`, `none` or a policy"), "{}", bad(json!("yes")));
+        assert!(bad(json!({ "aprovers": ["a"] })).contains("unknown field `aprovers`"));
+        assert!(bad(json!({ "timeout": "soon" })).contains("not a duration"));
+    }
+
+    #[test]
+    fn validate_names_policy_problems() {
+        let got = problems(json!({ "from": "dev", "to": "prod", "approvalTimeout": "1h",
+            "approval": { "required": 3, "approvers": ["alice", "bob", ""], "timeout": "2h" } }));
+        let paths: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["approval.approvers[2]", "approval.required", "approvalTimeout"], "{got:?}");
+        assert!(problems(json!({ "from": "dev", "to": "prod", "approval": { "required": 0 } }))[0]
+            .contains("at least 1"));
+        // Groups may hold any number of people.
+        assert!(problems(json!({ "from": "dev", "to": "prod",
+            "approval": { "required": 3, "approvers": ["alice", "group:leads"] } })).is_empty());
     }
 
     #[test]
