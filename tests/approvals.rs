@@ -29,6 +29,9 @@ const MALLORY: &str = "system:serviceaccount:others:mallory";
 
 struct Fixture {
     env: DevProd,
+    /// The test's own reads, as `system:admin` (so the audit log tells them
+    /// from the runner's).
+    admin: modelship::cluster::Clusters,
     /// The model server the check stage asks.
     endpoint: String,
     server: tokio::task::JoinHandle<()>,
@@ -61,11 +64,21 @@ impl Fixture {
             }
             let entries =
                 [env.dev(), env.prod()].map(|sim: &SimServer| sim.service_account_entry(ns, name, 24 * 3600).unwrap());
-            std::fs::write(env.dir.path().join(format!("{name}.kubeconfig")), modelship::sim::kubeconfig_yaml(&entries))
-                .unwrap();
+            std::fs::write(
+                env.dir.path().join(format!("{name}.kubeconfig")),
+                modelship::sim::kubeconfig_yaml(&entries),
+            )
+            .unwrap();
         }
+        let admin_kubeconfig = env.dir.path().join("admin.kubeconfig");
+        std::fs::write(
+            &admin_kubeconfig,
+            modelship::sim::kubeconfig_yaml(&[env.dev().admin_entry(), env.prod().admin_entry()]),
+        )
+        .unwrap();
+        let admin = modelship::cluster::Clusters::new(env.clusters.environments().clone(), Some(admin_kubeconfig));
         let (endpoint, server) = model_server().await;
-        Fixture { env, endpoint, server }
+        Fixture { env, admin, endpoint, server }
     }
 
     fn dir(&self) -> &Path {
@@ -169,7 +182,7 @@ spec:
 
     fn store(&self, env: &str) -> ConfigMapStore {
         let rt = tokio::runtime::Handle::current();
-        let client = tokio::task::block_in_place(|| rt.block_on(self.env.clusters.client(env))).unwrap();
+        let client = tokio::task::block_in_place(|| rt.block_on(self.admin.client(env))).unwrap();
         ConfigMapStore::new(client, format!("models-{env}"), env)
     }
 
@@ -198,7 +211,7 @@ spec:
 
     /// The run lock's Lease of `model` in dev, if any.
     async fn run_lease(&self, model: &str) -> Option<k8s_openapi::api::coordination::v1::Lease> {
-        let client = self.env.clusters.client("dev").await.unwrap();
+        let client = self.admin.client("dev").await.unwrap();
         let api: kube::Api<k8s_openapi::api::coordination::v1::Lease> = kube::Api::namespaced(client, "models-dev");
         api.get_opt(&scoped_lease_name(LockScope::Run, model)).await.unwrap()
     }
@@ -214,13 +227,7 @@ fn finished(child: Child) -> Output {
 }
 
 fn assert_exit(out: &Output, code: i32, what: &str) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "{what}: stdout:\n{}\nstderr:\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(code), "{what}: stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr));
 }
 
 /// Audit events of the dev sim, in the order requests arrived.
@@ -248,28 +255,40 @@ async fn two_approvers_each_once_not_the_starter_and_the_gate_watches() {
     assert_eq!(parked.started_by.as_deref(), Some(RUNNER), "the starter is the runner's SelfSubjectReview user");
     let gate = parked.approval.unwrap();
     assert_eq!(gate.policy.as_ref().map(|p| p.required), Some(2));
+    let cm = run_configmap_name("weather", "gated-1");
+    let is_watch = |e: &Value| {
+        about(e, RUNNER, "watch")
+            && e["requestURI"].as_str().unwrap().contains(&format!("fieldSelector=metadata.name%3D{cm}"))
+    };
+    // Decisions come once the run watches (the audit log has a watch when
+    // it starts); bounded by the run, which would end on a timeout.
+    while !audit(&f.dir().join("dev")).iter().any(is_watch) {
+        assert!(run.try_wait().unwrap().is_none(), "the run ended before it watched its record");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
-    // Refused, exit 2, nothing recorded: not an approver; the starter; a
-    // `--by` that is not who the cluster says.
-    let out = f.decide("approve", "mallory", &file, "gated-1", &[]);
-    assert_exit(&out, 2, "mallory approves");
-    assert!(text(&out.stderr).contains(&format!("`{MALLORY}` may not decide on run gated-1")), "{}", text(&out.stderr));
+    // Refused, exit 2, nothing recorded: the starter (forbidSelfApproval).
     let out = f.decide("approve", "runner", &file, "gated-1", &[]);
     assert_exit(&out, 2, "the starter approves");
     assert!(text(&out.stderr).contains("may not approve it (forbidSelfApproval)"), "{}", text(&out.stderr));
-    let out = f.decide("approve", "mallory", &file, "gated-1", &["--by", ALICE]);
-    assert_exit(&out, 2, "mallory claims to be alice");
-    assert!(text(&out.stderr).contains(&format!("the cluster identifies you as `{MALLORY}`")), "{}", text(&out.stderr));
-    assert!(f.record("weather", "gated-1").await.unwrap().approval.unwrap().approvals.is_empty());
 
     let out = f.decide("approve", "alice", &file, "gated-1", &["--comment", "report read"]);
     assert_exit(&out, 0, "alice approves");
     assert!(text(&out.stdout).contains("(1 of 2; waiting for 1 more)"), "{}", text(&out.stdout));
+    // Refused, exit 2, nothing recorded: alice again; not an approver; a
+    // `--by` that is not who the cluster says.
     let out = f.decide("approve", "alice", &file, "gated-1", &[]);
     assert_exit(&out, 2, "alice approves again");
     assert!(text(&out.stderr).contains("has approved run gated-1 already"), "{}", text(&out.stderr));
+    let out = f.decide("approve", "mallory", &file, "gated-1", &[]);
+    assert_exit(&out, 2, "mallory approves");
+    assert!(text(&out.stderr).contains(&format!("`{MALLORY}` may not decide on run gated-1")), "{}", text(&out.stderr));
+    let out = f.decide("approve", "mallory", &file, "gated-1", &["--by", BOB]);
+    assert_exit(&out, 2, "mallory claims to be bob");
+    assert!(text(&out.stderr).contains(&format!("the cluster identifies you as `{MALLORY}`")), "{}", text(&out.stderr));
     // Still waiting after one approval of two.
-    assert_eq!(f.record("weather", "gated-1").await.unwrap().status, Status::WaitingApproval);
+    let record = f.record("weather", "gated-1").await.unwrap();
+    assert_eq!((record.status, record.approval.unwrap().approvals.len()), (Status::WaitingApproval, 1));
 
     // Bob is an approver through his group.
     let out = f.decide("approve", "bob", &file, "gated-1", &["--comment", "ship it"]);
@@ -282,7 +301,8 @@ async fn two_approvers_each_once_not_the_starter_and_the_gate_watches() {
     assert_eq!(record.status, Status::Succeeded);
     let gate = record.approval.unwrap();
     assert_eq!(gate.decision, "approved");
-    let votes: Vec<(&str, Option<&str>)> = gate.approvals.iter().map(|v| (v.by.as_str(), v.comment.as_deref())).collect();
+    let votes: Vec<(&str, Option<&str>)> =
+        gate.approvals.iter().map(|v| (v.by.as_str(), v.comment.as_deref())).collect();
     assert_eq!(votes, [(ALICE, Some("report read")), (BOB, Some("ship it"))]);
     assert!(gate.approvals[1].groups.iter().any(|g| g == "system:serviceaccounts:leads"), "{:?}", gate.approvals[1]);
     let ledger = f.store("prod").get_ledger("weather").await.unwrap();
@@ -296,30 +316,25 @@ async fn two_approvers_each_once_not_the_starter_and_the_gate_watches() {
     let out = f.decide("approve", "bob", &file, "no-such-run", &[]);
     assert_exit(&out, 2, "approving an unknown run");
 
-    // The waiting run watched its ConfigMap: a watch on it by the runner,
-    // and no read of it by the runner between the two approvals (a poll
-    // would have read it over and over while alice's and bob's commands ran).
-    let cm = run_configmap_name("weather", "gated-1");
+    // The waiting run watched its ConfigMap: a watch on it by the runner
+    // before the first approval, and no read of it by the runner between
+    // alice's approval and bob's, while four `modelship approve` commands
+    // ran (a poll would have read it over and over).
     let events = audit(&f.dir().join("dev"));
-    let watch = events.iter().find(|e| {
-        about(e, RUNNER, "watch")
-            && e["requestURI"].as_str().unwrap().contains(&format!("fieldSelector=metadata.name%3D{cm}"))
-    });
-    assert!(watch.is_some(), "no watch on configmap {cm} by the runner");
+    let watch = events.iter().position(is_watch).expect("the watch is in the audit log");
     let updates: Vec<usize> = events
         .iter()
         .enumerate()
-        .filter(|(_, e)| {
-            [ALICE, BOB].iter().any(|u| about(e, u, "update")) && e["objectRef"]["name"] == cm.as_str()
-        })
+        .filter(|(_, e)| [ALICE, BOB].iter().any(|u| about(e, u, "update")) && e["objectRef"]["name"] == cm.as_str())
         .map(|(i, _)| i)
         .collect();
     assert_eq!(updates.len(), 2, "one update per approval");
-    let reads_between = events[updates[0]..updates[1]]
+    assert!(watch < updates[0], "the watch began after the first approval");
+    let reads: Vec<&Value> = events[updates[0]..updates[1]]
         .iter()
         .filter(|e| about(e, RUNNER, "get") && e["objectRef"]["name"] == cm.as_str())
-        .count();
-    assert_eq!(reads_between, 0, "the runner read its record while waiting instead of watching it");
+        .collect();
+    assert!(reads.is_empty(), "the runner read its record while waiting instead of watching it: {reads:#?}");
     f.stop().await;
 }
 
@@ -338,7 +353,8 @@ async fn a_rejection_ends_the_run() {
     let record = f.record("weather", "gated-2").await.unwrap();
     assert_eq!(record.status, Status::Failed);
     assert_eq!(record.approval.unwrap().decision, "rejected");
-    let promoted = f.store("prod").get_ledger("weather").await.unwrap().history.iter().filter(|e| e.action == "promoted").count();
+    let promoted =
+        f.store("prod").get_ledger("weather").await.unwrap().history.iter().filter(|e| e.action == "promoted").count();
     assert_eq!(promoted, 0);
     // Ended: rejecting or approving it again is refused.
     assert_exit(&f.decide("approve", "bob", &file, "gated-2", &[]), 2, "approving a rejected run");

@@ -472,7 +472,15 @@ async fn approval_gate_waits_for_approve_reject_or_timeout() {
                 && r.status == Status::WaitingApproval
             {
                 assert_eq!(r.approval.as_ref().unwrap().digest.as_deref(), Some(digest.as_str()));
-                modelship::commands::approve::decide(&store, &key, true, &modelship::state::Identity { user: "alice".into(), groups: vec![] }, Some("ok")).await.unwrap();
+                modelship::commands::approve::decide(
+                    &store,
+                    &key,
+                    true,
+                    &modelship::state::Identity { user: "alice".into(), groups: vec![] },
+                    Some("ok"),
+                )
+                .await
+                .unwrap();
                 break;
             }
         }
@@ -493,7 +501,15 @@ async fn approval_gate_waits_for_approve_reject_or_timeout() {
             if let Ok(Some(r)) = store.get_run(&key_b).await
                 && r.status == Status::WaitingApproval
             {
-                modelship::commands::approve::decide(&store, &key_b, false, &modelship::state::Identity { user: "bob".into(), groups: vec![] }, Some("not today")).await.unwrap();
+                modelship::commands::approve::decide(
+                    &store,
+                    &key_b,
+                    false,
+                    &modelship::state::Identity { user: "bob".into(), groups: vec![] },
+                    Some("not today"),
+                )
+                .await
+                .unwrap();
                 break;
             }
         }

@@ -276,7 +276,10 @@ mod tests {
         decide(&store, &key, false, &user("bob", &[]), None).await.unwrap();
         assert_eq!(store.get_run(&key).await.unwrap().unwrap().approval.unwrap().decision, "rejected");
         let missing = RunKey { pipeline: "weather".into(), run_id: "nope".into() };
-        assert!(matches!(decide(&store, &missing, true, &user("a", &[]), None).await, Err(StateError::NotFound { .. })));
+        assert!(matches!(
+            decide(&store, &missing, true, &user("a", &[]), None).await,
+            Err(StateError::NotFound { .. })
+        ));
     }
 
     #[tokio::test]

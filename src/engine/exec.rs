@@ -181,121 +181,125 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
     let cancel = opts.cancel.clone();
     let (store, lock_model) = (state.clone(), model.clone());
     let result: Result<RunSummary, EngineError> = async move {
-    let resumed = match &opts.resume {
-        None => None,
-        Some(id) => Some(state.get_run(&key).await?.ok_or_else(|| {
-            EngineError::BadInput(format!(
-                "--resume {id}: no run `{id}` of pipeline `{}` in {}",
-                pipeline.metadata.name,
-                state.describe()
-            ))
-        })?),
-    };
-    let params = resolve_params(&pipeline, resumed.as_ref().map(|r| &r.params), &opts.sets)?;
-    for stage in &pipeline.spec.stages {
-        for name in render::env_references(&stage.with, stage.condition.as_deref()) {
-            if render::looks_secret(&name)
-                && let Ok(v) = std::env::var(&name)
-            {
-                crate::secret::register(v);
+        let resumed = match &opts.resume {
+            None => None,
+            Some(id) => Some(state.get_run(&key).await?.ok_or_else(|| {
+                EngineError::BadInput(format!(
+                    "--resume {id}: no run `{id}` of pipeline `{}` in {}",
+                    pipeline.metadata.name,
+                    state.describe()
+                ))
+            })?),
+        };
+        let params = resolve_params(&pipeline, resumed.as_ref().map(|r| &r.params), &opts.sets)?;
+        for stage in &pipeline.spec.stages {
+            for name in render::env_references(&stage.with, stage.condition.as_deref()) {
+                if render::looks_secret(&name)
+                    && let Ok(v) = std::env::var(&name)
+                {
+                    crate::secret::register(v);
+                }
             }
         }
-    }
 
-    let workspace = opts.workspace.clone().unwrap_or_else(|| default_workspace(&key.pipeline, &run_id));
-    std::fs::create_dir_all(&workspace).map_err(|source| EngineError::Io { path: workspace.clone(), source })?;
+        let workspace = opts.workspace.clone().unwrap_or_else(|| default_workspace(&key.pipeline, &run_id));
+        std::fs::create_dir_all(&workspace).map_err(|source| EngineError::Io { path: workspace.clone(), source })?;
 
-    let stage_names: Vec<(String, String)> =
-        pipeline.spec.stages.iter().map(|s| (s.name.clone(), s.uses.clone())).collect();
-    let previous: BTreeMap<String, StageRecord> = match resumed {
-        None => {
-            let started_by = started_by(&*state, &opts).await;
-            let now = now_rfc3339();
-            let record = RunRecord {
-                run_id: run_id.clone(),
-                pipeline: key.pipeline.clone(),
-                model: pipeline.spec.model.name.clone(),
-                pipeline_digest: p.digest.clone(),
-                params: params.clone(),
-                labels: opts.labels.clone(),
-                status: Status::Running,
-                created: now.clone(),
-                updated: now,
-                stages: stage_names
-                    .iter()
-                    .map(|(name, uses)| StageRecord { name: name.clone(), uses: uses.clone(), ..Default::default() })
-                    .collect(),
-                approval: None,
-                started_by,
-            };
-            state.create_run(&record).await.map_err(|e| match e {
+        let stage_names: Vec<(String, String)> =
+            pipeline.spec.stages.iter().map(|s| (s.name.clone(), s.uses.clone())).collect();
+        let previous: BTreeMap<String, StageRecord> = match resumed {
+            None => {
+                let started_by = started_by(&*state, &opts).await;
+                let now = now_rfc3339();
+                let record = RunRecord {
+                    run_id: run_id.clone(),
+                    pipeline: key.pipeline.clone(),
+                    model: pipeline.spec.model.name.clone(),
+                    pipeline_digest: p.digest.clone(),
+                    params: params.clone(),
+                    labels: opts.labels.clone(),
+                    status: Status::Running,
+                    created: now.clone(),
+                    updated: now,
+                    stages: stage_names
+                        .iter()
+                        .map(|(name, uses)| StageRecord {
+                            name: name.clone(),
+                            uses: uses.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    approval: None,
+                    started_by,
+                };
+                state.create_run(&record).await.map_err(|e| match e {
                 StateError::AlreadyExists { .. } => EngineError::BadInput(format!(
                     "run `{run_id}` already exists in {}; continue it with --resume {run_id} or pick another --run-id",
                     state.describe()
                 )),
                 e => e.into(),
             })?;
-            BTreeMap::new()
-        }
-        Some(prev) => {
-            let previous: BTreeMap<String, StageRecord> =
-                prev.stages.iter().map(|s| (s.name.clone(), s.clone())).collect();
-            let (digest, params, labels) = (p.digest.clone(), params.clone(), opts.labels.clone());
-            state
-                .update_run(&key, &mut |r| {
-                    r.status = Status::Running;
-                    r.pipeline_digest = digest.clone();
-                    r.params = params.clone();
-                    r.labels.extend(labels.clone());
-                    // Align with the pipeline as it is now: keep what is known
-                    // about each stage, add new ones, drop removed ones.
-                    let mut old: BTreeMap<String, StageRecord> =
-                        r.stages.drain(..).map(|s| (s.name.clone(), s)).collect();
-                    r.stages = stage_names
-                        .iter()
-                        .map(|(name, uses)| {
-                            old.remove(name).unwrap_or_else(|| StageRecord {
-                                name: name.clone(),
-                                uses: uses.clone(),
-                                ..Default::default()
+                BTreeMap::new()
+            }
+            Some(prev) => {
+                let previous: BTreeMap<String, StageRecord> =
+                    prev.stages.iter().map(|s| (s.name.clone(), s.clone())).collect();
+                let (digest, params, labels) = (p.digest.clone(), params.clone(), opts.labels.clone());
+                state
+                    .update_run(&key, &mut |r| {
+                        r.status = Status::Running;
+                        r.pipeline_digest = digest.clone();
+                        r.params = params.clone();
+                        r.labels.extend(labels.clone());
+                        // Align with the pipeline as it is now: keep what is known
+                        // about each stage, add new ones, drop removed ones.
+                        let mut old: BTreeMap<String, StageRecord> =
+                            r.stages.drain(..).map(|s| (s.name.clone(), s)).collect();
+                        r.stages = stage_names
+                            .iter()
+                            .map(|(name, uses)| {
+                                old.remove(name).unwrap_or_else(|| StageRecord {
+                                    name: name.clone(),
+                                    uses: uses.clone(),
+                                    ..Default::default()
+                                })
                             })
-                        })
-                        .collect();
-                    Ok(())
-                })
-                .await?;
-            previous
-        }
-    };
+                            .collect();
+                        Ok(())
+                    })
+                    .await?;
+                previous
+            }
+        };
 
-    let env = render::process_env();
-    let runner = Runner {
-        data: RenderData::new(params.clone(), env, &run_id, &key.pipeline, &pipeline.spec.model.name),
-        pipeline_dir: p.pipeline_dir(),
-        catalog: p.catalog.clone(),
-        pipeline,
-        plans,
-        key,
-        state,
-        clusters,
-        workspace,
-        params,
-        previous,
-        opts,
-        tuning,
-    };
-    let span = tracing::info_span!("run", run_id = %runner.key.run_id, pipeline = %runner.key.pipeline);
-    let run = runner.run().instrument(span);
-    tokio::pin!(run);
-    tokio::select! {
-        r = &mut run => r,
-        lost = keeper.lost() => {
-            // Another runner has the model now: stop as on a signal, recorded.
-            tracing::error!(error = %lost, "stopping the run: its run lock was lost");
-            cancel.cancel();
-            run.await
+        let env = render::process_env();
+        let runner = Runner {
+            data: RenderData::new(params.clone(), env, &run_id, &key.pipeline, &pipeline.spec.model.name),
+            pipeline_dir: p.pipeline_dir(),
+            catalog: p.catalog.clone(),
+            pipeline,
+            plans,
+            key,
+            state,
+            clusters,
+            workspace,
+            params,
+            previous,
+            opts,
+            tuning,
+        };
+        let span = tracing::info_span!("run", run_id = %runner.key.run_id, pipeline = %runner.key.pipeline);
+        let run = runner.run().instrument(span);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => r,
+            lost = keeper.lost() => {
+                // Another runner has the model now: stop as on a signal, recorded.
+                tracing::error!(error = %lost, "stopping the run: its run lock was lost");
+                cancel.cancel();
+                run.await
+            }
         }
-    }
     }
     .await;
     if let Err(e) = store.release_scoped_lock(LockScope::Run, &lock_model, &holder).await {

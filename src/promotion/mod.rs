@@ -618,7 +618,9 @@ pub async fn promote(
 
     let holder = format!("{} (run {})", req.by, req.run_id);
     let lock_err = ledger_err(&req.model, &*to_store);
-    lock_with_wait(&*to_store, LockScope::Promotion, &req.model, &holder, req.lock_ttl, req.lock_wait).await.map_err(&lock_err)?;
+    lock_with_wait(&*to_store, LockScope::Promotion, &req.model, &holder, req.lock_ttl, req.lock_wait)
+        .await
+        .map_err(&lock_err)?;
     // Released on every path; a cancelled caller drops this future, so the
     // stage releases again after its select (release by the holder is idempotent).
     let keeper = LockKeeper::start(to_store.clone(), LockScope::Promotion, &req.model, &holder, req.lock_ttl);

@@ -54,8 +54,7 @@ fn one() -> u32 {
     1
 }
 
-const APPROVAL_EXPECTED: &str =
-    "expected `required`, `none` or a policy `{ required: N, approvers: [NAME, group:NAME], forbidSelfApproval: true, timeout: 4h }`";
+const APPROVAL_EXPECTED: &str = "expected `required`, `none` or a policy `{ required: N, approvers: [NAME, group:NAME], forbidSelfApproval: true, timeout: 4h }`";
 
 impl<'de> Deserialize<'de> for ApprovalMode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -155,7 +154,10 @@ impl Params {
 fn policy_problems(p: &ApprovalSpec, legacy_timeout: bool) -> Vec<Problem> {
     let mut out = Vec::new();
     if p.required == 0 {
-        out.push(Problem::new("approval.required", "`required` must be at least 1").with_hint("leave `approval` out for no gate"));
+        out.push(
+            Problem::new("approval.required", "`required` must be at least 1")
+                .with_hint("leave `approval` out for no gate"),
+        );
     }
     for (i, a) in p.approvers.iter().enumerate() {
         let name = a.strip_prefix("group:").unwrap_or(a);
@@ -182,7 +184,10 @@ fn policy_problems(p: &ApprovalSpec, legacy_timeout: bool) -> Vec<Problem> {
         );
     }
     if legacy_timeout && p.timeout.is_some() {
-        out.push(Problem::new("approvalTimeout", "both `approvalTimeout` and `approval.timeout` are set").with_hint("keep `approval.timeout`"));
+        out.push(
+            Problem::new("approvalTimeout", "both `approvalTimeout` and `approval.timeout` are set")
+                .with_hint("keep `approval.timeout`"),
+        );
     }
     out
 }
@@ -291,7 +296,11 @@ impl Contract for Promote {
         ));
         if let Some(policy) = params.approval.policy() {
             let (_, t) = params.approval_timeout();
-            let who = if policy.approvers.is_empty() { String::new() } else { format!(" from {}", policy.approvers.join(", ")) };
+            let who = if policy.approvers.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", policy.approvers.join(", "))
+            };
             lines.insert(
                 0,
                 format!(
@@ -495,21 +504,21 @@ async fn wait_for_approval(
         expires: Some(expires.clone()),
         ..Approval::default()
     };
-    let opened = cx
-        .state
-        .update_run(&cx.run_key, &mut |run| {
-            run.status = Status::WaitingApproval;
-            // A resumed gate keeps the approvals it had.
-            let keep = run.approval.as_ref().is_some_and(|a| {
-                a.stage == stage && a.digest.as_deref() == Some(digest) && a.decision == "pending"
-            });
-            if !keep {
-                run.approval = Some(pending.clone());
-            }
-            Ok(())
-        })
-        .await
-        .map_err(state_err)?;
+    let opened =
+        cx.state
+            .update_run(&cx.run_key, &mut |run| {
+                run.status = Status::WaitingApproval;
+                // A resumed gate keeps the approvals it had.
+                let keep = run.approval.as_ref().is_some_and(|a| {
+                    a.stage == stage && a.digest.as_deref() == Some(digest) && a.decision == "pending"
+                });
+                if !keep {
+                    run.approval = Some(pending.clone());
+                }
+                Ok(())
+            })
+            .await
+            .map_err(state_err)?;
     let have = opened.approval.as_ref().map_or(0, |a| a.approvals.len());
     tracing::warn!(
         run_id = %cx.run_id, stage = %stage, digest, required = policy.required, approvals = have,
@@ -558,10 +567,9 @@ async fn wait_for_approval(
     match decided {
         Some(a) if a.decision == "approved" => Ok(a),
         Some(a) => Err(rejected(params, digest, &a)),
-        None => Err(StageError::msg(format!(
-            "no approval for promoting {digest} to `{}` within {timeout_text}",
-            params.to
-        ))),
+        None => {
+            Err(StageError::msg(format!("no approval for promoting {digest} to `{}` within {timeout_text}", params.to)))
+        }
     }
 }
 
@@ -712,7 +720,13 @@ spec:
         let policy = p.approval.policy().unwrap();
         assert_eq!((policy.required, policy.forbid_self_approval), (2, true));
         assert_eq!(p.approval_timeout(), (Duration::from_secs(4 * 3600), "4h".to_string()));
-        assert!(serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod" })).unwrap().approval.policy().is_none());
+        assert!(
+            serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod" }))
+                .unwrap()
+                .approval
+                .policy()
+                .is_none()
+        );
         // The older spelling of the timeout still applies to the shorthand.
         let p: Params = serde_json::from_value(
             json!({ "from": "dev", "to": "prod", "approval": "required", "approvalTimeout": "10m" }),
@@ -720,7 +734,9 @@ spec:
         .unwrap();
         assert_eq!(p.approval_timeout().1, "10m");
         let bad = |v: Value| {
-            serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "approval": v })).unwrap_err().to_string()
+            serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "approval": v }))
+                .unwrap_err()
+                .to_string()
         };
         assert!(bad(json!("yes")).contains("expected `required`, `none` or a policy"), "{}", bad(json!("yes")));
         assert!(bad(json!({ "aprovers": ["a"] })).contains("unknown field `aprovers`"));
@@ -733,11 +749,15 @@ spec:
             "approval": { "required": 3, "approvers": ["alice", "bob", ""], "timeout": "2h" } }));
         let paths: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
         assert_eq!(paths, ["approval.approvers[2]", "approval.required", "approvalTimeout"], "{got:?}");
-        assert!(problems(json!({ "from": "dev", "to": "prod", "approval": { "required": 0 } }))[0]
-            .contains("at least 1"));
+        assert!(
+            problems(json!({ "from": "dev", "to": "prod", "approval": { "required": 0 } }))[0].contains("at least 1")
+        );
         // Groups may hold any number of people.
-        assert!(problems(json!({ "from": "dev", "to": "prod",
-            "approval": { "required": 3, "approvers": ["alice", "group:leads"] } })).is_empty());
+        assert!(
+            problems(json!({ "from": "dev", "to": "prod",
+            "approval": { "required": 3, "approvers": ["alice", "group:leads"] } }))
+            .is_empty()
+        );
     }
 
     #[test]

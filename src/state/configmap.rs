@@ -18,8 +18,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Identity, Ledger, LedgerMutation, LockInfo, LockScope, RunKey, RunMutation, RunPredicate, RunRecord, StateError, StateStore,
-    now_rfc3339,
+    Identity, Ledger, LedgerMutation, LockInfo, LockScope, RunKey, RunMutation, RunPredicate, RunRecord, StateError,
+    StateStore, now_rfc3339,
 };
 
 /// ConfigMap key of a run record.
@@ -563,11 +563,7 @@ impl StateStore for ConfigMapStore {
     /// from the resourceVersion read; when the server ends the watch it is
     /// resumed from the last version seen, and on `410 Gone` (that version
     /// is too old) the record is read again and watched from there.
-    async fn watch_run(
-        &self,
-        key: &RunKey,
-        done: &mut RunPredicate<'_>,
-    ) -> Result<RunRecord, StateError> {
+    async fn watch_run(&self, key: &RunKey, done: &mut RunPredicate<'_>) -> Result<RunRecord, StateError> {
         use futures::StreamExt;
         use kube::api::{WatchEvent, WatchParams};
         let what = self.run_what(key);

@@ -92,16 +92,14 @@ pub trait StateStore: Send + Sync {
     /// record first) and return it. No timeout of its own: callers wrap it.
     /// This default re-reads every [`WATCH_POLL`]; the ConfigMap store
     /// watches its ConfigMap instead.
-    async fn watch_run(
-        &self,
-        key: &RunKey,
-        done: &mut RunPredicate<'_>,
-    ) -> Result<RunRecord, StateError> {
+    async fn watch_run(&self, key: &RunKey, done: &mut RunPredicate<'_>) -> Result<RunRecord, StateError> {
         loop {
             match self.get_run(key).await? {
                 Some(run) if done(&run) => return Ok(run),
                 Some(_) => tokio::time::sleep(WATCH_POLL).await,
-                None => return Err(StateError::NotFound { what: format!("run {}", key.run_id), store: self.describe() }),
+                None => {
+                    return Err(StateError::NotFound { what: format!("run {}", key.run_id), store: self.describe() });
+                }
             }
         }
     }

@@ -46,10 +46,22 @@ impl StateStore for MemoryState {
     async fn update_ledger(&self, _model: &str, _f: &mut LedgerMutation<'_>) -> Result<Ledger, StateError> {
         unimplemented!("the stage under test does not touch the ledger")
     }
-    async fn try_scoped_lock(&self, _scope: LockScope, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
+    async fn try_scoped_lock(
+        &self,
+        _scope: LockScope,
+        _model: &str,
+        _holder: &str,
+        _ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
         unimplemented!("the stage under test does not lock")
     }
-    async fn renew_scoped_lock(&self, _scope: LockScope, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
+    async fn renew_scoped_lock(
+        &self,
+        _scope: LockScope,
+        _model: &str,
+        _holder: &str,
+        _ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
         unimplemented!("the stage under test does not lock")
     }
     async fn release_scoped_lock(&self, _scope: LockScope, _model: &str, _holder: &str) -> Result<(), StateError> {
