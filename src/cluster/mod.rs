@@ -423,4 +423,3 @@ mod tests {
         assert_eq!(e.exit_class(), ExitClass::BadInput);
     }
 }
-

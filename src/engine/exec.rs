@@ -38,9 +38,31 @@ pub const RUN_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
 /// The run lock's holder identity: the run id first, so a waiting run's
 /// log names the run in its way.
 pub fn run_lock_holder(key: &RunKey) -> String {
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty());
-    let at = host.map(|h| format!(" on {h}")).unwrap_or_default();
+    let at = hostname().map(|h| format!(" on {h}")).unwrap_or_default();
     format!("run {} of {} (pid {}{at})", key.run_id, key.pipeline, std::process::id())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// A run lock held by this very run from a process on this host that is
+/// gone (killed, crashed): a `--resume` may take it over at once instead of
+/// waiting out its TTL. Anything else (another run, another host, a process
+/// still alive, no `/proc` to tell) is left to expire.
+fn dead_local_holder(holder: &str, key: &RunKey) -> bool {
+    let Some(rest) = holder.strip_prefix(&format!("run {} of {} (pid ", key.run_id, key.pipeline)) else {
+        return false;
+    };
+    let Some((pid, host)) = rest.trim_end_matches(')').split_once(" on ") else { return false };
+    let proc_fs = Path::new("/proc/self").exists();
+    proc_fs
+        && hostname().as_deref() == Some(host)
+        && pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// The wait before a stage's retry number `attempt` (1-based: after the
@@ -168,9 +190,18 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
     // One run of a model at a time, across runners: the run lock, held from
     // before the record is written until the run ends.
     let model = pipeline.spec.model.name.clone();
-    let holder = run_lock_holder(&key);
+    let mut holder = run_lock_holder(&key);
     let ttl = opts.lock_ttl.unwrap_or(RUN_LOCK_TTL);
     let wait = opts.lock_wait.unwrap_or(RUN_LOCK_WAIT);
+    if opts.resume.is_some()
+        && let Err(StateError::Locked { holder: other, .. }) =
+            state.try_scoped_lock(LockScope::Run, &model, &holder, ttl).await
+        && dead_local_holder(&other, &key)
+    {
+        // Renewing under its name takes it over through the same CAS.
+        tracing::info!(model = %model, holder = %other, "taking over the run lock this run's killed process left");
+        holder = other;
+    }
     tokio::select! {
         r = lock_with_wait(&*state, LockScope::Run, &model, &holder, ttl, wait) => { r?; }
         _ = opts.cancel.cancelled() => {
@@ -725,4 +756,21 @@ impl Runner {
 /// The error and its causes on one line, masked.
 fn error_chain(err: &StageError) -> String {
     crate::secret::mask(&crate::error::chain(err))
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dead_process_of_the_same_run_on_this_host_is_taken_over() {
+        let key = RunKey { pipeline: "weather".into(), run_id: "r1".into() };
+        let Some(host) = hostname() else { return };
+        // No process has the largest pid; ours is alive.
+        let dead = format!("run r1 of weather (pid 4294967295 on {host})");
+        assert_eq!(dead_local_holder(&dead, &key), Path::new("/proc/self").exists());
+        assert!(!dead_local_holder(&run_lock_holder(&key), &key), "a live holder (this process)");
+        assert!(!dead_local_holder(&format!("run r2 of weather (pid 4294967295 on {host})"), &key), "another run");
+        assert!(!dead_local_holder("run r1 of weather (pid 4294967295 on elsewhere)", &key), "another host");
+    }
 }

@@ -273,7 +273,10 @@ pub enum StateError {
     NotFound { what: String, store: String },
     #[error("{}", locked_message(*scope, model, holder, expires))]
     Locked { scope: LockScope, model: String, holder: String, expires: String },
-    #[error("lost the {scope} lock of model `{model}` while holding it ({why}); stopped before writing further")]
+    #[error("lost the {scope} lock of model `{model}` while holding it ({why}); {}", match scope {
+        LockScope::Promotion => "stopped before tagging or recording",
+        LockScope::Run => "the run stopped",
+    })]
     LockLost { model: String, scope: LockScope, why: String },
     #[error("gave up on {what} after {attempts} conflicting writes")]
     TooManyConflicts { what: String, attempts: u32 },
