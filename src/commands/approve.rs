@@ -119,6 +119,13 @@ pub async fn decide(
                 return Err(StateError::Rejected(format!("run {run_id} is {status} and waits for no approval")));
             };
             let policy = a.policy.clone().unwrap_or_default();
+            if let Some(t) = a.expires.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                && t <= jiff::Timestamp::now()
+            {
+                return Err(StateError::Rejected(format!(
+                    "the approval gate of run {run_id} timed out at {t}; nothing was recorded"
+                )));
+            }
             if !policy.allows(who) {
                 return Err(StateError::Rejected(format!(
                     "`{}` may not decide on run {run_id}: the gate of stage `{}` takes approvers {} (you are in groups: {})",
@@ -280,6 +287,21 @@ mod tests {
             decide(&store, &missing, true, &user("a", &[]), None).await,
             Err(StateError::NotFound { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_gate_past_its_deadline_takes_no_decision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path());
+        let key = parked(&store, "r4", None).await;
+        store
+            .update_run(&key, &mut |r| {
+                r.approval.as_mut().unwrap().expires = Some("2020-01-01T00:00:00Z".into());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(refusal(decide(&store, &key, true, &user("alice", &[]), None).await).contains("timed out"));
     }
 
     #[tokio::test]

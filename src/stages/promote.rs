@@ -525,18 +525,19 @@ async fn wait_for_approval(
         "waiting for approval ({have} of {}): modelship approve {} -f PIPELINE --comment TEXT (or reject)",
         policy.required, cx.run_id
     );
-    if cx.park {
-        return Err(StageError::parked(format!(
-            "run {} parked at the approval gate of stage `{stage}` ({have} of {} approvals); after `modelship approve {}`, continue with `modelship run PIPELINE --resume {}`",
-            cx.run_id, policy.required, cx.run_id, cx.run_id
-        )));
-    }
     let remaining = expires
         .parse::<jiff::Timestamp>()
         .ok()
         .map(|t| t.duration_since(jiff::Timestamp::now()))
         .and_then(|d| Duration::try_from(d).ok())
         .unwrap_or(Duration::ZERO);
+    // A gate whose deadline passed times out below, parked or not.
+    if cx.park && !remaining.is_zero() {
+        return Err(StageError::parked(format!(
+            "run {} parked at the approval gate of stage `{stage}` ({have} of {} approvals); after `modelship approve {}`, continue with `modelship run PIPELINE --resume {}`",
+            cx.run_id, policy.required, cx.run_id, cx.run_id
+        )));
+    }
     let decided_now = |run: &crate::state::RunRecord| {
         run.approval.as_ref().is_some_and(|a| a.stage == stage && a.decision != "pending")
     };
