@@ -1,8 +1,11 @@
 //! Approval policies and the per-model run lock, end to end: the real
 //! `modelship` binary runs a check-and-promote pipeline against two
 //! in-process sims (dev holds the run state in ConfigMaps and the locks in
-//! Leases), and people decide with `modelship approve|reject` under their
-//! own ServiceAccount tokens, so the sim's SelfSubjectReview names them.
+//! Leases) as the `modelship` ServiceAccount of each namespace with exactly
+//! the shipped Role (`.tekton/rbac/modelship.yaml`: the run lock's Lease,
+//! the watch on the run's ConfigMap), and people decide with `modelship
+//! approve|reject` under their own ServiceAccount tokens, so the sim's
+//! SelfSubjectReview names them.
 //!
 //! Nothing here waits on a clock: a test waits for a record to reach a
 //! state (bounded by the run process, which fails the test if it ends
@@ -21,8 +24,9 @@ use support::cli::modelship;
 use support::env::{DevProd, push_image};
 use support::text;
 
-/// The runner's identity: `support::env`'s ServiceAccount.
-const RUNNER: &str = "system:serviceaccount:default:modelship";
+/// The runner's identity in dev, where the run state is.
+const RUNNER: &str = "system:serviceaccount:models-dev:modelship";
+const ROLE: &str = include_str!("../.tekton/rbac/modelship.yaml");
 const ALICE: &str = "system:serviceaccount:reviewers:alice";
 const BOB: &str = "system:serviceaccount:leads:bob";
 const MALLORY: &str = "system:serviceaccount:others:mallory";
@@ -77,6 +81,18 @@ impl Fixture {
         )
         .unwrap();
         let admin = modelship::cluster::Clusters::new(env.clusters.environments().clone(), Some(admin_kubeconfig));
+        // The runner as an administrator sets it up: the shipped RBAC in
+        // each namespace, a token of its ServiceAccount there.
+        let docs: Vec<Value> = modelship::spec::yaml::from_str_multi(ROLE).unwrap();
+        for (name, ns) in [("dev", "models-dev"), ("prod", "models-prod")] {
+            let client = admin.client(name).await.unwrap();
+            for doc in &docs {
+                modelship::cluster::apply_manifest(&client, ns, doc).await.unwrap();
+            }
+        }
+        let runner = [(env.dev(), "models-dev"), (env.prod(), "models-prod")]
+            .map(|(sim, ns)| sim.service_account_entry(ns, "modelship", 24 * 3600).unwrap());
+        std::fs::write(env.dir.path().join("runner.kubeconfig"), modelship::sim::kubeconfig_yaml(&runner)).unwrap();
         let (endpoint, server) = model_server().await;
         Fixture { env, admin, endpoint, server }
     }
@@ -86,10 +102,7 @@ impl Fixture {
     }
 
     fn kubeconfig(&self, who: &str) -> PathBuf {
-        match who {
-            "runner" => self.env.kubeconfig.clone(),
-            name => self.dir().join(format!("{name}.kubeconfig")),
-        }
+        self.dir().join(format!("{who}.kubeconfig"))
     }
 
     /// Push an image of `model` into dev's registry; its digest.
