@@ -19,7 +19,7 @@ use std::process::{Child, Output, Stdio};
 use modelship::sim::SimServer;
 use modelship::state::configmap::{ConfigMapStore, run_configmap_name, scoped_lease_name};
 use modelship::state::{LockScope, RunKey, RunRecord, StateStore, Status};
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::cli::modelship;
 use support::env::{DevProd, push_image};
 use support::text;
@@ -39,23 +39,6 @@ struct Fixture {
     /// The model server the check stage asks.
     endpoint: String,
     server: tokio::task::JoinHandle<()>,
-}
-
-/// A model server answering every prediction as the weather model does for 55°F.
-async fn model_server() -> (String, tokio::task::JoinHandle<()>) {
-    use axum::routing::{get, post};
-    let app = axum::Router::new()
-        .route("/health/ping", get(|| async { "pong" }))
-        .route("/ready", get(|| async { "ok" }))
-        .route(
-            "/api/v1.0/predictions",
-            post(|| async {
-                axum::Json(json!({ "meta": { "tags": { "weather_state": "mild" } }, "data": { "ndarray": ["mild"] } }))
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
 }
 
 impl Fixture {
@@ -93,7 +76,7 @@ impl Fixture {
         let runner = [(env.dev(), "models-dev"), (env.prod(), "models-prod")]
             .map(|(sim, ns)| sim.service_account_entry(ns, "modelship", 24 * 3600).unwrap());
         std::fs::write(env.dir.path().join("runner.kubeconfig"), modelship::sim::kubeconfig_yaml(&runner)).unwrap();
-        let (endpoint, server) = model_server().await;
+        let (endpoint, server) = support::env::model_server("mild").await;
         Fixture { env, admin, endpoint, server }
     }
 
@@ -144,14 +127,13 @@ spec:
         path
     }
 
-    /// `modelship run FILE --kubeconfig RUNNER --run-id ID ARGS...`, started.
-    fn spawn_run(&self, file: &Path, run_id: &str, args: &[&str]) -> Child {
+    /// `modelship run FILE --kubeconfig RUNNER ARGS...`, started.
+    fn spawn(&self, file: &Path, args: &[&str]) -> Child {
         modelship()
             .args(["--log-format", "text", "run"])
             .arg(file)
             .arg("--kubeconfig")
             .arg(self.kubeconfig("runner"))
-            .args(["--run-id", run_id])
             .args(args)
             .current_dir(self.dir())
             .stdin(Stdio::null())
@@ -161,22 +143,17 @@ spec:
             .unwrap()
     }
 
+    /// As run `run_id`, started.
+    fn spawn_run(&self, file: &Path, run_id: &str, args: &[&str]) -> Child {
+        self.spawn(file, &[&["--run-id", run_id], args].concat())
+    }
+
     fn run(&self, file: &Path, run_id: &str, args: &[&str]) -> Output {
         self.spawn_run(file, run_id, args).wait_with_output().unwrap()
     }
 
     fn resume(&self, file: &Path, run_id: &str, args: &[&str]) -> Output {
-        modelship()
-            .args(["--log-format", "text", "run"])
-            .arg(file)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig("runner"))
-            .args(["--resume", run_id])
-            .args(args)
-            .current_dir(self.dir())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.spawn(file, &[&["--resume", run_id], args].concat()).wait_with_output().unwrap()
     }
 
     /// `modelship approve|reject RUN -f FILE --kubeconfig WHO's ARGS...`.
