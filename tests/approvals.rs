@@ -237,7 +237,7 @@ async fn two_approvers_each_once_not_the_starter_and_the_gate_watches() {
     let f = Fixture::start().await;
     let digest = f.push("weather").await;
     let policy = format!(
-        "{{ required: 2, approvers: [\"{ALICE}\", \"{RUNNER}\", \"group:system:serviceaccounts:leads\"], forbidSelfApproval: true, timeout: 10m }}"
+        "{{ required: 2, approvers: [\"{ALICE}\", \"{RUNNER}\", \"group:system:serviceaccounts:leads\"], forbidSelfApproval: true, timeout: 2m }}"
     );
     let file = f.pipeline("weather", "weather", &digest, Some(&policy));
     let mut run = f.spawn_run(&file, "gated-1", &[]);
@@ -251,7 +251,7 @@ async fn two_approvers_each_once_not_the_starter_and_the_gate_watches() {
             && e["requestURI"].as_str().unwrap().contains(&format!("fieldSelector=metadata.name%3D{cm}"))
     };
     // Decisions come once the run watches (the audit log has a watch when
-    // it starts); bounded by the run, which would end on a timeout.
+    // it starts); bounded by the run, which ends when its gate times out.
     while !audit(&f.dir().join("dev")).iter().any(is_watch) {
         assert!(run.try_wait().unwrap().is_none(), "the run ended before it watched its record");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
