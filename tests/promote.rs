@@ -472,7 +472,15 @@ async fn approval_gate_waits_for_approve_reject_or_timeout() {
                 && r.status == Status::WaitingApproval
             {
                 assert_eq!(r.approval.as_ref().unwrap().digest.as_deref(), Some(digest.as_str()));
-                modelship::commands::approve::decide(&store, &key, true, "alice", Some("ok")).await.unwrap();
+                modelship::commands::approve::decide(
+                    &store,
+                    &key,
+                    true,
+                    &modelship::state::Identity { user: "alice".into(), groups: vec![] },
+                    Some("ok"),
+                )
+                .await
+                .unwrap();
                 break;
             }
         }
@@ -493,7 +501,15 @@ async fn approval_gate_waits_for_approve_reject_or_timeout() {
             if let Ok(Some(r)) = store.get_run(&key_b).await
                 && r.status == Status::WaitingApproval
             {
-                modelship::commands::approve::decide(&store, &key_b, false, "bob", Some("not today")).await.unwrap();
+                modelship::commands::approve::decide(
+                    &store,
+                    &key_b,
+                    false,
+                    &modelship::state::Identity { user: "bob".into(), groups: vec![] },
+                    Some("not today"),
+                )
+                .await
+                .unwrap();
                 break;
             }
         }
@@ -513,23 +529,6 @@ async fn approval_gate_waits_for_approve_reject_or_timeout() {
     env.stop().await;
 }
 
-/// A model server that answers every prediction with the wrong class.
-async fn wrong_model_server() -> (String, tokio::task::JoinHandle<()>) {
-    use axum::routing::{get, post};
-    let app = axum::Router::new()
-        .route("/health/ping", get(|| async { "pong" }))
-        .route("/ready", get(|| async { "ok" }))
-        .route(
-            "/api/v1.0/predictions",
-            post(|| async {
-                axum::Json(json!({ "meta": { "tags": { "weather_state": "hot" } }, "data": { "ndarray": ["hot"] } }))
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_verification_rolls_the_target_back() {
     use modelship::state::dir::DirStore;
@@ -544,7 +543,8 @@ async fn failed_verification_rolls_the_target_back() {
     promotion::promote(&env.clusters, &req, false).await.unwrap();
 
     let v2 = env.push("v2").await;
-    let (endpoint, server) = wrong_model_server().await;
+    // Every prediction answered with the wrong class.
+    let (endpoint, server) = support::env::model_server("hot").await;
     let with = json!({ "from": "dev", "to": "prod", "digest": v2, "verify": true, "verifyEndpoint": endpoint,
                        "rollbackOnFailure": true, "imageStream": false, "lockWait": "0s" });
     let err = run_stage(&env, state.path(), "run-2", with).await.unwrap_err();

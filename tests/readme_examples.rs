@@ -36,6 +36,15 @@ const ELSEWHERE: &[(&str, &str)] = &[
         "modelship verify docker://registry.example.com/models-prod/weather@sha256:... --key keys/cosign.pub",
         "tests/signing.rs (needs a signed image in a registry)",
     ),
+    (
+        "modelship run pipelines/weather.yaml --park",
+        "tests/approvals.rs (a pipeline with an approval gate, on a cluster)",
+    ),
+    (
+        "modelship approve RUN_ID -f pipelines/weather.yaml --comment 'report read'",
+        "tests/approvals.rs (approvers with their own cluster identities)",
+    ),
+    ("modelship run pipelines/weather.yaml --resume RUN_ID", "tests/approvals.rs (a parked, approved run)"),
 ];
 
 /// The `modelship ...` lines of the README's `sh` blocks outside the

@@ -321,6 +321,17 @@ pub async fn apply_manifest(client: &kube::Client, namespace: &str, doc: &serde_
     }
 }
 
+/// Who `client`'s credentials are: `authentication.k8s.io/v1`
+/// SelfSubjectReview (what `kubectl auth whoami` asks), answered from the
+/// request's authentication, so nobody can claim another identity.
+pub async fn whoami(client: &kube::Client) -> Result<crate::state::Identity, kube::Error> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: kube::Api<SelfSubjectReview> = kube::Api::all(client.clone());
+    let review = api.create(&kube::api::PostParams::default(), &SelfSubjectReview::default()).await?;
+    let info = review.status.and_then(|s| s.user_info).unwrap_or_default();
+    Ok(crate::state::Identity { user: info.username.unwrap_or_default(), groups: info.groups.unwrap_or_default() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,6 +98,19 @@ pub struct RunArgs {
     /// Extra run label (repeatable), e.g. `commit=abc123`.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// End the process when the run reaches an approval gate: the run is
+    /// recorded as waiting-approval, its lock released, exit 0; continue it
+    /// with `--resume RUN_ID` once approved.
+    #[arg(long)]
+    pub park: bool,
+    /// How long to wait while another run of the same model holds its run
+    /// lock (`0s`: fail at once, exit 1).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub lock_wait: std::time::Duration,
+    /// How long the run lock outlives a runner that stops renewing it (it
+    /// is renewed every third of this while the run lives).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub lock_ttl: std::time::Duration,
 }
 
 pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
@@ -123,6 +136,10 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
         interactive: std::io::stderr().is_terminal() && g.log_format.is_text() && !g.quiet,
         cancel: cancel.clone(),
         overrides: overrides(&args)?,
+        park: args.park,
+        lock_wait: Some(args.lock_wait),
+        lock_ttl: Some(args.lock_ttl.max(std::time::Duration::from_secs(1))),
+        started_by: None,
     };
 
     if args.dry_run {
@@ -181,7 +198,12 @@ pub async fn run(args: RunArgs, g: &GlobalArgs) -> Result<(), CommandError> {
             let obj = serde_json::json!({ "status": "error", "error": err, "exitCode": class.code() });
             println!("{}", mask(&structured(args.output, &obj)?.unwrap_or_default()));
         }
-        (false, Some(s)) => println!("{}", mask(&summary_table(s, &rerun_args(&args)))),
+        (false, Some(s)) => {
+            println!("{}", mask(&summary_table(s, &rerun_args(&args))));
+            if s.status == Status::WaitingApproval {
+                println!("{}", mask(&parked_text(s, &args)));
+            }
+        }
         (false, None) => {}
     }
     result.map(|_| ()).map_err(fail)
@@ -298,6 +320,24 @@ fn rerun_args(args: &RunArgs) -> String {
         }
     }
     out
+}
+
+/// What to do with a parked run: approve it, then resume it.
+fn parked_text(s: &RunSummary, args: &RunArgs) -> String {
+    let mut place = format!("-f {}", args.file.display());
+    for (flag, value) in [("--sim", &args.sim), ("--kubeconfig", &args.kubeconfig), ("--state-dir", &args.state_dir)] {
+        if let Some(v) = value {
+            place.push_str(&format!(" {flag} {}", v.display()));
+        }
+    }
+    let mut rerun = rerun_args(args);
+    if let Some(dir) = &args.state_dir {
+        rerun.push_str(&format!(" --state-dir {}", dir.display()));
+    }
+    format!(
+        "parked at its approval gate; approve it with\n  modelship approve {id} {place} --comment TEXT\nthen continue it with\n  modelship run {rerun} --resume {id}",
+        id = s.run_id
+    )
 }
 
 fn summary_table(s: &RunSummary, rerun: &str) -> String {

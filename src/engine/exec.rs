@@ -23,7 +23,47 @@ use crate::spec::{Pipeline, StageSpec};
 use crate::stages::{Links, Outputs, StageContext, StageError, StageErrorKind};
 use crate::state::configmap::ConfigMapStore;
 use crate::state::dir::DirStore;
-use crate::state::{RunKey, RunRecord, StageRecord, StateError, StateStore, Status, now_rfc3339};
+use crate::state::{
+    LockKeeper, LockScope, RunKey, RunRecord, StageRecord, StateError, StateStore, Status, lock_with_wait, now_rfc3339,
+};
+
+/// How long a run's lock lives without renewal (default of
+/// `RunOptions::lock_ttl`); renewed every third of it while the run lives,
+/// so a crashed runner's lock is taken over after at most this.
+pub const RUN_LOCK_TTL: Duration = Duration::from_secs(2 * 60);
+/// How long a run waits for another run of its model (default of
+/// `RunOptions::lock_wait`).
+pub const RUN_LOCK_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// The run lock's holder identity: the run id first, so a waiting run's
+/// log names the run in its way.
+pub fn run_lock_holder(key: &RunKey) -> String {
+    let at = hostname().map(|h| format!(" on {h}")).unwrap_or_default();
+    format!("run {} of {} (pid {}{at})", key.run_id, key.pipeline, std::process::id())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+/// A run lock held by this very run from a process on this host that is
+/// gone (killed, crashed): a `--resume` may take it over at once instead of
+/// waiting out its TTL. Anything else (another run, another host, a process
+/// still alive, no `/proc` to tell) is left to expire.
+fn dead_local_holder(holder: &str, key: &RunKey) -> bool {
+    let Some(rest) = holder.strip_prefix(&format!("run {} of {} (pid ", key.run_id, key.pipeline)) else {
+        return false;
+    };
+    let Some((pid, host)) = rest.trim_end_matches(')').split_once(" on ") else { return false };
+    let proc_fs = Path::new("/proc/self").exists();
+    proc_fs
+        && hostname().as_deref() == Some(host)
+        && pid.parse::<u32>().is_ok_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists())
+}
 
 /// The wait before a stage's retry number `attempt` (1-based: after the
 /// first failed attempt), by [`Backoff::STAGE`].
@@ -147,109 +187,174 @@ pub(crate) async fn run_tuned(p: Prepared, opts: RunOptions, tuning: Tuning) -> 
     let state = open_state(&pipeline, opts.state_dir.as_deref().or(local.as_deref()), &clusters).await?;
     let key = RunKey { pipeline: pipeline.metadata.name.clone(), run_id: run_id.clone() };
 
-    let resumed = match &opts.resume {
-        None => None,
-        Some(id) => Some(state.get_run(&key).await?.ok_or_else(|| {
-            EngineError::BadInput(format!(
-                "--resume {id}: no run `{id}` of pipeline `{}` in {}",
-                pipeline.metadata.name,
-                state.describe()
-            ))
-        })?),
-    };
-    let params = resolve_params(&pipeline, resumed.as_ref().map(|r| &r.params), &opts.sets)?;
-    for stage in &pipeline.spec.stages {
-        for name in render::env_references(&stage.with, stage.condition.as_deref()) {
-            if render::looks_secret(&name)
-                && let Ok(v) = std::env::var(&name)
-            {
-                crate::secret::register(v);
-            }
+    // One run of a model at a time, across runners: the run lock, held from
+    // before the record is written until the run ends.
+    let model = pipeline.spec.model.name.clone();
+    let mut holder = run_lock_holder(&key);
+    let ttl = opts.lock_ttl.unwrap_or(RUN_LOCK_TTL);
+    let wait = opts.lock_wait.unwrap_or(RUN_LOCK_WAIT);
+    if opts.resume.is_some()
+        && let Err(StateError::Locked { holder: other, .. }) =
+            state.try_scoped_lock(LockScope::Run, &model, &holder, ttl).await
+        && dead_local_holder(&other, &key)
+    {
+        // Renewing under its name takes it over through the same CAS.
+        tracing::info!(model = %model, holder = %other, "taking over the run lock this run's killed process left");
+        holder = other;
+    }
+    tokio::select! {
+        r = lock_with_wait(&*state, LockScope::Run, &model, &holder, ttl, wait) => { r?; }
+        _ = opts.cancel.cancelled() => {
+            return Err(EngineError::CancelledWaiting { run_id, model });
         }
     }
+    let keeper = LockKeeper::start(state.clone(), LockScope::Run, &model, &holder, ttl);
+    let cancel = opts.cancel.clone();
+    let (store, lock_model) = (state.clone(), model.clone());
+    let result: Result<RunSummary, EngineError> = async move {
+        let resumed = match &opts.resume {
+            None => None,
+            Some(id) => Some(state.get_run(&key).await?.ok_or_else(|| {
+                EngineError::BadInput(format!(
+                    "--resume {id}: no run `{id}` of pipeline `{}` in {}",
+                    pipeline.metadata.name,
+                    state.describe()
+                ))
+            })?),
+        };
+        let params = resolve_params(&pipeline, resumed.as_ref().map(|r| &r.params), &opts.sets)?;
+        for stage in &pipeline.spec.stages {
+            for name in render::env_references(&stage.with, stage.condition.as_deref()) {
+                if render::looks_secret(&name)
+                    && let Ok(v) = std::env::var(&name)
+                {
+                    crate::secret::register(v);
+                }
+            }
+        }
 
-    let workspace = opts.workspace.clone().unwrap_or_else(|| default_workspace(&key.pipeline, &run_id));
-    std::fs::create_dir_all(&workspace).map_err(|source| EngineError::Io { path: workspace.clone(), source })?;
+        let workspace = opts.workspace.clone().unwrap_or_else(|| default_workspace(&key.pipeline, &run_id));
+        std::fs::create_dir_all(&workspace).map_err(|source| EngineError::Io { path: workspace.clone(), source })?;
 
-    let stage_names: Vec<(String, String)> =
-        pipeline.spec.stages.iter().map(|s| (s.name.clone(), s.uses.clone())).collect();
-    let previous: BTreeMap<String, StageRecord> = match resumed {
-        None => {
-            let now = now_rfc3339();
-            let record = RunRecord {
-                run_id: run_id.clone(),
-                pipeline: key.pipeline.clone(),
-                model: pipeline.spec.model.name.clone(),
-                pipeline_digest: p.digest.clone(),
-                params: params.clone(),
-                labels: opts.labels.clone(),
-                status: Status::Running,
-                created: now.clone(),
-                updated: now,
-                stages: stage_names
-                    .iter()
-                    .map(|(name, uses)| StageRecord { name: name.clone(), uses: uses.clone(), ..Default::default() })
-                    .collect(),
-                approval: None,
-            };
-            state.create_run(&record).await.map_err(|e| match e {
+        let stage_names: Vec<(String, String)> =
+            pipeline.spec.stages.iter().map(|s| (s.name.clone(), s.uses.clone())).collect();
+        let previous: BTreeMap<String, StageRecord> = match resumed {
+            None => {
+                let started_by = started_by(&*state, &opts).await;
+                let now = now_rfc3339();
+                let record = RunRecord {
+                    run_id: run_id.clone(),
+                    pipeline: key.pipeline.clone(),
+                    model: pipeline.spec.model.name.clone(),
+                    pipeline_digest: p.digest.clone(),
+                    params: params.clone(),
+                    labels: opts.labels.clone(),
+                    status: Status::Running,
+                    created: now.clone(),
+                    updated: now,
+                    stages: stage_names
+                        .iter()
+                        .map(|(name, uses)| StageRecord {
+                            name: name.clone(),
+                            uses: uses.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    approval: None,
+                    started_by,
+                };
+                state.create_run(&record).await.map_err(|e| match e {
                 StateError::AlreadyExists { .. } => EngineError::BadInput(format!(
                     "run `{run_id}` already exists in {}; continue it with --resume {run_id} or pick another --run-id",
                     state.describe()
                 )),
                 e => e.into(),
             })?;
-            BTreeMap::new()
-        }
-        Some(prev) => {
-            let previous: BTreeMap<String, StageRecord> =
-                prev.stages.iter().map(|s| (s.name.clone(), s.clone())).collect();
-            let (digest, params, labels) = (p.digest.clone(), params.clone(), opts.labels.clone());
-            state
-                .update_run(&key, &mut |r| {
-                    r.status = Status::Running;
-                    r.pipeline_digest = digest.clone();
-                    r.params = params.clone();
-                    r.labels.extend(labels.clone());
-                    // Align with the pipeline as it is now: keep what is known
-                    // about each stage, add new ones, drop removed ones.
-                    let mut old: BTreeMap<String, StageRecord> =
-                        r.stages.drain(..).map(|s| (s.name.clone(), s)).collect();
-                    r.stages = stage_names
-                        .iter()
-                        .map(|(name, uses)| {
-                            old.remove(name).unwrap_or_else(|| StageRecord {
-                                name: name.clone(),
-                                uses: uses.clone(),
-                                ..Default::default()
+                BTreeMap::new()
+            }
+            Some(prev) => {
+                let previous: BTreeMap<String, StageRecord> =
+                    prev.stages.iter().map(|s| (s.name.clone(), s.clone())).collect();
+                let (digest, params, labels) = (p.digest.clone(), params.clone(), opts.labels.clone());
+                state
+                    .update_run(&key, &mut |r| {
+                        r.status = Status::Running;
+                        r.pipeline_digest = digest.clone();
+                        r.params = params.clone();
+                        r.labels.extend(labels.clone());
+                        // Align with the pipeline as it is now: keep what is known
+                        // about each stage, add new ones, drop removed ones.
+                        let mut old: BTreeMap<String, StageRecord> =
+                            r.stages.drain(..).map(|s| (s.name.clone(), s)).collect();
+                        r.stages = stage_names
+                            .iter()
+                            .map(|(name, uses)| {
+                                old.remove(name).unwrap_or_else(|| StageRecord {
+                                    name: name.clone(),
+                                    uses: uses.clone(),
+                                    ..Default::default()
+                                })
                             })
-                        })
-                        .collect();
-                    Ok(())
-                })
-                .await?;
-            previous
-        }
-    };
+                            .collect();
+                        Ok(())
+                    })
+                    .await?;
+                previous
+            }
+        };
 
-    let env = render::process_env();
-    let runner = Runner {
-        data: RenderData::new(params.clone(), env, &run_id, &key.pipeline, &pipeline.spec.model.name),
-        pipeline_dir: p.pipeline_dir(),
-        catalog: p.catalog.clone(),
-        pipeline,
-        plans,
-        key,
-        state,
-        clusters,
-        workspace,
-        params,
-        previous,
-        opts,
-        tuning,
-    };
-    let span = tracing::info_span!("run", run_id = %runner.key.run_id, pipeline = %runner.key.pipeline);
-    runner.run().instrument(span).await
+        let env = render::process_env();
+        let runner = Runner {
+            data: RenderData::new(params.clone(), env, &run_id, &key.pipeline, &pipeline.spec.model.name),
+            pipeline_dir: p.pipeline_dir(),
+            catalog: p.catalog.clone(),
+            pipeline,
+            plans,
+            key,
+            state,
+            clusters,
+            workspace,
+            params,
+            previous,
+            opts,
+            tuning,
+        };
+        let span = tracing::info_span!("run", run_id = %runner.key.run_id, pipeline = %runner.key.pipeline);
+        let run = runner.run().instrument(span);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => r,
+            lost = keeper.lost() => {
+                // Another runner has the model now: stop as on a signal, recorded.
+                tracing::error!(error = %lost, "stopping the run: its run lock was lost");
+                cancel.cancel();
+                run.await
+            }
+        }
+    }
+    .await;
+    if let Err(e) = store.release_scoped_lock(LockScope::Run, &lock_model, &holder).await {
+        tracing::warn!(model = %lock_model, error = %e, "could not release the run lock; it expires on its own");
+    }
+    result
+}
+
+/// Who starts the run: `RunOptions::started_by`, else the state store's
+/// cluster identity (SelfSubjectReview), else the local user for a
+/// directory store. Unknown (the review failed) is recorded as absent: a
+/// `forbidSelfApproval` gate then refuses every approval rather than guess.
+async fn started_by(state: &dyn StateStore, opts: &RunOptions) -> Option<String> {
+    if let Some(who) = &opts.started_by {
+        return Some(who.clone());
+    }
+    match state.whoami().await {
+        Ok(Some(id)) => Some(id.user),
+        Ok(None) => Some(crate::promotion::principal()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell who starts this run; it is recorded without a starter");
+            None
+        }
+    }
 }
 
 struct Runner {
@@ -272,6 +377,8 @@ struct Runner {
 /// How a stage ended when it did not succeed.
 enum StageEnd {
     Failed(StageError),
+    /// Ended at an approval gate by `--park`.
+    Parked(String),
     Cancelled,
     State(StateError),
 }
@@ -315,6 +422,10 @@ impl Runner {
                         source,
                         summary: Box::new(summary),
                     });
+                }
+                Err(StageEnd::Parked(message)) => {
+                    tracing::info!(stage = %stage.name, "{message}");
+                    return self.finish(Status::WaitingApproval, true).await;
                 }
                 Err(StageEnd::Cancelled) => {
                     let summary = self.finish(Status::Cancelled, true).await?;
@@ -451,6 +562,7 @@ impl Runner {
                 catalog: self.catalog.clone(),
                 cancel: cancel.child_token(),
                 interactive: self.opts.interactive,
+                park: self.opts.park,
             };
             let span = tracing::info_span!("stage", run_id = %self.key.run_id, stage = name, uses, attempt);
             let work = tokio::time::timeout(plan.timeout, plan.kind.run(with.clone(), &cx)).instrument(span);
@@ -483,6 +595,10 @@ impl Runner {
                 }
                 Some(Ok(Err(e))) if e.kind == StageErrorKind::Cancelled && cancel.is_cancelled() => {
                     return Err(self.cancelled(name, uses, clock, events).await);
+                }
+                Some(Ok(Err(e))) if e.kind == StageErrorKind::Parked => {
+                    self.update_stage(name, |r| r.status = Status::WaitingApproval).await?;
+                    return Err(StageEnd::Parked(e.message));
                 }
                 Some(Ok(Err(e))) => e,
                 // A stage that outran its budget is not retried: another
@@ -645,4 +761,21 @@ impl Runner {
 /// The error and its causes on one line, masked.
 fn error_chain(err: &StageError) -> String {
     crate::secret::mask(&crate::error::chain(err))
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_dead_process_of_the_same_run_on_this_host_is_taken_over() {
+        let key = RunKey { pipeline: "weather".into(), run_id: "r1".into() };
+        let Some(host) = hostname() else { return };
+        // No process has the largest pid; ours is alive.
+        let dead = format!("run r1 of weather (pid 4294967295 on {host})");
+        assert_eq!(dead_local_holder(&dead, &key), Path::new("/proc/self").exists());
+        assert!(!dead_local_holder(&run_lock_holder(&key), &key), "a live holder (this process)");
+        assert!(!dead_local_holder(&format!("run r2 of weather (pid 4294967295 on {host})"), &key), "another run");
+        assert!(!dead_local_holder("run r1 of weather (pid 4294967295 on elsewhere)", &key), "another host");
+    }
 }

@@ -64,6 +64,16 @@ pub struct RunOptions {
     /// says (`--context`, `--registry`, `--model-endpoint`, `--model-secret`;
     /// `--sim` sets them for the clusters it starts).
     pub overrides: crate::spec::Overrides,
+    /// `--park`: end the run at an approval gate (recorded
+    /// `waiting-approval`, the run lock released) instead of waiting there.
+    pub park: bool,
+    /// How long to wait for another run of the model ([`RUN_LOCK_WAIT`]; zero fails fast).
+    pub lock_wait: Option<std::time::Duration>,
+    /// How long the run lock lives without renewal ([`RUN_LOCK_TTL`]).
+    pub lock_ttl: Option<std::time::Duration>,
+    /// Who starts the run, when the caller knows better than the state
+    /// store's credentials (a push's sender).
+    pub started_by: Option<String>,
 }
 
 /// What a run ended as; `--output json` prints it.
@@ -124,6 +134,8 @@ pub enum EngineError {
     },
     #[error("run {run_id} cancelled during stage `{stage}`")]
     Cancelled { run_id: String, stage: String, summary: Box<RunSummary> },
+    #[error("run {run_id} cancelled while waiting for the run lock of model `{model}`")]
+    CancelledWaiting { run_id: String, model: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -139,12 +151,14 @@ impl HasExitClass for EngineError {
             EngineError::StageFailed { source, .. } => source.exit_class(),
             EngineError::State(e) => e.exit_class(),
             EngineError::Cluster(e) => e.exit_class(),
-            EngineError::Cancelled { .. } | EngineError::Io { .. } => ExitClass::Failed,
+            EngineError::Cancelled { .. } | EngineError::CancelledWaiting { .. } | EngineError::Io { .. } => {
+                ExitClass::Failed
+            }
         }
     }
 }
 
-pub use exec::{backoff_delay, default_workspace, open_state};
+pub use exec::{RUN_LOCK_TTL, RUN_LOCK_WAIT, backoff_delay, default_workspace, open_state, run_lock_holder};
 pub use prepare::{LOCAL_STATE_DIR, generate_run_id, local_state_dir};
 
 /// Run a pipeline to the end (or `--until`): load and validate the file,

@@ -408,3 +408,32 @@ async fn run_refuses_a_dry_run() {
     let err = run(RunOptions { dry_run: true, ..Default::default() }).await.unwrap_err();
     assert_eq!(err.exit_class(), ExitClass::BadInput);
 }
+
+/// The run lock: held for the whole run (a second run of the model is
+/// refused while another holds it, nothing recorded), released at the end,
+/// and recorded with the starter.
+#[tokio::test]
+async fn a_run_holds_its_models_run_lock_and_releases_it() {
+    use crate::state::LockScope;
+    let h = Harness::new();
+    let p = pipeline("    - {name: a, uses: test-step, with: {value: x}}\n");
+    let store = DirStore::new(h.state_dir());
+    store.try_scoped_lock(LockScope::Run, "demo", "run other of demo (pid 1)", Duration::from_secs(60)).await.unwrap();
+    let opts = RunOptions { lock_wait: Some(Duration::ZERO), ..h.opts("lock-1") };
+    match h.run(&p, opts).await.unwrap_err() {
+        EngineError::State(e @ StateError::Locked { scope: LockScope::Run, .. }) => {
+            let m = e.to_string();
+            assert!(m.contains("has a run in progress") && m.contains("run other of demo"), "{m}");
+        }
+        other => panic!("expected the run lock refusal, got {other}"),
+    }
+    assert!(h.nothing_written());
+    // The promotion lock is another lock: held, it does not stop a run.
+    store.release_scoped_lock(LockScope::Run, "demo", "run other of demo (pid 1)").await.unwrap();
+    store.try_lock("demo", "someone (run p)", Duration::from_secs(60)).await.unwrap();
+    let opts = RunOptions { started_by: Some("alice".into()), ..h.opts("lock-2") };
+    assert_eq!(h.run(&p, opts).await.unwrap().status, Status::Succeeded);
+    assert_eq!(h.record("lock-2").await.started_by.as_deref(), Some("alice"));
+    // Released: another holder takes it at once.
+    store.try_scoped_lock(LockScope::Run, "demo", "next", Duration::from_secs(60)).await.unwrap();
+}

@@ -26,7 +26,7 @@ use crate::error::{ExitClass, HasExitClass};
 use crate::registry::{AuthStore, CopyOptions, CopyStats, ImageRef, RegistryError, copy_image};
 use crate::state::configmap::ConfigMapStore;
 use crate::state::dir::DirStore;
-use crate::state::{LedgerEntry, LockKeeper, StateError, StateStore, lock_with_wait, now_rfc3339};
+use crate::state::{LedgerEntry, LockKeeper, LockScope, StateError, StateStore, lock_with_wait, now_rfc3339};
 
 /// Ledger actions.
 pub const VERIFIED: &str = "verified";
@@ -618,10 +618,12 @@ pub async fn promote(
 
     let holder = format!("{} (run {})", req.by, req.run_id);
     let lock_err = ledger_err(&req.model, &*to_store);
-    lock_with_wait(&*to_store, &req.model, &holder, req.lock_ttl, req.lock_wait).await.map_err(&lock_err)?;
+    lock_with_wait(&*to_store, LockScope::Promotion, &req.model, &holder, req.lock_ttl, req.lock_wait)
+        .await
+        .map_err(&lock_err)?;
     // Released on every path; a cancelled caller drops this future, so the
     // stage releases again after its select (release by the holder is idempotent).
-    let keeper = LockKeeper::start(to_store.clone(), &req.model, &holder, req.lock_ttl);
+    let keeper = LockKeeper::start(to_store.clone(), LockScope::Promotion, &req.model, &holder, req.lock_ttl);
     let result =
         locked_promote(req, &from, &to, &*to_store, &keeper, &source, &dst, checks, forced, verified, outcome).await;
     drop(keeper);
@@ -773,10 +775,10 @@ pub async fn rollback(clusters: &Clusters, req: &RollbackRequest) -> Result<Prom
     let target = resolve_env(clusters, &req.env, &req.model).await?;
     let store = ledger_store(&target, req.state_dir.as_deref());
     let holder = format!("{} (run {})", req.by, req.run_id);
-    lock_with_wait(&*store, &req.model, &holder, req.lock_ttl, req.lock_wait)
+    lock_with_wait(&*store, LockScope::Promotion, &req.model, &holder, req.lock_ttl, req.lock_wait)
         .await
         .map_err(ledger_err(&req.model, &*store))?;
-    let keeper = LockKeeper::start(store.clone(), &req.model, &holder, req.lock_ttl);
+    let keeper = LockKeeper::start(store.clone(), LockScope::Promotion, &req.model, &holder, req.lock_ttl);
     let result = locked_rollback(req, &target, &*store, &keeper).await;
     drop(keeper);
     if let Err(e) = store.release_lock(&req.model, &holder).await {

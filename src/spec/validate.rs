@@ -874,6 +874,37 @@ spec:
         assert_eq!(problems(&t), Vec::<String>::new());
     }
 
+    /// An approval policy's problems point at their YAML, like any `with:` key's.
+    #[test]
+    fn approval_policy_problems_have_positions() {
+        let t = "apiVersion: modelship.io/v1alpha1
+kind: Pipeline
+metadata: { name: weather }
+spec:
+  model: { name: weather, source: 'file://m' }
+  environments:
+    dev: { namespace: models-dev }
+    prod: { namespace: models-prod }
+  stages:
+    - name: promote
+      uses: promote
+      with:
+        from: dev
+        to: prod
+        approval:
+          required: 3
+          approvers: [alice, bob]
+";
+        assert_eq!(
+            problems(t),
+            [
+                "p.yaml:16:21: stage `promote`: with.approval.required: 3 approvals are required but `approvers` names only 2 user(s)"
+            ]
+        );
+        let misspelt = t.replace("          approvers: [alice, bob]\n", "          aprovers: [alice, bob]\n");
+        assert_eq!(hints(&misspelt), vec![Some("did you mean `approvers`?".to_string())]);
+    }
+
     #[test]
     fn state_environment_must_be_declared() {
         let t = GOOD.replace("  stages:\n", "  state:\n    environment: dve\n  stages:\n");

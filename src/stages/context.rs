@@ -145,6 +145,8 @@ pub struct StageContext {
     pub cancel: CancellationToken,
     /// Show progress bars (stderr is a TTY and logs are text).
     pub interactive: bool,
+    /// `run --park`: end the run at an approval gate instead of waiting there.
+    pub park: bool,
 }
 
 impl StageContext {
@@ -213,6 +215,9 @@ pub enum StageErrorKind {
     BadInput,
     /// Cancelled by SIGINT/SIGTERM or the stage timeout.
     Cancelled,
+    /// Stopped at an approval gate on purpose (`run --park`): the run is
+    /// recorded as `waiting-approval`, not failed.
+    Parked,
 }
 
 /// A stage failure. Modules keep their own `thiserror` enums and wrap them
@@ -283,6 +288,9 @@ impl StageError {
     pub fn cancelled() -> Self {
         StageError { kind: StageErrorKind::Cancelled, ..StageError::msg("cancelled") }
     }
+    pub fn parked(message: impl Into<String>) -> Self {
+        StageError { kind: StageErrorKind::Parked, ..StageError::msg(message) }
+    }
     pub fn retryable(mut self) -> Self {
         self.retryable = true;
         self
@@ -298,6 +306,7 @@ impl HasExitClass for StageError {
         match self.kind {
             StageErrorKind::BadInput => ExitClass::BadInput,
             StageErrorKind::Failed | StageErrorKind::Cancelled => ExitClass::Failed,
+            StageErrorKind::Parked => ExitClass::Failed,
         }
     }
 }

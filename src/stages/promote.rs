@@ -15,20 +15,86 @@ use crate::checks::{self, DurationStr};
 use crate::error::HasExitClass;
 use crate::promotion::{self, PromoteOutcome, PromoteRequest, PromotionError, RollbackRequest};
 use crate::registry::AuthStore;
-use crate::state::{Approval, PromotionResult, StageRecord, Status, now_rfc3339};
+use crate::state::{Approval, ApprovalPolicy, PromotionResult, StageRecord, Status, now_rfc3339};
 
 const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5 * 60);
-/// How often a parked run re-reads its record for a decision.
-const APPROVAL_POLL: Duration = Duration::from_millis(500);
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// `approval:`: `required` (one approval by anyone who may update the run
+/// record) or a policy object ([`ApprovalSpec`]).
+#[derive(Debug, Clone, Default)]
 pub enum ApprovalMode {
     #[default]
     None,
     /// Park the run in `waiting-approval` until `modelship approve|reject`.
     Required,
+    Policy(ApprovalSpec),
+}
+
+/// `approval: { required: N, approvers: [...], forbidSelfApproval, timeout }`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApprovalSpec {
+    /// Distinct approvals needed (default 1).
+    #[serde(default = "one")]
+    pub required: u32,
+    /// Who may decide: user names and `group:NAME` (default: anyone who may
+    /// update the run record).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// The run's starter may not approve it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forbid_self_approval: bool,
+    /// How long the gate waits (default 1h; `approvalTimeout` is the older spelling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationStr>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+const APPROVAL_EXPECTED: &str = "expected `required`, `none` or a policy `{ required: N, approvers: [NAME, group:NAME], forbidSelfApproval: true, timeout: 4h }`";
+
+impl<'de> Deserialize<'de> for ApprovalMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "required" => Ok(ApprovalMode::Required),
+            Value::String(s) if s == "none" => Ok(ApprovalMode::None),
+            v @ Value::Object(_) => serde_json::from_value(v).map(ApprovalMode::Policy).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!("{APPROVAL_EXPECTED}, found {other}"))),
+        }
+    }
+}
+
+impl Serialize for ApprovalMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ApprovalMode::None => s.serialize_str("none"),
+            ApprovalMode::Required => s.serialize_str("required"),
+            ApprovalMode::Policy(p) => p.serialize(s),
+        }
+    }
+}
+
+impl ApprovalMode {
+    fn is_none(&self) -> bool {
+        matches!(self, ApprovalMode::None)
+    }
+
+    /// The policy the gate opens with, if there is a gate.
+    pub fn policy(&self) -> Option<ApprovalPolicy> {
+        match self {
+            ApprovalMode::None => None,
+            ApprovalMode::Required => Some(ApprovalPolicy::default()),
+            ApprovalMode::Policy(p) => Some(ApprovalPolicy {
+                required: p.required,
+                approvers: p.approvers.clone(),
+                forbid_self_approval: p.forbid_self_approval,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -48,7 +114,7 @@ pub struct Params {
     /// Promote even without passed checks (recorded in the ledger).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ApprovalMode::is_none")]
     pub approval: ApprovalMode,
     /// How long a run waits for a decision (default 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +138,59 @@ pub struct Params {
 }
 
 pub struct Promote;
+
+impl Params {
+    /// The gate's timeout and how it was written.
+    fn approval_timeout(&self) -> (Duration, String) {
+        let set = match &self.approval {
+            ApprovalMode::Policy(ApprovalSpec { timeout: Some(t), .. }) => Some(t),
+            _ => self.approval_timeout.as_ref(),
+        };
+        set.map_or((DEFAULT_APPROVAL_TIMEOUT, "1h".into()), |d| (d.0, d.text().to_string()))
+    }
+}
+
+/// Problems of an `approval:` policy, at `approval.KEY`.
+fn policy_problems(p: &ApprovalSpec, legacy_timeout: bool) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if p.required == 0 {
+        out.push(
+            Problem::new("approval.required", "`required` must be at least 1")
+                .with_hint("leave `approval` out for no gate"),
+        );
+    }
+    for (i, a) in p.approvers.iter().enumerate() {
+        let name = a.strip_prefix("group:").unwrap_or(a);
+        if name.trim().is_empty() || name.trim() != name {
+            out.push(Problem::new(
+                format!("approval.approvers[{i}]"),
+                format!("`{a}` is not a user name or `group:NAME`"),
+            ));
+        }
+    }
+    let users = p
+        .approvers
+        .iter()
+        .filter(|a| !a.starts_with("group:") && !a.trim().is_empty())
+        .collect::<std::collections::BTreeSet<_>>();
+    let groups = p.approvers.iter().any(|a| a.starts_with("group:"));
+    if !p.approvers.is_empty() && !groups && (users.len() as u32) < p.required {
+        out.push(
+            Problem::new(
+                "approval.required",
+                format!("{} approvals are required but `approvers` names only {} user(s)", p.required, users.len()),
+            )
+            .with_hint("name more approvers, or a `group:NAME`"),
+        );
+    }
+    if legacy_timeout && p.timeout.is_some() {
+        out.push(
+            Problem::new("approvalTimeout", "both `approvalTimeout` and `approval.timeout` are set")
+                .with_hint("keep `approval.timeout`"),
+        );
+    }
+    out
+}
 
 /// What promote hands later stages.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -142,8 +261,11 @@ impl Contract for Promote {
                 "verify re-runs the pipeline's prediction cases, but it has no `prediction-check` stage",
             ));
         }
-        if params.approval != ApprovalMode::Required && params.approval_timeout.is_some() {
+        if params.approval.is_none() && params.approval_timeout.is_some() {
             out.push(Problem::new("approvalTimeout", "approvalTimeout is set but `approval` is not `required`"));
+        }
+        if let ApprovalMode::Policy(p) = &params.approval {
+            out.extend(policy_problems(p, params.approval_timeout.is_some()));
         }
         out
     }
@@ -176,9 +298,21 @@ impl Contract for Promote {
             ns(&params.from),
             ns(&params.to)
         ));
-        if params.approval == ApprovalMode::Required {
-            let t = params.approval_timeout.as_ref().map_or("1h", |d| d.text());
-            lines.insert(0, format!("wait up to {t} for `modelship approve` (run parks in waiting-approval)"));
+        if let Some(policy) = params.approval.policy() {
+            let (_, t) = params.approval_timeout();
+            let who = if policy.approvers.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", policy.approvers.join(", "))
+            };
+            lines.insert(
+                0,
+                format!(
+                    "wait up to {t} for {} `modelship approve`{who}{} (run parks in waiting-approval)",
+                    policy.required,
+                    if policy.forbid_self_approval { ", not by the run's starter" } else { "" }
+                ),
+            );
         }
         if params.image_stream.unwrap_or(true) {
             lines.push(format!(
@@ -266,8 +400,8 @@ impl Stage for Promote {
 
         let mut by_for_ledger = by.clone();
         let mut comment = None;
-        if params.approval == ApprovalMode::Required {
-            let decision = wait_for_approval(&params, cx, &digest, checks.clone()).await?;
+        if let Some(policy) = params.approval.policy() {
+            let decision = wait_for_approval(&params, &policy, cx, &digest, checks.clone()).await?;
             by_for_ledger = decision.by.clone().unwrap_or(by.clone());
             comment = decision.comment.clone();
         }
@@ -365,59 +499,91 @@ pub fn results(stages: &[StageRecord]) -> Vec<PromotionResult> {
         .collect()
 }
 
-/// Park the run in `waiting-approval` and poll its record until
-/// `modelship approve|reject` decides or the timeout passes. A resumed run
-/// whose approval for this digest was already granted goes on at once.
+/// Open the gate (the run in `waiting-approval`, the policy and deadline in
+/// its record) and watch the record until `modelship approve|reject`
+/// decides or the deadline passes. With `--park` the stage ends here
+/// ([`StageError::parked`]) and a `--resume` picks the gate up again: its
+/// approvals and deadline are kept. A gate approved for this digest (or
+/// rejected) already is answered at once.
 async fn wait_for_approval(
     params: &Params,
+    policy: &ApprovalPolicy,
     cx: &StageContext,
     digest: &str,
     checks: Option<Value>,
 ) -> Result<Approval, StageError> {
     let stage = cx.stage.name.clone();
     let state_err = |e: crate::state::StateError| StageError::failed(e).retryable();
+    let (timeout, timeout_text) = params.approval_timeout();
     let existing = cx.state.get_run(&cx.run_key).await.map_err(state_err)?.and_then(|r| r.approval);
-    if let Some(a) = &existing
-        && a.stage == stage
-        && a.digest.as_deref() == Some(digest)
-        && a.decision == "approved"
-    {
-        return Ok(a.clone());
+    let same = existing.as_ref().filter(|a| a.stage == stage && a.digest.as_deref() == Some(digest));
+    match same.map(|a| a.decision.as_str()) {
+        Some("approved") => return Ok(same.cloned().unwrap_or_default()),
+        Some("rejected") => return Err(rejected(params, digest, same.unwrap())),
+        _ => {}
     }
+    let open = same.filter(|a| a.decision == "pending").cloned();
     cx.save_checkpoint("approvalChecks", checks.unwrap_or(Value::Null)).await?;
+    let now = jiff::Timestamp::now();
+    let expires = open.as_ref().and_then(|a| a.expires.clone()).unwrap_or_else(|| {
+        now.checked_add(jiff::SignedDuration::try_from(timeout).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(jiff::Timestamp::MAX)
+            .to_string()
+    });
     let pending = Approval {
         stage: stage.clone(),
         decision: "pending".into(),
         digest: Some(digest.to_string()),
-        at: Some(now_rfc3339()),
+        at: Some(now.to_string()),
+        policy: Some(policy.clone()),
+        expires: Some(expires.clone()),
         ..Approval::default()
     };
-    cx.state
-        .update_run(&cx.run_key, &mut |run| {
-            run.status = Status::WaitingApproval;
-            run.approval = Some(pending.clone());
-            Ok(())
-        })
-        .await
-        .map_err(state_err)?;
+    let opened =
+        cx.state
+            .update_run(&cx.run_key, &mut |run| {
+                run.status = Status::WaitingApproval;
+                // A resumed gate keeps the approvals it had.
+                let keep = run.approval.as_ref().is_some_and(|a| {
+                    a.stage == stage && a.digest.as_deref() == Some(digest) && a.decision == "pending"
+                });
+                if !keep {
+                    run.approval = Some(pending.clone());
+                }
+                Ok(())
+            })
+            .await
+            .map_err(state_err)?;
+    let have = opened.approval.as_ref().map_or(0, |a| a.approvals.len());
     tracing::warn!(
-        run_id = %cx.run_id, stage = %stage, digest,
-        "waiting for approval: modelship approve {} --by NAME (or reject)", cx.run_id
+        run_id = %cx.run_id, stage = %stage, digest, required = policy.required, approvals = have,
+        "waiting for approval ({have} of {}): modelship approve {} -f PIPELINE --comment TEXT (or reject)",
+        policy.required, cx.run_id
     );
-    let timeout = params.approval_timeout.as_ref().map_or(DEFAULT_APPROVAL_TIMEOUT, |d| d.0);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let decided = loop {
-        let run = cx.state.get_run(&cx.run_key).await.map_err(state_err)?;
-        if let Some(a) = run.and_then(|r| r.approval).filter(|a| a.stage == stage && a.decision != "pending") {
-            break Some(a);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            break None;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(APPROVAL_POLL) => {}
-            _ = cx.cancel.cancelled() => return Err(StageError::cancelled()),
-        }
+    let remaining = expires
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.duration_since(jiff::Timestamp::now()))
+        .and_then(|d| Duration::try_from(d).ok())
+        .unwrap_or(Duration::ZERO);
+    // A gate whose deadline passed times out below, parked or not.
+    if cx.park && !remaining.is_zero() {
+        return Err(StageError::parked(format!(
+            "run {} parked at the approval gate of stage `{stage}` ({have} of {} approvals); after `modelship approve {}`, continue with `modelship run PIPELINE --resume {}`",
+            cx.run_id, policy.required, cx.run_id, cx.run_id
+        )));
+    }
+    let decided_now = |run: &crate::state::RunRecord| {
+        run.approval.as_ref().is_some_and(|a| a.stage == stage && a.decision != "pending")
+    };
+    let mut done = decided_now;
+    let watched = tokio::select! {
+        r = tokio::time::timeout(remaining, cx.state.watch_run(&cx.run_key, &mut done)) => r,
+        _ = cx.cancel.cancelled() => return Err(StageError::cancelled()),
+    };
+    let decided = match watched {
+        Ok(run) => run.map_err(state_err)?.approval,
+        Err(_elapsed) => None,
     };
     let decision = decided.clone().map_or("timed-out".to_string(), |a| a.decision);
     cx.state
@@ -436,21 +602,24 @@ async fn wait_for_approval(
         .map_err(state_err)?;
     match decided {
         Some(a) if a.decision == "approved" => Ok(a),
-        Some(a) => Err(StageError::msg(format!(
-            "promotion of {digest} to `{}` was {} by {}{}",
-            params.to,
-            a.decision,
-            a.by.as_deref().unwrap_or("someone"),
-            a.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default()
-        ))
-        .at_gate(Gate::Approval)),
+        Some(a) => Err(rejected(params, digest, &a)),
         None => Err(StageError::msg(format!(
-            "no approval for promoting {digest} to `{}` within {}",
-            params.to,
-            params.approval_timeout.as_ref().map_or("1h", |d| d.text())
+            "no approval for promoting {digest} to `{}` within {timeout_text}",
+            params.to
         ))
         .at_gate(Gate::Approval)),
     }
+}
+
+fn rejected(params: &Params, digest: &str, a: &Approval) -> StageError {
+    StageError::msg(format!(
+        "promotion of {digest} to `{}` was {} by {}{}",
+        params.to,
+        a.decision,
+        a.by.as_deref().unwrap_or("someone"),
+        a.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default()
+    ))
+    .at_gate(Gate::Approval)
 }
 
 /// Re-run the pipeline's prediction cases against the target; on failure
@@ -582,6 +751,56 @@ spec:
     fn unknown_keys_are_rejected() {
         let err = serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "aproval": "required" }));
         assert!(err.unwrap_err().to_string().contains("unknown field `aproval`"));
+    }
+
+    #[test]
+    fn approval_takes_the_shorthand_or_a_policy() {
+        let p: Params = serde_json::from_value(json!({ "from": "dev", "to": "prod", "approval": "required" })).unwrap();
+        assert_eq!(p.approval.policy(), Some(ApprovalPolicy::default()));
+        let p: Params = serde_json::from_value(json!({ "from": "dev", "to": "prod", "approval": {
+            "required": 2, "approvers": ["alice", "group:ml-leads"], "forbidSelfApproval": true, "timeout": "4h" } }))
+        .unwrap();
+        let policy = p.approval.policy().unwrap();
+        assert_eq!((policy.required, policy.forbid_self_approval), (2, true));
+        assert_eq!(p.approval_timeout(), (Duration::from_secs(4 * 3600), "4h".to_string()));
+        assert!(
+            serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod" }))
+                .unwrap()
+                .approval
+                .policy()
+                .is_none()
+        );
+        // The older spelling of the timeout still applies to the shorthand.
+        let p: Params = serde_json::from_value(
+            json!({ "from": "dev", "to": "prod", "approval": "required", "approvalTimeout": "10m" }),
+        )
+        .unwrap();
+        assert_eq!(p.approval_timeout().1, "10m");
+        let bad = |v: Value| {
+            serde_json::from_value::<Params>(json!({ "from": "dev", "to": "prod", "approval": v }))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(json!("yes")).contains("expected `required`, `none` or a policy"), "{}", bad(json!("yes")));
+        assert!(bad(json!({ "aprovers": ["a"] })).contains("unknown field `aprovers`"));
+        assert!(bad(json!({ "timeout": "soon" })).contains("not a duration"));
+    }
+
+    #[test]
+    fn validate_names_policy_problems() {
+        let got = problems(json!({ "from": "dev", "to": "prod", "approvalTimeout": "1h",
+            "approval": { "required": 3, "approvers": ["alice", "bob", ""], "timeout": "2h" } }));
+        let paths: Vec<&str> = got.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["approval.approvers[2]", "approval.required", "approvalTimeout"], "{got:?}");
+        assert!(
+            problems(json!({ "from": "dev", "to": "prod", "approval": { "required": 0 } }))[0].contains("at least 1")
+        );
+        // Groups may hold any number of people.
+        assert!(
+            problems(json!({ "from": "dev", "to": "prod",
+            "approval": { "required": 3, "approvers": ["alice", "group:leads"] } }))
+            .is_empty()
+        );
     }
 
     #[test]

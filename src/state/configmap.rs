@@ -17,7 +17,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use sha2::{Digest, Sha256};
 
-use super::{Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StateError, StateStore, now_rfc3339};
+use super::{
+    Identity, Ledger, LedgerMutation, LockInfo, LockScope, RunKey, RunMutation, RunPredicate, RunRecord, StateError,
+    StateStore, now_rfc3339,
+};
 
 /// ConfigMap key of a run record.
 pub const RUN_KEY: &str = "run.yaml";
@@ -271,6 +274,15 @@ pub fn lock_lease_name(model: &str) -> String {
     object_name("modelship-lock", &[model])
 }
 
+/// The Lease of a model's lock of `scope`: the promotion lock keeps its
+/// name, the run lock is `modelship-run-lock-MODEL`.
+pub fn scoped_lease_name(scope: LockScope, model: &str) -> String {
+    match scope {
+        LockScope::Promotion => lock_lease_name(model),
+        LockScope::Run => object_name("modelship-run-lock", &[model]),
+    }
+}
+
 /// A valid label value (<= 63 characters of `[A-Za-z0-9-_.]`, alphanumeric
 /// at both ends) for `s`: itself when already valid, else a sanitised prefix
 /// and a hash. The record itself keeps the exact value.
@@ -422,9 +434,15 @@ impl StateStore for ConfigMapStore {
         Err(StateError::TooManyConflicts { what, attempts: MAX_ATTEMPTS })
     }
 
-    async fn try_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError> {
-        let name = lock_lease_name(model);
-        let what = format!("lock of model {model} (lease {name})");
+    async fn try_scoped_lock(
+        &self,
+        scope: LockScope,
+        model: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
+        let name = scoped_lease_name(scope, model);
+        let what = format!("{scope} lock of model {model} (lease {name})");
         let api = self.leases();
         for attempt in 0..MAX_ATTEMPTS {
             let current = api.get_opt(&name).await.map_err(|e| self.kube_err(&what, e))?;
@@ -453,6 +471,7 @@ impl StateStore for ConfigMapStore {
                         Some(h) if h == holder => (spec.acquire_time.clone(), spec.lease_transitions.unwrap_or(0)),
                         Some(h) if !expired => {
                             return Err(StateError::Locked {
+                                scope,
                                 model: model.to_string(),
                                 holder: h.to_string(),
                                 expires: info.expires,
@@ -474,9 +493,15 @@ impl StateStore for ConfigMapStore {
         Err(StateError::TooManyConflicts { what, attempts: MAX_ATTEMPTS })
     }
 
-    async fn renew_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError> {
-        let name = lock_lease_name(model);
-        let what = format!("lock of model {model} (lease {name})");
+    async fn renew_scoped_lock(
+        &self,
+        scope: LockScope,
+        model: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
+        let name = scoped_lease_name(scope, model);
+        let what = format!("{scope} lock of model {model} (lease {name})");
         let api = self.leases();
         for attempt in 0..MAX_ATTEMPTS {
             let Some(mut lease) = api.get_opt(&name).await.map_err(|e| self.kube_err(&what, e))? else {
@@ -486,7 +511,12 @@ impl StateStore for ConfigMapStore {
             let held_by = spec.holder_identity.clone().unwrap_or_default();
             if held_by != holder {
                 let info = Self::lock_info(model, &lease);
-                return Err(StateError::Locked { model: model.to_string(), holder: held_by, expires: info.expires });
+                return Err(StateError::Locked {
+                    scope,
+                    model: model.to_string(),
+                    holder: held_by,
+                    expires: info.expires,
+                });
             }
             lease.spec =
                 Some(Self::lease_spec(holder, ttl, spec.acquire_time.clone(), spec.lease_transitions.unwrap_or(0)));
@@ -499,9 +529,9 @@ impl StateStore for ConfigMapStore {
         Err(StateError::TooManyConflicts { what, attempts: MAX_ATTEMPTS })
     }
 
-    async fn release_lock(&self, model: &str, holder: &str) -> Result<(), StateError> {
-        let name = lock_lease_name(model);
-        let what = format!("lock of model {model} (lease {name})");
+    async fn release_scoped_lock(&self, scope: LockScope, model: &str, holder: &str) -> Result<(), StateError> {
+        let name = scoped_lease_name(scope, model);
+        let what = format!("{scope} lock of model {model} (lease {name})");
         let api = self.leases();
         for attempt in 0..MAX_ATTEMPTS {
             let Some(lease) = api.get_opt(&name).await.map_err(|e| self.kube_err(&what, e))? else {
@@ -527,6 +557,62 @@ impl StateStore for ConfigMapStore {
             }
         }
         Err(StateError::TooManyConflicts { what, attempts: MAX_ATTEMPTS })
+    }
+
+    /// A watch on the run's ConfigMap (`fieldSelector=metadata.name=NAME`)
+    /// from the resourceVersion read; when the server ends the watch it is
+    /// resumed from the last version seen, and on `410 Gone` (that version
+    /// is too old) the record is read again and watched from there.
+    async fn watch_run(&self, key: &RunKey, done: &mut RunPredicate<'_>) -> Result<RunRecord, StateError> {
+        use futures::StreamExt;
+        use kube::api::{WatchEvent, WatchParams};
+        let what = self.run_what(key);
+        let name = run_configmap_name(&key.pipeline, &key.run_id);
+        let api = self.configmaps();
+        let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(290);
+        'read: loop {
+            let Some(cm) = api.get_opt(&name).await.map_err(|e| self.kube_err(&what, e))? else {
+                return Err(StateError::NotFound { what, store: self.describe() });
+            };
+            let run = self.decode_run(&what, &cm)?;
+            if done(&run) {
+                return Ok(run);
+            }
+            let mut version = cm.metadata.resource_version.clone().unwrap_or_default();
+            loop {
+                let stream = match api.watch(&params, &version).await {
+                    Ok(s) => s,
+                    Err(e) if is_status(&e, 410) => continue 'read,
+                    Err(e) => return Err(self.kube_err(&format!("watching {what}"), e)),
+                };
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event.map_err(|e| self.kube_err(&format!("watching {what}"), e))? {
+                        WatchEvent::Added(cm) | WatchEvent::Modified(cm) => {
+                            version = cm.metadata.resource_version.clone().unwrap_or(version);
+                            let run = self.decode_run(&what, &cm)?;
+                            if done(&run) {
+                                return Ok(run);
+                            }
+                        }
+                        WatchEvent::Deleted(_) => return Err(StateError::NotFound { what, store: self.describe() }),
+                        WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
+                        WatchEvent::Error(e) if e.code == 410 => continue 'read,
+                        WatchEvent::Error(e) => {
+                            return Err(self.kube_err(&format!("watching {what}"), kube::Error::Api(e)));
+                        }
+                    }
+                }
+                // The server closed the watch (its timeout): go on from `version`.
+            }
+        }
+    }
+
+    async fn whoami(&self) -> Result<Option<Identity>, StateError> {
+        crate::cluster::whoami(&self.client)
+            .await
+            .map(Some)
+            .map_err(|e| self.kube_err("SelfSubjectReview (who the credentials are)", e))
     }
 }
 

@@ -20,7 +20,9 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StateError, StateStore, now_rfc3339};
+use super::{
+    Ledger, LedgerMutation, LockInfo, LockScope, RunKey, RunMutation, RunRecord, StateError, StateStore, now_rfc3339,
+};
 use crate::spec::yaml;
 
 /// Give up after this many lost races on one record; 20+ concurrent writers
@@ -61,8 +63,12 @@ impl DirStore {
         Ok(self.root.join("ledgers").join(format!("{}.yaml", safe_name(model)?)))
     }
 
-    fn lock_path(&self, model: &str) -> Result<PathBuf, StateError> {
-        Ok(self.root.join("locks").join(format!("{}.yaml", safe_name(model)?)))
+    fn lock_path(&self, scope: LockScope, model: &str) -> Result<PathBuf, StateError> {
+        let dir = match scope {
+            LockScope::Promotion => "locks",
+            LockScope::Run => "run-locks",
+        };
+        Ok(self.root.join(dir).join(format!("{}.yaml", safe_name(model)?)))
     }
 
     fn corrupt(&self, path: &Path, message: impl Into<String>) -> StateError {
@@ -238,8 +244,14 @@ impl StateStore for DirStore {
         self.update(&path, &format!("ledger {model}"), || Ok(Ledger::new(model)), &mut f).await
     }
 
-    async fn try_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError> {
-        let path = self.lock_path(model)?;
+    async fn try_scoped_lock(
+        &self,
+        scope: LockScope,
+        model: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
+        let path = self.lock_path(scope, model)?;
         let mut refused = None;
         let mut take = |lock: &mut Option<LockInfo>| -> Result<(), StateError> {
             let now = jiff::Timestamp::now();
@@ -248,6 +260,7 @@ impl StateStore for DirStore {
                 && !expired(l, now)
             {
                 refused = Some(StateError::Locked {
+                    scope,
                     model: model.to_string(),
                     holder: l.holder.clone(),
                     expires: l.expires.clone(),
@@ -273,8 +286,14 @@ impl StateStore for DirStore {
         lock.ok_or_else(|| self.corrupt(&path, "lock vanished while taking it"))
     }
 
-    async fn renew_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError> {
-        let path = self.lock_path(model)?;
+    async fn renew_scoped_lock(
+        &self,
+        scope: LockScope,
+        model: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
+        let path = self.lock_path(scope, model)?;
         let mut refused = None;
         let mut renew = |lock: &mut Option<LockInfo>| -> Result<(), StateError> {
             match lock.as_mut() {
@@ -284,6 +303,7 @@ impl StateStore for DirStore {
                 other => {
                     refused = Some(match other {
                         Some(l) => StateError::Locked {
+                            scope,
                             model: model.to_string(),
                             holder: l.holder.clone(),
                             expires: l.expires.clone(),
@@ -301,8 +321,8 @@ impl StateStore for DirStore {
         lock.ok_or_else(|| self.corrupt(&path, "lock vanished while renewing it"))
     }
 
-    async fn release_lock(&self, model: &str, holder: &str) -> Result<(), StateError> {
-        let path = self.lock_path(model)?;
+    async fn release_scoped_lock(&self, scope: LockScope, model: &str, holder: &str) -> Result<(), StateError> {
+        let path = self.lock_path(scope, model)?;
         let mut release = |lock: &mut Option<LockInfo>| -> Result<(), StateError> {
             if lock.as_ref().is_some_and(|l| l.holder == holder) {
                 *lock = None;

@@ -30,6 +30,8 @@ pub struct RunKey {
 /// more than once (after a conflict), so it must be a pure function of the
 /// record it is given.
 pub type RunMutation<'a> = dyn FnMut(&mut RunRecord) -> Result<(), StateError> + Send + 'a;
+/// What [`StateStore::watch_run`] waits for.
+pub type RunPredicate<'a> = dyn for<'r> FnMut(&'r RunRecord) -> bool + Send + 'a;
 pub type LedgerMutation<'a> = dyn FnMut(&mut Ledger) -> Result<(), StateError> + Send + 'a;
 
 #[async_trait]
@@ -54,13 +56,83 @@ pub trait StateStore: Send + Sync {
     /// write); history is trimmed to the ledger's bound after `f`.
     async fn update_ledger(&self, model: &str, f: &mut LedgerMutation<'_>) -> Result<Ledger, StateError>;
 
-    /// Take the model's lock for `holder`, or return [`StateError::Locked`]
-    /// naming the current holder. An expired lock is taken over.
-    async fn try_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError>;
+    /// Take the model's `scope` lock for `holder`, or return
+    /// [`StateError::Locked`] naming the current holder. An expired lock is
+    /// taken over.
+    async fn try_scoped_lock(
+        &self,
+        scope: LockScope,
+        model: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LockInfo, StateError>;
     /// Extend a lock this holder has.
-    async fn renew_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError>;
+    async fn renew_scoped_lock(
+        &self,
+        scope: LockScope,
+        model: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<LockInfo, StateError>;
     /// Release a lock this holder has; releasing a lock held by another is a no-op.
-    async fn release_lock(&self, model: &str, holder: &str) -> Result<(), StateError>;
+    async fn release_scoped_lock(&self, scope: LockScope, model: &str, holder: &str) -> Result<(), StateError>;
+
+    /// The promotion lock ([`LockScope::Promotion`]).
+    async fn try_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError> {
+        self.try_scoped_lock(LockScope::Promotion, model, holder, ttl).await
+    }
+    async fn renew_lock(&self, model: &str, holder: &str, ttl: Duration) -> Result<LockInfo, StateError> {
+        self.renew_scoped_lock(LockScope::Promotion, model, holder, ttl).await
+    }
+    async fn release_lock(&self, model: &str, holder: &str) -> Result<(), StateError> {
+        self.release_scoped_lock(LockScope::Promotion, model, holder).await
+    }
+
+    /// Wait until the run's record satisfies `done` (checked on the current
+    /// record first) and return it. No timeout of its own: callers wrap it.
+    /// This default re-reads every [`WATCH_POLL`]; the ConfigMap store
+    /// watches its ConfigMap instead.
+    async fn watch_run(&self, key: &RunKey, done: &mut RunPredicate<'_>) -> Result<RunRecord, StateError> {
+        loop {
+            match self.get_run(key).await? {
+                Some(run) if done(&run) => return Ok(run),
+                Some(_) => tokio::time::sleep(WATCH_POLL).await,
+                None => {
+                    return Err(StateError::NotFound { what: format!("run {}", key.run_id), store: self.describe() });
+                }
+            }
+        }
+    }
+
+    /// Who the store's credentials are, as the cluster says
+    /// (`SelfSubjectReview`); `None` where the store has no such notion (a
+    /// directory: the caller names a local user).
+    async fn whoami(&self) -> Result<Option<Identity>, StateError> {
+        Ok(None)
+    }
+}
+
+/// How often the default [`StateStore::watch_run`] (the directory store)
+/// re-reads the record.
+pub const WATCH_POLL: Duration = Duration::from_millis(250);
+
+/// Which of a model's two locks: the promotion lock (held while a
+/// promotion or rollback copies and tags) or the run lock (held for a whole
+/// run, so one model never has two runs at once). Separate leases, so a
+/// run's own promote stage never waits on its own run lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockScope {
+    Promotion,
+    Run,
+}
+
+impl std::fmt::Display for LockScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LockScope::Promotion => "promotion",
+            LockScope::Run => "run",
+        })
+    }
 }
 
 pub use crate::spec::DEFAULT_KEEP_RUNS;
@@ -87,6 +159,7 @@ pub async fn prune_runs(store: &dyn StateStore, pipeline: &str, keep: usize) -> 
 /// fails fast.
 pub async fn lock_with_wait(
     store: &dyn StateStore,
+    scope: LockScope,
     model: &str,
     holder: &str,
     ttl: Duration,
@@ -98,14 +171,14 @@ pub async fn lock_with_wait(
     let mut delay = policy.delay(retry);
     let mut told = false;
     loop {
-        match store.try_lock(model, holder, ttl).await {
+        match store.try_scoped_lock(scope, model, holder, ttl).await {
             Err(StateError::Locked { holder: other, expires, .. })
                 if tokio::time::Instant::now() + delay <= deadline =>
             {
                 // Once, so an operator sees who is in the way.
                 if !told {
                     told = true;
-                    tracing::info!(model, holder = %other, expires = %expires, wait = %humantime::format_duration(wait), "waiting for the promotion lock");
+                    tracing::info!(model, holder = %other, expires = %expires, wait = %humantime::format_duration(wait), "waiting for the {scope} lock of model {model}, held by {other}");
                 }
                 tokio::time::sleep(delay).await;
                 retry += 1;
@@ -124,11 +197,12 @@ pub async fn lock_with_wait(
 pub struct LockKeeper {
     lost: tokio::sync::watch::Receiver<Option<String>>,
     model: String,
+    scope: LockScope,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LockKeeper {
-    pub fn start(store: Arc<dyn StateStore>, model: &str, holder: &str, ttl: Duration) -> LockKeeper {
+    pub fn start(store: Arc<dyn StateStore>, scope: LockScope, model: &str, holder: &str, ttl: Duration) -> LockKeeper {
         let (tx, rx) = tokio::sync::watch::channel(None);
         let (m, h) = (model.to_string(), holder.to_string());
         let task = tokio::spawn(async move {
@@ -136,10 +210,10 @@ impl LockKeeper {
             let mut last_ok = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(every).await;
-                let why = match store.renew_lock(&m, &h, ttl).await {
+                let why = match store.renew_scoped_lock(scope, &m, &h, ttl).await {
                     Ok(_) => {
                         last_ok = tokio::time::Instant::now();
-                        tracing::debug!(model = %m, "promotion lock renewed");
+                        tracing::debug!(model = %m, "{scope} lock renewed");
                         continue;
                     }
                     Err(StateError::Locked { holder, .. }) => format!("it is now held by {holder}"),
@@ -148,20 +222,20 @@ impl LockKeeper {
                         format!("no renewal succeeded for {}: {e}", humantime::format_duration(ttl))
                     }
                     Err(e) => {
-                        tracing::warn!(model = %m, error = %e, "could not renew the promotion lock; trying again");
+                        tracing::warn!(model = %m, error = %e, "could not renew the {scope} lock; trying again");
                         continue;
                     }
                 };
-                tracing::warn!(model = %m, reason = %why, "the promotion lock was lost");
+                tracing::warn!(model = %m, reason = %why, "the {scope} lock was lost");
                 let _ = tx.send(Some(why));
                 return;
             }
         });
-        LockKeeper { lost: rx, model: model.to_string(), task }
+        LockKeeper { lost: rx, model: model.to_string(), scope, task }
     }
 
     fn lost_error(&self, why: String) -> StateError {
-        StateError::LockLost { model: self.model.clone(), why }
+        StateError::LockLost { model: self.model.clone(), scope: self.scope, why }
     }
 
     /// `Err(LockLost)` once the lock is known to be lost.
@@ -197,10 +271,13 @@ pub enum StateError {
     AlreadyExists { what: String, store: String },
     #[error("{what} not found in {store}")]
     NotFound { what: String, store: String },
-    #[error("model `{model}` is locked by {holder} until {expires}")]
-    Locked { model: String, holder: String, expires: String },
-    #[error("lost the lock of model `{model}` while holding it ({why}); stopped before tagging or recording")]
-    LockLost { model: String, why: String },
+    #[error("{}", locked_message(*scope, model, holder, expires))]
+    Locked { scope: LockScope, model: String, holder: String, expires: String },
+    #[error("lost the {scope} lock of model `{model}` while holding it ({why}); {}", match scope {
+        LockScope::Promotion => "stopped before tagging or recording",
+        LockScope::Run => "the run stopped",
+    })]
+    LockLost { model: String, scope: LockScope, why: String },
     #[error("gave up on {what} after {attempts} conflicting writes")]
     TooManyConflicts { what: String, attempts: u32 },
     #[error("record {what} in {store} is not valid: {message}")]
@@ -221,6 +298,15 @@ pub enum StateError {
     /// Refused by the caller's mutation (e.g. promoting an unverified digest).
     #[error("{0}")]
     Rejected(String),
+}
+
+fn locked_message(scope: LockScope, model: &str, holder: &str, expires: &str) -> String {
+    match scope {
+        LockScope::Promotion => format!("model `{model}` is locked by {holder} until {expires}"),
+        LockScope::Run => format!(
+            "model `{model}` has a run in progress: its run lock is held by {holder} until {expires} (renewed while that run lives); wait for it with --lock-wait DURATION"
+        ),
+    }
 }
 
 /// kube's own Display of an API error is a Rust debug dump; users get the

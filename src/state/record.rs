@@ -63,6 +63,20 @@ pub struct RunRecord {
     /// Set while parked in `waiting-approval`, and once decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Who started the run: the cluster's SelfSubjectReview user of the
+    /// runner's credentials (a CLI or Tekton run on ConfigMap state), else
+    /// the local user. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+}
+
+/// Who someone is, as the cluster authenticated them (`SelfSubjectReview`
+/// `status.userInfo`), or a local user name without groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Identity {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -137,6 +151,59 @@ pub struct Approval {
     pub at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// The policy the gate was opened with (absent in older records: one
+    /// approval by anyone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<ApprovalPolicy>,
+    /// Approvals so far, oldest first; `approved` once `policy.required`
+    /// distinct people are in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Vote>,
+    /// When the gate times out (RFC 3339), so a resumed run keeps the
+    /// deadline its gate opened with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+/// Who may decide and how many must approve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalPolicy {
+    pub required: u32,
+    /// Users and `group:NAME`; empty: anyone who can update the run record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forbid_self_approval: bool,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        ApprovalPolicy { required: 1, approvers: Vec::new(), forbid_self_approval: false }
+    }
+}
+
+impl ApprovalPolicy {
+    /// Whether `who` is one of `approvers` by name or by a group.
+    pub fn allows(&self, who: &Identity) -> bool {
+        self.approvers.is_empty()
+            || self.approvers.iter().any(|a| match a.strip_prefix("group:") {
+                Some(g) => who.groups.iter().any(|have| have == g),
+                None => *a == who.user,
+            })
+    }
+}
+
+/// One approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Vote {
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    pub at: String,
 }
 
 /// One model's promotion ledger.

@@ -160,6 +160,7 @@ impl ContextBuilder {
             catalog: Arc::new(Catalog::embedded()),
             cancel: CancellationToken::new(),
             interactive: false,
+            park: false,
         }
     }
 }

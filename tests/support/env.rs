@@ -149,3 +149,21 @@ pub async fn push_image(sim: &SimServer, repo: &str, tag: &str, layers: &[Vec<u8
     .unwrap();
     reg.put_manifest(repo, tag, OCI_MANIFEST, &manifest).await.unwrap()
 }
+
+/// A stand-in model server on loopback answering every prediction with
+/// `weather_state` (the weather model says `mild` for 55°F); its URL.
+pub async fn model_server(weather_state: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use axum::routing::{get, post};
+    let answer = move || async move {
+        axum::Json(
+            json!({ "meta": { "tags": { "weather_state": weather_state } }, "data": { "ndarray": [weather_state] } }),
+        )
+    };
+    let app = axum::Router::new()
+        .route("/health/ping", get(|| async { "pong" }))
+        .route("/ready", get(|| async { "ok" }))
+        .route("/api/v1.0/predictions", post(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (url, tokio::spawn(async move { axum::serve(listener, app).await.unwrap() }))
+}

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use modelship::state::{Ledger, LedgerMutation, LockInfo, RunKey, RunMutation, RunRecord, StateError, StateStore};
+use modelship::state::{
+    Ledger, LedgerMutation, LockInfo, LockScope, RunKey, RunMutation, RunRecord, StateError, StateStore,
+};
 
 #[derive(Default)]
 pub struct MemoryState {
@@ -44,13 +46,25 @@ impl StateStore for MemoryState {
     async fn update_ledger(&self, _model: &str, _f: &mut LedgerMutation<'_>) -> Result<Ledger, StateError> {
         unimplemented!("the stage under test does not touch the ledger")
     }
-    async fn try_lock(&self, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
+    async fn try_scoped_lock(
+        &self,
+        _scope: LockScope,
+        _model: &str,
+        _holder: &str,
+        _ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
         unimplemented!("the stage under test does not lock")
     }
-    async fn renew_lock(&self, _model: &str, _holder: &str, _ttl: Duration) -> Result<LockInfo, StateError> {
+    async fn renew_scoped_lock(
+        &self,
+        _scope: LockScope,
+        _model: &str,
+        _holder: &str,
+        _ttl: Duration,
+    ) -> Result<LockInfo, StateError> {
         unimplemented!("the stage under test does not lock")
     }
-    async fn release_lock(&self, _model: &str, _holder: &str) -> Result<(), StateError> {
+    async fn release_scoped_lock(&self, _scope: LockScope, _model: &str, _holder: &str) -> Result<(), StateError> {
         unimplemented!("the stage under test does not lock")
     }
 }

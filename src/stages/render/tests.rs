@@ -545,6 +545,7 @@ async fn run_reads_fetch_model_outputs_and_run_labels() {
         catalog: Arc::new(Catalog::embedded()),
         cancel: tokio_util::sync::CancellationToken::new(),
         interactive: false,
+        park: false,
     };
     let out = crate::stages::to_outputs(&Render::run(Params::default(), &cx).await.unwrap()).unwrap();
     let dir = work.path().join("ws/render/context");
