@@ -240,6 +240,8 @@ async fn a_signed_github_push_to_serve_runs_the_pipeline_on_the_sim() {
     assert_eq!(r["labels"]["commit"], model.pushed.to_string(), "{r}");
     assert_eq!(r["labels"]["delivery"], delivery, "{r}");
     assert_eq!(r["labels"]["trigger"], "github", "{r}");
+    // The payload's `sender.login` started it (for `forbidSelfApproval`).
+    assert_eq!(r["startedBy"], "chmouel", "{r}");
     let strict = records.iter().find(|r| r["pipeline"] == "weather-strict").unwrap_or_else(|| panic!("{records:#?}"));
     let check = strict["stages"].as_array().unwrap().iter().find(|s| s["status"] == "failed").unwrap();
     assert_eq!(check["gate"], "checks", "{strict}");
@@ -283,6 +285,7 @@ fn a_gitlab_push_through_trigger_runs_the_pipeline_on_the_sim() {
         assert_eq!(r["status"], "succeeded", "{r}");
         assert_eq!(r["labels"]["commit"], commit.to_string(), "{r}");
         assert_eq!(r["labels"]["trigger"], "gitlab", "{r}");
+        assert_eq!(r["startedBy"], "jsmith", "the payload's user_username: {r}");
         assert_eq!(r["labels"]["delivery"], delivery, "{r}");
     }
 }

@@ -108,6 +108,7 @@ pub async fn run(a: TriggerArgs, g: &GlobalArgs) -> Result<(), CommandError> {
             source: event.provider.to_string(),
             set_commit: d.declares_commit,
             delivery: a.delivery.clone(),
+            pushed_by: event.pusher.clone(),
         };
         let outcome = runner.run(&req, cancel.clone()).await;
         let id = outcome.run_id.as_deref().unwrap_or("-");

@@ -603,11 +603,10 @@ async fn wait_for_approval(
     match decided {
         Some(a) if a.decision == "approved" => Ok(a),
         Some(a) => Err(rejected(params, digest, &a)),
-        None => Err(StageError::msg(format!(
-            "no approval for promoting {digest} to `{}` within {timeout_text}",
-            params.to
-        ))
-        .at_gate(Gate::Approval)),
+        None => {
+            Err(StageError::msg(format!("no approval for promoting {digest} to `{}` within {timeout_text}", params.to))
+                .at_gate(Gate::Approval))
+        }
     }
 }
 

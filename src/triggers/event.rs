@@ -67,6 +67,9 @@ pub struct PushEvent {
     pub repository: String,
     /// Every URL the payload gives for the repository (clone, SSH, web).
     pub repository_urls: Vec<String>,
+    /// Who pushed: GitHub's `sender.login` (else `pusher.name`), GitLab's
+    /// `user_username`. The run's starter for `forbidSelfApproval`.
+    pub pusher: Option<String>,
 }
 
 impl PushEvent {
@@ -144,7 +147,13 @@ impl PushEvent {
             return Err(bad(format!("no clone or web URL for repository {repository}")));
         }
         urls.dedup();
-        Ok(PushEvent { provider, git_ref, before, after, repository, repository_urls: urls })
+        let pusher = match provider {
+            Provider::GitHub => {
+                strs(value.get("sender"), &["login"]).into_iter().chain(strs(value.get("pusher"), &["name"])).next()
+            }
+            Provider::GitLab => strs(Some(&value), &["user_username"]).into_iter().next(),
+        };
+        Ok(PushEvent { provider, git_ref, before, after, repository, repository_urls: urls, pusher })
     }
 
     /// The branch name for `refs/heads/...`; `None` for tags and other refs.
@@ -200,6 +209,7 @@ mod tests {
         assert_eq!(ev.branch(), Some("main"));
         assert_eq!(ev.repository, "openshift-pipelines/pipelines-as-code");
         assert_eq!(ev.after, "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4");
+        assert_eq!(ev.pusher.as_deref(), Some("chmouel"));
         assert!(ev.repository_urls.contains(&"https://github.com/openshift-pipelines/pipelines-as-code.git".into()));
     }
 
@@ -216,6 +226,7 @@ mod tests {
         assert_eq!(ev.provider, Provider::GitLab);
         assert_eq!(ev.branch(), Some("master"));
         assert_eq!(ev.repository, "mike/diaspora");
+        assert_eq!(ev.pusher.as_deref(), Some("jsmith"));
         assert!(ev.repository_urls.contains(&"git@example.com:mike/diaspora.git".into()));
     }
 

@@ -31,6 +31,9 @@ pub struct RunRequest {
     /// The host's delivery id (`X-GitHub-Delivery`, `X-Gitlab-Event-UUID`),
     /// kept as the run label `delivery`.
     pub delivery: Option<String>,
+    /// The Git host's name of who pushed ([`super::event::PushEvent::pusher`]):
+    /// the run's starter, whom `forbidSelfApproval` keeps from approving it.
+    pub pushed_by: Option<String>,
 }
 
 /// How a run ended.
@@ -111,6 +114,7 @@ impl EngineRunner {
             stages_dir: self.stages_dir.clone(),
             labels,
             cancel,
+            started_by: req.pushed_by.clone(),
             ..RunOptions::default()
         }
     }
@@ -172,6 +176,7 @@ mod tests {
             source: "github".into(),
             set_commit,
             delivery: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+            pushed_by: Some("octocat".into()),
         }
     }
 
@@ -187,6 +192,7 @@ mod tests {
         assert_eq!(opts.sets, [("commit".to_string(), "ef75c7db8a921a8c0adaabe2e309f2f9d7ce5bd4".to_string())]);
         assert_eq!(opts.state_dir, Some(PathBuf::from("/state")));
         assert!(!opts.dry_run);
+        assert_eq!(opts.started_by.as_deref(), Some("octocat"), "the pusher started the run");
         cancel.cancel();
         assert!(opts.cancel.is_cancelled(), "shutdown reaches the engine");
         // A pipeline without a `commit` param gets no --set (the engine would reject it).

@@ -586,6 +586,7 @@ async fn hook(app: Arc<App>, provider: Provider, headers: HeaderMap, body: Body)
                 source: p.to_string(),
                 set_commit: d.declares_commit,
                 delivery: Some(delivery.clone()),
+                pushed_by: event.pusher.clone(),
             };
             app.add_run(RunEntry {
                 id: id.clone(),
