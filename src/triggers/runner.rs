@@ -49,6 +49,8 @@ pub struct RunOutcome {
     pub promotions: Vec<PromotionResult>,
     /// The gates that stopped its stages (`checks`, `slo`, `signature`, `approval`).
     pub gate_failures: Vec<String>,
+    /// Handed to Tekton instead of run here: the PipelineRun's name.
+    pub dispatched: Option<String>,
 }
 
 impl RunOutcome {
@@ -62,6 +64,7 @@ impl RunOutcome {
             bad_input,
             promotions: Vec::new(),
             gate_failures: Vec::new(),
+            dispatched: None,
         }
     }
 
@@ -74,6 +77,7 @@ impl RunOutcome {
             bad_input,
             promotions: crate::stages::promote::results(&summary.stages),
             gate_failures: gate_failures(&summary.stages),
+            dispatched: None,
         }
     }
 }
