@@ -184,7 +184,10 @@ pub async fn run(a: ServeArgs, g: &GlobalArgs) -> Result<(), CommandError> {
 fn origin_url(repo: &std::path::Path) -> Result<String, String> {
     let git = git2::Repository::open(repo).map_err(|e| format!("{}: {e}", repo.display()))?;
     let remote = git.find_remote("origin").map_err(|_| {
-        format!("--dispatch tekton: the checkout at {} has no `origin` remote; pass --dispatch-repo-url URL", repo.display())
+        format!(
+            "--dispatch tekton: the checkout at {} has no `origin` remote; pass --dispatch-repo-url URL",
+            repo.display()
+        )
     })?;
     remote.url().map(str::to_string).map_err(|e| format!("{}: the `origin` remote: {e}", repo.display()))
 }

@@ -115,14 +115,22 @@ fn decode(shape: &Shape, v: &Value, at: &str) -> Option<String> {
     match (shape, v) {
         (Any, _) | (_, Value::Null) => None,
         (Str, Value::String(_)) => None,
-        (Str, other) => Some(format!("json: cannot unmarshal {} into Go struct field {at} of type string", kind(other))),
+        (Str, other) => {
+            Some(format!("json: cannot unmarshal {} into Go struct field {at} of type string", kind(other)))
+        }
         (List(item), Value::Array(items)) => items.iter().find_map(|i| decode(item, i, at)),
-        (List(_), other) => Some(format!("json: cannot unmarshal {} into Go struct field {at} of type []", kind(other))),
-        (Object(fields), Value::Object(map)) => map.iter().find_map(|(k, v)| match fields.iter().find(|(f, _)| f == k) {
-            Some((_, s)) => decode(s, v, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") }),
-            None => Some(format!("json: unknown field {}", Value::String(k.clone()))),
-        }),
-        (Object(_), other) => Some(format!("json: cannot unmarshal {} into Go value of type object at {at}", kind(other))),
+        (List(_), other) => {
+            Some(format!("json: cannot unmarshal {} into Go struct field {at} of type []", kind(other)))
+        }
+        (Object(fields), Value::Object(map)) => {
+            map.iter().find_map(|(k, v)| match fields.iter().find(|(f, _)| f == k) {
+                Some((_, s)) => decode(s, v, &if at.is_empty() { k.clone() } else { format!("{at}.{k}") }),
+                None => Some(format!("json: unknown field {}", Value::String(k.clone()))),
+            })
+        }
+        (Object(_), other) => {
+            Some(format!("json: cannot unmarshal {} into Go value of type object at {at}", kind(other)))
+        }
     }
 }
 
@@ -147,11 +155,7 @@ fn admit(obj: &Value) -> Result<(), ApiError> {
         return Err(denied("webhook.pipeline.tekton.dev", format!("cannot decode incoming new object: {e}")));
     }
     let errors = validate(obj);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(denied("validation.webhook.pipeline.tekton.dev", errors.join("\n")))
-    }
+    if errors.is_empty() { Ok(()) } else { Err(denied("validation.webhook.pipeline.tekton.dev", errors.join("\n"))) }
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> &'a str {
@@ -191,7 +195,8 @@ fn validate(obj: &Value) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     for (i, ws) in spec.get("workspaces").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let at = format!("spec.workspaces[{i}]");
-        let sources = ["volumeClaimTemplate", "persistentVolumeClaim", "emptyDir", "configMap", "secret", "projected", "csi"];
+        let sources =
+            ["volumeClaimTemplate", "persistentVolumeClaim", "emptyDir", "configMap", "secret", "projected", "csi"];
         let n = sources.iter().filter(|s| ws.get(**s).is_some_and(|v| !v.is_null())).count();
         let all = sources.iter().map(|s| format!("{at}.{}", s.to_lowercase())).collect::<Vec<_>>().join(", ");
         match n {
@@ -283,15 +288,24 @@ mod tests {
         let e = admit(&run(json!({ "params": [] }))).unwrap_err();
         assert_eq!(e.code, 400);
         assert!(e.message.contains("validation.webhook.pipeline.tekton.dev\" denied the request: expected exactly one, got neither: spec.pipelineRef, spec.pipelineSpec"), "{}", e.message);
-        let dup = run(json!({ "pipelineRef": { "name": "modelship" }, "params": [{ "name": "a", "value": "1" }, { "name": "A", "value": "2" }] }));
+        let dup = run(
+            json!({ "pipelineRef": { "name": "modelship" }, "params": [{ "name": "a", "value": "1" }, { "name": "A", "value": "2" }] }),
+        );
         assert!(admit(&dup).unwrap_err().message.contains("expected exactly one, got both: spec.params[A].name"));
         let unknown = run(json!({ "pipelineRef": { "name": "modelship" }, "workspace": [] }));
         let e = admit(&unknown).unwrap_err();
         assert!(e.message.contains("webhook.pipeline.tekton.dev\" denied the request: cannot decode incoming new object: json: unknown field \"workspace\""), "{}", e.message);
         let nested = run(json!({ "pipelineRef": { "name": "modelship", "kind": "Pipeline", "bundle": "x" } }));
         assert!(admit(&nested).unwrap_err().message.contains("unknown field \"kind\""));
-        let two = run(json!({ "pipelineRef": { "name": "m" }, "workspaces": [{ "name": "s", "emptyDir": {}, "secret": { "secretName": "k" } }] }));
-        assert!(admit(&two).unwrap_err().message.contains("expected exactly one, got both: spec.workspaces[0].volumeclaimtemplate"));
+        let two = run(
+            json!({ "pipelineRef": { "name": "m" }, "workspaces": [{ "name": "s", "emptyDir": {}, "secret": { "secretName": "k" } }] }),
+        );
+        assert!(
+            admit(&two)
+                .unwrap_err()
+                .message
+                .contains("expected exactly one, got both: spec.workspaces[0].volumeclaimtemplate")
+        );
         let typed = run(json!({ "pipelineRef": { "name": "m" }, "params": [{ "name": 3 }] }));
         assert!(admit(&typed).unwrap_err().message.contains("cannot unmarshal number"));
     }
@@ -302,7 +316,8 @@ mod tests {
         set_defaults(&mut obj);
         assert_eq!(obj["spec"]["timeouts"]["pipeline"], "1h0m0s");
         assert_eq!(obj["spec"]["taskRunTemplate"]["serviceAccountName"], "default");
-        let mut obj = run(json!({ "pipelineRef": { "name": "m" }, "taskRunTemplate": { "serviceAccountName": "modelship" } }));
+        let mut obj =
+            run(json!({ "pipelineRef": { "name": "m" }, "taskRunTemplate": { "serviceAccountName": "modelship" } }));
         set_defaults(&mut obj);
         assert_eq!(obj["spec"]["taskRunTemplate"]["serviceAccountName"], "modelship");
     }

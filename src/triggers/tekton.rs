@@ -83,7 +83,8 @@ impl TektonRunner {
             registry_secret: None,
             verify: None,
         };
-        let clusters = crate::cluster::Clusters::new([(TARGET.to_string(), env)].into_iter().collect(), config.kubeconfig.clone());
+        let clusters =
+            crate::cluster::Clusters::new([(TARGET.to_string(), env)].into_iter().collect(), config.kubeconfig.clone());
         let kube_config = clusters.config(TARGET).await?;
         let namespace = config.namespace.clone().unwrap_or_else(|| kube_config.default_namespace.clone());
         let server = kube_config.cluster_url.to_string();
@@ -128,10 +129,9 @@ impl TektonRunner {
         let ns = self.namespace.clone();
         let api_err = |verb: &'static str, e: kube::Error| {
             let (message, hint) = match &e {
-                kube::Error::Api(s) if s.code == 403 => (
-                    s.message.clone(),
-                    "; grant the role in .tekton/rbac/serve.yaml to the account serve runs as",
-                ),
+                kube::Error::Api(s) if s.code == 403 => {
+                    (s.message.clone(), "; grant the role in .tekton/rbac/serve.yaml to the account serve runs as")
+                }
                 kube::Error::Api(s) if s.code == 404 => (s.message.clone(), "; is OpenShift Pipelines installed?"),
                 kube::Error::Api(s) => (s.message.clone(), ""),
                 other => (other.to_string(), ""),
@@ -146,7 +146,8 @@ impl TektonRunner {
                 .map(|k| format!("{k}={}", labels[*k]))
                 .collect::<Vec<_>>()
                 .join(",");
-            let found = self.api.list(&ListParams::default().labels(&selector)).await.map_err(|e| api_err("list", e))?;
+            let found =
+                self.api.list(&ListParams::default().labels(&selector)).await.map_err(|e| api_err("list", e))?;
             if let Some(name) = found.items.iter().find_map(|o| o.metadata.name.clone()) {
                 return Ok((name, false));
             }
@@ -234,7 +235,11 @@ impl PipelineRunner for TektonRunner {
                 } else {
                     tracing::info!(namespace = %self.namespace, pipelinerun = %name, "this delivery's PipelineRun exists already; created none");
                 }
-                RunOutcome { run_id: Some(name.clone()), dispatched: Some(name), ..RunOutcome::without_run(Status::Succeeded, None, false) }
+                RunOutcome {
+                    run_id: Some(name.clone()),
+                    dispatched: Some(name),
+                    ..RunOutcome::without_run(Status::Succeeded, None, false)
+                }
             }
             Err(e) => {
                 let bad_input = matches!(e, DispatchError::OutsideRepo { .. });
@@ -279,9 +284,15 @@ mod tests {
         assert_eq!(params[2], json!({ "name": "pipeline", "value": "pipelines/weather.yaml" }));
         assert_eq!(params[3], json!({ "name": "sets", "value": [format!("commit={}", req.commit)] }));
         assert_eq!(params[4]["value"], "72d3162e-cc78-11e3-81ab-4c9367dc0958");
-        assert_eq!(run["spec"]["workspaces"][0]["volumeClaimTemplate"]["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+        assert_eq!(
+            run["spec"]["workspaces"][0]["volumeClaimTemplate"]["spec"]["accessModes"],
+            json!(["ReadWriteOnce"])
+        );
         assert_eq!(run["spec"]["workspaces"][1]["secret"]["secretName"], "modelship-kubeconfig");
         let outside = RunRequest { file: "/elsewhere/p.yaml".into(), ..req };
-        assert!(matches!(build_pipeline_run(&config, Path::new("/src"), &outside), Err(DispatchError::OutsideRepo { .. })));
+        assert!(matches!(
+            build_pipeline_run(&config, Path::new("/src"), &outside),
+            Err(DispatchError::OutsideRepo { .. })
+        ));
     }
 }
