@@ -428,3 +428,37 @@ async fn a_push_dispatched_to_tekton_creates_one_pipelinerun_per_pipeline_and_it
     eprintln!("PipelineRuns created: {}, validated: {}, run to completion: {completed}", prs.len(), prs.len());
     assert_eq!(completed, 2);
 }
+
+/// Every verb of serve's Role is needed: without it the delivery's run
+/// fails with one error naming the verb, the resource and the namespace,
+/// and nothing is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_verb_of_the_serve_role_is_needed_and_a_refusal_names_it() {
+    let model = ModelRepo::new();
+    let root = model.dir.path();
+    let role = std::fs::read_to_string(repo().join(".tekton/rbac/serve.yaml")).unwrap();
+    let full = "    verbs: [list, create]\n";
+    assert!(role.contains(full), "the serve Role's verbs changed: {role}");
+    for (i, (kept, refused)) in [("create", "list"), ("list", "create")].into_iter().enumerate() {
+        let dev = ServedSim::serve(&root.join(format!("dev-{i}"))).name("dev").command(modelship()).start();
+        let k = kubectl::at(&dev.kubeconfig);
+        k.ok(&["create", "namespace", CI]);
+        apply(&k, CI, &role.replace(full, &format!("    verbs: [{kept}]\n")));
+        let kubeconfig = root.join(format!("serve-{i}.kubeconfig"));
+        add_context(&dev, "dev", CI, "modelship-serve", &kubeconfig);
+        let mut served = Served::start(&model, &kubeconfig);
+        served.ready().await;
+        let delivery = format!("0b9e1d52-8c3f-4a6e-b7d1-00000000000{i}");
+        let body = github_push("refs/heads/main", &model.base.to_string(), &model.pushed.to_string());
+        let (code, answer) = served.push(&delivery, &body).await;
+        assert_eq!(code, 202, "{answer}");
+        for run in served.finished_runs(&delivery, 2).await {
+            assert_eq!(run["status"], "failed", "{run}");
+            let error = run["error"].as_str().unwrap_or_default();
+            assert!(error.starts_with(&format!("{refused} pipelineruns.tekton.dev in namespace {CI}: ")), "{error}");
+            assert!(error.contains("system:serviceaccount:ci:modelship-serve"), "{error}");
+            assert!(error.contains(".tekton/rbac/serve.yaml"), "{error}");
+        }
+        assert!(pipeline_runs(&dev).is_empty());
+    }
+}
