@@ -60,7 +60,7 @@ fn set_defaults(obj: &mut Value) {
 }
 
 /// The fields a PipelineRun may have, as Go's decoder sees the v1 types.
-/// `None`: any content (checked no deeper here).
+/// `Any`: any content (checked no deeper here).
 enum Shape {
     Object(&'static [(&'static str, Shape)]),
     List(&'static Shape),
@@ -71,7 +71,8 @@ enum Shape {
 use Shape::{Any, List, Object, Str};
 
 const PARAM: Shape = Object(&[("name", Str), ("value", Any)]);
-const REF: Shape = Object(&[("name", Str), ("resolver", Str), ("params", List(&PARAM))]);
+// v1.PipelineRef: `name`, `apiVersion` and the embedded ResolverRef.
+const REF: Shape = Object(&[("name", Str), ("apiVersion", Str), ("resolver", Str), ("params", List(&PARAM))]);
 const CLAIM_SPEC: Shape = Object(&[
     ("accessModes", List(&Str)),
     ("dataSource", Any),
@@ -296,7 +297,7 @@ mod tests {
         let e = admit(&unknown).unwrap_err();
         assert!(e.message.contains("webhook.pipeline.tekton.dev\" denied the request: cannot decode incoming new object: json: unknown field \"workspace\""), "{}", e.message);
         let nested = run(json!({ "pipelineRef": { "name": "modelship", "kind": "Pipeline", "bundle": "x" } }));
-        assert!(admit(&nested).unwrap_err().message.contains("unknown field \"kind\""));
+        assert!(admit(&nested).unwrap_err().message.contains("unknown field \"bundle\""));
         let two = run(
             json!({ "pipelineRef": { "name": "m" }, "workspaces": [{ "name": "s", "emptyDir": {}, "secret": { "secretName": "k" } }] }),
         );
