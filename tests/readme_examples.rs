@@ -29,6 +29,10 @@ const ELSEWHERE: &[(&str, &str)] = &[
         "tests/triggers.rs (needs a Git checkout and a push payload for it)",
     ),
     (
+        "modelship serve --dispatch tekton --listen 0.0.0.0:8080 --repo /srv/models --pipelines /srv/models/pipelines --dispatch-namespace ci --dispatch-kubeconfig-secret modelship-kubeconfig",
+        "tests/tekton_dispatch.rs (a server that needs a cluster serving tekton.dev/v1)",
+    ),
+    (
         "modelship serve --listen 0.0.0.0:8080 --repo /srv/models --pipelines /srv/models/pipelines",
         "tests/webhook_server.rs (a server that runs until stopped)",
     ),

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
+use support::schema::{Bundle, tekton};
+
+mod support;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,80 +40,6 @@ fn docs(rel: &str) -> Vec<Value> {
         .collect()
 }
 
-/// A definition bundle: `{"$ref": "#/definitions/NAME", "definitions": ...}`.
-struct Bundle {
-    defs: Value,
-}
-
-impl Bundle {
-    fn load(rel: &str) -> Bundle {
-        let file = read_json(&reference().join(rel));
-        Bundle { defs: file["definitions"].clone() }
-    }
-
-    /// Schema errors plus unknown fields; empty when valid.
-    fn check(&self, def: &str, doc: &Value) -> Vec<String> {
-        assert!(self.defs.get(def).is_some(), "no definition {def}");
-        let schema = json!({ "$ref": format!("#/definitions/{def}"), "definitions": self.defs });
-        let validator = jsonschema::draft4::new(&schema).expect("schema compiles");
-        let mut errors: Vec<String> =
-            validator.iter_errors(doc).map(|e| format!("{}: {}", e.instance_path(), e)).collect();
-        unknown_fields(&self.defs, &json!({ "$ref": format!("#/definitions/{def}") }), doc, "", &mut errors);
-        errors
-    }
-}
-
-fn resolve<'a>(defs: &'a Value, mut schema: &'a Value) -> &'a Value {
-    while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        let name = r.strip_prefix("#/definitions/").expect("local ref");
-        schema = &defs[name];
-    }
-    schema
-}
-
-/// Report object keys that the (resolved) schema does not declare, where the
-/// schema declares properties and allows nothing else.
-fn unknown_fields(defs: &Value, schema: &Value, doc: &Value, at: &str, out: &mut Vec<String>) {
-    let schema = resolve(defs, schema);
-    match doc {
-        Value::Object(map) => {
-            let props = schema.get("properties").and_then(Value::as_object);
-            let additional = schema.get("additionalProperties");
-            for (k, v) in map {
-                let path = format!("{at}/{k}");
-                match (props.and_then(|p| p.get(k)), additional) {
-                    (Some(s), _) => unknown_fields(defs, s, v, &path, out),
-                    (None, Some(a)) if a.is_object() => unknown_fields(defs, a, v, &path, out),
-                    (None, None) if props.is_some() => out.push(format!("{path}: unknown field `{k}`")),
-                    _ => {}
-                }
-            }
-        }
-        Value::Array(items) => {
-            if let Some(item) = schema.get("items") {
-                for (i, v) in items.iter().enumerate() {
-                    unknown_fields(defs, item, v, &format!("{at}/{i}"), out);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-fn tekton() -> Bundle {
-    let mut b = Bundle::load("tekton/tekton-v1-resolved.schema.json");
-    // TaskRef and PipelineRef embed ResolverRef inline in the Go types
-    // (fields `resolver` and `params`, tagged `json:",omitempty"`); the swagger
-    // generator drops embedded structs, so add its properties back.
-    let resolver = b.defs["v1.ResolverRef"]["properties"].as_object().expect("v1.ResolverRef").clone();
-    for def in ["v1.TaskRef", "v1.PipelineRef"] {
-        let props = b.defs[def]["properties"].as_object_mut().expect(def);
-        for (k, v) in &resolver {
-            props.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    b
-}
 fn triggers() -> Bundle {
     Bundle::load("tekton/triggers-v1beta1-resolved.schema.json")
 }
@@ -190,8 +119,13 @@ fn task_declares_the_results_chains_and_users_read() {
         .iter()
         .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
         .collect();
-    assert!(env.contains(&("MODELSHIP_RESULTS_DIR", "/tekton/results")), "{env:?}");
+    // Results go beside Tekton's own result paths (/tekton/results in a pod).
+    assert!(env.contains(&("RUN_ID_RESULT", "$(results.run-id.path)")), "{env:?}");
     let script = step["script"].as_str().unwrap();
+    assert!(script.contains("export MODELSHIP_RESULTS_DIR=\"${RUN_ID_RESULT%/*}\""), "{script}");
+    // The commit reaches the run (and its build's revision) as a label.
+    assert!(env.contains(&("COMMIT", "$(params.commit)")), "{env:?}");
+    assert!(script.contains("--label \"commit=$COMMIT\""), "{script}");
     // exec, so SIGTERM at the task timeout reaches modelship, not bash.
     assert!(script.contains("exec modelship"), "{script}");
     // Params reach the script through env, never spliced into its text.
@@ -304,7 +238,7 @@ const RBAC: &[(&str, &str, &[&str])] = &[
 fn rbac_validates_and_is_least_privilege() {
     let bundle = k8s();
     let mut seen = Vec::new();
-    for file in [".tekton/rbac/modelship.yaml", ".tekton/rbac/triggers.yaml"] {
+    for file in [".tekton/rbac/modelship.yaml", ".tekton/rbac/triggers.yaml", ".tekton/rbac/serve.yaml"] {
         for doc in docs(file) {
             let kind = doc["kind"].as_str().unwrap();
             // The subset has no ClusterRoleBinding; its wire shape is RoleBinding's.
@@ -326,8 +260,18 @@ fn rbac_validates_and_is_least_privilege() {
             "RoleBinding/modelship",
             "ServiceAccount/modelship-triggers",
             "RoleBinding/modelship-triggers-eventlistener",
-            "ClusterRoleBinding/modelship-triggers-eventlistener-clusterroles"
+            "ClusterRoleBinding/modelship-triggers-eventlistener-clusterroles",
+            "ServiceAccount/modelship-serve",
+            "Role/modelship-serve",
+            "RoleBinding/modelship-serve"
         ]
+    );
+    // serve --dispatch tekton: look a delivery's PipelineRun up, create one;
+    // tests/tekton_dispatch.rs proves each verb is needed.
+    let serve = docs(".tekton/rbac/serve.yaml").into_iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(
+        serve["rules"],
+        json!([{"apiGroups": ["tekton.dev"], "resources": ["pipelineruns"], "verbs": ["list", "create"]}])
     );
     let role = docs(".tekton/rbac/modelship.yaml").into_iter().find(|d| d["kind"] == "Role").unwrap();
     let mut rules = Vec::new();

@@ -13,6 +13,7 @@ use crate::triggers::TriggerError;
 use crate::triggers::runner::{EngineRunner, PipelineRunner};
 use crate::triggers::server::{ServerConfig, serve};
 use crate::triggers::signature::load_secret;
+use crate::triggers::tekton::{DispatchConfig, TektonRunner};
 
 /// Receive GitHub/GitLab push webhooks and run the pipelines they select.
 #[derive(Debug, Args)]
@@ -81,6 +82,33 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "state_dir"])]
     #[cfg_attr(not(feature = "sim"), arg(hide = true))]
     pub sim: Option<PathBuf>,
+    /// Where selected pipelines run: here, or as one Tekton PipelineRun each
+    /// of the `modelship` Pipeline (.tekton/pipeline.yaml).
+    #[arg(long, value_enum, default_value_t = Dispatch::InProcess, conflicts_with_all = ["sim", "state_dir"])]
+    pub dispatch: Dispatch,
+    /// Namespace of the PipelineRuns (default: the kubeconfig context's, or the pod's).
+    #[arg(long, value_name = "NS")]
+    pub dispatch_namespace: Option<String>,
+    /// The PipelineRuns' `repo-url` (default: the checkout's `origin` remote).
+    #[arg(long, value_name = "URL")]
+    pub dispatch_repo_url: Option<String>,
+    /// The Pipeline the PipelineRuns reference.
+    #[arg(long, value_name = "NAME", default_value = "modelship")]
+    pub dispatch_pipeline: String,
+    /// The service account the PipelineRuns' Tasks run as.
+    #[arg(long, value_name = "NAME", default_value = "modelship")]
+    pub dispatch_service_account: String,
+    /// A Secret (key `config`) to bind to the Pipeline's `kubeconfig` workspace.
+    #[arg(long, value_name = "SECRET")]
+    pub dispatch_kubeconfig_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dispatch {
+    /// Run the pipelines in this process.
+    InProcess,
+    /// Create a tekton.dev/v1 PipelineRun per selected pipeline.
+    Tekton,
 }
 
 impl ServeArgs {
@@ -121,10 +149,45 @@ pub async fn run(a: ServeArgs, g: &GlobalArgs) -> Result<(), CommandError> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|source| fail(TriggerError::Bind { addr: a.listen.to_string(), source }))?;
-    let engine = EngineRunner { kubeconfig: a.kubeconfig, state_dir: a.state_dir, stages_dir: g.stages_dir.clone() };
-    let runner: Arc<dyn PipelineRunner> = match a.sim {
-        Some(dir) => Arc::new(SimRunner::new(engine, dir)),
-        None => Arc::new(engine),
+    let runner: Arc<dyn PipelineRunner> = match (a.dispatch, a.sim) {
+        (Dispatch::Tekton, _) => {
+            let repo_url = match a.dispatch_repo_url {
+                Some(url) => url,
+                None => origin_url(&config.repo).map_err(CommandError::usage)?,
+            };
+            let dispatch = DispatchConfig {
+                namespace: a.dispatch_namespace,
+                kubeconfig: a.kubeconfig,
+                repo: config.repo.clone(),
+                repo_url,
+                pipeline: a.dispatch_pipeline,
+                service_account: a.dispatch_service_account,
+                kubeconfig_secret: a.dispatch_kubeconfig_secret,
+            };
+            let runner = TektonRunner::connect(dispatch).await.map_err(fail)?;
+            tracing::info!(namespace = %runner.namespace, "dispatching selected pipelines as Tekton PipelineRuns");
+            Arc::new(runner)
+        }
+        (Dispatch::InProcess, sim) => {
+            let engine =
+                EngineRunner { kubeconfig: a.kubeconfig, state_dir: a.state_dir, stages_dir: g.stages_dir.clone() };
+            match sim {
+                Some(dir) => Arc::new(SimRunner::new(engine, dir)),
+                None => Arc::new(engine),
+            }
+        }
     };
     serve(listener, config, runner, super::trigger::shutdown_signal()).await.map(drop).map_err(fail)
+}
+
+/// The checkout's `origin` remote URL: what the PipelineRuns clone.
+fn origin_url(repo: &std::path::Path) -> Result<String, String> {
+    let git = git2::Repository::open(repo).map_err(|e| format!("{}: {e}", repo.display()))?;
+    let remote = git.find_remote("origin").map_err(|_| {
+        format!(
+            "--dispatch tekton: the checkout at {} has no `origin` remote; pass --dispatch-repo-url URL",
+            repo.display()
+        )
+    })?;
+    remote.url().map(str::to_string).map_err(|e| format!("{}: the `origin` remote: {e}", repo.display()))
 }

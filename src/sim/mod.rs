@@ -41,6 +41,7 @@
 //!   the build controller builds; [`registry`] is the OCI registry under
 //!   `/v2/`, behind the integrated registry's access controller (token
 //!   auth, `imagestreams/layers` RBAC).
+//!   [`tekton`] (PipelineRuns, with Tekton's webhooks' defaults and checks);
 //!   [`image`] (imagestreams, images, imagestreamtags as views of streams,
 //!   the image import controller); [`dockerfile`] parses what
 //!   the build controller builds.
@@ -93,6 +94,7 @@ pub mod selector;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod tekton;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -212,6 +214,7 @@ pub fn build_table() -> ResourceTable {
     image::register(&mut table);
     rbac::register(&mut table);
     authn::register(&mut table);
+    tekton::register(&mut table);
     table
 }
 

@@ -33,6 +33,9 @@ pub type UpdateValidator = fn(old: &Value, new: &Value) -> Vec<Cause>;
 /// Kind-specific normalisation before validation (e.g. Secret `stringData`
 /// folded into `data`).
 pub type Normalizer = fn(&mut Value);
+/// An admission webhook for the kind (after the built-in validation, on
+/// create and on spec updates): its denial is the whole error.
+pub type Admission = fn(&Value) -> Result<(), super::status::ApiError>;
 /// Fills what the API server computes on every object it returns (its REST
 /// storage's `Decorator`), from the sim's own settings; never stored.
 pub type Decorator = fn(&super::SimApi, &mut Value);
@@ -66,6 +69,7 @@ pub struct ResourceType {
     /// `PrepareForCreate`), after `normalize`.
     pub default_on_create: Option<Normalizer>,
     pub decorate: Option<Decorator>,
+    pub admission: Option<Admission>,
     /// Accepts `application/vnd.kubernetes.protobuf` bodies (typed
     /// client-go clients) through this decoder.
     pub protobuf: Option<super::protobuf::Decoder>,
@@ -100,6 +104,7 @@ impl ResourceType {
             normalize: None,
             default_on_create: None,
             decorate: None,
+            admission: None,
             protobuf: None,
         }
     }

@@ -145,6 +145,7 @@ impl Metrics {
             ("failed", "Pipeline runs that failed."),
             ("cancelled", "Pipeline runs cancelled (shutdown)."),
             ("superseded", "Queued runs replaced by a newer push's run of the same pipeline before they started."),
+            ("dispatched", "Runs handed to Tekton as PipelineRuns (serve --dispatch tekton)."),
         ] {
             let name = format!("modelship_runs_{outcome}_total");
             header(&mut out, &name, "counter", help);

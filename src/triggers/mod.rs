@@ -10,6 +10,7 @@
 //!   `X-Gitlab-Token`, both compared in constant time.
 //! - [`replay`]: recently seen delivery ids, bounded.
 //! - [`runner`]: the seam between selection and the engine.
+//! - [`tekton`]: `--dispatch tekton`, a PipelineRun per selected pipeline.
 //! - [`metrics`]: Prometheus text exposition.
 //! - [`server`]: `modelship serve` (axum).
 
@@ -21,6 +22,7 @@ pub mod runner;
 pub mod select;
 pub mod server;
 pub mod signature;
+pub mod tekton;
 
 use std::path::PathBuf;
 

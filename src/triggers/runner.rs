@@ -52,6 +52,8 @@ pub struct RunOutcome {
     pub promotions: Vec<PromotionResult>,
     /// The gates that stopped its stages (`checks`, `slo`, `signature`, `approval`).
     pub gate_failures: Vec<String>,
+    /// Handed to Tekton instead of run here: the PipelineRun's name.
+    pub dispatched: Option<String>,
 }
 
 impl RunOutcome {
@@ -65,6 +67,7 @@ impl RunOutcome {
             bad_input,
             promotions: Vec::new(),
             gate_failures: Vec::new(),
+            dispatched: None,
         }
     }
 
@@ -77,6 +80,7 @@ impl RunOutcome {
             bad_input,
             promotions: crate::stages::promote::results(&summary.stages),
             gate_failures: gate_failures(&summary.stages),
+            dispatched: None,
         }
     }
 }

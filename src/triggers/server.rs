@@ -126,7 +126,7 @@ pub struct RunEntry {
     pub model: String,
     pub commit: String,
     pub branch: String,
-    /// queued, running, succeeded, failed, cancelled, superseded
+    /// queued, running, succeeded, failed, cancelled, superseded, dispatched
     pub status: String,
     /// The id of the newer run that replaced this queued one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -663,6 +663,8 @@ async fn run_one(app: Arc<App>, w: Waiting) {
         app.metrics.stage_duration(&req.pipeline, stage, *secs);
     }
     let status = match outcome.status {
+        // Handed to Tekton: its PipelineRun is the run id.
+        _ if outcome.dispatched.is_some() => "dispatched",
         Status::Succeeded => "succeeded",
         Status::Cancelled => "cancelled",
         _ => "failed",

@@ -17,6 +17,8 @@
 //! - [`chromium`]: headless Chromium for the HTML report.
 //! - [`s3`]: a real moto_server and boto3 to fill it.
 //! - [`triggers`]: a Git repository and webhook payloads for the triggers.
+//! - [`schema`]: the upstream definition bundles as strict validators.
+//! - [`tekton`]: a Task's step resolved from a PipelineRun as Tekton does.
 #![allow(dead_code)]
 
 pub mod build;
@@ -29,7 +31,9 @@ pub mod memory_state;
 pub mod records;
 pub mod registry;
 pub mod s3;
+pub mod schema;
 pub mod sim;
+pub mod tekton;
 pub mod triggers;
 
 use std::path::{Path, PathBuf};

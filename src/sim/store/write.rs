@@ -38,7 +38,10 @@ impl Store {
         }
         let has_name = m.get("name").and_then(Value::as_str).is_some_and(|s| !s.is_empty());
         if !has_name && let Some(prefix) = m.get("generateName").and_then(Value::as_str) {
-            let name = format!("{prefix}{}", random_suffix());
+            // apiserver storage/names/generate.go: the base is cut to
+            // 58 (63 - 5) characters before the random suffix.
+            let base: String = prefix.chars().take(58).collect();
+            let name = format!("{base}{}", random_suffix());
             m.insert("name".into(), json!(name));
         }
         if let Some(f) = rt.normalize {
@@ -57,6 +60,9 @@ impl Store {
         }
         let name = meta_str(&obj, "name").unwrap_or("").to_string();
         validate(rt, &name, &obj)?;
+        if let Some(admit) = rt.admission {
+            admit(&obj)?;
+        }
 
         let mut inner = self.lock();
         if rt.namespaced
@@ -219,6 +225,9 @@ impl Store {
             f(&mut obj);
         }
         validate(rt, name, &obj)?;
+        if let (Some(admit), Scope::Main) = (rt.admission, scope) {
+            admit(&obj)?;
+        }
         if let Some(check) = rt.validate_update {
             let causes = check(&old, &obj);
             if !causes.is_empty() {
