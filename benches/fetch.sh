@@ -7,6 +7,7 @@
 #
 #   benches/fetch.sh                         # 512 MiB and 1 GiB, 3 pairs each
 #   SIZES_MIB=256 PAIRS=5 benches/fetch.sh
+#   FETCH_BENCH=/tmp/fetch_bench-o3 SIZES_MIB=512 benches/fetch.sh   # a given binary
 #
 # Needs scripts/setup.d/20-s3.sh (s3s-fs, a venv with boto3) and GNU time.
 set -euo pipefail
@@ -21,13 +22,17 @@ for need in "$PY" "$S3S"; do
 done
 
 PROFILE="${BENCH_PROFILE:-release}"   # debug only checks the script itself
-if [ "$PROFILE" = release ]; then
-  echo "==> cargo build --release --example fetch_bench" >&2
-  cargo build --release --quiet --bin modelship --example fetch_bench --example upload_bench
+if [ -n "${FETCH_BENCH:-}" ]; then
+  BENCH="$FETCH_BENCH"                # a build kept aside, e.g. to compare profiles
 else
-  cargo build --quiet --example fetch_bench
+  if [ "$PROFILE" = release ]; then
+    echo "==> cargo build --release --example fetch_bench" >&2
+    cargo build --release --quiet --bin modelship --example fetch_bench --example upload_bench
+  else
+    cargo build --quiet --example fetch_bench
+  fi
+  BENCH="${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/examples/fetch_bench"
 fi
-BENCH="${CARGO_TARGET_DIR:-$PWD/target}/$PROFILE/examples/fetch_bench"
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/modelship-bench.XXXXXX")"
 SERVER_PID=""

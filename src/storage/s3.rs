@@ -1,6 +1,7 @@
 //! S3-compatible storage through aws-sdk-s3: client setup, listing, and
 //! downloads as (parallel, resumable) ranged GETs written at their offsets.
 
+use std::io::{Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -370,14 +371,15 @@ impl Remote {
         let first_checks: Mutex<Option<(Checks, Served)>> = Mutex::new(None);
         let result = futures::stream::iter(todo)
             .map(|(index, (start, end))| {
-                let (file, state, first_checks) = (file.clone(), &state, &first_checks);
+                let (state, first_checks) = (&state, &first_checks);
                 let mut sink = Sink {
                     index,
                     frontier: frontier.clone(),
                     md5: by_parts.as_ref().map(|_| <md5::Md5 as md5::Digest>::new()),
+                    out: None,
                 };
                 async move {
-                    let got = self.fetch_range(job, entry, &file, (start, end), whole, &mut sink).await?;
+                    let got = self.fetch_range(job, entry, (start, end), whole, &mut sink).await?;
                     if whole {
                         *first_checks.lock().await = got;
                     } else {
@@ -462,7 +464,6 @@ impl Remote {
         &self,
         job: &Job,
         entry: &Entry,
-        file: &Arc<std::fs::File>,
         (start, end): (u64, u64),
         whole: bool,
         sink: &mut Sink,
@@ -531,7 +532,8 @@ impl Remote {
             }
             let mut body = out.body;
             // The SDK's chunks are written as they are, gathered into one
-            // positioned write per WRITE_CHUNK: no copy into a buffer.
+            // vectored write per WRITE_CHUNK: no copy into a buffer, and one
+            // system call per megabyte instead of one per received chunk.
             let mut pending: Vec<bytes::Bytes> = Vec::new();
             let mut pending_len = 0usize;
             let broke = loop {
@@ -552,7 +554,7 @@ impl Remote {
                         pending_len += bytes.len();
                         pending.push(bytes);
                         if pending_len >= WRITE_CHUNK {
-                            pos = write_at(job, entry, file, pos, std::mem::take(&mut pending), sink).await?;
+                            pos = write_at(job, entry, pos, std::mem::take(&mut pending), sink).await?;
                             pending_len = 0;
                         }
                     }
@@ -572,7 +574,7 @@ impl Remote {
             };
             // Bytes that arrived before a break are good: keep them.
             if pending_len > 0 {
-                pos = write_at(job, entry, file, pos, pending, sink).await?;
+                pos = write_at(job, entry, pos, pending, sink).await?;
             }
             if pos == end {
                 return Ok(checks);
@@ -595,6 +597,9 @@ pub(crate) struct Sink {
     index: usize,
     frontier: Option<Arc<Frontier>>,
     md5: Option<md5::Md5>,
+    /// The range's own handle on the partial file (opened at its first
+    /// write), so its writes are sequential `writev`s from the range's offset.
+    out: Option<std::fs::File>,
 }
 
 /// What a download verified or computed on the way.
@@ -610,34 +615,54 @@ pub(crate) struct Downloaded {
 async fn write_at(
     job: &Job,
     entry: &Entry,
-    file: &Arc<std::fs::File>,
     pos: u64,
     chunks: Vec<bytes::Bytes>,
     sink: &mut Sink,
 ) -> Result<u64, StorageError> {
-    let file = file.clone();
     let partial = job.partial_path(&entry.rel);
     let mut md5 = sink.md5.take();
-    let (written, md5) = tokio::task::spawn_blocking(move || {
-        let mut at = pos;
-        for c in &chunks {
-            if let Some(m) = md5.as_mut() {
+    let out = sink.out.take();
+    let path = partial.clone();
+    let (written, md5, out) = tokio::task::spawn_blocking(move || {
+        let mut out = match out {
+            Some(f) => f,
+            None => std::fs::OpenOptions::new().write(true).open(&path)?,
+        };
+        out.seek(std::io::SeekFrom::Start(pos))?;
+        if let Some(m) = md5.as_mut() {
+            for c in &chunks {
                 md5::Digest::update(m, c);
             }
-            file.write_all_at(c, at)?;
-            at += c.len() as u64;
         }
-        Ok::<_, std::io::Error>((at, md5))
+        write_all_vectored(&mut out, &chunks)?;
+        let len: usize = chunks.iter().map(bytes::Bytes::len).sum();
+        Ok::<_, std::io::Error>((pos + len as u64, md5, out))
     })
     .await
     .expect("write does not panic")
     .map_err(|e| StorageError::io("write", partial, e))?;
     sink.md5 = md5;
+    sink.out = Some(out);
     if let Some(f) = &sink.frontier {
         f.advance(sink.index, written);
     }
     job.progress.add(written - pos);
     Ok(written)
+}
+
+/// `chunks`, in order, at the file's position (writev until all is written).
+fn write_all_vectored(out: &mut std::fs::File, chunks: &[bytes::Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = chunks.iter().map(|c| std::io::IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 struct StopOnDrop(Arc<Frontier>);
