@@ -273,6 +273,7 @@ mod tests {
             source: "github".into(),
             set_commit: true,
             delivery: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+            pushed_by: None,
         };
         let run = build_pipeline_run(&config, Path::new("/src"), &req).unwrap();
         assert_eq!(run["metadata"]["generateName"], "modelship-weather-forecast-");
