@@ -218,7 +218,7 @@ fn route_validates_against_the_strict_openshift_schema() {
 /// proved against the strict sim in `tests/sim_rbac.rs` (every `--sim` run is
 /// the service account with this Role; the ablation removes each rule).
 const RBAC: &[(&str, &str, &[&str])] = &[
-    ("", "configmaps", &["get", "list", "create", "update"]),
+    ("", "configmaps", &["get", "list", "watch", "create", "update"]),
     ("", "configmaps", &["delete"]),
     ("", "secrets", &["get"]),
     ("coordination.k8s.io", "leases", &["get", "create", "update", "delete"]),
