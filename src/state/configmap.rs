@@ -559,51 +559,23 @@ impl StateStore for ConfigMapStore {
         Err(StateError::TooManyConflicts { what, attempts: MAX_ATTEMPTS })
     }
 
-    /// A watch on the run's ConfigMap (`fieldSelector=metadata.name=NAME`)
-    /// from the resourceVersion read; when the server ends the watch it is
-    /// resumed from the last version seen, and on `410 Gone` (that version
-    /// is too old) the record is read again and watched from there.
+    /// A watch on the run's ConfigMap by name ([`crate::cluster::watch`]:
+    /// list, watch from that resourceVersion, re-list when the watch is cut
+    /// or its version is too old), until `done` holds.
     async fn watch_run(&self, key: &RunKey, done: &mut RunPredicate<'_>) -> Result<RunRecord, StateError> {
-        use futures::StreamExt;
-        use kube::api::{WatchEvent, WatchParams};
         let what = self.run_what(key);
         let name = run_configmap_name(&key.pipeline, &key.run_id);
-        let api = self.configmaps();
-        let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(290);
-        'read: loop {
-            let Some(cm) = api.get_opt(&name).await.map_err(|e| self.kube_err(&what, e))? else {
-                return Err(StateError::NotFound { what, store: self.describe() });
-            };
-            let run = self.decode_run(&what, &cm)?;
-            if done(&run) {
-                return Ok(run);
-            }
-            let mut version = cm.metadata.resource_version.clone().unwrap_or_default();
-            loop {
-                let stream = match api.watch(&params, &version).await {
-                    Ok(s) => s,
-                    Err(e) if is_status(&e, 410) => continue 'read,
-                    Err(e) => return Err(self.kube_err(&format!("watching {what}"), e)),
-                };
-                let mut stream = std::pin::pin!(stream);
-                while let Some(event) = stream.next().await {
-                    match event.map_err(|e| self.kube_err(&format!("watching {what}"), e))? {
-                        WatchEvent::Added(cm) | WatchEvent::Modified(cm) => {
-                            version = cm.metadata.resource_version.clone().unwrap_or(version);
-                            let run = self.decode_run(&what, &cm)?;
-                            if done(&run) {
-                                return Ok(run);
-                            }
-                        }
-                        WatchEvent::Deleted(_) => return Err(StateError::NotFound { what, store: self.describe() }),
-                        WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
-                        WatchEvent::Error(e) if e.code == 410 => continue 'read,
-                        WatchEvent::Error(e) => {
-                            return Err(self.kube_err(&format!("watching {what}"), kube::Error::Api(e)));
-                        }
+        let mut watch = crate::cluster::watch::object(self.configmaps(), "configmap", &name);
+        loop {
+            match watch.next().await {
+                Ok(Some(cm)) => {
+                    let run = self.decode_run(&what, &cm)?;
+                    if done(&run) {
+                        return Ok(run);
                     }
                 }
-                // The server closed the watch (its timeout): go on from `version`.
+                Ok(None) => return Err(StateError::NotFound { what, store: self.describe() }),
+                Err(e) => return Err(self.kube_err(&format!("watching {what}"), e.source)),
             }
         }
     }
