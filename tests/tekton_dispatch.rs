@@ -22,7 +22,7 @@ use serde_json::Value;
 use support::cli::modelship;
 use support::kubectl::{self, Kubectl};
 use support::sim::ServedSim;
-use support::triggers::{GITHUB_REMOTE, commit, github_push};
+use support::triggers::{GITHUB_REMOTE, github_push, model_repo};
 use support::{BIN, free_port, repo, text};
 
 const SECRET: &str = "tekton-dispatch-webhook-secret";
@@ -83,25 +83,11 @@ impl ModelRepo {
             Repository::init_opts(dir.path().join("repo"), git2::RepositoryInitOptions::new().initial_head("main"))
                 .unwrap();
         git.remote("origin", GITHUB_REMOTE).unwrap();
-        let mut files = vec![
+        let files = vec![
             ("pipelines/weather.yaml".to_string(), pipeline("weather", true)),
             ("pipelines/weather-render.yaml".to_string(), pipeline("weather-render", false)),
         ];
-        for e in std::fs::read_dir(repo().join("fixtures/weather-model")).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            files.push((format!("models/weather/{name}"), std::fs::read_to_string(e.path()).unwrap()));
-        }
-        let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        let base = commit(&git, None, &refs, "pipelines and model", Some("refs/heads/main"));
-        let parent = git.find_commit(base).unwrap();
-        let pushed = commit(
-            &git,
-            Some(&parent),
-            &[("models/weather/notes.md", "retrained\n")],
-            "weather v2",
-            Some("refs/heads/main"),
-        );
-        git.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).unwrap();
+        let (base, pushed) = model_repo(&git, files, "models/weather");
         ModelRepo { dir, base, pushed }
     }
 

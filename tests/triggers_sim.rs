@@ -16,7 +16,7 @@ use git2::{Oid, Repository};
 use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use support::cli::modelship;
-use support::triggers::{GITHUB_REMOTE, GITLAB_REMOTE, commit, github_push, gitlab_push};
+use support::triggers::{GITHUB_REMOTE, GITLAB_REMOTE, commit, github_push, gitlab_push, model_repo};
 use support::{free_port, repo, text};
 
 const SECRET: &str = "triggers-sim-webhook-secret";
@@ -50,21 +50,7 @@ impl ModelRepo {
         if strict {
             files.push(("pipelines/weather-strict.yaml".to_string(), strict_pipeline));
         }
-        for e in std::fs::read_dir(repo().join("fixtures/weather-model")).unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            files.push((format!("fixtures/weather-model/{name}"), std::fs::read_to_string(e.path()).unwrap()));
-        }
-        let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        let base = commit(&git, None, &refs, "pipeline and model", Some("refs/heads/main"));
-        let parent = git.find_commit(base).unwrap();
-        let pushed = commit(
-            &git,
-            Some(&parent),
-            &[("models/weather/notes.md", "retrained\n")],
-            "weather v1",
-            Some("refs/heads/main"),
-        );
-        git.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).unwrap();
+        let (base, pushed) = model_repo(&git, files, "fixtures/weather-model");
         ModelRepo { dir, base, pushed }
     }
 

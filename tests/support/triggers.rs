@@ -97,6 +97,30 @@ pub fn commit(
     repo.commit(update_ref, &sig, &sig, message, &tree, &parents).unwrap()
 }
 
+/// A model repository at `path` on `main`: a first commit of `files` plus
+/// the weather model fixture under `model_dir/`, then one commit under
+/// `models/weather/` (what the weather pipelines' triggers watch), checked
+/// out. Returns the two commits.
+pub fn model_repo(git: &Repository, mut files: Vec<(String, String)>, model_dir: &str) -> (Oid, Oid) {
+    let fixture = crate::support::repo().join("fixtures/weather-model");
+    for e in std::fs::read_dir(fixture).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        files.push((format!("{model_dir}/{name}"), std::fs::read_to_string(e.path()).unwrap()));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let base = commit(git, None, &refs, "pipelines and model", Some("refs/heads/main"));
+    let parent = git.find_commit(base).unwrap();
+    let pushed = commit(
+        git,
+        Some(&parent),
+        &[("models/weather/notes.md", "retrained\n")],
+        "weather v1",
+        Some("refs/heads/main"),
+    );
+    git.checkout_head(Some(git2::build::CheckoutBuilder::new().force())).unwrap();
+    (base, pushed)
+}
+
 pub fn build() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("repo");
