@@ -17,12 +17,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use git2::{Oid, Repository};
-use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use support::cli::modelship;
 use support::kubectl::{self, Kubectl};
 use support::sim::ServedSim;
-use support::triggers::{GITHUB_REMOTE, github_push, model_repo};
+use support::triggers::{GITHUB_REMOTE, github_push, github_signature, model_repo};
 use support::{BIN, free_port, repo, text};
 
 const SECRET: &str = "tekton-dispatch-webhook-secret";
@@ -202,14 +201,12 @@ impl Served {
     }
 
     async fn push(&self, delivery: &str, body: &[u8]) -> (u16, Value) {
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(body);
         let answer = reqwest::Client::new()
             .post(format!("{}/hooks/github", self.base))
             .header("Content-Type", "application/json")
             .header("X-GitHub-Event", "push")
             .header("X-GitHub-Delivery", delivery)
-            .header("X-Hub-Signature-256", format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+            .header("X-Hub-Signature-256", github_signature(SECRET, body))
             .body(body.to_vec())
             .send()
             .await

@@ -13,10 +13,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use git2::{Oid, Repository};
-use hmac::{KeyInit, Mac};
 use serde_json::Value;
 use support::cli::modelship;
-use support::triggers::{GITHUB_REMOTE, GITLAB_REMOTE, commit, github_push, gitlab_push, model_repo};
+use support::triggers::{GITHUB_REMOTE, GITLAB_REMOTE, commit, github_push, github_signature, gitlab_push, model_repo};
 use support::{free_port, repo, text};
 
 const SECRET: &str = "triggers-sim-webhook-secret";
@@ -161,12 +160,6 @@ impl Drop for Served {
     }
 }
 
-fn github_signature(body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_signed_github_push_to_serve_runs_the_pipeline_on_the_sim() {
     let model = ModelRepo::new(true);
@@ -180,7 +173,7 @@ async fn a_signed_github_push_to_serve_runs_the_pipeline_on_the_sim() {
         .header("Content-Type", "application/json")
         .header("X-GitHub-Event", "push")
         .header("X-GitHub-Delivery", delivery)
-        .header("X-Hub-Signature-256", github_signature(&body))
+        .header("X-Hub-Signature-256", github_signature(SECRET, &body))
         .body(body)
         .send()
         .await

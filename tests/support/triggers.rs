@@ -170,6 +170,14 @@ pub fn build() -> Fixture {
     }
 }
 
+/// GitHub's `X-Hub-Signature-256` of `body` with `secret`.
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 pub fn fixture_json(rel: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/webhooks").join(rel);
     serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
