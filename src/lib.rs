@@ -63,6 +63,7 @@ pub mod promotion;
 pub mod registry;
 pub mod report;
 pub mod retry;
+pub mod runtime;
 pub mod secret;
 pub mod signing;
 #[cfg(feature = "sim")]

@@ -444,41 +444,14 @@ impl Job {
 /// ranges; files that are no longer part of the source are removed. Cancel
 /// by dropping the future: every await leaves the work directory consistent.
 ///
-/// The transfer runs on a thread of its own with a single-threaded runtime:
-/// the HTTP connections' tasks and the bodies they feed are then polled by
-/// one thread, not handed between the caller's workers and the thread that
-/// awaits (profiled: a futex wake and a context switch per received chunk,
-/// a third of the download's CPU on two cores). Hashing and disk writes keep
-/// their own blocking threads, and hashing caps a file's speed anyway.
+/// The transfer runs on a thread of its own ([`crate::runtime::on_own_thread`]);
+/// hashing and disk writes keep their own blocking threads, and hashing caps
+/// a file's speed anyway.
 pub async fn fetch(req: FetchRequest) -> Result<Fetched, StorageError> {
-    use tracing::Instrument;
     let dest = req.dest.clone();
-    let span = tracing::Span::current();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    // Dropped with this future (a cancelled stage): the download stops too.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker_dest = dest.clone();
-    std::thread::Builder::new()
-        .name("modelship-fetch".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = done_tx.send(Err(StorageError::io("start the download runtime in", worker_dest, e)));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                tokio::select! {
-                    r = fetch_here(req).instrument(span) => { let _ = done_tx.send(r); }
-                    _ = stop_rx => {}
-                }
-            });
-        })
-        .map_err(|e| StorageError::io("start the download thread for", &dest, e))?;
-    let result = done_rx.await;
-    drop(stop_tx);
-    result.unwrap_or_else(|_| panic!("the download thread for {} panicked", dest.display()))
+    crate::runtime::on_own_thread("modelship-fetch", fetch_here(req))
+        .await
+        .unwrap_or_else(|e| Err(StorageError::io("start the download thread for", &dest, e)))
 }
 
 async fn fetch_here(req: FetchRequest) -> Result<Fetched, StorageError> {
