@@ -138,7 +138,19 @@ struct Copier<'a> {
 
 /// Copy `src` (by tag or digest) to `dst` (by tag, or by digest when it names
 /// the same digest). Returns the digest copied and what it took.
+///
+/// The copy runs on a thread of its own ([`crate::runtime::on_own_thread`]):
+/// four blobs stream at once through both registries' connections, and the
+/// SHA-256 of each is taken as its chunks pass.
 pub async fn copy_image(src: &ImageRef, dst: &ImageRef, opts: &CopyOptions) -> Result<CopyStats, RegistryError> {
+    let (src, dst, opts) = (src.clone(), dst.clone(), opts.clone());
+    let what = format!("{src} to {dst}");
+    crate::runtime::on_own_thread("modelship-copy", async move { copy_here(&src, &dst, &opts).await })
+        .await
+        .unwrap_or_else(|e| Err(RegistryError::Runtime { what, message: e.to_string() }))
+}
+
+async fn copy_here(src: &ImageRef, dst: &ImageRef, opts: &CopyOptions) -> Result<CopyStats, RegistryError> {
     let sources = opts.auth.sources.clone();
     // Both ends at once: with an insecure registry each costs a failed TLS
     // handshake before plain http.

@@ -120,6 +120,9 @@ pub enum RegistryError {
 
     #[error("destination {dst} names digest {dst_digest}, but the source is {src_digest}")]
     DestinationDigest { dst: String, dst_digest: String, src_digest: String },
+
+    #[error("cannot start the copy of {what}: {message}")]
+    Runtime { what: String, message: String },
 }
 
 impl RegistryError {
