@@ -139,9 +139,9 @@ struct Copier<'a> {
 /// Copy `src` (by tag or digest) to `dst` (by tag, or by digest when it names
 /// the same digest). Returns the digest copied and what it took.
 ///
-/// The copy runs on a thread of its own ([`crate::runtime::on_own_thread`]):
-/// four blobs stream at once through both registries' connections, and the
-/// SHA-256 of each is taken as its chunks pass.
+/// The copy runs on a thread of its own ([`crate::runtime::on_own_thread`]),
+/// as the fetch does: up to `opts.concurrency` blobs stream at once through
+/// both registries' connections, each hashed as its chunks pass.
 pub async fn copy_image(src: &ImageRef, dst: &ImageRef, opts: &CopyOptions) -> Result<CopyStats, RegistryError> {
     let (src, dst, opts) = (src.clone(), dst.clone(), opts.clone());
     let what = format!("{src} to {dst}");
