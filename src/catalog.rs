@@ -1,4 +1,4 @@
-//! The stage catalog: `catalog/<kind>/` folders (README + handlebars
+//! The stage catalog: `stages/<kind>/` folders (README + handlebars
 //! templates), embedded at build time. Lookups go, first hit wins: the
 //! pipeline's `templates:` directory, `--stages-dir`, the embedded copy.
 
@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use include_dir::{Dir, include_dir};
 
-static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/catalog");
+static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/stages");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

@@ -8,7 +8,7 @@
 //! - [`spec`]: the pipeline file — serde types, the YAML loader (the only
 //!   place that parses YAML), span-carrying diagnostics and validation.
 //! - [`archive`]: a build context directory as a streamed tar.gz (and its digest).
-//! - [`catalog`]: the stage catalog (`catalog/<kind>/`: README + templates),
+//! - [`catalog`]: the stage catalog (`stages/<kind>/`: README + templates),
 //!   embedded in the binary and overridable with `--stages-dir`.
 //! - [`checks`]: prediction checks (cases, expectations, load, SLO) and
 //!   their report; run by the `prediction-check` stage and `promote --verify`.
@@ -66,8 +66,6 @@ pub mod retry;
 pub mod runtime;
 pub mod secret;
 pub mod signing;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod spec;
 pub mod stages;
 pub mod state;

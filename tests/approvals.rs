@@ -16,9 +16,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 
-use modelship::sim::SimServer;
 use modelship::state::configmap::{ConfigMapStore, run_configmap_name, scoped_lease_name};
 use modelship::state::{LockScope, RunKey, RunRecord, StateStore, Status};
+use openshift_sim::SimServer;
 use serde_json::Value;
 use support::cli::modelship;
 use support::env::{DevProd, push_image};
@@ -51,16 +51,13 @@ impl Fixture {
             }
             let entries =
                 [env.dev(), env.prod()].map(|sim: &SimServer| sim.service_account_entry(ns, name, 24 * 3600).unwrap());
-            std::fs::write(
-                env.dir.path().join(format!("{name}.kubeconfig")),
-                modelship::sim::kubeconfig_yaml(&entries),
-            )
-            .unwrap();
+            std::fs::write(env.dir.path().join(format!("{name}.kubeconfig")), openshift_sim::kubeconfig_yaml(&entries))
+                .unwrap();
         }
         let admin_kubeconfig = env.dir.path().join("admin.kubeconfig");
         std::fs::write(
             &admin_kubeconfig,
-            modelship::sim::kubeconfig_yaml(&[env.dev().admin_entry(), env.prod().admin_entry()]),
+            openshift_sim::kubeconfig_yaml(&[env.dev().admin_entry(), env.prod().admin_entry()]),
         )
         .unwrap();
         let admin = modelship::cluster::Clusters::new(env.clusters.environments().clone(), Some(admin_kubeconfig));
@@ -75,7 +72,7 @@ impl Fixture {
         }
         let runner = [(env.dev(), "models-dev"), (env.prod(), "models-prod")]
             .map(|(sim, ns)| sim.service_account_entry(ns, "modelship", 24 * 3600).unwrap());
-        std::fs::write(env.dir.path().join("runner.kubeconfig"), modelship::sim::kubeconfig_yaml(&runner)).unwrap();
+        std::fs::write(env.dir.path().join("runner.kubeconfig"), openshift_sim::kubeconfig_yaml(&runner)).unwrap();
         let (endpoint, server) = support::env::model_server("mild").await;
         Fixture { env, admin, endpoint, server }
     }

@@ -72,19 +72,91 @@ fn violations(part: &str, forbidden: &[&str]) -> Vec<String> {
     out
 }
 
+/// The Rust files of `dir`, relative to it, with their production code.
+fn sources(dir: &Path) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    rust_files(dir, &mut files);
+    files
+        .into_iter()
+        .map(|f| {
+            let code = production_code(&std::fs::read_to_string(&f).unwrap());
+            (f.strip_prefix(dir).unwrap().display().to_string(), code)
+        })
+        .collect()
+}
+
 #[test]
-fn engine_stages_and_state_never_import_the_sim() {
-    let mut found = Vec::new();
-    for part in ["engine", "stages", "state", "cluster", "storage", "registry", "promotion", "checks", "spec"] {
-        found.extend(violations(part, &["sim"]));
-    }
+fn only_the_sim_commands_name_the_sim_crate() {
+    // The runner reaches a simulated cluster over HTTP like any other;
+    // only `modelship sim` and `--sim` (src/commands/sim.rs, simulated.rs)
+    // start one, and only under the `sim` feature.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let allowed = ["commands/sim.rs", "commands/simulated.rs"];
+    let found: Vec<String> = sources(&root)
+        .into_iter()
+        .filter(|(f, code)| code.contains("openshift_sim") && !allowed.contains(&f.as_str()))
+        .map(|(f, _)| f)
+        .collect();
     assert!(found.is_empty(), "{found:#?}");
 }
 
 #[test]
-fn the_sim_never_imports_the_engine_or_the_stages() {
-    let found = violations("sim", &["engine", "stages", "commands", "state", "promotion"]);
+fn the_sim_crate_names_nothing_of_modelship() {
+    // The judge shares no code with what it judges (issue 31): no
+    // `modelship::` path anywhere in sim/, tests included.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("sim");
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let found: Vec<String> = files
+        .into_iter()
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            text.contains("modelship::") || text.contains("extern crate modelship")
+        })
+        .map(|f| f.display().to_string())
+        .collect();
     assert!(found.is_empty(), "{found:#?}");
+}
+
+/// `cargo metadata --no-deps`: each workspace package's declared dependencies.
+fn declared_dependencies() -> serde_json::Value {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_crate_graph_keeps_the_sim_apart() {
+    let meta = declared_dependencies();
+    let packages = meta["packages"].as_array().unwrap();
+    let package =
+        |name: &str| packages.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no package {name}"));
+    let sim = package("openshift-sim");
+    let sim_deps: Vec<&str> =
+        sim["dependencies"].as_array().unwrap().iter().filter_map(|d| d["name"].as_str()).collect();
+    assert!(!sim_deps.contains(&"modelship"), "openshift-sim must not depend on modelship: {sim_deps:?}");
+    // modelship: the sim only as an optional normal dependency behind the
+    // `sim` feature (so the lean build never compiles it), and for tests.
+    let ms = package("modelship");
+    for d in ms["dependencies"].as_array().unwrap().iter().filter(|d| d["name"] == "openshift-sim") {
+        match d["kind"].as_str() {
+            None => assert_eq!(d["optional"], true, "openshift-sim must be optional: {d}"),
+            Some("dev") => {}
+            Some(other) => panic!("openshift-sim as a {other} dependency"),
+        }
+    }
+    let sim_feature: Vec<&str> = ms["features"]["sim"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
+    assert!(sim_feature.contains(&"dep:openshift-sim"), "{sim_feature:?}");
+    for (feature, enables) in ms["features"].as_object().unwrap() {
+        if feature != "sim" && feature != "default" {
+            assert!(!enables.to_string().contains("openshift-sim"), "feature {feature} enables the sim");
+        }
+    }
 }
 
 #[test]
@@ -96,7 +168,6 @@ fn spec_validation_imports_nothing_that_does_io() {
         "engine",
         "stages",
         "state",
-        "sim",
         "commands",
         "promotion",
         "signing",
@@ -121,7 +192,6 @@ fn nothing_imports_the_cli() {
         "promotion",
         "checks",
         "spec",
-        "sim",
         "signing",
         "report",
         "triggers",
@@ -162,7 +232,7 @@ fn times_are_formatted_only_by_the_timestamp_module() {
     rust_files(&root, &mut files);
     let allowed = [root.join("timestamp.rs"), root.join("engine/prepare.rs")];
     let mut found = Vec::new();
-    for f in files.iter().filter(|f| !allowed.contains(f) && !f.starts_with(root.join("sim"))) {
+    for f in files.iter().filter(|f| !allowed.contains(f)) {
         let code = production_code(&std::fs::read_to_string(f).unwrap());
         if code.contains(".strftime(") {
             found.push(f.strip_prefix(&root).unwrap().display().to_string());

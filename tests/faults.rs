@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use modelship::cluster::Clusters;
 use modelship::cluster::retry::RetryConfig;
-use modelship::sim::{self, FaultRule, Faults, SimConfig, SimServer};
 use modelship::stages::{Outputs, StageError};
 use modelship::state::configmap::ConfigMapStore;
 use modelship::state::{RunKey, RunRecord, StageRecord, StateStore, Status, dir::DirStore};
+use openshift_sim::{self as sim, FaultRule, Faults, SimConfig, SimServer};
 use serde_json::{Value, json};
 use support::build::{NS, pipeline, render_outputs, weather_context};
 use support::context;
@@ -377,7 +377,7 @@ async fn a_build_that_cannot_be_followed_gives_up_naming_it() {
     let injected = env.injected()["injected"]["503"].as_u64().unwrap();
     // 10 watch attempts of 6 requests each; the first may have met the restart instead.
     assert!((54..=60).contains(&injected), "{injected}");
-    let builds = env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&modelship::sim::build::BUILDS, Some(NS)).0;
+    let builds = env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&openshift_sim::build::BUILDS, Some(NS)).0;
     assert_eq!(builds.len(), 1);
 }
 
@@ -407,7 +407,7 @@ async fn a_runner_killed_after_a_lost_start_attaches_to_that_build() {
         // Dropped here: the runner is gone, its Build unrecorded and unannotated.
     }
     let builds =
-        || env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&modelship::sim::build::BUILDS, Some(NS)).0;
+        || env.sim.lock().unwrap().as_ref().unwrap().api().store.list(&openshift_sim::build::BUILDS, Some(NS)).0;
     assert_eq!(builds().len(), 1, "the lost POST did start a Build");
     assert!(builds()[0].pointer("/metadata/annotations/modelship.io~1run").is_none());
     let out = env.build("run-1").await.unwrap();

@@ -124,7 +124,7 @@ impl Reg {
     }
 
     /// As `default/modelship` (which `support::env::dev_and_prod` binds to cluster-admin).
-    fn sim(sim: &modelship::sim::SimServer) -> Reg {
+    fn sim(sim: &openshift_sim::SimServer) -> Reg {
         let ca = reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap();
         let http = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
         let token = sim.service_account_token("default", "modelship", 3600).unwrap();

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use modelship::sim::{self, Faults, SimConfig, SimServer};
 use modelship::stages::{Kind, Outputs, StageContext, StageError};
 use modelship::state::{StateStore, dir::DirStore};
+use openshift_sim::{self as sim, Faults, SimConfig, SimServer};
 use serde_json::{Value, json};
 use support::build::{NS, pipeline, render_outputs, weather_context};
 use support::context;

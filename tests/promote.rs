@@ -12,11 +12,11 @@ use std::time::Duration;
 use modelship::cluster::Clusters;
 use modelship::promotion::{self, PromoteRequest, PromotionError, RollbackRequest};
 use modelship::registry::{AuthStore, RegistryError};
-use modelship::sim::SimServer;
 use modelship::spec::Pipeline;
 use modelship::state::configmap::{ConfigMapStore, ledger_configmap_name};
 use modelship::state::{StateError, StateStore};
 use modelship::{ExitClass, HasExitClass};
+use openshift_sim::SimServer;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use support::env::{DevProd, DevProd as Env, MODEL, promote_request, push_image};
@@ -365,9 +365,9 @@ async fn promotion_moves_the_imagestream_tag() {
 async fn tagging_uses_imagestreamtags_and_a_failed_import_is_readable() {
     use modelship::cluster::openshift::{ImageStream, ImageStreamTag};
     let dir = tempfile::tempdir().unwrap();
-    let mut config = modelship::sim::SimConfig::new(dir.path().join("prod"), "prod");
+    let mut config = openshift_sim::SimConfig::new(dir.path().join("prod"), "prod");
     config.faults.forbidden = vec!["imagestreams.image.openshift.io:create,update,patch".parse().unwrap()];
-    let sim = modelship::sim::start(config).await.unwrap();
+    let sim = openshift_sim::start(config).await.unwrap();
     let kc = kube::config::Kubeconfig::from_yaml(&sim.kubeconfig()).unwrap();
     let client =
         kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
@@ -421,7 +421,7 @@ async fn tagging_uses_imagestreamtags_and_a_failed_import_is_readable() {
     assert!(failed.items.is_empty());
     assert_eq!(failed.conditions[0].type_, "ImportSuccess");
     assert_eq!(failed.conditions[0].status, "False");
-    let raw = sim.api().store.get(&modelship::sim::image::IMAGESTREAMS, "models-prod", MODEL).unwrap();
+    let raw = sim.api().store.get(&openshift_sim::image::IMAGESTREAMS, "models-prod", MODEL).unwrap();
     let broken = raw["status"]["tags"].as_array().unwrap().iter().find(|t| t["tag"] == "broken").unwrap().clone();
     assert_eq!(broken["items"], serde_json::Value::Null, "the server sends items: null: {broken}");
     // No image: the ImageStreamTag is not found, as on a real server.

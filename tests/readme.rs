@@ -93,3 +93,93 @@ fn the_pipeline_file_reference_names_every_key_the_parser_accepts() {
     }
     assert!(missing.is_empty(), "README's pipeline file reference does not name: {missing:?}");
 }
+
+/// Repository paths a document names: link targets `](path)` and
+/// backticked paths under the top-level folders, without `#anchors`.
+fn named_paths(text: &str) -> Vec<String> {
+    const TOP: [&str; 13] = [
+        "src/",
+        "sim/",
+        "stages/",
+        "catalog/",
+        "tests/",
+        "docs/",
+        "scripts/",
+        "fixtures/",
+        "benches/",
+        "pipelines/",
+        ".tekton/",
+        "fuzz/",
+        ".ci/",
+    ];
+    let mut out = Vec::new();
+    for (open, close) in [("](", ')'), ("`", '`')] {
+        let mut rest = text;
+        while let Some(i) = rest.find(open) {
+            rest = &rest[i + open.len()..];
+            let Some(end) = rest.find(close) else { break };
+            let candidate = rest[..end].split('#').next().unwrap_or("").trim();
+            if open == "`" {
+                rest = &rest[end + 1..];
+            }
+            let plain = candidate.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+            if plain && TOP.iter().any(|t| candidate.starts_with(t) || candidate.starts_with(&format!("../{t}"))) {
+                out.push(candidate.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_path_the_readme_and_docs_name_exists() {
+    // Files move (issue 31 moved the sim to sim/ and the catalog to
+    // stages/); a document that still names the old place misleads.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![root.join("README.md")];
+    for dir in ["docs", "stages"] {
+        for entry in walk(&root.join(dir)) {
+            if entry.extension().is_some_and(|e| e == "md") {
+                docs.push(entry);
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for p in named_paths(&text) {
+            // Links resolve from the document's folder; backticked paths
+            // from the repository root (how the docs write them).
+            let from_doc = doc.parent().unwrap().join(&p);
+            let from_root = root.join(p.trim_start_matches("../"));
+            if !from_doc.exists() && !from_root.exists() && !is_pattern(&p) {
+                missing.push(format!("{}: {p}", doc.strip_prefix(root).unwrap().display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "documents name paths that do not exist:\n{}", missing.join("\n"));
+}
+
+/// `stages/<kind>/`-style placeholders are patterns, not paths.
+fn is_pattern(p: &str) -> bool {
+    p.contains('<') || p.contains('*') || p.contains("NAME") || p.contains("RUN")
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_path_scanner_finds_links_and_backticked_paths() {
+    let text = "see [x](docs/sim.md#faults) and `sim/src/lib.rs`, not `cargo run` or https://a/b";
+    assert_eq!(named_paths(text), ["docs/sim.md", "sim/src/lib.rs"]);
+}

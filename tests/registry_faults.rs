@@ -13,10 +13,10 @@ mod support;
 
 use std::path::Path;
 
-use modelship::sim::registry::RegistryStore;
-use modelship::sim::{self, SimConfig};
 use modelship::state::StateStore;
 use modelship::state::configmap::ConfigMapStore;
+use openshift_sim::registry::RegistryStore;
+use openshift_sim::{self as sim, SimConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::cli::{modelship, weather_fixture};

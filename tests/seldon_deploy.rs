@@ -17,11 +17,11 @@ use std::sync::Arc;
 
 use modelship::catalog::Catalog;
 use modelship::error::{ExitClass, HasExitClass};
-use modelship::sim::{self, Faults, SimConfig, SimServer};
 use modelship::spec::Pipeline;
 use modelship::stages::render::{self, RenderInput};
 use modelship::stages::{Outputs, StageError};
 use modelship::state::StateStore;
+use openshift_sim::{self as sim, Faults, SimConfig, SimServer};
 use serde_json::{Value, json};
 use support::cli::processes_under;
 use support::memory_state::MemoryState;
@@ -114,7 +114,7 @@ async fn push_image(sim: &SimServer, repo: &str, context: &Path, env: &[(&str, &
 }
 
 /// The rendered weather build context (the Dockerfile's ENV and CMD below
-/// mirror `catalog/render/Dockerfile.hbs`).
+/// mirror `stages/render/Dockerfile.hbs`).
 fn weather_context(out: &Path) -> PathBuf {
     let input = RenderInput {
         params: Default::default(),

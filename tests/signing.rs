@@ -673,7 +673,7 @@ fn prod_attestation(root: &Path) -> Value {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         use tokio::io::AsyncReadExt;
-        let store = modelship::sim::registry::RegistryStore::new(root);
+        let store = openshift_sim::registry::RegistryStore::new(root);
         let repo = "models-prod/weather";
         let tags = store.tags(repo).await.unwrap();
         let att: Vec<&String> = tags.iter().filter(|t| t.ends_with(".att")).collect();

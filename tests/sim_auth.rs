@@ -13,7 +13,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use modelship::sim::{SimConfig, SimServer};
+use openshift_sim::{SimConfig, SimServer};
 use serde_json::{Value, json};
 use support::registry::{Layout, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, skopeo_output};
 use support::sim::ServedSim;
@@ -299,9 +299,9 @@ fn kubectl_verifies_tls_authenticates_by_certificate_and_token_and_rbac_decides(
 /// An in-process sim with an image `models-dev/weather:v1` pushed the way
 /// the build controller pushes (in-process, as the cluster's own component).
 async fn sim_with_image(dir: &Path) -> (SimServer, String) {
-    let sim = modelship::sim::start(SimConfig::new(dir.join("data"), "sim")).await.unwrap();
+    let sim = openshift_sim::start(SimConfig::new(dir.join("data"), "sim")).await.unwrap();
     let ns = json!({"metadata": {"name": "models-dev"}});
-    sim.api().store.create(&modelship::sim::core::NAMESPACES, "", ns, false).unwrap();
+    sim.api().store.create(&openshift_sim::core::NAMESPACES, "", ns, false).unwrap();
     let reg = &sim.api().registry;
     let repo = "models-dev/weather";
     let layer = reg.put_blob(repo, b"weights").await.unwrap();
@@ -332,7 +332,7 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
     assert_eq!(v2.headers()["www-authenticate"], format!(r#"Bearer realm="https://{host}/openshift/token""#).as_str());
     // A client certificate is no registry credential (the admin's is refused
     // too), nor is a token the sim did not sign.
-    let modelship::sim::KubeUser::ClientCertificate(pair) = sim.admin_entry().user else {
+    let openshift_sim::KubeUser::ClientCertificate(pair) = sim.admin_entry().user else {
         panic!("admin by certificate")
     };
     let identity = reqwest::Identity::from_pem(format!("{}{}", pair.cert_pem, pair.key_pem).as_bytes()).unwrap();
@@ -384,7 +384,7 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
     sim.ensure_service_account("default", "pusher", Some("cluster-admin")).unwrap();
     let out = push(&pusher, "models-dev/fresh:v1");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let streams = &modelship::sim::image::IMAGESTREAMS;
+    let streams = &openshift_sim::image::IMAGESTREAMS;
     assert!(sim.api().store.get(streams, "models-dev", "fresh").is_some(), "the push created the image stream");
 
     // Registry requests are audited as the resource they were authorized as.
@@ -411,7 +411,7 @@ async fn the_registry_takes_service_account_tokens_and_authorizes_pull_and_push_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_and_unauthenticated_discovery_get_a_401_status() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = modelship::sim::start(SimConfig::new(dir.path().join("data"), "sim")).await.unwrap();
+    let sim = openshift_sim::start(SimConfig::new(dir.path().join("data"), "sim")).await.unwrap();
     sim.ensure_service_account("default", "old", Some("cluster-admin")).unwrap();
     let expired = sim.service_account_token("default", "old", -60).unwrap();
     let fresh = sim.service_account_token("default", "old", 600).unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
-use modelship::sim::{self, ForbiddenRule, SimConfig, SimServer};
+use openshift_sim::{self as sim, ForbiddenRule, SimConfig, SimServer};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 

@@ -6,7 +6,7 @@
 mod support;
 
 use modelship::registry::{CopyOptions, ImageRef, copy_image};
-use modelship::sim::registry::{RegistryStore, router};
+use openshift_sim::registry::{RegistryStore, router};
 use support::registry::*;
 
 struct Sim {

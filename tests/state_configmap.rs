@@ -11,11 +11,11 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, PostParams};
-use modelship::sim::{self, SimConfig, SimServer};
 use modelship::state::configmap::{
     ConfigMapStore, LEDGER_KEY, LEDGER_MAX_BYTES, RUN_KEY, ledger_configmap_name, lock_lease_name, run_configmap_name,
 };
 use modelship::state::{RunKey, RunRecord, StageRecord, StateError, StateStore, Status};
+use openshift_sim::{self as sim, SimConfig, SimServer};
 
 use support::records::entry;
 

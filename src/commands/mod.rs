@@ -75,7 +75,7 @@ pub struct GlobalArgs {
     /// Less output: warnings and errors only.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Override the embedded stage catalog (`catalog/<kind>/<file>`) with this directory.
+    /// Override the embedded stage catalog (`stages/<kind>/<file>`) with this directory.
     #[arg(long, visible_alias = "catalog-dir", global = true, value_name = "DIR", env = "MODELSHIP_STAGES_DIR")]
     pub stages_dir: Option<PathBuf>,
 }

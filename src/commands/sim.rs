@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use super::{CommandError, GlobalArgs, fail};
+use super::{CommandError, GlobalArgs};
 use crate::error::ExitClass;
-use crate::sim::{Faults, SimConfig};
+use openshift_sim::{Faults, SimConfig};
 
 /// The simulated OpenShift (the cargo feature `sim`).
 #[derive(Debug, Subcommand)]
@@ -38,7 +38,7 @@ pub struct SimServeArgs {
     /// Answer 403 Forbidden for a resource: RESOURCE[.GROUP][:VERB,...][@NAMESPACE]
     /// (repeatable), e.g. `builds.build.openshift.io:create@models-dev`.
     #[arg(long, value_name = "RULE")]
-    pub forbid: Vec<crate::sim::ForbiddenRule>,
+    pub forbid: Vec<openshift_sim::ForbiddenRule>,
     /// Inject a failure: KIND[+ARG][/EVERY][*TIMES][=SELECTOR] (repeatable).
     /// KIND: 500, 503, 429[+RETRY_AFTER_SECS], drop (close unanswered), lose
     /// (process, then close unanswered), delay[+DURATION], cut-watch,
@@ -49,7 +49,7 @@ pub struct SimServeArgs {
     /// `429+2/4=configmaps`, `cut-body/2=registry/blobs:get`.
     /// Counts: `GET /sim/faults`.
     #[arg(long, value_name = "RULE")]
-    pub fault: Vec<crate::sim::FaultRule>,
+    pub fault: Vec<openshift_sim::FaultRule>,
 }
 
 pub async fn run(c: SimCommand, _g: &GlobalArgs) -> Result<(), CommandError> {
@@ -65,9 +65,9 @@ async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
         listen: a.listen,
         name: a.name.clone(),
         faults: Faults { forbidden: a.forbid.clone(), inject: a.fault.clone() },
-        ..SimConfig::new(a.data.clone(), a.name.clone())
+        ..super::simulated::sim_config(a.data.clone(), a.name.clone())
     };
-    let server = crate::sim::start(config).await.map_err(fail)?;
+    let server = openshift_sim::start(config).await.map_err(|e| CommandError::new(ExitClass::Failed, e))?;
     let kubeconfig = a.kubeconfig.clone().unwrap_or_else(|| a.data.join("kubeconfig"));
     if let Err(e) = write_kubeconfig(&kubeconfig, &server.kubeconfig()) {
         server.shutdown().await;
@@ -89,14 +89,14 @@ async fn serve(a: SimServeArgs) -> Result<(), CommandError> {
 /// one per environment (`DIR/dev`, `DIR/prod`): serving DIR itself would
 /// start an empty cluster beside them, so say which to pass instead.
 fn refuse_a_sim_root(data: &Path) -> Result<(), CommandError> {
-    if data.join(crate::sim::ADDRESS_FILE).is_file() {
+    if data.join(openshift_sim::ADDRESS_FILE).is_file() {
         return Ok(());
     }
     let mut clusters: Vec<String> = std::fs::read_dir(data)
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().join(crate::sim::ADDRESS_FILE).is_file())
+        .filter(|e| e.path().join(openshift_sim::ADDRESS_FILE).is_file())
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .collect();
     if clusters.is_empty() {

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 
 use super::CommandError;
 use crate::error::ExitClass;
-pub use crate::sim::FaultRule;
-use crate::sim::{KubeUser, KubeconfigEntry, SimConfig, SimServer};
 use crate::spec::{Overrides, Pipeline, RegistryOverride};
+pub use openshift_sim::FaultRule;
+use openshift_sim::{KubeUser, KubeconfigEntry, SimConfig, SimServer};
 
 /// The RBAC a platform team applies in every namespace modelship uses.
 pub const SHIPPED_RBAC: &str = include_str!("../../.tekton/rbac/modelship.yaml");
@@ -65,6 +65,14 @@ pub struct SimClusters {
     /// What the run must be told: contexts, registries, the model endpoint.
     pub overrides: Overrides,
     s3: Option<crate::storage::embedded::EmbeddedS3>,
+}
+
+/// A sim on a free loopback port whose minted tokens this process masks.
+pub fn sim_config(data_dir: PathBuf, name: String) -> SimConfig {
+    SimConfig {
+        on_secret: openshift_sim::SecretSink::new(|token| crate::secret::register(token)),
+        ..SimConfig::new(data_dir, name)
+    }
 }
 
 fn failed(message: String) -> CommandError {
@@ -124,10 +132,10 @@ impl SimClusters {
     ) -> Result<(), CommandError> {
         for name in pipeline.spec.environments.keys() {
             // Each comes back on the address its data directory had before.
-            let mut config = SimConfig::new(dir.join(name), name.clone());
+            let mut config = sim_config(dir.join(name), name.clone());
             config.faults.inject = opts.faults.clone();
             config.controllers = !opts.read_only;
-            let sim = crate::sim::start(config).await.map_err(|e| CommandError::new(ExitClass::Failed, e))?;
+            let sim = openshift_sim::start(config).await.map_err(|e| CommandError::new(ExitClass::Failed, e))?;
             // Setup is the administrator's, not under test: faults from the run on.
             sim.api().fault_counters.arm(false);
             tracing::info!(environment = %name, url = %sim.url(), "simulated cluster started");
@@ -167,8 +175,8 @@ impl SimClusters {
             user.push(KubeconfigEntry { user: KubeUser::Token(token), ..sim.admin_entry() });
             admins.insert(name.clone(), client);
         }
-        write(&self.admin_kubeconfig, &crate::sim::kubeconfig_yaml(&admin))?;
-        write(&self.kubeconfig, &crate::sim::kubeconfig_yaml(&user))?;
+        write(&self.admin_kubeconfig, &openshift_sim::kubeconfig_yaml(&admin))?;
+        write(&self.kubeconfig, &openshift_sim::kubeconfig_yaml(&user))?;
         if opts.serve_s3 {
             self.serve_model(pipeline, pipeline_path, dir, &admins).await?;
         }

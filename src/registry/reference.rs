@@ -112,19 +112,37 @@ pub fn validate_repository(repo: &str) -> Result<(), String> {
         return Err("the repository is longer than 255 characters".into());
     }
     for comp in repo.split('/') {
-        let ok = !comp.is_empty()
-            && comp.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
-            && comp.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-            && comp.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
-            && !comp.contains("..")
-            && !comp.contains("___");
-        if !ok {
+        if !is_path_component(comp) {
             return Err(format!(
-                "repository component `{comp}` is not valid (lowercase letters, digits and . _ - separators)"
+                "repository component `{comp}` is not valid (lowercase letters and digits, joined by one `.`, one or two `_`, or dashes)"
             ));
         }
     }
     Ok(())
+}
+
+/// `[a-z0-9]+` runs joined by exactly one separator: `.`, `_`, `__` or any
+/// number of `-` (so `a._b`, `a___b`, `a.-b` are not names).
+fn is_path_component(comp: &str) -> bool {
+    let mut chars = comp.bytes().peekable();
+    loop {
+        let mut run = 0;
+        while chars.next_if(|b| b.is_ascii_lowercase() || b.is_ascii_digit()).is_some() {
+            run += 1;
+        }
+        if run == 0 {
+            return false;
+        }
+        match chars.next() {
+            None => return true,
+            Some(b'.') => {}
+            Some(b'_') => {
+                chars.next_if_eq(&b'_');
+            }
+            Some(b'-') => while chars.next_if_eq(&b'-').is_some() {},
+            Some(_) => return false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +164,9 @@ mod tests {
         let r = ImageRef::parse(&format!("localhost/app:t@{D}")).unwrap();
         assert_eq!((r.tag.as_deref(), r.digest.as_deref()), (Some("t"), Some(D)));
         assert_eq!(r.to_string(), format!("localhost/app:t@{D}"));
+        for ok in ["reg.io/a__b", "reg.io/a---b.c_d", "reg.io/0"] {
+            assert!(ImageRef::parse(ok).is_ok(), "{ok}");
+        }
         let r = ImageRef::parse("localhost:5000/app").unwrap();
         assert_eq!((r.tag.as_deref(), r.reference()), (None, "latest"));
     }
@@ -158,6 +179,11 @@ mod tests {
             ("oci:/tmp/x", "HOST[:PORT]/REPO"),
             ("oci-archive://x/y", "not supported"),
             ("reg.io/App", "not valid"),
+            // Distribution's separators: one `.`, one or two `_`, or dashes.
+            ("reg.io/a._b", "not valid"),
+            ("reg.io/a___b", "not valid"),
+            ("reg.io/a.-b", "not valid"),
+            ("reg.io/a_", "not valid"),
             ("reg.io/app:-bad", "valid tag"),
             ("reg.io/app@sha256:abc", "is not a digest"),
             ("reg.io/app@md5:abc", "only sha256"),

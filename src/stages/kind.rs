@@ -200,6 +200,16 @@ mod tests {
         }
     }
 
+    /// The catalog folder `stages/<kind>/` documents every kind.
+    #[test]
+    fn every_kind_has_a_catalog_readme() {
+        let catalog = crate::catalog::Catalog::embedded();
+        for kind in Kind::ALL {
+            let readme = catalog.readme(kind.name()).unwrap_or_else(|| panic!("no stages/{kind}/README.md"));
+            assert!(readme.contains("utput"), "stages/{kind}/README.md says nothing of its outputs");
+        }
+    }
+
     #[test]
     fn inputs_name_only_earlier_kinds_in_the_list() {
         for kind in Kind::ALL {

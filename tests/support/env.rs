@@ -12,8 +12,8 @@ use std::time::Duration;
 use modelship::cluster::Clusters;
 use modelship::promotion::{self, PromoteRequest};
 use modelship::registry::AuthStore;
-use modelship::sim::{SimConfig, SimServer};
 use modelship::spec::Pipeline;
+use openshift_sim::{SimConfig, SimServer};
 use serde_json::json;
 
 use super::registry::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
@@ -23,14 +23,14 @@ pub const MODEL: &str = "weather";
 /// `dev` and `prod` sims under `dir` (data in `dir/dev`, `dir/prod`) and
 /// the kubeconfig `dir/kubeconfig` for both.
 pub async fn dev_and_prod(dir: &Path) -> (SimServer, SimServer, PathBuf) {
-    let dev = modelship::sim::start(SimConfig::new(dir.join("dev"), "dev")).await.unwrap();
-    let prod = modelship::sim::start(SimConfig::new(dir.join("prod"), "prod")).await.unwrap();
+    let dev = openshift_sim::start(SimConfig::new(dir.join("dev"), "dev")).await.unwrap();
+    let prod = openshift_sim::start(SimConfig::new(dir.join("prod"), "prod")).await.unwrap();
     let kubeconfig = dir.join("kubeconfig");
     let entry = |sim: &SimServer| {
         sim.ensure_service_account("default", "modelship", Some("cluster-admin")).unwrap();
         sim.service_account_entry("default", "modelship", 24 * 3600).unwrap()
     };
-    std::fs::write(&kubeconfig, modelship::sim::kubeconfig_yaml(&[entry(&dev), entry(&prod)])).unwrap();
+    std::fs::write(&kubeconfig, openshift_sim::kubeconfig_yaml(&[entry(&dev), entry(&prod)])).unwrap();
     (dev, prod, kubeconfig)
 }
 

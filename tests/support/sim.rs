@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use modelship::sim::SimServer;
+use openshift_sim::SimServer;
 use serde_json::Value;
 
 use super::kubectl::{self, Kubectl};

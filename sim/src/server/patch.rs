@@ -75,7 +75,7 @@ pub(super) fn patch(
         ),
         "application/apply-patch+yaml" => {
             let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("apply body is not UTF-8"))?;
-            let v: Value = crate::spec::yaml::from_str(text)
+            let v: Value = crate::yaml::to_json(text)
                 .map_err(|e| ApiError::bad_request(format!("invalid apply configuration: {e}")))?;
             if !v.is_object() {
                 return Err(ApiError::bad_request("the apply configuration must be an object"));

@@ -42,7 +42,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use crate::registry::{validate_digest, validate_repository};
+use super::reference::{validate_digest, validate_repository};
 
 const MAX_MANIFEST: usize = 4 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -76,15 +76,6 @@ pub enum StoreError {
     BadManifest { name: String, reason: String },
     #[error("manifest for {name} references {digest}, which is not in the repository")]
     MissingReference { name: String, digest: String },
-}
-
-impl crate::error::HasExitClass for StoreError {
-    fn exit_class(&self) -> crate::error::ExitClass {
-        match self {
-            StoreError::Io { .. } => crate::error::ExitClass::Failed,
-            _ => crate::error::ExitClass::BadInput,
-        }
-    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {

@@ -17,8 +17,8 @@ use std::process::Stdio;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::reference::Reference;
 use super::registry::{RegistryStore, StoreError};
-use crate::registry::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -100,12 +100,12 @@ fn find_file(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
 /// Pull `image` (pinned by digest) from `registry` and unpack it into
 /// `dir/rootfs`; `dir/.unpacked` marks a finished unpack so a restarted sim
 /// reuses it.
-pub async fn unpack(registry: &RegistryStore, image: &ImageRef, dir: &Path) -> Result<Image, RuntimeError> {
+pub async fn unpack(registry: &RegistryStore, image: &Reference, dir: &Path) -> Result<Image, RuntimeError> {
     let shown = image.to_string();
     let bad = |reason: String| RuntimeError::BadImage { image: shown.clone(), reason };
     let digest = image.digest.as_deref().ok_or_else(|| bad("not pinned by digest".into()))?;
     let (_, media_type, bytes) = registry
-        .get_manifest(&image.repository, digest)
+        .get_manifest(&image.path, digest)
         .await
         .ok_or_else(|| RuntimeError::NotFound { image: shown.clone() })?;
     let manifest: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
@@ -116,7 +116,7 @@ pub async fn unpack(registry: &RegistryStore, image: &ImageRef, dir: &Path) -> R
         .pointer("/config/digest")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("manifest has no config".into()))?;
-    let config = read_blob(registry, &image.repository, config_digest, &shown).await?;
+    let config = read_blob(registry, &image.path, config_digest, &shown).await?;
     let config: Value = serde_json::from_slice(&config).map_err(|e| bad(format!("image config: {e}")))?;
     let c = config.get("config").cloned().unwrap_or(Value::Null);
     let strings = |v: Option<&Value>| -> Vec<String> {
@@ -146,7 +146,7 @@ pub async fn unpack(registry: &RegistryStore, image: &ImageRef, dir: &Path) -> R
             let d = layer.get("digest").and_then(Value::as_str).ok_or_else(|| bad("layer without digest".into()))?;
             let mt = layer.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
             let file = registry
-                .open_blob(&image.repository, d)
+                .open_blob(&image.path, d)
                 .await
                 .map_err(|source| RuntimeError::Registry { image: shown.clone(), source })?
                 .into_std()

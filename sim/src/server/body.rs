@@ -52,7 +52,7 @@ pub(super) async fn read_json(req: Request, rt: &ResourceType) -> Result<Value, 
     let bytes = bytes(req).await?;
     if yaml {
         let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
-        return crate::spec::yaml::from_str(text)
+        return crate::yaml::to_json(text)
             .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid YAML: {e}")));
     }
     serde_json::from_slice(&bytes)

@@ -30,11 +30,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::SimApi;
 use super::apps::DEPLOYMENTS;
+use super::reference::Reference;
 use super::resource::{Column, ResourceTable, ResourceType};
 use super::runtime::{self, Launch, Process};
 use super::status::Cause;
 use super::store::{EventType, Scope, WriteOptions};
-use crate::registry::ImageRef;
 
 pub const SELDON_DEPLOYMENTS: ResourceType = ResourceType {
     short_names: &["sdep"],
@@ -396,7 +396,7 @@ async fn serve_predictor(api: SimApi, dir: PathBuf, ns: String, name: String, d:
     let Some(dgen) = write_deployment(&api, &ns, &name, &d) else { return };
     deployment_status(&api, &ns, &dname, dgen, d.replicas, false);
 
-    let image = match ImageRef::parse(&d.image) {
+    let image = match Reference::parse_normalized(&d.image) {
         Ok(i) if i.digest.is_some() => i,
         Ok(_) => return fail(format!("image {} is not pinned by digest (the sim pulls by digest only)", d.image)),
         Err(e) => return fail(format!("image {}: {e}", d.image)),

@@ -238,22 +238,10 @@ fn validate_ref(r: &Value, at: &str) -> Vec<String> {
         }
     } else if name.is_empty() {
         errs.push(format!("missing field(s): {at}.name"));
-    } else if !qualified_name(name) {
+    } else if !super::validation::is_qualified_name(name) {
         errs.push(format!("invalid value: {name}: {at}.name"));
     }
     errs
-}
-
-/// apimachinery `IsQualifiedName`: an optional DNS-subdomain prefix and `/`,
-/// then 1-63 characters of `[A-Za-z0-9_.-]`, alphanumeric at both ends.
-fn qualified_name(s: &str) -> bool {
-    let (prefix, name) = s.rsplit_once('/').map_or((None, s), |(p, n)| (Some(p), n));
-    prefix.is_none_or(crate::names::is_dns_subdomain)
-        && !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// `validateNoDuplicateNames(names, false)`: case-insensitive, by key.

@@ -513,7 +513,7 @@ mod tests {
 
     #[test]
     fn every_nth_and_times() {
-        let table = crate::sim::build_table();
+        let table = crate::build_table();
         let info = |m: &str, path: &str| RequestInfo::resolve(&table, &m.parse().unwrap(), path, &Query::default());
         let faults = Faults { forbidden: vec![], inject: vec!["503/2*2=configmaps".parse().unwrap()] };
         let c = FaultCounters::new(&faults);

@@ -397,7 +397,7 @@ async fn token_request_inner(api: SimApi, req: SubresourceRequest) -> Result<Res
         audiences.push(ISSUER.into());
     }
     let (token, exp) = api.tokens.issue(&ns, &name, &uid, &audiences, seconds)?;
-    crate::secret::register(token.clone());
+    api.on_secret.issued(&token);
     let out = json!({
         "kind": "TokenRequest",
         "apiVersion": "authentication.k8s.io/v1",

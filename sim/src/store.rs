@@ -27,7 +27,9 @@ use super::SimError;
 use super::managed::{FieldManager, Part};
 use super::resource::ResourceType;
 use super::status::Cause;
-use crate::names::{is_dns_label, is_dns_subdomain};
+use super::validation::{
+    DNS1123_LABEL_MSG, DNS1123_SUBDOMAIN_MSG, is_dns1123_label, is_dns1123_subdomain, is_label_value, is_qualified_name,
+};
 
 /// Watch events kept for clients that resume from an older resourceVersion;
 /// older ones get `410 Expired` and re-list, as with etcd compaction.
@@ -196,17 +198,6 @@ pub fn resource_version_of(obj: &Value) -> Option<u64> {
     meta_str(obj, "resourceVersion").and_then(|s| s.parse().ok())
 }
 
-const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
-const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-
-fn is_label_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
-}
-
 /// Metadata checks every kind gets: name, labels, annotations.
 fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -214,12 +205,12 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
     if name.is_empty() {
         causes.push(Cause::required("metadata.name"));
     } else if rt.kind == "Namespace" {
-        if !is_dns_label(name) {
+        if !is_dns1123_label(name) {
             causes.push(Cause::invalid("metadata.name", name, DNS1123_LABEL_MSG));
         }
     } else if rt.kind == "ImageStreamTag" {
         // `STREAM:TAG`, as image.openshift.io names them.
-        if !name.split_once(':').is_some_and(|(s, t)| is_dns_subdomain(s) && !t.is_empty() && t.len() <= 128) {
+        if !name.split_once(':').is_some_and(|(s, t)| is_dns1123_subdomain(s) && !t.is_empty() && t.len() <= 128) {
             causes.push(Cause::invalid("metadata.name", name, "must be of the form <stream_name>:<tag>"));
         }
     } else if rt.kind == "Image" && rt.group == "image.openshift.io" {
@@ -230,7 +221,7 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         {
             causes.push(Cause::invalid("metadata.name", name, "must be of the form <algorithm>:<hex digest>"));
         }
-    } else if rt.group != super::rbac::GROUP && !is_dns_subdomain(name) {
+    } else if rt.group != super::rbac::GROUP && !is_dns1123_subdomain(name) {
         causes.push(Cause::invalid("metadata.name", name, DNS1123_SUBDOMAIN_MSG));
     }
     // RBAC objects are named like path segments (`system:discovery`).
@@ -243,16 +234,11 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
         Some(Value::Object(labels)) => {
             for (k, v) in labels {
                 let field = "metadata.labels".to_string();
-                let (prefix, key_name) = match k.split_once('/') {
-                    Some((p, n)) => (Some(p), n),
-                    None => (None, k.as_str()),
-                };
-                if prefix.is_some_and(|p| !is_dns_subdomain(p)) || !is_label_name(key_name) {
+                if !is_qualified_name(k) {
                     causes.push(Cause::invalid(&field, k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]'); a prefix must be a DNS subdomain; the name part must be no more than 63 characters"));
                 }
                 match v.as_str() {
-                    Some("") => {}
-                    Some(s) if is_label_name(s) => {}
+                    Some(s) if is_label_value(s) => {}
                     Some(s) => causes.push(Cause::invalid(&field, s, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?'); must be no more than 63 characters")),
                     None => causes.push(Cause::type_invalid(format!("metadata.labels.{k}"), "a string")),
                 }
@@ -266,6 +252,10 @@ fn validate_meta(rt: &ResourceType, obj: &Value) -> Vec<Cause> {
             let mut total = 0;
             for (k, v) in a {
                 total += k.len();
+                // ValidateAnnotations checks the lower-cased key.
+                if !is_qualified_name(&k.to_lowercase()) {
+                    causes.push(Cause::invalid("metadata.annotations", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character; a prefix must be a DNS subdomain; the name part must be no more than 63 characters"));
+                }
                 match v.as_str() {
                     Some(s) => total += s.len(),
                     None => causes.push(Cause::type_invalid(format!("metadata.annotations.{k}"), "a string")),

@@ -84,14 +84,9 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 
 /// kube's `path.ValidatePathSegmentName`, the name rule of RBAC objects.
 pub(crate) fn validate_name(name: &str) -> Vec<Cause> {
-    let msg = match name {
-        "" => return Vec::new(),
-        "." | ".." => format!("may not be '{name}'"),
-        n if n.contains('/') => "may not contain '/'".to_string(),
-        n if n.contains('%') => "may not contain '%'".to_string(),
-        _ => return Vec::new(),
-    };
-    vec![Cause::invalid("metadata.name", name, &msg)]
+    super::validation::path_segment_problem(name)
+        .map(|msg| vec![Cause::invalid("metadata.name", name, &msg)])
+        .unwrap_or_default()
 }
 
 fn validate_rules(obj: &Value, namespaced: bool) -> Vec<Cause> {

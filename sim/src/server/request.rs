@@ -27,7 +27,7 @@ pub struct RequestInfo {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
-    /// Who is asking: `system:anonymous` until [`crate::sim::authn::layer`]
+    /// Who is asking: `system:anonymous` until [`crate::authn::layer`]
     /// authenticates the request and sets it.
     pub user: String,
 }

@@ -384,7 +384,7 @@ async fn read_body(body: Body, headers: &axum::http::HeaderMap) -> Result<Value,
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
     if ct.starts_with("application/yaml") {
         let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
-        return crate::spec::yaml::from_str(text)
+        return crate::yaml::to_json(text)
             .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid YAML: {e}")));
     }
     serde_json::from_slice(&bytes)
@@ -417,7 +417,7 @@ fn validate_istag(id: &str, body: &Value) -> Vec<Cause> {
             let name = from.get("name").and_then(Value::as_str).unwrap_or("");
             if name.is_empty() {
                 causes.push(Cause::required("tag.from.name"));
-            } else if kind == "DockerImage" && crate::registry::ImageRef::parse(name).is_err() {
+            } else if kind == "DockerImage" && super::reference::Reference::parse_normalized(name).is_err() {
                 causes.push(Cause::invalid("tag.from.name", name, "invalid reference format"));
             }
         }
@@ -667,8 +667,9 @@ async fn import_stream(api: &SimApi, host: &str, is: &Value) {
 /// Find `from` in the sim's registry and record its Image; the digest, or
 /// `(reason, message)` for the failed-import condition.
 async fn import_image(api: &SimApi, host: &str, from: &str) -> Result<String, (&'static str, String)> {
-    let r = crate::registry::ImageRef::parse(from).map_err(|e| ("InvalidImageReference", e.to_string()))?;
-    if r.registry != host {
+    let r =
+        super::reference::Reference::parse_normalized(from).map_err(|e| ("InvalidImageReference", e.to_string()))?;
+    if r.domain != host {
         return Err((
             "InternalError",
             format!(
@@ -676,12 +677,12 @@ async fn import_image(api: &SimApi, host: &str, from: &str) -> Result<String, (&
             ),
         ));
     }
-    let Some((digest, media_type, bytes)) = api.registry.get_manifest(&r.repository, r.reference()).await else {
+    let Some((digest, media_type, bytes)) = api.registry.get_manifest(&r.path, r.reference()).await else {
         return Err(("NotFound", format!("dockerimage.image.openshift.io \"{from}\" not found")));
     };
     let manifest: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let config = match manifest.pointer("/config/digest").and_then(Value::as_str) {
-        Some(d) => match api.registry.open_blob(&r.repository, d).await {
+        Some(d) => match api.registry.open_blob(&r.path, d).await {
             Ok(mut f) => {
                 use tokio::io::AsyncReadExt;
                 let mut buf = Vec::new();
@@ -697,6 +698,6 @@ async fn import_image(api: &SimApi, host: &str, from: &str) -> Result<String, (&
         .and_then(Value::as_array)
         .map(|ls| ls.iter().filter_map(|l| l.get("size").and_then(Value::as_u64)).sum())
         .unwrap_or(0);
-    record_image(api, &digest, &format!("{}/{}@{digest}", r.registry, r.repository), &media_type, &config, size);
+    record_image(api, &digest, &format!("{}/{}@{digest}", r.domain, r.path), &media_type, &config, size);
     Ok(digest)
 }

@@ -4,8 +4,13 @@
 //! under `/v2/`. State persists in a data directory. It is a simulation and
 //! says so: a build does not execute the Dockerfile's RUN steps.
 //!
-//! The runner never imports this module; it reaches the sim over HTTP like a
-//! real cluster. One file per simulated API group or controller.
+//! A crate of its own that depends on nothing of modelship: the judge shares
+//! no code with what it judges. Where it needs a rule the runner also has
+//! (image references, names, YAML), it has its own copy written from the
+//! upstream source ([`reference`], [`validation`], [`yaml`]). The runner
+//! reaches it over HTTP like a real cluster; only the process that embeds it
+//! (`modelship sim`, `--sim`, tests) calls [`start`]. One file per simulated
+//! API group or controller.
 //!
 //! # Layout
 //!
@@ -48,7 +53,7 @@
 //!
 //! # Adding a kind
 //!
-//! 1. In the group's file (a new `src/sim/<group>.rs` for a new group), add
+//! 1. In the group's file (a new `sim/src/<group>.rs` for a new group), add
 //!    a `const` [`ResourceType`] built with [`ResourceType::namespaced`] and
 //!    struct update syntax for what differs (`short_names`, `subresources:
 //!    &["status"]`, `generation: true` for spec/status kinds, `columns`,
@@ -85,6 +90,7 @@ pub mod image;
 pub mod managed;
 pub mod protobuf;
 pub mod rbac;
+pub mod reference;
 pub mod registry;
 pub mod resource;
 pub mod route;
@@ -96,6 +102,8 @@ pub mod status;
 pub mod store;
 pub mod tekton;
 pub mod tls;
+pub mod validation;
+pub mod yaml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -128,6 +136,35 @@ pub struct SimConfig {
     /// Off: the API server alone, as strict as ever, for a client that only
     /// reads, like a cluster whose controller manager is down.
     pub controllers: bool,
+    /// Told every credential the sim mints (ServiceAccount tokens), so the
+    /// process that embeds it can mask them in its own logs.
+    pub on_secret: SecretSink,
+}
+
+/// A callback that learns each credential the sim issues. The sim itself
+/// never logs one; the host process (a runner embedding the sim) registers
+/// them with its own masking.
+#[derive(Clone, Default)]
+pub struct SecretSink(Option<Arc<OnSecret>>);
+
+type OnSecret = dyn Fn(&str) + Send + Sync;
+
+impl SecretSink {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        SecretSink(Some(Arc::new(f)))
+    }
+
+    pub(crate) fn issued(&self, secret: &str) {
+        if let Some(f) = &self.0 {
+            f(secret);
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "SecretSink(..)" } else { "SecretSink(none)" })
+    }
 }
 
 impl SimConfig {
@@ -141,6 +178,7 @@ impl SimConfig {
             build_duration: Duration::from_secs(1),
             build_start_timeout: build::BUILD_START_TIMEOUT,
             controllers: true,
+            on_secret: SecretSink::default(),
         }
     }
 }
@@ -161,12 +199,6 @@ pub enum SimError {
     },
     #[error("sim data in {path} is not valid: {message}")]
     Corrupt { path: PathBuf, message: String },
-}
-
-impl crate::HasExitClass for SimError {
-    fn exit_class(&self) -> crate::ExitClass {
-        crate::ExitClass::Failed
-    }
 }
 
 /// What the HTTP handlers, subresource handlers and controllers share: the
@@ -191,6 +223,8 @@ pub struct SimApi {
     pub tokens: Arc<authn::TokenIssuer>,
     /// [`SimConfig::build_start_timeout`].
     pub build_start_timeout: Duration,
+    /// [`SimConfig::on_secret`].
+    pub on_secret: SecretSink,
     /// Cancelled when the sim stops; long-running work (watches,
     /// controllers) ends on it.
     pub shutdown: CancellationToken,
@@ -335,7 +369,7 @@ impl SimServer {
             .ok_or_else(|| status::ApiError::not_found(&core::SERVICEACCOUNTS, name))?;
         let uid = sa.pointer("/metadata/uid").and_then(serde_json::Value::as_str).unwrap_or("");
         let (token, _) = self.api.tokens.issue(namespace, name, uid, &[authn::ISSUER.to_string()], seconds)?;
-        crate::secret::register(token.clone());
+        self.api.on_secret.issued(&token);
         Ok(token)
     }
 
@@ -393,6 +427,7 @@ pub async fn start(config: SimConfig) -> Result<SimServer, SimError> {
         pki,
         tokens,
         build_start_timeout: config.build_start_timeout,
+        on_secret: config.on_secret.clone(),
         shutdown: CancellationToken::new(),
     };
     // Outside in: audit, authentication and authorization, faults, then the
