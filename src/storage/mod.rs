@@ -11,12 +11,21 @@
 //!   identity, sha256, local size and mtime), so a resumed run skips it.
 //!
 //! [`embedded`] serves a directory as an S3 endpoint in-process (for `--sim`).
+//!
+//! Model registries resolve to objects here: [`mlflow`] (a model version's
+//! artifacts in S3 or behind the tracking server's proxy) and [`dvc`] (the
+//! content-addressed files a `.dvc` entry names, md5-verified); [`upload`]
+//! is the other direction, `modelship model push`.
 
+pub mod dvc;
 #[cfg(feature = "sim")]
 pub mod embedded;
+mod http;
 mod local;
+pub mod mlflow;
 mod paths;
 mod s3;
+pub mod upload;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -96,6 +105,18 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("upload of `{url}` stopped after {done} of {parts} parts: run the same command again to resume it")]
+    PushInterrupted {
+        url: String,
+        done: u32,
+        parts: u32,
+        #[source]
+        source: Box<StorageError>,
+    },
+    #[error(transparent)]
+    Mlflow(#[from] mlflow::MlflowError),
+    #[error(transparent)]
+    Dvc(#[from] dvc::DvcError),
     #[error("embedded S3 endpoint on {addr}: {source}")]
     Serve {
         addr: String,
@@ -120,6 +141,7 @@ impl StorageError {
             StorageError::Request { retryable, .. } => *retryable,
             StorageError::Interrupted { .. } | StorageError::Changed { .. } => true,
             StorageError::Mismatch { what, .. } => what != "expectSha256",
+            StorageError::Mlflow(e) => e.retryable(),
             _ => false,
         }
     }
@@ -138,6 +160,8 @@ impl HasExitClass for StorageError {
             | StorageError::PathConflict { .. }
             | StorageError::ExpectMissing { .. }
             | StorageError::BadManifest { .. } => ExitClass::BadInput,
+            StorageError::Mlflow(e) => e.exit_class(),
+            StorageError::Dvc(e) => e.exit_class(),
             _ => ExitClass::Failed,
         }
     }
@@ -153,6 +177,12 @@ pub enum Source {
     /// `file://PATH`: a file or a directory tree; relative paths resolve
     /// against the pipeline file's directory.
     File { path: PathBuf },
+    /// `models:/NAME@ALIAS` or `models:/NAME/VERSION`: a version in MLflow's
+    /// model registry, resolved to its artifacts ([`mlflow`]).
+    Mlflow(mlflow::ModelUri),
+    /// `dvc:PATH`: a path tracked by DVC in the pipeline's Git repository
+    /// (relative to its root), fetched from the DVC remote ([`dvc`]).
+    Dvc { path: String },
 }
 
 impl Source {
@@ -180,8 +210,15 @@ impl Source {
                 return Err(bad("no path after file://"));
             }
             Ok(Source::File { path: PathBuf::from(rest) })
+        } else if let Some(parsed) = mlflow::ModelUri::parse(text) {
+            parsed.map(Source::Mlflow).map_err(|reason| bad(&reason))
+        } else if let Some(rest) = text.strip_prefix("dvc:") {
+            dvc::check_path(rest).map_err(|reason| bad(&reason))?;
+            Ok(Source::Dvc { path: rest.trim_start_matches("./").trim_end_matches('/').to_string() })
         } else {
-            Err(bad("unknown scheme: expected s3://BUCKET/PREFIX/, s3://BUCKET/KEY or file://PATH"))
+            Err(bad(
+                "unknown scheme: expected s3://BUCKET/PREFIX/, s3://BUCKET/KEY, file://PATH, models:/NAME@ALIAS, models:/NAME/VERSION or dvc:PATH",
+            ))
         }
     }
 
@@ -196,6 +233,8 @@ impl fmt::Display for Source {
         match self {
             Source::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
             Source::File { path } => write!(f, "file://{}", path.display()),
+            Source::Mlflow(uri) => uri.fmt(f),
+            Source::Dvc { path } => write!(f, "dvc:{path}"),
         }
     }
 }
@@ -248,6 +287,45 @@ pub struct FetchRequest {
     pub dest: PathBuf,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The objects a registry resolved the source to, fetched as they are
+    /// instead of listing `source` (which then only names them).
+    pub objects: Option<Vec<PlannedObject>>,
+    /// Client and `Authorization` for [`Location::Http`] objects.
+    pub http: Option<(reqwest::Client, Option<reqwest::header::HeaderValue>)>,
+}
+
+/// One object a registry resolved: where it is, its path in the model, and
+/// what its bytes must hash to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedObject {
+    pub rel: String,
+    /// Known from the registry's listing; else asked of the store (a HEAD).
+    pub size: Option<u64>,
+    pub location: Location,
+    /// The md5 DVC recorded for the file.
+    pub md5: Option<Md5Check>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    S3 {
+        bucket: String,
+        key: String,
+    },
+    /// A plain GET (MLflow's artifact proxy), with the request's authorization.
+    Http {
+        url: String,
+    },
+}
+
+/// An md5 a file must have, computed as the tool that recorded it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Md5Check {
+    /// Of the bytes (DVC 3's `hash: md5`).
+    Plain(String),
+    /// Of the bytes with CRLF turned into LF when the file looks like text
+    /// (DVC 2's md5, kept by DVC 3 as `md5-dos2unix` for old entries).
+    Dos2Unix(String),
 }
 
 impl FetchRequest {
@@ -263,6 +341,8 @@ impl FetchRequest {
             part_size: DEFAULT_PART_SIZE,
             dest: dest.into(),
             progress: false,
+            objects: None,
+            http: None,
         }
     }
 }
@@ -348,6 +428,7 @@ pub fn content_digest(manifest: &[ManifestEntry]) -> String {
 pub(crate) enum Origin {
     S3 { bucket: String, key: String, version_id: Option<String> },
     File { path: PathBuf },
+    Http { url: String },
 }
 
 /// One object to bring in.
@@ -360,6 +441,8 @@ pub(crate) struct Entry {
     pub etag: Option<String>,
     /// What must stay the same for a finished or partial file to be reused.
     pub identity: String,
+    /// An md5 the registry recorded for the file.
+    pub md5: Option<Md5Check>,
 }
 
 impl Entry {
@@ -367,6 +450,7 @@ impl Entry {
         match &self.origin {
             Origin::S3 { bucket, key, .. } => format!("s3://{bucket}/{key}"),
             Origin::File { path } => format!("file://{}", path.display()),
+            Origin::Http { url } => crate::secret::mask(url),
         }
     }
 }
@@ -423,6 +507,12 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    fn http(&self) -> &(reqwest::Client, Option<reqwest::header::HeaderValue>) {
+        self.req.http.as_ref().expect("HTTP entries come with a client")
+    }
+}
+
+impl Job {
     pub fn partial_path(&self, rel: &str) -> PathBuf {
         self.work_dir.join("partial").join(rel)
     }
@@ -461,15 +551,22 @@ async fn fetch_here(req: FetchRequest) -> Result<Fetched, StorageError> {
     for dir in [&model_dir, &work_dir] {
         tokio::fs::create_dir_all(dir).await.map_err(|e| StorageError::io("create directory", dir, e))?;
     }
-    let (remote, entries) = match &req.source {
-        Source::S3 { bucket, key } => {
+    let (remote, entries) = match (&req.objects, &req.source) {
+        (Some(planned), _) => planned_entries(&req, planned).await?,
+        (None, Source::S3 { bucket, key }) => {
             let remote = s3::Remote::connect(&req.s3).await?;
             let listed = remote.list(bucket, key, req.version_id.as_deref()).await?;
             (Some(remote), listed)
         }
-        Source::File { path } => {
+        (None, Source::File { path }) => {
             let root = if path.is_absolute() { path.clone() } else { req.base_dir.join(path) };
             (None, local::list(&root).await?)
+        }
+        (None, other) => {
+            return Err(StorageError::BadSource {
+                source_url: other.to_string(),
+                reason: "a registry source must be resolved before it is fetched (this is a bug)".into(),
+            });
         }
     };
     let source_url = req.source.to_string();
@@ -488,12 +585,13 @@ async fn fetch_here(req: FetchRequest) -> Result<Fetched, StorageError> {
             key: match &e.origin {
                 Origin::S3 { key, .. } => key.clone(),
                 Origin::File { path } => path.display().to_string(),
+                Origin::Http { url } => crate::secret::mask(url),
             },
             size: e.size,
             sha256: String::new(),
             version_id: match &e.origin {
                 Origin::S3 { version_id, .. } => version_id.clone(),
-                Origin::File { .. } => None,
+                Origin::File { .. } | Origin::Http { .. } => None,
             },
             etag: e.etag.clone(),
         })
@@ -605,6 +703,72 @@ async fn fetch_here(req: FetchRequest) -> Result<Fetched, StorageError> {
     Ok(fetched)
 }
 
+/// Entries for objects a registry resolved: S3 objects without a listed
+/// size are asked for it (a HEAD each, `concurrency` at once).
+async fn planned_entries(
+    req: &FetchRequest,
+    planned: &[PlannedObject],
+) -> Result<(Option<s3::Remote>, Vec<Entry>), StorageError> {
+    let remote = match planned.iter().any(|p| matches!(p.location, Location::S3 { .. })) {
+        true => Some(s3::Remote::connect(&req.s3).await?),
+        false => None,
+    };
+    let remote_ref = remote.as_ref();
+    let entries = futures::stream::iter(planned.to_vec())
+        .map(|p: PlannedObject| {
+            let remote = remote_ref;
+            async move {
+                let rel = safe_relative(&p.rel).map_err(|reason| StorageError::UnsafeKey {
+                    url: p.rel.clone(),
+                    rel: p.rel.clone(),
+                    reason,
+                })?;
+                let md5 = match &p.md5 {
+                    Some(Md5Check::Plain(h)) => format!("|md5={h}"),
+                    Some(Md5Check::Dos2Unix(h)) => format!("|md5-dos2unix={h}"),
+                    None => String::new(),
+                };
+                let mut entry = match &p.location {
+                    Location::S3 { bucket, key } => {
+                        let remote = remote.expect("connected above");
+                        let mut listed = remote.list(bucket, key, None).await?;
+                        if listed.len() != 1 {
+                            let url = format!("s3://{bucket}/{key}");
+                            return Err(StorageError::NotFound { url, endpoint: req.s3.endpoint.clone() });
+                        }
+                        listed.remove(0)
+                    }
+                    Location::Http { url } => Entry {
+                        rel: String::new(),
+                        size: p.size.unwrap_or(0),
+                        origin: Origin::Http { url: url.clone() },
+                        etag: None,
+                        identity: format!("http|{}|size={}", crate::secret::mask(url), p.size.unwrap_or(0)),
+                        md5: None,
+                    },
+                };
+                if let Some(size) = p.size
+                    && size != entry.size
+                {
+                    return Err(StorageError::Mismatch {
+                        url: entry.url(),
+                        what: "size".into(),
+                        expected: format!("{size} bytes (as the registry lists it)"),
+                        actual: format!("{} bytes", entry.size),
+                    });
+                }
+                entry.rel = rel;
+                entry.identity.push_str(&md5);
+                entry.md5 = p.md5.clone();
+                Ok::<_, StorageError>(entry)
+            }
+        })
+        .buffered(req.concurrency.max(1))
+        .try_collect()
+        .await?;
+    Ok((remote, entries))
+}
+
 /// Two keys normalising to one path, or a file where another key needs a
 /// directory, would overwrite each other: refuse before writing anything.
 fn check_conflicts(entries: &[Entry]) -> Result<(), StorageError> {
@@ -661,10 +825,15 @@ async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(Manif
             (got.checks, got.digests, got.served)
         }
         Origin::File { path } => (local::copy(job, path, &partial, entry.size).await?, None, Served::default()),
+        Origin::Http { url } => (http::download(job, entry, url, &partial).await?, None, Served::default()),
     };
     let verified = match &digests {
         Some(d) => verify::check_digests(&partial, entry, &checks, d, expect).await,
         None => verify::check(&partial, entry, &checks, expect).await,
+    };
+    let verified = match (verified, &entry.md5) {
+        (Ok(sha), Some(md5)) => verify::check_md5(&partial, entry, md5).await.map(|()| sha),
+        (other, _) => other,
     };
     let sha256 = match verified {
         Ok(sha) => sha,
@@ -763,6 +932,7 @@ mod tests {
             origin: Origin::S3 { bucket: "b".into(), key: rel.into(), version_id: None },
             etag: None,
             identity: String::new(),
+            md5: None,
         }
     }
 
