@@ -96,26 +96,12 @@ impl Scalar {
         }
     }
 
-    /// Bytes: a number, or a number with a K/M/G suffix (`Ki`/`KiB` binary, `KB` decimal too).
+    /// Bytes: a number, or a number with a K/M/G suffix ([`storage::parse_size`]).
     fn bytes(&self) -> Result<u64, String> {
-        let text = match self {
-            Scalar::Text(t) => t.trim(),
-            other => return other.count(),
-        };
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (num, unit) = text.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (e.g. 8388608, 8Mi, 8MiB)"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "K" | "Ki" | "KiB" => 1 << 10,
-            "M" | "Mi" | "MiB" => 1 << 20,
-            "G" | "Gi" | "GiB" => 1 << 30,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            u => return Err(format!("unknown size unit `{u}` (use Ki, Mi, Gi, KB, MB, GB)")),
-        };
-        n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+        match self {
+            Scalar::Text(t) => storage::parse_size(t),
+            other => other.count(),
+        }
     }
 
     fn flag(&self) -> Result<bool, String> {

@@ -9,10 +9,14 @@
 //! A PUT's SHA-256 is computed as the file is read for it. A multipart
 //! upload takes its metadata when it is created, so a big file is read once
 //! first: that pass computes its SHA-256 and each part's MD5 (what S3 names
-//! the part by), and the parts then come from the page cache. The MD5s make
-//! an interrupted upload resumable: the same command finds the incomplete
-//! upload of the key (ListMultipartUploads), keeps each part S3 already has
-//! whose ETag and size match the local bytes, and sends only the rest.
+//! the part by), and the parts then come from the page cache. An open
+//! multipart upload is recorded as its parts complete (upload id, part
+//! size, the file's SHA-256 and each part's ETag) under
+//! `$XDG_CACHE_HOME/modelship/push/`, so the same command after an
+//! interruption continues that upload: a recorded part is kept only when
+//! its ETag is the MD5 of the local part now, and only the rest is sent
+//! (S3 itself has no call to find an upload's metadata, and moto, which the
+//! tests use, answers ListParts with a root element the SDK refuses).
 //! After each file a HEAD checks the object: its size, its `sha256`
 //! metadata, and for a multipart object its ETag (the MD5 of the parts'
 //! MD5s). A file already in S3 with the same size and `sha256` is skipped.
@@ -370,54 +374,23 @@ async fn multipart_upload(
     let parts = part_md5s.len() as u32;
     let size_of = |n: u32| -> u64 { (f.size - u64::from(n - 1) * part_size).min(part_size) };
 
-    // An incomplete upload of this key from an earlier, interrupted push.
-    let mut resume: Option<(String, Vec<CompletedPart>)> = None;
-    let listed = client
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .prefix(key)
-        .send()
-        .await
-        .map_err(|e| job.remote.map_error("list uploads of", bucket, key, e))?;
-    let mut candidates: Vec<_> = listed.uploads().iter().filter(|u| u.key() == Some(key)).collect();
-    candidates.sort_by_key(|u| std::cmp::Reverse(u.initiated().map(|t| t.secs())));
-    for u in candidates {
-        let Some(id) = u.upload_id() else { continue };
-        let have = client
-            .list_parts()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(id)
-            .send()
-            .await
-            .map_err(|e| job.remote.map_error("list parts of", bucket, key, e))?;
-        let mut kept = Vec::new();
-        let mut foreign = false;
-        for p in have.parts() {
-            let n = p.part_number().unwrap_or(0);
-            let etag = p.e_tag().unwrap_or_default().trim_matches('"');
-            let matches = n >= 1
-                && (n as u32) <= parts
-                && p.size().unwrap_or(-1) as u64 == size_of(n as u32)
-                && etag == part_md5s[(n - 1) as usize];
-            if matches {
-                kept.push(CompletedPart::builder().part_number(n).e_tag(format!("\"{etag}\"")).build());
-            } else {
-                foreign = true;
-            }
-        }
-        if foreign {
-            tracing::warn!(
-                key,
-                upload_id = id,
-                "an incomplete upload of this key holds other bytes; starting a new one"
-            );
-            continue;
-        }
-        tracing::info!(key, upload_id = id, parts_kept = kept.len(), parts, "resuming an interrupted multipart upload");
-        resume = Some((id.to_string(), kept));
-        break;
-    }
+    // An open upload of this key, recorded by an earlier, interrupted push
+    // of the same bytes in the same parts.
+    let record_path = record_path(bucket, key);
+    let recorded = record_path
+        .as_deref()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice::<OpenUpload>(&b).ok());
+    let resume = recorded.filter(|r| r.sha256 == sha256 && r.size == f.size && r.part_size == part_size).map(|r| {
+        let kept: Vec<CompletedPart> = r
+            .parts
+            .iter()
+            .filter(|(n, etag)| (1..=parts).contains(*n) && etag.trim_matches('"') == part_md5s[(**n - 1) as usize])
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n as i32).e_tag(etag.clone()).build())
+            .collect();
+        tracing::info!(key, upload_id = %r.upload_id, parts_kept = kept.len(), parts, "resuming an interrupted multipart upload");
+        (r.upload_id, kept)
+    });
     let resumed = resume.is_some();
     let (upload_id, mut done) = match resume {
         Some(r) => r,
@@ -433,6 +406,25 @@ async fn multipart_upload(
             (created.upload_id().unwrap_or_default().to_string(), Vec::new())
         }
     };
+    let record = std::sync::Mutex::new(OpenUpload {
+        upload_id: upload_id.clone(),
+        sha256: sha256.to_string(),
+        size: f.size,
+        part_size,
+        parts: done.iter().filter_map(|p| Some((p.part_number()? as u32, p.e_tag()?.to_string()))).collect(),
+    });
+    let save = |r: &OpenUpload| {
+        if let Some(path) = &record_path {
+            let _ = path.parent().map(std::fs::create_dir_all);
+            let tmp = path.with_extension("tmp");
+            if let Err(e) = std::fs::write(&tmp, serde_json::to_vec(r).expect("serialisable"))
+                .and_then(|()| std::fs::rename(&tmp, path))
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot record the open upload; an interruption will start it over");
+            }
+        }
+    };
+    save(&record.lock().unwrap_or_else(|e| e.into_inner()));
     let have: std::collections::BTreeSet<i32> = done.iter().filter_map(CompletedPart::part_number).collect();
     for n in &have {
         if let Some(b) = &job.bar {
@@ -443,6 +435,7 @@ async fn multipart_upload(
     let sent = futures::stream::iter(todo)
         .map(|n| {
             let upload_id = upload_id.clone();
+            let (record, save) = (&record, &save);
             async move {
                 let _permit = job.requests.acquire().await.expect("semaphore never closed");
                 let (path, offset, len) = (f.path.clone(), u64::from(n - 1) * part_size, size_of(n));
@@ -473,6 +466,11 @@ async fn multipart_upload(
                     .map_err(|e| job.remote.map_error("upload a part of", bucket, key, e))?;
                 job.sent(len);
                 let etag = out.e_tag().unwrap_or_default().to_string();
+                {
+                    let mut r = record.lock().unwrap_or_else(|e| e.into_inner());
+                    r.parts.insert(n, etag.clone());
+                    save(&r);
+                }
                 Ok::<_, StorageError>(CompletedPart::builder().part_number(n as i32).e_tag(etag).build())
             }
         })
@@ -503,8 +501,23 @@ async fn multipart_upload(
         .upload_id(&upload_id)
         .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
         .send()
-        .await
-        .map_err(|e| job.remote.map_error("complete the multipart upload of", bucket, key, e))?;
+        .await;
+    let completed = match completed {
+        Ok(c) => c,
+        Err(e) => {
+            let err = job.remote.map_error("complete the multipart upload of", bucket, key, e);
+            // An upload that is gone (aborted, expired) cannot be resumed.
+            if matches!(err, StorageError::NotFound { .. })
+                && let Some(p) = &record_path
+            {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(err);
+        }
+    };
+    if let Some(p) = &record_path {
+        let _ = std::fs::remove_file(p);
+    }
     let etag = completed.e_tag().unwrap_or_default().trim_matches('"').to_string();
     let want = super::verify::composite_of(part_md5s).unwrap_or_default();
     if etag != want {
@@ -516,6 +529,24 @@ async fn multipart_upload(
         });
     }
     Ok((etag, parts, if resumed { "resumed" } else { "uploaded" }))
+}
+
+/// An open multipart upload, as recorded for a resume.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OpenUpload {
+    upload_id: String,
+    sha256: String,
+    size: u64,
+    part_size: u64,
+    /// Part number -> ETag.
+    parts: std::collections::BTreeMap<u32, String>,
+}
+
+/// `$XDG_CACHE_HOME/modelship/push/<sha256 of s3://bucket/key>.json`.
+fn record_path(bucket: &str, key: &str) -> Option<PathBuf> {
+    let name = hex::encode(sha2::Sha256::digest(format!("s3://{bucket}/{key}").as_bytes()));
+    dirs::cache_dir().map(|d| d.join("modelship/push").join(format!("{name}.json")))
 }
 
 fn read_at(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
