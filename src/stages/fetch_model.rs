@@ -415,6 +415,43 @@ async fn resolve_mlflow(
     ))
 }
 
+/// `{trackingUri, name, version}`: what a ledger entry keeps of the MLflow
+/// version a digest was built from (`checks.mlflow`, see
+/// [`crate::promotion::model_version_of`]).
+pub fn model_version_json(m: &MlflowLineage) -> serde_json::Value {
+    serde_json::json!({ "trackingUri": m.tracking_uri, "name": m.name, "version": m.version })
+}
+
+/// After `digest` reached `env`: tag the MLflow version it was built from
+/// (`version`, as [`model_version_json`] wrote it) `modelship.io/ENV.digest`
+/// and, when `spec.model.mlflow.aliases.ENV` names an alias, move it to that
+/// version; a rollback calls it with the version rolled back to. Reaches the
+/// pipeline's tracking server with its `credentialsSecret` (else the
+/// environment's `MLFLOW_TRACKING_*`). Idempotent.
+pub async fn record_in_registry(
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+    version: &serde_json::Value,
+    env: &str,
+    digest: &str,
+) -> Result<(), FetchModelError> {
+    let (Some(name), Some(number)) = (version["name"].as_str(), version["version"].as_str()) else {
+        return Ok(());
+    };
+    let model = &pipeline.spec.model;
+    let credentials = match &model.credentials_secret {
+        Some(secret) => {
+            let (_, m) = registry_access(clusters, pipeline, secret).await?;
+            (!m.is_empty()).then_some(m)
+        }
+        None => None,
+    };
+    let client = mlflow_client(model, credentials)?;
+    let alias = model.mlflow.as_ref().and_then(|m| m.aliases.get(env)).map(String::as_str);
+    client.record_promotion(name, number, env, digest, alias).await?;
+    Ok(())
+}
+
 /// Access keys from a Secret's data, registered for masking.
 pub fn credentials_from_secret(data: &BTreeMap<String, Vec<u8>>) -> Result<StaticCredentials, String> {
     let get = |names: &[&str]| -> Result<Option<Secret>, String> {
