@@ -559,3 +559,67 @@ fn model_push_refuses_bad_arguments() {
         assert!(stderr.contains(want), "{args:?}: {stderr}");
     }
 }
+
+// ------------------------------------------------------------ to prod, --sim
+
+/// `pipelines/weather-mlflow.yaml` under `--sim` against a real tracking
+/// server: the version under `champion` is fetched from the server's
+/// artifact proxy (the tracking URI is used as written: no embedded S3),
+/// built, checked and promoted; MLflow then shows the promoted digest on
+/// that version and the `production` alias on it. A second version goes the
+/// same way, and `modelship rollback` moves the alias back to the first.
+#[test]
+fn weather_mlflow_runs_to_prod_and_leaves_the_tag_and_alias() {
+    let moto = Moto::start();
+    let ml = Mlflow::start(&moto, Artifacts::Proxied, None);
+    let (v1, _) = ml.register("weather", &fixture(), Some("champion"));
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = tmp.path().join("pipelines/weather-mlflow.yaml");
+    std::fs::create_dir_all(pipeline.parent().unwrap()).unwrap();
+    let yaml = std::fs::read_to_string(support::repo().join("pipelines/weather-mlflow.yaml")).unwrap();
+    let edited = yaml
+        .replace("trackingUri: http://127.0.0.1:5000", &format!("trackingUri: {}", ml.uri))
+        .replace("load: { requests: 200, concurrency: 8 }", "load: { requests: 20, concurrency: 2 }");
+    assert!(edited.contains(&ml.uri) && edited.contains("requests: 20,"), "the pipeline changed shape");
+    std::fs::write(&pipeline, edited).unwrap();
+    let sim = tmp.path().join("sim");
+    let run = |args: &[&str]| {
+        let out = support::cli::modelship()
+            .args(args)
+            .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+            .env_remove("MLFLOW_TRACKING_URI")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (support::text(&out.stdout), support::text(&out.stderr));
+        assert!(out.status.success(), "modelship {args:?}:\n{stdout}\n{stderr}");
+        assert!(!stderr.contains("simulated S3 started"), "--sim put its own S3 in place of MLflow:\n{stderr}");
+        stdout
+    };
+    let (p, s) = (pipeline.display().to_string(), sim.display().to_string());
+    let promoted = |stdout: &str| {
+        let line = stdout.lines().find(|l| l.starts_with("promoted ")).unwrap_or_else(|| panic!("{stdout}"));
+        line.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let first = promoted(&run(&["run", &p, "--sim", &s]));
+    let info = ml.version_info("weather", &v1);
+    assert_eq!(info["tags"]["modelship.io/prod.digest"], first.as_str(), "{info}");
+    assert!(info["aliases"].as_array().unwrap().iter().any(|a| a == "production"), "{info}");
+
+    // A new version (one more file, so another image) becomes champion.
+    let v2dir = tmp.path().join("v2");
+    support::copy_tree(&fixture(), &v2dir);
+    std::fs::write(v2dir.join("CHANGES.md"), "retrained\n").unwrap();
+    let (v2, _) = ml.register("weather", &v2dir, Some("champion"));
+    let second = promoted(&run(&["run", &p, "--sim", &s]));
+    assert_ne!(first, second);
+    let info2 = ml.version_info("weather", &v2);
+    assert_eq!(info2["tags"]["modelship.io/prod.digest"], second.as_str(), "{info2}");
+    assert!(info2["aliases"].as_array().unwrap().iter().any(|a| a == "production"), "{info2}");
+
+    // Rolled back by hand: the alias follows the digest.
+    let out = run(&["rollback", "weather", "--env", "prod", "-f", &p, "--sim", &s]);
+    assert!(out.contains(&first), "{out}");
+    let back = ml.version_info("weather", &v1);
+    assert!(back["aliases"].as_array().unwrap().iter().any(|a| a == "production"), "{back}");
+    assert!(!ml.version_info("weather", &v2)["aliases"].as_array().unwrap().iter().any(|a| a == "production"));
+}
