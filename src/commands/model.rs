@@ -18,7 +18,7 @@ pub enum ModelCommand {
     /// uploads above the threshold, a SHA-256 per file as object metadata,
     /// resumable; prints the model's content digest (the one fetch-model computes).
     #[command(
-        after_help = "Examples:\n  modelship model push ./weather-model s3://models/weather/\n  modelship model push ./model s3://models/big/ --exclude '*.ipynb' --exclude '.git/**' -o json\n  modelship model push ./model s3://models/m/ --endpoint http://127.0.0.1:9000 --insecure\n\nCredentials: the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity).\nAn interrupted upload resumes when the same command runs again.\nExit codes: 0 pushed, 1 failed, 2 bad input."
+        after_help = "Examples:\n  modelship model push fixtures/weather-model s3://models/weather/ \\\n    --endpoint http://127.0.0.1:9000 --insecure\n  modelship model push fixtures/weather-model s3://models/w2/ --exclude '*.md' \\\n    --part-size 16MiB --endpoint http://127.0.0.1:9000 --insecure -o json\n\nCredentials: the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, web identity).\nAn interrupted upload resumes when the same command runs again.\nExit codes: 0 pushed, 1 failed, 2 bad input."
     )]
     Push(PushArgs),
 }
@@ -34,6 +34,7 @@ pub struct PushArgs {
     /// S3-compatible endpoint (path-style); default AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
+    /// Signing region; default the AWS chain (AWS_REGION, profile), else us-east-1.
     #[arg(long)]
     pub region: Option<String>,
     /// Allow a plain-HTTP endpoint.
