@@ -336,10 +336,7 @@ impl Services {
         layout.tag("v1", &image);
         support::registry::push(&layout, "v1", &format!("{}/ns/app:v1", registries[0].addr));
         let s3 = support::s3::Moto::start();
-        s3.boto3(
-            "import sys, boto3\nboto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='b').create_bucket(Bucket='models')",
-            &[&s3.endpoint],
-        );
+        s3.create_bucket("models", false);
         Services { git, registries, s3 }
     }
 

@@ -445,10 +445,7 @@ fn push(dir: &Path, dest: &str, moto: &Moto, extra: &[&str]) -> std::process::Ou
 #[tokio::test]
 async fn model_push_uploads_what_fetch_model_reads() {
     let moto = Moto::start();
-    moto.boto3(
-        "import sys, boto3\ns3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='b')\ns3.create_bucket(Bucket='models')\ns3.put_bucket_versioning(Bucket='models', VersioningConfiguration={'Status': 'Enabled'})",
-        &[&moto.endpoint],
-    );
+    moto.create_bucket("models", true);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
     support::copy_tree(&fixture(), &dir);
@@ -503,10 +500,7 @@ async fn model_push_uploads_what_fetch_model_reads() {
 #[tokio::test]
 async fn an_interrupted_model_push_resumes() {
     let moto = Moto::start();
-    moto.boto3(
-        "import sys, boto3\ns3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='b')\ns3.create_bucket(Bucket='models')",
-        &[&moto.endpoint],
-    );
+    moto.create_bucket("models", false);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model");
     std::fs::create_dir_all(&dir).unwrap();
@@ -572,21 +566,33 @@ fn model_push_refuses_bad_arguments() {
 fn weather_mlflow_runs_to_prod_and_leaves_the_tag_and_alias() {
     let moto = Moto::start();
     let ml = Mlflow::start(&moto, Artifacts::Proxied, None);
-    let (v1, _) = ml.register("weather", &fixture(), Some("champion"));
+    let (v1, run1) = ml.register("weather", &fixture(), Some("champion"));
     let tmp = tempfile::tempdir().unwrap();
     let pipeline = tmp.path().join("pipelines/weather-mlflow.yaml");
     std::fs::create_dir_all(pipeline.parent().unwrap()).unwrap();
     let yaml = std::fs::read_to_string(support::repo().join("pipelines/weather-mlflow.yaml")).unwrap();
+    // Signed, so the attestation can be read back.
     let edited = yaml
         .replace("trackingUri: http://127.0.0.1:5000", &format!("trackingUri: {}", ml.uri))
-        .replace("load: { requests: 200, concurrency: 8 }", "load: { requests: 20, concurrency: 2 }");
-    assert!(edited.contains(&ml.uri) && edited.contains("requests: 20,"), "the pipeline changed shape");
+        .replace("load: { requests: 200, concurrency: 8 }", "load: { requests: 20, concurrency: 2 }")
+        .replacen("spec:\n", "spec:\n  signing:\n    key: { file: keys/cosign.key }\n", 1)
+        .replacen("    - name: promote\n", "    - name: sign\n      uses: sign\n    - name: promote\n", 1);
+    assert!(edited.contains(&ml.uri) && edited.contains("requests: 20,") && edited.contains("uses: sign"), "the pipeline changed shape");
     std::fs::write(&pipeline, edited).unwrap();
+    const PASSWORD: &str = "mlflow-e2e-key-password";
+    let keys = Command::new(support::BIN)
+        .args(["keys", "generate", "--out"])
+        .arg(pipeline.parent().unwrap().join("keys"))
+        .env("COSIGN_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(keys.status.success(), "{}", support::text(&keys.stderr));
     let sim = tmp.path().join("sim");
     let run = |args: &[&str]| {
         let out = support::cli::modelship()
             .args(args)
             .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+            .env("COSIGN_PASSWORD", PASSWORD)
             .env_remove("MLFLOW_TRACKING_URI")
             .output()
             .unwrap();
@@ -602,6 +608,14 @@ fn weather_mlflow_runs_to_prod_and_leaves_the_tag_and_alias() {
     };
     let first = promoted(&run(&["run", &p, "--sim", &s]));
     let info = ml.version_info("weather", &v1);
+    // The attestation carried to prod names the version.
+    let statements = support::registry::attestations(&sim.join("prod/registry"), "models-prod/weather");
+    let m = &statements[0]["predicate"]["model"];
+    assert_eq!(m["source"], "models:/weather@champion", "{m}");
+    assert_eq!((m["mlflow"]["name"].as_str(), m["mlflow"]["version"].as_str()), (Some("weather"), Some(v1.as_str())), "{m}");
+    assert_eq!(m["mlflow"]["alias"], "champion");
+    assert_eq!(m["mlflow"]["runId"], run1.as_str());
+    assert!(m["mlflow"]["artifactUri"].as_str().is_some_and(|u| u.starts_with("mlflow-artifacts:/")), "{m}");
     assert_eq!(info["tags"]["modelship.io/prod.digest"], first.as_str(), "{info}");
     assert!(info["aliases"].as_array().unwrap().iter().any(|a| a == "production"), "{info}");
 

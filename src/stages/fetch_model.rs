@@ -943,6 +943,30 @@ mod tests {
     }
 
     #[test]
+    fn registry_sources_validate_their_own_settings() {
+        let mlflow = |source: &str, extra: &str| {
+            let text = format!(
+                "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {{name: w}}\nspec:\n  model:\n    name: w\n    source: '{source}'\n{extra}  environments:\n    dev: {{namespace: models-dev}}\n  stages:\n    - name: fetch\n      uses: fetch-model\n"
+            );
+            crate::spec::yaml::from_str::<Pipeline>(&text).expect("test pipeline parses")
+        };
+        let ok = mlflow("models:/weather@champion", "    mlflow: {trackingUri: 'https://mlflow.example', aliases: {dev: staging}}\n");
+        assert!(check(&ok).is_empty(), "{:?}", check(&ok));
+        assert!(plan(&ok).iter().any(|l| l.contains("move alias `staging`")), "{:?}", plan(&ok));
+        let bad = mlflow("s3://b/m/", "    mlflow: {trackingUri: 'http://127.0.0.1:5000', aliases: {prod: champion}}\n");
+        let messages: Vec<String> = check(&bad).into_iter().map(|p| p.message).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].contains("the model source is not `models:/...`"), "{messages:?}");
+        assert!(messages[1].contains("spec.model.mlflow.insecure: true"), "{messages:?}");
+        assert!(messages[2].starts_with("spec.model.mlflow.aliases.prod"), "{messages:?}");
+        let pinned = mlflow("dvc:models/weather", "    versionId: abc\n");
+        assert!(check(&pinned)[0].message.contains("pins an S3 object version"), "{:?}", check(&pinned));
+        for bad in ["models:/weather", "dvc:../up"] {
+            assert_eq!(check(&mlflow(bad, "")).len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
     fn sizes_and_flags_parse() {
         assert_eq!(Scalar::Text("8Mi".into()).bytes(), Ok(8 << 20));
         assert_eq!(Scalar::Text("64KiB".into()).bytes(), Ok(64 << 10));

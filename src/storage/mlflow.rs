@@ -562,24 +562,19 @@ impl Client {
     pub async fn set_tag(&self, name: &str, version: &str, key: &str, value: &str) -> Result<(), MlflowError> {
         let op = format!("tag `{name}` version {version} with {key}");
         let body = json!({ "name": name, "version": version, "key": key, "value": value });
-        match self.call(&op, reqwest::Method::POST, "/api/2.0/mlflow/model-versions/set-tag", &[], Some(&body)).await? {
-            Ok(_) => Ok(()),
-            Err((status, e)) if is_missing(status, &e) => Err(MlflowError::NoVersion {
-                server: self.server(),
-                name: name.into(),
-                version: version.into(),
-                message: e.message,
-            }),
-            Err((status, e)) => Err(self.unexpected(&op, status, &e)),
-        }
+        self.post_on_version(&op, "/api/2.0/mlflow/model-versions/set-tag", &body, name, version).await
     }
 
     /// Point `alias` of `name` at `version` (`registered-models/alias`; idempotent).
     pub async fn set_alias(&self, name: &str, alias: &str, version: &str) -> Result<(), MlflowError> {
         let op = format!("move alias `{alias}` of `{name}` to version {version}");
         let body = json!({ "name": name, "alias": alias, "version": version });
-        match self.call(&op, reqwest::Method::POST, "/api/2.0/mlflow/registered-models/alias", &[], Some(&body)).await?
-        {
+        self.post_on_version(&op, "/api/2.0/mlflow/registered-models/alias", &body, name, version).await
+    }
+
+    /// A POST about one model version; a version MLflow does not have is named.
+    async fn post_on_version(&self, op: &str, path: &str, body: &Value, name: &str, version: &str) -> Result<(), MlflowError> {
+        match self.call(op, reqwest::Method::POST, path, &[], Some(body)).await? {
             Ok(_) => Ok(()),
             Err((status, e)) if is_missing(status, &e) => Err(MlflowError::NoVersion {
                 server: self.server(),
@@ -587,7 +582,7 @@ impl Client {
                 version: version.into(),
                 message: e.message,
             }),
-            Err((status, e)) => Err(self.unexpected(&op, status, &e)),
+            Err((status, e)) => Err(self.unexpected(op, status, &e)),
         }
     }
 

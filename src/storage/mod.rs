@@ -480,19 +480,22 @@ pub(crate) struct Progress {
     transferred: std::sync::atomic::AtomicU64,
 }
 
+/// A byte-counting bar on stderr for a transfer named `verb` (`fetch`, `push`).
+pub(crate) fn progress_bar(total: u64, verb: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {verb} {{bytes}}/{{total_bytes}} [{{wide_bar}}] {{bytes_per_sec}} eta {{eta}}"
+        ))
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 impl Progress {
     fn new(total: u64, draw: bool) -> Self {
-        let bar = draw.then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} fetch {bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec} eta {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
+        let bar = draw.then(|| progress_bar(total, "fetch"));
         Progress { bar, transferred: 0.into() }
     }
 

@@ -8,15 +8,17 @@
 //!
 //! A PUT's SHA-256 is computed as the file is read for it. A multipart
 //! upload takes its metadata when it is created, so a big file is read once
-//! first: that pass computes its SHA-256 and each part's MD5 (what S3 names
-//! the part by), and the parts then come from the page cache. An open
-//! multipart upload is recorded as its parts complete (upload id, part
-//! size, the file's SHA-256 and each part's ETag) under
-//! `$XDG_CACHE_HOME/modelship/push/`, so the same command after an
-//! interruption continues that upload: a recorded part is kept only when
-//! its ETag is the MD5 of the local part now, and only the rest is sent
-//! (S3 itself has no call to find an upload's metadata, and moto, which the
-//! tests use, answers ListParts with a root element the SDK refuses).
+//! first for its SHA-256 (SHA-NI: a fraction of the upload's time), and its
+//! parts are then read again, from the page cache, each hashed with MD5 on
+//! its own blocking thread and sent with that Content-MD5 (the check S3
+//! makes; the SDK adds no other checksum). An open multipart upload is
+//! recorded as its parts complete (upload id, part size, the file's SHA-256
+//! and each part's ETag) under `$XDG_CACHE_HOME/modelship/push/`, so the
+//! same command after an interruption continues that upload: a recorded
+//! part is kept only when its ETag is the MD5 of the local part now, and
+//! only the rest is sent (S3 has no call that names an upload's metadata,
+//! and moto, which the tests use, answers ListParts with a root element the
+//! SDK refuses).
 //! After each file a HEAD checks the object: its size, its `sha256`
 //! metadata, and for a multipart object its ETag (the MD5 of the parts'
 //! MD5s). A file already in S3 with the same size and `sha256` is skipped.
@@ -167,17 +169,7 @@ pub async fn push(req: PushRequest) -> Result<PushManifest, StorageError> {
     }
     let total: u64 = files.iter().map(|f| f.size).sum();
     let remote = Remote::connect(&req.s3).await?;
-    let bar = req.progress.then(|| {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} push {bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        bar
-    });
+    let bar = req.progress.then(|| super::progress_bar(total, "push"));
     let concurrency = req.concurrency.max(1);
     let job = Arc::new(Push { remote, requests: Semaphore::new(concurrency), bar, uploaded: 0.into(), req });
     let mut pushed: Vec<PushedFile> = futures::stream::iter(files)
@@ -239,11 +231,10 @@ async fn head(job: &Push, key: &str) -> Result<Option<Head>, StorageError> {
 async fn push_file(job: &Push, f: &Local) -> Result<PushedFile, StorageError> {
     let key = format!("{}{}", job.req.prefix, f.rel);
     let multipart = f.size > job.req.multipart_threshold;
-    let part_size = job.req.part_size;
-    // The first read: SHA-256 of the file, and for a multipart upload each
-    // part's MD5 (a PUT's bytes are read into memory here and sent as they are).
-    let (path, size, cut) = (f.path.clone(), f.size, if multipart { part_size } else { u64::MAX });
-    let (sha256, part_md5s, body) = tokio::task::spawn_blocking(move || hash_file(&path, size, cut, !multipart))
+    // The first read: SHA-256 of the file (a PUT's bytes are kept in memory
+    // here and sent as they are).
+    let (path, size) = (f.path.clone(), f.size);
+    let (sha256, body) = tokio::task::spawn_blocking(move || hash_file(&path, size, !multipart))
         .await
         .expect("hashing does not panic")
         .map_err(|e| StorageError::io("read", &f.path, e))?;
@@ -268,10 +259,9 @@ async fn push_file(job: &Push, f: &Local) -> Result<PushedFile, StorageError> {
         });
     }
     let (etag, parts, action) = if multipart {
-        multipart_upload(job, f, &key, &sha256, &part_md5s).await?
+        multipart_upload(job, f, &key, &sha256).await?
     } else {
-        let body = body.expect("read for the PUT");
-        let md5 = part_md5s.first().cloned().unwrap_or_default();
+        let (body, md5) = body.expect("read for the PUT");
         let _permit = job.requests.acquire().await.expect("semaphore never closed");
         let out = job
             .remote
@@ -282,6 +272,8 @@ async fn push_file(job: &Push, f: &Local) -> Result<PushedFile, StorageError> {
             .metadata(SHA256_METADATA, &sha256)
             .content_md5(base64_of_hex(&md5))
             .body(ByteStream::from(body))
+            .customize()
+            .config_override(md5_only())
             .send()
             .await
             .map_err(|e| job.remote.map_error("PUT", &job.req.bucket, &key, e))?;
@@ -318,93 +310,106 @@ fn base64_of_hex(hex_md5: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(hex::decode(hex_md5).unwrap_or_default())
 }
 
-/// SHA-256 of the file and the hex MD5 of each `cut`-sized piece (one piece
-/// for a PUT); with `keep`, the bytes too.
-fn hash_file(path: &Path, size: u64, cut: u64, keep: bool) -> std::io::Result<(String, Vec<String>, Option<Vec<u8>>)> {
+/// SHA-256 of the file; with `keep` (a PUT), its bytes and their hex MD5.
+fn hash_file(path: &Path, size: u64, keep: bool) -> std::io::Result<(String, Option<(Vec<u8>, String)>)> {
     let mut file = std::fs::File::open(path)?;
     let mut sha = sha2::Sha256::new();
-    let mut md5s = Vec::new();
-    let mut part = md5::Md5::new();
-    let mut in_part = 0u64;
     let mut kept = keep.then(|| Vec::with_capacity(size as usize));
     let mut buf = vec![0u8; 1 << 20];
     let mut read = 0u64;
     loop {
-        let want = buf.len().min(usize::try_from(cut - in_part).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want])?;
+        let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        let bytes = &buf[..n];
-        sha2::Digest::update(&mut sha, bytes);
-        part.update(bytes);
+        sha2::Digest::update(&mut sha, &buf[..n]);
         if let Some(k) = kept.as_mut() {
-            k.extend_from_slice(bytes);
+            k.extend_from_slice(&buf[..n]);
         }
-        in_part += n as u64;
         read += n as u64;
-        if in_part == cut {
-            md5s.push(hex::encode(std::mem::replace(&mut part, md5::Md5::new()).finalize()));
-            in_part = 0;
-        }
-    }
-    if in_part > 0 || md5s.is_empty() {
-        md5s.push(hex::encode(part.finalize()));
     }
     if read != size {
-        return Err(std::io::Error::other(format!(
-            "the file changed while it was read ({size} bytes listed, {read} read)"
-        )));
+        return Err(std::io::Error::other(format!("the file changed while it was read ({size} bytes listed, {read} read)")));
     }
-    Ok((hex::encode(sha2::Digest::finalize(sha)), md5s, kept))
+    let kept = kept.map(|k| {
+        let md5 = hex::encode(md5::Md5::digest(&k));
+        (k, md5)
+    });
+    Ok((hex::encode(sha2::Digest::finalize(sha)), kept))
 }
 
-/// The multipart upload of `f` to `key`: resumed from an incomplete upload
-/// of the key whose parts match, else a new one. Its ETag, part count and
-/// whether it resumed.
-async fn multipart_upload(
-    job: &Push,
-    f: &Local,
-    key: &str,
-    sha256: &str,
-    part_md5s: &[String],
-) -> Result<(String, u32, &'static str), StorageError> {
+/// Part `n` (1-based) of `f` in memory, and its hex MD5 (what S3 names it by).
+async fn read_part(f: &Local, part_size: u64, n: u32) -> Result<(Vec<u8>, String), StorageError> {
+    let offset = u64::from(n - 1) * part_size;
+    let (path, len) = (f.path.clone(), (f.size - offset).min(part_size));
+    tokio::task::spawn_blocking(move || {
+        let bytes = read_at(&path, offset, len)?;
+        let md5 = hex::encode(md5::Md5::digest(&bytes));
+        Ok::<_, std::io::Error>((bytes, md5))
+    })
+    .await
+    .expect("read does not panic")
+    .map_err(|e| StorageError::io("read", &f.path, e))
+}
+
+/// Content-MD5 is the integrity check of every PUT and part here, so the
+/// SDK computes no other checksum over the body.
+fn md5_only() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default()
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+}
+
+/// The multipart upload of `f` to `key`, or the continuation of the one an
+/// interrupted push of the same bytes recorded. Its ETag, part count and
+/// whether it resumed. Each part is read, hashed (MD5, on a blocking
+/// thread, so parts hash in parallel) and sent with its Content-MD5.
+async fn multipart_upload(job: &Push, f: &Local, key: &str, sha256: &str) -> Result<(String, u32, &'static str), StorageError> {
     let (bucket, part_size) = (job.req.bucket.as_str(), job.req.part_size);
     let client = job.remote.client();
-    let parts = part_md5s.len() as u32;
-    let size_of = |n: u32| -> u64 { (f.size - u64::from(n - 1) * part_size).min(part_size) };
+    let parts = f.size.div_ceil(part_size).max(1) as u32;
 
     // An open upload of this key, recorded by an earlier, interrupted push
-    // of the same bytes in the same parts.
+    // of the same bytes in the same parts; a recorded part is kept only if
+    // its ETag is the MD5 of the local part now.
     let record_path = record_path(bucket, key);
     let recorded = record_path
         .as_deref()
         .and_then(|p| std::fs::read(p).ok())
-        .and_then(|b| serde_json::from_slice::<OpenUpload>(&b).ok());
-    let resume = recorded.filter(|r| r.sha256 == sha256 && r.size == f.size && r.part_size == part_size).map(|r| {
-        let kept: Vec<CompletedPart> = r
-            .parts
-            .iter()
-            .filter(|(n, etag)| (1..=parts).contains(*n) && etag.trim_matches('"') == part_md5s[(**n - 1) as usize])
-            .map(|(n, etag)| CompletedPart::builder().part_number(*n as i32).e_tag(etag.clone()).build())
-            .collect();
-        tracing::info!(key, upload_id = %r.upload_id, parts_kept = kept.len(), parts, "resuming an interrupted multipart upload");
-        (r.upload_id, kept)
-    });
-    let resumed = resume.is_some();
-    let (upload_id, mut done) = match resume {
-        Some(r) => r,
-        None => {
-            let created = client
-                .create_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .metadata(SHA256_METADATA, sha256)
-                .send()
-                .await
-                .map_err(|e| job.remote.map_error("start the multipart upload of", bucket, key, e))?;
-            (created.upload_id().unwrap_or_default().to_string(), Vec::new())
+        .and_then(|b| serde_json::from_slice::<OpenUpload>(&b).ok())
+        .filter(|r| r.sha256 == sha256 && r.size == f.size && r.part_size == part_size);
+    let mut md5s: std::collections::BTreeMap<u32, String> = Default::default();
+    let mut done: Vec<CompletedPart> = Vec::new();
+    let upload_id = match recorded {
+        Some(r) => {
+            for (n, etag) in r.parts.iter().filter(|(n, _)| (1..=parts).contains(*n)) {
+                let (_, md5) = read_part(f, part_size, *n).await?;
+                if etag.trim_matches('"') == md5 {
+                    done.push(CompletedPart::builder().part_number(*n as i32).e_tag(etag.clone()).build());
+                    md5s.insert(*n, md5);
+                    if let Some(b) = &job.bar {
+                        b.inc((f.size - u64::from(n - 1) * part_size).min(part_size));
+                    }
+                }
+            }
+            tracing::info!(key, upload_id = %r.upload_id, parts_kept = done.len(), parts, "resuming an interrupted multipart upload");
+            Some(r.upload_id)
         }
+        None => None,
+    };
+    let resumed = upload_id.is_some();
+    let upload_id = match upload_id {
+        Some(id) => id,
+        None => client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .metadata(SHA256_METADATA, sha256)
+            .send()
+            .await
+            .map_err(|e| job.remote.map_error("start the multipart upload of", bucket, key, e))?
+            .upload_id()
+            .unwrap_or_default()
+            .to_string(),
     };
     let record = std::sync::Mutex::new(OpenUpload {
         upload_id: upload_id.clone(),
@@ -417,50 +422,32 @@ async fn multipart_upload(
         if let Some(path) = &record_path {
             let _ = path.parent().map(std::fs::create_dir_all);
             let tmp = path.with_extension("tmp");
-            if let Err(e) = std::fs::write(&tmp, serde_json::to_vec(r).expect("serialisable"))
-                .and_then(|()| std::fs::rename(&tmp, path))
-            {
+            let written = std::fs::write(&tmp, serde_json::to_vec(r).expect("serialisable"));
+            if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot record the open upload; an interruption will start it over");
             }
         }
     };
     save(&record.lock().unwrap_or_else(|e| e.into_inner()));
-    let have: std::collections::BTreeSet<i32> = done.iter().filter_map(CompletedPart::part_number).collect();
-    for n in &have {
-        if let Some(b) = &job.bar {
-            b.inc(size_of(*n as u32));
-        }
-    }
-    let todo: Vec<u32> = (1..=parts).filter(|n| !have.contains(&(*n as i32))).collect();
+    let todo: Vec<u32> = (1..=parts).filter(|n| !md5s.contains_key(n)).collect();
     let sent = futures::stream::iter(todo)
         .map(|n| {
             let upload_id = upload_id.clone();
             let (record, save) = (&record, &save);
             async move {
                 let _permit = job.requests.acquire().await.expect("semaphore never closed");
-                let (path, offset, len) = (f.path.clone(), u64::from(n - 1) * part_size, size_of(n));
-                let bytes = tokio::task::spawn_blocking(move || read_at(&path, offset, len))
-                    .await
-                    .expect("read does not panic")
-                    .map_err(|e| StorageError::io("read", &f.path, e))?;
-                let md5 = &part_md5s[(n - 1) as usize];
-                let got = hex::encode(md5::Md5::digest(&bytes));
-                if got != *md5 {
-                    return Err(StorageError::Mismatch {
-                        url: format!("file://{}", f.path.display()),
-                        what: format!("part {n} (the file changed during the upload)"),
-                        expected: md5.clone(),
-                        actual: got,
-                    });
-                }
+                let (bytes, md5) = read_part(f, part_size, n).await?;
+                let len = bytes.len() as u64;
                 let out = client
                     .upload_part()
                     .bucket(bucket)
                     .key(key)
                     .upload_id(&upload_id)
                     .part_number(n as i32)
-                    .content_md5(base64_of_hex(md5))
+                    .content_md5(base64_of_hex(&md5))
                     .body(ByteStream::from(bytes))
+                    .customize()
+                    .config_override(md5_only())
                     .send()
                     .await
                     .map_err(|e| job.remote.map_error("upload a part of", bucket, key, e))?;
@@ -471,7 +458,7 @@ async fn multipart_upload(
                     r.parts.insert(n, etag.clone());
                     save(&r);
                 }
-                Ok::<_, StorageError>(CompletedPart::builder().part_number(n as i32).e_tag(etag).build())
+                Ok::<_, StorageError>((n, md5, CompletedPart::builder().part_number(n as i32).e_tag(etag).build()))
             }
         })
         .buffer_unordered(job.req.concurrency.max(1))
@@ -480,18 +467,16 @@ async fn multipart_upload(
     let mut failed = None;
     for r in sent {
         match r {
-            Ok(p) => done.push(p),
+            Ok((n, md5, p)) => {
+                md5s.insert(n, md5);
+                done.push(p);
+            }
             Err(e) => failed = failed.or(Some(e)),
         }
     }
     if let Some(e) = failed {
         // The upload stays open: the same command resumes it.
-        return Err(StorageError::PushInterrupted {
-            url: job.url(key),
-            done: done.len() as u32,
-            parts,
-            source: Box::new(e),
-        });
+        return Err(StorageError::PushInterrupted { url: job.url(key), done: done.len() as u32, parts, source: Box::new(e) });
     }
     done.sort_by_key(|p| p.part_number());
     let completed = client
@@ -519,7 +504,8 @@ async fn multipart_upload(
         let _ = std::fs::remove_file(p);
     }
     let etag = completed.e_tag().unwrap_or_default().trim_matches('"').to_string();
-    let want = super::verify::composite_of(part_md5s).unwrap_or_default();
+    let md5s: Vec<String> = md5s.into_values().collect();
+    let want = super::verify::composite_of(&md5s).unwrap_or_default();
     if etag != want {
         return Err(StorageError::Mismatch {
             url: job.url(key),
@@ -569,20 +555,19 @@ mod tests {
     }
 
     #[test]
-    fn a_file_hashes_into_parts_as_s3_names_them() {
+    fn a_file_hashes_as_read_and_its_parts_as_s3_names_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..25u32).map(|i| i as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let (sha, md5s, kept) = hash_file(&path, 25, 10, false).unwrap();
+        let (sha, kept) = hash_file(&path, 25, true).unwrap();
         assert_eq!(sha, hex::encode(sha2::Sha256::digest(&data)));
-        let want: Vec<String> = data.chunks(10).map(|c| hex::encode(md5::Md5::digest(c))).collect();
-        assert_eq!((md5s, kept), (want, None));
-        let (_, one, kept) = hash_file(&path, 25, u64::MAX, true).unwrap();
-        assert_eq!((one.len(), kept.as_deref()), (1, Some(&data[..])));
-        let empty = dir.path().join("e");
-        std::fs::write(&empty, b"").unwrap();
-        assert_eq!(hash_file(&empty, 0, u64::MAX, true).unwrap().1, [hex::encode(md5::Md5::digest(b""))]);
-        assert!(hash_file(&path, 30, 10, false).is_err());
+        assert_eq!(kept, Some((data.clone(), hex::encode(md5::Md5::digest(&data)))));
+        assert_eq!(hash_file(&path, 25, false).unwrap().1, None);
+        assert!(hash_file(&path, 30, false).is_err(), "a size that changed is an error");
+        let f = Local { rel: "f".into(), path, size: 25 };
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (bytes, md5) = rt.block_on(read_part(&f, 10, 3)).unwrap();
+        assert_eq!((bytes.as_slice(), md5), (&data[20..], hex::encode(md5::Md5::digest(&data[20..]))));
     }
 }

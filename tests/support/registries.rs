@@ -45,10 +45,7 @@ impl Mlflow {
     /// A server over `moto` (its bucket `mlflow` is created here); with
     /// `auth`, MLflow's basic-auth app with user `admin` and that password.
     pub fn start(moto: &Moto, artifacts: Artifacts, auth: Option<&str>) -> Mlflow {
-        moto.boto3(
-            "import sys, boto3\ns3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='b')\ntry:\n    s3.create_bucket(Bucket='mlflow')\nexcept s3.exceptions.BucketAlreadyOwnedByYou:\n    pass\n",
-            &[&moto.endpoint],
-        );
+        moto.create_bucket("mlflow", false);
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let mlflow = tool("mlflow/bin/mlflow", "25-model-registries.sh");
@@ -197,10 +194,7 @@ impl DvcRepo {
     /// `git init`, `dvc init`, `dvc remote add -d store s3://BUCKET/cache`
     /// with moto's endpoint (bucket created), committed.
     pub fn new(moto: &Moto, bucket: &str) -> DvcRepo {
-        moto.boto3(
-            "import sys, boto3\ns3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='a', aws_secret_access_key='b')\ntry:\n    s3.create_bucket(Bucket=sys.argv[2])\nexcept s3.exceptions.BucketAlreadyOwnedByYou:\n    pass\n",
-            &[&moto.endpoint, bucket],
-        );
+        moto.create_bucket(bucket, false);
         let repo = DvcRepo { dir: tempfile::tempdir().unwrap(), s3: moto.endpoint.clone() };
         repo.git(&["init", "-q", "-b", "main"]);
         repo.git(&["config", "user.email", "ci@example.com"]);

@@ -47,11 +47,30 @@ impl Moto {
         printed
     }
 
+    /// Create `bucket` (if it is not there), with object versioning when `versioned`.
+    pub fn create_bucket(&self, bucket: &str, versioned: bool) {
+        self.boto3(CREATE_BUCKET, &[&self.endpoint, bucket, if versioned { "versioned" } else { "" }]);
+    }
+
     /// Create `bucket` and put each file of `dir` (not recursive) under `prefix`.
     pub fn put_dir(&self, bucket: &str, prefix: &str, dir: &Path) {
         self.boto3(PUT_DIR, &[&self.endpoint, bucket, prefix, &dir.display().to_string()]);
     }
 }
+
+const CREATE_BUCKET: &str = r#"
+import sys
+import boto3
+endpoint, bucket, versioned = sys.argv[1:4]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id="seed-access-key", aws_secret_access_key="seed-secret-key")
+try:
+    s3.create_bucket(Bucket=bucket)
+except s3.exceptions.BucketAlreadyOwnedByYou:
+    pass
+if versioned:
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+"#;
 
 const PUT_DIR: &str = r#"
 import os, sys
