@@ -577,7 +577,10 @@ fn weather_mlflow_runs_to_prod_and_leaves_the_tag_and_alias() {
         .replace("load: { requests: 200, concurrency: 8 }", "load: { requests: 20, concurrency: 2 }")
         .replacen("spec:\n", "spec:\n  signing:\n    key: { file: keys/cosign.key }\n", 1)
         .replacen("    - name: promote\n", "    - name: sign\n      uses: sign\n    - name: promote\n", 1);
-    assert!(edited.contains(&ml.uri) && edited.contains("requests: 20,") && edited.contains("uses: sign"), "the pipeline changed shape");
+    assert!(
+        edited.contains(&ml.uri) && edited.contains("requests: 20,") && edited.contains("uses: sign"),
+        "the pipeline changed shape"
+    );
     std::fs::write(&pipeline, edited).unwrap();
     const PASSWORD: &str = "mlflow-e2e-key-password";
     let keys = Command::new(support::BIN)
@@ -612,7 +615,11 @@ fn weather_mlflow_runs_to_prod_and_leaves_the_tag_and_alias() {
     let statements = support::registry::attestations(&sim.join("prod/registry"), "models-prod/weather");
     let m = &statements[0]["predicate"]["model"];
     assert_eq!(m["source"], "models:/weather@champion", "{m}");
-    assert_eq!((m["mlflow"]["name"].as_str(), m["mlflow"]["version"].as_str()), (Some("weather"), Some(v1.as_str())), "{m}");
+    assert_eq!(
+        (m["mlflow"]["name"].as_str(), m["mlflow"]["version"].as_str()),
+        (Some("weather"), Some(v1.as_str())),
+        "{m}"
+    );
     assert_eq!(m["mlflow"]["alias"], "champion");
     assert_eq!(m["mlflow"]["runId"], run1.as_str());
     assert!(m["mlflow"]["artifactUri"].as_str().is_some_and(|u| u.starts_with("mlflow-artifacts:/")), "{m}");

@@ -950,10 +950,14 @@ mod tests {
             );
             crate::spec::yaml::from_str::<Pipeline>(&text).expect("test pipeline parses")
         };
-        let ok = mlflow("models:/weather@champion", "    mlflow: {trackingUri: 'https://mlflow.example', aliases: {dev: staging}}\n");
+        let ok = mlflow(
+            "models:/weather@champion",
+            "    mlflow: {trackingUri: 'https://mlflow.example', aliases: {dev: staging}}\n",
+        );
         assert!(check(&ok).is_empty(), "{:?}", check(&ok));
         assert!(plan(&ok).iter().any(|l| l.contains("move alias `staging`")), "{:?}", plan(&ok));
-        let bad = mlflow("s3://b/m/", "    mlflow: {trackingUri: 'http://127.0.0.1:5000', aliases: {prod: champion}}\n");
+        let bad =
+            mlflow("s3://b/m/", "    mlflow: {trackingUri: 'http://127.0.0.1:5000', aliases: {prod: champion}}\n");
         let messages: Vec<String> = check(&bad).into_iter().map(|p| p.message).collect();
         assert_eq!(messages.len(), 3, "{messages:?}");
         assert!(messages[0].contains("the model source is not `models:/...`"), "{messages:?}");

@@ -573,7 +573,14 @@ impl Client {
     }
 
     /// A POST about one model version; a version MLflow does not have is named.
-    async fn post_on_version(&self, op: &str, path: &str, body: &Value, name: &str, version: &str) -> Result<(), MlflowError> {
+    async fn post_on_version(
+        &self,
+        op: &str,
+        path: &str,
+        body: &Value,
+        name: &str,
+        version: &str,
+    ) -> Result<(), MlflowError> {
         match self.call(op, reqwest::Method::POST, path, &[], Some(body)).await? {
             Ok(_) => Ok(()),
             Err((status, e)) if is_missing(status, &e) => Err(MlflowError::NoVersion {

@@ -114,15 +114,29 @@ pub enum StorageError {
         source: Box<StorageError>,
     },
     #[error(transparent)]
-    Mlflow(#[from] mlflow::MlflowError),
+    Mlflow(Box<mlflow::MlflowError>),
     #[error(transparent)]
-    Dvc(#[from] dvc::DvcError),
+    Dvc(Box<dvc::DvcError>),
     #[error("embedded S3 endpoint on {addr}: {source}")]
     Serve {
         addr: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+// Boxed: the registries' errors carry several names each, and every
+// storage result would otherwise be as large as the largest of them.
+impl From<mlflow::MlflowError> for StorageError {
+    fn from(e: mlflow::MlflowError) -> Self {
+        StorageError::Mlflow(Box::new(e))
+    }
+}
+
+impl From<dvc::DvcError> for StorageError {
+    fn from(e: dvc::DvcError) -> Self {
+        StorageError::Dvc(Box::new(e))
+    }
 }
 
 fn at(endpoint: &Option<String>) -> String {

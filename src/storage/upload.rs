@@ -310,8 +310,11 @@ fn base64_of_hex(hex_md5: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(hex::decode(hex_md5).unwrap_or_default())
 }
 
+/// A file's bytes and their hex MD5.
+type Kept = (Vec<u8>, String);
+
 /// SHA-256 of the file; with `keep` (a PUT), its bytes and their hex MD5.
-fn hash_file(path: &Path, size: u64, keep: bool) -> std::io::Result<(String, Option<(Vec<u8>, String)>)> {
+fn hash_file(path: &Path, size: u64, keep: bool) -> std::io::Result<(String, Option<Kept>)> {
     let mut file = std::fs::File::open(path)?;
     let mut sha = sha2::Sha256::new();
     let mut kept = keep.then(|| Vec::with_capacity(size as usize));
@@ -329,7 +332,9 @@ fn hash_file(path: &Path, size: u64, keep: bool) -> std::io::Result<(String, Opt
         read += n as u64;
     }
     if read != size {
-        return Err(std::io::Error::other(format!("the file changed while it was read ({size} bytes listed, {read} read)")));
+        return Err(std::io::Error::other(format!(
+            "the file changed while it was read ({size} bytes listed, {read} read)"
+        )));
     }
     let kept = kept.map(|k| {
         let md5 = hex::encode(md5::Md5::digest(&k));
@@ -363,7 +368,12 @@ fn md5_only() -> aws_sdk_s3::config::Builder {
 /// interrupted push of the same bytes recorded. Its ETag, part count and
 /// whether it resumed. Each part is read, hashed (MD5, on a blocking
 /// thread, so parts hash in parallel) and sent with its Content-MD5.
-async fn multipart_upload(job: &Push, f: &Local, key: &str, sha256: &str) -> Result<(String, u32, &'static str), StorageError> {
+async fn multipart_upload(
+    job: &Push,
+    f: &Local,
+    key: &str,
+    sha256: &str,
+) -> Result<(String, u32, &'static str), StorageError> {
     let (bucket, part_size) = (job.req.bucket.as_str(), job.req.part_size);
     let client = job.remote.client();
     let parts = f.size.div_ceil(part_size).max(1) as u32;
@@ -476,7 +486,12 @@ async fn multipart_upload(job: &Push, f: &Local, key: &str, sha256: &str) -> Res
     }
     if let Some(e) = failed {
         // The upload stays open: the same command resumes it.
-        return Err(StorageError::PushInterrupted { url: job.url(key), done: done.len() as u32, parts, source: Box::new(e) });
+        return Err(StorageError::PushInterrupted {
+            url: job.url(key),
+            done: done.len() as u32,
+            parts,
+            source: Box::new(e),
+        });
     }
     done.sort_by_key(|p| p.part_number());
     let completed = client
