@@ -3,7 +3,8 @@
 # (pinned, idempotent: rebuilt only when missing or at another version):
 #   $MODELSHIP_TEST_TOOLS/mlflow/  mlflow server (tracking + model registry,
 #                                  basic-auth app) with boto3 for its
-#                                  artifacts in moto's S3
+#                                  artifacts in moto's S3; template.db, an
+#                                  empty tracking database, migrated
 #   $MODELSHIP_TEST_TOOLS/dvc/     dvc with dvc-s3, pushing to moto
 # moto itself comes from 20-s3.sh.
 set -euo pipefail
@@ -31,6 +32,14 @@ if ! [ -f "$MLFLOW/.complete-$MLFLOW_VERSION" ]; then
     "mlflow[auth]==$MLFLOW_VERSION" "boto3==$BOTO3_VERSION"
   "$MLFLOW/bin/python" -c "import mlflow, boto3; assert mlflow.__version__ == '$MLFLOW_VERSION', mlflow.__version__"
   touch "$MLFLOW/.complete-$MLFLOW_VERSION"
+fi
+# An empty tracking database with every migration applied: a test's server
+# starts from a copy instead of running MLflow's ~50 Alembic migrations.
+if ! [ -f "$MLFLOW/template.db" ]; then
+  echo "==> mlflow template database"
+  rm -f "$MLFLOW/template.db.tmp"
+  "$MLFLOW/bin/mlflow" db upgrade "sqlite:///$MLFLOW/template.db.tmp" >/dev/null
+  mv "$MLFLOW/template.db.tmp" "$MLFLOW/template.db"
 fi
 
 DVC="$TOOLS/dvc"

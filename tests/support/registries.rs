@@ -49,6 +49,8 @@ impl Mlflow {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let mlflow = tool("mlflow/bin/mlflow", "25-model-registries.sh");
+        // A migrated empty database: the server skips MLflow's migrations.
+        std::fs::copy(tool("mlflow/template.db", "25-model-registries.sh"), dir.path().join("mlflow.db")).unwrap();
         let mut cmd = Command::new(mlflow);
         cmd.current_dir(dir.path())
             .args(["server", "--host", "127.0.0.1", "--port", &port.to_string(), "--workers", "1"])
@@ -80,9 +82,11 @@ impl Mlflow {
             .spawn()
             .unwrap_or_else(|e| panic!("mlflow server (scripts/setup.d/25-model-registries.sh installs it): {e}"));
         let uri = format!("http://127.0.0.1:{port}");
-        // The server answers /health once its workers are up (tens of seconds
-        // on a busy machine: it imports all of MLflow).
-        for _ in 0..1200 {
+        // The server answers /health once its workers are up: seconds on a
+        // quiet machine, minutes on one running the whole suite (it imports
+        // all of MLflow). The bound only keeps a broken server from hanging
+        // the test.
+        for _ in 0..6000 {
             if let Some(status) = child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
                 panic!("mlflow server exited early with {status}:\n{log}");
@@ -92,7 +96,7 @@ impl Mlflow {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        panic!("mlflow server did not answer on port {port} within 120s");
+        panic!("mlflow server did not answer on port {port} within 600s");
     }
 
     /// MLflow's own client (`MlflowClient`) running `script` with `args`
