@@ -75,6 +75,9 @@ impl Mlflow {
                 .env("MLFLOW_FLASK_SERVER_SECRET_KEY", "modelship-test-csrf-key");
         }
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        // Its own process group: `mlflow server` starts uvicorn and a job
+        // runner with workers, which must go when the test ends.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd
             .envs(s3_env(&moto.endpoint))
             .stdout(Stdio::null())
@@ -144,8 +147,13 @@ fn health(port: u16) -> bool {
 
 impl Drop for Mlflow {
     fn drop(&mut self) {
-        // uvicorn's workers are its children: end the group we started.
-        let _ = self.child.kill();
+        // The server, uvicorn and the job runner's workers: the whole group
+        // this test started (killing `mlflow` alone orphans them).
+        let pgid = self.child.id() as i32;
+        // SAFETY: kill(2) on a process group this test created; no memory is involved.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
         let _ = self.child.wait();
     }
 }
