@@ -43,18 +43,7 @@ cleanup() {
 trap cleanup EXIT
 
 export AWS_ACCESS_KEY_ID=bench-access-key AWS_SECRET_ACCESS_KEY=bench-secret-key AWS_REGION=us-east-1
-PORT="$(bench_free_port)"
-ENDPOINT="http://127.0.0.1:$PORT"
-mkdir -p "$WORK/root"
-"$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
-  "$WORK/root" >"$WORK/s3s-fs.log" 2>&1 &
-SERVER_PID=$!
-BENCH_SERVER_PIDS="$SERVER_PID"
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-  sleep 0.1
-done
-"$PY" -c 'import sys, boto3; boto3.client("s3", endpoint_url=sys.argv[1]).create_bucket(Bucket="bench")' "$ENDPOINT"
+bench_s3s_fs "$WORK"
 
 KEY=""
 WANT=""

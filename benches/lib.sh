@@ -115,3 +115,23 @@ bench_server_cpu() {
 bench_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# bench_s3s_fs DIR : start s3s-fs (scripts/setup.d/20-s3.sh) on a free
+# loopback port serving DIR/root with $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY,
+# wait until it listens and create bucket `bench`; sets ENDPOINT, SERVER_PID
+# and BENCH_SERVER_PIDS. The caller kills SERVER_PID when it is done.
+bench_s3s_fs() {
+  local dir=$1 tools="${MODELSHIP_TEST_TOOLS:-$HOME/.cache/modelship-test-tools}" port
+  port="$(bench_free_port)"
+  ENDPOINT="http://127.0.0.1:$port"
+  mkdir -p "$dir/root"
+  "$tools/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
+    --secret-key "$AWS_SECRET_ACCESS_KEY" "$dir/root" >"$dir/s3s-fs.log" 2>&1 &
+  SERVER_PID=$!
+  BENCH_SERVER_PIDS="$SERVER_PID"
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.1
+  done
+  "$tools/moto/bin/python" -c 'import sys, boto3; boto3.client("s3", endpoint_url=sys.argv[1]).create_bucket(Bucket="bench")' "$ENDPOINT"
+}

@@ -22,7 +22,7 @@ cargo build --release --quiet --bin modelship --example fetch_bench --example up
 # One build for every script: building the binary alone would unify the
 # dependencies' features differently and compile them all again.
 export MODELSHIP_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/modelship"
-for b in ${BENCHES:-validate fetch build-upload image-copy}; do
+for b in ${BENCHES:-validate fetch model-push build-upload image-copy}; do
   echo "==> benches/$b.sh" >&2
   if [ "$b" = validate ]; then
     benches/validate.sh "${CARGO_TARGET_DIR:-$PWD/target}/release/modelship"

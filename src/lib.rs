@@ -27,7 +27,8 @@
 //!   environment, with the retry layer that repeats only what is safe to
 //!   repeat; typed OpenShift and Seldon resources; the build upload, watches
 //!   through `kube::runtime`, ImageStream tags.
-//! - [`storage`]: model sources (S3, file).
+//! - [`storage`]: model sources (S3, file, MLflow's model registry, DVC) and
+//!   the upload of a model directory (`model push`).
 //! - [`registry`]: OCI image copy by digest.
 //! - [`promotion`]: promote, roll back and list a model's digests across
 //!   environments (ledger, lock, ImageStream tags); used by the `promote`

@@ -320,6 +320,8 @@ fn model_process_records(sim: &Path) -> Vec<(PathBuf, String)> {
 struct Services {
     git: support::triggers::Fixture,
     registries: [support::registry::DockerRegistry; 2],
+    /// `model push` examples upload to it (bucket `models`).
+    s3: support::s3::Moto,
 }
 
 impl Services {
@@ -333,7 +335,9 @@ impl Services {
         let image = layout.image(&[layer], "amd64");
         layout.tag("v1", &image);
         support::registry::push(&layout, "v1", &format!("{}/ns/app:v1", registries[0].addr));
-        Services { git, registries }
+        let s3 = support::s3::Moto::start();
+        s3.create_bucket("models", false);
+        Services { git, registries, s3 }
     }
 
     /// The example's placeholders, replaced by what stands for them here.
@@ -342,6 +346,7 @@ impl Services {
             .replace("127.0.0.1:5000", &self.registries[0].addr)
             .replace("127.0.0.1:5001", &self.registries[1].addr)
             .replace("127.0.0.1:8080", webhook)
+            .replace("http://127.0.0.1:9000", &self.s3.endpoint)
     }
 }
 
@@ -410,6 +415,10 @@ fn every_example_in_help_runs() {
             .env("PATH", &path)
             .env("HOME", &home)
             .env("MODELSHIP_SIM_VENV_CACHE", support::cli::venv_cache());
+        if line.starts_with("modelship model push ") {
+            // The AWS chain, as a user's shell has it.
+            cmd.env("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEPUSH").env("AWS_SECRET_ACCESS_KEY", "example-push-secret");
+        }
         cmd
     };
     let (mut run_id, mut digest) = (None::<String>, None::<String>);

@@ -49,6 +49,14 @@ const ELSEWHERE: &[(&str, &str)] = &[
         "tests/approvals.rs (approvers with their own cluster identities)",
     ),
     ("modelship run pipelines/weather.yaml --resume RUN_ID", "tests/approvals.rs (a parked, approved run)"),
+    (
+        "modelship run pipelines/weather-mlflow.yaml --sim /tmp/modelship-sim",
+        "tests/model_sources.rs (needs an MLflow tracking server with a registered version)",
+    ),
+    (
+        "modelship model push ./weather-model s3://models/weather/ --exclude '**/*.ipynb' -o json",
+        "tests/model_sources.rs (needs an S3 endpoint and credentials)",
+    ),
 ];
 
 /// The `modelship ...` lines of the README's `sh` blocks outside the

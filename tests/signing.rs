@@ -670,23 +670,9 @@ fn the_weather_pipeline_signs_and_prod_verifies() {
 /// The in-toto Statement in the one `sha256-<hex>.att` of prod's
 /// `models-prod/weather` in the sim registry stored at `root`.
 fn prod_attestation(root: &Path) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        use tokio::io::AsyncReadExt;
-        let store = openshift_sim::registry::RegistryStore::new(root);
-        let repo = "models-prod/weather";
-        let tags = store.tags(repo).await.unwrap();
-        let att: Vec<&String> = tags.iter().filter(|t| t.ends_with(".att")).collect();
-        assert_eq!(att.len(), 1, "{tags:?}");
-        let (_, _, manifest) = store.get_manifest(repo, att[0]).await.unwrap();
-        let manifest: Value = serde_json::from_slice(&manifest).unwrap();
-        let layer = manifest["layers"][0]["digest"].as_str().unwrap();
-        let mut bytes = Vec::new();
-        store.open_blob(repo, layer).await.unwrap().read_to_end(&mut bytes).await.unwrap();
-        let envelope: signing::Envelope = serde_json::from_slice(&bytes).unwrap();
-        use base64::Engine;
-        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(envelope.payload).unwrap()).unwrap()
-    })
+    let all = support::registry::attestations(root, "models-prod/weather");
+    assert_eq!(all.len(), 1, "{all:?}");
+    all.into_iter().next().unwrap()
 }
 
 /// Files under `dir` holding any of `needles`.

@@ -6,6 +6,7 @@ pub mod approve;
 pub mod completion;
 pub mod history;
 pub mod image;
+pub mod model;
 pub mod output;
 pub mod promote;
 pub mod report;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Container images: copy between registries by digest.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Models in object storage: upload a model directory to S3.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     Trigger(trigger::TriggerArgs),
     Serve(serve::ServeArgs),
     /// Promote a model's verified digest from one environment to another.
@@ -128,6 +132,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), CommandError> {
         Command::Status(a) => status::run(a, &g).await,
         Command::Sim(c) => sim::run(c, &g).await,
         Command::Image(c) => image::run(c, &g).await,
+        Command::Model(c) => model::run(c, &g).await,
         Command::Trigger(a) => trigger::run(a, &g).await,
         Command::Serve(a) => serve::run(a, &g).await,
         Command::Promote(a) => promote::run(a, &g).await,

@@ -96,7 +96,11 @@ pub async fn run(a: PromoteArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
             auth,
             pipeline_dir: a.place.file.parent().map(std::path::Path::to_path_buf),
         };
-        promotion::promote(&session.clusters, &req, a.dry_run).await.map_err(fail)
+        let outcome = promotion::promote(&session.clusters, &req, a.dry_run).await.map_err(fail)?;
+        if !a.dry_run {
+            record_in_registry(&session, &outcome, &a.to).await?;
+        }
+        Ok(outcome)
     }
     .await;
     session.close().await;
@@ -105,6 +109,25 @@ pub async fn run(a: PromoteArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
 }
 
 /// Manual promotions get their own run id in the ledger: `promote-<time>-<rand>`.
+/// A digest built from an MLflow model version (its ledger entry says
+/// which) tags that version and moves the environment's alias, as the
+/// promote stage does.
+pub async fn record_in_registry(session: &Session, outcome: &PromoteOutcome, env: &str) -> Result<(), CommandError> {
+    let Some(version) = &outcome.model_version else { return Ok(()) };
+    crate::stages::fetch_model::record_in_registry(&session.clusters, &session.pipeline, version, env, &outcome.digest)
+        .await
+        .map_err(|e| {
+            CommandError::new(
+                crate::ExitClass::Failed,
+                std::io::Error::other(format!(
+                    "{} is in `{env}`, but recording it in MLflow's registry failed: {}",
+                    outcome.digest,
+                    crate::error::chain(&e)
+                )),
+            )
+        })
+}
+
 pub fn manual_run_id(what: &str) -> String {
     format!("{what}-{}", crate::engine::generate_run_id())
 }

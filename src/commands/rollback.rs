@@ -75,7 +75,9 @@ pub async fn run(a: RollbackArgs, _g: &GlobalArgs) -> Result<(), CommandError> {
             state_dir: session.state_dir.clone(),
             auth,
         };
-        promotion::rollback(&session.clusters, &req).await.map_err(fail)
+        let outcome = promotion::rollback(&session.clusters, &req).await.map_err(fail)?;
+        super::promote::record_in_registry(&session, &outcome, &a.env).await?;
+        Ok(outcome)
     }
     .await;
     session.close().await;

@@ -187,6 +187,8 @@ impl SimClusters {
     }
 
     /// For an `s3://BUCKET/PREFIX` model: serve `DIR/s3` as an S3 endpoint
+    /// (`models:/` and `dvc:` sources name their own tracking server and
+    /// remote, which the run reaches as written)
     /// in-process, seed `BUCKET/PREFIX` from the fixture model
     /// (`fixtures/<model>-model` beside the pipeline's directory) when it is
     /// empty, and put the endpoint's credentials in the Secret the pipeline

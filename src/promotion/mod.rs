@@ -437,7 +437,19 @@ pub struct PromoteOutcome {
     /// Signature and attestation carried along (and whether they were verified).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Provenance>,
+    /// The model-registry version the digest was built from, as its
+    /// ledger entry carries it (`checks.mlflow`): for a promotion the
+    /// source entry's, for a rollback the entry rolled back to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<Value>,
     pub dry_run: bool,
+}
+
+/// `checks.mlflow` of a ledger entry: where the digest's model came from
+/// in MLflow's registry (`{trackingUri, name, version}`), recorded by the
+/// promote stage so promotions and rollbacks by hand can update the registry.
+pub fn model_version_of(checks: Option<&Value>) -> Option<Value> {
+    checks?.get("mlflow").filter(|v| v.is_object()).cloned()
 }
 
 /// The `.sig` and `.att` manifests that travelled with a promoted digest;
@@ -588,6 +600,7 @@ pub async fn promote(
         }
     };
     let forced = req.force && entry.as_ref().is_none_or(|e| !checks_passed(e));
+    let model_version = model_version_of(checks.as_ref());
     let dst = ImageRef::parse(&format!("{}:{}", to.repository(&req.model), req.tag))
         .map_err(|source| PromotionError::BadImage { image: to.repository(&req.model), source })?;
     let pinned = dst.with_digest(&digest).to_string();
@@ -604,6 +617,7 @@ pub async fn promote(
         recorded: false,
         copy: None,
         provenance: None,
+        model_version,
         dry_run,
     };
     if dry_run {
@@ -864,6 +878,7 @@ async fn locked_rollback(
         recorded,
         copy: Some(stats),
         provenance: None,
+        model_version: model_version_of(wanted.checks.as_ref()),
         dry_run: false,
     })
 }

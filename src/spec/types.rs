@@ -115,7 +115,8 @@ pub struct VerifySpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ModelSpec {
     pub name: String,
-    /// `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY` or `file://PATH`.
+    /// `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY`, `file://PATH`,
+    /// `models:/NAME@ALIAS`, `models:/NAME/VERSION` (MLflow) or `dvc:PATH`.
     pub source: String,
     /// S3-compatible endpoint (Ceph, MinIO, OCS); path-style addressing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,9 +132,30 @@ pub struct ModelSpec {
     /// Allow a plain-HTTP `endpoint` (a lab MinIO, the `--sim` S3). Off by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
-    /// Kubernetes Secret (in the state environment) with S3 credentials.
+    /// Kubernetes Secret (in the state environment) with S3 credentials
+    /// (and, for `models:/`, `MLFLOW_TRACKING_TOKEN` or
+    /// `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// For `models:/` sources: the tracking server, and what a promotion
+    /// leaves in MLflow's registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlflow: Option<MlflowSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MlflowSpec {
+    /// The tracking server's URL; default `$MLFLOW_TRACKING_URI`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking_uri: Option<String>,
+    /// Allow a plain-HTTP `trackingUri`. Off by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// Environment -> the alias a promotion to it moves to the promoted
+    /// version (e.g. `prod: champion`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -127,7 +127,7 @@ impl Checker<'_> {
         }
         if let Some(problem) = source_problem(&m.source) {
             self.at_value("spec.model.source", problem).hint =
-                Some("use `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY` or `file://PATH`".into());
+                Some("use `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY`, `file://PATH`, `models:/NAME@ALIAS`, `models:/NAME/VERSION` or `dvc:PATH`".into());
         }
         if let Some(endpoint) = &m.endpoint {
             match url::Url::parse(endpoint) {
@@ -598,9 +598,16 @@ fn source_problem(source: &str) -> Option<String> {
         }
         return None;
     }
-    if let Some(rest) = source.strip_prefix("file://") {
+    if let Some(rest) = source.strip_prefix("file://").or_else(|| source.strip_prefix("dvc:")) {
         if rest.is_empty() {
             return Some(format!("model source `{source}` names no path"));
+        }
+        return None;
+    }
+    // The grammar of `models:/` is fetch-model's to check (storage::mlflow).
+    if let Some(rest) = source.strip_prefix("models:/") {
+        if rest.is_empty() {
+            return Some(format!("model source `{source}` names no model"));
         }
         return None;
     }

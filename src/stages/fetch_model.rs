@@ -1,5 +1,6 @@
-//! Stage `fetch-model`: bring a model version from S3-compatible storage (or
-//! `file://`) into the run's workspace, verified, with a manifest and one
+//! Stage `fetch-model`: bring a model version from S3-compatible storage,
+//! `file://`, MLflow's model registry (`models:/`) or a DVC-tracked path
+//! (`dvc:`) into the run's workspace, verified, with a manifest and one
 //! content digest that later stages key the build on.
 //!
 //! Every `with:` field defaults from `spec.model` where the model spec has
@@ -18,6 +19,8 @@ use crate::cluster::Clusters;
 use crate::error::{ExitClass, HasExitClass};
 use crate::secret::Secret;
 use crate::spec::{ModelSpec, Pipeline};
+use crate::storage::dvc::DvcLineage;
+use crate::storage::mlflow::{self, MlflowCredentials, MlflowError, MlflowLineage};
 use crate::storage::{self, Expect, FetchRequest, Fetched, Filter, S3Options, Source, StaticCredentials, StorageError};
 use crate::template::is_template;
 
@@ -25,7 +28,8 @@ use crate::template::is_template;
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Params {
-    /// `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY` or `file://PATH`; default `spec.model.source`.
+    /// `s3://BUCKET/PREFIX/`, `s3://BUCKET/KEY`, `file://PATH`, `models:/NAME@ALIAS`,
+    /// `models:/NAME/VERSION` or `dvc:PATH`; default `spec.model.source`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// S3-compatible endpoint URL (path-style addressing); default `spec.model.endpoint`,
@@ -92,26 +96,12 @@ impl Scalar {
         }
     }
 
-    /// Bytes: a number, or a number with a K/M/G suffix (`Ki`/`KiB` binary, `KB` decimal too).
+    /// Bytes: a number, or a number with a K/M/G suffix ([`storage::parse_size`]).
     fn bytes(&self) -> Result<u64, String> {
-        let text = match self {
-            Scalar::Text(t) => t.trim(),
-            other => return other.count(),
-        };
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (num, unit) = text.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (e.g. 8388608, 8Mi, 8MiB)"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "K" | "Ki" | "KiB" => 1 << 10,
-            "M" | "Mi" | "MiB" => 1 << 20,
-            "G" | "Gi" | "GiB" => 1 << 30,
-            "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            u => return Err(format!("unknown size unit `{u}` (use Ki, Mi, Gi, KB, MB, GB)")),
-        };
-        n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+        match self {
+            Scalar::Text(t) => storage::parse_size(t),
+            other => other.count(),
+        }
     }
 
     fn flag(&self) -> Result<bool, String> {
@@ -206,6 +196,12 @@ pub enum FetchModelError {
     Storage(#[from] StorageError),
 }
 
+impl From<MlflowError> for FetchModelError {
+    fn from(e: MlflowError) -> Self {
+        FetchModelError::Storage(e.into())
+    }
+}
+
 impl HasExitClass for FetchModelError {
     fn exit_class(&self) -> ExitClass {
         match self {
@@ -244,6 +240,7 @@ impl From<FetchModelError> for StageError {
 /// Build the storage request from `with:` (defaults from `model`) and fetch
 /// into `<dest>/model/`. `credentials` (from a Secret, resolved by the
 /// caller) override the AWS default chain. Cancel by dropping the future.
+/// S3 and `file://` sources only need this; [`fetch_from`] takes registries.
 pub async fn fetch(
     params: &Params,
     model: &ModelSpec,
@@ -252,20 +249,58 @@ pub async fn fetch(
     credentials: Option<StaticCredentials>,
     progress: bool,
 ) -> Result<Fetched, FetchModelError> {
+    let access = Access { s3: credentials, ..Access::default() };
+    fetch_from(params, model, base_dir, dest, &access, progress).await.map(|(f, _)| f)
+}
+
+/// What a fetch may authenticate with and where a `dvc:` source is read.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// S3 keys from a Secret; `None`: the AWS default chain.
+    pub s3: Option<StaticCredentials>,
+    /// MLflow credentials from a Secret; `None`: `MLFLOW_TRACKING_*` from the environment.
+    pub mlflow: Option<MlflowCredentials>,
+    /// The Git commit a `dvc:` source is read at (a triggered run's); `None`: HEAD.
+    pub commit: Option<String>,
+}
+
+/// Where a registry source resolved to, for the lineage and the attestation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    pub mlflow: Option<MlflowLineage>,
+    pub dvc: Option<DvcLineage>,
+}
+
+/// [`fetch`] for every source: a `models:/` version is resolved through
+/// MLflow's REST API and its artifacts fetched from S3 (the same ranged,
+/// verified, resumable path) or through the tracking server's proxy; a
+/// `dvc:` path is read from the pipeline's Git repository and its objects
+/// fetched from the DVC remote, md5-verified.
+pub async fn fetch_from(
+    params: &Params,
+    model: &ModelSpec,
+    base_dir: &Path,
+    dest: &Path,
+    access: &Access,
+    progress: bool,
+) -> Result<(Fetched, Lineage), FetchModelError> {
     let r = params.resolve(model);
     let param = |field: &'static str| move |message: String| FetchModelError::Param { field, message };
     let source = Source::parse(&r.source)?;
+    if r.version_id.is_some() && !matches!(source, Source::S3 { .. }) {
+        return Err(param("versionId")(format!("pins an S3 object version, but the source is `{}`", r.source)));
+    }
     if r.version_id.is_some() && source.is_prefix() {
         return Err(param("versionId")("pins one object, but the source is a prefix".into()));
     }
     let filter = Filter::new(&r.include, &r.exclude)
         .map_err(|(list, e)| FetchModelError::Param { field: list, message: e.to_string() })?;
-    let mut req = FetchRequest::new(source, std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf()));
+    let mut req = FetchRequest::new(source.clone(), std::path::absolute(dest).unwrap_or_else(|_| dest.to_path_buf()));
     req.base_dir = base_dir.to_path_buf();
     req.s3 = S3Options {
         endpoint: r.endpoint,
         region: r.region,
-        credentials,
+        credentials: access.s3.clone(),
         insecure: params.insecure().map_err(param("insecure"))? || model.insecure,
     };
     req.version_id = r.version_id;
@@ -274,7 +309,147 @@ pub async fn fetch(
     req.concurrency = params.concurrency().map_err(param("concurrency"))?;
     req.part_size = params.part_size().map_err(param("partSize"))?;
     req.progress = progress;
-    Ok(storage::fetch(req).await?)
+    let mut lineage = Lineage::default();
+    match &source {
+        Source::S3 { .. } | Source::File { .. } => {}
+        Source::Mlflow(uri) => {
+            let (found, registry) = resolve_mlflow(model, uri, access, &mut req).await?;
+            lineage.mlflow = Some(found);
+            // An empty artifact directory is the version's problem: say which.
+            return match storage::fetch(req).await {
+                Ok(f) => Ok((f, lineage)),
+                Err(StorageError::Empty { .. } | StorageError::NotFound { .. }) => {
+                    let m = lineage.mlflow.expect("set above");
+                    Err(MlflowError::Artifacts {
+                        server: registry,
+                        name: m.name,
+                        version: m.version,
+                        uri: m.artifact_uri,
+                        reason: "no files are there: refusing to produce an empty model".into(),
+                    }
+                    .into())
+                }
+                Err(e) => Err(e.into()),
+            };
+        }
+        Source::Dvc { path } => {
+            let plan = storage::dvc::plan(base_dir, path, access.commit.as_deref(), &req.s3).await?;
+            req.s3.endpoint = req.s3.endpoint.or(plan.endpoint);
+            req.s3.region = req.s3.region.or(plan.region);
+            if let Some(ep) = &req.s3.endpoint {
+                storage::check_endpoint(ep, req.s3.insecure)?;
+            }
+            req.objects = Some(plan.objects);
+            lineage.dvc = Some(plan.lineage);
+        }
+    }
+    Ok((storage::fetch(req).await?, lineage))
+}
+
+/// The tracking server of `model` (`spec.model.mlflow.trackingUri`, else
+/// `$MLFLOW_TRACKING_URI`) with the credentials of `access`.
+pub fn mlflow_client(model: &ModelSpec, credentials: Option<MlflowCredentials>) -> Result<mlflow::Client, MlflowError> {
+    let spec = model.mlflow.clone().unwrap_or_default();
+    let uri = spec
+        .tracking_uri
+        .or_else(|| std::env::var("MLFLOW_TRACKING_URI").ok().filter(|v| !v.is_empty()))
+        .ok_or_else(|| MlflowError::NoTrackingUri { uri: model.source.clone() })?;
+    mlflow::Client::new(&uri, spec.insecure, credentials.unwrap_or_else(MlflowCredentials::from_env))
+}
+
+/// Resolve `uri` and point `req` at the version's artifacts; the lineage
+/// and the server (for messages).
+async fn resolve_mlflow(
+    model: &ModelSpec,
+    uri: &mlflow::ModelUri,
+    access: &Access,
+    req: &mut FetchRequest,
+) -> Result<(MlflowLineage, String), FetchModelError> {
+    let client = mlflow_client(model, access.mlflow.clone())?;
+    let mv = client.resolve(uri).await?;
+    let artifact_uri = client.download_uri(&mv).await?;
+    tracing::info!(
+        model = %mv.name, version = %mv.version, run_id = %mv.run_id, artifacts = %crate::secret::mask(&artifact_uri),
+        "resolved {uri}"
+    );
+    match mlflow::ArtifactStore::parse(&artifact_uri) {
+        Ok(mlflow::ArtifactStore::S3 { bucket, prefix }) => {
+            req.source = Source::S3 { bucket, key: if prefix.is_empty() { prefix } else { format!("{prefix}/") } };
+            // Where MLflow's own clients reach the store.
+            if req.s3.endpoint.is_none() {
+                req.s3.endpoint = std::env::var("MLFLOW_S3_ENDPOINT_URL").ok().filter(|v| !v.is_empty());
+            }
+            if let Some(ep) = &req.s3.endpoint {
+                storage::check_endpoint(ep, req.s3.insecure)?;
+            }
+        }
+        Ok(mlflow::ArtifactStore::Proxy { path }) => {
+            req.objects = Some(client.list_proxied(&mv, &artifact_uri, &path).await?);
+            req.http = Some(client.http());
+        }
+        Err(reason) => {
+            return Err(MlflowError::Artifacts {
+                server: client.server(),
+                name: mv.name,
+                version: mv.version,
+                uri: artifact_uri,
+                reason,
+            }
+            .into());
+        }
+    }
+    let alias = match &uri.selector {
+        mlflow::Selector::Alias(a) => Some(a.clone()),
+        mlflow::Selector::Version(_) => None,
+    };
+    Ok((
+        MlflowLineage {
+            tracking_uri: client.server(),
+            name: mv.name,
+            version: mv.version,
+            alias,
+            run_id: mv.run_id,
+            artifact_uri: crate::secret::mask(&artifact_uri),
+        },
+        client.server(),
+    ))
+}
+
+/// `{trackingUri, name, version}`: what a ledger entry keeps of the MLflow
+/// version a digest was built from (`checks.mlflow`, see
+/// [`crate::promotion::model_version_of`]).
+pub fn model_version_json(m: &MlflowLineage) -> serde_json::Value {
+    serde_json::json!({ "trackingUri": m.tracking_uri, "name": m.name, "version": m.version })
+}
+
+/// After `digest` reached `env`: tag the MLflow version it was built from
+/// (`version`, as [`model_version_json`] wrote it) `modelship.io/ENV.digest`
+/// and, when `spec.model.mlflow.aliases.ENV` names an alias, move it to that
+/// version; a rollback calls it with the version rolled back to. Reaches the
+/// pipeline's tracking server with its `credentialsSecret` (else the
+/// environment's `MLFLOW_TRACKING_*`). Idempotent.
+pub async fn record_in_registry(
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+    version: &serde_json::Value,
+    env: &str,
+    digest: &str,
+) -> Result<(), FetchModelError> {
+    let (Some(name), Some(number)) = (version["name"].as_str(), version["version"].as_str()) else {
+        return Ok(());
+    };
+    let model = &pipeline.spec.model;
+    let credentials = match &model.credentials_secret {
+        Some(secret) => {
+            let (_, m) = registry_access(clusters, pipeline, secret).await?;
+            (!m.is_empty()).then_some(m)
+        }
+        None => None,
+    };
+    let client = mlflow_client(model, credentials)?;
+    let alias = model.mlflow.as_ref().and_then(|m| m.aliases.get(env)).map(String::as_str);
+    client.record_promotion(name, number, env, digest, alias).await?;
+    Ok(())
 }
 
 /// Access keys from a Secret's data, registered for masking.
@@ -313,6 +488,59 @@ pub async fn secret_credentials(
     pipeline: &Pipeline,
     name: &str,
 ) -> Result<StaticCredentials, FetchModelError> {
+    let (data, namespace, env) = secret_data(clusters, pipeline, name).await?;
+    credentials_from_secret(&data).map_err(|message| FetchModelError::Secret {
+        name: name.into(),
+        namespace,
+        env,
+        message,
+    })
+}
+
+/// What a registry source authenticates with, from Secret `name`: MLflow's
+/// `MLFLOW_TRACKING_*` keys and the S3 keys, each when present (an MLflow
+/// artifact proxy needs no S3 keys; a DVC remote may use the AWS chain).
+pub async fn registry_access(
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+    name: &str,
+) -> Result<(Option<StaticCredentials>, MlflowCredentials), FetchModelError> {
+    let (data, namespace, env) = secret_data(clusters, pipeline, name).await?;
+    let text = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(v).trim().to_string());
+    let mlflow = MlflowCredentials::from_lookup(&format!("Secret {namespace}/{name}"), text);
+    let has_s3 = ["AWS_ACCESS_KEY_ID", "accessKeyId"].iter().any(|k| data.contains_key(*k));
+    let s3 = if has_s3 {
+        Some(credentials_from_secret(&data).map_err(|message| FetchModelError::Secret {
+            name: name.into(),
+            namespace: namespace.clone(),
+            env: env.clone(),
+            message,
+        })?)
+    } else {
+        None
+    };
+    if s3.is_none() && mlflow.is_empty() {
+        let mut keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        return Err(FetchModelError::Secret {
+            name: name.into(),
+            namespace,
+            env,
+            message: format!(
+                "expected MLFLOW_TRACKING_TOKEN, MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; it has: {}",
+                if keys.is_empty() { "none".to_string() } else { keys.join(", ") }
+            ),
+        });
+    }
+    Ok((s3, mlflow))
+}
+
+/// Secret `name`'s data, its namespace and environment.
+async fn secret_data(
+    clusters: &Clusters,
+    pipeline: &Pipeline,
+    name: &str,
+) -> Result<(BTreeMap<String, Vec<u8>>, String, String), FetchModelError> {
     let (env, environment) =
         pipeline.state_environment().ok_or_else(|| FetchModelError::NoStateEnvironment { name: name.into() })?;
     let client = clusters.client(env).await?;
@@ -325,12 +553,7 @@ pub async fn secret_credentials(
         source,
     })?;
     let data: BTreeMap<String, Vec<u8>> = secret.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-    credentials_from_secret(&data).map_err(|message| FetchModelError::Secret {
-        name: name.into(),
-        namespace,
-        env: env.into(),
-        message,
-    })
+    Ok((data, namespace, env.to_string()))
 }
 
 /// What fetch-model hands later stages (render reads `modelDir` and
@@ -346,6 +569,11 @@ pub struct Output {
     pub total_bytes: u64,
     pub content_digest: String,
     pub objects: Vec<storage::ObjectSource>,
+    /// For a `models:/` source: tracking server, name, version, alias, run
+    /// id and the artifact URI fetched.
+    pub mlflow: Option<MlflowLineage>,
+    /// For a `dvc:` source: commit, tracking file, output, md5 and remote.
+    pub dvc: Option<DvcLineage>,
 }
 
 impl Output {
@@ -353,6 +581,11 @@ impl Output {
     /// may carry a value registered as secret, and outputs land in the run
     /// record.
     pub fn new(source: &str, fetched: &Fetched) -> Output {
+        Output::with_lineage(source, fetched, Lineage::default())
+    }
+
+    /// With where a registry source resolved to.
+    pub fn with_lineage(source: &str, fetched: &Fetched, lineage: Lineage) -> Output {
         let mut objects = fetched.objects.clone();
         for o in &mut objects {
             o.url = crate::secret::mask(&o.url);
@@ -365,6 +598,8 @@ impl Output {
             total_bytes: fetched.total_bytes,
             content_digest: fetched.content_digest.clone(),
             objects,
+            mlflow: lineage.mlflow,
+            dvc: lineage.dvc,
         }
     }
 }
@@ -374,7 +609,7 @@ pub struct FetchModel;
 impl Contract for FetchModel {
     const KIND: &'static str = "fetch-model";
     const OUTPUTS: &'static [&'static str] =
-        &["source", "modelDir", "manifest", "totalBytes", "contentDigest", "objects"];
+        &["source", "modelDir", "manifest", "totalBytes", "contentDigest", "objects", "mlflow", "dvc"];
     type Params = Params;
     type Output = Output;
 
@@ -392,7 +627,13 @@ impl Contract for FetchModel {
                 Err(e) => problems.push(Problem::new("", format!("{}: {e}", r.source_field))),
             }
         }
-        if let (Some(_), Some(s)) = (&r.version_id, &source)
+        if let (Some(_), Some(Source::Mlflow(_) | Source::Dvc { .. } | Source::File { .. })) = (&r.version_id, &source)
+        {
+            problems.push(Problem::new(
+                at("versionId", params.version_id.is_some()),
+                format!("versionId pins an S3 object version, but the source is `{}`", r.source),
+            ));
+        } else if let (Some(_), Some(s)) = (&r.version_id, &source)
             && s.is_prefix()
         {
             problems.push(
@@ -466,6 +707,7 @@ impl Contract for FetchModel {
                 problems.push(Problem::new(field, m));
             }
         }
+        problems.extend(mlflow_problems(cx, source.as_ref()));
         if let Some(name) = &r.credentials_secret
             && !is_template(name)
         {
@@ -493,13 +735,32 @@ impl Contract for FetchModel {
 
     fn plan(params: &Params, cx: &ValidateCx<'_>) -> Vec<String> {
         let r = params.resolve(&cx.pipeline.spec.model);
-        let kind = match Source::parse(&r.source) {
-            Ok(Source::S3 { .. }) if Source::parse(&r.source).is_ok_and(|s| s.is_prefix()) => "every object under",
+        let parsed = Source::parse(&r.source);
+        let kind = match &parsed {
+            Ok(s @ Source::S3 { .. }) if s.is_prefix() => "every object under",
             Ok(Source::S3 { .. }) => "object",
             Ok(Source::File { .. }) => "local files from",
+            Ok(Source::Mlflow(_)) => "the artifacts of MLflow model version",
+            Ok(Source::Dvc { .. }) => "the DVC-tracked",
             Err(_) => "",
         };
         let mut lines = vec![format!("fetch {kind} {} into <workspace>/{}/model/", r.source, cx.stage.name)];
+        match &parsed {
+            Ok(Source::Mlflow(_)) => {
+                let m = cx.pipeline.spec.model.mlflow.clone().unwrap_or_default();
+                lines.push(format!(
+                    "resolve it at the tracking server {} (registered-models/alias, model-versions/get, get-download-uri); artifacts from S3 or the server's mlflow-artifacts: proxy",
+                    m.tracking_uri.as_deref().unwrap_or("$MLFLOW_TRACKING_URI")
+                ));
+                for (env, alias) in &m.aliases {
+                    lines.push(format!("after a promotion to `{env}`: tag the version modelship.io/{env}.digest and move alias `{alias}` to it"));
+                }
+            }
+            Ok(Source::Dvc { path }) => lines.push(format!(
+                "read the .dvc file or dvc.lock tracking {path} and .dvc/config from the pipeline's Git repository at the run's commit (label `commit`, else HEAD); fetch from the S3 remote, md5-verified"
+            )),
+            _ => {}
+        }
         if r.source.starts_with("s3://") {
             let insecure = params.insecure().unwrap_or(false) || cx.pipeline.spec.model.insecure;
             lines.push(match &r.endpoint {
@@ -540,18 +801,54 @@ impl Contract for FetchModel {
     }
 }
 
+/// `spec.model.mlflow`: only beside a `models:/` source, aliases for
+/// declared environments, a tracking URI MLflow can be reached at.
+fn mlflow_problems(cx: &ValidateCx<'_>, source: Option<&Source>) -> Vec<Problem> {
+    let Some(m) = &cx.pipeline.spec.model.mlflow else { return Vec::new() };
+    let mut out = Vec::new();
+    if source.is_some_and(|s| !matches!(s, Source::Mlflow(_))) {
+        out.push(Problem::new("", "spec.model.mlflow is set, but the model source is not `models:/...`"));
+    }
+    if let Some(uri) = &m.tracking_uri
+        && !is_template(uri)
+        && let Err(e) = mlflow::check_tracking_uri(uri, m.insecure)
+    {
+        out.push(Problem::new("", format!("spec.model.mlflow.trackingUri: {e}")));
+    }
+    for (env, alias) in &m.aliases {
+        if let Some(p) = crate::spec::environment_problem(cx.pipeline, &format!("spec.model.mlflow.aliases.{env}"), env)
+        {
+            out.push(Problem::new("", format!("{}: {}", p.path, p.message)));
+        }
+        if alias.is_empty() || alias.contains(['/', '@']) {
+            out.push(Problem::new("", format!("spec.model.mlflow.aliases.{env}: `{alias}` is not an alias")));
+        }
+    }
+    out
+}
+
 /// The effectful half, beside the contract above.
 impl Stage for FetchModel {
     async fn run(params: Params, cx: &StageContext) -> Result<Output, StageError> {
         let dest = cx.stage_dir().map_err(|e| StageError::failed(StorageError::io("create", &cx.workspace, e)))?;
+        let registry = !matches!(
+            Source::parse(&params.resolve(&cx.pipeline.spec.model).source),
+            Ok(Source::S3 { .. } | Source::File { .. })
+        );
         let work = async {
-            let credentials = match params.resolve(&cx.pipeline.spec.model).credentials_secret {
-                Some(name) => Some(secret_credentials(&cx.clusters, &cx.pipeline, &name).await?),
-                None => None,
-            };
-            fetch(&params, &cx.pipeline.spec.model, &cx.pipeline_dir, &dest, credentials, cx.interactive).await
+            let mut access = Access { commit: cx.labels.get("commit").cloned(), ..Access::default() };
+            match params.resolve(&cx.pipeline.spec.model).credentials_secret {
+                Some(name) if registry => {
+                    let (s3, mlflow) = registry_access(&cx.clusters, &cx.pipeline, &name).await?;
+                    access.s3 = s3;
+                    access.mlflow = (!mlflow.is_empty()).then_some(mlflow);
+                }
+                Some(name) => access.s3 = Some(secret_credentials(&cx.clusters, &cx.pipeline, &name).await?),
+                None => {}
+            }
+            fetch_from(&params, &cx.pipeline.spec.model, &cx.pipeline_dir, &dest, &access, cx.interactive).await
         };
-        let fetched = tokio::select! {
+        let (fetched, lineage) = tokio::select! {
             r = work => r?,
             () = cx.cancel.cancelled() => return Err(StageError::cancelled()),
         };
@@ -561,7 +858,7 @@ impl Stage for FetchModel {
             .await
             .map_err(|e| StageError::failed(StorageError::io("write", &manifest_path, e)))?;
         let source = params.resolve(&cx.pipeline.spec.model).source;
-        Ok(Output::new(&source, &fetched))
+        Ok(Output::with_lineage(&source, &fetched, lineage))
     }
 }
 
@@ -643,6 +940,34 @@ mod tests {
             "{insecure: true, include: ['**/*.pkl'], expectSha256: SHA256SUMS}",
         );
         insta::assert_snapshot!(plan(&p).join("\n"));
+    }
+
+    #[test]
+    fn registry_sources_validate_their_own_settings() {
+        let mlflow = |source: &str, extra: &str| {
+            let text = format!(
+                "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {{name: w}}\nspec:\n  model:\n    name: w\n    source: '{source}'\n{extra}  environments:\n    dev: {{namespace: models-dev}}\n  stages:\n    - name: fetch\n      uses: fetch-model\n"
+            );
+            crate::spec::yaml::from_str::<Pipeline>(&text).expect("test pipeline parses")
+        };
+        let ok = mlflow(
+            "models:/weather@champion",
+            "    mlflow: {trackingUri: 'https://mlflow.example', aliases: {dev: staging}}\n",
+        );
+        assert!(check(&ok).is_empty(), "{:?}", check(&ok));
+        assert!(plan(&ok).iter().any(|l| l.contains("move alias `staging`")), "{:?}", plan(&ok));
+        let bad =
+            mlflow("s3://b/m/", "    mlflow: {trackingUri: 'http://127.0.0.1:5000', aliases: {prod: champion}}\n");
+        let messages: Vec<String> = check(&bad).into_iter().map(|p| p.message).collect();
+        assert_eq!(messages.len(), 3, "{messages:?}");
+        assert!(messages[0].contains("the model source is not `models:/...`"), "{messages:?}");
+        assert!(messages[1].contains("spec.model.mlflow.insecure: true"), "{messages:?}");
+        assert!(messages[2].starts_with("spec.model.mlflow.aliases.prod"), "{messages:?}");
+        let pinned = mlflow("dvc:models/weather", "    versionId: abc\n");
+        assert!(check(&pinned)[0].message.contains("pins an S3 object version"), "{:?}", check(&pinned));
+        for bad in ["models:/weather", "dvc:../up"] {
+            assert_eq!(check(&mlflow(bad, "")).len(), 1, "{bad}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ macro_rules! for_each_kind {
             SeldonDeploy => seldon_deploy::SeldonDeploy, [OpenshiftBuild],
             PredictionCheck => prediction_check::PredictionCheck, [SeldonDeploy],
             Sign => sign::Sign, [FetchModel, Render, OpenshiftBuild, PredictionCheck],
-            Promote => promote::Promote, [OpenshiftBuild, SeldonDeploy, PredictionCheck],
+            Promote => promote::Promote, [OpenshiftBuild, SeldonDeploy, PredictionCheck, FetchModel],
         }
     };
 }

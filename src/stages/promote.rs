@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::fetch_model::{self, FetchModel};
 use super::openshift_build::OpenshiftBuild;
 use super::prediction_check::PredictionCheck;
 use super::seldon_deploy::SeldonDeploy;
@@ -371,10 +372,17 @@ impl Stage for Promote {
         // The check's verdict travels with the digest in the ledger.
         let check = cx.input::<PredictionCheck>()?.unwrap_or_default();
         let passed = check.passed;
-        let checks = match check.report {
+        let mut checks = match check.report {
             Some(report) => Some(report),
             None => Some(json!({ "passed": false, "reason": "no prediction-check stage ran before this promotion" })),
         };
+        // The MLflow version travels with the digest in the ledger, so a
+        // promotion or rollback by hand can update the registry too.
+        let model_version =
+            cx.input::<FetchModel>()?.and_then(|f| f.mlflow).map(|m| fetch_model::model_version_json(&m));
+        if let (Some(Value::Object(c)), Some(v)) = (checks.as_mut(), &model_version) {
+            c.insert("mlflow".into(), v.clone());
+        }
         if !passed && !params.force {
             return Err(StageError::bad_input(format!(
                 "refused: {digest} has no passed prediction check in `{}`; set `force: true` to promote it anyway (recorded)",
@@ -431,6 +439,12 @@ impl Stage for Promote {
                 return Err(StageError::cancelled());
             }
         };
+        // The registry shows what runs where.
+        if let Some(v) = outcome.model_version.as_ref().or(model_version.as_ref()) {
+            fetch_model::record_in_registry(&cx.clusters, &cx.pipeline, v, &params.to, &outcome.digest)
+                .await
+                .map_err(|e| registry_error(&params.to, &outcome.digest, e))?;
+        }
         if params.verify {
             verify(&params, cx, &req, &outcome).await?;
         }
@@ -445,6 +459,14 @@ impl Stage for Promote {
             signature_verified: prov.verified,
         })
     }
+}
+
+/// The promotion happened, but the registry could not be told: the stage
+/// fails (a retry repeats nothing but the registry update).
+fn registry_error(env: &str, digest: &str, e: fetch_model::FetchModelError) -> StageError {
+    let transient = matches!(&e, fetch_model::FetchModelError::Storage(s) if s.retryable());
+    let err = StageError::msg(format!("{digest} is in `{env}`, but recording it in MLflow's registry failed: {e}"));
+    if transient { err.retryable() } else { err }
 }
 
 fn strip_tag(image: &str) -> &str {
@@ -682,6 +704,16 @@ async fn verify(
                 let done = promotion::rollback(&cx.clusters, &rb).await.map_err(stage_error)?;
                 message.push_str(&format!("\nrolled `{}` back to {}", params.to, done.digest));
                 rolled_back = true;
+                if let Some(v) = &done.model_version {
+                    fetch_model::record_in_registry(&cx.clusters, &cx.pipeline, v, &params.to, &done.digest)
+                        .await
+                        .map_err(|e| registry_error(&params.to, &done.digest, e))?;
+                    message.push_str(&format!(
+                        " (MLflow: {} version {} again)",
+                        v["name"].as_str().unwrap_or_default(),
+                        v["version"].as_str().unwrap_or_default()
+                    ));
+                }
             }
             None => message.push_str(&format!("\nno earlier digest in `{}` to roll back to", params.to)),
         }

@@ -119,7 +119,7 @@ impl Contract for Sign {
         let model = &cx.pipeline.spec.model.name;
         vec![
             format!("sign {model}@<checked digest> in `{env}` with {key}: push sha256-<hex>.sig (cosign simple signing)"),
-            "attach sha256-<hex>.att: in-toto Statement v1 (model source and digest, build, pipeline, run, checks) in a DSSE envelope".into(),
+            "attach sha256-<hex>.att: in-toto Statement v1 (model source and digest, MLflow version or DVC commit, build, pipeline, run, checks) in a DSSE envelope".into(),
         ]
     }
 }
@@ -237,6 +237,9 @@ async fn predicate(
         ),
         None => (Value::Null, Value::Null),
     };
+    // Which registry version (MLflow) or Git commit and .dvc entry (DVC) it is.
+    let mlflow = fetched.as_ref().and_then(|f| f.mlflow.as_ref()).map_or(Value::Null, |m| json!(m));
+    let dvc = fetched.as_ref().and_then(|f| f.dvc.as_ref()).map_or(Value::Null, |d| json!(d));
     Ok(json!({
         "model": {
             "name": spec.model.name,
@@ -244,6 +247,8 @@ async fn predicate(
             "versionId": spec.model.version_id,
             "contentDigest": content_digest,
             "objects": objects,
+            "mlflow": mlflow,
+            "dvc": dvc,
         },
         "image": { "digest": digest },
         "build": {

@@ -71,6 +71,7 @@ fn entry(path: &Path, rel: &str, meta: &std::fs::Metadata) -> Result<Entry, Stor
         identity: format!("file:{}|size={}|mtime={}.{}", path.display(), meta.len(), meta.mtime(), meta.mtime_nsec()),
         origin: Origin::File { path: path.to_path_buf() },
         etag: None,
+        md5: None,
     })
 }
 

@@ -11,12 +11,21 @@
 //!   identity, sha256, local size and mtime), so a resumed run skips it.
 //!
 //! [`embedded`] serves a directory as an S3 endpoint in-process (for `--sim`).
+//!
+//! Model registries resolve to objects here: [`mlflow`] (a model version's
+//! artifacts in S3 or behind the tracking server's proxy) and [`dvc`] (the
+//! content-addressed files a `.dvc` entry names, md5-verified); [`upload`]
+//! is the other direction, `modelship model push`.
 
+pub mod dvc;
 #[cfg(feature = "sim")]
 pub mod embedded;
+mod http;
 mod local;
+pub mod mlflow;
 mod paths;
 mod s3;
+pub mod upload;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -96,12 +105,38 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error("upload of `{url}` stopped after {done} of {parts} parts: run the same command again to resume it")]
+    PushInterrupted {
+        url: String,
+        done: u32,
+        parts: u32,
+        #[source]
+        source: Box<StorageError>,
+    },
+    #[error(transparent)]
+    Mlflow(Box<mlflow::MlflowError>),
+    #[error(transparent)]
+    Dvc(Box<dvc::DvcError>),
     #[error("embedded S3 endpoint on {addr}: {source}")]
     Serve {
         addr: String,
         #[source]
         source: std::io::Error,
     },
+}
+
+// Boxed: the registries' errors carry several names each, and every
+// storage result would otherwise be as large as the largest of them.
+impl From<mlflow::MlflowError> for StorageError {
+    fn from(e: mlflow::MlflowError) -> Self {
+        StorageError::Mlflow(Box::new(e))
+    }
+}
+
+impl From<dvc::DvcError> for StorageError {
+    fn from(e: dvc::DvcError) -> Self {
+        StorageError::Dvc(Box::new(e))
+    }
 }
 
 fn at(endpoint: &Option<String>) -> String {
@@ -120,6 +155,7 @@ impl StorageError {
             StorageError::Request { retryable, .. } => *retryable,
             StorageError::Interrupted { .. } | StorageError::Changed { .. } => true,
             StorageError::Mismatch { what, .. } => what != "expectSha256",
+            StorageError::Mlflow(e) => e.retryable(),
             _ => false,
         }
     }
@@ -138,6 +174,8 @@ impl HasExitClass for StorageError {
             | StorageError::PathConflict { .. }
             | StorageError::ExpectMissing { .. }
             | StorageError::BadManifest { .. } => ExitClass::BadInput,
+            StorageError::Mlflow(e) => e.exit_class(),
+            StorageError::Dvc(e) => e.exit_class(),
             _ => ExitClass::Failed,
         }
     }
@@ -153,6 +191,12 @@ pub enum Source {
     /// `file://PATH`: a file or a directory tree; relative paths resolve
     /// against the pipeline file's directory.
     File { path: PathBuf },
+    /// `models:/NAME@ALIAS` or `models:/NAME/VERSION`: a version in MLflow's
+    /// model registry, resolved to its artifacts ([`mlflow`]).
+    Mlflow(mlflow::ModelUri),
+    /// `dvc:PATH`: a path tracked by DVC in the pipeline's Git repository
+    /// (relative to its root), fetched from the DVC remote ([`dvc`]).
+    Dvc { path: String },
 }
 
 impl Source {
@@ -180,8 +224,15 @@ impl Source {
                 return Err(bad("no path after file://"));
             }
             Ok(Source::File { path: PathBuf::from(rest) })
+        } else if let Some(parsed) = mlflow::ModelUri::parse(text) {
+            parsed.map(Source::Mlflow).map_err(|reason| bad(&reason))
+        } else if let Some(rest) = text.strip_prefix("dvc:") {
+            dvc::check_path(rest).map_err(|reason| bad(&reason))?;
+            Ok(Source::Dvc { path: rest.trim_start_matches("./").trim_end_matches('/').to_string() })
         } else {
-            Err(bad("unknown scheme: expected s3://BUCKET/PREFIX/, s3://BUCKET/KEY or file://PATH"))
+            Err(bad(
+                "unknown scheme: expected s3://BUCKET/PREFIX/, s3://BUCKET/KEY, file://PATH, models:/NAME@ALIAS, models:/NAME/VERSION or dvc:PATH",
+            ))
         }
     }
 
@@ -196,6 +247,8 @@ impl fmt::Display for Source {
         match self {
             Source::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
             Source::File { path } => write!(f, "file://{}", path.display()),
+            Source::Mlflow(uri) => uri.fmt(f),
+            Source::Dvc { path } => write!(f, "dvc:{path}"),
         }
     }
 }
@@ -248,6 +301,45 @@ pub struct FetchRequest {
     pub dest: PathBuf,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The objects a registry resolved the source to, fetched as they are
+    /// instead of listing `source` (which then only names them).
+    pub objects: Option<Vec<PlannedObject>>,
+    /// Client and `Authorization` for [`Location::Http`] objects.
+    pub http: Option<(reqwest::Client, Option<reqwest::header::HeaderValue>)>,
+}
+
+/// One object a registry resolved: where it is, its path in the model, and
+/// what its bytes must hash to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedObject {
+    pub rel: String,
+    /// Known from the registry's listing; else asked of the store (a HEAD).
+    pub size: Option<u64>,
+    pub location: Location,
+    /// The md5 DVC recorded for the file.
+    pub md5: Option<Md5Check>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    S3 {
+        bucket: String,
+        key: String,
+    },
+    /// A plain GET (MLflow's artifact proxy), with the request's authorization.
+    Http {
+        url: String,
+    },
+}
+
+/// An md5 a file must have, computed as the tool that recorded it does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Md5Check {
+    /// Of the bytes (DVC 3's `hash: md5`).
+    Plain(String),
+    /// Of the bytes with CRLF turned into LF when the file looks like text
+    /// (DVC 2's md5, kept by DVC 3 as `md5-dos2unix` for old entries).
+    Dos2Unix(String),
 }
 
 impl FetchRequest {
@@ -263,6 +355,8 @@ impl FetchRequest {
             part_size: DEFAULT_PART_SIZE,
             dest: dest.into(),
             progress: false,
+            objects: None,
+            http: None,
         }
     }
 }
@@ -332,6 +426,25 @@ pub struct Fetched {
     pub bytes_transferred: u64,
 }
 
+/// Bytes: a number, or a number with a K/M/G suffix (`Ki`/`KiB` binary, `KB` decimal too).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size (e.g. 8388608, 8Mi, 8MiB)"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "Ki" | "KiB" => 1 << 10,
+        "M" | "Mi" | "MiB" => 1 << 20,
+        "G" | "Gi" | "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("unknown size unit `{u}` (use Ki, Mi, Gi, KB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))
+}
+
 /// `sha256:<hex>` over the manifest sorted by path, serialised as compact
 /// JSON (`[{"path":..,"size":..,"sha256":..},..]`): JSON quoting keeps any
 /// byte of a path unambiguous, and the sort makes the digest independent of
@@ -348,6 +461,7 @@ pub fn content_digest(manifest: &[ManifestEntry]) -> String {
 pub(crate) enum Origin {
     S3 { bucket: String, key: String, version_id: Option<String> },
     File { path: PathBuf },
+    Http { url: String },
 }
 
 /// One object to bring in.
@@ -360,6 +474,8 @@ pub(crate) struct Entry {
     pub etag: Option<String>,
     /// What must stay the same for a finished or partial file to be reused.
     pub identity: String,
+    /// An md5 the registry recorded for the file.
+    pub md5: Option<Md5Check>,
 }
 
 impl Entry {
@@ -367,6 +483,7 @@ impl Entry {
         match &self.origin {
             Origin::S3 { bucket, key, .. } => format!("s3://{bucket}/{key}"),
             Origin::File { path } => format!("file://{}", path.display()),
+            Origin::Http { url } => crate::secret::mask(url),
         }
     }
 }
@@ -377,19 +494,22 @@ pub(crate) struct Progress {
     transferred: std::sync::atomic::AtomicU64,
 }
 
+/// A byte-counting bar on stderr for a transfer named `verb` (`fetch`, `push`).
+pub(crate) fn progress_bar(total: u64, verb: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {verb} {{bytes}}/{{total_bytes}} [{{wide_bar}}] {{bytes_per_sec}} eta {{eta}}"
+        ))
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 impl Progress {
     fn new(total: u64, draw: bool) -> Self {
-        let bar = draw.then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} fetch {bytes}/{total_bytes} [{wide_bar}] {bytes_per_sec} eta {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
+        let bar = draw.then(|| progress_bar(total, "fetch"));
         Progress { bar, transferred: 0.into() }
     }
 
@@ -420,6 +540,12 @@ pub(crate) struct Job {
     pub requests: Semaphore,
     pub progress: Progress,
     pub s3: Option<s3::Remote>,
+}
+
+impl Job {
+    fn http(&self) -> &(reqwest::Client, Option<reqwest::header::HeaderValue>) {
+        self.req.http.as_ref().expect("HTTP entries come with a client")
+    }
 }
 
 impl Job {
@@ -461,15 +587,22 @@ async fn fetch_here(req: FetchRequest) -> Result<Fetched, StorageError> {
     for dir in [&model_dir, &work_dir] {
         tokio::fs::create_dir_all(dir).await.map_err(|e| StorageError::io("create directory", dir, e))?;
     }
-    let (remote, entries) = match &req.source {
-        Source::S3 { bucket, key } => {
+    let (remote, entries) = match (&req.objects, &req.source) {
+        (Some(planned), _) => planned_entries(&req, planned).await?,
+        (None, Source::S3 { bucket, key }) => {
             let remote = s3::Remote::connect(&req.s3).await?;
             let listed = remote.list(bucket, key, req.version_id.as_deref()).await?;
             (Some(remote), listed)
         }
-        Source::File { path } => {
+        (None, Source::File { path }) => {
             let root = if path.is_absolute() { path.clone() } else { req.base_dir.join(path) };
             (None, local::list(&root).await?)
+        }
+        (None, other) => {
+            return Err(StorageError::BadSource {
+                source_url: other.to_string(),
+                reason: "a registry source must be resolved before it is fetched (this is a bug)".into(),
+            });
         }
     };
     let source_url = req.source.to_string();
@@ -488,12 +621,13 @@ async fn fetch_here(req: FetchRequest) -> Result<Fetched, StorageError> {
             key: match &e.origin {
                 Origin::S3 { key, .. } => key.clone(),
                 Origin::File { path } => path.display().to_string(),
+                Origin::Http { url } => crate::secret::mask(url),
             },
             size: e.size,
             sha256: String::new(),
             version_id: match &e.origin {
                 Origin::S3 { version_id, .. } => version_id.clone(),
-                Origin::File { .. } => None,
+                Origin::File { .. } | Origin::Http { .. } => None,
             },
             etag: e.etag.clone(),
         })
@@ -605,6 +739,72 @@ async fn fetch_here(req: FetchRequest) -> Result<Fetched, StorageError> {
     Ok(fetched)
 }
 
+/// Entries for objects a registry resolved: S3 objects without a listed
+/// size are asked for it (a HEAD each, `concurrency` at once).
+async fn planned_entries(
+    req: &FetchRequest,
+    planned: &[PlannedObject],
+) -> Result<(Option<s3::Remote>, Vec<Entry>), StorageError> {
+    let remote = match planned.iter().any(|p| matches!(p.location, Location::S3 { .. })) {
+        true => Some(s3::Remote::connect(&req.s3).await?),
+        false => None,
+    };
+    let remote_ref = remote.as_ref();
+    let entries = futures::stream::iter(planned.to_vec())
+        .map(|p: PlannedObject| {
+            let remote = remote_ref;
+            async move {
+                let rel = safe_relative(&p.rel).map_err(|reason| StorageError::UnsafeKey {
+                    url: p.rel.clone(),
+                    rel: p.rel.clone(),
+                    reason,
+                })?;
+                let md5 = match &p.md5 {
+                    Some(Md5Check::Plain(h)) => format!("|md5={h}"),
+                    Some(Md5Check::Dos2Unix(h)) => format!("|md5-dos2unix={h}"),
+                    None => String::new(),
+                };
+                let mut entry = match &p.location {
+                    Location::S3 { bucket, key } => {
+                        let remote = remote.expect("connected above");
+                        let mut listed = remote.list(bucket, key, None).await?;
+                        if listed.len() != 1 {
+                            let url = format!("s3://{bucket}/{key}");
+                            return Err(StorageError::NotFound { url, endpoint: req.s3.endpoint.clone() });
+                        }
+                        listed.remove(0)
+                    }
+                    Location::Http { url } => Entry {
+                        rel: String::new(),
+                        size: p.size.unwrap_or(0),
+                        origin: Origin::Http { url: url.clone() },
+                        etag: None,
+                        identity: format!("http|{}|size={}", crate::secret::mask(url), p.size.unwrap_or(0)),
+                        md5: None,
+                    },
+                };
+                if let Some(size) = p.size
+                    && size != entry.size
+                {
+                    return Err(StorageError::Mismatch {
+                        url: entry.url(),
+                        what: "size".into(),
+                        expected: format!("{size} bytes (as the registry lists it)"),
+                        actual: format!("{} bytes", entry.size),
+                    });
+                }
+                entry.rel = rel;
+                entry.identity.push_str(&md5);
+                entry.md5 = p.md5.clone();
+                Ok::<_, StorageError>(entry)
+            }
+        })
+        .buffered(req.concurrency.max(1))
+        .try_collect()
+        .await?;
+    Ok((remote, entries))
+}
+
 /// Two keys normalising to one path, or a file where another key needs a
 /// directory, would overwrite each other: refuse before writing anything.
 fn check_conflicts(entries: &[Entry]) -> Result<(), StorageError> {
@@ -661,10 +861,15 @@ async fn ensure(job: &Job, entry: &Entry, expect: Option<&str>) -> Result<(Manif
             (got.checks, got.digests, got.served)
         }
         Origin::File { path } => (local::copy(job, path, &partial, entry.size).await?, None, Served::default()),
+        Origin::Http { url } => (http::download(job, entry, url, &partial).await?, None, Served::default()),
     };
     let verified = match &digests {
         Some(d) => verify::check_digests(&partial, entry, &checks, d, expect).await,
         None => verify::check(&partial, entry, &checks, expect).await,
+    };
+    let verified = match (verified, &entry.md5) {
+        (Ok(sha), Some(md5)) => verify::check_md5(&partial, entry, md5).await.map(|()| sha),
+        (other, _) => other,
     };
     let sha256 = match verified {
         Ok(sha) => sha,
@@ -763,6 +968,7 @@ mod tests {
             origin: Origin::S3 { bucket: "b".into(), key: rel.into(), version_id: None },
             etag: None,
             identity: String::new(),
+            md5: None,
         }
     }
 

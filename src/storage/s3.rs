@@ -215,6 +215,7 @@ impl Remote {
             origin: Origin::S3 { bucket: bucket.into(), key: key.into(), version_id },
             etag,
             identity,
+            md5: None,
         })
     }
 
@@ -259,6 +260,55 @@ impl Remote {
         };
         let message = DisplayErrorContext(&err).to_string();
         StorageError::Request { op, url, message, retryable, source: Some(Box::new(err)) }
+    }
+
+    /// A small object's bytes in memory (a DVC `.dir` listing), refused
+    /// above `limit` bytes.
+    pub async fn get_bytes(&self, bucket: &str, key: &str, limit: u64) -> Result<Vec<u8>, StorageError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("GET", bucket, key, e))?;
+        let url = Self::url(bucket, key);
+        if out.content_length().is_some_and(|n| n as u64 > limit) {
+            return Err(StorageError::Mismatch {
+                url,
+                what: "size".into(),
+                expected: format!("at most {limit} bytes"),
+                actual: format!("{} bytes", out.content_length().unwrap_or(0)),
+            });
+        }
+        let bytes = out.body.collect().await.map_err(|e| StorageError::Request {
+            op: "GET",
+            url: url.clone(),
+            message: DisplayErrorContext(&e).to_string(),
+            retryable: true,
+            source: Some(Box::new(e)),
+        })?;
+        Ok(bytes.into_bytes().to_vec())
+    }
+
+    /// The SDK client, for the upload (`model push`).
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.client
+    }
+
+    /// Map an SDK error the way every other call here does.
+    pub fn map_error<E>(
+        &self,
+        op: &'static str,
+        bucket: &str,
+        key: &str,
+        err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.error(op, bucket, key, err)
     }
 
     /// Download `entry` into `partial`: one GET for small objects, ranged GETs

@@ -331,6 +331,91 @@ fn compare(
     Ok(d.sha256.clone())
 }
 
+/// Check a file against the md5 a registry recorded for it (DVC), computed
+/// the way that registry computes it.
+pub(crate) async fn check_md5(partial: &Path, entry: &Entry, want: &super::Md5Check) -> Result<(), StorageError> {
+    let (want, dos2unix) = match want {
+        super::Md5Check::Plain(h) => (h.to_ascii_lowercase(), false),
+        super::Md5Check::Dos2Unix(h) => (h.to_ascii_lowercase(), true),
+    };
+    let path = partial.to_path_buf();
+    let got = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| StorageError::io("open", &path, e))?;
+        md5_of(file, dos2unix).map_err(|e| StorageError::io("read", &path, e))
+    })
+    .await
+    .expect("hashing does not panic")?;
+    if got == want {
+        return Ok(());
+    }
+    Err(StorageError::Mismatch {
+        url: entry.url(),
+        what: format!("md5 (recorded by DVC for `{}`)", entry.rel),
+        expected: want,
+        actual: got,
+    })
+}
+
+/// DVC's text heuristic (dvc_data/hashfile/istextfile.py): a first block of
+/// up to 512 bytes with no NUL and at most 30% bytes outside printable
+/// ASCII and `\n\r\t\f\b`.
+pub fn is_text(block: &[u8]) -> bool {
+    if block.is_empty() {
+        return true;
+    }
+    if block.contains(&0) {
+        return false;
+    }
+    let text = |b: u8| (32..127).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t' | 0x0c | 0x08);
+    let nontext = block.iter().filter(|&&b| !text(b)).count();
+    (nontext as f64) / (block.len() as f64) <= 0.30
+}
+
+/// Hex md5 of a stream; with `dos2unix`, DVC 2's md5 (`md5-dos2unix` in
+/// DVC 3): the stream in chunks of exactly 1 MiB, and in each chunk whose
+/// first 512 bytes look like text every CRLF turned into LF, as
+/// dvc_data/hashfile/hash.py's `Dos2UnixHashStreamFile` does (so a CRLF
+/// split across two chunks stays, there as here).
+pub fn md5_of(mut r: impl Read, dos2unix: bool) -> std::io::Result<String> {
+    const CHUNK: usize = 1 << 20;
+    let mut h = md5::Md5::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        // Fill the chunk as Python's read(n) on a file does.
+        let mut n = 0;
+        while n < CHUNK {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        if dos2unix && is_text(&chunk[..n.min(512)]) {
+            let mut out = Vec::with_capacity(n);
+            let mut i = 0;
+            while i < n {
+                if chunk[i] == b'\r' && chunk.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                out.push(chunk[i]);
+                i += 1;
+            }
+            h.update(&out);
+        } else {
+            h.update(chunk);
+        }
+        if n < CHUNK {
+            break;
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// Give a verified partial file its final name and remember it as done.
 pub(crate) async fn commit(
     job: &Job,
@@ -408,6 +493,27 @@ pub(crate) fn parse_sha256sums(text: &str, origin: &str) -> Result<BTreeMap<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dvc_md5s_as_dvc_computes_them() {
+        // md5("a\nb\n"): the CRLF text hashes as its LF form under dos2unix only.
+        let lf = hex::encode(md5::Md5::digest(b"a\nb\n"));
+        assert_eq!(md5_of(&b"a\r\nb\r\n"[..], true).unwrap(), lf);
+        assert_ne!(md5_of(&b"a\r\nb\r\n"[..], false).unwrap(), lf);
+        // A lone CR stays; binary files are hashed as they are.
+        assert_eq!(md5_of(&b"a\rb"[..], true).unwrap(), hex::encode(md5::Md5::digest(b"a\rb")));
+        let bin = b"\x00\r\n";
+        assert_eq!(md5_of(&bin[..], true).unwrap(), hex::encode(md5::Md5::digest(bin)));
+        // Chunks of 1 MiB, each judged on its own: a CRLF across the
+        // boundary stays, as in DVC.
+        let mut big = vec![b'a'; (1 << 20) - 1];
+        big.extend_from_slice(b"\r\nx\r\n");
+        let mut want = md5::Md5::new();
+        want.update(&big[..1 << 20]);
+        want.update(b"\nx\n");
+        assert_eq!(md5_of(&big[..], true).unwrap(), hex::encode(want.finalize()));
+        assert!(is_text(b"plain text\n") && !is_text(&[0x80; 10]));
+    }
 
     #[test]
     fn sha256sums_format() {

@@ -169,6 +169,19 @@ fn decide(path: &Path, p: &Pipeline, branch: &str, changes: &ChangeSet) -> Resul
     }
     let set = set.build().map_err(|e| TriggerError::Pipeline { path: path.to_path_buf(), message: e.to_string() })?;
     d.matched = changes.files.iter().filter(|f| set.is_match(f.as_str())).cloned().collect();
+    // A `dvc:PATH` model changes when its `.dvc` file (or a `dvc.lock`
+    // above it) does, whatever `paths` says.
+    if let Some(tracked) = p.spec.model.source.strip_prefix("dvc:") {
+        let tracking = crate::storage::dvc::tracking_files(tracked);
+        let dvc: Vec<String> =
+            changes.files.iter().filter(|f| tracking.contains(f) && !d.matched.contains(f)).cloned().collect();
+        if !dvc.is_empty() {
+            d.run = true;
+            d.reason = format!("the DVC file(s) tracking `{}` changed: {}", p.spec.model.source, dvc.join(", "));
+            d.matched.extend(dvc);
+            return Ok(d);
+        }
+    }
     if d.matched.is_empty() {
         d.reason = if changes.files.is_empty() {
             format!("the push changed no files (paths {:?})", push.paths)
@@ -231,4 +244,40 @@ pub fn render_plan(plan: &TriggerPlan, dry_run: bool) -> String {
 
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(source: &str) -> Pipeline {
+        crate::spec::yaml::from_str(&format!(
+            "apiVersion: modelship.io/v1alpha1\nkind: Pipeline\nmetadata: {{name: w}}\nspec:\n  model: {{name: w, source: '{source}'}}\n  stages: []\n  triggers:\n    push: {{branches: [main], paths: ['src/**']}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn changes(files: &[&str]) -> ChangeSet {
+        ChangeSet { kind: ChangeKind::Update, files: files.iter().map(|f| f.to_string()).collect(), commits: 1 }
+    }
+
+    /// `dvc push` + a commit of the `.dvc` file is how a DVC team ships a
+    /// new model: that commit must select the pipeline even when its
+    /// `paths` name only code.
+    #[test]
+    fn a_changed_dvc_file_selects_the_pipeline_of_its_path() {
+        let p = pipeline("dvc:models/weather");
+        let d = decide(Path::new("p.yaml"), &p, "main", &changes(&["models/weather.dvc", "README.md"])).unwrap();
+        assert!(d.run, "{d:?}");
+        assert_eq!(d.matched, ["models/weather.dvc"]);
+        assert!(d.reason.contains("DVC file(s) tracking `dvc:models/weather` changed"), "{}", d.reason);
+        let lock = decide(Path::new("p.yaml"), &p, "main", &changes(&["dvc.lock"])).unwrap();
+        assert!(lock.run);
+        // Another model's .dvc file, or another branch, does not.
+        assert!(!decide(Path::new("p.yaml"), &p, "main", &changes(&["models/other.dvc"])).unwrap().run);
+        assert!(!decide(Path::new("p.yaml"), &p, "dev", &changes(&["models/weather.dvc"])).unwrap().run);
+        // An S3 model is untouched by .dvc files.
+        let s3 = pipeline("s3://b/models/weather/");
+        assert!(!decide(Path::new("p.yaml"), &s3, "main", &changes(&["models/weather.dvc"])).unwrap().run);
+    }
 }

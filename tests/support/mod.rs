@@ -15,7 +15,8 @@
 //! - [`cli`]: the real binary on `--sim` (fixtures, venv cache, processes).
 //! - [`registry`]: OCI layouts, `docker-registry`, skopeo, fault proxies.
 //! - [`chromium`]: headless Chromium for the HTML report.
-//! - [`s3`]: a real moto_server and boto3 to fill it.
+//! - [`s3`]: a real moto_server and boto3 to fill it; a proxy that cuts uploads.
+//! - [`registries`]: an MLflow tracking server and its client, DVC repositories.
 //! - [`triggers`]: a Git repository and webhook payloads for the triggers.
 //! - [`schema`]: the upstream definition bundles as strict validators.
 //! - [`tekton`]: a Task's step resolved from a PipelineRun as Tekton does.
@@ -29,6 +30,7 @@ pub mod env;
 pub mod kubectl;
 pub mod memory_state;
 pub mod records;
+pub mod registries;
 pub mod registry;
 pub mod s3;
 pub mod schema;

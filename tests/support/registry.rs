@@ -336,6 +336,29 @@ pub async fn verify_all_blobs(registry: &str, repo: &str, manifest: &[u8]) -> Ve
     checked
 }
 
+/// The in-toto statements of every `.att` tag of `repo` in a sim's registry
+/// store at `root` (read from disk, so no second client is involved).
+pub fn attestations(root: &Path, repo: &str) -> Vec<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use base64::Engine;
+        use tokio::io::AsyncReadExt;
+        let store = openshift_sim::registry::RegistryStore::new(root);
+        let mut out = Vec::new();
+        for tag in store.tags(repo).await.unwrap().iter().filter(|t| t.ends_with(".att")) {
+            let (_, _, manifest) = store.get_manifest(repo, tag).await.unwrap();
+            let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+            let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+            let mut bytes = Vec::new();
+            store.open_blob(repo, layer).await.unwrap().read_to_end(&mut bytes).await.unwrap();
+            let envelope: modelship::signing::Envelope = serde_json::from_slice(&bytes).unwrap();
+            let payload = base64::engine::general_purpose::STANDARD.decode(envelope.payload).unwrap();
+            out.push(serde_json::from_slice(&payload).unwrap());
+        }
+        out
+    })
+}
+
 // ------------------------------------------------------------ fault proxies
 
 /// A loopback TCP relay to `upstream`. Each chunk coming back from
